@@ -1,0 +1,50 @@
+# meshlane: two commands set up a fresh Debian machine.
+#   make demo   install what is missing, build (release), run the demo
+#   make test   install what is missing, run the whole suite
+SHELL := /bin/bash
+APT_PKGS := clang llvm libelf-dev zlib1g-dev pkg-config bpftool iproute2 \
+            iptables nftables haproxy nginx containernetworking-plugins \
+            sockperf wrk iperf3 curl procps
+CARGO ?= cargo
+
+.PHONY: all deps mounts build demo test bench clean
+
+all: build
+
+# Debian packages; apt runs only when something is missing.
+deps:
+	@missing=""; for p in $(APT_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install a Rust toolchain"; exit 1; }
+
+# bpffs must be mounted for pins; cgroup v2 is found from /proc/mounts.
+mounts:
+	@mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
+	@grep -q ' cgroup2 ' /proc/mounts || { echo "no cgroup v2 hierarchy mounted"; exit 1; }
+
+build: deps
+	$(CARGO) build --release
+
+demo: build mounts
+	./target/release/meshlane demo
+
+# Root integration tests each move their process into a private cgroup, so
+# they run one test per process (nextest) or one at a time.
+test: deps mounts
+	$(CARGO) build --release
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+	  $(CARGO) nextest run --no-fail-fast --test-threads 2; \
+	else \
+	  $(CARGO) test --no-fail-fast -- --test-threads=1; \
+	fi
+
+bench: build mounts
+	$(CARGO) bench --bench splice
+
+clean:
+	$(CARGO) clean

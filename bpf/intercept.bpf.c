@@ -1,0 +1,623 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/* Copyright (c) 2026 The meshlane authors */
+/*
+ * intercept.bpf.c - what istio-init's iptables rules do, without iptables.
+ *
+ * Programs (all cgroup v2 except sk_lookup):
+ *   ml_connect4/6      outbound TCP connects of meshed, non-proxy processes
+ *                      go to the proxy's outbound port on loopback; the
+ *                      original destination is kept by socket cookie.
+ *                      Opt-in DNS capture sends port 53 to the DNS proxy.
+ *   ml_intercept_sockops  moves a redirected socket's original destination
+ *                      to the key the proxy's accepted socket has; registers
+ *                      a pod's inbound listener (TCP_LISTEN_CB).
+ *   ml_getsockopt      answers SO_ORIGINAL_DST / IP6T_SO_ORIGINAL_DST for
+ *                      sockets meshlane redirected or steered; every other
+ *                      call returns at once, optlen untouched.
+ *   ml_getpeername4/6  the app sees the address it connected to.
+ *   ml_sendmsg4/6, ml_recvmsg4/6  DNS capture for unconnected UDP.
+ *   ml_inbound_lookup  (sk_lookup, one link per pod netns) assigns inbound
+ *                      TCP to the pod's IP to the proxy's inbound listener.
+ *
+ * Decisions follow Istio's istio-iptables rule order; see
+ * docs/ARCHITECTURE.md#interception for the mapping to the golden rules.
+ */
+#include "maps.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+#define SOCK_STREAM 1
+#define SOCK_DGRAM 2
+#define IPPROTO_TCP 6
+#define SOL_IP 0
+#define SOL_IPV6 41
+#define SO_ORIGINAL_DST 80
+#define IP6T_SO_ORIGINAL_DST 80
+#define PAGE_SIZE 4096
+
+#define ISTIO_TUNNEL_PORT 15008
+#define ISTIO_STATUS_PORT 15020
+#define ISTIO_HEALTH_PORT 15021
+#define ISTIO_STATS_PORT 15090
+#define DNS_PORT 53
+
+struct ml_sockaddr_in {
+	__u16 family;
+	__u16 port;
+	__u32 addr;
+	__u8 zero[8];
+};
+
+struct ml_sockaddr_in6 {
+	__u16 family;
+	__u16 port;
+	__u32 flowinfo;
+	__u32 addr[4];
+	__u32 scope_id;
+};
+
+static __always_inline int port_listed(const struct ml_port_list *l, __u16 p)
+{
+	for (int i = 0; i < ML_MAX_PORTS; i++) {
+		if (i >= l->len)
+			break;
+		if (l->port[i] == p)
+			return 1;
+	}
+	return 0;
+}
+
+static __always_inline int cidr_contains(const struct ml_cidr *c,
+					 const struct ml_addr *a)
+{
+	int bits = c->prefix_len;
+
+	for (int w = 0; w < 4; w++) {
+		__u32 mask;
+
+		if (bits <= 0)
+			break;
+		mask = bits >= 32 ? 0xffffffff : bpf_htonl(~0u << (32 - bits));
+		if ((a->a[w] ^ c->addr.a[w]) & mask)
+			return 0;
+		bits -= 32;
+	}
+	return 1;
+}
+
+static __always_inline int cidr_listed(const struct ml_cidr_list *l,
+				       const struct ml_addr *a)
+{
+	for (int i = 0; i < ML_MAX_CIDRS; i++) {
+		if (i >= l->len)
+			break;
+		if (cidr_contains(&l->cidr[i], a))
+			return 1;
+	}
+	return 0;
+}
+
+static __always_inline int is_v4_mapped(const struct ml_addr *a)
+{
+	return a->a[0] == 0 && a->a[1] == 0 && a->a[2] == bpf_htonl(0x0000ffff);
+}
+
+/* Would the packet leave through lo: loopback or one of the pod's IPs. */
+static __always_inline int is_local_dst(__u64 netns, const struct ml_addr *a)
+{
+	__u64 *owner;
+
+	if (ml_addr_is_loopback(a))
+		return 1;
+	owner = bpf_map_lookup_elem(&ml_pod_ips, a);
+	return owner && *owner == netns;
+}
+
+static __always_inline int is_localhost_exact(const struct ml_addr *a)
+{
+	/* 127.0.0.1 or ::1: Istio's "-d 127.0.0.1/32 -j RETURN" */
+	if (is_v4_mapped(a))
+		return a->a[3] == bpf_htonl(0x7f000001);
+	return a->a[0] == 0 && a->a[1] == 0 && a->a[2] == 0 &&
+	       a->a[3] == bpf_htonl(1);
+}
+
+static __always_inline int is_proxy(const struct ml_pod *pod)
+{
+	__u64 ug = bpf_get_current_uid_gid();
+
+	return (__u32)ug == pod->proxy_uid || (__u32)(ug >> 32) == pod->proxy_gid;
+}
+
+/* The pod an interception hook acts for, or NULL: meshed, interception on,
+ * and no istio-init rules already doing it. */
+static __always_inline struct ml_pod *intercepted_pod(__u64 netns)
+{
+	struct ml_pod *pod = bpf_map_lookup_elem(&ml_pods, &netns);
+
+	if (!pod || !(pod->flags & ML_POD_INTERCEPT) ||
+	    (pod->flags & ML_POD_IPTABLES))
+		return 0;
+	return pod;
+}
+
+enum verdict { PASS_THROUGH = 0, TO_PROXY = 1, TO_DNS = 2 };
+
+/* Istio's ISTIO_OUTPUT chain for one TCP (or UDP, @tcp = 0) destination. */
+static __always_inline int outbound_verdict(__u64 netns, struct ml_pod *pod,
+					    const struct ml_addr *dst,
+					    __u16 port, const struct ml_addr *src,
+					    int tcp)
+{
+	struct ml_addr six;
+
+	if (port == ISTIO_STATUS_PORT || port_listed(&pod->exclude_outbound_ports, port))
+		return PASS_THROUGH;
+	ml_addr_from_v4(&six, bpf_htonl(0x7f000006));
+	if (ml_addr_eq(src, &six))
+		return PASS_THROUGH;
+	if (is_proxy(pod))
+		return PASS_THROUGH;
+	if ((pod->flags & ML_POD_DNS_CAPTURE) && port == DNS_PORT)
+		return TO_DNS;
+	if (!tcp)
+		return PASS_THROUGH;
+	/* "-o lo ! --uid-owner proxy -j RETURN" exists unless specific
+	 * include ranges are set. */
+	if ((pod->flags & ML_POD_OUTBOUND_ALL_IPS || pod->include_outbound_cidrs.len == 0) &&
+	    is_local_dst(netns, dst))
+		return PASS_THROUGH;
+	if (is_localhost_exact(dst) || port == ISTIO_TUNNEL_PORT)
+		return PASS_THROUGH;
+	if ((pod->flags & ML_POD_OUTBOUND_PORTS_LISTED) &&
+	    port_listed(&pod->include_outbound_ports, port))
+		return TO_PROXY;
+	if (cidr_listed(&pod->exclude_outbound_cidrs, dst))
+		return PASS_THROUGH;
+	if (pod->flags & ML_POD_OUTBOUND_ALL_IPS)
+		return TO_PROXY;
+	if (cidr_listed(&pod->include_outbound_cidrs, dst))
+		return TO_PROXY;
+	return PASS_THROUGH;
+}
+
+static __always_inline void remember(struct bpf_sock_addr *ctx, __u64 netns,
+				     const struct ml_addr *dst, __u16 port,
+				     __u32 flags)
+{
+	struct ml_orig_dst o = {};
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+
+	o.addr = *dst;
+	o.port = port;
+	o.flags = flags;
+	o.netns = netns;
+	if (bpf_map_update_elem(&ml_orig_by_cookie, &cookie, &o, BPF_ANY))
+		ml_count(ML_CNT_STATE_FULL, 1);
+}
+
+/* Common body of connect4/connect6 and sendmsg4/6: decide, remember, and
+ * return the new port (host order, 0 = leave alone). */
+static __always_inline __u16 redirect_port(struct bpf_sock_addr *ctx,
+					   const struct ml_addr *dst,
+					   const struct ml_addr *src,
+					   int remember_it)
+{
+	__u64 netns = bpf_get_netns_cookie(ctx);
+	struct ml_pod *pod = intercepted_pod(netns);
+	__u16 port = bpf_ntohs((__u16)ctx->user_port);
+	int tcp = ctx->type == SOCK_STREAM;
+	int v;
+
+	if (!pod || (ctx->type != SOCK_STREAM && ctx->type != SOCK_DGRAM))
+		return 0;
+	v = outbound_verdict(netns, pod, dst, port, src, tcp);
+	if (v == PASS_THROUGH) {
+		if (tcp)
+			ml_count(ML_CNT_CONNECT_EXEMPT, 1);
+		return 0;
+	}
+	if (remember_it)
+		remember(ctx, netns, dst, port,
+			 (v == TO_DNS ? ML_ORIG_DNS : ML_ORIG_REDIRECTED) |
+				 (ctx->family == AF_INET6 ? ML_ORIG_IPV6 : 0));
+	if (v == TO_DNS) {
+		ml_count(ML_CNT_DNS_REDIRECTED, 1);
+		return pod->dns_port;
+	}
+	ml_count(ML_CNT_CONNECT_REDIRECTED, 1);
+	return pod->outbound_port;
+}
+
+/* A bpf_sock's addresses (see ML_RD for why every load is volatile). */
+static __always_inline void sock_addrs(struct bpf_sock *sk,
+				       struct ml_addr *src,
+				       struct ml_addr *dst)
+{
+	__u32 fam = ML_RD(sk->family);
+	__u32 s4 = ML_RD(sk->src_ip4), d4 = ML_RD(sk->dst_ip4);
+	__u32 s6[4] = { ML_RD(sk->src_ip6[0]), ML_RD(sk->src_ip6[1]),
+			ML_RD(sk->src_ip6[2]), ML_RD(sk->src_ip6[3]) };
+	__u32 d6[4] = { ML_RD(sk->dst_ip6[0]), ML_RD(sk->dst_ip6[1]),
+			ML_RD(sk->dst_ip6[2]), ML_RD(sk->dst_ip6[3]) };
+
+	if (fam == AF_INET) {
+		ml_addr_from_v4(src, s4);
+		if (dst)
+			ml_addr_from_v4(dst, d4);
+	} else {
+		__builtin_memcpy(src->a, s6, sizeof(s6));
+		if (dst)
+			__builtin_memcpy(dst->a, d6, sizeof(d6));
+	}
+}
+
+static __always_inline void sock_src(struct bpf_sock_addr *ctx,
+				     struct ml_addr *src)
+{
+	struct bpf_sock *sk = ctx->sk;
+
+	__builtin_memset(src, 0, sizeof(*src));
+	if (!sk)
+		return;
+	sock_addrs(sk, src, 0);
+}
+
+static __always_inline int do_addr4(struct bpf_sock_addr *ctx, int remember_it)
+{
+	struct ml_addr dst, src;
+	__u16 to;
+
+	ml_addr_from_v4(&dst, ctx->user_ip4);
+	sock_src(ctx, &src);
+	to = redirect_port(ctx, &dst, &src, remember_it);
+	if (to) {
+		ctx->user_ip4 = bpf_htonl(0x7f000001);
+		ctx->user_port = bpf_htons(to);
+	}
+	return 1;
+}
+
+static __always_inline int do_addr6(struct bpf_sock_addr *ctx, int remember_it)
+{
+	struct ml_addr dst, src;
+	__u16 to;
+
+	dst.a[0] = ctx->user_ip6[0];
+	dst.a[1] = ctx->user_ip6[1];
+	dst.a[2] = ctx->user_ip6[2];
+	dst.a[3] = ctx->user_ip6[3];
+	sock_src(ctx, &src);
+	to = redirect_port(ctx, &dst, &src, remember_it);
+	if (to) {
+		if (is_v4_mapped(&dst)) {
+			ctx->user_ip6[3] = bpf_htonl(0x7f000001);
+		} else {
+			ctx->user_ip6[0] = 0;
+			ctx->user_ip6[1] = 0;
+			ctx->user_ip6[2] = 0;
+			ctx->user_ip6[3] = bpf_htonl(1);
+		}
+		ctx->user_port = bpf_htons(to);
+	}
+	return 1;
+}
+
+SEC("cgroup/connect4")
+int ml_connect4(struct bpf_sock_addr *ctx)
+{
+	return do_addr4(ctx, 1);
+}
+
+SEC("cgroup/connect6")
+int ml_connect6(struct bpf_sock_addr *ctx)
+{
+	return do_addr6(ctx, 1);
+}
+
+/* Unconnected UDP (sendto): only DNS is captured; remember the server so
+ * recvmsg can make the reply look like it came from it. */
+SEC("cgroup/sendmsg4")
+int ml_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	if (ctx->type != SOCK_DGRAM)
+		return 1;
+	return do_addr4(ctx, 1);
+}
+
+SEC("cgroup/sendmsg6")
+int ml_sendmsg6(struct bpf_sock_addr *ctx)
+{
+	if (ctx->type != SOCK_DGRAM)
+		return 1;
+	return do_addr6(ctx, 1);
+}
+
+/* Restores the address the app asked for, for a socket we redirected.
+ * Used by getpeername (TCP) and recvmsg (UDP DNS replies). */
+static __always_inline void restore_peer(struct bpf_sock_addr *ctx, int v6)
+{
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+	struct ml_orig_dst *o = bpf_map_lookup_elem(&ml_orig_by_cookie, &cookie);
+
+	if (!o)
+		return;
+	/* Only the socket's own pod ever sees its original destination. */
+	if (o->netns != bpf_get_netns_cookie(ctx))
+		return;
+	if (!v6) {
+		if (!is_v4_mapped(&o->addr))
+			return;
+		ctx->user_ip4 = o->addr.a[3];
+	} else {
+		ctx->user_ip6[0] = o->addr.a[0];
+		ctx->user_ip6[1] = o->addr.a[1];
+		ctx->user_ip6[2] = o->addr.a[2];
+		ctx->user_ip6[3] = o->addr.a[3];
+	}
+	ctx->user_port = bpf_htons(o->port);
+}
+
+SEC("cgroup/recvmsg4")
+int ml_recvmsg4(struct bpf_sock_addr *ctx)
+{
+	restore_peer(ctx, 0);
+	return 1;
+}
+
+SEC("cgroup/recvmsg6")
+int ml_recvmsg6(struct bpf_sock_addr *ctx)
+{
+	restore_peer(ctx, 1);
+	return 1;
+}
+
+SEC("cgroup/getpeername4")
+int ml_getpeername4(struct bpf_sock_addr *ctx)
+{
+	restore_peer(ctx, 0);
+	return 1;
+}
+
+SEC("cgroup/getpeername6")
+int ml_getpeername6(struct bpf_sock_addr *ctx)
+{
+	restore_peer(ctx, 1);
+	return 1;
+}
+
+static __always_inline void tuple_key_from_ops(struct bpf_sock_ops *skops,
+					       __u64 netns, int mirror,
+					       struct ml_sock_key *k)
+{
+	struct ml_addr l, r;
+	__u16 lport = (__u16)ML_RD(skops->local_port);
+	__u16 rport = (__u16)bpf_ntohl(ML_RD(skops->remote_port));
+
+	ML_ADDRS_FROM_CTX(skops, &l, &r);
+	__builtin_memset(k, 0, sizeof(*k));
+	k->netns = netns;
+	k->local = mirror ? r : l;
+	k->remote = mirror ? l : r;
+	k->local_port = mirror ? rport : lport;
+	k->remote_port = mirror ? lport : rport;
+}
+
+static __always_inline void want_close_cb(struct bpf_sock_ops *skops)
+{
+	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags |
+						 BPF_SOCK_OPS_STATE_CB_FLAG);
+}
+
+/* Inbound listener key: the port, and whether the socket is IPv6. */
+static __always_inline void listener_key(__u64 netns, __u16 port, int v6,
+					 struct ml_endpoint *e)
+{
+	__builtin_memset(e, 0, sizeof(*e));
+	e->netns = netns;
+	e->addr.a[0] = v6;
+	e->port = port;
+}
+
+SEC("sockops")
+int ml_intercept_sockops(struct bpf_sock_ops *skops)
+{
+	struct ml_sock_key k;
+	struct ml_orig_dst *o;
+	struct ml_endpoint e;
+	struct ml_pod *pod;
+	__u64 netns, cookie;
+
+	if (skops->family != AF_INET && skops->family != AF_INET6)
+		return 1;
+
+	switch (skops->op) {
+	case BPF_SOCK_OPS_TCP_LISTEN_CB:
+		netns = bpf_get_netns_cookie(skops);
+		pod = bpf_map_lookup_elem(&ml_pods, &netns);
+		if (!pod || (__u16)skops->local_port != pod->inbound_port)
+			return 1;
+		listener_key(netns, pod->inbound_port,
+			     skops->family == AF_INET6, &e);
+		if (!bpf_sock_hash_update(skops, &ml_listeners, &e, BPF_ANY))
+			ml_count(ML_CNT_LISTENER_REGISTERED, 1);
+		break;
+	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+		cookie = bpf_get_socket_cookie(skops);
+		o = bpf_map_lookup_elem(&ml_orig_by_cookie, &cookie);
+		if (!o)
+			return 1;
+		netns = bpf_get_netns_cookie(skops);
+		/* The proxy's accepted socket is our mirror in our netns. */
+		tuple_key_from_ops(skops, netns, 1, &k);
+		if (bpf_map_update_elem(&ml_orig_by_tuple, &k, o, BPF_ANY))
+			ml_count(ML_CNT_STATE_FULL, 1);
+		want_close_cb(skops);
+		break;
+	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
+		/* A steered inbound socket: have its entry removed at close. */
+		netns = bpf_get_netns_cookie(skops);
+		tuple_key_from_ops(skops, netns, 0, &k);
+		if (bpf_map_lookup_elem(&ml_orig_by_tuple, &k))
+			want_close_cb(skops);
+		break;
+	case BPF_SOCK_OPS_STATE_CB:
+		if (skops->args[1] != BPF_TCP_CLOSE)
+			return 1;
+		netns = bpf_get_netns_cookie(skops);
+		cookie = bpf_get_socket_cookie(skops);
+		bpf_map_delete_elem(&ml_orig_by_cookie, &cookie);
+		tuple_key_from_ops(skops, netns, 1, &k);
+		bpf_map_delete_elem(&ml_orig_by_tuple, &k);
+		tuple_key_from_ops(skops, netns, 0, &k);
+		bpf_map_delete_elem(&ml_orig_by_tuple, &k);
+		break;
+	}
+	return 1;
+}
+
+SEC("cgroup/getsockopt")
+int ml_getsockopt(struct bpf_sockopt *ctx)
+{
+	struct ml_sock_key k = {};
+	struct ml_orig_dst *o;
+	struct bpf_sock *sk;
+	struct ml_pod *pod;
+	int v6;
+
+	/* Fast exit for everything that is not ours; optlen untouched except
+	 * for buffers the kernel could not show us (then keep the original). */
+	if (ctx->optname != SO_ORIGINAL_DST ||
+	    (ctx->level != SOL_IP && ctx->level != SOL_IPV6)) {
+		if (ctx->optlen > PAGE_SIZE)
+			ctx->optlen = 0;
+		return 1;
+	}
+	sk = ctx->sk;
+	if (!sk || sk->protocol != IPPROTO_TCP)
+		return 1;
+	k.netns = bpf_get_netns_cookie(ctx);
+	pod = bpf_map_lookup_elem(&ml_pods, &k.netns);
+	/* Only the pod's own proxy may read original destinations. */
+	if (!pod || !is_proxy(pod))
+		return 1;
+	sock_addrs(sk, &k.local, &k.remote);
+	k.local_port = (__u16)ML_RD(sk->src_port);
+	k.remote_port = bpf_ntohs((__u16)ML_RD(sk->dst_port));
+	o = bpf_map_lookup_elem(&ml_orig_by_tuple, &k);
+	if (!o || o->netns != k.netns)
+		return 1;
+
+	v6 = ctx->level == SOL_IPV6;
+	if (!v6) {
+		struct ml_sockaddr_in *sin = ctx->optval;
+
+		if (!is_v4_mapped(&o->addr))
+			return 1;
+		if ((void *)(sin + 1) > ctx->optval_end)
+			return 1;
+		sin->family = AF_INET;
+		sin->port = bpf_htons(o->port);
+		sin->addr = o->addr.a[3];
+		__builtin_memset(sin->zero, 0, sizeof(sin->zero));
+		ctx->optlen = sizeof(*sin);
+	} else {
+		struct ml_sockaddr_in6 *sin6 = ctx->optval;
+
+		if ((void *)(sin6 + 1) > ctx->optval_end)
+			return 1;
+		sin6->family = AF_INET6;
+		sin6->port = bpf_htons(o->port);
+		sin6->flowinfo = 0;
+		sin6->addr[0] = o->addr.a[0];
+		sin6->addr[1] = o->addr.a[1];
+		sin6->addr[2] = o->addr.a[2];
+		sin6->addr[3] = o->addr.a[3];
+		sin6->scope_id = 0;
+		ctx->optlen = sizeof(*sin6);
+	}
+	ctx->retval = 0;
+	ml_count(ML_CNT_ORIG_DST_ANSWERED, 1);
+	return 1;
+}
+
+/* Ports Istio never intercepts inbound. */
+static __always_inline int inbound_exempt_port(const struct ml_pod *pod,
+					       __u16 port)
+{
+	if (port == ISTIO_TUNNEL_PORT || port == ISTIO_STATUS_PORT ||
+	    port == ISTIO_HEALTH_PORT || port == ISTIO_STATS_PORT ||
+	    port == pod->inbound_port || port == pod->outbound_port)
+		return 1;
+	if (port_listed(&pod->exclude_inbound_ports, port))
+		return 1;
+	if (pod->flags & ML_POD_INBOUND_ALL)
+		return 0;
+	return !port_listed(&pod->include_inbound_ports, port);
+}
+
+SEC("sk_lookup")
+int ml_inbound_lookup(struct bpf_sk_lookup *ctx)
+{
+	struct ml_addr local, remote;
+	struct ml_orig_dst o = {};
+	struct ml_sock_key k = {};
+	struct ml_endpoint e;
+	struct bpf_sock *sk;
+	struct ml_pod *pod;
+	__u64 *netns;
+	__u16 port;
+	int v6, err;
+
+	if (ctx->protocol != IPPROTO_TCP)
+		return SK_PASS;
+	v6 = ML_RD(ctx->family) == AF_INET6;
+	ML_ADDRS_FROM_CTX(ctx, &local, &remote);
+	/* Only connections to a pod IP; the netns is the one owning it. */
+	netns = bpf_map_lookup_elem(&ml_pod_ips, &local);
+	if (!netns)
+		return SK_PASS;
+	pod = intercepted_pod(*netns);
+	if (!pod)
+		return SK_PASS;
+	port = (__u16)ctx->local_port;
+	if (inbound_exempt_port(pod, port))
+		return SK_PASS;
+	/* The pod's own connections (the proxy to the app from 127.0.0.6 or
+	 * the pod IP, or the app to itself) are never steered. */
+	if (is_local_dst(*netns, &remote))
+		return SK_PASS;
+
+	listener_key(*netns, pod->inbound_port, v6, &e);
+	sk = bpf_map_lookup_elem(&ml_listeners, &e);
+	if (!sk && !v6) {
+		/* A dual-stack [::] listener takes IPv4 too. */
+		listener_key(*netns, pod->inbound_port, 1, &e);
+		sk = bpf_map_lookup_elem(&ml_listeners, &e);
+	}
+	if (!sk) {
+		/* As with iptables: nobody on the inbound port -> refused.
+		 * Never let the connection reach the app around its proxy. */
+		ml_count(ML_CNT_INBOUND_NO_LISTENER, 1);
+		return SK_DROP;
+	}
+	err = bpf_sk_assign(ctx, sk, 0);
+	bpf_sk_release(sk);
+	if (err) {
+		ml_count(ML_CNT_INBOUND_NO_LISTENER, 1);
+		return SK_DROP;
+	}
+	k.netns = *netns;
+	k.local = local;
+	k.remote = remote;
+	k.local_port = port;
+	k.remote_port = bpf_ntohs(ctx->remote_port);
+	o.addr = local;
+	o.port = port;
+	o.flags = ML_ORIG_STEERED | (v6 ? ML_ORIG_IPV6 : 0);
+	o.netns = *netns;
+	if (bpf_map_update_elem(&ml_orig_by_tuple, &k, &o, BPF_ANY))
+		ml_count(ML_CNT_STATE_FULL, 1);
+	ml_count(ML_CNT_INBOUND_STEERED, 1);
+	return SK_PASS;
+}

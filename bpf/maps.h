@@ -1,0 +1,206 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Copyright (c) 2026 The meshlane authors */
+/*
+ * maps.h - the maps every meshlane object shares, and small helpers.
+ *
+ * Each .bpf.c includes this header, so each object declares the same maps.
+ * The loader gives every map a pin path under <pin root>/v<N>/maps/ before
+ * load; libbpf then reuses the pinned map when it exists, so all objects
+ * (and every agent generation) work on one set of kernel maps.
+ * Sizes marked "set by the loader" are defaults the agent overrides.
+ */
+#ifndef MESHLANE_MAPS_H
+#define MESHLANE_MAPS_H
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include "meshlane.h"
+
+#ifndef AF_INET
+#define AF_INET 2
+#endif
+#ifndef AF_INET6
+#define AF_INET6 10
+#endif
+
+/* Meshed pods by netns cookie.
+ * Writers: `meshlane pod add/rm` (and later the CNI plugin).
+ * Readers: every program. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u64);
+	__type(value, struct ml_pod);
+} ml_pods SEC(".maps");
+
+/* Pod IP -> netns cookie of the pod that owns it.
+ * Writers: `meshlane pod add/rm`. Readers: sockops (peer netns of a
+ * pod-to-pod socket), sk_lookup and connect (is this our pod?). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct ml_addr);
+	__type(value, __u64);
+} ml_pod_ips SEC(".maps");
+
+/* Established TCP sockets of meshed pods (size set by the loader).
+ * Writer: sockops. Reader: sk_msg (redirect target). The kernel removes an
+ * entry when its socket closes. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__uint(max_entries, 65536);
+	__type(key, struct ml_sock_key);
+	__type(value, __u64);
+} ml_socks SEC(".maps");
+
+/* For each socket in ml_socks: the key of the socket its bytes go to
+ * (size set by the loader to match ml_socks). Usually the mirror of its
+ * own 4-tuple; across an iptables REDIRECT, the NATed partner.
+ * Writer: sockops (established; deleted at close). Reader: sk_msg. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct ml_sock_key);
+	__type(value, struct ml_sock_key);
+} ml_peers SEC(".maps");
+
+/* Active (client) sockets of meshed pods by their local endpoint, so the
+ * passive socket at the far end of a NAT redirect finds its partner.
+ * Writer: sockops (active established; deleted at close). Reader: sockops
+ * (passive established). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct ml_endpoint);
+	__type(value, struct ml_sock_key);
+} ml_active SEC(".maps");
+
+/* Per-CPU counters, indexed by enum ml_counter.
+ * Writers: every program. Reader: `meshlane status`, metrics. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, ML_COUNTER_SLOTS);
+	__type(key, __u32);
+	__type(value, __u64);
+} ml_counters SEC(".maps");
+
+/* Proxy inbound listeners by (netns, port); address left zero.
+ * Writer: sockops (TCP_LISTEN_CB on a pod's inbound port). Reader:
+ * sk_lookup (the socket to assign). */
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__uint(max_entries, 4096);
+	__type(key, struct ml_endpoint);
+	__type(value, __u64);
+} ml_listeners SEC(".maps");
+
+/* Original destination by socket cookie, from connect time until the
+ * socket has a 4-tuple. Writer: connect4/6. Readers: sockops (moves it to
+ * ml_orig_by_tuple), getpeername4/6, recvmsg (DNS). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, struct ml_orig_dst);
+} ml_orig_by_cookie SEC(".maps");
+
+/* Original destination by the connection's key as the proxy sees it
+ * (proxy netns, proxy local, app endpoint). Writer: sockops (active
+ * established of a redirected app socket; deleted at close).
+ * Reader: getsockopt (SO_ORIGINAL_DST for the proxy's accepted socket). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct ml_sock_key);
+	__type(value, struct ml_orig_dst);
+} ml_orig_by_tuple SEC(".maps");
+
+/* Read-only settings the loader writes before load (.rodata). */
+const volatile __u32 ml_layout_version = MESHLANE_LAYOUT_VERSION;
+/* Make the shared enums visible in BTF, and so to Rust's generated types. */
+const volatile enum ml_counter ml_counter_count = ML_CNT__MAX;
+const volatile enum ml_pod_flag ml_pod_flag_seen = ML_POD_INTERCEPT;
+const volatile enum ml_preset ml_preset_seen = ML_PRESET_ISTIO;
+const volatile enum ml_orig_flag ml_orig_flag_seen = ML_ORIG_REDIRECTED;
+
+static __always_inline void ml_count(__u32 slot, __u64 n)
+{
+	__u64 *v = bpf_map_lookup_elem(&ml_counters, &slot);
+
+	if (v)
+		*v += n;
+}
+
+static __always_inline void ml_addr_from_v4(struct ml_addr *a, __u32 ip4)
+{
+	a->a[0] = 0;
+	a->a[1] = 0;
+	a->a[2] = bpf_htonl(0x0000ffff);
+	a->a[3] = ip4;
+}
+
+static __always_inline int ml_addr_is_loopback(const struct ml_addr *a)
+{
+	/* ::1 */
+	if (a->a[0] == 0 && a->a[1] == 0 && a->a[2] == 0 &&
+	    a->a[3] == bpf_htonl(1))
+		return 1;
+	/* ::ffff:127.0.0.0/104 */
+	if (a->a[0] == 0 && a->a[1] == 0 && a->a[2] == bpf_htonl(0x0000ffff) &&
+	    (bpf_ntohl(a->a[3]) >> 24) == 127)
+		return 1;
+	return 0;
+}
+
+static __always_inline int ml_addr_eq(const struct ml_addr *x,
+				      const struct ml_addr *y)
+{
+	return x->a[0] == y->a[0] && x->a[1] == y->a[1] &&
+	       x->a[2] == y->a[2] && x->a[3] == y->a[3];
+}
+
+/* Volatile context read: keeps every load unconditional and at a constant
+ * offset from the context pointer. Without it the compiler may merge the
+ * IPv4 and IPv6 branches into one load through an offset pointer, which
+ * the verifier refuses ("dereference of modified ctx ptr"). */
+#define ML_RD(field) (*(volatile __u32 *)&(field))
+
+/* Fills @loc and @rem from a context with the socket-tuple field names
+ * shared by bpf_sock_ops, sk_msg_md and bpf_sk_lookup. */
+#define ML_ADDRS_FROM_CTX(ctx, loc, rem)					\
+	do {									\
+		__u32 _fam = ML_RD((ctx)->family);				\
+		__u32 _l4 = ML_RD((ctx)->local_ip4);				\
+		__u32 _r4 = ML_RD((ctx)->remote_ip4);				\
+		__u32 _l6[4] = { ML_RD((ctx)->local_ip6[0]),			\
+				 ML_RD((ctx)->local_ip6[1]),			\
+				 ML_RD((ctx)->local_ip6[2]),			\
+				 ML_RD((ctx)->local_ip6[3]) };			\
+		__u32 _r6[4] = { ML_RD((ctx)->remote_ip6[0]),			\
+				 ML_RD((ctx)->remote_ip6[1]),			\
+				 ML_RD((ctx)->remote_ip6[2]),			\
+				 ML_RD((ctx)->remote_ip6[3]) };			\
+		if (_fam == AF_INET) {						\
+			ml_addr_from_v4((loc), _l4);				\
+			ml_addr_from_v4((rem), _r4);				\
+		} else {							\
+			__builtin_memcpy((loc)->a, _l6, sizeof(_l6));		\
+			__builtin_memcpy((rem)->a, _r6, sizeof(_r6));		\
+		}								\
+	} while (0)
+
+/* The netns a socket talking to @remote from netns @netns lives in:
+ * the same netns for loopback, the owning pod for a pod IP, else 0. */
+static __always_inline __u64 ml_peer_netns(__u64 netns,
+					   const struct ml_addr *remote)
+{
+	__u64 *owner;
+
+	if (ml_addr_is_loopback(remote))
+		return netns;
+	owner = bpf_map_lookup_elem(&ml_pod_ips, remote);
+	return owner ? *owner : 0;
+}
+
+#endif /* MESHLANE_MAPS_H */

@@ -1,0 +1,154 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Copyright (c) 2026 The meshlane authors */
+/*
+ * meshlane.h - every structure the kernel and user space share.
+ *
+ * This header is the single definition of the kernel-visible layout: the
+ * BPF programs include it, and Rust sees the same structs through the
+ * `types` module that libbpf-cargo generates from the objects' BTF.
+ * Any change to a struct here, to a map's key/value type or to a map's
+ * type changes what is pinned under the pin root, so it MUST bump
+ * MESHLANE_LAYOUT_VERSION (the pin path carries it: <pin root>/v<N>/).
+ */
+#ifndef MESHLANE_H
+#define MESHLANE_H
+
+#include <linux/types.h>
+
+#define MESHLANE_LAYOUT_VERSION 1
+
+/* Capacity of the per-pod lists. Bigger lists are refused by user space
+ * with an error naming the pod and the list, never truncated. */
+#define ML_MAX_PORTS 32
+#define ML_MAX_CIDRS 16
+#define ML_POD_NAME_LEN 64
+
+/* An IP address. IPv4 is stored v4-mapped (::ffff:a.b.c.d) so one key type
+ * serves both families and a dual-stack socket keys the same way as an
+ * AF_INET one. Network byte order. */
+struct ml_addr {
+	__u32 a[4];
+};
+
+/* A prefix over the 128-bit (mapped) form: an IPv4 /24 is stored as /120. */
+struct ml_cidr {
+	struct ml_addr addr;
+	__u32 prefix_len;
+};
+
+struct ml_port_list {
+	__u16 port[ML_MAX_PORTS]; /* host byte order */
+	__u32 len;
+};
+
+struct ml_cidr_list {
+	struct ml_cidr cidr[ML_MAX_CIDRS];
+	__u32 len;
+};
+
+/* ml_pod.flags */
+enum ml_pod_flag {
+	/* eBPF interception (connect redirect, sk_lookup) is on for the pod. */
+	ML_POD_INTERCEPT = 1 << 0,
+	/* Istio DNS proxying: port 53 goes to the proxy's DNS port. */
+	ML_POD_DNS_CAPTURE = 1 << 1,
+	/* The pod's netns has istio-init nat rules: splice only, never
+	 * intercept with eBPF (it would intercept twice). */
+	ML_POD_IPTABLES = 1 << 2,
+	/* includeInboundPorts="*" (Istio's default): every port not excluded. */
+	ML_POD_INBOUND_ALL = 1 << 3,
+	/* includeOutboundIPRanges="*" (Istio's default). */
+	ML_POD_OUTBOUND_ALL_IPS = 1 << 4,
+	/* includeOutboundPorts is a list (not all ports). */
+	ML_POD_OUTBOUND_PORTS_LISTED = 1 << 5,
+	/* The pod allows the xDS fast path (bypass). */
+	ML_POD_BYPASS = 1 << 6,
+};
+
+/* Mesh presets; user space fills the ports and uid from them. */
+enum ml_preset {
+	ML_PRESET_CUSTOM = 0,
+	ML_PRESET_ISTIO = 1,
+	ML_PRESET_LINKERD = 2,
+	ML_PRESET_KUMA = 3,
+};
+
+/* One meshed pod, keyed by its netns cookie in ml_pods. */
+struct ml_pod {
+	__u32 proxy_uid;
+	__u32 proxy_gid;
+	__u16 outbound_port; /* Istio 15001 */
+	__u16 inbound_port;  /* Istio 15006 */
+	__u16 dns_port;      /* Istio 15053 */
+	__u16 preset;        /* enum ml_preset */
+	__u32 flags;         /* enum ml_pod_flag */
+	struct ml_port_list include_inbound_ports;
+	struct ml_port_list exclude_inbound_ports;
+	struct ml_port_list include_outbound_ports;
+	struct ml_port_list exclude_outbound_ports;
+	struct ml_cidr_list include_outbound_cidrs;
+	struct ml_cidr_list exclude_outbound_cidrs;
+	char name[ML_POD_NAME_LEN]; /* for humans: pod name or netns path */
+};
+
+/* Identity of one established TCP socket: whose netns, and its 4-tuple as
+ * seen from that socket. Ports in host byte order. */
+struct ml_sock_key {
+	__u64 netns;
+	struct ml_addr local;
+	struct ml_addr remote;
+	__u16 local_port;
+	__u16 remote_port;
+	__u32 _pad;
+};
+
+/* One end of a connection inside a netns: used to find an active socket
+ * by its source and a listener by its address. */
+struct ml_endpoint {
+	__u64 netns;
+	struct ml_addr addr;
+	__u16 port;
+	__u16 _pad[3];
+};
+
+/* ml_orig_dst.flags */
+enum ml_orig_flag {
+	ML_ORIG_REDIRECTED = 1 << 0, /* outbound connect sent to the proxy */
+	ML_ORIG_STEERED = 1 << 1,    /* inbound, assigned by sk_lookup */
+	ML_ORIG_DNS = 1 << 2,        /* port 53 sent to the DNS proxy */
+	ML_ORIG_IPV6 = 1 << 3,       /* the app used AF_INET6 */
+};
+
+/* The destination an app asked for before meshlane rewrote it. */
+struct ml_orig_dst {
+	struct ml_addr addr;
+	__u16 port;  /* host byte order */
+	__u16 _pad;
+	__u32 flags; /* enum ml_orig_flag */
+	__u64 netns; /* the pod that made the connection */
+};
+
+/* Slots of the per-CPU counter array ml_counters. */
+enum ml_counter {
+	ML_CNT_MSG_SPLICED = 0,     /* sk_msg redirected to the peer socket */
+	ML_CNT_BYTES_SPLICED,
+	ML_CNT_MSG_FALLBACK,        /* sk_msg passed to the TCP stack */
+	ML_CNT_BYTES_FALLBACK,
+	ML_CNT_SOCK_INSERTED,       /* sockops put a socket in ml_socks */
+	ML_CNT_SOCK_INSERT_FAILED,  /* ml_socks full (or key clash): normal path */
+	ML_CNT_PAIRED_NAT,          /* sockets paired across a NAT redirect */
+	ML_CNT_CONNECT_REDIRECTED,  /* connect sent to the proxy */
+	ML_CNT_CONNECT_EXEMPT,      /* connect from a meshed pod left alone */
+	ML_CNT_ORIG_DST_ANSWERED,   /* SO_ORIGINAL_DST answered by getsockopt */
+	ML_CNT_INBOUND_STEERED,     /* sk_lookup assigned the inbound listener */
+	ML_CNT_INBOUND_NO_LISTENER, /* steering wanted but no listener yet */
+	ML_CNT_DNS_REDIRECTED,
+	ML_CNT_LISTENER_REGISTERED, /* proxy inbound listener seen */
+	ML_CNT_STATE_FULL,          /* an LRU bookkeeping insert failed */
+	ML_CNT__MAX,
+};
+
+/* Room for counters added later without a layout change. */
+#define ML_COUNTER_SLOTS 32
+
+#endif /* MESHLANE_H */

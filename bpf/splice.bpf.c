@@ -1,0 +1,206 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/* Copyright (c) 2026 The meshlane authors */
+/*
+ * splice.bpf.c - move bytes between local sockets without the TCP/IP stack.
+ *
+ * Programs:
+ *   ml_splice_sockops  (sockops, cgroup v2)  puts established TCP sockets of
+ *                      meshed pods into ml_socks and records, in ml_peers,
+ *                      which socket each one's bytes go to.
+ *   ml_splice_msg      (sk_msg, on ml_socks) redirects every message to the
+ *                      peer socket's ingress queue, or passes it to TCP.
+ *   ml_splice_verdict  (sk_skb stream verdict, on ml_socks) a pass-through;
+ *                      attached only on kernels whose sockmap loses FIONREAD
+ *                      and epoll wake-ups without one (see src/probe.rs).
+ *
+ * Pairing. A socket's peer is normally the mirror of its own 4-tuple in the
+ * peer's netns (loopback: same netns; a pod IP: the owning pod's netns).
+ * Under istio-init's iptables REDIRECT the proxy's accepted socket
+ * (127.0.0.1:15001 <- podIP:eph) does not mirror the app's socket
+ * (podIP:eph -> VIP:80). The passive side then finds the active socket by its
+ * source endpoint in ml_active and both peers are written explicitly.
+ */
+#include "maps.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+static __always_inline void sock_key_from_ops(struct bpf_sock_ops *skops,
+					      __u64 netns,
+					      struct ml_sock_key *k)
+{
+	__builtin_memset(k, 0, sizeof(*k));
+	k->netns = netns;
+	ML_ADDRS_FROM_CTX(skops, &k->local, &k->remote);
+	k->local_port = (__u16)ML_RD(skops->local_port);
+	k->remote_port = (__u16)bpf_ntohl(ML_RD(skops->remote_port));
+}
+
+static __always_inline void mirror_key(const struct ml_sock_key *k,
+				       __u64 peer_netns,
+				       struct ml_sock_key *m)
+{
+	__builtin_memset(m, 0, sizeof(*m));
+	m->netns = peer_netns;
+	m->local = k->remote;
+	m->remote = k->local;
+	m->local_port = k->remote_port;
+	m->remote_port = k->local_port;
+}
+
+static __always_inline void endpoint_of(__u64 netns, const struct ml_addr *a,
+					__u16 port, struct ml_endpoint *e)
+{
+	__builtin_memset(e, 0, sizeof(*e));
+	e->netns = netns;
+	e->addr = *a;
+	e->port = port;
+}
+
+static __always_inline void set_peer(const struct ml_sock_key *k,
+				     const struct ml_sock_key *peer)
+{
+	if (bpf_map_update_elem(&ml_peers, k, peer, BPF_ANY))
+		ml_count(ML_CNT_STATE_FULL, 1);
+}
+
+/* The passive end of a connection: find the active socket that opened it.
+ * Returns 1 and fills @partner when a NATed partner was paired. */
+static __always_inline int pair_across_nat(const struct ml_sock_key *me,
+					   __u64 peer_netns)
+{
+	struct ml_endpoint src;
+	struct ml_sock_key *active, partner;
+
+	endpoint_of(peer_netns, &me->remote, me->remote_port, &src);
+	active = bpf_map_lookup_elem(&ml_active, &src);
+	if (!active)
+		return 0;
+	partner = *active;
+	/* Mirror tuples need no explicit pairing. */
+	if (ml_addr_eq(&partner.remote, &me->local) &&
+	    partner.remote_port == me->local_port)
+		return 0;
+	set_peer(me, &partner);
+	set_peer(&partner, me);
+	ml_count(ML_CNT_PAIRED_NAT, 1);
+	return 1;
+}
+
+static __always_inline void on_established(struct bpf_sock_ops *skops,
+					   int passive)
+{
+	struct ml_sock_key me, mirror;
+	struct ml_endpoint self;
+	__u64 netns, peer_netns;
+
+	if (skops->family != AF_INET && skops->family != AF_INET6)
+		return;
+	netns = bpf_get_netns_cookie(skops);
+	if (!bpf_map_lookup_elem(&ml_pods, &netns))
+		return;
+
+	sock_key_from_ops(skops, netns, &me);
+	if (bpf_sock_hash_update(skops, &ml_socks, &me, BPF_NOEXIST)) {
+		/* Full map or clash: this connection uses the TCP stack. */
+		ml_count(ML_CNT_SOCK_INSERT_FAILED, 1);
+		return;
+	}
+	ml_count(ML_CNT_SOCK_INSERTED, 1);
+	/* Ask for state changes so the bookkeeping below is removed at close. */
+	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags |
+						 BPF_SOCK_OPS_STATE_CB_FLAG);
+
+	peer_netns = ml_peer_netns(netns, &me.remote);
+	if (passive) {
+		if (peer_netns && pair_across_nat(&me, peer_netns))
+			return;
+	} else {
+		endpoint_of(netns, &me.local, me.local_port, &self);
+		if (bpf_map_update_elem(&ml_active, &self, &me, BPF_ANY))
+			ml_count(ML_CNT_STATE_FULL, 1);
+	}
+	/* Not local (or, under REDIRECT, not known until the proxy's side
+	 * is established and pairs with us): messages take the TCP stack. */
+	if (!peer_netns)
+		return;
+	mirror_key(&me, peer_netns, &mirror);
+	set_peer(&me, &mirror);
+}
+
+static __always_inline void on_close(struct bpf_sock_ops *skops)
+{
+	struct ml_sock_key me;
+	struct ml_endpoint self;
+	struct ml_sock_key *active;
+	__u64 netns;
+
+	if (skops->family != AF_INET && skops->family != AF_INET6)
+		return;
+	netns = bpf_get_netns_cookie(skops);
+	sock_key_from_ops(skops, netns, &me);
+	bpf_map_delete_elem(&ml_peers, &me);
+	endpoint_of(netns, &me.local, me.local_port, &self);
+	active = bpf_map_lookup_elem(&ml_active, &self);
+	/* Only remove the entry if it is this socket's (ports are reused). */
+	if (active && ml_addr_eq(&active->remote, &me.remote) &&
+	    active->remote_port == me.remote_port)
+		bpf_map_delete_elem(&ml_active, &self);
+}
+
+SEC("sockops")
+int ml_splice_sockops(struct bpf_sock_ops *skops)
+{
+	switch (skops->op) {
+	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+		on_established(skops, 0);
+		break;
+	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
+		on_established(skops, 1);
+		break;
+	case BPF_SOCK_OPS_STATE_CB:
+		if (skops->args[1] == BPF_TCP_CLOSE)
+			on_close(skops);
+		break;
+	}
+	return 1;
+}
+
+static __always_inline void sock_key_from_msg(struct sk_msg_md *msg,
+					      struct ml_sock_key *k)
+{
+	__builtin_memset(k, 0, sizeof(*k));
+	k->netns = bpf_get_netns_cookie(msg);
+	ML_ADDRS_FROM_CTX(msg, &k->local, &k->remote);
+	k->local_port = (__u16)ML_RD(msg->local_port);
+	k->remote_port = (__u16)bpf_ntohl(ML_RD(msg->remote_port));
+}
+
+SEC("sk_msg")
+int ml_splice_msg(struct sk_msg_md *msg)
+{
+	struct ml_sock_key me, *peer;
+	__u64 len = msg->size;
+
+	sock_key_from_msg(msg, &me);
+	peer = bpf_map_lookup_elem(&ml_peers, &me);
+	/* bpf_msg_redirect_hash() returns SK_DROP when the peer is not in the
+	 * map; we pass instead, so the message takes the TCP stack. */
+	if (peer && bpf_msg_redirect_hash(msg, &ml_socks, peer,
+					  BPF_F_INGRESS) == SK_PASS) {
+		ml_count(ML_CNT_MSG_SPLICED, 1);
+		ml_count(ML_CNT_BYTES_SPLICED, len);
+		return SK_PASS;
+	}
+	ml_count(ML_CNT_MSG_FALLBACK, 1);
+	ml_count(ML_CNT_BYTES_FALLBACK, len);
+	return SK_PASS;
+}
+
+/* Pass-through stream verdict: with a verdict program on the map the kernel
+ * keeps TCP-path bytes on the psock's queue, where FIONREAD and poll see
+ * them. Only attached when the probe finds the kernel needs it. */
+SEC("sk_skb/stream_verdict")
+int ml_splice_verdict(struct __sk_buff *skb)
+{
+	return SK_PASS;
+}

@@ -1,0 +1,121 @@
+//! The node agent: probe, install or adopt the data path, then watch it.
+//! It holds no BPF object after install (everything lives in pins), so
+//! killing it never touches traffic, and a restarted agent adopts the pins.
+//! While it runs it keeps kernel BPF run-time stats on, logs counters and
+//! serves Prometheus metrics.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use thiserror::Error;
+
+use crate::layout::PinLayout;
+use crate::loader::{self, Config, InstallReport, LoadError};
+use crate::probe::{self, ProbeError};
+
+#[derive(Debug, Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Probe(#[from] ProbeError),
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("metrics listener on {addr}: {source}")]
+    Metrics {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Options of the agent process beyond what it installs.
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    pub install: Config,
+    pub metrics_addr: Option<SocketAddr>,
+    pub log_interval: Duration,
+    /// Install, report and exit (for scripts and tests).
+    pub once: bool,
+}
+
+/// Turns on the kernel's per-program run count/time while the fd lives.
+fn enable_bpf_stats() -> Option<OwnedFd> {
+    // SAFETY: plain syscall wrapper.
+    let fd = unsafe { libbpf_sys::bpf_enable_stats(libbpf_sys::BPF_STATS_RUN_TIME) };
+    // SAFETY: a non-negative fd is ours.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Probes and installs; the part of `run` that tests and `--once` use.
+pub fn start(opts: &AgentOptions) -> Result<InstallReport, AgentError> {
+    probe::require_all()?;
+    let report = loader::install(&opts.install)?;
+    for a in &report.attachments {
+        tracing::info!(program = %a.program, pin = %a.pin.display(), action = a.action, "data path");
+    }
+    Ok(report)
+}
+
+fn serve_metrics(listener: TcpListener, layout: PinLayout, stop: Arc<AtomicBool>) {
+    listener.set_nonblocking(true).ok();
+    while !stop.load(Ordering::Relaxed) {
+        match listener.accept() {
+            Ok((mut s, _)) => {
+                s.set_nonblocking(false).ok();
+                s.set_read_timeout(Some(Duration::from_secs(2))).ok();
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf);
+                let (code, body) = match crate::status::prometheus(&layout) {
+                    Ok(b) => ("200 OK", b),
+                    Err(e) => ("503 Service Unavailable", format!("{e}\n")),
+                };
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 {code}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// Runs until SIGINT/SIGTERM. Exiting leaves the data path pinned.
+pub fn run(opts: AgentOptions) -> Result<(), AgentError> {
+    let report = start(&opts)?;
+    if opts.once {
+        return Ok(());
+    }
+    let _stats = enable_bpf_stats();
+    let layout = PinLayout::new(&report.pin_root);
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        let _ = ctrlc::set_handler(move || stop.store(true, Ordering::Relaxed));
+    }
+    if let Some(addr) = opts.metrics_addr {
+        let l = TcpListener::bind(addr).map_err(|e| AgentError::Metrics { addr, source: e })?;
+        let (layout, stop) = (layout.clone(), stop.clone());
+        std::thread::spawn(move || serve_metrics(l, layout, stop));
+        tracing::info!(%addr, "serving metrics");
+    }
+    tracing::info!(pin_root = %report.pin_root.display(), cgroup = %report.cgroup.display(), "agent running");
+    let mut waited = Duration::ZERO;
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(200));
+        waited += Duration::from_millis(200);
+        if waited >= opts.log_interval {
+            waited = Duration::ZERO;
+            if !layout.maps_dir().exists() {
+                tracing::warn!("pins were removed (uninstall?); agent exits");
+                break;
+            }
+            let c = crate::status::read_counters(&layout);
+            tracing::info!(counters = ?c, "data path counters");
+        }
+    }
+    tracing::info!("agent exiting; the data path stays pinned");
+    Ok(())
+}

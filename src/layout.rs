@@ -1,0 +1,148 @@
+//! The pin root: where meshlane keeps its maps, programs and links in bpffs,
+//! and the layout version that guards it.
+//!
+//! ```text
+//! <root>/v<N>/maps/<map name>          every shared map
+//! <root>/v<N>/progs/<prog name>        programs attached later (sk_lookup)
+//! <root>/v<N>/links/<prog name>        node-wide attachments (cgroup, sockhash)
+//! <root>/v<N>/links/pods/<cookie>      per-pod attachments (sk_lookup in its netns)
+//! ```
+//! `N` is `MESHLANE_LAYOUT_VERSION` from bpf/meshlane.h: a pin root that holds
+//! another version belongs to an incompatible build and is never touched.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+/// Kernel-visible layout version; must equal MESHLANE_LAYOUT_VERSION in
+/// bpf/meshlane.h (checked against the object's .rodata at load).
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// Default pin root on a node.
+pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/meshlane";
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+#[derive(Debug, Error)]
+pub enum LayoutError {
+    #[error("{0} is not on a bpf filesystem (mount one with `mount -t bpf bpf /sys/fs/bpf`)")]
+    NotBpffs(PathBuf),
+    #[error("pin root {root} holds layout {found}, this build uses v{LAYOUT_VERSION}: run the matching `meshlane uninstall` first")]
+    OtherVersion { root: PathBuf, found: String },
+    #[error("meshlane is not installed at {0}: start `meshlane agent` first")]
+    NotInstalled(PathBuf),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Paths of one pin root at this build's layout version.
+#[derive(Debug, Clone)]
+pub struct PinLayout {
+    root: PathBuf,
+}
+
+impl PinLayout {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn version_dir(&self) -> PathBuf {
+        self.root.join(format!("v{LAYOUT_VERSION}"))
+    }
+
+    pub fn maps_dir(&self) -> PathBuf {
+        self.version_dir().join("maps")
+    }
+
+    pub fn map(&self, name: &str) -> PathBuf {
+        self.maps_dir().join(name)
+    }
+
+    pub fn progs_dir(&self) -> PathBuf {
+        self.version_dir().join("progs")
+    }
+
+    pub fn prog(&self, name: &str) -> PathBuf {
+        self.progs_dir().join(name)
+    }
+
+    pub fn links_dir(&self) -> PathBuf {
+        self.version_dir().join("links")
+    }
+
+    pub fn link(&self, name: &str) -> PathBuf {
+        self.links_dir().join(name)
+    }
+
+    pub fn pod_links_dir(&self) -> PathBuf {
+        self.links_dir().join("pods")
+    }
+
+    pub fn pod_link(&self, netns_cookie: u64) -> PathBuf {
+        self.pod_links_dir().join(netns_cookie.to_string())
+    }
+
+    /// The directory that holds the pin root must be bpffs.
+    pub fn check_bpffs(&self) -> Result<(), LayoutError> {
+        let mut probe = self.root.clone();
+        while !probe.exists() {
+            match probe.parent() {
+                Some(p) => probe = p.to_path_buf(),
+                None => break,
+            }
+        }
+        let st = nix::sys::statfs::statfs(&probe).map_err(|e| LayoutError::Io {
+            path: probe.clone(),
+            source: e.into(),
+        })?;
+        if st.filesystem_type().0 as i64 != BPF_FS_MAGIC {
+            return Err(LayoutError::NotBpffs(probe));
+        }
+        Ok(())
+    }
+
+    /// Refuses a pin root that holds any other layout version.
+    pub fn check_version(&self) -> Result<(), LayoutError> {
+        let Ok(entries) = fs::read_dir(&self.root) else {
+            return Ok(());
+        };
+        let mine = format!("v{LAYOUT_VERSION}");
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name != mine {
+                return Err(LayoutError::OtherVersion {
+                    root: self.root.clone(),
+                    found: name,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The installed layout must exist (for commands that need the agent).
+    pub fn require_installed(&self) -> Result<(), LayoutError> {
+        self.check_version()?;
+        if !self.maps_dir().is_dir() {
+            return Err(LayoutError::NotInstalled(self.root.clone()));
+        }
+        Ok(())
+    }
+
+    pub fn create_dirs(&self) -> Result<(), LayoutError> {
+        for d in [self.maps_dir(), self.progs_dir(), self.pod_links_dir()] {
+            fs::create_dir_all(&d).map_err(|e| LayoutError::Io {
+                path: d.clone(),
+                source: e,
+            })?;
+        }
+        Ok(())
+    }
+}

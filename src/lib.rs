@@ -1,0 +1,23 @@
+//! meshlane: an eBPF add-on for sidecar service meshes.
+//!
+//! Modules, one concern each:
+//! - [`abi`]: the structs shared with BPF (generated from bpf/meshlane.h)
+//! - [`layout`]: the pin root and its layout version
+//! - [`cgroup`], [`netns`]: the kernel objects programs attach to / pods are
+//! - [`probe`]: kernel feature checks at start
+//! - [`loader`]: load, attach or adopt, pin; uninstall
+//! - [`pods`]: the pod registry (netns cookie -> settings)
+//! - [`status`]: programs, links, pods, map fill and counters
+//! - [`agent`]: the long-running node agent
+pub mod abi;
+pub mod agent;
+pub mod cgroup;
+pub mod layout;
+pub mod loader;
+pub mod netns;
+pub mod pods;
+pub mod probe;
+#[cfg(feature = "sim")]
+pub mod sim;
+pub mod skel;
+pub mod status;

@@ -1,0 +1,375 @@
+//! Loading the BPF objects and attaching them, following the skeleton idiom
+//! (open -> size maps, set pin paths -> load -> attach -> pin), and adopting
+//! what an earlier agent pinned: an existing link gets the new program
+//! swapped in atomically (bpf_link_update) instead of a second attachment.
+
+use std::fs::File;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::{Path, PathBuf};
+use std::ptr::NonNull;
+
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::{AsRawLibbpf, Link, OpenObject, Program};
+use serde::Serialize;
+use thiserror::Error;
+
+use crate::cgroup::{self, CgroupError};
+use crate::layout::{LayoutError, PinLayout, LAYOUT_VERSION};
+use crate::probe;
+use crate::skel::intercept::InterceptSkelBuilder;
+use crate::skel::splice::SpliceSkelBuilder;
+
+#[derive(Debug, Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    #[error(transparent)]
+    Probe(#[from] probe::ProbeError),
+    #[error("{what}: {source}")]
+    Bpf {
+        what: String,
+        source: libbpf_rs::Error,
+    },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("object layout v{found} does not match this build's v{LAYOUT_VERSION}")]
+    LayoutMismatch { found: u32 },
+}
+
+fn bpf(what: impl Into<String>) -> impl FnOnce(libbpf_rs::Error) -> LoadError {
+    let what = what.into();
+    move |source| LoadError::Bpf { what, source }
+}
+
+/// When to attach the pass-through stream verdict program to ml_socks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VerdictRemedy {
+    /// Only on kernels known to lose FIONREAD/epoll wake-ups on sockhash sockets.
+    Auto,
+    On,
+    Off,
+}
+
+/// What the agent installs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub pin_root: PathBuf,
+    /// cgroup v2 directory to attach to; None = the hierarchy's root.
+    pub cgroup: Option<PathBuf>,
+    /// Capacity of ml_socks (and of the bookkeeping maps sized with it).
+    pub sockhash_size: u32,
+    /// Attach the interception hooks (connect, getsockopt, getpeername, DNS).
+    pub intercept: bool,
+    pub verdict_remedy: VerdictRemedy,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            pin_root: crate::layout::DEFAULT_PIN_ROOT.into(),
+            cgroup: None,
+            sockhash_size: 65536,
+            intercept: true,
+            verdict_remedy: VerdictRemedy::Auto,
+        }
+    }
+}
+
+/// How one program ended up attached.
+#[derive(Debug, Clone, Serialize)]
+pub struct Attachment {
+    pub program: String,
+    pub pin: PathBuf,
+    /// "attached" (new link), "adopted" (pinned link, program replaced).
+    pub action: &'static str,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct InstallReport {
+    pub pin_root: PathBuf,
+    pub cgroup: PathBuf,
+    pub attachments: Vec<Attachment>,
+    pub verdict_remedy: bool,
+}
+
+/// Maps whose size follows `sockhash_size`.
+const SIZED_MAPS: [&str; 5] = [
+    "ml_socks",
+    "ml_peers",
+    "ml_active",
+    "ml_orig_by_cookie",
+    "ml_orig_by_tuple",
+];
+
+/// Gives every shared map its pin path (so libbpf reuses or pins it) and the
+/// configured size.
+fn prepare_maps(obj: &mut OpenObject, layout: &PinLayout, size: u32) -> Result<(), LoadError> {
+    for mut m in obj.maps_mut() {
+        let name = m.name().to_string_lossy().into_owned();
+        if !name.starts_with("ml_") {
+            continue; // .rodata and friends stay private to the object
+        }
+        if SIZED_MAPS.contains(&name.as_str()) {
+            m.set_max_entries(size)
+                .map_err(bpf(format!("sizing {name}")))?;
+        }
+        m.set_pin_path(layout.map(&name))
+            .map_err(bpf(format!("pin path of {name}")))?;
+    }
+    Ok(())
+}
+
+fn load_err(obj: &str, e: libbpf_rs::Error) -> LoadError {
+    LoadError::Bpf {
+        what: format!(
+            "loading {obj}.bpf.o (a pinned map of a different size or type needs `meshlane uninstall` first)"
+        ),
+        source: e,
+    }
+}
+
+/// Pins a fresh link, or swaps `prog` into the link already pinned at `pin`.
+fn attach_or_adopt(
+    pin: &Path,
+    prog: &Program<'_>,
+    attach: impl FnOnce() -> Result<Link, LoadError>,
+) -> Result<Attachment, LoadError> {
+    let program = prog.name().to_string_lossy().into_owned();
+    if pin.exists() {
+        match Link::open(pin).and_then(|mut l| l.update_prog(prog)) {
+            Ok(()) => {
+                return Ok(Attachment {
+                    program,
+                    pin: pin.into(),
+                    action: "adopted",
+                })
+            }
+            Err(e) => {
+                tracing::warn!(pin = %pin.display(), error = %e, "pinned link unusable, attaching anew");
+                let _ = std::fs::remove_file(pin);
+            }
+        }
+    }
+    let mut link = attach()?;
+    link.pin(pin)
+        .map_err(bpf(format!("pinning {}", pin.display())))?;
+    Ok(Attachment {
+        program,
+        pin: pin.into(),
+        action: "attached",
+    })
+}
+
+/// bpf_link for a sockmap program (kernel 6.10+).
+fn attach_sockmap_link(prog: &Program<'_>, map_fd: i32) -> Result<Link, LoadError> {
+    // SAFETY: valid program pointer from a loaded object and a map fd.
+    let ptr = unsafe {
+        libbpf_sys::bpf_program__attach_sockmap(prog.as_libbpf_object().as_ptr(), map_fd)
+    };
+    let err = -unsafe { libbpf_sys::libbpf_get_error(ptr as *const _) } as i32;
+    match NonNull::new(ptr) {
+        Some(p) if err == 0 => Ok(unsafe { Link::from_ptr(p) }),
+        _ => Err(LoadError::Bpf {
+            what: format!("attaching {} to ml_socks", prog.name().to_string_lossy()),
+            source: libbpf_rs::Error::from(std::io::Error::from_raw_os_error(err.max(1))),
+        }),
+    }
+}
+
+fn open_dir(path: &Path) -> Result<File, LoadError> {
+    File::open(path).map_err(|e| LoadError::Io {
+        path: path.into(),
+        source: e,
+    })
+}
+
+/// Installs (or adopts) the data path. Leaves nothing half-attached: on an
+/// error after the first new attachment, what this call attached is removed.
+pub fn install(cfg: &Config) -> Result<InstallReport, LoadError> {
+    let layout = PinLayout::new(&cfg.pin_root);
+    layout.check_bpffs()?;
+    layout.check_version()?;
+    let cg_path = match &cfg.cgroup {
+        Some(p) => p.clone(),
+        None => cgroup::cgroup2_mount()?,
+    };
+    cgroup::check_cgroup2(&cg_path)?;
+    let fresh = !layout.maps_dir().exists();
+    layout.create_dirs()?;
+    let mut report = InstallReport {
+        pin_root: cfg.pin_root.clone(),
+        cgroup: cg_path.clone(),
+        attachments: Vec::new(),
+        verdict_remedy: false,
+    };
+    match install_inner(cfg, &layout, &cg_path, &mut report) {
+        Ok(()) => Ok(report),
+        Err(e) => {
+            for a in report.attachments.iter().filter(|a| a.action == "attached") {
+                let _ = std::fs::remove_file(&a.pin);
+            }
+            if fresh {
+                let _ = remove_pins(&layout);
+            }
+            Err(e)
+        }
+    }
+}
+
+fn install_inner(
+    cfg: &Config,
+    layout: &PinLayout,
+    cg_path: &Path,
+    report: &mut InstallReport,
+) -> Result<(), LoadError> {
+    let cg = open_dir(cg_path)?;
+    let cg_fd = cg.as_raw_fd();
+
+    // --- splice.bpf.o: sockops + sk_msg (+ verdict remedy) ---
+    let mut splice_obj = MaybeUninit::uninit();
+    let mut open = SpliceSkelBuilder::default()
+        .open(&mut splice_obj)
+        .map_err(bpf("opening splice.bpf.o"))?;
+    if let Some(ro) = open.maps.rodata_data.as_deref() {
+        if ro.ml_layout_version != LAYOUT_VERSION {
+            return Err(LoadError::LayoutMismatch {
+                found: ro.ml_layout_version,
+            });
+        }
+    }
+    prepare_maps(open.open_object_mut(), layout, cfg.sockhash_size)?;
+    let splice = open.load().map_err(|e| load_err("splice", e))?;
+    let socks_fd = splice.maps.ml_socks.as_fd().as_raw_fd();
+
+    let p = &splice.progs.ml_splice_sockops;
+    report.attachments.push(attach_or_adopt(
+        &layout.link("ml_splice_sockops"),
+        p,
+        || {
+            p.attach_cgroup(cg_fd)
+                .map_err(bpf("attaching sockops to the cgroup"))
+        },
+    )?);
+    let p = &splice.progs.ml_splice_msg;
+    report
+        .attachments
+        .push(attach_or_adopt(&layout.link("ml_splice_msg"), p, || {
+            attach_sockmap_link(p, socks_fd)
+        })?);
+    let remedy = match cfg.verdict_remedy {
+        VerdictRemedy::On => true,
+        VerdictRemedy::Off => false,
+        VerdictRemedy::Auto => probe::kernel_needs_verdict_remedy(),
+    };
+    let verdict_pin = layout.link("ml_splice_verdict");
+    if remedy {
+        let p = &splice.progs.ml_splice_verdict;
+        report
+            .attachments
+            .push(attach_or_adopt(&verdict_pin, p, || {
+                attach_sockmap_link(p, socks_fd)
+            })?);
+    } else if verdict_pin.exists() {
+        let _ = std::fs::remove_file(&verdict_pin);
+    }
+    report.verdict_remedy = remedy;
+
+    // --- intercept.bpf.o: connect/getsockopt/getpeername/DNS + sk_lookup ---
+    let mut icpt_obj = MaybeUninit::uninit();
+    let mut open = InterceptSkelBuilder::default()
+        .open(&mut icpt_obj)
+        .map_err(bpf("opening intercept.bpf.o"))?;
+    prepare_maps(open.open_object_mut(), layout, cfg.sockhash_size)?;
+    let mut icpt = open.load().map_err(|e| load_err("intercept", e))?;
+    let progs = &icpt.progs;
+    let cgroup_progs: Vec<&libbpf_rs::ProgramMut<'_>> = if cfg.intercept {
+        vec![
+            &progs.ml_intercept_sockops,
+            &progs.ml_connect4,
+            &progs.ml_connect6,
+            &progs.ml_getsockopt,
+            &progs.ml_getpeername4,
+            &progs.ml_getpeername6,
+            &progs.ml_sendmsg4,
+            &progs.ml_sendmsg6,
+            &progs.ml_recvmsg4,
+            &progs.ml_recvmsg6,
+        ]
+    } else {
+        Vec::new()
+    };
+    for p in cgroup_progs {
+        let name = p.name().to_string_lossy().into_owned();
+        report
+            .attachments
+            .push(attach_or_adopt(&layout.link(&name), p, || {
+                p.attach_cgroup(cg_fd)
+                    .map_err(bpf(format!("attaching {name} to the cgroup")))
+            })?);
+    }
+    // sk_lookup is attached per pod by `pod add`; pin the program for it and
+    // move every existing pod link to this build's program.
+    let lookup = &mut icpt.progs.ml_inbound_lookup;
+    let prog_pin = layout.prog("ml_inbound_lookup");
+    let _ = std::fs::remove_file(&prog_pin);
+    lookup
+        .pin(&prog_pin)
+        .map_err(bpf(format!("pinning {}", prog_pin.display())))?;
+    if let Ok(entries) = std::fs::read_dir(layout.pod_links_dir()) {
+        for e in entries.flatten() {
+            if let Err(err) = Link::open(e.path()).and_then(|mut l| l.update_prog(lookup)) {
+                tracing::warn!(pin = %e.path().display(), error = %err, "could not update pod inbound link");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Removes every pin under this build's layout version. Programs and maps
+/// go away with their last reference; nothing else is touched.
+pub fn remove_pins(layout: &PinLayout) -> std::io::Result<usize> {
+    let mut removed = 0;
+    let vdir = layout.version_dir();
+    if !vdir.exists() {
+        return Ok(0);
+    }
+    // Links first (detaches), then programs, then maps.
+    for dir in [
+        layout.pod_links_dir(),
+        layout.links_dir(),
+        layout.progs_dir(),
+        layout.maps_dir(),
+    ] {
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for e in entries.flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    continue;
+                }
+                std::fs::remove_file(&p)?;
+                removed += 1;
+            }
+        }
+    }
+    for dir in [
+        layout.pod_links_dir(),
+        layout.links_dir(),
+        layout.progs_dir(),
+        layout.maps_dir(),
+        vdir,
+    ] {
+        if dir.exists() {
+            std::fs::remove_dir(&dir)?;
+        }
+    }
+    // The root itself, if we left it empty.
+    let _ = std::fs::remove_dir(layout.root());
+    Ok(removed)
+}

@@ -1,0 +1,47 @@
+//! A simulated node for root integration tests, the demo and the benchmark
+//! harness (feature `sim`). Everything it makes has a unique name and
+//! is removed in `Drop`, panics included:
+//!
+//! - [`TestCgroup`]: a private cgroup v2 child; the calling process moves in
+//!   (so every pod process it spawns is in it) and back out on drop.
+//! - [`Node`]: a private pin root with the data path installed on that
+//!   cgroup, plus pods.
+//! - [`Pod`]: a network namespace wired by the real CNI bridge + host-local
+//!   plugins, with `lo` up, and the processes started in it.
+//!
+//! Each test process owns one cgroup, so run root tests one per process
+//! (cargo-nextest) or with `--test-threads=1`.
+
+mod cgroup;
+mod cni;
+mod node;
+mod pod;
+
+pub use cgroup::TestCgroup;
+pub use cni::Subnet;
+pub use node::{Node, NodeOptions};
+pub use pod::{Pod, PodProcess};
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// A short name unique on this machine for this process and call.
+pub fn unique_tag(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}{}x{n}", std::process::id())
+}
+
+/// True when the machine can run root tests (root, bpffs, cgroup v2).
+pub fn can_run_root_tests() -> Result<(), String> {
+    if nix::unistd::geteuid().as_raw() != 0 {
+        return Err("not root".into());
+    }
+    crate::cgroup::cgroup2_mount().map_err(|e| e.to_string())?;
+    crate::layout::PinLayout::new("/sys/fs/bpf/meshlane-probe")
+        .check_bpffs()
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+mod sidecar;
+pub use sidecar::{Sidecar, SidecarMode};

@@ -1,0 +1,169 @@
+//! One simulated pod: a named netns wired by CNI, and its processes.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use anyhow::{bail, Context, Result};
+
+use super::cni::{self, Subnet};
+
+/// A process started inside a pod; killed on drop.
+pub struct PodProcess {
+    pub child: Child,
+    pub what: String,
+}
+
+impl PodProcess {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for PodProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub struct Pod {
+    pub name: String,
+    pub netns: PathBuf,
+    pub ip4: Ipv4Addr,
+    pub ip6: Option<Ipv6Addr>,
+    conf: String,
+}
+
+fn sh(args: &[&str]) -> Result<()> {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .with_context(|| format!("running {}", args.join(" ")))?;
+    if !out.status.success() {
+        bail!(
+            "{} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+impl Pod {
+    /// Creates netns `name`, brings lo up and wires eth0 with CNI.
+    pub fn create(name: &str, subnet: &Subnet, ipv6: bool) -> Result<Self> {
+        sh(&["ip", "netns", "add", name])?;
+        let netns = PathBuf::from(format!("/run/netns/{name}"));
+        let conf = subnet.conf(ipv6);
+        let pod = Pod {
+            name: name.into(),
+            netns: netns.clone(),
+            ip4: Ipv4Addr::UNSPECIFIED,
+            ip6: None,
+            conf: conf.clone(),
+        };
+        sh(&["ip", "-n", name, "link", "set", "lo", "up"])?;
+        if ipv6 {
+            // No duplicate address detection: addresses usable at once.
+            for k in ["all", "default"] {
+                sh(&[
+                    "ip",
+                    "netns",
+                    "exec",
+                    name,
+                    "sysctl",
+                    "-qw",
+                    &format!("net.ipv6.conf.{k}.accept_dad=0"),
+                ])?;
+            }
+        }
+        let res = cni::invoke("ADD", &conf, &netns, name)?;
+        let mut pod = pod;
+        for ip in res["ips"].as_array().into_iter().flatten() {
+            let addr = ip["address"].as_str().unwrap_or_default();
+            let host = addr.split('/').next().unwrap_or_default();
+            match host.parse::<IpAddr>() {
+                Ok(IpAddr::V4(v4)) => pod.ip4 = v4,
+                Ok(IpAddr::V6(v6)) => pod.ip6 = Some(v6),
+                Err(_) => {}
+            }
+        }
+        if pod.ip4.is_unspecified() {
+            bail!("CNI gave pod {name} no IPv4 address: {res}");
+        }
+        if ipv6 {
+            // The bridge's own address must not wait for DAD either.
+            let _ = sh(&[
+                "sysctl",
+                "-qw",
+                &format!("net.ipv6.conf.{}.accept_dad=0", subnet.bridge()),
+            ]);
+        }
+        Ok(pod)
+    }
+
+    /// Runs `f` on a thread inside this pod's netns (sockets it makes live there).
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+        Ok(crate::netns::in_netns(&self.netns, f)?)
+    }
+
+    /// Starts a long-running thread inside the pod's netns.
+    pub fn thread<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<std::thread::JoinHandle<T>> {
+        let ns = crate::netns::open_netns(&self.netns)?;
+        Ok(std::thread::spawn(move || {
+            use std::os::fd::AsFd;
+            nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+                .expect("entering a netns we just opened");
+            f()
+        }))
+    }
+
+    /// A command that runs inside the pod (`ip netns exec`).
+    pub fn command(&self, argv: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).args(argv);
+        c
+    }
+
+    /// Starts `argv` in the pod; quiet unless MESHLANE_TEST_VERBOSE is set.
+    pub fn spawn(&self, argv: &[&str]) -> Result<PodProcess> {
+        let mut c = self.command(argv);
+        if std::env::var_os("MESHLANE_TEST_VERBOSE").is_none() {
+            c.stdout(Stdio::null()).stderr(Stdio::null());
+        }
+        let child = c
+            .spawn()
+            .with_context(|| format!("starting {} in pod {}", argv.join(" "), self.name))?;
+        Ok(PodProcess {
+            child,
+            what: argv.join(" "),
+        })
+    }
+
+    /// Runs a command in the pod to completion; fails with its stderr.
+    pub fn exec(&self, argv: &[&str]) -> Result<String> {
+        let out = self.command(argv).output()?;
+        if !out.status.success() {
+            bail!(
+                "{} in pod {}: {}",
+                argv.join(" "),
+                self.name,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+impl Drop for Pod {
+    fn drop(&mut self) {
+        let _ = cni::invoke("DEL", &self.conf, &self.netns, &self.name);
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}

@@ -1,0 +1,299 @@
+//! What is installed and what it is doing: links and their programs (with
+//! the kernel's run count and time), pods, map fill and the data-path
+//! counters. Reads pins only, so it works with or without a running agent.
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use libbpf_rs::{MapCore, MapFlags, MapHandle};
+use serde::Serialize;
+
+use crate::abi::ml_counter;
+use crate::layout::{LayoutError, PinLayout};
+use crate::pods::{PodError, PodRecord, Registry};
+
+/// Display names of the counter slots (enum ml_counter in bpf/meshlane.h).
+pub const COUNTERS: &[(ml_counter, &str)] = &[
+    (ml_counter::ML_CNT_MSG_SPLICED, "messages_spliced"),
+    (ml_counter::ML_CNT_BYTES_SPLICED, "bytes_spliced"),
+    (ml_counter::ML_CNT_MSG_FALLBACK, "messages_fallback"),
+    (ml_counter::ML_CNT_BYTES_FALLBACK, "bytes_fallback"),
+    (ml_counter::ML_CNT_SOCK_INSERTED, "sockets_inserted"),
+    (
+        ml_counter::ML_CNT_SOCK_INSERT_FAILED,
+        "sockets_insert_failed",
+    ),
+    (ml_counter::ML_CNT_PAIRED_NAT, "sockets_paired_across_nat"),
+    (ml_counter::ML_CNT_CONNECT_REDIRECTED, "connects_redirected"),
+    (ml_counter::ML_CNT_CONNECT_EXEMPT, "connects_exempt"),
+    (
+        ml_counter::ML_CNT_ORIG_DST_ANSWERED,
+        "original_dst_answered",
+    ),
+    (ml_counter::ML_CNT_INBOUND_STEERED, "inbound_steered"),
+    (
+        ml_counter::ML_CNT_INBOUND_NO_LISTENER,
+        "inbound_refused_no_listener",
+    ),
+    (ml_counter::ML_CNT_DNS_REDIRECTED, "dns_redirected"),
+    (
+        ml_counter::ML_CNT_LISTENER_REGISTERED,
+        "listeners_registered",
+    ),
+    (ml_counter::ML_CNT_STATE_FULL, "bookkeeping_insert_failed"),
+];
+
+/// Maps whose entry count `status` reports.
+const FILL_MAPS: [&str; 8] = [
+    "ml_pods",
+    "ml_pod_ips",
+    "ml_socks",
+    "ml_peers",
+    "ml_active",
+    "ml_listeners",
+    "ml_orig_by_cookie",
+    "ml_orig_by_tuple",
+];
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LinkStatus {
+    pub pin: PathBuf,
+    pub link_id: u32,
+    pub program: String,
+    pub program_id: u32,
+    pub run_count: u64,
+    pub run_time_ns: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MapFill {
+    pub name: String,
+    pub entries: usize,
+    pub capacity: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub pin_root: PathBuf,
+    pub layout_version: u32,
+    pub links: Vec<LinkStatus>,
+    pub pods: Vec<PodRecord>,
+    pub maps: Vec<MapFill>,
+    pub counters: BTreeMap<String, u64>,
+}
+
+fn obj_get(path: &Path) -> Option<OwnedFd> {
+    let c = CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: valid C string.
+    let fd = unsafe { libbpf_sys::bpf_obj_get(c.as_ptr()) };
+    // SAFETY: a non-negative fd from the kernel is ours.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn link_status(pin: &Path) -> Option<LinkStatus> {
+    let fd = obj_get(pin)?;
+    let mut li = libbpf_sys::bpf_link_info::default();
+    let mut len = std::mem::size_of_val(&li) as u32;
+    // SAFETY: info struct and its size.
+    if unsafe { libbpf_sys::bpf_link_get_info_by_fd(fd.as_raw_fd(), &mut li, &mut len) } != 0 {
+        return None;
+    }
+    let (_, run_count, run_time_ns) = prog_stats(li.prog_id).unwrap_or_default();
+    // The kernel keeps 15 characters of a name; the pin has all of it.
+    let program = pin.file_name()?.to_string_lossy().into_owned();
+    Some(LinkStatus {
+        pin: pin.into(),
+        link_id: li.id,
+        program,
+        program_id: li.prog_id,
+        run_count,
+        run_time_ns,
+    })
+}
+
+/// (name, run count, run time ns) of a program, from the kernel.
+pub fn prog_stats(prog_id: u32) -> Option<(String, u64, u64)> {
+    // SAFETY: plain syscall wrapper.
+    let fd = unsafe { libbpf_sys::bpf_prog_get_fd_by_id(prog_id) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: fd is ours.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut pi = libbpf_sys::bpf_prog_info::default();
+    let mut len = std::mem::size_of_val(&pi) as u32;
+    // SAFETY: info struct and its size.
+    if unsafe { libbpf_sys::bpf_prog_get_info_by_fd(fd.as_fd().as_raw_fd(), &mut pi, &mut len) }
+        != 0
+    {
+        return None;
+    }
+    let name: String = pi
+        .name
+        .iter()
+        .take_while(|c| **c != 0)
+        .map(|c| *c as u8 as char)
+        .collect();
+    Some((name, pi.run_cnt, pi.run_time_ns))
+}
+
+fn pins_in(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|r| {
+            r.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_file())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Sums a per-CPU counter array.
+pub fn read_counters(layout: &PinLayout) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    let Ok(m) = MapHandle::from_pinned_path(layout.map("ml_counters")) else {
+        return out;
+    };
+    for (slot, name) in COUNTERS {
+        let key = slot.0.to_ne_bytes();
+        let total = match m.lookup_percpu(&key, MapFlags::ANY) {
+            Ok(Some(per_cpu)) => per_cpu
+                .iter()
+                .map(|v| {
+                    v.get(..8)
+                        .map_or(0, |b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8])))
+                })
+                .sum(),
+            _ => 0,
+        };
+        out.insert((*name).to_string(), total);
+    }
+    out
+}
+
+/// Entries in a pinned map (by walking its keys).
+pub fn map_fill(layout: &PinLayout, name: &str) -> Option<MapFill> {
+    let m = MapHandle::from_pinned_path(layout.map(name)).ok()?;
+    let capacity = m.max_entries();
+    Some(MapFill {
+        name: name.into(),
+        entries: m.keys().count(),
+        capacity,
+    })
+}
+
+pub fn collect(layout: &PinLayout) -> Result<Status, PodError> {
+    layout.require_installed()?;
+    let mut links: Vec<LinkStatus> = pins_in(&layout.links_dir())
+        .iter()
+        .filter_map(|p| link_status(p))
+        .collect();
+    links.extend(
+        pins_in(&layout.pod_links_dir())
+            .iter()
+            .filter_map(|p| link_status(p)),
+    );
+    let pods = Registry::open(layout)?.list();
+    let maps = FILL_MAPS
+        .iter()
+        .filter_map(|n| map_fill(layout, n))
+        .collect();
+    Ok(Status {
+        pin_root: layout.root().into(),
+        layout_version: crate::layout::LAYOUT_VERSION,
+        links,
+        pods,
+        maps,
+        counters: read_counters(layout),
+    })
+}
+
+/// Prometheus text exposition of the counters and program stats.
+pub fn prometheus(layout: &PinLayout) -> Result<String, LayoutError> {
+    layout.require_installed()?;
+    let mut s = String::new();
+    for (name, v) in read_counters(layout) {
+        s.push_str(&format!(
+            "# TYPE meshlane_{name}_total counter\nmeshlane_{name}_total {v}\n"
+        ));
+    }
+    for l in pins_in(&layout.links_dir())
+        .iter()
+        .filter_map(|p| link_status(p))
+    {
+        s.push_str(&format!(
+            "meshlane_program_run_count{{program=\"{}\"}} {}\nmeshlane_program_run_time_ns{{program=\"{}\"}} {}\n",
+            l.program, l.run_count, l.program, l.run_time_ns
+        ));
+    }
+    for m in FILL_MAPS.iter().filter_map(|n| map_fill(layout, n)) {
+        s.push_str(&format!(
+            "meshlane_map_entries{{map=\"{}\"}} {}\n",
+            m.name, m.entries
+        ));
+    }
+    Ok(s)
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "pin root: {} (layout v{})",
+            self.pin_root.display(),
+            self.layout_version
+        )?;
+        writeln!(f, "links:")?;
+        for l in &self.links {
+            let avg = if l.run_count > 0 {
+                l.run_time_ns / l.run_count
+            } else {
+                0
+            };
+            writeln!(
+                f,
+                "  {:<22} link {:<5} prog {:<5} runs {:<10} avg {} ns  ({})",
+                l.program,
+                l.link_id,
+                l.program_id,
+                l.run_count,
+                avg,
+                l.pin.display()
+            )?;
+        }
+        writeln!(f, "pods: {}", self.pods.len())?;
+        for p in &self.pods {
+            let mode = match p.mode {
+                crate::pods::PodMode::Intercept => "intercept (eBPF)",
+                crate::pods::PodMode::Accelerate => {
+                    "accelerate (istio-init iptables; eBPF interception off)"
+                }
+            };
+            let ips: Vec<String> = p.ips.iter().map(|i| i.to_string()).collect();
+            writeln!(
+                f,
+                "  {:<20} cookie {:<8} {} uid {} ports out {} in {} ips [{}]",
+                p.name,
+                p.netns_cookie,
+                mode,
+                p.proxy_uid,
+                p.outbound_port,
+                p.inbound_port,
+                ips.join(", ")
+            )?;
+        }
+        writeln!(f, "maps:")?;
+        for m in &self.maps {
+            writeln!(f, "  {:<18} {:>8} / {}", m.name, m.entries, m.capacity)?;
+        }
+        writeln!(f, "counters:")?;
+        for (k, v) in &self.counters {
+            writeln!(f, "  {k:<30} {v}")?;
+        }
+        Ok(())
+    }
+}
