@@ -26,8 +26,8 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 #[derive(Debug, Error)]
 pub enum LayoutError {
-    #[error("{0} is not on a bpf filesystem (mount one with `mount -t bpf bpf /sys/fs/bpf`)")]
-    NotBpffs(PathBuf),
+    #[error("pin root {root}: {dir} is not on a bpf filesystem (use a path under a bpffs mount, e.g. /sys/fs/bpf; mount one with `mount -t bpf bpf /sys/fs/bpf`)")]
+    NotBpffs { root: PathBuf, dir: PathBuf },
     #[error("pin root {root} holds layout {found}, this build uses v{LAYOUT_VERSION}: run the matching `meshlane uninstall` first")]
     OtherVersion { root: PathBuf, found: String },
     #[error("meshlane is not installed at {0}: start `meshlane agent` first")]
@@ -104,7 +104,10 @@ impl PinLayout {
             source: e.into(),
         })?;
         if st.filesystem_type().0 as i64 != BPF_FS_MAGIC {
-            return Err(LayoutError::NotBpffs(probe));
+            return Err(LayoutError::NotBpffs {
+                root: self.root.clone(),
+                dir: probe,
+            });
         }
         Ok(())
     }

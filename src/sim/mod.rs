@@ -45,3 +45,5 @@ pub fn can_run_root_tests() -> Result<(), String> {
 
 mod sidecar;
 pub use sidecar::{Sidecar, SidecarMode};
+
+pub mod iptables;

@@ -1,0 +1,347 @@
+//! Bad input through the real binary: not root, a pin root outside bpffs,
+//! a --cgroup that is not cgroup v2, a pin root of another layout version,
+//! a netns path that is not a netns, an unknown preset, a port list over the
+//! kernel limit. Each must give exactly one "meshlane: ..." line on stderr, a
+//! non-zero exit, no panic, and leave nothing half-attached: no new link on
+//! the cgroup, no new pin, no registry entry.
+mod support;
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use meshlane::sim::{Node, NodeOptions};
+use support::*;
+
+/// Checks the one-line error contract and that the line names `names`.
+fn assert_one_line_error(what: &str, out: &Output, names: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success(),
+        "{what}: exited 0; stdout {stdout:?} stderr {stderr:?}"
+    );
+    assert!(
+        out.status.code().is_some(),
+        "{what}: killed by a signal ({}); stderr {stderr:?}",
+        out.status
+    );
+    assert!(!stderr.contains("panicked"), "{what}: panicked: {stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "{what}: expected exactly one stderr line, got {lines:?}"
+    );
+    assert!(
+        lines[0].starts_with("meshlane: "),
+        "{what}: error line does not start with \"meshlane: \": {:?}",
+        lines[0]
+    );
+    for n in names {
+        assert!(
+            lines[0].contains(n),
+            "{what}: error line does not name {n:?}: {:?}",
+            lines[0]
+        );
+    }
+    assert!(
+        stdout.trim().is_empty(),
+        "{what}: printed on stdout: {stdout:?}"
+    );
+}
+
+/// What an error must not change: pins under the pin root and ml_*
+/// programs on the cgroup.
+#[derive(Debug, PartialEq)]
+struct Snapshot {
+    pins: std::collections::BTreeSet<PathBuf>,
+    cgroup: Vec<(u64, String)>,
+}
+
+fn snapshot(root: &Path, cgroup: &Path) -> Snapshot {
+    Snapshot {
+        pins: pins_under(root),
+        cgroup: cgroup_ml_attachments(cgroup),
+    }
+}
+
+/// `meshlane <args>` with the given pin root, as uid/gid 65534 when `nobody`.
+fn run(root: &Path, args: &[&str], nobody: bool) -> Output {
+    let mut c = Command::new(BIN);
+    c.arg("--pin-root").arg(root).args(args);
+    c.env("RUST_LOG", "info").env("NO_COLOR", "1");
+    if nobody {
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            c.pre_exec(|| {
+                if libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setgid(65534) != 0
+                    || libc::setuid(65534) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    c.output().expect("running the meshlane binary")
+}
+
+fn node_without_install() -> Node {
+    require_root_env();
+    Node::new(NodeOptions {
+        install: false,
+        ..Default::default()
+    })
+    .expect("node")
+}
+
+/// A node installed through the binary (`agent --once`).
+fn installed_node() -> Node {
+    let node = node_without_install();
+    let cg = node.cgroup.path().to_string_lossy().into_owned();
+    cli_ok(node.layout.root(), &["agent", "--once", "--cgroup", &cg]);
+    assert!(!cgroup_ml_attachments(node.cgroup.path()).is_empty());
+    node
+}
+
+#[test]
+fn not_root_is_refused_and_changes_nothing() {
+    let node = node_without_install();
+    let root = node.layout.root().to_path_buf();
+    let cg = node.cgroup.path().to_string_lossy().into_owned();
+    let empty = snapshot(&root, node.cgroup.path());
+    for args in [
+        vec!["agent", "--once", "--cgroup", cg.as_str()],
+        vec!["agent", "--cgroup", cg.as_str()],
+    ] {
+        let out = run(&root, &args, true);
+        assert_one_line_error(&format!("{args:?} as uid 65534"), &out, &["root", "65534"]);
+        assert_eq!(snapshot(&root, node.cgroup.path()), empty, "{args:?}");
+    }
+    assert!(!root.exists(), "the pin root was created");
+
+    // Installed by root: an unprivileged user can neither read nor change it.
+    cli_ok(&root, &["agent", "--once", "--cgroup", &cg]);
+    let installed = snapshot(&root, node.cgroup.path());
+    assert!(!installed.cgroup.is_empty());
+    for args in [
+        vec!["pod", "add", "--netns", "/proc/self/ns/net"],
+        vec!["pod", "rm", "--netns", "/proc/self/ns/net"],
+        vec!["pod", "list"],
+        vec!["status"],
+        vec!["uninstall"],
+        vec!["agent", "--once", "--cgroup", cg.as_str()],
+    ] {
+        let out = run(&root, &args, true);
+        assert_one_line_error(&format!("{args:?} as uid 65534"), &out, &["root", "65534"]);
+        assert_eq!(
+            snapshot(&root, node.cgroup.path()),
+            installed,
+            "{args:?} changed the install"
+        );
+    }
+    assert_eq!(node.map_entries("ml_pods"), 0);
+}
+
+#[test]
+fn pin_root_outside_bpffs_is_refused() {
+    let node = node_without_install();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path().join("pins");
+    let cg = node.cgroup.path().to_string_lossy().into_owned();
+    let out = run(&root, &["agent", "--once", "--cgroup", &cg], false);
+    assert_one_line_error(
+        "agent with a pin root under /tmp",
+        &out,
+        &["bpf filesystem", &root.to_string_lossy()],
+    );
+    assert!(
+        pins_under(tmp.path()).is_empty(),
+        "something was created under {}",
+        tmp.path().display()
+    );
+    assert!(cgroup_ml_attachments(node.cgroup.path()).is_empty());
+}
+
+#[test]
+fn cgroup_that_is_not_cgroup2_is_refused() {
+    let node = node_without_install();
+    let root = node.layout.root().to_path_buf();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let not_cg = tmp.path().to_string_lossy().into_owned();
+    let missing = tmp.path().join("no-such-cgroup");
+    let missing = missing.to_string_lossy().into_owned();
+    for (dir, names) in [
+        (not_cg.as_str(), vec![not_cg.as_str(), "not a cgroup v2"]),
+        (missing.as_str(), vec![missing.as_str()]),
+    ] {
+        let out = run(&root, &["agent", "--once", "--cgroup", dir], false);
+        assert_one_line_error(&format!("agent --cgroup {dir}"), &out, &names);
+        assert!(!root.exists(), "pin root created for a bad cgroup");
+        assert!(cgroup_ml_attachments(node.cgroup.path()).is_empty());
+    }
+    assert!(pins_under(tmp.path()).is_empty());
+}
+
+/// Removes a hand-made foreign layout directory, panics included.
+struct ForeignLayout {
+    root: PathBuf,
+}
+
+impl Drop for ForeignLayout {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(self.root.join("v999"));
+        let _ = std::fs::remove_dir(&self.root);
+    }
+}
+
+#[test]
+fn pin_root_of_another_layout_version_is_never_touched() {
+    let node = node_without_install();
+    let root = node.layout.root().to_path_buf();
+    let cg = node.cgroup.path().to_string_lossy().into_owned();
+    let foreign = ForeignLayout { root: root.clone() };
+    std::fs::create_dir_all(foreign.root.join("v999")).expect("making <pin root>/v999");
+    let before = snapshot(&root, node.cgroup.path());
+    for args in [
+        vec!["agent", "--once", "--cgroup", cg.as_str()],
+        vec!["pod", "add", "--netns", "/proc/self/ns/net"],
+        vec!["status"],
+        vec!["uninstall"],
+    ] {
+        let out = run(&root, &args, false);
+        assert_one_line_error(&format!("{args:?} on a v999 pin root"), &out, &["v999"]);
+        assert_eq!(
+            snapshot(&root, node.cgroup.path()),
+            before,
+            "{args:?} changed a foreign pin root"
+        );
+    }
+    assert!(root.join("v999").is_dir());
+}
+
+#[test]
+fn netns_path_that_is_not_a_netns_is_refused() {
+    let node = installed_node();
+    let root = node.layout.root().to_path_buf();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let regular = tmp.path().join("not-a-netns");
+    std::fs::write(&regular, b"x").expect("regular file");
+    let regular = regular.to_string_lossy().into_owned();
+    let missing = tmp.path().join("missing").to_string_lossy().into_owned();
+    let dir = tmp.path().to_string_lossy().into_owned();
+    let before = snapshot(&root, node.cgroup.path());
+    for (path, names) in [
+        (regular.as_str(), vec!["not a network namespace"]),
+        ("/proc/self/ns/mnt", vec!["not a network namespace"]),
+        (dir.as_str(), vec!["not a network namespace"]),
+        (missing.as_str(), vec!["No such file"]),
+    ] {
+        for cmd in ["add", "rm"] {
+            let out = run(&root, &["pod", cmd, "--netns", path], false);
+            let mut names = names.clone();
+            names.push(path);
+            assert_one_line_error(&format!("pod {cmd} --netns {path}"), &out, &names);
+            assert_eq!(snapshot(&root, node.cgroup.path()), before);
+            assert_eq!(node.map_entries("ml_pods"), 0);
+            assert_eq!(node.map_entries("ml_pod_ips"), 0);
+        }
+    }
+}
+
+#[test]
+fn unknown_preset_is_refused() {
+    let mut node = installed_node();
+    let pod = node.pod("p").expect("pod");
+    let root = node.layout.root().to_path_buf();
+    let netns = pod.netns.to_string_lossy().into_owned();
+    let before = snapshot(&root, node.cgroup.path());
+    let out = run(
+        &root,
+        &["pod", "add", "--netns", &netns, "--preset", "consul"],
+        false,
+    );
+    assert_one_line_error("--preset consul", &out, &["consul", "--preset", "istio"]);
+    assert_eq!(snapshot(&root, node.cgroup.path()), before);
+    assert_eq!(node.map_entries("ml_pods"), 0);
+    assert_eq!(node.map_entries("ml_pod_ips"), 0);
+    // The same pod registers with a known preset.
+    cli_ok(
+        &root,
+        &["pod", "add", "--netns", &netns, "--preset", "linkerd"],
+    );
+    assert_eq!(node.map_entries("ml_pods"), 1);
+}
+
+#[test]
+fn port_list_over_the_kernel_limit_names_pod_and_list() {
+    let mut node = installed_node();
+    let pod = node.pod("p").expect("pod");
+    let root = node.layout.root().to_path_buf();
+    let netns = pod.netns.to_string_lossy().into_owned();
+    let ports = |n: u16| {
+        (1..=n)
+            .map(|p| (8000 + p).to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let (p33, p40) = (ports(33), ports(40));
+    let cidrs17 = (0..17)
+        .map(|i| format!("10.{i}.0.0/16"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let before = snapshot(&root, node.cgroup.path());
+    for (flag, list, value, len) in [
+        (
+            "--exclude-inbound-ports",
+            "excludeInboundPorts",
+            p33.as_str(),
+            "33",
+        ),
+        (
+            "--include-outbound-ports",
+            "includeOutboundPorts",
+            p40.as_str(),
+            "40",
+        ),
+        (
+            "--exclude-outbound-ip-ranges",
+            "excludeOutboundIPRanges",
+            cidrs17.as_str(),
+            "17",
+        ),
+    ] {
+        let out = run(
+            &root,
+            &[
+                "pod", "add", "--netns", &netns, "--name", "web-1", flag, value,
+            ],
+            false,
+        );
+        assert_one_line_error(flag, &out, &["web-1", list, len]);
+        assert_eq!(snapshot(&root, node.cgroup.path()), before, "{flag}");
+        assert_eq!(node.map_entries("ml_pods"), 0, "{flag}");
+        assert_eq!(node.map_entries("ml_pod_ips"), 0, "{flag}");
+    }
+    // Exactly at the limit is accepted and kept whole.
+    let p32 = ports(32);
+    cli_ok(
+        &root,
+        &[
+            "pod",
+            "add",
+            "--netns",
+            &netns,
+            "--name",
+            "web-1",
+            "--exclude-inbound-ports",
+            &p32,
+        ],
+    );
+    let list: serde_json::Value =
+        serde_json::from_str(&cli_ok(&root, &["--json", "pod", "list"])).expect("pod list JSON");
+    assert_eq!(list[0]["name"], "web-1", "{list}");
+    assert_eq!(list[0]["exclude_inbound_ports"], p32.as_str(), "{list}");
+}

@@ -1,0 +1,248 @@
+//! Agent lifecycle through the real binary: the long-running agent installs
+//! on a private cgroup and pin root, is SIGKILLed while pod-to-pod traffic
+//! flows (established and new connections stay spliced), is restarted and
+//! adopts the pinned links (same link ids, no second attachment), and
+//! `meshlane uninstall` leaves no program, map, link or pin of the install.
+mod support;
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use meshlane::sim::{Node, NodeOptions, Pod};
+use support::*;
+
+fn counters(root: &Path) -> BTreeMap<String, u64> {
+    meshlane::status::read_counters(&meshlane::layout::PinLayout::new(root))
+}
+
+fn delta(after: &BTreeMap<String, u64>, before: &BTreeMap<String, u64>, name: &str) -> u64 {
+    after[name] - before[name]
+}
+
+/// Registers `pod` in accelerate mode through the binary.
+fn register(root: &Path, pod: &Pod) {
+    cli_ok(
+        root,
+        &[
+            "pod",
+            "add",
+            "--netns",
+            &pod.netns.to_string_lossy(),
+            "--mode",
+            "accelerate",
+        ],
+    );
+}
+
+/// A fresh 1 MiB echo from `client` to `server` is byte-exact and spliced:
+/// its two sockets enter the sockhash and at least its payload is spliced.
+/// The caller keeps every other connection quiet meanwhile.
+fn new_connection_is_spliced(root: &Path, client: &Pod, server: SocketAddr, seed: u8) {
+    let before = counters(root);
+    let data = payload(1 << 20, seed);
+    assert_eq!(
+        echo_from(client, server, data.clone(), 16 * 1024),
+        data,
+        "echo on a new connection is not byte-exact"
+    );
+    let after = counters(root);
+    assert!(
+        delta(&after, &before, "sockets_inserted") >= 2,
+        "the new connection's sockets were not put in the sockhash: {before:?} -> {after:?}"
+    );
+    assert!(
+        delta(&after, &before, "bytes_spliced") >= data.len() as u64,
+        "the new connection was not spliced: {before:?} -> {after:?}"
+    );
+}
+
+/// The established conversation keeps flowing, byte-exact, and every
+/// message of it is spliced.
+fn conversation_is_spliced(root: &Path, conv: &EchoConversation) {
+    let before = counters(root);
+    let v0 = conv.verified();
+    conv.wait_progress(512 * 1024, Duration::from_secs(120))
+        .expect("established connection keeps working");
+    conv.pause().expect("pausing the conversation");
+    let after = counters(root);
+    let echoed = conv.verified() - v0;
+    assert!(
+        delta(&after, &before, "bytes_spliced") >= echoed,
+        "the established connection is not spliced ({echoed} bytes echoed): {before:?} -> {after:?}"
+    );
+    assert_eq!(
+        delta(&after, &before, "messages_fallback"),
+        0,
+        "messages of the established connection fell back to TCP: {before:?} -> {after:?}"
+    );
+}
+
+fn wait_until_gone(ids: &InstallIds, limit: Duration) -> InstallIds {
+    let end = Instant::now() + limit;
+    loop {
+        let alive = ids.still_alive();
+        if alive.is_empty() || Instant::now() > end {
+            return alive;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn agent_sigkill_restart_adopts_and_uninstall_removes_everything() {
+    require_root_env();
+    let mut node = Node::new(NodeOptions {
+        install: false,
+        ..Default::default()
+    })
+    .expect("node");
+    let root = node.layout.root().to_path_buf();
+    let cg = node.cgroup.path().to_path_buf();
+    assert!(
+        cgroup_ml_attachments(&cg).is_empty(),
+        "fresh test cgroup already has programs"
+    );
+
+    // --- the long-running agent installs ---
+    let mut agent = AgentProcess::start(&root, &cg).expect("agent starts");
+    let server = node.pod("srv").expect("server pod");
+    let client = node.pod("cli").expect("client pod");
+    register(&root, &server);
+    register(&root, &client);
+
+    let st = status_json(&root);
+    let pods = st["pods"].as_array().expect("pods");
+    assert_eq!(pods.len(), 2, "{st}");
+    assert!(pods.iter().all(|p| p["mode"] == "accelerate"), "{st}");
+    let links_before = link_ids(&st);
+    assert!(
+        links_before.iter().any(|(p, _)| p == "ml_splice_sockops")
+            && links_before.iter().any(|(p, _)| p == "ml_splice_msg"),
+        "status lacks the splice links: {links_before:?}"
+    );
+    let attached_before = cgroup_ml_attachments(&cg);
+    assert!(
+        !attached_before.is_empty(),
+        "nothing attached to the cgroup"
+    );
+    for (_, name) in &attached_before {
+        assert!(
+            links_before.iter().any(|(p, _)| p == name),
+            "{name} is attached to the cgroup but not pinned by meshlane"
+        );
+    }
+    let mut all_ids = InstallIds::read(&root);
+    let gen1_progs = all_ids.progs.clone();
+
+    // --- traffic: one long-lived pod-to-pod echo conversation ---
+    let (srv, _peers) = echo_server(&server, "0.0.0.0:0".parse().unwrap());
+    let srv_addr: SocketAddr = format!("{}:{}", server.ip4, srv.port()).parse().unwrap();
+    let stream = client
+        .run(move || TcpStream::connect_timeout(&srv_addr, Duration::from_secs(5)))
+        .expect("entering the client pod")
+        .expect("connect to the echo server");
+    let conv = EchoConversation::start(stream, 7);
+    conv.wait_progress(64 * 1024, Duration::from_secs(60))
+        .expect("conversation starts");
+    assert!(
+        counters(&root)["messages_spliced"] > 0,
+        "conversation not spliced before the kill"
+    );
+
+    // --- SIGKILL while the conversation runs ---
+    let st = agent.kill9();
+    assert_eq!(st.signal(), Some(9), "agent did not die of SIGKILL: {st}");
+    assert_eq!(
+        link_ids(&status_json(&root)),
+        links_before,
+        "links changed when the agent died"
+    );
+    conversation_is_spliced(&root, &conv);
+    new_connection_is_spliced(&root, &client, srv_addr, 11);
+    conv.resume();
+
+    // --- restart: adopt, never attach twice ---
+    let agent2 = AgentProcess::start(&root, &cg).expect("agent restarts");
+    let log = agent2.log_lines().join("\n");
+    assert!(
+        log.contains("adopted"),
+        "restarted agent did not adopt: {log}"
+    );
+    assert!(
+        !log.contains("\"attached\""),
+        "restarted agent attached anew: {log}"
+    );
+    let st = status_json(&root);
+    assert_eq!(
+        link_ids(&st),
+        links_before,
+        "link ids differ after the restart"
+    );
+    let attached_after = cgroup_ml_attachments(&cg);
+    let names = |v: &[(u64, String)]| {
+        let mut n: Vec<String> = v.iter().map(|x| x.1.clone()).collect();
+        n.sort();
+        n
+    };
+    assert_eq!(
+        attached_after.len(),
+        attached_before.len(),
+        "attachments on the cgroup: before {attached_before:?}, after {attached_after:?}"
+    );
+    assert_eq!(names(&attached_after), names(&attached_before));
+    let gen2 = InstallIds::read(&root);
+    all_ids.extend(&gen2);
+    // The programs the first agent loaded were swapped out, not kept beside.
+    let old_only = InstallIds {
+        progs: gen1_progs.difference(&gen2.progs).copied().collect(),
+        ..Default::default()
+    };
+    assert!(
+        !old_only.progs.is_empty(),
+        "restart did not load new programs"
+    );
+    // Sockets already in the sockhash hold their own reference to the
+    // sockhash programs of the time they joined (kernel psock semantics), so
+    // those stay until the conversation closes; everything else must go.
+    let still = wait_until_gone(&old_only, Duration::from_secs(20));
+    for id in &still.progs {
+        let p = bpftool_json(&["prog", "show", "id", &id.to_string()]);
+        let ty = p["type"].as_str().unwrap_or_default();
+        assert!(
+            ty == "sk_msg" || ty == "sk_skb",
+            "program {id} of the first agent is still loaded after adoption: {p}"
+        );
+    }
+    conversation_is_spliced(&root, &conv);
+    new_connection_is_spliced(&root, &client, srv_addr, 13);
+    conv.resume();
+    conv.wait_progress(64 * 1024, Duration::from_secs(60))
+        .expect("conversation after restart");
+
+    // --- uninstall ---
+    let rounds = conv.finish().expect("conversation stayed byte-exact");
+    assert!(rounds > 0);
+    let mut agent2 = agent2;
+    cli_ok(&root, &["uninstall"]);
+    assert!(!root.exists(), "pin root {} still exists", root.display());
+    assert!(
+        cgroup_ml_attachments(&cg).is_empty(),
+        "programs still attached to the cgroup: {:?}",
+        cgroup_ml_attachments(&cg)
+    );
+    let left = wait_until_gone(&all_ids, Duration::from_secs(30));
+    assert!(
+        left.is_empty(),
+        "objects of the install survive uninstall: {left:?} (install was {all_ids:?})"
+    );
+    assert!(
+        agent2.wait_exit(Duration::from_secs(30)).is_some(),
+        "agent kept running after uninstall"
+    );
+    // Unregistered pods still talk, over plain TCP.
+    let data = payload(4096, 3);
+    assert_eq!(echo_from(&client, srv_addr, data.clone(), 1024), data);
+}

@@ -1,0 +1,562 @@
+//! Helpers for the tests that drive the `meshlane` binary (lifecycle,
+//! cli_errors, accelerate): running the CLI, a long-running agent child that
+//! is killed on drop, what bpftool sees (ids, cgroup attachments), the pins
+//! under a pin root, and a long-lived echo conversation.
+#![allow(dead_code)]
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+/// The binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_meshlane");
+
+/// `meshlane --pin-root <root> <args...>` (quiet logs), run to completion.
+pub fn cli(pin_root: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .arg("--pin-root")
+        .arg(pin_root)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("running the meshlane binary")
+}
+
+/// Runs the CLI and fails with its stderr unless it exits 0; returns stdout.
+pub fn cli_ok(pin_root: &Path, args: &[&str]) -> String {
+    let out = cli(pin_root, args);
+    assert!(
+        out.status.success(),
+        "meshlane {args:?} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `meshlane --json status`, parsed.
+pub fn status_json(pin_root: &Path) -> Value {
+    let out = cli_ok(pin_root, &["--json", "status"]);
+    serde_json::from_str(&out).expect("status --json is JSON")
+}
+
+/// (pin file name, link id) of every node-wide link in a status document.
+pub fn link_ids(status: &Value) -> BTreeSet<(String, u64)> {
+    status["links"]
+        .as_array()
+        .expect("status has links")
+        .iter()
+        .map(|l| {
+            (
+                l["program"].as_str().unwrap_or_default().to_string(),
+                l["link_id"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+/// A counter from a status document.
+pub fn status_counter(status: &Value, name: &str) -> u64 {
+    status["counters"][name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("status has no counter {name}: {status}"))
+}
+
+/// `bpftool -j <args>`, parsed.
+pub fn bpftool_json(args: &[&str]) -> Value {
+    let out = Command::new("bpftool")
+        .arg("-j")
+        .args(args)
+        .output()
+        .expect("running bpftool");
+    assert!(
+        out.status.success(),
+        "bpftool {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.stdout.iter().all(u8::is_ascii_whitespace) {
+        return Value::Array(Vec::new());
+    }
+    serde_json::from_slice(&out.stdout).expect("bpftool JSON")
+}
+
+/// Ids of every object of `kind` ("prog", "map", "link") on the machine.
+pub fn bpftool_ids(kind: &str) -> BTreeSet<u64> {
+    bpftool_json(&[kind, "show"])
+        .as_array()
+        .map(|a| a.iter().filter_map(|o| o["id"].as_u64()).collect())
+        .unwrap_or_default()
+}
+
+/// (link or program id, program name) of every program attached to the
+/// cgroup at `path` whose name starts with "ml_", as bpftool shows them.
+pub fn cgroup_ml_attachments(path: &Path) -> Vec<(u64, String)> {
+    let v = bpftool_json(&["cgroup", "show", &path.to_string_lossy()]);
+    let mut out: Vec<(u64, String)> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|o| {
+            let name = o["name"].as_str()?.to_string();
+            name.starts_with("ml_")
+                .then(|| (o["id"].as_u64().unwrap_or(0), name))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Every file and directory under `root` (empty when it does not exist).
+pub fn pins_under(root: &Path) -> BTreeSet<PathBuf> {
+    let mut out = BTreeSet::new();
+    let mut todo = vec![root.to_path_buf()];
+    while let Some(dir) = todo.pop() {
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p.clone());
+            }
+            out.insert(p);
+        }
+    }
+    out
+}
+
+/// Ids of the programs, maps and links one install consists of: every
+/// pinned link and its program, every pinned program and map, and the
+/// maps those programs use (.rodata and friends included).
+#[derive(Debug, Default, Clone)]
+pub struct InstallIds {
+    pub progs: BTreeSet<u64>,
+    pub maps: BTreeSet<u64>,
+    pub links: BTreeSet<u64>,
+}
+
+impl InstallIds {
+    pub fn read(pin_root: &Path) -> Self {
+        let mut ids = Self::default();
+        for pin in pins_under(pin_root) {
+            if pin.is_dir() {
+                continue;
+            }
+            let rel = pin.strip_prefix(pin_root).unwrap_or(&pin);
+            let kind = if rel.components().any(|c| c.as_os_str() == "links") {
+                "link"
+            } else if rel.components().any(|c| c.as_os_str() == "progs") {
+                "prog"
+            } else {
+                "map"
+            };
+            let o = bpftool_json(&[kind, "show", "pinned", &pin.to_string_lossy()]);
+            let id = o["id"].as_u64().expect("pinned object has an id");
+            match kind {
+                "link" => {
+                    ids.links.insert(id);
+                    if let Some(p) = o["prog_id"].as_u64() {
+                        ids.progs.insert(p);
+                    }
+                }
+                "prog" => {
+                    ids.progs.insert(id);
+                }
+                _ => {
+                    ids.maps.insert(id);
+                }
+            }
+        }
+        for p in ids.progs.clone() {
+            let o = bpftool_json(&["prog", "show", "id", &p.to_string()]);
+            for m in o["map_ids"].as_array().into_iter().flatten() {
+                if let Some(m) = m.as_u64() {
+                    ids.maps.insert(m);
+                }
+            }
+        }
+        ids
+    }
+
+    pub fn extend(&mut self, other: &InstallIds) {
+        self.progs.extend(&other.progs);
+        self.maps.extend(&other.maps);
+        self.links.extend(&other.links);
+    }
+
+    /// The ids of this set that the kernel still has.
+    pub fn still_alive(&self) -> InstallIds {
+        let (p, m, l) = (bpftool_ids("prog"), bpftool_ids("map"), bpftool_ids("link"));
+        InstallIds {
+            progs: self.progs.intersection(&p).copied().collect(),
+            maps: self.maps.intersection(&m).copied().collect(),
+            links: self.links.intersection(&l).copied().collect(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.progs.is_empty() && self.maps.is_empty() && self.links.is_empty()
+    }
+}
+
+/// A long-running `meshlane agent` child; SIGKILLed on drop.
+pub struct AgentProcess {
+    pub child: Child,
+    /// Every stderr line the agent wrote so far.
+    pub log: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl AgentProcess {
+    /// Starts `meshlane --pin-root <root> agent --cgroup <cgroup> --log-interval 1`
+    /// and waits until it logs that it is running.
+    pub fn start(pin_root: &Path, cgroup: &Path) -> Result<Self> {
+        let mut child = Command::new(BIN)
+            .arg("--pin-root")
+            .arg(pin_root)
+            .args(["agent", "--log-interval", "1", "--cgroup"])
+            .arg(cgroup)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting meshlane agent")?;
+        let stderr = child.stderr.take().context("agent stderr")?;
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    if line.contains("agent running") {
+                        let _ = tx.send(());
+                    }
+                    log.lock().map(|mut l| l.push(line)).ok();
+                }
+            });
+        }
+        let agent = Self { child, log };
+        if rx.recv_timeout(Duration::from_secs(60)).is_err() {
+            bail!(
+                "agent did not report running; its log: {:?}",
+                agent.log_lines()
+            );
+        }
+        Ok(agent)
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill9(&mut self) -> std::process::ExitStatus {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid()),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        self.child.wait().expect("reaping the agent")
+    }
+
+    /// Waits up to `limit` for the agent to exit by itself.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let end = Instant::now() + limit;
+        while Instant::now() < end {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Reads exactly `buf.len()` bytes, treating EAGAIN (spurious on sockhash
+/// sockets, or the read timeout) as "poll and read again" until `limit`.
+pub fn read_exact_polling(s: &mut TcpStream, buf: &mut [u8], limit: Duration) -> Result<()> {
+    let start = Instant::now();
+    let mut at = 0;
+    while at < buf.len() {
+        match s.read(&mut buf[at..]) {
+            Ok(0) => bail!("EOF after {at} of {} bytes", buf.len()),
+            Ok(n) => at += n,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::Interrupted =>
+            {
+                if start.elapsed() > limit {
+                    bail!("read stalled after {at} of {} bytes", buf.len());
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) => bail!("read after {at} of {} bytes: {e}", buf.len()),
+        }
+    }
+    Ok(())
+}
+
+/// One long-lived echo connection kept busy by a thread: it writes a
+/// message, reads the echo back and compares it byte for byte, again and
+/// again, until stopped. Any mismatch or error ends it with that error.
+pub struct EchoConversation {
+    stop: Arc<AtomicBool>,
+    pause: Arc<AtomicBool>,
+    idle: Arc<AtomicBool>,
+    /// Bytes echoed back and verified so far.
+    pub verified: Arc<AtomicU64>,
+    handle: Option<std::thread::JoinHandle<Result<u64>>>,
+}
+
+impl EchoConversation {
+    /// `stream` must already be connected to an echo server.
+    pub fn start(mut stream: TcpStream, seed: u8) -> Self {
+        stream
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("read timeout");
+        let stop = Arc::new(AtomicBool::new(false));
+        let pause = Arc::new(AtomicBool::new(false));
+        let idle = Arc::new(AtomicBool::new(false));
+        let verified = Arc::new(AtomicU64::new(0));
+        let (s2, v2) = (stop.clone(), verified.clone());
+        let (p2, i2) = (pause.clone(), idle.clone());
+        let handle = std::thread::spawn(move || -> Result<u64> {
+            let sizes = [1usize, 64, 1024, 16 * 1024, 64 * 1024];
+            let mut round = 0u64;
+            while !s2.load(Ordering::Relaxed) {
+                if p2.load(Ordering::SeqCst) {
+                    i2.store(true, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                }
+                i2.store(false, Ordering::SeqCst);
+                let len = sizes[(round as usize) % sizes.len()];
+                let msg: Vec<u8> = (0..len)
+                    .map(|i| (i as u8).wrapping_mul(31) ^ seed ^ (round as u8))
+                    .collect();
+                stream.write_all(&msg).context("conversation write")?;
+                let mut back = vec![0u8; len];
+                read_exact_polling(&mut stream, &mut back, Duration::from_secs(30))
+                    .with_context(|| format!("conversation round {round}"))?;
+                if back != msg {
+                    bail!("round {round}: echo of {len} bytes differs from what was sent");
+                }
+                v2.fetch_add(len as u64, Ordering::Relaxed);
+                round += 1;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Ok(round)
+        });
+        Self {
+            stop,
+            pause,
+            idle,
+            verified,
+            handle: Some(handle),
+        }
+    }
+
+    pub fn verified(&self) -> u64 {
+        self.verified.load(Ordering::Relaxed)
+    }
+
+    /// True while the thread runs (no error so far).
+    pub fn alive(&self) -> bool {
+        self.handle.as_ref().is_some_and(|h| !h.is_finished())
+    }
+
+    /// Holds the conversation between two rounds (nothing in flight).
+    pub fn pause(&self) -> Result<()> {
+        self.pause.store(true, Ordering::SeqCst);
+        let end = Instant::now() + Duration::from_secs(60);
+        while !self.idle.load(Ordering::SeqCst) {
+            if !self.alive() {
+                bail!("the echo conversation ended");
+            }
+            if Instant::now() > end {
+                bail!("the echo conversation did not pause");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(())
+    }
+
+    pub fn resume(&self) {
+        self.pause.store(false, Ordering::SeqCst);
+    }
+
+    /// Waits until at least `more` further bytes were verified.
+    pub fn wait_progress(&self, more: u64, limit: Duration) -> Result<()> {
+        let target = self.verified() + more;
+        let end = Instant::now() + limit;
+        while self.verified() < target {
+            if !self.alive() {
+                bail!("the echo conversation ended");
+            }
+            if Instant::now() > end {
+                bail!(
+                    "the echo conversation made no progress ({} bytes verified)",
+                    self.verified()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(())
+    }
+
+    /// Stops the thread; returns the number of rounds or its error.
+    pub fn finish(mut self) -> Result<u64> {
+        self.stop.store(true, Ordering::Relaxed);
+        match self.handle.take() {
+            Some(h) => h
+                .join()
+                .map_err(|_| anyhow::anyhow!("conversation thread panicked"))?,
+            None => bail!("already finished"),
+        }
+    }
+}
+
+impl Drop for EchoConversation {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Fails (never skips) when the machine cannot run root tests.
+pub fn require_root_env() {
+    if let Err(e) = meshlane::sim::can_run_root_tests() {
+        panic!("root integration tests need root, bpffs and cgroup v2 (run `make test`): {e}");
+    }
+}
+
+/// Deterministic test payload.
+pub fn payload(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[0] ^ seed)
+        .collect()
+}
+
+/// Echo server on `addr` inside `pod`: one thread per connection, echoes
+/// until EOF, then closes its write side. Returns the bound address and a
+/// receiver of each accepted connection's peer address.
+pub fn echo_server(
+    pod: &meshlane::sim::Pod,
+    addr: std::net::SocketAddr,
+) -> (std::net::SocketAddr, mpsc::Receiver<std::net::SocketAddr>) {
+    let (tx, rx) = mpsc::channel();
+    let (peers_tx, peers_rx) = mpsc::channel();
+    pod.thread(move || {
+        let l = std::net::TcpListener::bind(addr).expect("bind echo server");
+        tx.send(l.local_addr().expect("local addr"))
+            .expect("report address");
+        for s in l.incoming() {
+            let Ok(mut s) = s else { break };
+            if let Ok(peer) = s.peer_addr() {
+                let _ = peers_tx.send(peer);
+            }
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 256 * 1024];
+                loop {
+                    match s.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => {
+                            if s.write_all(&buf[..n]).is_err() {
+                                return;
+                            }
+                        }
+                        Err(e)
+                            if e.kind() == std::io::ErrorKind::WouldBlock
+                                || e.kind() == std::io::ErrorKind::Interrupted =>
+                        {
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
+                        Err(_) => break,
+                    }
+                }
+                let _ = s.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    })
+    .expect("echo server thread");
+    let bound = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("echo server up");
+    (bound, peers_rx)
+}
+
+/// Reads to EOF like an event-driven app: EAGAIN means poll and retry.
+pub fn read_to_eof(s: &mut TcpStream, limit: Duration) -> Result<Vec<u8>> {
+    let start = Instant::now();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return Ok(got),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::Interrupted =>
+            {
+                if start.elapsed() > limit {
+                    bail!("read stalled after {} bytes", got.len());
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) => bail!("read after {} bytes: {e}", got.len()),
+        }
+    }
+}
+
+/// Connects from inside `pod` to `to`, sends `data` in `chunk`s while
+/// reading the echo, half-closes, and returns what came back.
+pub fn echo_from(
+    pod: &meshlane::sim::Pod,
+    to: std::net::SocketAddr,
+    data: Vec<u8>,
+    chunk: usize,
+) -> Vec<u8> {
+    let s = pod
+        .run(move || TcpStream::connect_timeout(&to, Duration::from_secs(10)))
+        .expect("entering the pod")
+        .unwrap_or_else(|e| panic!("connect to {to}: {e}"));
+    echo_on(s, data, chunk)
+}
+
+/// Echo round trip on an open connection; returns what came back.
+pub fn echo_on(mut s: TcpStream, data: Vec<u8>, chunk: usize) -> Vec<u8> {
+    s.set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("read timeout");
+    let mut w = s.try_clone().expect("clone socket");
+    let writer = std::thread::spawn(move || {
+        for c in data.chunks(chunk.max(1)) {
+            w.write_all(c).expect("write");
+        }
+        w.shutdown(std::net::Shutdown::Write)
+            .expect("shutdown write");
+    });
+    let got = read_to_eof(&mut s, Duration::from_secs(120)).expect("reading the echo");
+    writer.join().expect("writer thread");
+    got
+}
