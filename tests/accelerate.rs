@@ -1,0 +1,155 @@
+//! "accelerate" mode: a pod keeps Istio's stock iptables (the exact rule set
+//! of cni-plugin_basic.txt.golden) and an HAProxy sidecar (uid 1337, tcp
+//! mode, original-destination server). Its app connects to an echo server in
+//! a second pod; the connection really passes the sidecar, the sidecar still
+//! finds the original destination through SO_ORIGINAL_DST (conntrack), and
+//! meshlane splices the app <-> sidecar pair across the REDIRECT.
+mod support;
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use meshlane::sim::{iptables, Node, NodeOptions, Sidecar, SidecarMode};
+use support::*;
+
+const GOLDEN: &str = "cni-plugin_basic.txt.golden";
+
+fn backend_sessions(sidecar: &Sidecar, backend: &str) -> u64 {
+    sidecar
+        .stats()
+        .expect("haproxy stats")
+        .iter()
+        .find(|(p, s, _)| p == backend && s == "BACKEND")
+        .map_or(0, |r| r.2)
+}
+
+fn delta(after: &BTreeMap<String, u64>, before: &BTreeMap<String, u64>, name: &str) -> u64 {
+    after[name] - before[name]
+}
+
+#[test]
+fn istio_iptables_redirect_to_sidecar_is_spliced() {
+    require_root_env();
+    let mut node = Node::new(NodeOptions::default()).expect("node");
+    let root = node.layout.root().to_path_buf();
+    let app = node.pod("app").expect("app pod");
+    let svc = node.pod("svc").expect("service pod");
+
+    // istio-init's rules, unchanged, in the app's pod.
+    iptables::apply_golden(&app, GOLDEN).expect("applying the golden rules");
+    let nat = iptables::nat_rules(&app).expect("iptables-save");
+    for rule in [
+        "-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 15001",
+        "-A ISTIO_OUTPUT -m owner --uid-owner 1337 -j RETURN",
+        "-A OUTPUT -j ISTIO_OUTPUT",
+    ] {
+        assert!(
+            nat.contains(rule),
+            "rule {rule:?} missing in the pod: {nat}"
+        );
+    }
+    let sidecar = Sidecar::start(&app, SidecarMode::Tcp, 1337).expect("haproxy sidecar");
+    cli_ok(
+        &root,
+        &[
+            "pod",
+            "add",
+            "--netns",
+            &app.netns.to_string_lossy(),
+            "--name",
+            "app",
+            "--mode",
+            "accelerate",
+        ],
+    );
+
+    // status says the pod is in accelerate mode.
+    let st = status_json(&root);
+    let pods = st["pods"].as_array().expect("pods");
+    assert_eq!(pods.len(), 1, "{st}");
+    assert_eq!(pods[0]["name"], "app", "{st}");
+    assert_eq!(pods[0]["mode"], "accelerate", "{st}");
+    assert_eq!(pods[0]["inbound_link"], false, "{st}");
+    let text = cli_ok(&root, &["status"]);
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("app "))
+        .unwrap_or_else(|| panic!("status does not list the pod: {text}"));
+    assert!(line.contains("accelerate"), "{line}");
+
+    // The "VIP": the echo server's pod IP and port (not registered, no rules).
+    let (bound, peers) = echo_server(&svc, "0.0.0.0:0".parse().unwrap());
+    let vip: SocketAddr = format!("{}:{}", svc.ip4, bound.port()).parse().unwrap();
+
+    for (i, size) in [1usize, 64, 1024, 64 * 1024, 1 << 20]
+        .into_iter()
+        .enumerate()
+    {
+        let c0 = meshlane::status::read_counters(&node.layout);
+        let (out0, orig0) = (
+            sidecar.sessions("outbound"),
+            backend_sessions(&sidecar, "original_dst"),
+        );
+        let s = app
+            .run(move || TcpStream::connect_timeout(&vip, Duration::from_secs(10)))
+            .expect("entering the app pod")
+            .expect("app connects to the VIP");
+        let app_local = s.local_addr().expect("app local address");
+        // iptables REDIRECT keeps the app's view of its peer.
+        assert_eq!(s.peer_addr().expect("peer"), vip);
+        let data = payload(size, i as u8);
+        let got = echo_on(s, data.clone(), size.min(16 * 1024));
+        assert!(
+            got == data,
+            "{size} B: echo is not byte-exact ({} B back)",
+            got.len()
+        );
+
+        // The server got a connection from the sidecar, not from the app's
+        // socket: HAProxy resolved the original destination.
+        let peer = peers
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the echo server was reached");
+        assert_eq!(peer.ip(), std::net::IpAddr::V4(app.ip4));
+        assert_ne!(peer, app_local, "the app reached the server directly");
+        assert_eq!(
+            sidecar.sessions("outbound"),
+            out0 + 1,
+            "{size} B: sidecar not passed"
+        );
+        assert_eq!(
+            backend_sessions(&sidecar, "original_dst"),
+            orig0 + 1,
+            "{size} B: sidecar did not connect to the original destination"
+        );
+
+        let c1 = meshlane::status::read_counters(&node.layout);
+        eprintln!(
+            "{size} B: paired_nat +{} spliced +{} msgs / +{} B, fallback +{} msgs / +{} B",
+            delta(&c1, &c0, "sockets_paired_across_nat"),
+            delta(&c1, &c0, "messages_spliced"),
+            delta(&c1, &c0, "bytes_spliced"),
+            delta(&c1, &c0, "messages_fallback"),
+            delta(&c1, &c0, "bytes_fallback"),
+        );
+        assert!(
+            delta(&c1, &c0, "sockets_paired_across_nat") >= 1,
+            "{size} B: app and sidecar sockets not paired across the REDIRECT: {c0:?} -> {c1:?}"
+        );
+        // Only the app <-> sidecar pair can splice here (the service pod is
+        // not meshed), and both directions of the echo cross it.
+        assert!(
+            delta(&c1, &c0, "bytes_spliced") >= 2 * size as u64,
+            "{size} B: app <-> sidecar bytes not spliced: {c0:?} -> {c1:?}"
+        );
+        assert!(
+            delta(&c1, &c0, "messages_spliced") >= 2,
+            "{size} B: {c0:?} -> {c1:?}"
+        );
+        // The pod keeps iptables interception: meshlane's eBPF redirect and
+        // SO_ORIGINAL_DST answers stay off for it (never intercepted twice).
+        assert_eq!(delta(&c1, &c0, "connects_redirected"), 0);
+        assert_eq!(delta(&c1, &c0, "original_dst_answered"), 0);
+    }
+}
