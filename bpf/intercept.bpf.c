@@ -141,42 +141,79 @@ static __always_inline struct ml_pod *intercepted_pod(__u64 netns)
 	return pod;
 }
 
-enum verdict { PASS_THROUGH = 0, TO_PROXY = 1, TO_DNS = 2 };
+enum verdict { PASS_THROUGH = 0, TO_PROXY = 1, TO_DNS = 2, TO_INBOUND = 3 };
 
-/* Istio's ISTIO_OUTPUT chain for one TCP (or UDP, @tcp = 0) destination. */
+/* Istio leaves out "-o lo ! --uid-owner proxy -j RETURN" when an include
+ * range holds a loopback address (istio-iptables HasLoopBackIP). */
+static __always_inline int includes_loopback(const struct ml_pod *pod)
+{
+	for (int i = 0; i < ML_MAX_CIDRS; i++) {
+		if (i >= pod->include_outbound_cidrs.len)
+			break;
+		if (ml_addr_is_loopback(&pod->include_outbound_cidrs.cidr[i].addr))
+			return 1;
+	}
+	return 0;
+}
+
+static __always_inline int is_inbound_passthrough_src(const struct ml_addr *a)
+{
+	/* 127.0.0.6 (Envoy's InboundPassthroughBindIpv4) or ::6 */
+	if (is_v4_mapped(a))
+		return a->a[3] == bpf_htonl(0x7f000006);
+	return a->a[0] == 0 && a->a[1] == 0 && a->a[2] == 0 &&
+	       a->a[3] == bpf_htonl(6);
+}
+
+/* Istio's ISTIO_OUTPUT (+ ISTIO_OUTPUT_DNS) chain for one TCP (or UDP,
+ * @tcp = 0) destination, rule by rule in the order istio-iptables writes
+ * them (see the goldens in fixtures/istio/iptables). */
 static __always_inline int outbound_verdict(__u64 netns, struct ml_pod *pod,
 					    const struct ml_addr *dst,
 					    __u16 port, const struct ml_addr *src,
 					    int tcp)
 {
-	struct ml_addr six;
+	int dns = (pod->flags & ML_POD_DNS_CAPTURE) && port == DNS_PORT;
+	int local = is_local_dst(netns, dst);
 
-	if (port == ISTIO_STATUS_PORT || port_listed(&pod->exclude_outbound_ports, port))
+	/* -p tcp/udp --dport 15020 -j RETURN, then excludeOutboundPorts */
+	if (port == ISTIO_STATUS_PORT ||
+	    port_listed(&pod->exclude_outbound_ports, port))
 		return PASS_THROUGH;
-	ml_addr_from_v4(&six, bpf_htonl(0x7f000006));
-	if (ml_addr_eq(src, &six))
+	/* -o lo -s 127.0.0.6/32 -j RETURN */
+	if (local && is_inbound_passthrough_src(src))
 		return PASS_THROUGH;
-	if (is_proxy(pod))
+	if (is_proxy(pod)) {
+		/* -o lo ! -d 127.0.0.1/32 -p tcp ! --dport 15008 (,53)
+		 *  -m owner --uid-owner proxy -j ISTIO_IN_REDIRECT:
+		 * the proxy calling its own pod goes through the inbound side. */
+		if (tcp && local && !is_localhost_exact(dst) &&
+		    port != ISTIO_TUNNEL_PORT && !dns)
+			return TO_INBOUND;
+		/* -m owner --uid-owner proxy -j RETURN */
 		return PASS_THROUGH;
-	if ((pod->flags & ML_POD_DNS_CAPTURE) && port == DNS_PORT)
+	}
+	/* -o lo [-p tcp ! --dport 53] -m owner ! --uid-owner proxy -j RETURN */
+	if (local && !includes_loopback(pod) && !dns)
+		return PASS_THROUGH;
+	/* ISTIO_OUTPUT_DNS: tcp/udp --dport 53 -j REDIRECT --to-ports 15053 */
+	if (dns)
 		return TO_DNS;
 	if (!tcp)
 		return PASS_THROUGH;
-	/* "-o lo ! --uid-owner proxy -j RETURN" exists unless specific
-	 * include ranges are set. */
-	if ((pod->flags & ML_POD_OUTBOUND_ALL_IPS || pod->include_outbound_cidrs.len == 0) &&
-	    is_local_dst(netns, dst))
+	/* -d 127.0.0.1/32 -j RETURN */
+	if (is_localhost_exact(dst))
 		return PASS_THROUGH;
-	if (is_localhost_exact(dst) || port == ISTIO_TUNNEL_PORT)
-		return PASS_THROUGH;
-	if ((pod->flags & ML_POD_OUTBOUND_PORTS_LISTED) &&
-	    port_listed(&pod->include_outbound_ports, port))
-		return TO_PROXY;
+	/* excludeOutboundIPRanges: -d cidr -j RETURN */
 	if (cidr_listed(&pod->exclude_outbound_cidrs, dst))
 		return PASS_THROUGH;
-	if (pod->flags & ML_POD_OUTBOUND_ALL_IPS)
+	/* includeOutboundIPRanges: -j ISTIO_REDIRECT ("*") or per cidr */
+	if ((pod->flags & ML_POD_OUTBOUND_ALL_IPS) ||
+	    cidr_listed(&pod->include_outbound_cidrs, dst))
 		return TO_PROXY;
-	if (cidr_listed(&pod->include_outbound_cidrs, dst))
+	/* includeOutboundPorts: -p tcp --dport p -j ISTIO_REDIRECT */
+	if ((pod->flags & ML_POD_OUTBOUND_PORTS_LISTED) &&
+	    port_listed(&pod->include_outbound_ports, port))
 		return TO_PROXY;
 	return PASS_THROUGH;
 }
@@ -226,7 +263,7 @@ static __always_inline __u16 redirect_port(struct bpf_sock_addr *ctx,
 		return pod->dns_port;
 	}
 	ml_count(ML_CNT_CONNECT_REDIRECTED, 1);
-	return pod->outbound_port;
+	return v == TO_INBOUND ? pod->inbound_port : pod->outbound_port;
 }
 
 /* A bpf_sock's addresses (see ML_RD for why every load is volatile). */
@@ -358,17 +395,40 @@ static __always_inline void restore_peer(struct bpf_sock_addr *ctx, int v6)
 	ctx->user_port = bpf_htons(o->port);
 }
 
+/* A datagram from the pod's DNS proxy on loopback: only those get the
+ * server's address back (anything else the socket receives is left as is). */
+static __always_inline int from_dns_proxy(struct bpf_sock_addr *ctx, int v6)
+{
+	__u64 netns = bpf_get_netns_cookie(ctx);
+	struct ml_pod *pod = bpf_map_lookup_elem(&ml_pods, &netns);
+	struct ml_addr from;
+
+	if (!pod || bpf_ntohs((__u16)ctx->user_port) != pod->dns_port)
+		return 0;
+	if (!v6) {
+		ml_addr_from_v4(&from, ctx->user_ip4);
+	} else {
+		from.a[0] = ctx->user_ip6[0];
+		from.a[1] = ctx->user_ip6[1];
+		from.a[2] = ctx->user_ip6[2];
+		from.a[3] = ctx->user_ip6[3];
+	}
+	return ml_addr_is_loopback(&from);
+}
+
 SEC("cgroup/recvmsg4")
 int ml_recvmsg4(struct bpf_sock_addr *ctx)
 {
-	restore_peer(ctx, 0);
+	if (from_dns_proxy(ctx, 0))
+		restore_peer(ctx, 0);
 	return 1;
 }
 
 SEC("cgroup/recvmsg6")
 int ml_recvmsg6(struct bpf_sock_addr *ctx)
 {
-	restore_peer(ctx, 1);
+	if (from_dns_proxy(ctx, 1))
+		restore_peer(ctx, 1);
 	return 1;
 }
 

@@ -27,6 +27,14 @@ pub struct Sidecar {
 impl Sidecar {
     /// Starts HAProxy in `pod` and waits until both listeners accept.
     pub fn start(pod: &Pod, mode: SidecarMode, uid: u32) -> Result<Self> {
+        Self::start_as(pod, mode, uid, uid)
+    }
+
+    /// Like [`Sidecar::start`] with a proxy gid that differs from the uid.
+    /// IPv4 and IPv6 get separate listeners: HAProxy asks SO_ORIGINAL_DST
+    /// only on AF_INET sockets (a dual-stack one would forward to itself
+    /// after an iptables REDIRECT).
+    pub fn start_as(pod: &Pod, mode: SidecarMode, uid: u32, gid: u32) -> Result<Self> {
         let dir = PathBuf::from("/run/meshlane-test").join(format!("sidecar-{}", pod.name));
         std::fs::create_dir_all(&dir)?;
         let sock = dir.join("stats.sock");
@@ -35,12 +43,13 @@ impl Sidecar {
             SidecarMode::Http => "http",
         };
         let cfg = format!(
-            "global\n  uid {uid}\n  gid {uid}\n  maxconn 20000\n  stats socket {sock} mode 600 level admin\n\
+            "global\n  uid {uid}\n  gid {gid}\n  maxconn 8000\n  stats socket {sock} mode 600 level admin\n\
              defaults\n  mode {m}\n  timeout connect 5s\n  timeout client 120s\n  timeout server 120s\n  option dontlognull\n\
-             frontend outbound\n  bind :::15001 v4v6\n  default_backend original_dst\n\
-             frontend inbound\n  bind :::15006 v4v6\n  default_backend inbound_app\n\
+             frontend outbound\n  bind 0.0.0.0:15001\n  bind :::15001 v6only\n  default_backend original_dst\n\
+             frontend inbound\n  bind 0.0.0.0:15006\n  bind :::15006 v6only\n  use_backend inbound_app if {{ dst 0.0.0.0/0 }}\n  default_backend inbound_app6\n\
              backend original_dst\n  server orig 0.0.0.0\n\
-             backend inbound_app\n  server app 0.0.0.0 source 127.0.0.6\n",
+             backend inbound_app\n  server app 0.0.0.0 source 127.0.0.6\n\
+             backend inbound_app6\n  server app 0.0.0.0 source ::6:0\n",
             sock = sock.display()
         );
         let cfg_path = dir.join("haproxy.cfg");

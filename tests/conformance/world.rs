@@ -1,0 +1,283 @@
+//! One conformance run: pods A (client side, configured by the case),
+//! B (server side, meshed with Istio's defaults) and C (not meshed) on one
+//! simulated node, interception done either by the golden iptables rules
+//! (reference) or by meshlane, HAProxy sidecars in A and B. Probes record
+//! what an observer outside the kernel can see, with pod addresses replaced
+//! by the pod's letter so two runs (with different pod IPs) compare equal.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+
+use meshlane::pods::{PodMode, PodSpec};
+use meshlane::sim::{Node, Pod, Sidecar, SidecarMode};
+
+use super::app::{self, As, Seen, Server};
+use super::golden;
+
+/// Who redirects: the reference rules or meshlane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interception {
+    /// The golden rules applied with iptables-restore; pod not registered.
+    Iptables,
+    /// meshlane intercept mode; no nat rules in the pod.
+    Meshlane,
+}
+
+/// How one pod is meshed in a case.
+#[derive(Clone)]
+pub struct Meshing {
+    /// Golden file for the reference run.
+    pub golden: &'static str,
+    /// meshlane settings equivalent to the golden's istio-iptables flags.
+    pub spec: PodSpec,
+    /// The proxy's uid/gid (HAProxy runs as them).
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl Meshing {
+    pub fn istio_default(name: &str) -> Self {
+        Self {
+            golden: "cni-plugin_basic.txt.golden",
+            spec: PodSpec::istio(name),
+            uid: 1337,
+            gid: 1337,
+        }
+    }
+}
+
+/// Fields drop in order: servers and sidecars before their pods.
+pub struct World {
+    pub servers: Vec<Server>,
+    pub sidecar_a: Option<Sidecar>,
+    pub sidecar_b: Option<Sidecar>,
+    pub how: Interception,
+    pub a: Pod,
+    pub b: Pod,
+    pub c: Pod,
+    pub ipv6: bool,
+}
+
+/// Adds ::6 on lo (Istio's IPv6 inbound passthrough source).
+fn add_v6_passthrough(pod: &Pod) {
+    let _ = pod.exec(&["ip", "-6", "addr", "add", "::6/128", "dev", "lo"]);
+}
+
+/// Meshes `pod` the way `how` says.
+pub fn mesh(node: &Node, pod: &Pod, m: &Meshing, how: Interception, ipv6: bool) {
+    match how {
+        Interception::Iptables => golden::apply(pod, m.golden, ipv6).expect("applying golden"),
+        Interception::Meshlane => {
+            let mut spec = m.spec.clone();
+            spec.mode = PodMode::Intercept;
+            node.register(pod, &spec).expect("registering pod");
+        }
+    }
+}
+
+impl World {
+    /// Pods A, B, C; A meshed with `a_mesh` (None: not meshed), B with
+    /// `b_mesh`; sidecars started after meshing (so listeners register).
+    pub fn new(
+        node: &mut Node,
+        how: Interception,
+        a_mesh: Option<&Meshing>,
+        b_mesh: Option<&Meshing>,
+        mode: SidecarMode,
+    ) -> Self {
+        let ipv6 = node.opts.ipv6;
+        let a = node.pod("a").expect("pod a");
+        let b = node.pod("b").expect("pod b");
+        let c = node.pod("c").expect("pod c");
+        if ipv6 {
+            for p in [&a, &b, &c] {
+                add_v6_passthrough(p);
+            }
+        }
+        let mut sidecar_a = None;
+        if let Some(m) = a_mesh {
+            mesh(node, &a, m, how, ipv6);
+            sidecar_a = Some(Sidecar::start_as(&a, mode, m.uid, m.gid).expect("sidecar a"));
+        }
+        let mut sidecar_b = None;
+        if let Some(m) = b_mesh {
+            mesh(node, &b, m, how, ipv6);
+            sidecar_b = Some(Sidecar::start_as(&b, mode, m.uid, m.gid).expect("sidecar b"));
+        }
+        World {
+            how,
+            a,
+            b,
+            c,
+            sidecar_a,
+            sidecar_b,
+            servers: Vec::new(),
+            ipv6,
+        }
+    }
+
+    pub fn pod(&self, p: PodName) -> &Pod {
+        match p {
+            PodName::A => &self.a,
+            PodName::B => &self.b,
+            PodName::C => &self.c,
+        }
+    }
+
+    /// Starts an app server in `pod` on the wildcard address, `port`.
+    pub fn serve(&mut self, pod: PodName, port: u16) {
+        let any: SocketAddr = if self.ipv6 {
+            format!("[::]:{port}").parse().unwrap()
+        } else {
+            format!("0.0.0.0:{port}").parse().unwrap()
+        };
+        let s = app::http_server(self.pod(pod), any);
+        self.servers.push(s);
+    }
+
+    /// Symbolic name of an address: a pod letter or the literal address.
+    pub fn name_ip(&self, ip: IpAddr) -> String {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        for (letter, pod) in [("A", &self.a), ("B", &self.b), ("C", &self.c)] {
+            if ip == IpAddr::V4(pod.ip4) {
+                return letter.into();
+            }
+            if Some(ip) == pod.ip6.map(IpAddr::V6) {
+                return format!("{letter}6");
+            }
+        }
+        ip.to_string()
+    }
+
+    pub fn name_sa(&self, sa: SocketAddr) -> String {
+        format!("{}:{}", self.name_ip(sa.ip()), sa.port())
+    }
+
+    /// The address `target` resolves to in this world.
+    pub fn addr(&self, t: Target) -> SocketAddr {
+        let ip: IpAddr = match t.host {
+            Host::Pod(p) if self.ipv6 => IpAddr::V6(self.pod(p).ip6.expect("pod has IPv6")),
+            Host::Pod(p) => IpAddr::V4(self.pod(p).ip4),
+            Host::Ip(s) => s.parse().expect("literal address"),
+        };
+        SocketAddr::new(ip, t.port)
+    }
+
+    fn sessions(&self) -> [u64; 4] {
+        let s = |sc: &Option<Sidecar>, f: &str| sc.as_ref().map_or(0, |s| s.sessions(f));
+        [
+            s(&self.sidecar_a, "outbound"),
+            s(&self.sidecar_a, "inbound"),
+            s(&self.sidecar_b, "outbound"),
+            s(&self.sidecar_b, "inbound"),
+        ]
+    }
+
+    /// Runs one probe and describes what happened.
+    pub fn observe(&self, p: &Probe) -> Observation {
+        let before = self.sessions();
+        let seen = app::probe(self.pod(p.from), self.addr(p.to), p.who);
+        let after = self.sessions();
+        let names = ["A.outbound", "A.inbound", "B.outbound", "B.inbound"];
+        let mut hops = Vec::new();
+        for i in 0..4 {
+            let d = after[i].saturating_sub(before[i]);
+            if d == 1 {
+                hops.push(names[i].to_string());
+            } else if d > 1 {
+                hops.push(format!("{}x{d}", names[i]));
+            }
+        }
+        let outcome = match seen {
+            Seen::Served {
+                server_peer,
+                server_local,
+                app_peer,
+            } => format!(
+                "server peer {} local {}, app getpeername {}",
+                self.name_ip(server_peer),
+                self.name_sa(server_local),
+                self.name_sa(app_peer)
+            ),
+            Seen::Refused => "refused".into(),
+            Seen::Failed(e) => format!("failed: {e}"),
+        };
+        Observation {
+            probe: p.label.clone(),
+            hops,
+            outcome,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PodName {
+    A,
+    B,
+    C,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Host {
+    Pod(PodName),
+    Ip(&'static str),
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Target {
+    pub host: Host,
+    pub port: u16,
+}
+
+/// One connection to make.
+#[derive(Debug, Clone)]
+pub struct Probe {
+    pub label: String,
+    pub from: PodName,
+    pub to: Target,
+    pub who: As,
+}
+
+impl Probe {
+    pub fn new(from: PodName, host: Host, port: u16) -> Self {
+        let label = format!("{from:?} -> {}:{port}", match host {
+            Host::Pod(p) => format!("{p:?}"),
+            Host::Ip(s) => s.to_string(),
+        });
+        Self {
+            label,
+            from,
+            to: Target { host, port },
+            who: As::default(),
+        }
+    }
+
+    pub fn as_ids(mut self, uid: u32, gid: u32) -> Self {
+        self.who.ids = Some((uid, gid));
+        self.label = format!("{} as {uid}:{gid}", self.label);
+        self
+    }
+}
+
+/// What one probe looked like from outside the kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observation {
+    pub probe: String,
+    pub hops: Vec<String>,
+    pub outcome: String,
+}
+
+impl fmt::Display for Observation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:<34} hops [{}] {}",
+            self.probe,
+            self.hops.join(", "),
+            self.outcome
+        )
+    }
+}
