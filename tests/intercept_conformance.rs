@@ -6,6 +6,7 @@ mod conformance;
 
 use conformance::world::{Host, Meshing, PodName::*, Probe};
 use conformance::{run, Case, Expect};
+use meshlane::pods::PodSpec;
 use meshlane::sim::SidecarMode;
 
 fn e(probe: Probe, hops: &'static [&'static str], outcome: &'static str) -> Expect {
@@ -25,7 +26,14 @@ fn basic() -> Case {
         ipv6: false,
         a: Some(Meshing::istio_default("a")),
         b: Some(Meshing::istio_default("b")),
-        servers: vec![(B, 8080), (B, 15008), (B, 15020), (B, 15021), (B, 15090), (A, 8080)],
+        servers: vec![
+            (B, 8080),
+            (B, 15008),
+            (B, 15020),
+            (B, 15021),
+            (B, 15090),
+            (A, 8080),
+        ],
         expect: vec![
             e(
                 Probe::new(A, Host::Pod(B), 8080),
@@ -33,14 +41,38 @@ fn basic() -> Case {
                 "server peer 127.0.0.6 local B:8080, app getpeername B:8080",
             ),
             // outbound 15020 is never captured, inbound neither
-            e(Probe::new(A, Host::Pod(B), 15020), &[], "server peer A local B:15020"),
+            e(
+                Probe::new(A, Host::Pod(B), 15020),
+                &[],
+                "server peer A local B:15020",
+            ),
             // 15021/15090/15008: captured outbound, never inbound
-            e(Probe::new(A, Host::Pod(B), 15021), &["A.outbound"], "server peer A local B:15021"),
-            e(Probe::new(A, Host::Pod(B), 15090), &["A.outbound"], "server peer A local B:15090"),
-            e(Probe::new(A, Host::Pod(B), 15008), &["A.outbound"], "server peer A local B:15008"),
+            e(
+                Probe::new(A, Host::Pod(B), 15021),
+                &["A.outbound"],
+                "server peer A local B:15021",
+            ),
+            e(
+                Probe::new(A, Host::Pod(B), 15090),
+                &["A.outbound"],
+                "server peer A local B:15090",
+            ),
+            e(
+                Probe::new(A, Host::Pod(B), 15008),
+                &["A.outbound"],
+                "server peer A local B:15008",
+            ),
             // the app to itself, by pod IP and by localhost
-            e(Probe::new(A, Host::Pod(A), 8080), &[], "server peer A local A:8080"),
-            e(Probe::new(A, Host::Ip("127.0.0.1"), 8080), &[], "server peer 127.0.0.1"),
+            e(
+                Probe::new(A, Host::Pod(A), 8080),
+                &[],
+                "server peer A local A:8080",
+            ),
+            e(
+                Probe::new(A, Host::Ip("127.0.0.1"), 8080),
+                &[],
+                "server peer 127.0.0.1",
+            ),
             // a process running as the proxy uid is not captured
             e(
                 Probe::new(A, Host::Pod(B), 8080).as_ids(1337, 1337),
@@ -65,4 +97,181 @@ fn basic_tcp() {
 #[test]
 fn basic_http() {
     run(&basic(), SidecarMode::Http);
+}
+
+/// cni-plugin_include-exclude-ports: includeInboundPorts=1111,2222 and
+/// excludeOutboundPorts=5555,6666 on both pods.
+fn include_exclude_ports() -> Case {
+    let m = |name: &str| {
+        let mut spec = PodSpec::istio(name);
+        spec.include_inbound_ports = "1111,2222".into();
+        spec.exclude_outbound_ports = "5555,6666".into();
+        Meshing {
+            golden: "cni-plugin_include-exclude-ports.txt.golden",
+            spec,
+            uid: 1337,
+            gid: 1337,
+        }
+    };
+    Case {
+        name: "include-exclude-ports",
+        ipv6: false,
+        a: Some(m("a")),
+        b: Some(m("b")),
+        servers: vec![(B, 1111), (B, 2222), (B, 8080), (B, 5555), (B, 15021)],
+        expect: vec![
+            e(
+                Probe::new(A, Host::Pod(B), 1111),
+                VIA_BOTH,
+                "server peer 127.0.0.6 local B:1111, app getpeername B:1111",
+            ),
+            e(
+                Probe::new(A, Host::Pod(B), 8080),
+                &["A.outbound"],
+                "server peer A local B:8080",
+            ),
+            e(
+                Probe::new(A, Host::Pod(B), 5555),
+                &[],
+                "server peer A local B:5555",
+            ),
+            e(
+                Probe::new(A, Host::Pod(B), 15021),
+                &["A.outbound"],
+                "server peer A local B:15021",
+            ),
+            e(
+                Probe::new(C, Host::Pod(B), 2222),
+                &["B.inbound"],
+                "server peer 127.0.0.6 local B:2222",
+            ),
+            e(
+                Probe::new(C, Host::Pod(B), 8080),
+                &[],
+                "server peer C local B:8080",
+            ),
+        ],
+    }
+}
+
+#[test]
+fn include_exclude_ports_tcp() {
+    run(&include_exclude_ports(), SidecarMode::Tcp);
+}
+
+#[test]
+fn include_exclude_ports_http() {
+    run(&include_exclude_ports(), SidecarMode::Http);
+}
+
+/// cni-plugin_include-exclude-ip: includeOutboundIPRanges=127.0.0.0/8,
+/// excludeOutboundIPRanges=10.0.0.0/8 (the pod network is in 10/8).
+fn include_exclude_ip() -> Case {
+    let m = |name: &str| {
+        let mut spec = PodSpec::istio(name);
+        spec.include_outbound_ip_ranges = "127.0.0.0/8".into();
+        spec.exclude_outbound_ip_ranges = "10.0.0.0/8".into();
+        Meshing {
+            golden: "cni-plugin_include-exclude-ip.txt.golden",
+            spec,
+            uid: 1337,
+            gid: 1337,
+        }
+    };
+    Case {
+        name: "include-exclude-ip",
+        ipv6: false,
+        a: Some(m("a")),
+        b: Some(m("b")),
+        servers: vec![(A, 8080), (B, 8080)],
+        expect: vec![
+            // excluded range: straight to B, captured by B's inbound side
+            e(
+                Probe::new(A, Host::Pod(B), 8080),
+                &["B.inbound"],
+                "server peer 127.0.0.6 local B:8080, app getpeername B:8080",
+            ),
+            // included loopback range: out through A's proxy, which calls
+            // its own pod, so back in through A's inbound side
+            e(
+                Probe::new(A, Host::Ip("127.0.0.5"), 8080),
+                &["A.outbound", "A.inbound"],
+                "server peer 127.0.0.6 local 127.0.0.5:8080, app getpeername 127.0.0.5:8080",
+            ),
+            e(
+                Probe::new(A, Host::Ip("127.0.0.1"), 8080),
+                &[],
+                "server peer 127.0.0.1 local 127.0.0.1:8080",
+            ),
+            e(
+                Probe::new(A, Host::Pod(A), 8080),
+                &[],
+                "server peer A local A:8080",
+            ),
+        ],
+    }
+}
+
+#[test]
+fn include_exclude_ip_tcp() {
+    run(&include_exclude_ip(), SidecarMode::Tcp);
+}
+
+#[test]
+fn include_exclude_ip_http() {
+    run(&include_exclude_ip(), SidecarMode::Http);
+}
+
+/// cni-plugin_custom-uid: the proxy runs as 1000670000:1000670001.
+fn custom_uid() -> Case {
+    let mut spec = PodSpec::istio("a");
+    spec.proxy_uid = Some(1000670000);
+    spec.proxy_gid = Some(1000670001);
+    let a = Meshing {
+        golden: "cni-plugin_custom-uid.txt.golden",
+        spec,
+        uid: 1000670000,
+        gid: 1000670001,
+    };
+    Case {
+        name: "custom-uid",
+        ipv6: false,
+        a: Some(a),
+        b: Some(Meshing::istio_default("b")),
+        servers: vec![(B, 8080)],
+        expect: vec![
+            e(
+                Probe::new(A, Host::Pod(B), 8080),
+                VIA_BOTH,
+                "server peer 127.0.0.6 local B:8080",
+            ),
+            // 1337 is an ordinary user in this pod
+            e(
+                Probe::new(A, Host::Pod(B), 8080).as_ids(1337, 1337),
+                VIA_BOTH,
+                "server peer 127.0.0.6 local B:8080",
+            ),
+            // the proxy gid alone exempts
+            e(
+                Probe::new(A, Host::Pod(B), 8080).as_ids(0, 1000670001),
+                &["B.inbound"],
+                "server peer 127.0.0.6 local B:8080",
+            ),
+            e(
+                Probe::new(A, Host::Pod(B), 8080).as_ids(1000670000, 0),
+                &["B.inbound"],
+                "server peer 127.0.0.6 local B:8080",
+            ),
+        ],
+    }
+}
+
+#[test]
+fn custom_uid_tcp() {
+    run(&custom_uid(), SidecarMode::Tcp);
+}
+
+#[test]
+fn custom_uid_http() {
+    run(&custom_uid(), SidecarMode::Http);
 }
