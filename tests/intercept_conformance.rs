@@ -275,3 +275,9 @@ fn custom_uid_tcp() {
 fn custom_uid_http() {
     run(&custom_uid(), SidecarMode::Http);
 }
+
+/// cni-plugin_dns: Istio DNS proxying, UDP and TCP.
+#[test]
+fn dns_ipv4() {
+    conformance::dns::run(false);
+}

@@ -19,7 +19,10 @@ use meshlane::sim::Pod;
 pub fn become_thread(uid: u32, gid: u32) {
     // SAFETY: plain syscalls on the current thread's credentials.
     unsafe {
-        assert_eq!(libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<u32>()), 0);
+        assert_eq!(
+            libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<u32>()),
+            0
+        );
         assert_eq!(libc::syscall(libc::SYS_setresgid, gid, gid, gid), 0);
         assert_eq!(libc::syscall(libc::SYS_setresuid, uid, uid, uid), 0);
     }
@@ -231,23 +234,38 @@ impl Drop for DnsProxy {
 }
 
 pub fn dns_proxy(pod: &Pod, port: u16, uid: u32, gid: u32) -> DnsProxy {
+    dns_server(
+        pod,
+        vec![format!("127.0.0.1:{port}"), format!("[::1]:{port}")],
+        "dns-proxy",
+        uid,
+        gid,
+    )
+}
+
+/// A DNS server stand-in on every address of `binds`, UDP and TCP,
+/// answering with `tag` (UDP: `tag:<payload>`).
+pub fn dns_server(pod: &Pod, binds: Vec<String>, tag: &'static str, uid: u32, gid: u32) -> DnsProxy {
     let stop = Arc::new(AtomicBool::new(false));
     let served = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut threads = Vec::new();
     let (tx, rx) = std::sync::mpsc::channel::<String>();
-    for bind in [format!("127.0.0.1:{port}"), format!("[::1]:{port}")] {
+    let n = binds.len() * 2;
+    for bind in binds {
         let (st, sv, up) = (stop.clone(), served.clone(), tx.clone());
         let b = bind.clone();
         threads.push(
             pod.thread(move || {
+                // Owned by the proxy user from creation (the owner match
+                // of Istio's conntrack zone rules looks at the socket).
+                become_thread(uid, gid);
                 let u = UdpSocket::bind(&b).expect("dns udp bind");
                 u.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
-                become_thread(uid, gid);
                 let _ = up.send(b.clone());
                 let mut buf = [0u8; 512];
                 while !st.load(Ordering::Relaxed) {
                     if let Ok((n, from)) = u.recv_from(&mut buf) {
-                        let mut out = b"dns-proxy:".to_vec();
+                        let mut out = format!("{tag}:").into_bytes();
                         out.extend_from_slice(&buf[..n]);
                         let _ = u.send_to(&out, from);
                         sv.fetch_add(1, Ordering::Relaxed);
@@ -259,15 +277,15 @@ pub fn dns_proxy(pod: &Pod, port: u16, uid: u32, gid: u32) -> DnsProxy {
         let (st, sv, up) = (stop.clone(), served.clone(), tx.clone());
         threads.push(
             pod.thread(move || {
+                become_thread(uid, gid);
                 let l = TcpListener::bind(&bind).expect("dns tcp bind");
                 l.set_nonblocking(true).unwrap();
-                become_thread(uid, gid);
                 let _ = up.send(bind.clone());
                 while !st.load(Ordering::Relaxed) {
                     match l.accept() {
                         Ok((mut s, _)) => {
                             let _ = s.set_nonblocking(false);
-                            let _ = s.write_all(b"dns-proxy");
+                            let _ = s.write_all(tag.as_bytes());
                             sv.fetch_add(1, Ordering::Relaxed);
                         }
                         Err(_) => std::thread::sleep(Duration::from_millis(5)),
@@ -277,7 +295,7 @@ pub fn dns_proxy(pod: &Pod, port: u16, uid: u32, gid: u32) -> DnsProxy {
             .expect("dns tcp thread"),
         );
     }
-    for _ in 0..4 {
+    for _ in 0..n {
         rx.recv_timeout(Duration::from_secs(5))
             .expect("dns proxy listeners up");
     }
@@ -289,8 +307,15 @@ pub fn dns_proxy(pod: &Pod, port: u16, uid: u32, gid: u32) -> DnsProxy {
 }
 
 /// UDP query from `pod` to `server`: (reply, the address recvfrom reports).
-pub fn dns_udp(pod: &Pod, server: SocketAddr) -> Result<(String, SocketAddr), String> {
+pub fn dns_udp(
+    pod: &Pod,
+    server: SocketAddr,
+    ids: Option<(u32, u32)>,
+) -> Result<(String, SocketAddr), String> {
     pod.run(move || {
+        if let Some((u, g)) = ids {
+            become_thread(u, g);
+        }
         let bind: SocketAddr = if server.is_ipv4() {
             "0.0.0.0:0".parse().unwrap()
         } else {
@@ -321,7 +346,10 @@ pub fn dns_tcp(pod: &Pod, server: SocketAddr) -> Result<(String, SocketAddr), St
             match s.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => got.extend_from_slice(&buf[..n]),
-                Err(e) if e.kind() == ErrorKind::WouldBlock && start.elapsed() < Duration::from_secs(3) => {
+                Err(e)
+                    if e.kind() == ErrorKind::WouldBlock
+                        && start.elapsed() < Duration::from_secs(3) =>
+                {
                     std::thread::sleep(Duration::from_millis(1))
                 }
                 Err(e) => return Err(format!("read: {e}")),

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod app;
+pub mod dns;
 pub mod golden;
 pub mod world;
 
@@ -40,7 +41,12 @@ pub struct Case {
     pub expect: Vec<Expect>,
 }
 
-fn run_once(node: &mut Node, case: &Case, how: Interception, mode: SidecarMode) -> Vec<Observation> {
+fn run_once(
+    node: &mut Node,
+    case: &Case,
+    how: Interception,
+    mode: SidecarMode,
+) -> Vec<Observation> {
     let counters = ["messages_spliced", "connects_redirected", "inbound_steered"];
     let before: Vec<u64> = counters.iter().map(|c| node.counter(c)).collect();
     let mut w = World::new(node, how, case.a.as_ref(), case.b.as_ref(), mode);
@@ -73,21 +79,32 @@ fn run_once(node: &mut Node, case: &Case, how: Interception, mode: SidecarMode) 
     }
     // Intercepted by meshlane's hooks (not by something else), and spliced.
     let grew = |i: usize| node.counter(counters[i]) > before[i];
-    let any_hop = |suffix: &str| obs.iter().any(|o| o.hops.iter().any(|h| h.contains(suffix)));
+    let any_hop = |suffix: &str| {
+        obs.iter()
+            .any(|o| o.hops.iter().any(|h| h.contains(suffix)))
+    };
     match how {
         Interception::Meshlane => {
             if any_hop("") {
                 assert!(grew(0), "{}: intercepted flows were not spliced", case.name);
             }
             if any_hop("outbound") {
-                assert!(grew(1), "{}: no connect was redirected by meshlane", case.name);
+                assert!(
+                    grew(1),
+                    "{}: no connect was redirected by meshlane",
+                    case.name
+                );
             }
             if any_hop("inbound") {
                 assert!(grew(2), "{}: no inbound connection was steered", case.name);
             }
         }
         Interception::Iptables => {
-            assert!(!grew(1) && !grew(2), "{}: meshlane acted in the reference run", case.name);
+            assert!(
+                !grew(1) && !grew(2),
+                "{}: meshlane acted in the reference run",
+                case.name
+            );
         }
     }
     obs
