@@ -40,6 +40,14 @@ pub enum LoadError {
     },
     #[error("object layout v{found} does not match this build's v{LAYOUT_VERSION}")]
     LayoutMismatch { found: u32 },
+    #[error("splice-only install asked, but interception is installed ({link}); pods may rely on it: run `meshlane uninstall` first")]
+    InterceptInstalled { link: PathBuf },
+    #[error("pinned map {map} holds {pinned} entries but the sockhash size asked for is {wanted}: use --sockhash-size {pinned}, or run `meshlane uninstall` first")]
+    PinnedSize {
+        map: String,
+        pinned: u32,
+        wanted: u32,
+    },
 }
 
 fn bpf(what: impl Into<String>) -> impl FnOnce(libbpf_rs::Error) -> LoadError {
@@ -126,10 +134,46 @@ fn prepare_maps(obj: &mut OpenObject, layout: &PinLayout, size: u32) -> Result<(
     Ok(())
 }
 
+/// Link pins of the interception hooks on the cgroup (program names).
+const INTERCEPT_LINKS: [&str; 10] = [
+    "ml_intercept_sockops",
+    "ml_connect4",
+    "ml_connect6",
+    "ml_getsockopt",
+    "ml_getpeername4",
+    "ml_getpeername6",
+    "ml_sendmsg4",
+    "ml_sendmsg6",
+    "ml_recvmsg4",
+    "ml_recvmsg6",
+];
+
+/// A pinned map sized by `sockhash_size` must keep its size: libbpf would
+/// refuse to reuse it anyway, with less to say about why.
+fn check_pinned_sizes(layout: &PinLayout, size: u32) -> Result<(), LoadError> {
+    for name in SIZED_MAPS {
+        let path = layout.map(name);
+        if !path.exists() {
+            continue;
+        }
+        let m = libbpf_rs::MapHandle::from_pinned_path(&path)
+            .map_err(bpf(format!("opening {}", path.display())))?;
+        let pinned = libbpf_rs::MapCore::max_entries(&m);
+        if pinned != size {
+            return Err(LoadError::PinnedSize {
+                map: name.into(),
+                pinned,
+                wanted: size,
+            });
+        }
+    }
+    Ok(())
+}
+
 fn load_err(obj: &str, e: libbpf_rs::Error) -> LoadError {
     LoadError::Bpf {
         what: format!(
-            "loading {obj}.bpf.o (a pinned map of a different size or type needs `meshlane uninstall` first)"
+            "loading {obj}.bpf.o (a pinned map of a different size or type needs `meshlane uninstall` first; RUST_LOG=libbpf=debug shows libbpf's log)"
         ),
         source: e,
     }
@@ -231,6 +275,14 @@ fn install_inner(
 ) -> Result<(), LoadError> {
     let cg = open_dir(cg_path)?;
     let cg_fd = cg.as_raw_fd();
+    check_pinned_sizes(layout, cfg.sockhash_size)?;
+    if !cfg.intercept {
+        if let Some(link) = INTERCEPT_LINKS.iter().find(|n| layout.link(n).exists()) {
+            return Err(LoadError::InterceptInstalled {
+                link: layout.link(link),
+            });
+        }
+    }
 
     // --- splice.bpf.o: sockops + sk_msg (+ verdict remedy) ---
     let mut splice_obj = MaybeUninit::uninit();

@@ -45,6 +45,12 @@ enum Cmd {
     Probe,
     /// Remove every link, program, map and pin meshlane created.
     Uninstall,
+    /// Benchmark direct vs iptables vs accelerate vs intercept on a simulated node.
+    #[cfg(feature = "sim")]
+    Bench(meshlane::bench::BenchArgs),
+    /// `meshlane bench --quick`: about a minute, prints the table.
+    #[cfg(feature = "sim")]
+    Demo,
 }
 
 #[derive(Args)]
@@ -260,6 +266,10 @@ fn run(cli: Cli) -> Result<()> {
                 anyhow::bail!("some features are missing");
             }
         }
+        #[cfg(feature = "sim")]
+        Cmd::Bench(a) => meshlane::bench::cli::main(&a, cli.json)?,
+        #[cfg(feature = "sim")]
+        Cmd::Demo => meshlane::bench::cli::demo(cli.json)?,
         Cmd::Uninstall => {
             require_root()?;
             layout.check_version()?;
@@ -293,6 +303,9 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    // libbpf's own messages go through tracing (RUST_LOG=libbpf=debug), so
+    // a failure reaches the user as meshlane's one error line.
+    libbpf_rs::set_print(Some((libbpf_rs::PrintLevel::Debug, libbpf_log)));
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {
@@ -311,6 +324,14 @@ fn main() -> ExitCode {
             eprintln!("meshlane: {}", error_line(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+fn libbpf_log(level: libbpf_rs::PrintLevel, msg: String) {
+    let msg = msg.trim_end();
+    match level {
+        libbpf_rs::PrintLevel::Warn => tracing::debug!(target: "libbpf", "{msg}"),
+        _ => tracing::trace!(target: "libbpf", "{msg}"),
     }
 }
 

@@ -345,3 +345,37 @@ fn port_list_over_the_kernel_limit_names_pod_and_list() {
     assert_eq!(list[0]["name"], "web-1", "{list}");
     assert_eq!(list[0]["exclude_inbound_ports"], p32.as_str(), "{list}");
 }
+
+#[test]
+fn agent_restart_with_conflicting_flags_changes_nothing() {
+    let node = installed_node();
+    let root = node.layout.root().to_path_buf();
+    let cg = node.cgroup.path().to_string_lossy().into_owned();
+    let before = snapshot(&root, node.cgroup.path());
+    let links = link_ids(&status_json(&root));
+    for (args, names) in [
+        (
+            vec![
+                "agent",
+                "--once",
+                "--cgroup",
+                cg.as_str(),
+                "--sockhash-size",
+                "1024",
+            ],
+            vec!["ml_socks", "65536", "1024"],
+        ),
+        (
+            vec!["agent", "--once", "--cgroup", cg.as_str(), "--no-intercept"],
+            vec!["interception is installed", "uninstall"],
+        ),
+    ] {
+        let out = run(&root, &args, false);
+        assert_one_line_error(&format!("{args:?}"), &out, &names);
+        assert_eq!(snapshot(&root, node.cgroup.path()), before, "{args:?}");
+        assert_eq!(link_ids(&status_json(&root)), links, "{args:?}");
+    }
+    // The same flags as the install adopt.
+    cli_ok(&root, &["agent", "--once", "--cgroup", &cg]);
+    assert_eq!(link_ids(&status_json(&root)), links);
+}

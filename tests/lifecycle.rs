@@ -80,6 +80,15 @@ fn conversation_is_spliced(root: &Path, conv: &EchoConversation) {
     );
 }
 
+/// The programs in `ids` that are not sockhash (sk_msg, sk_skb) programs.
+fn not_sockmap_programs(ids: &InstallIds) -> Vec<serde_json::Value> {
+    ids.progs
+        .iter()
+        .filter_map(|id| bpftool_json_opt(&["prog", "show", "id", &id.to_string()]))
+        .filter(|p| p["type"] != "sk_msg" && p["type"] != "sk_skb")
+        .collect()
+}
+
 fn wait_until_gone(ids: &InstallIds, limit: Duration) -> InstallIds {
     let end = Instant::now() + limit;
     loop {
@@ -207,24 +216,25 @@ fn agent_sigkill_restart_adopts_and_uninstall_removes_everything() {
     // Sockets already in the sockhash hold their own reference to the
     // sockhash programs of the time they joined (kernel psock semantics), so
     // those stay until the conversation closes; everything else must go.
-    let still = wait_until_gone(&old_only, Duration::from_secs(20));
-    for id in &still.progs {
-        let p = bpftool_json(&["prog", "show", "id", &id.to_string()]);
-        let ty = p["type"].as_str().unwrap_or_default();
-        assert!(
-            ty == "sk_msg" || ty == "sk_skb",
-            "program {id} of the first agent is still loaded after adoption: {p}"
-        );
-    }
+    let end = Instant::now() + Duration::from_secs(20);
+    let kept = loop {
+        let kept = not_sockmap_programs(&old_only.still_alive());
+        if kept.is_empty() || Instant::now() > end {
+            break kept;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        kept.is_empty(),
+        "programs of the first agent still loaded after adoption: {kept:?}"
+    );
     conversation_is_spliced(&root, &conv);
     new_connection_is_spliced(&root, &client, srv_addr, 13);
     conv.resume();
     conv.wait_progress(64 * 1024, Duration::from_secs(60))
         .expect("conversation after restart");
 
-    // --- uninstall ---
-    let rounds = conv.finish().expect("conversation stayed byte-exact");
-    assert!(rounds > 0);
+    // --- uninstall while the conversation still flows ---
     let mut agent2 = agent2;
     cli_ok(&root, &["uninstall"]);
     assert!(!root.exists(), "pin root {} still exists", root.display());
@@ -233,16 +243,24 @@ fn agent_sigkill_restart_adopts_and_uninstall_removes_everything() {
         "programs still attached to the cgroup: {:?}",
         cgroup_ml_attachments(&cg)
     );
+    assert!(
+        agent2.wait_exit(Duration::from_secs(30)).is_some(),
+        "agent kept running after uninstall"
+    );
+    // The established connection finishes its work, byte-exact.
+    conv.wait_progress(256 * 1024, Duration::from_secs(120))
+        .expect("established connection keeps working after uninstall");
+    let rounds = conv.finish().expect("conversation stayed byte-exact");
+    assert!(rounds > 0);
+    // New connections take plain TCP.
+    let data = payload(256 * 1024, 3);
+    assert_eq!(echo_from(&client, srv_addr, data.clone(), 4096), data);
+    // Sockets that were spliced hold the sockhash programs (and through them
+    // the maps) until they close; with every connection closed, nothing of
+    // the install is left in the kernel.
     let left = wait_until_gone(&all_ids, Duration::from_secs(30));
     assert!(
         left.is_empty(),
         "objects of the install survive uninstall: {left:?} (install was {all_ids:?})"
     );
-    assert!(
-        agent2.wait_exit(Duration::from_secs(30)).is_some(),
-        "agent kept running after uninstall"
-    );
-    // Unregistered pods still talk, over plain TCP.
-    let data = payload(4096, 3);
-    assert_eq!(echo_from(&client, srv_addr, data.clone(), 1024), data);
 }

@@ -88,6 +88,15 @@ pub fn bpftool_json(args: &[&str]) -> Value {
     serde_json::from_slice(&out.stdout).expect("bpftool JSON")
 }
 
+/// `bpftool -j <args>`, or None when bpftool fails (e.g. the id is gone).
+pub fn bpftool_json_opt(args: &[&str]) -> Option<Value> {
+    let out = Command::new("bpftool").arg("-j").args(args).output().ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&out.stdout).ok()
+}
+
 /// Ids of every object of `kind` ("prog", "map", "link") on the machine.
 pub fn bpftool_ids(kind: &str) -> BTreeSet<u64> {
     bpftool_json(&[kind, "show"])
