@@ -40,6 +40,8 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 #define ISTIO_HEALTH_PORT 15021
 #define ISTIO_STATS_PORT 15090
 #define DNS_PORT 53
+/* lo is always ifindex 1 in every network namespace. */
+#define LOOPBACK_IFINDEX 1
 
 struct ml_sockaddr_in {
 	__u16 family;
@@ -643,9 +645,14 @@ int ml_inbound_lookup(struct bpf_sk_lookup *ctx)
 	port = (__u16)ctx->local_port;
 	if (inbound_exempt_port(pod, port))
 		return SK_PASS;
-	/* The pod's own connections (the proxy to the app from 127.0.0.6 or
-	 * the pod IP, or the app to itself) are never steered. */
-	if (is_local_dst(*netns, &remote))
+	/* The pod's own connections (the proxy to the app from 127.0.0.6,
+	 * ::6 or the pod IP, or the app to itself) are never steered, like
+	 * the packets iptables' PREROUTING never sees. IPv4 marks them with
+	 * lo as the ingress device; IPv6 reports the device of the route
+	 * (eth0 for the pod IP), hence the address checks too. */
+	if (ML_RD(ctx->ingress_ifindex) == LOOPBACK_IFINDEX ||
+	    is_local_dst(*netns, &remote) ||
+	    is_inbound_passthrough_src(&remote))
 		return SK_PASS;
 
 	listener_key(*netns, pod->inbound_port, v6, &e);

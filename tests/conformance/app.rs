@@ -245,7 +245,13 @@ pub fn dns_proxy(pod: &Pod, port: u16, uid: u32, gid: u32) -> DnsProxy {
 
 /// A DNS server stand-in on every address of `binds`, UDP and TCP,
 /// answering with `tag` (UDP: `tag:<payload>`).
-pub fn dns_server(pod: &Pod, binds: Vec<String>, tag: &'static str, uid: u32, gid: u32) -> DnsProxy {
+pub fn dns_server(
+    pod: &Pod,
+    binds: Vec<String>,
+    tag: &'static str,
+    uid: u32,
+    gid: u32,
+) -> DnsProxy {
     let stop = Arc::new(AtomicBool::new(false));
     let served = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut threads = Vec::new();

@@ -23,14 +23,17 @@ fn observe(w: &World, ipv6: bool) -> Vec<String> {
     vec![
         show("A udp -> B:53", app::dns_udp(&w.a, b, None)),
         show("A tcp -> B:53", app::dns_tcp(&w.a, b)),
-        show("A udp -> B:53 as proxy", app::dns_udp(&w.a, b, Some((1337, 1337)))),
+        show(
+            "A udp -> B:53 as proxy",
+            app::dns_udp(&w.a, b, Some((1337, 1337))),
+        ),
         show("C udp -> B:53", app::dns_udp(&w.c, b, None)),
     ]
 }
 
 fn run_once(node: &mut Node, how: Interception, a: &Meshing) -> Vec<String> {
     let ipv6 = node.opts.ipv6;
-    let w = World::new(node, how, Some(a), None, SidecarMode::Tcp);
+    let w = World::new(node, how, Some(a), None, SidecarMode::Tcp.into());
     let any = if ipv6 { "[::]:53" } else { "0.0.0.0:53" };
     let _upstream: DnsProxy = app::dns_server(&w.b, vec![any.into()], "upstream", 0, 0);
     let _proxy = app::dns_proxy(&w.a, 15053, a.uid, a.gid);
@@ -69,6 +72,9 @@ pub fn run(ipv6: bool) {
         format!("A udp -> B:53 as proxy: \"upstream:q\" from {b}"),
         format!("C udp -> B:53: \"upstream:q\" from {b}"),
     ];
-    assert_eq!(reference, want, "the reference run is not Istio's DNS capture");
+    assert_eq!(
+        reference, want,
+        "the reference run is not Istio's DNS capture"
+    );
     assert_eq!(meshlane, reference, "meshlane differs from the reference");
 }

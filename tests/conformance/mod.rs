@@ -9,11 +9,12 @@
 pub mod app;
 pub mod dns;
 pub mod golden;
+pub mod native_sidecar;
 pub mod world;
 
-use meshlane::sim::{Node, NodeOptions, SidecarMode};
+use meshlane::sim::{Node, NodeOptions};
 
-use world::{Interception, Meshing, Observation, PodName, Probe, World};
+use world::{Interception, Meshing, Observation, PodName, Probe, SidecarKind, World};
 
 /// Fails (never skips) when the machine cannot run root tests.
 pub fn require_root_env() {
@@ -45,7 +46,7 @@ fn run_once(
     node: &mut Node,
     case: &Case,
     how: Interception,
-    mode: SidecarMode,
+    mode: SidecarKind,
 ) -> Vec<Observation> {
     let counters = ["messages_spliced", "connects_redirected", "inbound_steered"];
     let before: Vec<u64> = counters.iter().map(|c| node.counter(c)).collect();
@@ -112,7 +113,8 @@ fn run_once(
 
 /// Runs `case` with the reference rules and with meshlane; panics with both
 /// tables when they differ or the reference is not what the case expects.
-pub fn run(case: &Case, mode: SidecarMode) {
+pub fn run(case: &Case, mode: impl Into<SidecarKind>) {
+    let mode = mode.into();
     require_root_env();
     let mut node = Node::new(NodeOptions {
         ipv6: case.ipv6,

@@ -13,6 +13,46 @@ use meshlane::sim::{Node, Pod, Sidecar, SidecarMode};
 
 use super::app::{self, As, Seen, Server};
 use super::golden;
+use super::native_sidecar::NativeSidecar;
+
+/// Which proxy plays the sidecar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SidecarKind {
+    /// HAProxy from Debian, tcp or http mode (IPv4: SO_ORIGINAL_DST).
+    Haproxy(SidecarMode),
+    /// The Envoy-like original-destination proxy (IPv4 and IPv6).
+    Native,
+}
+
+impl From<SidecarMode> for SidecarKind {
+    fn from(m: SidecarMode) -> Self {
+        SidecarKind::Haproxy(m)
+    }
+}
+
+/// A running sidecar of either kind.
+pub enum AnySidecar {
+    Haproxy(Sidecar),
+    Native(NativeSidecar),
+}
+
+impl AnySidecar {
+    pub fn start(pod: &Pod, kind: SidecarKind, uid: u32, gid: u32) -> Self {
+        match kind {
+            SidecarKind::Haproxy(mode) => AnySidecar::Haproxy(
+                Sidecar::start_as(pod, mode, uid, gid).expect("starting HAProxy sidecar"),
+            ),
+            SidecarKind::Native => AnySidecar::Native(NativeSidecar::start(pod, uid, gid)),
+        }
+    }
+
+    pub fn sessions(&self, frontend: &str) -> u64 {
+        match self {
+            AnySidecar::Haproxy(s) => s.sessions(frontend),
+            AnySidecar::Native(s) => s.sessions(frontend),
+        }
+    }
+}
 
 /// Who redirects: the reference rules or meshlane.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,8 +89,8 @@ impl Meshing {
 /// Fields drop in order: servers and sidecars before their pods.
 pub struct World {
     pub servers: Vec<Server>,
-    pub sidecar_a: Option<Sidecar>,
-    pub sidecar_b: Option<Sidecar>,
+    pub sidecar_a: Option<AnySidecar>,
+    pub sidecar_b: Option<AnySidecar>,
     pub how: Interception,
     pub a: Pod,
     pub b: Pod,
@@ -83,7 +123,7 @@ impl World {
         how: Interception,
         a_mesh: Option<&Meshing>,
         b_mesh: Option<&Meshing>,
-        mode: SidecarMode,
+        kind: SidecarKind,
     ) -> Self {
         let ipv6 = node.opts.ipv6;
         let a = node.pod("a").expect("pod a");
@@ -97,12 +137,12 @@ impl World {
         let mut sidecar_a = None;
         if let Some(m) = a_mesh {
             mesh(node, &a, m, how, ipv6);
-            sidecar_a = Some(Sidecar::start_as(&a, mode, m.uid, m.gid).expect("sidecar a"));
+            sidecar_a = Some(AnySidecar::start(&a, kind, m.uid, m.gid));
         }
         let mut sidecar_b = None;
         if let Some(m) = b_mesh {
             mesh(node, &b, m, how, ipv6);
-            sidecar_b = Some(Sidecar::start_as(&b, mode, m.uid, m.gid).expect("sidecar b"));
+            sidecar_b = Some(AnySidecar::start(&b, kind, m.uid, m.gid));
         }
         World {
             how,
@@ -167,7 +207,7 @@ impl World {
     }
 
     fn sessions(&self) -> [u64; 4] {
-        let s = |sc: &Option<Sidecar>, f: &str| sc.as_ref().map_or(0, |s| s.sessions(f));
+        let s = |sc: &Option<AnySidecar>, f: &str| sc.as_ref().map_or(0, |s| s.sessions(f));
         [
             s(&self.sidecar_a, "outbound"),
             s(&self.sidecar_a, "inbound"),
@@ -243,10 +283,13 @@ pub struct Probe {
 
 impl Probe {
     pub fn new(from: PodName, host: Host, port: u16) -> Self {
-        let label = format!("{from:?} -> {}:{port}", match host {
-            Host::Pod(p) => format!("{p:?}"),
-            Host::Ip(s) => s.to_string(),
-        });
+        let label = format!(
+            "{from:?} -> {}:{port}",
+            match host {
+                Host::Pod(p) => format!("{p:?}"),
+                Host::Ip(s) => s.to_string(),
+            }
+        );
         Self {
             label,
             from,
