@@ -30,6 +30,8 @@ pub enum LayoutError {
     NotBpffs { root: PathBuf, dir: PathBuf },
     #[error("pin root {root} holds layout {found}, this build uses v{LAYOUT_VERSION}: run the matching `meshlane uninstall` first")]
     OtherVersion { root: PathBuf, found: String },
+    #[error("pin root {0:?} is not an absolute path")]
+    NotAbsolute(PathBuf),
     #[error("meshlane is not installed at {0}: start `meshlane agent` first")]
     NotInstalled(PathBuf),
     #[error("{path}: {source}")]
@@ -90,8 +92,18 @@ impl PinLayout {
         self.pod_links_dir().join(netns_cookie.to_string())
     }
 
+    /// Pins are shared by every meshlane process: the path must not depend
+    /// on the working directory.
+    fn check_absolute(&self) -> Result<(), LayoutError> {
+        if self.root.is_relative() {
+            return Err(LayoutError::NotAbsolute(self.root.clone()));
+        }
+        Ok(())
+    }
+
     /// The directory that holds the pin root must be bpffs.
     pub fn check_bpffs(&self) -> Result<(), LayoutError> {
+        self.check_absolute()?;
         let mut probe = self.root.clone();
         while !probe.exists() {
             match probe.parent() {
@@ -114,6 +126,7 @@ impl PinLayout {
 
     /// Refuses a pin root that holds any other layout version.
     pub fn check_version(&self) -> Result<(), LayoutError> {
+        self.check_absolute()?;
         let Ok(entries) = fs::read_dir(&self.root) else {
             return Ok(());
         };

@@ -379,3 +379,28 @@ fn agent_restart_with_conflicting_flags_changes_nothing() {
     cli_ok(&root, &["agent", "--once", "--cgroup", &cg]);
     assert_eq!(link_ids(&status_json(&root)), links);
 }
+
+#[test]
+fn relative_pin_root_is_refused() {
+    let node = node_without_install();
+    let cg = node.cgroup.path().to_string_lossy().into_owned();
+    // Relative to bpffs, where it would otherwise land.
+    let name = format!("{}-rel", node.tag);
+    let landed = Path::new("/sys/fs/bpf").join(&name);
+    for args in [
+        vec!["agent", "--once", "--cgroup", cg.as_str()],
+        vec!["status"],
+        vec!["uninstall"],
+    ] {
+        let out = Command::new(BIN)
+            .current_dir("/sys/fs/bpf")
+            .arg("--pin-root")
+            .arg(&name)
+            .args(&args)
+            .output()
+            .expect("running the meshlane binary");
+        assert_one_line_error(&format!("{args:?}"), &out, &["absolute", &name]);
+        assert!(!landed.exists(), "{args:?} created {}", landed.display());
+        assert!(cgroup_ml_attachments(node.cgroup.path()).is_empty());
+    }
+}
