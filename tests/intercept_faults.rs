@@ -1,0 +1,333 @@
+//! Issue 3 faults: a sidecar that is not listening yet (refused at once,
+//! like iptables, and never around the proxy), a sidecar restart, the
+//! agent SIGKILLed (the pinned links keep intercepting), uninstall while
+//! traffic flows (established connections finish, new ones go direct).
+mod conformance;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use conformance::app::{self, As, Seen};
+use conformance::world::{mesh, AnySidecar, Interception, Meshing, SidecarKind};
+use conformance::{golden, require_root_env};
+use meshlane::sim::{Node, NodeOptions, Pod, SidecarMode};
+
+const HAPROXY: SidecarKind = SidecarKind::Haproxy(SidecarMode::Tcp);
+
+fn show(pod_a: &Pod, pod_b: &Pod, s: &Seen) -> String {
+    let name = |ip: std::net::IpAddr| {
+        if ip == std::net::IpAddr::V4(pod_a.ip4) {
+            "A".to_string()
+        } else if ip == std::net::IpAddr::V4(pod_b.ip4) {
+            "B".to_string()
+        } else {
+            ip.to_string()
+        }
+    };
+    match s {
+        Seen::Served {
+            server_peer,
+            server_local,
+            ..
+        } => format!(
+            "served, server peer {} local {}:{}",
+            name(*server_peer),
+            name(server_local.ip()),
+            server_local.port()
+        ),
+        Seen::Refused => "refused".into(),
+        Seen::Failed(e) => format!("failed: {e}"),
+    }
+}
+
+/// The fault sequence for one interception kind; returns what each step saw.
+fn sidecar_late(node: &mut Node, how: Interception) -> Vec<String> {
+    let a = node.pod("a").unwrap();
+    let b = node.pod("b").unwrap();
+    let c = node.pod("c").unwrap();
+    mesh(node, &a, &Meshing::istio_default("a"), how, false);
+    mesh(node, &b, &Meshing::istio_default("b"), how, false);
+    let _srv_b = app::http_server(&b, "0.0.0.0:8080".parse().unwrap());
+    let b8080 = SocketAddr::new(b.ip4.into(), 8080);
+    let mut out = Vec::new();
+    let mut step = |what: &str, s: Seen| out.push(format!("{what}: {}", show(&a, &b, &s)));
+
+    // No sidecar anywhere yet: outbound refused (nothing on 15001), inbound
+    // refused (nothing on 15006), and the app on 8080 is never reached.
+    step("A -> B no sidecars", app::probe(&a, b8080, As::default()));
+    step("C -> B no sidecars", app::probe(&c, b8080, As::default()));
+    // B's sidecar comes up after the app: inbound now goes through it.
+    let sb = AnySidecar::start(&b, HAPROXY, 1337, 1337);
+    step("C -> B sidecar b up", app::probe(&c, b8080, As::default()));
+    assert_eq!(
+        sb.sessions("inbound"),
+        1,
+        "{how:?}: first inbound after listen"
+    );
+    // A's sidecar comes up: the first outbound connection goes through it.
+    let sa = AnySidecar::start(&a, HAPROXY, 1337, 1337);
+    step("A -> B both up", app::probe(&a, b8080, As::default()));
+    assert_eq!(
+        sa.sessions("outbound"),
+        1,
+        "{how:?}: first outbound after listen"
+    );
+    // B's sidecar restarts: refused while down, through the new one after.
+    drop(sb);
+    step(
+        "C -> B sidecar b down",
+        app::probe(&c, b8080, As::default()),
+    );
+    let sb2 = AnySidecar::start(&b, HAPROXY, 1337, 1337);
+    step(
+        "C -> B sidecar b restarted",
+        app::probe(&c, b8080, As::default()),
+    );
+    assert_eq!(sb2.sessions("inbound"), 1, "{how:?}: inbound after restart");
+    drop((sa, sb2));
+    out
+}
+
+/// The app connects before its sidecar listens: refused at once (not a
+/// hang, not the app reached around the proxy), as with iptables; the first
+/// connection after the sidecar listens goes through it; a restarted
+/// sidecar's listener is found again.
+#[test]
+fn sidecar_not_listening_yet_and_restart() {
+    require_root_env();
+    let mut node = Node::new(NodeOptions::default()).unwrap();
+    let reference = sidecar_late(&mut node, Interception::Iptables);
+    let refused_before = node.counter("inbound_refused_no_listener");
+    let meshlane = sidecar_late(&mut node, Interception::Meshlane);
+    for l in &meshlane {
+        eprintln!("  {l}");
+    }
+    let want = vec![
+        "A -> B no sidecars: refused",
+        "C -> B no sidecars: refused",
+        "C -> B sidecar b up: served, server peer 127.0.0.6 local B:8080",
+        "A -> B both up: served, server peer 127.0.0.6 local B:8080",
+        "C -> B sidecar b down: refused",
+        "C -> B sidecar b restarted: served, server peer 127.0.0.6 local B:8080",
+    ];
+    assert_eq!(reference, want, "reference run");
+    assert_eq!(meshlane, want, "meshlane run");
+    assert!(
+        node.counter("inbound_refused_no_listener") >= refused_before + 2,
+        "sk_lookup did not count the refusals"
+    );
+}
+
+fn meshlane_bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_meshlane"))
+}
+
+/// Pins, no agent: waits until the agent has installed the data path.
+fn wait_installed(node: &Node) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if node.registry().is_ok() && node.layout.link("ml_connect4").exists() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!(
+        "the agent did not install under {}",
+        node.layout.root().display()
+    );
+}
+
+/// The agent binary installs and is SIGKILLed; `pod add` runs as its own
+/// short-lived process; with no meshlane process left, the pinned links
+/// keep intercepting both ways (and splicing).
+#[test]
+fn agent_sigkilled_interception_keeps_working() {
+    require_root_env();
+    let mut node = Node::new(NodeOptions {
+        install: false,
+        ..Default::default()
+    })
+    .unwrap();
+    let root = node.layout.root().to_path_buf();
+    let mut agent = meshlane_bin()
+        .arg("--pin-root")
+        .arg(&root)
+        .arg("agent")
+        .arg("--cgroup")
+        .arg(node.cgroup.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting the agent");
+    wait_installed(&node);
+    let a = node.pod("a").unwrap();
+    let b = node.pod("b").unwrap();
+    for (pod, name) in [(&a, "a"), (&b, "b")] {
+        let out = meshlane_bin()
+            .arg("--pin-root")
+            .arg(&root)
+            .args(["pod", "add", "--name", name, "--netns"])
+            .arg(&pod.netns)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pod add: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // SIGKILL, then reap: no meshlane process remains.
+    let pid = nix::unistd::Pid::from_raw(agent.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+    agent.wait().unwrap();
+
+    let sa = AnySidecar::start(&a, HAPROXY, 1337, 1337);
+    let sb = AnySidecar::start(&b, HAPROXY, 1337, 1337);
+    let _srv = app::http_server(&b, "0.0.0.0:8080".parse().unwrap());
+    let spliced = node.counter("messages_spliced");
+    let rules = golden::ruleset(&a).unwrap();
+    assert!(
+        !golden::has_nat(&rules),
+        "nat rules in a meshlane pod:\n{rules}"
+    );
+    let seen = app::probe(&a, SocketAddr::new(b.ip4.into(), 8080), As::default());
+    assert_eq!(
+        show(&a, &b, &seen),
+        "served, server peer 127.0.0.6 local B:8080",
+        "after the agent died"
+    );
+    assert_eq!((sa.sessions("outbound"), sb.sessions("inbound")), (1, 1));
+    assert!(node.counter("messages_spliced") > spliced, "not spliced");
+}
+
+/// Writes `msg` and reads the same number of bytes back.
+fn echo_once(s: &mut TcpStream, msg: &[u8]) -> Vec<u8> {
+    s.write_all(msg).unwrap();
+    let mut got = vec![0u8; msg.len()];
+    let mut n = 0;
+    let start = Instant::now();
+    while n < got.len() {
+        match s.read(&mut got[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                assert!(start.elapsed() < Duration::from_secs(20), "echo stalled");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) => panic!("echo read: {e}"),
+        }
+    }
+    got.truncate(n);
+    got
+}
+
+/// Unpinning a link detaches it when the kernel frees the pin's inode
+/// (after an RCU grace period), not inside unlink(): waits until the test
+/// cgroup has no program attached.
+fn wait_cgroup_detached(cgroup: &std::path::Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = Command::new("bpftool")
+            .args(["cgroup", "show"])
+            .arg(cgroup)
+            .output()
+            .expect("running bpftool");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let attached = text
+            .lines()
+            .filter(|l| l.trim_start().starts_with(char::is_numeric))
+            .count();
+        if attached == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still attached after uninstall:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Uninstall while a connection through the sidecar is open: it keeps
+/// working to the end, and new connections go direct.
+#[test]
+fn uninstall_while_traffic_flows() {
+    require_root_env();
+    let mut node = Node::new(NodeOptions::default()).unwrap();
+    let a = node.pod("a").unwrap();
+    let b = node.pod("b").unwrap();
+    mesh(
+        &node,
+        &a,
+        &Meshing::istio_default("a"),
+        Interception::Meshlane,
+        false,
+    );
+    let sa = AnySidecar::start(&a, HAPROXY, 1337, 1337);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let b_echo = b
+        .thread(move || {
+            let l = std::net::TcpListener::bind("0.0.0.0:9000").unwrap();
+            tx.send(()).unwrap();
+            let (mut s, peer) = l.accept().unwrap();
+            let mut buf = [0u8; 4096];
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => s.write_all(&buf[..n]).unwrap(),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(1))
+                    }
+                    Err(e) => panic!("echo server: {e}"),
+                }
+            }
+            peer
+        })
+        .unwrap();
+    rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    let _srv = app::http_server(&b, "0.0.0.0:8080".parse().unwrap());
+    let to = SocketAddr::new(b.ip4.into(), 9000);
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    let client = a
+        .thread(move || {
+            let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(5)).unwrap();
+            let first = echo_once(&mut s, b"before uninstall");
+            done_tx.send(first).unwrap();
+            go_rx.recv().unwrap();
+            let second = echo_once(&mut s, b"after uninstall, same connection");
+            s.shutdown(std::net::Shutdown::Write).unwrap();
+            second
+        })
+        .unwrap();
+    assert_eq!(done_rx.recv().unwrap(), b"before uninstall");
+    assert_eq!(
+        sa.sessions("outbound"),
+        1,
+        "the long connection is intercepted"
+    );
+
+    let removed = node.uninstall().unwrap();
+    assert!(removed > 0, "uninstall removed nothing");
+    assert!(!node.layout.link("ml_connect4").exists());
+    wait_cgroup_detached(node.cgroup.path());
+    go_tx.send(()).unwrap();
+    assert_eq!(client.join().unwrap(), b"after uninstall, same connection");
+    let peer = b_echo.join().unwrap();
+    assert_eq!(
+        peer.ip(),
+        std::net::IpAddr::V4(a.ip4),
+        "B's peer was A's proxy"
+    );
+
+    // New connections: direct, no sidecar hop.
+    let seen = app::probe(&a, SocketAddr::new(b.ip4.into(), 8080), As::default());
+    assert_eq!(show(&a, &b, &seen), "served, server peer A local B:8080");
+    assert_eq!(
+        sa.sessions("outbound"),
+        1,
+        "a new connection still went to the sidecar"
+    );
+}
