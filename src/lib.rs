@@ -11,6 +11,8 @@
 //! - [`agent`]: the long-running node agent
 pub mod abi;
 pub mod agent;
+#[cfg(feature = "sim")]
+pub mod bench;
 pub mod cgroup;
 pub mod layout;
 pub mod loader;

@@ -40,6 +40,12 @@ pub enum LoadError {
     },
     #[error("object layout v{found} does not match this build's v{LAYOUT_VERSION}")]
     LayoutMismatch { found: u32 },
+    #[error("pin root {root} is installed on cgroup {pinned}, not {asked}: pass --cgroup {pinned}, or run `meshlane uninstall` first")]
+    OtherCgroup {
+        root: PathBuf,
+        pinned: String,
+        asked: PathBuf,
+    },
     #[error("splice-only install asked, but interception is installed ({link}); pods may rely on it: run `meshlane uninstall` first")]
     InterceptInstalled { link: PathBuf },
     #[error("pinned map {map} holds {pinned} entries but the sockhash size asked for is {wanted}: use --sockhash-size {pinned}, or run `meshlane uninstall` first")]
@@ -147,6 +153,75 @@ const INTERCEPT_LINKS: [&str; 10] = [
     "ml_recvmsg4",
     "ml_recvmsg6",
 ];
+
+/// The cgroup id of a cgroup v2 directory (its inode number).
+fn cgroup_id(path: &Path) -> Result<u64, LoadError> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path)
+        .map(|m| m.ino())
+        .map_err(|e| LoadError::Io {
+            path: path.into(),
+            source: e,
+        })
+}
+
+/// The cgroup a pinned cgroup link is attached to (None: not pinned, not a
+/// cgroup link, or its cgroup is gone).
+fn pinned_link_cgroup(pin: &Path) -> Option<u64> {
+    let c = std::ffi::CString::new(pin.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: valid C string.
+    let fd = unsafe { libbpf_sys::bpf_obj_get(c.as_ptr()) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: a non-negative fd from the kernel is ours.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let mut li = libbpf_sys::bpf_link_info::default();
+    let mut len = std::mem::size_of_val(&li) as u32;
+    // SAFETY: info struct and its size.
+    if unsafe { libbpf_sys::bpf_link_get_info_by_fd(fd.as_raw_fd(), &mut li, &mut len) } != 0
+        || li.type_ != libbpf_sys::BPF_LINK_TYPE_CGROUP
+    {
+        return None;
+    }
+    // SAFETY: the cgroup member is the one the kernel fills for cgroup links.
+    let id = unsafe { li.__bindgen_anon_1.cgroup.cgroup_id };
+    (id != 0).then_some(id)
+}
+
+/// The directory under the cgroup v2 mount whose cgroup id is `id`.
+fn find_cgroup(id: u64) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let mut todo = vec![cgroup::cgroup2_mount().ok()?];
+    while let Some(dir) = todo.pop() {
+        if std::fs::symlink_metadata(&dir).ok()?.ino() == id {
+            return Some(dir);
+        }
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                todo.push(e.path());
+            }
+        }
+    }
+    None
+}
+
+/// Adopting links that sit on another cgroup would report success while
+/// the asked cgroup stays bare.
+fn check_same_cgroup(layout: &PinLayout, cg_path: &Path) -> Result<(), LoadError> {
+    let Some(pinned) = pinned_link_cgroup(&layout.link("ml_splice_sockops")) else {
+        return Ok(());
+    };
+    if pinned == cgroup_id(cg_path)? {
+        return Ok(());
+    }
+    Err(LoadError::OtherCgroup {
+        root: layout.root().into(),
+        pinned: find_cgroup(pinned)
+            .map_or_else(|| format!("id {pinned}"), |p| p.display().to_string()),
+        asked: cg_path.into(),
+    })
+}
 
 /// A pinned map sized by `sockhash_size` must keep its size: libbpf would
 /// refuse to reuse it anyway, with less to say about why.
@@ -275,6 +350,7 @@ fn install_inner(
 ) -> Result<(), LoadError> {
     let cg = open_dir(cg_path)?;
     let cg_fd = cg.as_raw_fd();
+    check_same_cgroup(layout, cg_path)?;
     check_pinned_sizes(layout, cfg.sockhash_size)?;
     if !cfg.intercept {
         if let Some(link) = INTERCEPT_LINKS.iter().find(|n| layout.link(n).exists()) {

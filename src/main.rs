@@ -45,6 +45,12 @@ enum Cmd {
     Probe,
     /// Remove every link, program, map and pin meshlane created.
     Uninstall,
+    /// Benchmark direct vs iptables vs accelerate vs intercept on a simulated node.
+    #[cfg(feature = "sim")]
+    Bench(meshlane::bench::BenchArgs),
+    /// `meshlane bench --quick`: about a minute, prints the table.
+    #[cfg(feature = "sim")]
+    Demo,
 }
 
 #[derive(Args)]
@@ -260,6 +266,10 @@ fn run(cli: Cli) -> Result<()> {
                 anyhow::bail!("some features are missing");
             }
         }
+        #[cfg(feature = "sim")]
+        Cmd::Bench(a) => meshlane::bench::cli::main(&a, cli.json)?,
+        #[cfg(feature = "sim")]
+        Cmd::Demo => meshlane::bench::cli::demo(cli.json)?,
         Cmd::Uninstall => {
             require_root()?;
             layout.check_version()?;

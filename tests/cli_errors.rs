@@ -346,14 +346,37 @@ fn port_list_over_the_kernel_limit_names_pod_and_list() {
     assert_eq!(list[0]["exclude_inbound_ports"], p32.as_str(), "{list}");
 }
 
+/// An empty cgroup below the test's own; removed on drop.
+struct ChildCgroup(PathBuf);
+
+impl ChildCgroup {
+    fn new(parent: &Path, name: &str) -> Self {
+        let p = parent.join(name);
+        std::fs::create_dir(&p).expect("creating a child cgroup");
+        Self(p)
+    }
+}
+
+impl Drop for ChildCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
 #[test]
 fn agent_restart_with_conflicting_flags_changes_nothing() {
     let node = installed_node();
     let root = node.layout.root().to_path_buf();
     let cg = node.cgroup.path().to_string_lossy().into_owned();
+    let other = ChildCgroup::new(node.cgroup.path(), "other");
+    let other_path = other.0.to_string_lossy().into_owned();
     let before = snapshot(&root, node.cgroup.path());
     let links = link_ids(&status_json(&root));
     for (args, names) in [
+        (
+            vec!["agent", "--once", "--cgroup", other_path.as_str()],
+            vec![cg.as_str(), other_path.as_str(), "uninstall"],
+        ),
         (
             vec![
                 "agent",
@@ -374,6 +397,7 @@ fn agent_restart_with_conflicting_flags_changes_nothing() {
         assert_one_line_error(&format!("{args:?}"), &out, &names);
         assert_eq!(snapshot(&root, node.cgroup.path()), before, "{args:?}");
         assert_eq!(link_ids(&status_json(&root)), links, "{args:?}");
+        assert!(cgroup_ml_attachments(&other.0).is_empty(), "{args:?}");
     }
     // The same flags as the install adopt.
     cli_ok(&root, &["agent", "--once", "--cgroup", &cg]);

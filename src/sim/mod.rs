@@ -47,3 +47,7 @@ mod sidecar;
 pub use sidecar::{Sidecar, SidecarMode};
 
 pub mod iptables;
+mod peer_node;
+pub use peer_node::PeerNode;
+mod cpu;
+pub use cpu::{CpuSample, CpuSource};

@@ -1,0 +1,43 @@
+//! `cargo bench --bench mesh`: the full harness run (issue 4): direct,
+//! iptables, accelerate, intercept (bypass reported as not available),
+//! same-node, cross-node and one-sidecar, every workload, modes interleaved.
+//! Takes the same options as `meshlane bench` (`cargo bench --bench mesh --
+//! --quick`). Needs root. Results: target/meshlane-bench/mesh/.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use meshlane::bench::{self, BenchArgs};
+
+#[derive(Parser)]
+#[command(name = "mesh-bench")]
+struct Cli {
+    #[command(flatten)]
+    args: BenchArgs,
+    /// Print the JSON report instead of the markdown tables.
+    #[arg(long)]
+    json: bool,
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+fn main() -> ExitCode {
+    let mut cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(2);
+        }
+    };
+    if cli.args.out.is_none() {
+        cli.args.out = Some("target/meshlane-bench/mesh".into());
+    }
+    match bench::cli::main(&cli.args, cli.json) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mesh bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,264 @@
+//! The report as markdown tables (what `meshlane bench` prints and writes
+//! to `report.md`).
+
+use std::fmt::Write;
+
+use super::options::{Mode, Placement, Workload};
+use super::report::{Report, Summary};
+use super::stats::Stat;
+
+fn st(s: Option<Stat>, digits: usize) -> String {
+    match s {
+        None => "-".into(),
+        Some(s) if s.n == 1 => format!("{:.*}", digits, s.median),
+        Some(s) => format!(
+            "{:.*} [{:.*}–{:.*}]",
+            digits, s.median, digits, s.min, digits, s.max
+        ),
+    }
+}
+
+fn signed(s: Option<Stat>) -> String {
+    match s {
+        None => "-".into(),
+        Some(s) => format!("{:+.1} [{:+.1}–{:+.1}]", s.median, s.min, s.max),
+    }
+}
+
+fn is_latency(w: Workload) -> bool {
+    matches!(
+        w,
+        Workload::Rtt64 | Workload::Rtt1k | Workload::Rtt16k | Workload::Connect | Workload::Http
+    )
+}
+
+fn row_ok(s: &Summary) -> bool {
+    s.rounds_ok > 0
+}
+
+pub fn render(r: &Report) -> String {
+    let mut o = String::new();
+    let m = &r.meta;
+    let _ = writeln!(o, "## meshlane bench: {}\n", m.date_utc);
+    let _ = writeln!(o, "- command: `{}`", m.command);
+    let _ = writeln!(
+        o,
+        "- kernel {}, {} CPUs ({}), {}",
+        m.kernel,
+        m.cpus,
+        m.cpu_model,
+        match m.options.cpu {
+            Some(c) => format!("every process of a flow pinned to CPU {c}"),
+            None => "no CPU pinning".into(),
+        }
+    );
+    let _ = writeln!(
+        o,
+        "- {} measured rounds after {} warm-up round(s), modes interleaved round-robin; step {:.2} s; http: {} req/s over {} connections, 1 KiB POST, 1 KiB response; seed {:#x}",
+        m.options.rounds,
+        m.options.warmup_rounds,
+        m.options.step.as_secs_f64(),
+        m.options.qps,
+        m.options.connections,
+        m.options.seed
+    );
+    let _ = writeln!(
+        o,
+        "- sidecar: {}; iptables: Istio `{}`",
+        m.sidecar, m.istio_rules
+    );
+    let _ = writeln!(o, "- cells: median over rounds [min–max]\n");
+
+    let _ = writeln!(o, "### Modes\n\n| mode | status |\n|---|---|");
+    for s in &r.modes {
+        let _ = writeln!(o, "| {} | {} |", s.mode, s.status);
+    }
+
+    let _ = writeln!(
+        o,
+        "\n### Latency added over `direct` (µs, per-round difference, median [min–max])\n"
+    );
+    let _ = writeln!(
+        o,
+        "| workload | placement | mode | +p50 | +p99 |\n|---|---|---|---|---|"
+    );
+    for s in r
+        .summaries
+        .iter()
+        .filter(|s| row_ok(s) && s.mode != Mode::Direct)
+    {
+        if matches!(
+            s.workload,
+            Workload::Rtt64 | Workload::Rtt1k | Workload::Rtt16k | Workload::Http
+        ) {
+            let _ = writeln!(
+                o,
+                "| {} | {} | {} | {} | {} |",
+                s.workload,
+                s.placement,
+                s.mode,
+                signed(s.added_p50_us),
+                signed(s.added_p99_us)
+            );
+        }
+    }
+    if r.modes.iter().any(|m| m.mode == Mode::Bypass) {
+        let _ = writeln!(o, "| all | all | bypass | not available | not available |");
+    }
+
+    let _ = writeln!(o, "\n### Ratios\n\n| ratio | value | note |\n|---|---|---|");
+    for x in &r.ratios {
+        let v = x.value.map_or("-".into(), |v| format!("{v:.2}"));
+        let _ = writeln!(o, "| {} | {} | {} |", x.what, v, x.note);
+    }
+
+    let _ = writeln!(o, "\n### Latency (µs)\n");
+    let _ = writeln!(
+        o,
+        "| workload | placement | mode | p50 | p90 | p99 | p99.9 | ops/s |\n|---|---|---|---|---|---|---|---|"
+    );
+    for s in r.summaries.iter().filter(|s| is_latency(s.workload)) {
+        if !row_ok(s) {
+            let _ = writeln!(
+                o,
+                "| {} | {} | {} | failed: {} | | | | |",
+                s.workload,
+                s.placement,
+                s.mode,
+                s.errors.first().map_or("", String::as_str)
+            );
+            continue;
+        }
+        let _ = writeln!(
+            o,
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            s.workload,
+            s.placement,
+            s.mode,
+            st(s.p50_us, 1),
+            st(s.p90_us, 1),
+            st(s.p99_us, 1),
+            st(s.p999_us, 1),
+            st(s.ops_per_s, 0)
+        );
+    }
+
+    let thr: Vec<&Summary> = r
+        .summaries
+        .iter()
+        .filter(|s| {
+            matches!(
+                s.workload,
+                Workload::HttpMax | Workload::Bulk1 | Workload::Bulk4
+            )
+        })
+        .collect();
+    if !thr.is_empty() {
+        let _ = writeln!(
+            o,
+            "\n### Throughput\n\n| workload | placement | mode | requests/s | Gbit/s |\n|---|---|---|---|---|"
+        );
+        for s in thr {
+            if !row_ok(s) {
+                let _ = writeln!(
+                    o,
+                    "| {} | {} | {} | failed: {} | |",
+                    s.workload,
+                    s.placement,
+                    s.mode,
+                    s.errors.first().map_or("", String::as_str)
+                );
+                continue;
+            }
+            let _ = writeln!(
+                o,
+                "| {} | {} | {} | {} | {} |",
+                s.workload,
+                s.placement,
+                s.mode,
+                if s.workload == Workload::HttpMax {
+                    st(s.ops_per_s, 0)
+                } else {
+                    "-".into()
+                },
+                st(s.gbit_per_s, 2)
+            );
+        }
+    }
+
+    let cpu: Vec<&Summary> = r
+        .summaries
+        .iter()
+        .filter(|s| row_ok(s) && s.cpu_total_ms_per_1k.is_some())
+        .collect();
+    if !cpu.is_empty() {
+        let _ = writeln!(
+            o,
+            "\n### CPU per 1,000 requests (ms)\n\n`total` is every process of the simulated nodes (cgroup cpu.stat, kernel work in their context included); `sidecars` the HAProxy threads; `apps` = total - sidecars (load generator, server, their kernel time); `BPF` meshlane's programs (kernel BPF stats); `softirq` the pinned CPU's softirq time (whole machine, 10 ms ticks). No agent process runs during a bench: the data path is pinned programs.\n"
+        );
+        let _ = writeln!(
+            o,
+            "| workload | placement | mode | total | sidecars | apps | BPF | softirq |\n|---|---|---|---|---|---|---|---|"
+        );
+        for s in cpu {
+            let _ = writeln!(
+                o,
+                "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                s.workload,
+                s.placement,
+                s.mode,
+                st(s.cpu_total_ms_per_1k, 1),
+                st(s.cpu_sidecars_ms_per_1k, 1),
+                st(s.cpu_apps_ms_per_1k, 1),
+                st(s.cpu_bpf_ms_per_1k, 2),
+                st(s.cpu_softirq_ms_per_1k, 1)
+            );
+        }
+    }
+
+    let _ = writeln!(
+        o,
+        "\n### Targets\n\n| issue | target | goal | measured | verdict |\n|---|---|---|---|---|"
+    );
+    for t in &r.targets {
+        let verdict = match t.met {
+            Some(true) => "met",
+            Some(false) => "MISSED",
+            None => "not measured",
+        };
+        let _ = writeln!(
+            o,
+            "| {} | {} | {} | {} | {} |",
+            t.issue, t.what, t.goal, t.measured, verdict
+        );
+    }
+
+    let ev_w = r.summaries.first().map_or(Workload::Rtt64, |f| f.workload);
+    let _ = writeln!(
+        o,
+        "\n### Path evidence (counter deltas summed over measured rounds, {ev_w} {})\n",
+        Placement::SameNode
+    );
+    let _ = writeln!(
+        o,
+        "| mode | sidecar sessions | messages spliced | connects redirected | inbound steered | paired across NAT |\n|---|---|---|---|---|---|"
+    );
+    for s in r
+        .summaries
+        .iter()
+        .filter(|s| row_ok(s) && s.placement == Placement::SameNode && s.workload == ev_w)
+    {
+        let c = |k: &str| s.counters.get(k).copied().unwrap_or(0);
+        let _ = writeln!(
+            o,
+            "| {} | {} | {} | {} | {} | {} |",
+            s.mode,
+            c("sidecar_sessions"),
+            c("messages_spliced"),
+            c("connects_redirected"),
+            c("inbound_steered"),
+            c("sockets_paired_across_nat")
+        );
+    }
+    o
+}

@@ -1,0 +1,96 @@
+//! The benchmark harness (issue 4): no mesh vs Istio's iptables vs meshlane
+//! accelerate vs meshlane intercept (vs bypass, reported "not available"
+//! until it exists), side by side on a simulated two-node cluster, with
+//! modes interleaved round-robin, medians with min-max, JSON + markdown +
+//! SVG output, and a `--check` regression guard. Also issue 2's splice
+//! benchmark ([`splice`]).
+//!
+//! Modules, one concern each:
+//! - [`options`]: modes, workloads, placements, validation
+//! - [`testbed`]: nodes, pods, sidecars, rules, registrations
+//! - [`servers`], [`load`], [`http`], [`net`]: apps and load generators
+//! - [`runner`]: the interleaved plan, CPU accounting, path evidence
+//! - [`stats`], [`report`], [`markdown`], [`svg`]: results
+//! - [`progress`], [`interrupt`]: progress bar, Ctrl-C
+//! - [`cli`]: `meshlane bench` / `meshlane demo`
+
+pub mod cli;
+pub mod error;
+pub mod http;
+pub mod interrupt;
+pub mod load;
+pub mod markdown;
+pub mod net;
+pub mod options;
+pub mod progress;
+pub mod report;
+pub mod runner;
+pub mod servers;
+pub mod splice;
+pub mod stats;
+pub mod svg;
+pub mod testbed;
+
+use std::path::Path;
+
+pub use cli::BenchArgs;
+pub use error::BenchError;
+pub use options::{Mode, Options, Placement, Workload};
+pub use report::Report;
+
+use error::Result;
+
+/// Builds the testbed, runs every round and returns the report. Everything
+/// made is removed before this returns, on success, error or Ctrl-C.
+pub fn run(o: &Options, quiet: bool) -> Result<Report> {
+    o.validate()?;
+    interrupt::install();
+    let steps = (o.warmup_rounds + o.rounds) as u64
+        * o.cells().len() as u64
+        * o.runnable_modes().len() as u64;
+    let mut progress = progress::Progress::new(steps, quiet);
+    let mut build: Vec<Mode> = o.runnable_modes();
+    if o.placements.contains(&Placement::OneSidecar) && !build.contains(&Mode::Direct) {
+        build.insert(0, Mode::Direct);
+    }
+    progress.note(&format!(
+        "meshlane bench: building {} pods for modes {} ...",
+        build.len()
+            * if o.placements.contains(&Placement::CrossNode) {
+                3
+            } else {
+                2
+            },
+        build
+            .iter()
+            .map(|m| m.name())
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    let tb = testbed::Testbed::new(&build, o.placements.contains(&Placement::CrossNode), o.cpu)?;
+    let data = runner::run(&tb, o, &mut progress)?;
+    drop(tb);
+    Ok(Report::build(o, data))
+}
+
+/// Writes report.json, report.md and the charts into `dir`.
+pub fn write(r: &Report, dir: &Path) -> Result<Vec<std::path::PathBuf>> {
+    std::fs::create_dir_all(dir)
+        .map_err(error::BenchError::io(format!("creating {}", dir.display())))?;
+    let mut files = Vec::new();
+    let mut put = |name: &str, text: &str| -> Result<()> {
+        let p = dir.join(name);
+        std::fs::write(&p, text)
+            .map_err(error::BenchError::io(format!("writing {}", p.display())))?;
+        files.push(p);
+        Ok(())
+    };
+    let json = serde_json::to_string_pretty(r)
+        .map_err(|e| BenchError::workload("serializing the report", e))?;
+    put("report.json", &json)?;
+    put("report.md", &markdown::render(r))?;
+    for (name, svg) in svg::charts(r) {
+        put(&name, &svg)?;
+    }
+    Ok(files)
+}

@@ -1,0 +1,484 @@
+//! Turns the steps of a run into the report: per-cell summaries (median
+//! [min-max] over measured rounds), latency added over `direct` (per round,
+//! then the median), the ratios the issues ask for, and the targets with an
+//! honest met / missed / not measured verdict. Serialized as JSON; rendered
+//! as markdown by [`super::markdown`] and as SVG by [`super::svg`].
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::options::{Mode, Options, Placement, Workload};
+use super::runner::{RunData, StepRecord};
+use super::stats::{cdf_points, Percentiles, Stat};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Meta {
+    pub command: String,
+    pub date_utc: String,
+    pub kernel: String,
+    pub cpus: usize,
+    pub cpu_model: String,
+    pub meshlane_version: &'static str,
+    pub sidecar: &'static str,
+    pub istio_rules: &'static str,
+    pub options: Options,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ModeStatus {
+    pub mode: Mode,
+    /// "measured", "not available: ..." or "failed in N steps: ...".
+    pub status: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub workload: Workload,
+    pub placement: Placement,
+    pub mode: Mode,
+    pub rounds_ok: usize,
+    pub errors: Vec<String>,
+    pub p50_us: Option<Stat>,
+    pub p90_us: Option<Stat>,
+    pub p99_us: Option<Stat>,
+    pub p999_us: Option<Stat>,
+    /// Percentiles of all measured rounds merged.
+    pub merged_us: Option<Percentiles>,
+    /// Latency added over `direct` in the same round and cell.
+    pub added_p50_us: Option<Stat>,
+    pub added_p99_us: Option<Stat>,
+    pub ops_per_s: Option<Stat>,
+    pub gbit_per_s: Option<Stat>,
+    pub missed_slots: u64,
+    pub cpu_total_ms_per_1k: Option<Stat>,
+    pub cpu_sidecars_ms_per_1k: Option<Stat>,
+    pub cpu_apps_ms_per_1k: Option<Stat>,
+    pub cpu_bpf_ms_per_1k: Option<Stat>,
+    pub cpu_softirq_ms_per_1k: Option<Stat>,
+    /// Counter deltas summed over the measured rounds.
+    pub counters: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Ratio {
+    pub what: String,
+    pub value: Option<f64>,
+    pub note: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Target {
+    pub issue: u32,
+    pub what: String,
+    pub goal: String,
+    pub measured: String,
+    /// None: not measured in this run (mode or workload absent / failed).
+    pub met: Option<bool>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Cdf {
+    pub workload: Workload,
+    pub placement: Placement,
+    pub mode: Mode,
+    /// (latency µs, cumulative fraction)
+    pub points: Vec<(f64, f64)>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub meta: Meta,
+    pub modes: Vec<ModeStatus>,
+    pub summaries: Vec<Summary>,
+    pub ratios: Vec<Ratio>,
+    pub targets: Vec<Target>,
+    pub cdfs: Vec<Cdf>,
+    pub steps: Vec<StepRecord>,
+}
+
+fn stat_of(steps: &[&StepRecord], f: impl Fn(&StepRecord) -> Option<f64>) -> Option<Stat> {
+    let v: Vec<f64> = steps.iter().filter_map(|s| f(s)).collect();
+    Stat::of(&v)
+}
+
+/// Current UTC time as "YYYY-MM-DD HH:MM:SS UTC".
+pub fn utc_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs()) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+pub fn kernel() -> String {
+    nix::sys::utsname::uname()
+        .map(|u| {
+            format!(
+                "{} {}",
+                u.release().to_string_lossy(),
+                u.machine().to_string_lossy()
+            )
+        })
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+pub fn meta(o: &Options) -> Meta {
+    Meta {
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        date_utc: utc_now(),
+        kernel: kernel(),
+        cpus: super::options::online_cpus(),
+        cpu_model: cpu_model(),
+        meshlane_version: env!("CARGO_PKG_VERSION"),
+        sidecar:
+            "HAProxy (Debian), tcp mode, uid 1337, original-destination servers on 15001/15006",
+        istio_rules: super::testbed::ISTIO_RULES,
+        options: o.clone(),
+    }
+}
+
+fn summarize(o: &Options, data: &RunData) -> Vec<Summary> {
+    let measured: Vec<&StepRecord> = data.steps.iter().filter(|s| !s.warmup).collect();
+    let mut out = Vec::new();
+    for (w, p) in o.cells() {
+        for m in o.runnable_modes() {
+            let cell: Vec<&StepRecord> = measured
+                .iter()
+                .copied()
+                .filter(|s| s.workload == w && s.placement == p && s.mode == m)
+                .collect();
+            let ok: Vec<&StepRecord> = cell.iter().copied().filter(|s| s.error.is_none()).collect();
+            let mut errors: Vec<String> = cell.iter().filter_map(|s| s.error.clone()).collect();
+            errors.dedup();
+            let direct_of = |round: u32| {
+                measured.iter().find(|s| {
+                    s.round == round
+                        && s.workload == w
+                        && s.placement == p
+                        && s.mode == Mode::Direct
+                        && s.error.is_none()
+                })
+            };
+            let added = |q: fn(&Percentiles) -> f64| {
+                stat_of(&ok, |s| {
+                    let mine = s.latency_us.as_ref().map(q)?;
+                    let base = direct_of(s.round)?.latency_us.as_ref().map(q)?;
+                    Some(mine - base)
+                })
+            };
+            let lat = |q: fn(&Percentiles) -> f64| stat_of(&ok, |s| s.latency_us.as_ref().map(q));
+            let cpu = |f: fn(&super::runner::CpuPer1k) -> Option<f64>| {
+                stat_of(&ok, |s| s.cpu_per_1k.as_ref().and_then(f))
+            };
+            let mut counters = BTreeMap::new();
+            for s in &ok {
+                for (k, v) in &s.counters {
+                    *counters.entry(k.clone()).or_insert(0) += v;
+                }
+            }
+            out.push(Summary {
+                workload: w,
+                placement: p,
+                mode: m,
+                rounds_ok: ok.len(),
+                errors,
+                p50_us: lat(|x| x.p50),
+                p90_us: lat(|x| x.p90),
+                p99_us: lat(|x| x.p99),
+                p999_us: lat(|x| x.p999),
+                merged_us: data.hists.get(&(w, p, m)).map(Percentiles::of),
+                added_p50_us: if m == Mode::Direct {
+                    None
+                } else {
+                    added(|x| x.p50)
+                },
+                added_p99_us: if m == Mode::Direct {
+                    None
+                } else {
+                    added(|x| x.p99)
+                },
+                ops_per_s: stat_of(&ok, |s| (s.gbit_per_s.is_none()).then_some(s.ops_per_s)),
+                gbit_per_s: stat_of(&ok, |s| s.gbit_per_s),
+                missed_slots: ok.iter().map(|s| s.missed_slots).sum(),
+                cpu_total_ms_per_1k: cpu(|c| Some(c.total_ms)),
+                cpu_sidecars_ms_per_1k: cpu(|c| Some(c.sidecars_ms)),
+                cpu_apps_ms_per_1k: cpu(|c| Some(c.apps_ms)),
+                cpu_bpf_ms_per_1k: cpu(|c| Some(c.bpf_ms)),
+                cpu_softirq_ms_per_1k: cpu(|c| c.softirq_ms),
+                counters,
+            });
+        }
+    }
+    out
+}
+
+impl Report {
+    pub fn build(o: &Options, data: RunData) -> Self {
+        let summaries = summarize(o, &data);
+        let modes = o
+            .modes
+            .iter()
+            .map(|&m| {
+                let status = match m.unavailable() {
+                    Some(why) => why.to_string(),
+                    None => {
+                        let failed: Vec<&StepRecord> = data
+                            .steps
+                            .iter()
+                            .filter(|s| !s.warmup && s.mode == m && s.error.is_some())
+                            .collect();
+                        match failed.first() {
+                            None => "measured".into(),
+                            Some(f) => format!(
+                                "failed in {} measured steps, e.g. {} {}: {}",
+                                failed.len(),
+                                f.workload,
+                                f.placement,
+                                f.error.as_deref().unwrap_or("")
+                            ),
+                        }
+                    }
+                };
+                ModeStatus { mode: m, status }
+            })
+            .collect();
+        let cdfs = data
+            .hists
+            .iter()
+            .map(|(&(workload, placement, mode), h)| Cdf {
+                workload,
+                placement,
+                mode,
+                points: cdf_points(h),
+            })
+            .collect();
+        let mut r = Report {
+            meta: meta(o),
+            modes,
+            summaries,
+            ratios: Vec::new(),
+            targets: Vec::new(),
+            cdfs,
+            steps: data.steps,
+        };
+        r.ratios = r.compute_ratios();
+        r.targets = r.compute_targets();
+        r
+    }
+
+    pub fn summary(&self, w: Workload, p: Placement, m: Mode) -> Option<&Summary> {
+        self.summaries
+            .iter()
+            .find(|s| s.workload == w && s.placement == p && s.mode == m && s.rounds_ok > 0)
+    }
+
+    fn med(
+        &self,
+        w: Workload,
+        p: Placement,
+        m: Mode,
+        f: fn(&Summary) -> Option<Stat>,
+    ) -> Option<f64> {
+        self.summary(w, p, m).and_then(f).map(|s| s.median)
+    }
+
+    fn ratio(
+        &self,
+        w: Workload,
+        p: Placement,
+        a: Mode,
+        b: Mode,
+        f: fn(&Summary) -> Option<Stat>,
+    ) -> Option<f64> {
+        let (x, y) = (self.med(w, p, a, f)?, self.med(w, p, b, f)?);
+        (y.abs() > f64::EPSILON).then(|| x / y)
+    }
+
+    fn compute_ratios(&self) -> Vec<Ratio> {
+        let mut v = Vec::new();
+        for p in [
+            Placement::SameNode,
+            Placement::CrossNode,
+            Placement::OneSidecar,
+        ] {
+            for w in [
+                Workload::Rtt64,
+                Workload::Rtt1k,
+                Workload::Rtt16k,
+                Workload::Http,
+            ] {
+                if self.summary(w, p, Mode::Iptables).is_none() {
+                    continue;
+                }
+                for (q, f) in [
+                    (
+                        "p50",
+                        (|s: &Summary| s.added_p50_us) as fn(&Summary) -> Option<Stat>,
+                    ),
+                    ("p99", |s: &Summary| s.added_p99_us),
+                ] {
+                    v.push(Ratio {
+                        what: format!("intercept/iptables added latency {q}, {w} {p}"),
+                        value: self.ratio(w, p, Mode::Intercept, Mode::Iptables, f),
+                        note: "latency added over direct (median of per-round differences)".into(),
+                    });
+                }
+                v.push(Ratio {
+                    what: format!("intercept/iptables p50, {w} {p}"),
+                    value: self.ratio(w, p, Mode::Intercept, Mode::Iptables, |s| s.p50_us),
+                    note: "absolute p50 latency".into(),
+                });
+                v.push(Ratio {
+                    what: format!("bypass/direct p50, {w} {p}"),
+                    value: None,
+                    note: "bypass: not available".into(),
+                });
+            }
+        }
+        for (w, p) in [
+            (Workload::HttpMax, Placement::SameNode),
+            (Workload::HttpMax, Placement::CrossNode),
+            (Workload::Connect, Placement::SameNode),
+            (Workload::Connect, Placement::OneSidecar),
+        ] {
+            if self.summary(w, p, Mode::Iptables).is_some() {
+                v.push(Ratio {
+                    what: format!("intercept/iptables rate, {w} {p}"),
+                    value: self.ratio(w, p, Mode::Intercept, Mode::Iptables, |s| s.ops_per_s),
+                    note: "operations per second".into(),
+                });
+            }
+        }
+        v
+    }
+
+    fn compute_targets(&self) -> Vec<Target> {
+        let mut t = Vec::new();
+        let fmt = |x: Option<f64>| x.map_or("not measured".to_string(), |r| format!("{r:.2}x"));
+        for w in [Workload::Http, Workload::Rtt64, Workload::Rtt1k] {
+            for (q, f) in [
+                (
+                    "p50",
+                    (|s: &Summary| s.added_p50_us) as fn(&Summary) -> Option<Stat>,
+                ),
+                ("p99", |s: &Summary| s.added_p99_us),
+            ] {
+                if self
+                    .summary(w, Placement::SameNode, Mode::Iptables)
+                    .is_none()
+                {
+                    continue;
+                }
+                let r = self.ratio(w, Placement::SameNode, Mode::Intercept, Mode::Iptables, f);
+                t.push(Target {
+                    issue: 4,
+                    what: format!(
+                        "latency intercept adds vs iptables, {q}, {w}, two sidecars, same node"
+                    ),
+                    goal: "<= 0.60x (at least 40% less)".into(),
+                    measured: fmt(r),
+                    met: r.map(|r| r <= 0.60),
+                });
+            }
+        }
+        t.push(Target {
+            issue: 4,
+            what: "bypass same-node p50 <= direct".into(),
+            goal: "<= 1.00x".into(),
+            measured: "not available (bypass is not implemented)".into(),
+            met: None,
+        });
+        if self
+            .summary(Workload::HttpMax, Placement::SameNode, Mode::Iptables)
+            .is_some()
+        {
+            let r = self.ratio(
+                Workload::HttpMax,
+                Placement::SameNode,
+                Mode::Intercept,
+                Mode::Iptables,
+                |s| s.ops_per_s,
+            );
+            t.push(Target {
+                issue: 4,
+                what: "max request rate intercept vs iptables, same node".into(),
+                goal: ">= 1.30x".into(),
+                measured: fmt(r),
+                met: r.map(|r| r >= 1.30),
+            });
+        }
+        for w in [Workload::Rtt64, Workload::Rtt1k] {
+            if self
+                .summary(w, Placement::OneSidecar, Mode::Iptables)
+                .is_none()
+            {
+                continue;
+            }
+            let r = self.ratio(
+                w,
+                Placement::OneSidecar,
+                Mode::Intercept,
+                Mode::Iptables,
+                |s| s.p50_us,
+            );
+            t.push(Target {
+                issue: 3,
+                what: format!(
+                    "p50 RTT interception+splicing vs iptables REDIRECT, {w}, one sidecar"
+                ),
+                goal: "<= 0.75x (at least 25% lower)".into(),
+                measured: fmt(r),
+                met: r.map(|r| r <= 0.75),
+            });
+        }
+        t
+    }
+
+    /// The `--check` guard: intercept not slower than iptables at p50 RTT
+    /// (same node, 64 B) in this run.
+    pub fn check(&self) -> Result<String, String> {
+        let (w, p) = (Workload::Rtt64, Placement::SameNode);
+        let get = |m: Mode| {
+            self.med(w, p, m, |s| s.p50_us)
+                .ok_or_else(|| format!("{m} has no {w} {p} p50 in this run (see its errors)"))
+        };
+        let (i, t) = (get(Mode::Intercept)?, get(Mode::Iptables)?);
+        let msg = format!(
+            "{w} {p} p50: intercept {i:.1} us, iptables {t:.1} us, ratio {:.2}",
+            i / t
+        );
+        if i > t {
+            Err(format!("intercept is slower than iptables: {msg}"))
+        } else {
+            Ok(msg)
+        }
+    }
+}

@@ -1,0 +1,260 @@
+//! Runs the measurement plan: warm-up rounds (discarded) then measured
+//! rounds; inside a round every (workload, placement) cell runs each mode
+//! back to back in round-robin order (A B C D, A B C D, ...), so slow drifts
+//! of a noisy machine hit every mode alike. Each step records latency
+//! percentiles, rates, CPU per 1,000 requests (HTTP steps) and counter
+//! deltas that prove which path the traffic took (sidecar sessions, spliced
+//! messages, redirected connects, steered inbound connections).
+
+use std::collections::BTreeMap;
+use std::os::fd::{FromRawFd, OwnedFd};
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use super::error::{BenchError, Result};
+use super::interrupt;
+use super::load::{self, Measured};
+use super::options::{Mode, Options, Placement, Workload};
+use super::progress::Progress;
+use super::stats::Percentiles;
+use super::testbed::Testbed;
+use crate::sim::{CpuSample, CpuSource};
+
+/// CPU time per 1,000 requests, in milliseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct CpuPer1k {
+    /// Every process of the simulated nodes (cgroup cpu.stat): load
+    /// generator, servers, sidecars, and kernel work done in their context.
+    pub total_ms: f64,
+    /// The HAProxy sidecars of the mode (user + kernel time of their threads).
+    pub sidecars_ms: f64,
+    /// total minus sidecars: client, server and their kernel time.
+    pub apps_ms: f64,
+    /// meshlane's BPF programs (kernel BPF stats run time, both nodes).
+    pub bpf_ms: f64,
+    /// Softirq time of the pinned CPU (whole machine, 10 ms ticks).
+    pub softirq_ms: Option<f64>,
+}
+
+/// One step: one mode, one cell, one round.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepRecord {
+    pub round: u32,
+    pub warmup: bool,
+    pub workload: Workload,
+    pub placement: Placement,
+    pub mode: Mode,
+    pub error: Option<String>,
+    pub latency_us: Option<Percentiles>,
+    pub ops: u64,
+    pub ops_per_s: f64,
+    pub gbit_per_s: Option<f64>,
+    pub missed_slots: u64,
+    pub cpu_per_1k: Option<CpuPer1k>,
+    /// Deltas of data-path counters and sidecar sessions during the step.
+    pub counters: BTreeMap<String, u64>,
+}
+
+/// Everything a run measured.
+pub struct RunData {
+    pub steps: Vec<StepRecord>,
+    /// Merged latency histograms of the measured rounds per cell and mode.
+    pub hists: BTreeMap<(Workload, Placement, Mode), Histogram<u64>>,
+}
+
+const COUNTERS: [&str; 4] = [
+    "messages_spliced",
+    "connects_redirected",
+    "inbound_steered",
+    "sockets_paired_across_nat",
+];
+
+struct Snapshot {
+    counters: Vec<u64>,
+    sessions: u64,
+    total: CpuSample,
+    sidecars: Vec<CpuSample>,
+    bpf_ns: u64,
+    softirq: Option<CpuSample>,
+}
+
+fn bpf_run_ns(tb: &Testbed) -> u64 {
+    tb.layouts()
+        .iter()
+        .filter_map(|l| crate::status::collect(l).ok())
+        .flat_map(|s| s.links.into_iter().map(|l| l.run_time_ns))
+        .sum()
+}
+
+fn snapshot(tb: &Testbed, mode: Mode, with_cpu: bool) -> Snapshot {
+    let sessions = tb.set(mode).map_or(0, |s| {
+        s.sidecars
+            .iter()
+            .map(|sc| sc.sessions("outbound") + sc.sessions("inbound"))
+            .sum()
+    });
+    Snapshot {
+        counters: COUNTERS.iter().map(|c| tb.counter(c)).collect(),
+        sessions,
+        total: if with_cpu {
+            CpuSource::Cgroup(tb.node.cgroup.path().to_path_buf()).sample()
+        } else {
+            CpuSample(0)
+        },
+        sidecars: if with_cpu {
+            tb.sidecar_pids(mode)
+                .into_iter()
+                .map(|p| CpuSource::Process(p).sample())
+                .collect()
+        } else {
+            Vec::new()
+        },
+        bpf_ns: if with_cpu { bpf_run_ns(tb) } else { 0 },
+        softirq: tb
+            .cpu
+            .filter(|_| with_cpu)
+            .map(|c| CpuSource::Softirq(c).sample()),
+    }
+}
+
+/// Holds the kernel's BPF run-time statistics on while alive (the kernel
+/// turns them off again when the last holder closes its fd).
+pub struct BpfStats(#[allow(dead_code)] Option<OwnedFd>);
+
+impl BpfStats {
+    pub fn enable() -> Self {
+        // SAFETY: plain syscall wrapper; a non-negative fd is ours.
+        let fd = unsafe { libbpf_sys::bpf_enable_stats(libbpf_sys::BPF_STATS_RUN_TIME) };
+        Self((fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+}
+
+fn run_step(tb: &Testbed, o: &Options, w: Workload, p: Placement, m: Mode) -> Result<Measured> {
+    let (pod, addr) = tb.route(m, p, load::port_for(w))?;
+    let dur = o.step * w.step_factor();
+    let (cpu, qps, conns) = (o.cpu, o.qps, o.connections);
+    let r = pod.run(move || match w {
+        Workload::Rtt64 | Workload::Rtt1k | Workload::Rtt16k => {
+            load::rtt(addr, w.rtt_size().unwrap_or(64), dur, cpu)
+        }
+        Workload::Connect => load::connect_rate(addr, dur, cpu),
+        Workload::Http => load::http_load(addr, Some(qps), conns, dur, cpu),
+        Workload::HttpMax => load::http_load(addr, None, conns, dur, cpu),
+        Workload::Bulk1 => load::bulk(addr, 1, dur, cpu),
+        Workload::Bulk4 => load::bulk(addr, 4, dur, cpu),
+    });
+    match r {
+        Ok(inner) => inner,
+        Err(e) => Err(BenchError::workload(
+            format!("entering pod {}", pod.name),
+            format!("{e:#}"),
+        )),
+    }
+}
+
+fn ms(ns: u64, per: f64) -> f64 {
+    ns as f64 / 1e6 / per
+}
+
+/// Runs every round of `o` on `tb`.
+pub fn run(tb: &Testbed, o: &Options, progress: &mut Progress) -> Result<RunData> {
+    let modes = o.runnable_modes();
+    let cells = o.cells();
+    let mut data = RunData {
+        steps: Vec::new(),
+        hists: BTreeMap::new(),
+    };
+    for round in 0..o.warmup_rounds + o.rounds {
+        let warmup = round < o.warmup_rounds;
+        for &(w, p) in &cells {
+            for &m in &modes {
+                interrupt::check()?;
+                progress.step(&format!(
+                    "round {}{} {w} {p} {m}",
+                    round + 1,
+                    if warmup { " (warm-up)" } else { "" }
+                ));
+                let with_cpu = matches!(w, Workload::Http | Workload::HttpMax);
+                // BPF run-time stats cost two clock reads per program run:
+                // on only for the steps whose CPU is accounted.
+                let stats = with_cpu.then(BpfStats::enable);
+                let before = snapshot(tb, m, with_cpu);
+                let res = run_step(tb, o, w, p, m);
+                let after = snapshot(tb, m, with_cpu);
+                drop(stats);
+                if matches!(res, Err(BenchError::Interrupted)) || interrupt::requested() {
+                    return Err(BenchError::Interrupted);
+                }
+                let mut rec = StepRecord {
+                    round,
+                    warmup,
+                    workload: w,
+                    placement: p,
+                    mode: m,
+                    error: None,
+                    latency_us: None,
+                    ops: 0,
+                    ops_per_s: 0.0,
+                    gbit_per_s: None,
+                    missed_slots: 0,
+                    cpu_per_1k: None,
+                    counters: COUNTERS
+                        .iter()
+                        .zip(after.counters.iter().zip(&before.counters))
+                        .map(|(n, (a, b))| ((*n).to_string(), a.saturating_sub(*b)))
+                        .collect(),
+                };
+                rec.counters.insert(
+                    "sidecar_sessions".into(),
+                    after.sessions.saturating_sub(before.sessions),
+                );
+                match res {
+                    Err(e) => {
+                        progress.note(&format!("  {w} {p} {m}: {e}"));
+                        rec.error = Some(e.to_string());
+                    }
+                    Ok(meas) => {
+                        let secs = meas.elapsed.as_secs_f64().max(1e-9);
+                        rec.ops = meas.ops;
+                        rec.ops_per_s = meas.ops as f64 / secs;
+                        rec.missed_slots = meas.missed;
+                        if meas.bytes > 0 {
+                            rec.gbit_per_s = Some(meas.bytes as f64 * 8.0 / secs / 1e9);
+                        }
+                        if let Some(h) = &meas.hist {
+                            rec.latency_us = Some(Percentiles::of(h));
+                            if !warmup {
+                                let e = data.hists.entry((w, p, m)).or_insert_with(load::histogram);
+                                let _ = e.add(h);
+                            }
+                        }
+                        if with_cpu && meas.ops > 0 {
+                            let per = meas.ops as f64 / 1000.0;
+                            let total = after.total.since(before.total);
+                            let sidecars: u64 = after
+                                .sidecars
+                                .iter()
+                                .zip(&before.sidecars)
+                                .map(|(a, b)| a.since(*b))
+                                .sum();
+                            rec.cpu_per_1k = Some(CpuPer1k {
+                                total_ms: ms(total, per),
+                                sidecars_ms: ms(sidecars, per),
+                                apps_ms: ms(total.saturating_sub(sidecars), per),
+                                bpf_ms: ms(after.bpf_ns.saturating_sub(before.bpf_ns), per),
+                                softirq_ms: after
+                                    .softirq
+                                    .zip(before.softirq)
+                                    .map(|(a, b)| ms(a.since(b), per)),
+                            });
+                        }
+                    }
+                }
+                data.steps.push(rec);
+            }
+        }
+    }
+    progress.finish();
+    Ok(data)
+}

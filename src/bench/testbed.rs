@@ -1,0 +1,235 @@
+//! The simulated cluster a run measures: node A (this process's private
+//! cgroup, pin root and bridge, from `sim::Node`) and node B (`sim::PeerNode`:
+//! own host netns, bridge and data path install, joined by a veth wire).
+//! Each mode gets its own pods, so modes are interleaved without
+//! reconfiguring anything between steps:
+//! - a client pod on node A,
+//! - a server pod on node A (same-node), and one on node B (cross-node),
+//! - for modes with sidecars, HAProxy (uid 1337, tcp mode, original-destination
+//!   servers) in each of those pods; `iptables`/`accelerate` pods get the exact
+//!   istio-init rules (cni-plugin_basic golden); `accelerate`/`intercept` pods
+//!   are registered with meshlane (in their own node's registry).
+//!
+//! The one-sidecar placement sends a mode's client to the `direct` mode's
+//! node-A server pod (no sidecar, not registered). Everything is removed on
+//! drop, in reverse order of creation, panics and Ctrl-C included.
+
+use std::net::{Ipv4Addr, SocketAddr};
+
+use super::error::{BenchError, Result};
+use super::options::{Mode, Placement};
+use super::servers::ServerSet;
+use super::{interrupt, net};
+use crate::pods::{PodMode, PodSpec};
+use crate::sim::{self, Node, NodeOptions, PeerNode, Pod, Sidecar, SidecarMode};
+
+/// The golden istio-init rule set every iptables-mode pod gets.
+pub const ISTIO_RULES: &str = "cni-plugin_basic.txt.golden";
+
+/// The pods of one mode. Field order is drop order: processes and server
+/// threads first, then the network namespaces.
+pub struct ModePods {
+    pub mode: Mode,
+    pub sidecars: Vec<Sidecar>,
+    servers: Vec<ServerSet>,
+    pub client: Pod,
+    pub server: Pod,
+    pub remote: Option<Pod>,
+}
+
+/// Node A, node B and every mode's pods. Field order is drop order.
+pub struct Testbed {
+    pub sets: Vec<ModePods>,
+    pub peer: Option<PeerNode>,
+    pub node: Node,
+    pub cpu: Option<usize>,
+}
+
+/// Runs `f` on a short-lived thread pinned to `cpu`, so processes it starts
+/// (HAProxy) inherit the pinning.
+fn pinned<T: Send>(cpu: Option<usize>, f: impl FnOnce() -> T + Send) -> Result<T> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            net::pin_thread(cpu).map_err(BenchError::io("pinning the setup thread"))?;
+            Ok(f())
+        })
+        .join()
+        .unwrap_or_else(|_| Err(BenchError::setup("a pod", "setup thread panicked")))
+    })
+}
+
+/// Sysctls every pod gets so the connection-rate workload never runs out of
+/// ports (TIME_WAIT) in a long run.
+fn tune_pod(pod: &Pod) -> Result<()> {
+    for kv in [
+        "net.ipv4.ip_local_port_range=10000 65000",
+        "net.ipv4.tcp_tw_reuse=1",
+    ] {
+        pod.exec(&["sysctl", "-qw", kv])
+            .map_err(BenchError::setup_anyhow(format!(
+                "sysctl {kv} in {}",
+                pod.name
+            )))?;
+    }
+    Ok(())
+}
+
+impl Testbed {
+    /// Builds node A, node B (if `cross_node`) and the pods of `modes`.
+    pub fn new(modes: &[Mode], cross_node: bool, cpu: Option<usize>) -> Result<Self> {
+        sim::can_run_root_tests().map_err(|e| {
+            BenchError::setup(
+                "the simulated node",
+                format!("needs root, bpffs and cgroup v2: {e}"),
+            )
+        })?;
+        let node = Node::new(NodeOptions::default()).map_err(BenchError::setup_anyhow(
+            "node A (cgroup, pin root, data path)",
+        ))?;
+        let mut tb = Testbed {
+            sets: Vec::new(),
+            peer: None,
+            node,
+            cpu,
+        };
+        if cross_node {
+            tb.peer = Some(PeerNode::new(&tb.node).map_err(BenchError::setup_anyhow(
+                "node B (host netns, veth wire, data path)",
+            ))?);
+        }
+        for &m in modes {
+            interrupt::check()?;
+            let set = tb.mode_pods(m)?;
+            tb.sets.push(set);
+        }
+        Ok(tb)
+    }
+
+    fn mode_pods(&mut self, mode: Mode) -> Result<ModePods> {
+        let name = mode.name();
+        let client = self
+            .node
+            .pod(&format!("{name}-c"))
+            .map_err(BenchError::setup_anyhow(format!("{name} client pod")))?;
+        let server = self
+            .node
+            .pod(&format!("{name}-s"))
+            .map_err(BenchError::setup_anyhow(format!("{name} server pod")))?;
+        let remote = match self.peer.as_mut() {
+            Some(p) => Some(
+                p.pod(&format!("{name}-r"))
+                    .map_err(BenchError::setup_anyhow(format!(
+                        "{name} node-B server pod"
+                    )))?,
+            ),
+            None => None,
+        };
+        let mut set = ModePods {
+            mode,
+            sidecars: Vec::new(),
+            servers: Vec::new(),
+            client,
+            server,
+            remote,
+        };
+        let pods: Vec<(&Pod, bool)> = std::iter::once((&set.client, false))
+            .chain(std::iter::once((&set.server, false)))
+            .chain(set.remote.iter().map(|p| (p, true)))
+            .collect();
+        for &(pod, on_b) in &pods {
+            tune_pod(pod)?;
+            match mode {
+                Mode::Iptables | Mode::Accelerate => {
+                    sim::iptables::apply_golden(pod, ISTIO_RULES).map_err(
+                        BenchError::setup_anyhow(format!("istio-init rules in {}", pod.name)),
+                    )?
+                }
+                _ => {}
+            }
+            let pod_mode = match mode {
+                Mode::Accelerate => Some(PodMode::Accelerate),
+                Mode::Intercept => Some(PodMode::Intercept),
+                _ => None,
+            };
+            if let Some(pm) = pod_mode {
+                let mut spec = PodSpec::istio(pod.name.clone());
+                spec.mode = pm;
+                let reg = if on_b {
+                    self.peer
+                        .as_ref()
+                        .map(|p| p.register(pod, &spec))
+                        .unwrap_or_else(|| Err(anyhow::anyhow!("no node B")))
+                } else {
+                    self.node.register(pod, &spec)
+                };
+                reg.map_err(BenchError::setup_anyhow(format!(
+                    "registering {}",
+                    pod.name
+                )))?;
+            }
+        }
+        let cpu = self.cpu;
+        for &(pod, _) in &pods {
+            if mode.has_sidecars() {
+                let sc = pinned(cpu, || Sidecar::start(pod, SidecarMode::Tcp, 1337))?.map_err(
+                    BenchError::setup_anyhow(format!("HAProxy sidecar in {}", pod.name)),
+                )?;
+                set.sidecars.push(sc);
+            }
+        }
+        for pod in [&set.server].into_iter().chain(set.remote.iter()) {
+            set.servers.push(ServerSet::start(pod, cpu)?);
+        }
+        Ok(set)
+    }
+
+    pub fn set(&self, mode: Mode) -> Option<&ModePods> {
+        self.sets.iter().find(|s| s.mode == mode)
+    }
+
+    /// (client pod, server address) of a mode and placement.
+    pub fn route(&self, mode: Mode, placement: Placement, port: u16) -> Result<(&Pod, SocketAddr)> {
+        let set = self
+            .set(mode)
+            .ok_or_else(|| BenchError::setup(mode.name(), "no pods for this mode"))?;
+        let ip: Ipv4Addr = match placement {
+            Placement::SameNode => set.server.ip4,
+            Placement::CrossNode => {
+                set.remote
+                    .as_ref()
+                    .ok_or_else(|| BenchError::setup("cross-node", "node B was not built"))?
+                    .ip4
+            }
+            Placement::OneSidecar => {
+                self.set(Mode::Direct)
+                    .ok_or_else(|| {
+                        BenchError::setup("one-sidecar", "needs the direct mode's plain server pod")
+                    })?
+                    .server
+                    .ip4
+            }
+        };
+        Ok((&set.client, SocketAddr::from((ip, port))))
+    }
+
+    /// HAProxy processes of a mode (for CPU accounting).
+    pub fn sidecar_pids(&self, mode: Mode) -> Vec<u32> {
+        self.set(mode)
+            .map(|s| s.sidecars.iter().map(|sc| sc.process.pid()).collect())
+            .unwrap_or_default()
+    }
+
+    /// A data-path counter summed over both nodes.
+    pub fn counter(&self, name: &str) -> u64 {
+        self.node.counter(name) + self.peer.as_ref().map_or(0, |p| p.counter(name))
+    }
+
+    /// Pin roots of both installs (for BPF program run time).
+    pub fn layouts(&self) -> Vec<crate::layout::PinLayout> {
+        let mut v = vec![self.node.layout.clone()];
+        if let Some(p) = &self.peer {
+            v.push(p.layout.clone());
+        }
+        v
+    }
+}
