@@ -84,6 +84,14 @@ fn serve_metrics(listener: TcpListener, layout: PinLayout, stop: Arc<AtomicBool>
 
 /// Runs until SIGINT/SIGTERM. Exiting leaves the data path pinned.
 pub fn run(opts: AgentOptions) -> Result<(), AgentError> {
+    // Bind before installing: a bad address must not leave a fresh install.
+    let metrics = match opts.metrics_addr.filter(|_| !opts.once) {
+        Some(addr) => Some((
+            addr,
+            TcpListener::bind(addr).map_err(|e| AgentError::Metrics { addr, source: e })?,
+        )),
+        None => None,
+    };
     let report = start(&opts)?;
     if opts.once {
         return Ok(());
@@ -95,8 +103,7 @@ pub fn run(opts: AgentOptions) -> Result<(), AgentError> {
         let stop = stop.clone();
         let _ = ctrlc::set_handler(move || stop.store(true, Ordering::Relaxed));
     }
-    if let Some(addr) = opts.metrics_addr {
-        let l = TcpListener::bind(addr).map_err(|e| AgentError::Metrics { addr, source: e })?;
+    if let Some((addr, l)) = metrics {
         let (layout, stop) = (layout.clone(), stop.clone());
         std::thread::spawn(move || serve_metrics(l, layout, stop));
         tracing::info!(%addr, "serving metrics");

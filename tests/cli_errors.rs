@@ -428,3 +428,20 @@ fn relative_pin_root_is_refused() {
         assert!(cgroup_ml_attachments(node.cgroup.path()).is_empty());
     }
 }
+
+#[test]
+fn metrics_address_in_use_installs_nothing() {
+    let node = node_without_install();
+    let root = node.layout.root().to_path_buf();
+    let cg = node.cgroup.path().to_string_lossy().into_owned();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let out = run(
+        &root,
+        &["agent", "--cgroup", &cg, "--metrics-addr", &addr],
+        false,
+    );
+    assert_one_line_error("--metrics-addr in use", &out, &[&addr, "metrics"]);
+    assert!(!root.exists(), "the agent installed before failing");
+    assert!(cgroup_ml_attachments(node.cgroup.path()).is_empty());
+}
