@@ -264,3 +264,65 @@ fn agent_sigkill_restart_adopts_and_uninstall_removes_everything() {
         "objects of the install survive uninstall: {left:?} (install was {all_ids:?})"
     );
 }
+
+/// No agent needs to run for the data path: `agent --once` installs and
+/// exits, pods registered afterwards are spliced, and a long-running agent
+/// stopped with SIGTERM exits 0 and leaves everything pinned and working.
+#[test]
+fn data_path_needs_no_running_agent_and_sigterm_keeps_it() {
+    require_root_env();
+    let mut node = Node::new(NodeOptions {
+        install: false,
+        ..Default::default()
+    })
+    .expect("node");
+    let root = node.layout.root().to_path_buf();
+    let cg = node.cgroup.path().to_string_lossy().into_owned();
+
+    let report: serde_json::Value = serde_json::from_str(&cli_ok(
+        &root,
+        &["--json", "agent", "--once", "--cgroup", &cg],
+    ))
+    .expect("agent --once --json");
+    let actions: Vec<&str> = report["attachments"]
+        .as_array()
+        .expect("attachments")
+        .iter()
+        .filter_map(|a| a["action"].as_str())
+        .collect();
+    assert!(
+        !actions.is_empty() && actions.iter().all(|a| *a == "attached"),
+        "{report}"
+    );
+    let links = link_ids(&status_json(&root));
+
+    // Registered after the installing process is gone.
+    let server = node.pod("srv").expect("server pod");
+    let client = node.pod("cli").expect("client pod");
+    register(&root, &server);
+    register(&root, &client);
+    let (srv, _peers) = echo_server(&server, "0.0.0.0:0".parse().unwrap());
+    let srv_addr: SocketAddr = format!("{}:{}", server.ip4, srv.port()).parse().unwrap();
+    new_connection_is_spliced(&root, &client, srv_addr, 21);
+
+    let mut agent = AgentProcess::start(&root, node.cgroup.path()).expect("agent starts");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent.pid()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    let st = agent
+        .wait_exit(Duration::from_secs(30))
+        .expect("agent exits on SIGTERM");
+    assert!(st.success(), "agent exit on SIGTERM: {st}");
+    assert!(
+        agent
+            .log_lines()
+            .iter()
+            .any(|l| l.contains("data path stays pinned")),
+        "{:?}",
+        agent.log_lines()
+    );
+    assert_eq!(link_ids(&status_json(&root)), links, "links changed");
+    new_connection_is_spliced(&root, &client, srv_addr, 22);
+}
