@@ -248,6 +248,8 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Cmd::Probe => {
+            // Unprivileged probe loads fail and would look like missing features.
+            require_root()?;
             let f = probe::features();
             if cli.json {
                 print_json(&f)?;

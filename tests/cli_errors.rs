@@ -115,6 +115,7 @@ fn not_root_is_refused_and_changes_nothing() {
     for args in [
         vec!["agent", "--once", "--cgroup", cg.as_str()],
         vec!["agent", "--cgroup", cg.as_str()],
+        vec!["probe"],
     ] {
         let out = run(&root, &args, true);
         assert_one_line_error(&format!("{args:?} as uid 65534"), &out, &["root", "65534"]);
