@@ -7,6 +7,7 @@
 //! - [`probe`]: kernel feature checks at start
 //! - [`loader`]: load, attach or adopt, pin; uninstall
 //! - [`pods`]: the pod registry (netns cookie -> settings)
+//! - [`iptables`]: finds istio-init nat rules in a pod's netns
 //! - [`status`]: programs, links, pods, map fill and counters
 //! - [`agent`]: the long-running node agent
 pub mod abi;
@@ -14,6 +15,7 @@ pub mod agent;
 #[cfg(feature = "sim")]
 pub mod bench;
 pub mod cgroup;
+pub mod iptables;
 pub mod layout;
 pub mod loader;
 pub mod netns;

@@ -54,6 +54,11 @@ pub enum PodError {
         path: PathBuf,
         source: libbpf_rs::Error,
     },
+    #[error("pod {pod}: {source}")]
+    Iptables {
+        pod: String,
+        source: crate::iptables::IptablesError,
+    },
     #[error("attaching the inbound sk_lookup program to {netns}: {source}")]
     Attach {
         netns: PathBuf,
@@ -348,7 +353,13 @@ impl Registry {
     /// Registers the pod whose netns is at `netns_path`. Validates first,
     /// then writes IPs, the sk_lookup link and finally the pod record (which
     /// is what turns the hooks on); any failure undoes what was written.
+    ///
+    /// A pod asked for in intercept mode whose netns already holds
+    /// istio-init's nat chains is registered in accelerate mode instead
+    /// (splicing only): intercepting it with eBPF too would intercept twice.
     pub fn add(&self, netns_path: &Path, spec: &PodSpec) -> Result<PodRecord, PodError> {
+        spec.to_abi()?;
+        let spec = &self.coexisting(netns_path, spec)?;
         let record = spec.to_abi()?;
         let info = netns::inspect(netns_path)?;
         let cookie_bytes = info.cookie.to_ne_bytes();
@@ -407,6 +418,25 @@ impl Registry {
         tracing::info!(pod = %spec.name, netns = %netns_path.display(), cookie = info.cookie,
             ips = ?info.addrs, mode = ?spec.mode, "pod registered");
         Ok(self.record(info.cookie, &record))
+    }
+
+    /// `spec`, switched to accelerate mode when the netns has istio-init's
+    /// nat chains and intercept mode was asked for.
+    fn coexisting(&self, netns_path: &Path, spec: &PodSpec) -> Result<PodSpec, PodError> {
+        let mut spec = spec.clone();
+        if spec.mode != PodMode::Intercept {
+            return Ok(spec);
+        }
+        let found = crate::iptables::inspect(netns_path).map_err(|e| PodError::Iptables {
+            pod: spec.name.clone(),
+            source: e,
+        })?;
+        if found.present() {
+            tracing::warn!(pod = %spec.name, chains = ?found.chains,
+                "istio-init nat rules found: registering in accelerate mode (no eBPF interception)");
+            spec.mode = PodMode::Accelerate;
+        }
+        Ok(spec)
     }
 
     /// Removes a pod by its netns path.
