@@ -47,6 +47,8 @@ pub enum PodError {
         "pod {pod}: address {ip} already belongs to another registered pod (netns cookie {owner})"
     )]
     IpTaken { pod: String, ip: IpAddr, owner: u64 },
+    #[error("pod {pod}: intercept mode needs the interception hooks, but this install is splice-only (agent --no-intercept): register it with --mode accelerate, or reinstall with interception")]
+    InterceptNotInstalled { pod: String },
     #[error("pod {pod}: no pod is registered for netns {netns}")]
     NotRegistered { pod: String, netns: String },
     #[error("pod registry at {path}: {source}")]
@@ -361,6 +363,12 @@ impl Registry {
         spec.to_abi()?;
         let spec = &self.coexisting(netns_path, spec)?;
         let record = spec.to_abi()?;
+        // Inbound steering without the outbound hooks would half-intercept.
+        if spec.mode == PodMode::Intercept && !self.layout.link("ml_connect4").exists() {
+            return Err(PodError::InterceptNotInstalled {
+                pod: spec.name.clone(),
+            });
+        }
         let info = netns::inspect(netns_path)?;
         let cookie_bytes = info.cookie.to_ne_bytes();
 

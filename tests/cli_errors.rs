@@ -446,3 +446,48 @@ fn metrics_address_in_use_installs_nothing() {
     assert!(!root.exists(), "the agent installed before failing");
     assert!(cgroup_ml_attachments(node.cgroup.path()).is_empty());
 }
+
+#[test]
+fn intercept_pod_on_a_splice_only_install_is_refused() {
+    let mut node = node_without_install();
+    let root = node.layout.root().to_path_buf();
+    let cg = node.cgroup.path().to_string_lossy().into_owned();
+    cli_ok(
+        &root,
+        &["agent", "--once", "--cgroup", &cg, "--no-intercept"],
+    );
+    let pod = node.pod("p").expect("pod");
+    let netns = pod.netns.to_string_lossy().into_owned();
+    let before = snapshot(&root, node.cgroup.path());
+    let out = run(
+        &root,
+        &["pod", "add", "--netns", &netns, "--name", "web-2"],
+        false,
+    );
+    assert_one_line_error(
+        "intercept pod, splice-only install",
+        &out,
+        &["web-2", "accelerate"],
+    );
+    assert_eq!(
+        snapshot(&root, node.cgroup.path()),
+        before,
+        "half-registered"
+    );
+    assert_eq!(node.map_entries("ml_pods"), 0);
+    assert_eq!(node.map_entries("ml_pod_ips"), 0);
+    cli_ok(
+        &root,
+        &[
+            "pod",
+            "add",
+            "--netns",
+            &netns,
+            "--name",
+            "web-2",
+            "--mode",
+            "accelerate",
+        ],
+    );
+    assert_eq!(node.map_entries("ml_pods"), 1);
+}
