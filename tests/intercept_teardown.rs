@@ -298,3 +298,33 @@ fn istio_init_rules_mean_accelerate_mode() {
     let rules = golden::ruleset(&a).unwrap();
     assert!(golden::has_nat(&rules), "istio-init rules were touched");
 }
+
+/// istio-init run with iptables-legacy (x_tables, not nf_tables) is found
+/// too, and a pod without rules is not mistaken for one.
+#[test]
+fn legacy_iptables_rules_are_detected() {
+    require_root_env();
+    let mut node = Node::new(NodeOptions::default()).unwrap();
+    let legacy = node.pod("legacy").unwrap();
+    let clean = node.pod("clean").unwrap();
+    let rules = std::fs::read(golden::golden_dir().join("cni-plugin_basic.txt.golden")).unwrap();
+    let mut child = legacy
+        .command(&["iptables-legacy-restore", "--noflush"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&rules).unwrap();
+    assert!(child.wait().unwrap().success(), "iptables-legacy-restore");
+    let found = meshlane::iptables::inspect(&legacy.netns).unwrap();
+    assert!(
+        found
+            .chains
+            .iter()
+            .any(|c| c == "ip nat ISTIO_OUTPUT (legacy)"),
+        "{found:?}"
+    );
+    assert!(!meshlane::iptables::inspect(&clean.netns).unwrap().present());
+    // Not a netns: one clear error.
+    let e = meshlane::iptables::inspect(Path::new("/etc/hostname")).unwrap_err();
+    assert!(e.to_string().contains("/etc/hostname"), "{e}");
+}
