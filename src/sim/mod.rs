@@ -47,6 +47,8 @@ mod sidecar;
 pub use sidecar::{Sidecar, SidecarMode};
 
 pub mod iptables;
+mod nginx;
+pub use nginx::{Nginx, NginxSend};
 mod peer_node;
 pub use peer_node::PeerNode;
 mod cpu;

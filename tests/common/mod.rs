@@ -1,12 +1,27 @@
-//! Helpers shared by the root integration tests: echo servers and clients
-//! that run inside pods, and environment checks.
+//! Helpers shared by the root integration tests: nodes with accelerated
+//! pods, echo and one-shot servers that run inside pods, patient socket I/O
+//! (event-driven style, with an overall limit), test payloads, splicing
+//! counter snapshots, the map leak check and environment checks.
 #![allow(dead_code)]
 
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::time::Duration;
+use std::os::fd::AsFd;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
-use meshlane::sim::{self, Pod};
+use meshlane::pods::{PodMode, PodSpec};
+use meshlane::sim::{self, Node, NodeOptions, Pod};
+
+pub const MIB: usize = 1024 * 1024;
+
+/// Overall limit for one transfer in a test: generous, only there so a
+/// stalled data path fails the test instead of hanging it.
+pub const LIMIT: Duration = Duration::from_secs(60);
+
+/// How long a blocked read or write waits before the caller looks again
+/// (a missed wake-up then costs this much, never the whole test).
+const IO_SLICE: Duration = Duration::from_millis(200);
 
 /// Fails (never skips) when the machine cannot run root tests.
 pub fn require_root_env() {
@@ -15,34 +30,47 @@ pub fn require_root_env() {
     }
 }
 
-/// Echo server in `pod` on `addr`; one thread per connection, echoes until
-/// EOF then closes its write side. Returns the bound address.
-pub fn echo_server(pod: &Pod, addr: SocketAddr) -> SocketAddr {
-    let (tx, rx) = std::sync::mpsc::channel();
-    pod.thread(move || {
-        let l = TcpListener::bind(addr).expect("bind echo server");
-        tx.send(l.local_addr().unwrap()).unwrap();
-        for s in l.incoming() {
-            let Ok(mut s) = s else { break };
-            std::thread::spawn(move || {
-                let mut buf = vec![0u8; 256 * 1024];
-                loop {
-                    match s.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            if s.write_all(&buf[..n]).is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-                let _ = s.shutdown(Shutdown::Write);
-            });
+/// A node with the data path installed and one registered Istio pod in
+/// accelerate mode (splicing only, no eBPF interception) per name.
+pub fn accelerated_node(opts: NodeOptions, names: &[&str]) -> (Node, Vec<Pod>) {
+    require_root_env();
+    let mut node = Node::new(opts).expect("creating the simulated node");
+    let mut pods = Vec::new();
+    for name in names {
+        let pod = node.pod(name).expect("creating a pod");
+        let mut spec = PodSpec::istio(*name);
+        spec.mode = PodMode::Accelerate;
+        node.register(&pod, &spec).expect("registering a pod");
+        pods.push(pod);
+    }
+    (node, pods)
+}
+
+/// Raises this process's open-file soft limit to at least `want` (up to the
+/// hard limit, which root may raise too).
+pub fn raise_nofile(want: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on a struct we own.
+    unsafe {
+        assert_eq!(
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim),
+            0,
+            "getrlimit"
+        );
+        if lim.rlim_cur >= want {
+            return;
         }
-    })
-    .expect("echo server thread");
-    rx.recv_timeout(Duration::from_secs(5))
-        .expect("echo server up")
+        lim.rlim_cur = want;
+        lim.rlim_max = lim.rlim_max.max(want);
+        assert_eq!(
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim),
+            0,
+            "raising RLIMIT_NOFILE to {want}"
+        );
+    }
 }
 
 /// Deterministic test payload.
@@ -52,54 +80,398 @@ pub fn payload(len: usize, seed: u8) -> Vec<u8> {
         .collect()
 }
 
-/// Sends `data` on `s` while reading the echo; returns what came back.
-pub fn echo_roundtrip(mut s: TcpStream, data: Vec<u8>, chunk: usize) -> Vec<u8> {
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let mut w = s.try_clone().unwrap();
-    let len = data.len();
-    let writer = std::thread::spawn(move || {
-        for c in data.chunks(chunk.max(1)) {
-            w.write_all(c).expect("write");
-        }
-        w.shutdown(Shutdown::Write).expect("shutdown write");
-    });
-    let got = read_all(&mut s, len, Duration::from_secs(120));
-    writer.join().unwrap();
-    got
+/// An endless deterministic byte stream for transfers too large to keep in
+/// memory: byte `p` is `block[p % block.len()]`. The period is not a power
+/// of two, so a lost, doubled or reordered write shows as a mismatch.
+pub struct Pattern {
+    block: Vec<u8>,
 }
 
-/// Reads to EOF like an event-driven app would: a spurious EAGAIN (which a
-/// sockhash socket can return even in blocking mode, see
-/// docs/ARCHITECTURE.md "Kernel notes") means "poll and read again".
-pub fn read_all(s: &mut TcpStream, hint: usize, limit: Duration) -> Vec<u8> {
-    let start = std::time::Instant::now();
-    let mut got = Vec::with_capacity(hint);
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return got,
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e)
-                if e.kind() == std::io::ErrorKind::WouldBlock
-                    || e.kind() == std::io::ErrorKind::Interrupted =>
-            {
-                assert!(
-                    start.elapsed() < limit,
-                    "read stalled after {} bytes",
-                    got.len()
-                );
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            Err(e) => panic!("read after {} bytes: {e}", got.len()),
+impl Pattern {
+    pub fn new(seed: u8) -> Self {
+        Self {
+            block: payload(1024 * 1024 + 7, seed),
+        }
+    }
+
+    /// Fills `buf` with the stream's bytes from `offset`.
+    pub fn fill(&self, offset: u64, buf: &mut [u8]) {
+        let p = self.block.len();
+        let mut start = (offset % p as u64) as usize;
+        let mut done = 0;
+        while done < buf.len() {
+            let n = (p - start).min(buf.len() - done);
+            buf[done..done + n].copy_from_slice(&self.block[start..start + n]);
+            done += n;
+            start = 0;
+        }
+    }
+
+    /// Panics naming the first wrong byte when `buf` is not the stream's
+    /// bytes from `offset`.
+    pub fn check(&self, offset: u64, buf: &[u8]) {
+        let mut want = vec![0u8; buf.len()];
+        self.fill(offset, &mut want);
+        if want != buf {
+            let i = want.iter().zip(buf).position(|(a, b)| a != b).unwrap_or(0);
+            panic!(
+                "stream corrupted at byte {}: want {:#04x}, got {:#04x}",
+                offset + i as u64,
+                want[i],
+                buf[i]
+            );
         }
     }
 }
 
+fn poll_for(s: &TcpStream, flags: nix::poll::PollFlags, wait: Duration) {
+    use nix::poll::{poll, PollFd, PollTimeout};
+    let ms = u16::try_from(wait.as_millis()).unwrap_or(u16::MAX);
+    let mut fds = [PollFd::new(s.as_fd(), flags)];
+    let _ = poll(&mut fds, PollTimeout::from(ms));
+}
+
+fn is_retry(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::WouldBlock | ErrorKind::Interrupted | ErrorKind::TimedOut
+    )
+}
+
+/// Bounds every blocking call on `s`, so callers can look at the clock.
+pub fn set_io_slices(s: &TcpStream) {
+    s.set_read_timeout(Some(IO_SLICE)).expect("SO_RCVTIMEO");
+    s.set_write_timeout(Some(IO_SLICE)).expect("SO_SNDTIMEO");
+}
+
+/// One read like an event-driven app does it: a spurious EAGAIN (which a
+/// sockhash socket can return even in blocking mode, see
+/// docs/ARCHITECTURE.md "Kernel notes") or a timed-out slice means "poll
+/// and read again". Ok(0) is EOF; other errors are returned. Panics when
+/// nothing arrives before `deadline`.
+pub fn read_some(s: &mut TcpStream, buf: &mut [u8], deadline: Instant) -> std::io::Result<usize> {
+    loop {
+        match s.read(buf) {
+            Ok(n) => return Ok(n),
+            Err(e) if is_retry(&e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "read stalled: nothing arrived before the limit"
+                );
+                poll_for(s, nix::poll::PollFlags::POLLIN, Duration::from_millis(10));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Writes all of `data`, retrying like `read_some`; panics at `deadline`.
+pub fn write_all_by(s: &mut TcpStream, data: &[u8], deadline: Instant) -> std::io::Result<()> {
+    let mut done = 0;
+    while done < data.len() {
+        match s.write(&data[done..]) {
+            Ok(0) => return Err(ErrorKind::WriteZero.into()),
+            Ok(n) => done += n,
+            Err(e) if is_retry(&e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "write stalled after {done} of {} bytes",
+                    data.len()
+                );
+                poll_for(s, nix::poll::PollFlags::POLLOUT, Duration::from_millis(10));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Reads exactly `len` bytes; panics on EOF, error or the limit.
+pub fn read_exact_by(s: &mut TcpStream, len: usize, deadline: Instant) -> Vec<u8> {
+    let mut got = vec![0u8; len];
+    let mut done = 0;
+    while done < len {
+        match read_some(s, &mut got[done..], deadline) {
+            Ok(0) => panic!("EOF after {done} of {len} bytes"),
+            Ok(n) => done += n,
+            Err(e) => panic!("read after {done} of {len} bytes: {e}"),
+        }
+    }
+    got
+}
+
+/// Reads to EOF. Err is how the connection ended otherwise (a reset), with
+/// the bytes read before it. Panics at the limit: a peer that never sees
+/// the end hangs, which is the failure these tests look for.
+pub fn read_to_end_by(
+    s: &mut TcpStream,
+    limit: Duration,
+) -> Result<Vec<u8>, (Vec<u8>, std::io::Error)> {
+    let deadline = Instant::now() + limit;
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        match read_some(s, &mut buf, deadline) {
+            Ok(0) => return Ok(got),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => return Err((got, e)),
+        }
+    }
+}
+
+/// Reads to EOF like an event-driven app would; panics on error or stall.
+pub fn read_all(s: &mut TcpStream, hint: usize, limit: Duration) -> Vec<u8> {
+    set_io_slices(s);
+    match read_to_end_by(s, limit) {
+        Ok(mut got) => {
+            got.reserve(hint.saturating_sub(got.len()));
+            got
+        }
+        Err((got, e)) => panic!("read after {} bytes: {e}", got.len()),
+    }
+}
+
+/// A TCP listener on `addr` with a deep accept queue (std's is 128), so a
+/// burst of connects is not slowed by SYN retransmits.
+pub fn listen(addr: SocketAddr) -> TcpListener {
+    use nix::sys::socket::{
+        bind, listen as nix_listen, setsockopt, socket, sockopt, AddressFamily, Backlog, SockFlag,
+        SockType, SockaddrStorage,
+    };
+    let family = if addr.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).expect("socket");
+    setsockopt(&fd, sockopt::ReuseAddr, &true).expect("SO_REUSEADDR");
+    bind(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &SockaddrStorage::from(addr),
+    )
+    .expect("bind");
+    nix_listen(&fd, Backlog::new(4096).expect("backlog")).expect("listen");
+    TcpListener::from(fd)
+}
+
+/// Echo server in `pod` on `addr`; one thread per connection, echoes until
+/// EOF then closes its write side. Returns the bound address.
+pub fn echo_server(pod: &Pod, addr: SocketAddr) -> SocketAddr {
+    let (tx, rx) = std::sync::mpsc::channel();
+    pod.thread(move || {
+        let l = listen(addr);
+        tx.send(l.local_addr().expect("local addr"))
+            .expect("report");
+        for s in l.incoming() {
+            let Ok(s) = s else { break };
+            std::thread::spawn(move || echo_connection(s));
+        }
+    })
+    .expect("echo server thread");
+    rx.recv_timeout(Duration::from_secs(5))
+        .expect("echo server up")
+}
+
+fn echo_connection(mut s: TcpStream) {
+    set_io_slices(&s);
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        // The client side enforces the limits; the server just waits.
+        let far = Instant::now() + Duration::from_secs(3600);
+        match read_some(&mut s, &mut buf, far) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if write_all_by(&mut s, &buf[..n], far).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+    let _ = s.shutdown(Shutdown::Write);
+}
+
+/// A server in `pod` on `addr` that accepts one connection and runs
+/// `handler` on it; join the handle for its result.
+pub fn serve_one<T: Send + 'static>(
+    pod: &Pod,
+    addr: SocketAddr,
+    handler: impl FnOnce(TcpStream) -> T + Send + 'static,
+) -> (SocketAddr, JoinHandle<T>) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let h = pod
+        .thread(move || {
+            let l = listen(addr);
+            tx.send(l.local_addr().expect("local addr"))
+                .expect("report");
+            let (s, _) = l.accept().expect("accept");
+            set_io_slices(&s);
+            handler(s)
+        })
+        .expect("server thread");
+    let bound = rx.recv_timeout(Duration::from_secs(5)).expect("server up");
+    (bound, h)
+}
+
+/// Connects from the current thread (which must be in the client pod).
+pub fn connect(to: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect_timeout(&to, Duration::from_secs(5)).expect("connect");
+    set_io_slices(&s);
+    s
+}
+
+/// Sends `data` on `s` while reading the echo; returns what came back.
+pub fn echo_roundtrip(mut s: TcpStream, data: Vec<u8>, chunk: usize) -> Vec<u8> {
+    set_io_slices(&s);
+    let deadline = Instant::now() + LIMIT;
+    let mut w = s.try_clone().expect("clone socket");
+    let len = data.len();
+    let writer = std::thread::spawn(move || {
+        for c in data.chunks(chunk.max(1)) {
+            write_all_by(&mut w, c, deadline).expect("write");
+        }
+        w.shutdown(Shutdown::Write).expect("shutdown write");
+    });
+    let got = read_all(&mut s, len, LIMIT);
+    writer.join().expect("writer thread");
+    got
+}
+
 /// Connects from inside `pod` and runs an echo round trip there.
 pub fn echo_from(pod: &Pod, to: SocketAddr, data: Vec<u8>, chunk: usize) -> Vec<u8> {
-    pod.run(move || {
-        let s = TcpStream::connect_timeout(&to, Duration::from_secs(5)).expect("connect");
-        echo_roundtrip(s, data, chunk)
-    })
-    .expect("entering pod")
+    pod.run(move || echo_roundtrip(connect(to), data, chunk))
+        .expect("entering pod")
+}
+
+/// The splicing counters of a node at one moment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SpliceCounters {
+    pub messages_spliced: u64,
+    pub bytes_spliced: u64,
+    pub messages_fallback: u64,
+    pub bytes_fallback: u64,
+    pub sockets_inserted: u64,
+    pub sockets_insert_failed: u64,
+}
+
+impl SpliceCounters {
+    pub fn read(node: &Node) -> Self {
+        Self {
+            messages_spliced: node.counter("messages_spliced"),
+            bytes_spliced: node.counter("bytes_spliced"),
+            messages_fallback: node.counter("messages_fallback"),
+            bytes_fallback: node.counter("bytes_fallback"),
+            sockets_inserted: node.counter("sockets_inserted"),
+            sockets_insert_failed: node.counter("sockets_insert_failed"),
+        }
+    }
+
+    /// What happened between `before` and now.
+    pub fn since(node: &Node, before: &Self) -> Self {
+        let now = Self::read(node);
+        Self {
+            messages_spliced: now.messages_spliced - before.messages_spliced,
+            bytes_spliced: now.bytes_spliced - before.bytes_spliced,
+            messages_fallback: now.messages_fallback - before.messages_fallback,
+            bytes_fallback: now.bytes_fallback - before.bytes_fallback,
+            sockets_inserted: now.sockets_inserted - before.sockets_inserted,
+            sockets_insert_failed: now.sockets_insert_failed - before.sockets_insert_failed,
+        }
+    }
+}
+
+/// Entries of the per-connection maps: (ml_socks, ml_peers, ml_active).
+/// Panics when a map is missing (a missing map must not read as empty).
+pub fn connection_entries(node: &Node) -> (usize, usize, usize) {
+    let entries = |name: &str| {
+        meshlane::status::map_fill(&node.layout, name)
+            .unwrap_or_else(|| panic!("map {name} is not pinned under the node's pin root"))
+            .entries
+    };
+    (
+        entries("ml_socks"),
+        entries("ml_peers"),
+        entries("ml_active"),
+    )
+}
+
+/// Waits (up to 10 s: closes finish in the background) until the node's
+/// per-connection maps are empty; panics with what is left otherwise.
+/// The node's maps are private to the test, so zero means zero.
+pub fn assert_no_leak(node: &Node) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = connection_entries(node);
+        if left == (0, 0, 0) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "entries left after every connection closed: ml_socks {}, ml_peers {}, ml_active {}",
+            left.0,
+            left.1,
+            left.2
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Where the client sits relative to the server (always in pod `a`).
+#[derive(Debug, Clone, Copy)]
+pub enum Route {
+    /// Client in the server's pod, over 127.0.0.1.
+    Loopback,
+    /// Client in pod `b`, to pod `a`'s IP over the CNI bridge.
+    PodToPod,
+}
+
+pub const ROUTES: [Route; 2] = [Route::Loopback, Route::PodToPod];
+
+/// A node with two accelerated pods (servers live in `a`) and, when asked
+/// for, a pod `c` on the same bridge that is not registered (not meshed).
+pub struct Setup {
+    pub node: Node,
+    pub a: Pod,
+    pub b: Pod,
+    pub c: Option<Pod>,
+}
+
+impl Setup {
+    pub fn new(opts: NodeOptions) -> Self {
+        let (node, mut pods) = accelerated_node(opts, &["a", "b"]);
+        let b = pods.pop().expect("pod b");
+        let a = pods.pop().expect("pod a");
+        Self {
+            node,
+            a,
+            b,
+            c: None,
+        }
+    }
+
+    pub fn with_unmeshed_pod(opts: NodeOptions) -> Self {
+        let mut s = Self::new(opts);
+        s.c = Some(s.node.pod("c").expect("creating the unmeshed pod"));
+        s
+    }
+
+    pub fn unmeshed(&self) -> &Pod {
+        self.c.as_ref().expect("Setup::with_unmeshed_pod")
+    }
+
+    pub fn any_port(&self) -> SocketAddr {
+        ([0, 0, 0, 0], 0).into()
+    }
+
+    /// The pod the client runs in and the address it dials for a server of
+    /// pod `a` listening on `port`.
+    pub fn client(&self, route: Route, port: u16) -> (&Pod, SocketAddr) {
+        match route {
+            Route::Loopback => (&self.a, ([127, 0, 0, 1], port).into()),
+            Route::PodToPod => (&self.b, (self.a.ip4, port).into()),
+        }
+    }
+}
+
+pub fn mib(bytes: u64) -> f64 {
+    bytes as f64 / MIB as f64
 }

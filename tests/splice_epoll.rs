@@ -1,0 +1,366 @@
+//! The epoll regression check of issue 2. Some stable kernels (6.6.128+,
+//! 6.12.75+, 6.18.14+ and 6.19+ until fixed) stop counting, in FIONREAD,
+//! bytes that reach a sockhash socket through the TCP stack when no verdict
+//! program is attached; readers that size reads with FIONREAD (nginx as a
+//! proxy, Java, .NET) then stall. Here real nginx (epoll) serves and
+//! proxies 64 MiB to curl through spliced, half-spliced and unspliced
+//! flows, with the verdict remedy off, on, and as the agent decides
+//! (`VerdictRemedy::Auto`), and a direct FIONREAD/poll probe checks what a
+//! reader sees and that the Auto rule matches this kernel.
+mod common;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+use meshlane::loader::VerdictRemedy;
+use meshlane::sim::{Nginx, NginxSend, Node, NodeOptions, Pod};
+
+const NGINX_PORT: u16 = 8080;
+const NGINX_FILE: &str = "big.bin";
+const NGINX_FILE_LEN: u64 = 64 * MIB as u64;
+/// curl's overall limit: a stalled transfer fails the fetch.
+const FETCH_LIMIT_S: &str = "60";
+
+/// Writes the 64 MiB file nginx serves.
+fn write_big_file(path: &Path, pattern: &Pattern) {
+    let mut f = std::fs::File::create(path).expect("creating the served file");
+    let mut chunk = vec![0u8; MIB];
+    let mut off = 0u64;
+    while off < NGINX_FILE_LEN {
+        pattern.fill(off, &mut chunk);
+        f.write_all(&chunk).expect("writing the served file");
+        off += MIB as u64;
+    }
+}
+
+/// Checks a downloaded file against the pattern, byte for byte.
+fn check_download(path: &Path, pattern: &Pattern) {
+    let got = std::fs::read(path).expect("reading the download");
+    assert_eq!(got.len() as u64, NGINX_FILE_LEN, "downloaded length");
+    for (k, chunk) in got.chunks(MIB).enumerate() {
+        pattern.check((k * MIB) as u64, chunk);
+    }
+}
+
+/// Where nginx and curl run, and what meshlane sees of their connection.
+#[derive(Debug, Clone, Copy)]
+enum Flow {
+    /// Both in pod `a`, over 127.0.0.1: spliced both ways.
+    Loopback,
+    /// nginx in `a`, curl in `b`: spliced both ways.
+    PodToPod,
+    /// nginx in `a`, curl in the unmeshed pod `c`: nginx's socket is in the
+    /// sockhash without a peer, so every send passes to the TCP stack.
+    ToUnmeshedClient,
+    /// nginx in the unmeshed pod `c`, curl in `a`: curl's socket is in the
+    /// sockhash and the whole file reaches it through the TCP stack (the
+    /// receive path the stable-kernel regression breaks).
+    FromUnmeshedServer,
+}
+
+const ALL_FLOWS: [Flow; 4] = [
+    Flow::Loopback,
+    Flow::PodToPod,
+    Flow::ToUnmeshedClient,
+    Flow::FromUnmeshedServer,
+];
+
+impl Flow {
+    /// (nginx's pod, curl's pod, the IP curl dials).
+    fn places(self, s: &Setup) -> (&Pod, &Pod, std::net::IpAddr) {
+        let lo = std::net::Ipv4Addr::LOCALHOST.into();
+        match self {
+            Flow::Loopback => (&s.a, &s.a, lo),
+            Flow::PodToPod => (&s.a, &s.b, s.a.ip4.into()),
+            Flow::ToUnmeshedClient => (&s.a, s.unmeshed(), s.a.ip4.into()),
+            Flow::FromUnmeshedServer => (s.unmeshed(), &s.a, s.unmeshed().ip4.into()),
+        }
+    }
+
+    /// Fails unless the counters show the transfer went through meshlane's
+    /// programs the way this flow should.
+    fn check_path(self, d: &SpliceCounters) {
+        match self {
+            Flow::Loopback | Flow::PodToPod => assert!(
+                d.bytes_spliced >= NGINX_FILE_LEN,
+                "{self:?}: the response was not spliced: {d:?}"
+            ),
+            // Not `>= NGINX_FILE_LEN`: under send backpressure the kernel
+            // does not run the program on every passed byte (61.5 to 63.8
+            // of 64 MiB were counted on 6.18), so passes are undercounted.
+            Flow::ToUnmeshedClient => assert!(
+                d.sockets_inserted >= 1 && d.messages_fallback >= 1 && d.bytes_spliced == 0,
+                "{self:?}: nginx's sends did not pass through sk_msg: {d:?}"
+            ),
+            Flow::FromUnmeshedServer => assert!(
+                d.sockets_inserted >= 1 && d.messages_fallback >= 1,
+                "{self:?}: curl's socket was not in the sockhash: {d:?}"
+            ),
+        }
+    }
+}
+
+/// nginx (epoll) serves 64 MiB; curl (poll) fetches it along `flow`.
+/// Fails when the transfer stalls (curl gives up after 60 s) or differs;
+/// returns how long it took.
+fn nginx_fetch(remedy: VerdictRemedy, send: NginxSend, flow: Flow) -> Duration {
+    let s = Setup::with_unmeshed_pod(NodeOptions {
+        verdict_remedy: remedy,
+        ..Default::default()
+    });
+    let (server, client, ip) = flow.places(&s);
+    let nginx = Nginx::start(server, NGINX_PORT, send).expect("starting nginx");
+    let pattern = Pattern::new(0xa5);
+    write_big_file(&nginx.docroot().join(NGINX_FILE), &pattern);
+    let label = format!("nginx {send:?}, remedy {remedy:?}, {flow:?}");
+    let url = format!("http://{}/{NGINX_FILE}", SocketAddr::new(ip, nginx.port));
+    let (took, d) = curl_fetch(&s.node, client, &url, &pattern, &label, &[&nginx]);
+    flow.check_path(&d);
+    drop(nginx);
+    assert_no_leak(&s.node);
+    took
+}
+
+/// curl in `client` downloads `url`; fails unless it gets all 64 MiB of
+/// `pattern` within 60 s. Returns the time and the counters' change.
+fn curl_fetch(
+    node: &Node,
+    client: &Pod,
+    url: &str,
+    pattern: &Pattern,
+    label: &str,
+    servers: &[&Nginx],
+) -> (Duration, SpliceCounters) {
+    let out_dir = tempfile::tempdir().expect("temp dir");
+    let out = out_dir.path().join("download");
+    let out_s = out.to_string_lossy().into_owned();
+    let before = SpliceCounters::read(node);
+    let started = Instant::now();
+    let res = client
+        .command(&[
+            "curl",
+            "-sS",
+            "--max-time",
+            FETCH_LIMIT_S,
+            "-o",
+            &out_s,
+            "-w",
+            "%{http_code} %{size_download}",
+            url,
+        ])
+        .output()
+        .expect("running curl");
+    let took = started.elapsed();
+    let d = SpliceCounters::since(node, &before);
+    let summary = String::from_utf8_lossy(&res.stdout).into_owned();
+    eprintln!(
+        "{label}: curl {} \"{summary}\" in {:.2} s; \
+         spliced {:.1} MiB in {} messages, fallback {:.1} MiB in {} messages",
+        res.status,
+        took.as_secs_f64(),
+        mib(d.bytes_spliced),
+        d.messages_spliced,
+        mib(d.bytes_fallback),
+        d.messages_fallback
+    );
+    let logs: Vec<String> = servers.iter().map(|n| n.error_log()).collect();
+    assert!(
+        res.status.success(),
+        "{label}: fetching 64 MiB failed after {:.1} s ({}): {} {}; nginx logs: {}",
+        took.as_secs_f64(),
+        res.status,
+        summary,
+        String::from_utf8_lossy(&res.stderr).trim(),
+        logs.join(" | ").trim()
+    );
+    assert_eq!(
+        summary,
+        format!("200 {NGINX_FILE_LEN}"),
+        "{label}: curl's summary"
+    );
+    check_download(&out, pattern);
+    (took, d)
+}
+
+/// A sidecar-like proxy: nginx in meshed pod `a` proxies to an nginx file
+/// server in the unmeshed pod `c`; curl in meshed pod `b` fetches through
+/// it. The proxy's upstream socket is in the sockhash with no peer, so the
+/// 64 MiB reach it through the TCP stack, and nginx sizes its reads with
+/// FIONREAD: the case the stable-kernel regression stalls.
+fn nginx_proxy_fetch(remedy: VerdictRemedy) -> Duration {
+    const PROXY_PORT: u16 = 8081;
+    let s = Setup::with_unmeshed_pod(NodeOptions {
+        verdict_remedy: remedy,
+        ..Default::default()
+    });
+    let backend = Nginx::start(s.unmeshed(), NGINX_PORT, NginxSend::Sendfile)
+        .expect("starting the backend nginx");
+    let pattern = Pattern::new(0x3c);
+    write_big_file(&backend.docroot().join(NGINX_FILE), &pattern);
+    let upstream = SocketAddr::new(s.unmeshed().ip4.into(), NGINX_PORT);
+    let proxy = Nginx::start_proxy(&s.a, PROXY_PORT, upstream).expect("starting the proxy");
+    let url = format!("http://{}:{PROXY_PORT}/{NGINX_FILE}", s.a.ip4);
+    let label = format!("nginx proxy, remedy {remedy:?}");
+    let (took, d) = curl_fetch(&s.node, &s.b, &url, &pattern, &label, &[&proxy, &backend]);
+    assert!(
+        d.bytes_spliced >= NGINX_FILE_LEN,
+        "{label}: the proxy's response to curl was not spliced: {d:?}"
+    );
+    drop(proxy);
+    drop(backend);
+    assert_no_leak(&s.node);
+    took
+}
+
+#[test]
+fn nginx_proxy_64mib_default_config() {
+    nginx_proxy_fetch(VerdictRemedy::Auto);
+}
+
+#[test]
+fn nginx_proxy_64mib_remedy_on() {
+    nginx_proxy_fetch(VerdictRemedy::On);
+}
+
+/// Evidence, not a guard: on kernels with the regression (6.18.44 here)
+/// this stalls until curl's 60 s limit. Run with `--run-ignored only`.
+#[test]
+#[ignore = "stalls for 60 s on kernels with the sockmap FIONREAD regression"]
+fn nginx_proxy_64mib_remedy_off() {
+    nginx_proxy_fetch(VerdictRemedy::Off);
+}
+
+/// The agent's default (`VerdictRemedy::Auto`): what users get.
+#[test]
+fn nginx_64mib_default_config() {
+    for flow in ALL_FLOWS {
+        nginx_fetch(VerdictRemedy::Auto, NginxSend::Sendfile, flow);
+    }
+}
+
+#[test]
+fn nginx_64mib_default_config_write_path() {
+    for flow in ALL_FLOWS {
+        nginx_fetch(VerdictRemedy::Auto, NginxSend::Write, flow);
+    }
+}
+
+/// The remedy, when attached, must never break a transfer.
+#[test]
+fn nginx_64mib_remedy_on() {
+    for flow in ALL_FLOWS {
+        nginx_fetch(VerdictRemedy::On, NginxSend::Sendfile, flow);
+    }
+}
+
+#[test]
+fn nginx_64mib_remedy_off() {
+    for flow in ALL_FLOWS {
+        nginx_fetch(VerdictRemedy::Off, NginxSend::Sendfile, flow);
+    }
+    for flow in ALL_FLOWS {
+        nginx_fetch(VerdictRemedy::Off, NginxSend::Write, flow);
+    }
+}
+
+// ------------------------------------------------- TCP path visibility ---
+
+/// What a reader in a meshed pod sees of bytes that reach its (sockhash)
+/// socket through the TCP stack, before it reads any.
+#[derive(Debug)]
+struct Visibility {
+    /// poll(POLLIN) reported the socket readable within the limit.
+    poll_readable: bool,
+    /// ioctl(FIONREAD) once every byte has arrived.
+    fionread: i32,
+}
+
+const VISIBLE_LEN: usize = 100_000;
+
+fn tcp_path_visibility(remedy: VerdictRemedy) -> Visibility {
+    let s = Setup::with_unmeshed_pod(NodeOptions {
+        verdict_remedy: remedy,
+        ..Default::default()
+    });
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let (addr, server) = serve_one(s.unmeshed(), s.any_port(), move |mut st| {
+        write_all_by(&mut st, &payload(VISIBLE_LEN, 9), Instant::now() + LIMIT).expect("write");
+        let _ = release_rx.recv_timeout(LIMIT);
+    });
+    let to: SocketAddr = (s.unmeshed().ip4, addr.port()).into();
+    let before = SpliceCounters::read(&s.node);
+    let (vis, got) =
+        s.a.run(move || {
+            use std::os::fd::AsRawFd;
+            let mut st = connect(to);
+            let mut fds = [nix::poll::PollFd::new(
+                std::os::fd::AsFd::as_fd(&st),
+                nix::poll::PollFlags::POLLIN,
+            )];
+            let n = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(5000u16)).expect("poll");
+            std::thread::sleep(Duration::from_millis(300));
+            let mut avail: libc::c_int = -1;
+            // SAFETY: FIONREAD writes one int.
+            let rc = unsafe { libc::ioctl(st.as_raw_fd(), libc::FIONREAD, &mut avail) };
+            assert_eq!(rc, 0, "FIONREAD failed");
+            let got = read_exact_by(&mut st, VISIBLE_LEN, Instant::now() + LIMIT);
+            (
+                Visibility {
+                    poll_readable: n == 1,
+                    fionread: avail,
+                },
+                got,
+            )
+        })
+        .expect("entering pod a");
+    let _ = release_tx.send(());
+    server.join().expect("server");
+    let d = SpliceCounters::since(&s.node, &before);
+    assert!(
+        d.sockets_inserted >= 1,
+        "the reader's socket was not in the sockhash: {d:?}"
+    );
+    assert!(got == payload(VISIBLE_LEN, 9), "bytes differ");
+    eprintln!("remedy {remedy:?}: {vis:?}");
+    vis
+}
+
+/// What users get (`VerdictRemedy::Auto`): bytes that came by TCP are
+/// seen by poll and counted by FIONREAD.
+#[test]
+fn tcp_path_bytes_visible_default_config() {
+    let v = tcp_path_visibility(VerdictRemedy::Auto);
+    assert!(v.poll_readable, "poll did not see the bytes: {v:?}");
+    assert_eq!(v.fionread as usize, VISIBLE_LEN, "FIONREAD: {v:?}");
+}
+
+/// The remedy, when attached, makes TCP-path bytes visible.
+#[test]
+fn tcp_path_bytes_visible_remedy_on() {
+    let v = tcp_path_visibility(VerdictRemedy::On);
+    assert!(v.poll_readable, "poll did not see the bytes: {v:?}");
+    assert_eq!(v.fionread as usize, VISIBLE_LEN, "FIONREAD: {v:?}");
+}
+
+/// Without the remedy, this kernel shows whether it has the regression
+/// (FIONREAD 0 with bytes queued); the Auto rule
+/// (`probe::kernel_needs_verdict_remedy`) must agree with what it shows.
+#[test]
+fn auto_remedy_rule_matches_this_kernel() {
+    let v = tcp_path_visibility(VerdictRemedy::Off);
+    assert!(v.poll_readable, "poll did not see the bytes: {v:?}");
+    let broken = v.fionread as usize != VISIBLE_LEN;
+    let rule = meshlane::probe::kernel_needs_verdict_remedy();
+    assert_eq!(
+        broken,
+        rule,
+        "kernel {}: without the remedy FIONREAD reads {} of {VISIBLE_LEN} queued bytes, \
+         but the Auto rule says the remedy is {}needed",
+        meshlane::probe::kernel_release(),
+        v.fionread,
+        if rule { "" } else { "not " }
+    );
+}
