@@ -365,3 +365,25 @@ pub fn dns_tcp(pod: &Pod, server: SocketAddr) -> Result<(String, SocketAddr), St
     })
     .expect("entering pod")
 }
+
+/// Connected UDP (what glibc's resolver does): connect, send, recv;
+/// returns the reply and getpeername.
+pub fn dns_udp_connected(pod: &Pod, server: SocketAddr) -> Result<(String, SocketAddr), String> {
+    pod.run(move || {
+        let bind: SocketAddr = if server.is_ipv4() {
+            "0.0.0.0:0".parse().unwrap()
+        } else {
+            "[::]:0".parse().unwrap()
+        };
+        let u = UdpSocket::bind(bind).map_err(|e| e.to_string())?;
+        u.set_read_timeout(Some(Duration::from_secs(3)))
+            .map_err(|e| e.to_string())?;
+        u.connect(server).map_err(|e| format!("connect: {e}"))?;
+        let peer = u.peer_addr().map_err(|e| format!("getpeername: {e}"))?;
+        u.send(b"c").map_err(|e| format!("send: {e}"))?;
+        let mut buf = [0u8; 512];
+        let n = u.recv(&mut buf).map_err(|e| format!("recv: {e}"))?;
+        Ok((String::from_utf8_lossy(&buf[..n]).into_owned(), peer))
+    })
+    .expect("entering pod")
+}
