@@ -40,6 +40,12 @@ fn basic() -> Case {
                 VIA_BOTH,
                 "server peer 127.0.0.6 local B:8080, app getpeername B:8080",
             ),
+            // the same through an AF_INET6 socket (v4-mapped address)
+            e(
+                Probe::new(A, Host::PodV4Mapped(B), 8080),
+                VIA_BOTH,
+                "server peer 127.0.0.6 local B:8080, app getpeername B:8080",
+            ),
             // outbound 15020 is never captured, inbound neither
             e(
                 Probe::new(A, Host::Pod(B), 15020),

@@ -201,6 +201,7 @@ impl World {
         let ip: IpAddr = match t.host {
             Host::Pod(p) if self.ipv6 => IpAddr::V6(self.pod(p).ip6.expect("pod has IPv6")),
             Host::Pod(p) => IpAddr::V4(self.pod(p).ip4),
+            Host::PodV4Mapped(p) => IpAddr::V6(self.pod(p).ip4.to_ipv6_mapped()),
             Host::Ip(s) => s.parse().expect("literal address"),
         };
         SocketAddr::new(ip, t.port)
@@ -263,6 +264,8 @@ pub enum PodName {
 #[derive(Debug, Clone, Copy)]
 pub enum Host {
     Pod(PodName),
+    /// The pod's IPv4 address as ::ffff:a.b.c.d (an AF_INET6 socket).
+    PodV4Mapped(PodName),
     Ip(&'static str),
 }
 
@@ -287,6 +290,7 @@ impl Probe {
             "{from:?} -> {}:{port}",
             match host {
                 Host::Pod(p) => format!("{p:?}"),
+                Host::PodV4Mapped(p) => format!("::ffff:{p:?}"),
                 Host::Ip(s) => s.to_string(),
             }
         );
