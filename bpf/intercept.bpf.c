@@ -15,6 +15,8 @@
  *                      sockets meshlane redirected or steered; every other
  *                      call returns at once, optlen untouched.
  *   ml_getpeername4/6  the app sees the address it connected to.
+ *   ml_getsockname6    the proxy sees the original destination as the local
+ *                      address of a redirected AF_INET6 socket (HAProxy).
  *   ml_sendmsg4/6, ml_recvmsg4/6  DNS capture for unconnected UDP.
  *   ml_inbound_lookup  (sk_lookup, one link per pod netns) assigns inbound
  *                      TCP to the pod's IP to the proxy's inbound listener.
@@ -445,6 +447,41 @@ SEC("cgroup/getpeername6")
 int ml_getpeername6(struct bpf_sock_addr *ctx)
 {
 	restore_peer(ctx, 1);
+	return 1;
+}
+
+/* For proxies that read the original destination with getsockname on
+ * AF_INET6 sockets (HAProxy asks SO_ORIGINAL_DST only on AF_INET ones, so
+ * an outbound connection meshlane redirected to [::1]:15001 would be
+ * forwarded to the proxy itself): the pod's proxy, and nobody else, sees
+ * the original destination as the local address of a redirected socket.
+ * Steered inbound sockets need nothing: their local address already is
+ * the original destination. Reads ml_orig_by_tuple (written by sockops). */
+SEC("cgroup/getsockname6")
+int ml_getsockname6(struct bpf_sock_addr *ctx)
+{
+	struct ml_sock_key k = {};
+	struct ml_orig_dst *o;
+	struct bpf_sock *sk = ctx->sk;
+	struct ml_pod *pod;
+
+	if (!sk || ML_RD(sk->protocol) != IPPROTO_TCP)
+		return 1;
+	k.netns = bpf_get_netns_cookie(ctx);
+	pod = intercepted_pod(k.netns);
+	if (!pod || !is_proxy(pod))
+		return 1;
+	sock_addrs(sk, &k.local, &k.remote);
+	k.local_port = (__u16)ML_RD(sk->src_port);
+	k.remote_port = bpf_ntohs((__u16)ML_RD(sk->dst_port));
+	o = bpf_map_lookup_elem(&ml_orig_by_tuple, &k);
+	if (!o || o->netns != k.netns || !(o->flags & ML_ORIG_REDIRECTED))
+		return 1;
+	ctx->user_ip6[0] = o->addr.a[0];
+	ctx->user_ip6[1] = o->addr.a[1];
+	ctx->user_ip6[2] = o->addr.a[2];
+	ctx->user_ip6[3] = o->addr.a[3];
+	ctx->user_port = bpf_htons(o->port);
 	return 1;
 }
 

@@ -141,13 +141,14 @@ fn prepare_maps(obj: &mut OpenObject, layout: &PinLayout, size: u32) -> Result<(
 }
 
 /// Link pins of the interception hooks on the cgroup (program names).
-const INTERCEPT_LINKS: [&str; 10] = [
+const INTERCEPT_LINKS: [&str; 11] = [
     "ml_intercept_sockops",
     "ml_connect4",
     "ml_connect6",
     "ml_getsockopt",
     "ml_getpeername4",
     "ml_getpeername6",
+    "ml_getsockname6",
     "ml_sendmsg4",
     "ml_sendmsg6",
     "ml_recvmsg4",
@@ -425,6 +426,7 @@ fn install_inner(
             &progs.ml_getsockopt,
             &progs.ml_getpeername4,
             &progs.ml_getpeername6,
+            &progs.ml_getsockname6,
             &progs.ml_sendmsg4,
             &progs.ml_sendmsg6,
             &progs.ml_recvmsg4,

@@ -1,26 +1,28 @@
 //! IPv6 paths that have no iptables reference to compare with: HAProxy as
-//! the inbound sidecar of an IPv6 pod (sk_lookup keeps the original
-//! destination as the local address, which is all HAProxy reads for IPv6;
-//! after an ip6tables REDIRECT it would forward to itself), and DNS capture
-//! over IPv6 (no IPv6 DNS golden exists).
+//! the sidecar of IPv6 pods (it reads the original destination of an
+//! AF_INET6 socket with getsockname only: inbound, sk_lookup keeps it as the
+//! local address; outbound, meshlane's getsockname6 hook shows it to the
+//! proxy; after an ip6tables REDIRECT HAProxy would forward to itself), and
+//! DNS capture over IPv6 (no IPv6 DNS golden exists).
 mod conformance;
 
 use conformance::require_root_env;
 use conformance::world::{Host, Interception, Meshing, PodName, Probe, World};
 use meshlane::sim::{Node, NodeOptions, SidecarMode};
 
-fn haproxy_inbound(mode: SidecarMode) {
+fn haproxy_ipv6(mode: SidecarMode) {
     require_root_env();
     let mut node = Node::new(NodeOptions {
         ipv6: true,
         ..Default::default()
     })
     .unwrap();
+    let a = Meshing::istio_default("a");
     let b = Meshing::istio_default("b");
     let mut w = World::new(
         &mut node,
         Interception::Meshlane,
-        None,
+        Some(&a),
         Some(&b),
         mode.into(),
     );
@@ -41,20 +43,20 @@ fn haproxy_inbound(mode: SidecarMode) {
         seen,
         vec![
             "C -> B:8080 [B.inbound] server peer ::6 local B6:8080, app getpeername B6:8080",
-            "A -> B:8080 [B.inbound] server peer ::6 local B6:8080, app getpeername B6:8080",
+            "A -> B:8080 [A.outbound,B.inbound] server peer ::6 local B6:8080, app getpeername B6:8080",
             "C -> B:15021 [] server peer C6 local B6:15021, app getpeername B6:15021",
         ]
     );
 }
 
 #[test]
-fn haproxy_ipv6_inbound_tcp() {
-    haproxy_inbound(SidecarMode::Tcp);
+fn haproxy_ipv6_tcp() {
+    haproxy_ipv6(SidecarMode::Tcp);
 }
 
 #[test]
-fn haproxy_ipv6_inbound_http() {
-    haproxy_inbound(SidecarMode::Http);
+fn haproxy_ipv6_http() {
+    haproxy_ipv6(SidecarMode::Http);
 }
 
 #[test]
