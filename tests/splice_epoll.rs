@@ -185,29 +185,42 @@ fn curl_fetch(
     (took, d)
 }
 
+/// Where the proxy's backend runs.
+#[derive(Debug, Clone, Copy)]
+enum Backend {
+    /// The unmeshed pod `c`: the proxy's upstream socket is in the sockhash
+    /// with no peer, so the 64 MiB reach it through the TCP stack, and
+    /// nginx sizes its reads with FIONREAD: the case the stable-kernel
+    /// regression stalls.
+    Unmeshed,
+    /// Meshed pod `b` (curl's pod): both hops are spliced.
+    Meshed,
+}
+
 /// A sidecar-like proxy: nginx in meshed pod `a` proxies to an nginx file
-/// server in the unmeshed pod `c`; curl in meshed pod `b` fetches through
-/// it. The proxy's upstream socket is in the sockhash with no peer, so the
-/// 64 MiB reach it through the TCP stack, and nginx sizes its reads with
-/// FIONREAD: the case the stable-kernel regression stalls.
-fn nginx_proxy_fetch(remedy: VerdictRemedy) -> Duration {
+/// server (see [`Backend`]); curl in meshed pod `b` fetches through it.
+fn nginx_proxy_fetch(remedy: VerdictRemedy, backend_at: Backend) -> Duration {
     const PROXY_PORT: u16 = 8081;
     let s = Setup::with_unmeshed_pod(NodeOptions {
         verdict_remedy: remedy,
         ..Default::default()
     });
-    let backend = Nginx::start(s.unmeshed(), NGINX_PORT, NginxSend::Sendfile)
+    let (backend_pod, hops) = match backend_at {
+        Backend::Unmeshed => (s.unmeshed(), 1),
+        Backend::Meshed => (&s.b, 2),
+    };
+    let backend = Nginx::start(backend_pod, NGINX_PORT, NginxSend::Sendfile)
         .expect("starting the backend nginx");
     let pattern = Pattern::new(0x3c);
     write_big_file(&backend.docroot().join(NGINX_FILE), &pattern);
-    let upstream = SocketAddr::new(s.unmeshed().ip4.into(), NGINX_PORT);
+    let upstream = SocketAddr::new(backend_pod.ip4.into(), NGINX_PORT);
     let proxy = Nginx::start_proxy(&s.a, PROXY_PORT, upstream).expect("starting the proxy");
     let url = format!("http://{}:{PROXY_PORT}/{NGINX_FILE}", s.a.ip4);
-    let label = format!("nginx proxy, remedy {remedy:?}");
+    let label = format!("nginx proxy, {backend_at:?} backend, remedy {remedy:?}");
     let (took, d) = curl_fetch(&s.node, &s.b, &url, &pattern, &label, &[&proxy, &backend]);
     assert!(
-        d.bytes_spliced >= NGINX_FILE_LEN,
-        "{label}: the proxy's response to curl was not spliced: {d:?}"
+        d.bytes_spliced >= hops * NGINX_FILE_LEN,
+        "{label}: {hops} hop(s) should be spliced: {d:?}"
     );
     drop(proxy);
     drop(backend);
@@ -217,12 +230,21 @@ fn nginx_proxy_fetch(remedy: VerdictRemedy) -> Duration {
 
 #[test]
 fn nginx_proxy_64mib_default_config() {
-    nginx_proxy_fetch(VerdictRemedy::Auto);
+    nginx_proxy_fetch(VerdictRemedy::Auto, Backend::Unmeshed);
+    nginx_proxy_fetch(VerdictRemedy::Auto, Backend::Meshed);
 }
 
 #[test]
 fn nginx_proxy_64mib_remedy_on() {
-    nginx_proxy_fetch(VerdictRemedy::On);
+    nginx_proxy_fetch(VerdictRemedy::On, Backend::Unmeshed);
+    nginx_proxy_fetch(VerdictRemedy::On, Backend::Meshed);
+}
+
+/// Without the remedy, a proxy whose upstream is spliced does not depend
+/// on TCP-path bytes, so it must not stall on any kernel.
+#[test]
+fn nginx_proxy_64mib_remedy_off_meshed_backend() {
+    nginx_proxy_fetch(VerdictRemedy::Off, Backend::Meshed);
 }
 
 /// Evidence, not a guard: on kernels with the regression (6.18.44 here)
@@ -230,7 +252,7 @@ fn nginx_proxy_64mib_remedy_on() {
 #[test]
 #[ignore = "stalls for 60 s on kernels with the sockmap FIONREAD regression"]
 fn nginx_proxy_64mib_remedy_off() {
-    nginx_proxy_fetch(VerdictRemedy::Off);
+    nginx_proxy_fetch(VerdictRemedy::Off, Backend::Unmeshed);
 }
 
 /// The agent's default (`VerdictRemedy::Auto`): what users get.
@@ -274,43 +296,45 @@ fn nginx_64mib_remedy_off() {
 struct Visibility {
     /// poll(POLLIN) reported the socket readable within the limit.
     poll_readable: bool,
-    /// ioctl(FIONREAD) once every byte has arrived.
+    /// ioctl(FIONREAD) once the sender saw every byte acknowledged.
     fionread: i32,
 }
 
-const VISIBLE_LEN: usize = 100_000;
+/// Small enough to fit the receiver's initial window.
+const VISIBLE_LEN: usize = 32 * 1024;
 
 fn tcp_path_visibility(remedy: VerdictRemedy) -> Visibility {
     let s = Setup::with_unmeshed_pod(NodeOptions {
         verdict_remedy: remedy,
         ..Default::default()
     });
+    let (arrived_tx, arrived_rx) = std::sync::mpsc::channel::<()>();
     let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
     let (addr, server) = serve_one(s.unmeshed(), s.any_port(), move |mut st| {
         write_all_by(&mut st, &payload(VISIBLE_LEN, 9), Instant::now() + LIMIT).expect("write");
+        wait_all_acked(&st);
+        arrived_tx.send(()).expect("reporting arrival");
         let _ = release_rx.recv_timeout(LIMIT);
     });
     let to: SocketAddr = (s.unmeshed().ip4, addr.port()).into();
     let before = SpliceCounters::read(&s.node);
     let (vis, got) =
         s.a.run(move || {
-            use std::os::fd::AsRawFd;
             let mut st = connect(to);
             let mut fds = [nix::poll::PollFd::new(
                 std::os::fd::AsFd::as_fd(&st),
                 nix::poll::PollFlags::POLLIN,
             )];
             let n = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(5000u16)).expect("poll");
-            std::thread::sleep(Duration::from_millis(300));
-            let mut avail: libc::c_int = -1;
-            // SAFETY: FIONREAD writes one int.
-            let rc = unsafe { libc::ioctl(st.as_raw_fd(), libc::FIONREAD, &mut avail) };
-            assert_eq!(rc, 0, "FIONREAD failed");
+            arrived_rx
+                .recv_timeout(LIMIT)
+                .expect("the server's bytes were never acked");
+            let fionread = bytes_readable(&st);
             let got = read_exact_by(&mut st, VISIBLE_LEN, Instant::now() + LIMIT);
             (
                 Visibility {
                     poll_readable: n == 1,
-                    fionread: avail,
+                    fionread,
                 },
                 got,
             )
@@ -326,6 +350,34 @@ fn tcp_path_visibility(remedy: VerdictRemedy) -> Visibility {
     assert!(got == payload(VISIBLE_LEN, 9), "bytes differ");
     eprintln!("remedy {remedy:?}: {vis:?}");
     vis
+}
+
+/// Waits until the peer has acknowledged every byte sent on `st` (they are
+/// then in the peer's receive queue).
+fn wait_all_acked(st: &std::net::TcpStream) {
+    use std::os::fd::AsRawFd;
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let mut unacked: libc::c_int = -1;
+        // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one int.
+        let rc = unsafe { libc::ioctl(st.as_raw_fd(), libc::TIOCOUTQ, &mut unacked) };
+        assert_eq!(rc, 0, "SIOCOUTQ failed");
+        if unacked == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{unacked} bytes never acked");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// ioctl(FIONREAD): bytes the kernel says are ready to read.
+fn bytes_readable(st: &std::net::TcpStream) -> i32 {
+    use std::os::fd::AsRawFd;
+    let mut avail: libc::c_int = -1;
+    // SAFETY: FIONREAD writes one int.
+    let rc = unsafe { libc::ioctl(st.as_raw_fd(), libc::FIONREAD, &mut avail) };
+    assert_eq!(rc, 0, "FIONREAD failed");
+    avail
 }
 
 /// What users get (`VerdictRemedy::Auto`): bytes that came by TCP are
