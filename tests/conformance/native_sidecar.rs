@@ -51,14 +51,19 @@ impl NativeSidecar {
         }
     }
 
-    /// Starts the four listeners in `pod` as `uid`/`gid`.
+    /// Starts the four listeners in `pod` as `uid`/`gid` on Istio's ports.
     pub fn start(pod: &Pod, uid: u32, gid: u32) -> Self {
+        Self::start_on(pod, uid, gid, 15001, 15006)
+    }
+
+    /// Starts the listeners on `outbound_port` and `inbound_port`.
+    pub fn start_on(pod: &Pod, uid: u32, gid: u32, outbound_port: u16, inbound_port: u16) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let outbound = Arc::new(AtomicU64::new(0));
         let inbound = Arc::new(AtomicU64::new(0));
         let (tx, rx) = std::sync::mpsc::channel::<Result<(), String>>();
         let mut threads = Vec::new();
-        for (port, is_inbound) in [(15001u16, false), (15006u16, true)] {
+        for (port, is_inbound) in [(outbound_port, false), (inbound_port, true)] {
             for v6 in [false, true] {
                 let (stop, tx) = (stop.clone(), tx.clone());
                 let count = if is_inbound {
