@@ -1,7 +1,9 @@
 //! Issue 3 conformance: for each istio-iptables golden (default, include/
-//! exclude ports, include/exclude IP ranges, custom uid), IPv4, HAProxy
-//! sidecars in tcp and in http mode, meshlane's eBPF interception routes
-//! every probe connection exactly like the golden rules do.
+//! exclude ports, include/exclude IP ranges, custom uid, status ports, DNS,
+//! IPv6 inbound/outbound ports), HAProxy sidecars in tcp and in http mode
+//! (and an Envoy-like sidecar where HAProxy cannot follow ip6tables),
+//! meshlane's eBPF interception routes every probe connection exactly like
+//! the golden rules do.
 mod conformance;
 
 use conformance::world::{Host, Meshing, PodName::*, Probe, SidecarKind};
@@ -359,4 +361,63 @@ fn ipv6_ports_native_sidecar() {
 #[test]
 fn basic_native_sidecar() {
     run(&basic(), SidecarKind::Native);
+}
+
+/// cni-plugin_status-ports: excludeInboundPorts=22 (next to the status
+/// ports Istio always leaves alone).
+fn status_ports() -> Case {
+    let m = |name: &str| {
+        let mut spec = PodSpec::istio(name);
+        spec.exclude_inbound_ports = "22".into();
+        Meshing {
+            golden: "cni-plugin_status-ports.txt.golden",
+            spec,
+            uid: 1337,
+            gid: 1337,
+        }
+    };
+    Case {
+        name: "status-ports",
+        ipv6: false,
+        a: Some(m("a")),
+        b: Some(m("b")),
+        servers: vec![(B, 22), (B, 8080), (B, 15020)],
+        expect: vec![
+            e(
+                Probe::new(C, Host::Pod(B), 22),
+                &[],
+                "server peer C local B:22",
+            ),
+            e(
+                Probe::new(C, Host::Pod(B), 15020),
+                &[],
+                "server peer C local B:15020",
+            ),
+            e(
+                Probe::new(C, Host::Pod(B), 8080),
+                &["B.inbound"],
+                "server peer 127.0.0.6 local B:8080",
+            ),
+            e(
+                Probe::new(A, Host::Pod(B), 22),
+                &["A.outbound"],
+                "server peer A local B:22",
+            ),
+            e(
+                Probe::new(A, Host::Pod(B), 8080),
+                VIA_BOTH,
+                "server peer 127.0.0.6 local B:8080",
+            ),
+        ],
+    }
+}
+
+#[test]
+fn status_ports_tcp() {
+    run(&status_ports(), SidecarMode::Tcp);
+}
+
+#[test]
+fn status_ports_http() {
+    run(&status_ports(), SidecarMode::Http);
 }
