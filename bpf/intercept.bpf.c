@@ -5,8 +5,9 @@
  *
  * Programs (all cgroup v2 except sk_lookup):
  *   ml_connect4/6      outbound TCP connects of meshed, non-proxy processes
- *                      go to the proxy's outbound port on loopback; the
- *                      original destination is kept by socket cookie.
+ *                      go to the proxy's outbound port on loopback (the
+ *                      proxy calling its own pod goes to its inbound port);
+ *                      the original destination is kept by socket cookie.
  *                      Opt-in DNS capture sends port 53 to the DNS proxy.
  *   ml_intercept_sockops  moves a redirected socket's original destination
  *                      to the key the proxy's accepted socket has; registers
@@ -21,8 +22,14 @@
  *   ml_inbound_lookup  (sk_lookup, one link per pod netns) assigns inbound
  *                      TCP to the pod's IP to the proxy's inbound listener.
  *
- * Decisions follow Istio's istio-iptables rule order; see
- * docs/ARCHITECTURE.md#interception for the mapping to the golden rules.
+ * Maps: writes ml_orig_by_cookie (connect, sendmsg; sockops deletes at
+ * close), ml_orig_by_tuple (sockops, sk_lookup; sockops deletes at close)
+ * and ml_listeners (sockops); reads ml_pods and ml_pod_ips (written by
+ * `meshlane pod add/rm`), ml_counters is bumped everywhere.
+ *
+ * Decisions follow Istio's istio-iptables rule order, rule by rule (see
+ * outbound_verdict() and inbound_exempt_port()); tests/intercept_conformance.rs
+ * runs each golden in fixtures/istio/iptables against these programs.
  */
 #include "maps.h"
 
