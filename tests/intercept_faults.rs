@@ -250,8 +250,8 @@ fn wait_cgroup_detached(cgroup: &std::path::Path) {
     }
 }
 
-/// Uninstall while a connection through the sidecar is open: it keeps
-/// working to the end, and new connections go direct.
+/// `meshlane uninstall` while a connection through the sidecar is open: it
+/// keeps working to the end, and new connections go direct.
 #[test]
 fn uninstall_while_traffic_flows() {
     require_root_env();
@@ -309,9 +309,19 @@ fn uninstall_while_traffic_flows() {
         "the long connection is intercepted"
     );
 
-    let removed = node.uninstall().unwrap();
-    assert!(removed > 0, "uninstall removed nothing");
+    let out = meshlane_bin()
+        .arg("--pin-root")
+        .arg(node.layout.root())
+        .arg("uninstall")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "meshlane uninstall: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!node.layout.link("ml_connect4").exists());
+    assert!(!node.layout.map("ml_pods").exists());
     wait_cgroup_detached(node.cgroup.path());
     go_tx.send(()).unwrap();
     assert_eq!(client.join().unwrap(), b"after uninstall, same connection");
