@@ -13,8 +13,7 @@ use serde::Serialize;
 use super::error::{BenchError, Result};
 
 /// A data path under test.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Mode {
     /// No mesh: the app talks to the server pod directly.
     Direct,
@@ -64,8 +63,7 @@ impl Mode {
 }
 
 /// A traffic pattern.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Workload {
     /// TCP ping-pong on one connection, 64 B / 1 KiB / 16 KiB messages.
     Rtt64,
@@ -132,8 +130,7 @@ impl Workload {
 }
 
 /// Where the server is relative to the client.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Placement {
     /// Client and server pods on one node, a sidecar in each.
     SameNode,
@@ -177,6 +174,14 @@ macro_rules! parse_by_name {
                             known.join(", ")
                         ))
                     })
+            }
+        }
+        impl Serialize for $t {
+            fn serialize<S: serde::Serializer>(
+                &self,
+                s: S,
+            ) -> std::result::Result<S::Ok, S::Error> {
+                s.serialize_str(self.name())
             }
         }
         impl fmt::Display for $t {

@@ -169,11 +169,7 @@ pub fn cdf(r: &Report, w: Workload, p: Placement) -> Option<String> {
 
 /// Grouped bars: one group per label, one bar per mode, with the min-max
 /// range of the rounds as a whisker.
-pub fn bars(
-    title: &str,
-    unit: &str,
-    groups: &[Group],
-) -> Option<String> {
+pub fn bars(title: &str, unit: &str, groups: &[Group]) -> Option<String> {
     let groups: Vec<_> = groups.iter().filter(|g| !g.1.is_empty()).collect();
     if groups.is_empty() {
         return None;

@@ -59,8 +59,17 @@ fn pinned<T: Send>(cpu: Option<usize>, f: impl FnOnce() -> T + Send) -> Result<T
 }
 
 /// Sysctls every pod gets so the connection-rate workload never runs out of
-/// ports (TIME_WAIT) in a long run.
-fn tune_pod(pod: &Pod) -> Result<()> {
+/// ports (TIME_WAIT) in a long run; with two nodes, a route to the other
+/// node's pods through the pod's own bridge gateway.
+fn tune_pod(pod: &Pod, gateway: Option<Ipv4Addr>) -> Result<()> {
+    if let Some(gw) = gateway {
+        let gw = gw.to_string();
+        pod.exec(&["ip", "route", "add", "10.201.0.0/16", "via", &gw])
+            .map_err(BenchError::setup_anyhow(format!(
+                "route to node B from {}",
+                pod.name
+            )))?;
+    }
     for kv in [
         "net.ipv4.ip_local_port_range=10000 65000",
         "net.ipv4.tcp_tw_reuse=1",
@@ -137,7 +146,12 @@ impl Testbed {
             .chain(set.remote.iter().map(|p| (p, true)))
             .collect();
         for &(pod, on_b) in &pods {
-            tune_pod(pod)?;
+            let gateway = match (&self.peer, on_b) {
+                (None, _) => None,
+                (Some(p), true) => Some(p.subnet.v4_gateway()),
+                (Some(_), false) => Some(self.node.subnet.v4_gateway()),
+            };
+            tune_pod(pod, gateway)?;
             match mode {
                 Mode::Iptables | Mode::Accelerate => {
                     sim::iptables::apply_golden(pod, ISTIO_RULES).map_err(
