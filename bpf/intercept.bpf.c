@@ -19,11 +19,12 @@
  *   ml_getsockname6    the proxy sees the original destination as the local
  *                      address of a redirected AF_INET6 socket (HAProxy).
  *   ml_sendmsg4/6, ml_recvmsg4/6  DNS capture for unconnected UDP.
+ *   ml_sock_release    forgets a closed socket's original destination.
  *   ml_inbound_lookup  (sk_lookup, one link per pod netns) assigns inbound
  *                      TCP to the pod's IP to the proxy's inbound listener.
  *
- * Maps: writes ml_orig_by_cookie (connect, sendmsg; sockops deletes at
- * close), ml_orig_by_tuple (sockops, sk_lookup; sockops deletes at close)
+ * Maps: writes ml_orig_by_cookie (connect, sendmsg; sockops and
+ * sock_release delete), ml_orig_by_tuple (sockops, sk_lookup; sockops deletes at close)
  * and ml_listeners (sockops); reads ml_pods and ml_pod_ips (written by
  * `meshlane pod add/rm`), ml_counters is bumped everywhere.
  *
@@ -489,6 +490,18 @@ int ml_getsockname6(struct bpf_sock_addr *ctx)
 	ctx->user_ip6[2] = o->addr.a[2];
 	ctx->user_ip6[3] = o->addr.a[3];
 	ctx->user_port = bpf_htons(o->port);
+	return 1;
+}
+
+/* Any socket of the cgroup going away: forget its original destination.
+ * Covers what the TCP close callback cannot see (UDP DNS sockets, connects
+ * that never established). Deletes from ml_orig_by_cookie. */
+SEC("cgroup/sock_release")
+int ml_sock_release(struct bpf_sock *sk)
+{
+	__u64 cookie = bpf_get_socket_cookie(sk);
+
+	bpf_map_delete_elem(&ml_orig_by_cookie, &cookie);
 	return 1;
 }
 

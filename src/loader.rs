@@ -141,7 +141,7 @@ fn prepare_maps(obj: &mut OpenObject, layout: &PinLayout, size: u32) -> Result<(
 }
 
 /// Link pins of the interception hooks on the cgroup (program names).
-const INTERCEPT_LINKS: [&str; 11] = [
+const INTERCEPT_LINKS: [&str; 12] = [
     "ml_intercept_sockops",
     "ml_connect4",
     "ml_connect6",
@@ -153,6 +153,7 @@ const INTERCEPT_LINKS: [&str; 11] = [
     "ml_sendmsg6",
     "ml_recvmsg4",
     "ml_recvmsg6",
+    "ml_sock_release",
 ];
 
 /// The cgroup id of a cgroup v2 directory (its inode number).
@@ -431,6 +432,7 @@ fn install_inner(
             &progs.ml_sendmsg6,
             &progs.ml_recvmsg4,
             &progs.ml_recvmsg6,
+            &progs.ml_sock_release,
         ]
     } else {
         Vec::new()
