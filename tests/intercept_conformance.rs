@@ -83,7 +83,7 @@ fn basic() -> Case {
             ),
             // a process running as the proxy uid is not captured
             e(
-                Probe::new(A, Host::Pod(B), 8080).as_ids(1337, 1337),
+                Probe::new(A, Host::Pod(B), 8080).run_as(1337, 1337),
                 &["B.inbound"],
                 "server peer 127.0.0.6 local B:8080",
             ),
@@ -255,18 +255,18 @@ fn custom_uid() -> Case {
             ),
             // 1337 is an ordinary user in this pod
             e(
-                Probe::new(A, Host::Pod(B), 8080).as_ids(1337, 1337),
+                Probe::new(A, Host::Pod(B), 8080).run_as(1337, 1337),
                 VIA_BOTH,
                 "server peer 127.0.0.6 local B:8080",
             ),
             // the proxy gid alone exempts
             e(
-                Probe::new(A, Host::Pod(B), 8080).as_ids(0, 1000670001),
+                Probe::new(A, Host::Pod(B), 8080).run_as(0, 1000670001),
                 &["B.inbound"],
                 "server peer 127.0.0.6 local B:8080",
             ),
             e(
-                Probe::new(A, Host::Pod(B), 8080).as_ids(1000670000, 0),
+                Probe::new(A, Host::Pod(B), 8080).run_as(1000670000, 0),
                 &["B.inbound"],
                 "server peer 127.0.0.6 local B:8080",
             ),

@@ -302,7 +302,7 @@ impl Probe {
         }
     }
 
-    pub fn as_ids(mut self, uid: u32, gid: u32) -> Self {
+    pub fn run_as(mut self, uid: u32, gid: u32) -> Self {
         self.who.ids = Some((uid, gid));
         self.label = format!("{} as {uid}:{gid}", self.label);
         self
