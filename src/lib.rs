@@ -8,6 +8,7 @@
 //! - [`loader`]: load, attach or adopt, pin; uninstall
 //! - [`pods`]: the pod registry (netns cookie -> settings)
 //! - [`iptables`]: finds istio-init nat rules in a pod's netns
+//! - [`pod_listener`]: adopts a proxy listener opened before its pod was registered
 //! - [`status`]: programs, links, pods, map fill and counters
 //! - [`agent`]: the long-running node agent
 pub mod abi;
@@ -19,6 +20,7 @@ pub mod iptables;
 pub mod layout;
 pub mod loader;
 pub mod netns;
+pub mod pod_listener;
 pub mod pods;
 pub mod probe;
 #[cfg(feature = "sim")]

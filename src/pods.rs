@@ -61,6 +61,11 @@ pub enum PodError {
         pod: String,
         source: crate::iptables::IptablesError,
     },
+    #[error("pod {pod}: {source}")]
+    Listener {
+        pod: String,
+        source: crate::pod_listener::ListenerError,
+    },
     #[error("attaching the inbound sk_lookup program to {netns}: {source}")]
     Attach {
         netns: PathBuf,
@@ -404,7 +409,8 @@ impl Registry {
 
         let want_link = spec.mode == PodMode::Intercept;
         let link_path = self.layout.pod_link(info.cookie);
-        if want_link && !link_path.exists() {
+        let made_link = want_link && !link_path.exists();
+        if made_link {
             if let Err(e) = attach_sk_lookup(&self.layout, netns_path, &link_path) {
                 undo_ips(&written_ips);
                 return Err(e);
@@ -413,12 +419,31 @@ impl Registry {
         if !want_link && link_path.exists() {
             let _ = std::fs::remove_file(&link_path);
         }
+        // A proxy listening already (pod registered after it started): its
+        // listener must be known before sk_lookup starts steering.
+        if want_link {
+            if let Err(e) = crate::pod_listener::adopt(
+                &self.layout,
+                netns_path,
+                info.cookie,
+                record.inbound_port,
+            ) {
+                undo_ips(&written_ips);
+                if made_link {
+                    let _ = std::fs::remove_file(&link_path);
+                }
+                return Err(PodError::Listener {
+                    pod: spec.name.clone(),
+                    source: e,
+                });
+            }
+        }
         if let Err(e) = self
             .pods
             .update(&cookie_bytes, record.as_bytes(), MapFlags::ANY)
         {
             undo_ips(&written_ips);
-            if want_link {
+            if made_link {
                 let _ = std::fs::remove_file(&link_path);
             }
             return Err(self.map_err("ml_pods", e));

@@ -341,3 +341,31 @@ fn uninstall_while_traffic_flows() {
         "a new connection still went to the sidecar"
     );
 }
+
+/// The pod is registered while its sidecar already listens (the listen
+/// callback never saw it): inbound goes through the sidecar at once, as
+/// with iptables rules added to a running pod, never refused.
+#[test]
+fn pod_registered_after_its_sidecar_listens() {
+    require_root_env();
+    let mut node = Node::new(NodeOptions::default()).unwrap();
+    for how in [Interception::Iptables, Interception::Meshlane] {
+        let b = node.pod("b").unwrap();
+        let c = node.pod("c").unwrap();
+        let sb = AnySidecar::start(&b, HAPROXY, 1337, 1337);
+        let _srv = app::http_server(&b, "0.0.0.0:8080".parse().unwrap());
+        let adopted = node.map_entries("ml_listeners");
+        mesh(&node, &b, &Meshing::istio_default("b"), how, false);
+        if how == Interception::Meshlane {
+            // HAProxy's IPv4 and IPv6 inbound listeners.
+            assert_eq!(node.map_entries("ml_listeners"), adopted + 2);
+        }
+        let seen = app::probe(&c, SocketAddr::new(b.ip4.into(), 8080), As::default());
+        assert_eq!(
+            show(&c, &b, &seen),
+            "served, server peer 127.0.0.6 local B:8080",
+            "{how:?}"
+        );
+        assert_eq!(sb.sessions("inbound"), 1, "{how:?}");
+    }
+}
