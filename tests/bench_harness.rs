@@ -245,7 +245,7 @@ fn quick_run_on_two_nodes_leaves_nothing_behind() {
     for f in [
         "report.json",
         "report.md",
-        "latency-p50.svg",
+        "latency-p50-same-node.svg",
         "cdf-rtt-64-same-node.svg",
     ] {
         assert!(dir.path().join(f).exists(), "{f} missing");

@@ -78,7 +78,9 @@ fn nice_max(v: f64) -> f64 {
     10.0 * mag
 }
 
-/// Cumulative distribution of latency per mode, log-scale x axis.
+/// Latency distribution per mode (the CDF with its axes swapped and the
+/// tail stretched, as HdrHistogram plots it): x = percentile on a
+/// log(1/(1-q)) scale (50, 90, 99, 99.9, 99.99), y = latency, log scale.
 pub fn cdf(r: &Report, w: Workload, p: Placement) -> Option<String> {
     let curves: Vec<_> = r
         .cdfs
@@ -88,34 +90,48 @@ pub fn cdf(r: &Report, w: Workload, p: Placement) -> Option<String> {
     if curves.is_empty() {
         return None;
     }
-    let xs = curves.iter().flat_map(|c| c.points.iter().map(|pt| pt.0));
-    let (lo, hi) = xs.fold((f64::MAX, 0f64), |(a, b), x| (a.min(x), b.max(x)));
-    let (lx0, lx1) = (
-        lo.max(0.1).log10().floor(),
-        hi.max(1.0)
-            .log10()
-            .ceil()
-            .max(lo.max(0.1).log10().floor() + 1.0),
-    );
+    let ys = curves.iter().flat_map(|c| c.points.iter().map(|pt| pt.0));
+    let (lo, hi) = ys.fold((f64::MAX, 0f64), |(a, b), v| (a.min(v), b.max(v)));
+    let ly0 = lo.max(0.1).log10().floor();
+    let ly1 = hi.max(1.0).log10().ceil().max(ly0 + 1.0);
+    let qmax = 0.9999;
+    let tx = |q: f64| (1.0 / (1.0 - q.min(qmax))).log10();
     let pw = W - LEFT - RIGHT;
     let ph = H - TOP - BOTTOM;
-    let x = |v: f64| LEFT + (v.max(0.1).log10() - lx0) / (lx1 - lx0) * pw;
-    let y = |f: f64| TOP + (1.0 - f) * ph;
+    let x = |q: f64| LEFT + tx(q) / tx(qmax) * pw;
+    let y = |v: f64| TOP + ph - (v.max(0.1).log10() - ly0) / (ly1 - ly0) * ph;
     let mut o = String::new();
     header(
         &mut o,
-        &format!("Latency CDF: {w}, {p} (all measured rounds)"),
+        &format!("Latency distribution: {w}, {p} (all measured rounds)"),
     );
-    // Axes and grid.
-    let mut e = lx0;
-    while e <= lx1 + 1e-9 {
+    for (q, label) in [
+        (0.0, "0"),
+        (0.5, "50"),
+        (0.9, "90"),
+        (0.99, "99"),
+        (0.999, "99.9"),
+        (0.9999, "99.99"),
+    ] {
+        let _ = writeln!(
+            o,
+            r##"<line x1="{0:.1}" y1="{TOP}" x2="{0:.1}" y2="{1}" stroke="#ddd"/><text x="{0:.1}" y="{2}" text-anchor="middle">{3}</text>"##,
+            x(q),
+            TOP + ph,
+            TOP + ph + 16.0,
+            label
+        );
+    }
+    let mut e = ly0;
+    while e <= ly1 + 1e-9 {
         let v = 10f64.powf(e);
         let _ = writeln!(
             o,
-            r##"<line x1="{0}" y1="{TOP}" x2="{0}" y2="{1}" stroke="#ddd"/><text x="{0}" y="{2}" text-anchor="middle">{3}</text>"##,
-            x(v),
-            TOP + ph,
-            TOP + ph + 16.0,
+            r##"<line x1="{LEFT}" y1="{0:.1}" x2="{1}" y2="{0:.1}" stroke="#eee"/><text x="{2}" y="{3:.1}" text-anchor="end">{4}</text>"##,
+            y(v),
+            LEFT + pw,
+            LEFT - 6.0,
+            y(v) + 4.0,
             if v < 1.0 {
                 format!("{v}")
             } else {
@@ -124,26 +140,15 @@ pub fn cdf(r: &Report, w: Workload, p: Placement) -> Option<String> {
         );
         e += 1.0;
     }
-    for f in [0.0, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0] {
-        let _ = writeln!(
-            o,
-            r##"<line x1="{LEFT}" y1="{0}" x2="{1}" y2="{0}" stroke="#eee"/><text x="{2}" y="{3}" text-anchor="end">{4}</text>"##,
-            y(f),
-            LEFT + pw,
-            LEFT - 6.0,
-            y(f) + 4.0,
-            f
-        );
-    }
     let _ = writeln!(
         o,
-        r#"<text x="{}" y="{}" text-anchor="middle">latency (µs, log scale)</text>"#,
+        r#"<text x="{}" y="{}" text-anchor="middle">percentile (tail stretched)</text>"#,
         LEFT + pw / 2.0,
         H - 18.0
     );
     let _ = writeln!(
         o,
-        r#"<text x="16" y="{}" transform="rotate(-90 16 {})" text-anchor="middle">fraction of operations</text>"#,
+        r#"<text x="16" y="{}" transform="rotate(-90 16 {})" text-anchor="middle">latency (µs, log scale)</text>"#,
         TOP + ph / 2.0,
         TOP + ph / 2.0
     );
@@ -152,7 +157,8 @@ pub fn cdf(r: &Report, w: Workload, p: Placement) -> Option<String> {
         let pts: Vec<String> = c
             .points
             .iter()
-            .map(|&(v, f)| format!("{:.1},{:.1}", x(v), y(f)))
+            .filter(|pt| pt.1 <= qmax)
+            .map(|&(v, q)| format!("{:.1},{:.1}", x(q), y(v)))
             .collect();
         let _ = writeln!(
             o,
@@ -235,13 +241,16 @@ pub fn bars(title: &str, unit: &str, groups: &[Group]) -> Option<String> {
                 y(hi)
             );
         }
-        let _ = writeln!(
-            o,
-            r#"<text x="{:.1}" y="{}" text-anchor="middle">{}</text>"#,
-            x0 + gw * 0.4,
-            TOP + ph + 16.0,
-            esc(label)
-        );
+        // One word per line under the group.
+        for (li, word) in label.split(' ').enumerate() {
+            let _ = writeln!(
+                o,
+                r#"<text x="{:.1}" y="{}" text-anchor="middle">{}</text>"#,
+                x0 + gw * 0.4,
+                TOP + ph + 16.0 + li as f64 * 14.0,
+                esc(word)
+            );
+        }
     }
     let _ = writeln!(
         o,
@@ -253,7 +262,7 @@ pub fn bars(title: &str, unit: &str, groups: &[Group]) -> Option<String> {
         o,
         r##"<text x="{}" y="{}" text-anchor="middle" fill="#444">bars: median of rounds; whiskers: min–max</text>"##,
         LEFT + pw / 2.0,
-        H - 18.0
+        H - 8.0
     );
     let leg: Vec<(String, &str)> = modes.iter().map(|m| (m.to_string(), color(*m))).collect();
     legend(&mut o, &leg);
@@ -273,34 +282,37 @@ pub fn charts(r: &Report) -> Vec<(String, String)> {
             out.push((name, svg));
         }
     }
-    let lat_groups = |q: fn(&super::report::Summary) -> Option<super::stats::Stat>| {
-        let mut g = Vec::new();
-        for p in Placement::ALL {
-            for w in [
+    for p in Placement::ALL {
+        for (q, name, f) in [
+            (
+                "p50",
+                "p50",
+                (|s: &super::report::Summary| s.p50_us)
+                    as fn(&super::report::Summary) -> Option<super::stats::Stat>,
+            ),
+            ("p99", "p99", |s: &super::report::Summary| s.p99_us),
+        ] {
+            let g: Vec<Group> = [
                 Workload::Rtt64,
                 Workload::Rtt1k,
                 Workload::Rtt16k,
                 Workload::Http,
-                Workload::Connect,
-            ] {
-                let bars: Vec<_> = r
+            ]
+            .into_iter()
+            .map(|w| {
+                let bars = r
                     .summaries
                     .iter()
                     .filter(|s| s.workload == w && s.placement == p && s.rounds_ok > 0)
-                    .filter_map(|s| q(s).map(|st| (s.mode, st.median, st.min, st.max)))
+                    .filter_map(|s| f(s).map(|st| (s.mode, st.median, st.min, st.max)))
                     .collect();
-                if !bars.is_empty() {
-                    g.push((format!("{w} {}", p.name().replace("-node", "")), bars));
-                }
+                (w.to_string(), bars)
+            })
+            .collect();
+            if let Some(svg) = bars(&format!("{q} latency per mode, {p}"), "µs", &g) {
+                out.push((format!("latency-{name}-{p}.svg"), svg));
             }
         }
-        g
-    };
-    if let Some(s) = bars("p50 latency per mode", "µs", &lat_groups(|s| s.p50_us)) {
-        out.push(("latency-p50.svg".into(), s));
-    }
-    if let Some(s) = bars("p99 latency per mode", "µs", &lat_groups(|s| s.p99_us)) {
-        out.push(("latency-p99.svg".into(), s));
     }
     let pick = |ws: &[Workload], q: fn(&super::report::Summary) -> Option<super::stats::Stat>| {
         let mut g = Vec::new();
@@ -327,11 +339,18 @@ pub fn charts(r: &Report) -> Vec<(String, String)> {
         out.push(("throughput.svg".into(), s));
     }
     if let Some(s) = bars(
-        "Maximum HTTP request rate and connection rate",
-        "operations/s",
-        &pick(&[Workload::HttpMax, Workload::Connect], |s| s.ops_per_s),
+        "Maximum HTTP request rate (closed loop)",
+        "requests/s",
+        &pick(&[Workload::HttpMax], |s| s.ops_per_s),
     ) {
-        out.push(("rates.svg".into(), s));
+        out.push(("rate-http-max.svg".into(), s));
+    }
+    if let Some(s) = bars(
+        "Connection rate (connect + 64 B exchange + close)",
+        "connections/s",
+        &pick(&[Workload::Connect], |s| s.ops_per_s),
+    ) {
+        out.push(("rate-connect.svg".into(), s));
     }
     out
 }
