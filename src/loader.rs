@@ -464,6 +464,24 @@ fn install_inner(
     Ok(())
 }
 
+/// BPF_LINK_DETACH on a pinned link: synchronous for cgroup, netns and
+/// sockmap links. Failures are ignored: unpinning still frees the link.
+fn detach_pinned_link(pin: &Path) {
+    let Ok(c) = std::ffi::CString::new(pin.as_os_str().as_encoded_bytes()) else {
+        return;
+    };
+    // SAFETY: valid C string; the fd is closed right after.
+    let fd = unsafe { libbpf_sys::bpf_obj_get(c.as_ptr()) };
+    if fd < 0 {
+        return;
+    }
+    // SAFETY: fd is a link fd we own.
+    unsafe {
+        libbpf_sys::bpf_link_detach(fd);
+        libc::close(fd);
+    }
+}
+
 /// Removes every pin under this build's layout version. Programs and maps
 /// go away with their last reference; nothing else is touched.
 pub fn remove_pins(layout: &PinLayout) -> std::io::Result<usize> {
@@ -472,7 +490,18 @@ pub fn remove_pins(layout: &PinLayout) -> std::io::Result<usize> {
     if !vdir.exists() {
         return Ok(0);
     }
-    // Links first (detaches), then programs, then maps.
+    // Links first, detached explicitly so the hooks are gone when this
+    // returns (dropping the last reference detaches only later); then
+    // programs, then maps.
+    for dir in [layout.pod_links_dir(), layout.links_dir()] {
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for e in entries.flatten() {
+                if e.path().is_file() {
+                    detach_pinned_link(&e.path());
+                }
+            }
+        }
+    }
     for dir in [
         layout.pod_links_dir(),
         layout.links_dir(),
