@@ -1,0 +1,78 @@
+//! The pod registry: which network namespaces are meshed and with what
+//! settings. Lives entirely in pinned maps (ml_pods, ml_pod_ips) plus one
+//! pinned sk_lookup link per intercepted pod, so it survives agent restarts
+//! and has one source of truth. Written by `meshlane pod add/rm` today and by
+//! the CNI plugin later; both go through [`Registry`].
+//!
+//! - `spec`: what an operator (or the CNI plugin) asks for, validated into
+//!   the kernel record;
+//! - `registry`: writing, removing and listing pods in the pinned maps.
+
+mod registry;
+mod spec;
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+use crate::layout::LayoutError;
+use crate::netns::NetnsError;
+
+pub use registry::{PodRecord, Registry};
+pub use spec::{PodMode, PodSpec, Preset};
+
+/// Most ports a per-pod port list holds (ML_MAX_PORTS).
+pub const MAX_PORTS: usize = 32;
+/// Most prefixes a per-pod CIDR list holds (ML_MAX_CIDRS).
+pub const MAX_CIDRS: usize = 16;
+
+#[derive(Debug, Error)]
+pub enum PodError {
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    #[error("pod {pod}: {list} has {len} entries, at most {max} fit in the kernel table")]
+    ListTooLong {
+        pod: String,
+        list: &'static str,
+        len: usize,
+        max: usize,
+    },
+    #[error("pod {pod}: {list}: {value:?} is not {what}")]
+    BadValue {
+        pod: String,
+        list: &'static str,
+        value: String,
+        what: &'static str,
+    },
+    #[error(
+        "pod {pod}: address {ip} already belongs to another registered pod (netns cookie {owner})"
+    )]
+    IpTaken { pod: String, ip: IpAddr, owner: u64 },
+    #[error("pod {pod}: intercept mode needs the interception hooks, but this install is splice-only (agent --no-intercept): register it with --mode accelerate, or reinstall with interception")]
+    InterceptNotInstalled { pod: String },
+    #[error("no pod is registered for netns {netns}")]
+    NotRegistered { netns: String },
+    #[error("pod registry at {path}: {source}")]
+    Map {
+        path: PathBuf,
+        source: libbpf_rs::Error,
+    },
+    #[error("pod {pod}: {source}")]
+    Iptables {
+        pod: String,
+        source: crate::iptables::IptablesError,
+    },
+    #[error("pod {pod}: {source}")]
+    Listener {
+        pod: String,
+        source: crate::pod_listener::ListenerError,
+    },
+    #[error("attaching the inbound sk_lookup program to {netns}: {source}")]
+    Attach {
+        netns: PathBuf,
+        source: std::io::Error,
+    },
+}
