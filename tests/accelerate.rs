@@ -4,12 +4,15 @@
 //! a second pod; the connection really passes the sidecar, the sidecar still
 //! finds the original destination through SO_ORIGINAL_DST (conntrack), and
 //! meshlane splices the app <-> sidecar pair across the REDIRECT.
+mod common;
 mod support;
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpStream};
+use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
+use common::*;
 use meshlane::sim::{iptables, Node, NodeOptions, Sidecar, SidecarMode};
 use support::*;
 
@@ -24,8 +27,31 @@ fn backend_sessions(sidecar: &Sidecar, backend: &str) -> u64 {
         .map_or(0, |r| r.2)
 }
 
-fn delta(after: &BTreeMap<String, u64>, before: &BTreeMap<String, u64>, name: &str) -> u64 {
-    after[name] - before[name]
+/// Echoes `size` bytes (seeded by `seed`) over `s`, byte-exact, and
+/// returns the peer address the echo server saw for the connection.
+fn echo_checked(s: TcpStream, size: usize, seed: u8, peers: &Receiver<SocketAddr>) -> SocketAddr {
+    let data = payload(size, seed);
+    let got = echo_roundtrip(s, data.clone(), size.min(16 * 1024));
+    assert!(
+        got == data,
+        "{size} B: echo is not byte-exact ({} B back)",
+        got.len()
+    );
+    peers
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the echo server was reached")
+}
+
+/// Logs what the splicing counters did for one transfer of `size` bytes.
+fn log_splicing(size: usize, c0: &BTreeMap<String, u64>, c1: &BTreeMap<String, u64>) {
+    eprintln!(
+        "{size} B: paired_nat +{} spliced +{} msgs / +{} B, fallback +{} msgs / +{} B",
+        delta(c1, c0, "sockets_paired_across_nat"),
+        delta(c1, c0, "messages_spliced"),
+        delta(c1, c0, "bytes_spliced"),
+        delta(c1, c0, "messages_fallback"),
+        delta(c1, c0, "bytes_fallback"),
+    );
 }
 
 #[test]
@@ -50,19 +76,7 @@ fn istio_iptables_redirect_to_sidecar_is_spliced() {
         );
     }
     let sidecar = Sidecar::start(&app, SidecarMode::Tcp, 1337).expect("haproxy sidecar");
-    cli_ok(
-        &root,
-        &[
-            "pod",
-            "add",
-            "--netns",
-            &app.netns.to_string_lossy(),
-            "--name",
-            "app",
-            "--mode",
-            "accelerate",
-        ],
-    );
+    add_accelerated_pod(&root, &app, Some("app"));
 
     // status says the pod is in accelerate mode.
     let st = status_json(&root);
@@ -79,38 +93,25 @@ fn istio_iptables_redirect_to_sidecar_is_spliced() {
     assert!(line.contains("accelerate"), "{line}");
 
     // The "VIP": the echo server's pod IP and port (not registered, no rules).
-    let (bound, peers) = echo_server(&svc, "0.0.0.0:0".parse().unwrap());
+    let (bound, peers) = echo_server_with_peers(&svc, "0.0.0.0:0".parse().unwrap());
     let vip: SocketAddr = format!("{}:{}", svc.ip4, bound.port()).parse().unwrap();
 
     for (i, size) in [1usize, 64, 1024, 64 * 1024, 1 << 20]
         .into_iter()
         .enumerate()
     {
-        let c0 = meshlane::status::read_counters(&node.layout);
+        let c0 = counters(&root);
         let (out0, orig0) = (
             sidecar.sessions("outbound"),
             backend_sessions(&sidecar, "original_dst"),
         );
-        let s = app
-            .run(move || TcpStream::connect_timeout(&vip, Duration::from_secs(10)))
-            .expect("entering the app pod")
-            .expect("app connects to the VIP");
+        let s = connect_from(&app, vip);
         let app_local = s.local_addr().expect("app local address");
         // iptables REDIRECT keeps the app's view of its peer.
         assert_eq!(s.peer_addr().expect("peer"), vip);
-        let data = payload(size, i as u8);
-        let got = echo_on(s, data.clone(), size.min(16 * 1024));
-        assert!(
-            got == data,
-            "{size} B: echo is not byte-exact ({} B back)",
-            got.len()
-        );
-
+        let peer = echo_checked(s, size, i as u8, &peers);
         // The server got a connection from the sidecar, not from the app's
         // socket: HAProxy resolved the original destination.
-        let peer = peers
-            .recv_timeout(Duration::from_secs(10))
-            .expect("the echo server was reached");
         assert_eq!(peer.ip(), std::net::IpAddr::V4(app.ip4));
         assert_ne!(peer, app_local, "the app reached the server directly");
         assert_eq!(
@@ -124,15 +125,8 @@ fn istio_iptables_redirect_to_sidecar_is_spliced() {
             "{size} B: sidecar did not connect to the original destination"
         );
 
-        let c1 = meshlane::status::read_counters(&node.layout);
-        eprintln!(
-            "{size} B: paired_nat +{} spliced +{} msgs / +{} B, fallback +{} msgs / +{} B",
-            delta(&c1, &c0, "sockets_paired_across_nat"),
-            delta(&c1, &c0, "messages_spliced"),
-            delta(&c1, &c0, "bytes_spliced"),
-            delta(&c1, &c0, "messages_fallback"),
-            delta(&c1, &c0, "bytes_fallback"),
-        );
+        let c1 = counters(&root);
+        log_splicing(size, &c0, &c1);
         assert!(
             delta(&c1, &c0, "sockets_paired_across_nat") >= 1,
             "{size} B: app and sidecar sockets not paired across the REDIRECT: {c0:?} -> {c1:?}"
@@ -169,44 +163,16 @@ fn sidecar_to_sidecar_under_istio_iptables_is_spliced() {
     for (pod, name) in [(&a, "a"), (&b, "b")] {
         iptables::apply_golden(pod, GOLDEN).expect("applying the golden rules");
         sidecars.push(Sidecar::start(pod, SidecarMode::Tcp, 1337).expect("haproxy sidecar"));
-        cli_ok(
-            &root,
-            &[
-                "pod",
-                "add",
-                "--netns",
-                &pod.netns.to_string_lossy(),
-                "--name",
-                name,
-                "--mode",
-                "accelerate",
-            ],
-        );
+        add_accelerated_pod(&root, pod, Some(name));
     }
     let (sc_a, sc_b) = (&sidecars[0], &sidecars[1]);
-    let (bound, peers) = echo_server(&b, "0.0.0.0:0".parse().unwrap());
+    let (bound, peers) = echo_server_with_peers(&b, "0.0.0.0:0".parse().unwrap());
     let dst: SocketAddr = format!("{}:{}", b.ip4, bound.port()).parse().unwrap();
 
     for (i, size) in [1usize, 1024, 64 * 1024, 1 << 20].into_iter().enumerate() {
-        let c0 = meshlane::status::read_counters(&node.layout);
+        let c0 = counters(&root);
         let (out_a, in_b) = (sc_a.sessions("outbound"), sc_b.sessions("inbound"));
-        let data = payload(size, 40 + i as u8);
-        let got = {
-            let data = data.clone();
-            let s = a
-                .run(move || TcpStream::connect_timeout(&dst, Duration::from_secs(10)))
-                .expect("entering pod a")
-                .expect("app connects");
-            echo_on(s, data, size.min(16 * 1024))
-        };
-        assert!(
-            got == data,
-            "{size} B: echo is not byte-exact ({} B back)",
-            got.len()
-        );
-        let peer = peers
-            .recv_timeout(Duration::from_secs(10))
-            .expect("the echo server was reached");
+        let peer = echo_checked(connect_from(&a, dst), size, 40 + i as u8, &peers);
         assert_eq!(
             peer.ip(),
             std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 6)),
@@ -215,15 +181,8 @@ fn sidecar_to_sidecar_under_istio_iptables_is_spliced() {
         assert_eq!(sc_a.sessions("outbound"), out_a + 1, "{size} B: sidecar a");
         assert_eq!(sc_b.sessions("inbound"), in_b + 1, "{size} B: sidecar b");
 
-        let c1 = meshlane::status::read_counters(&node.layout);
-        eprintln!(
-            "{size} B: paired_nat +{} spliced +{} msgs / +{} B, fallback +{} msgs / +{} B",
-            delta(&c1, &c0, "sockets_paired_across_nat"),
-            delta(&c1, &c0, "messages_spliced"),
-            delta(&c1, &c0, "bytes_spliced"),
-            delta(&c1, &c0, "messages_fallback"),
-            delta(&c1, &c0, "bytes_fallback"),
-        );
+        let c1 = counters(&root);
+        log_splicing(size, &c0, &c1);
         // app <-> sidecar a (outbound REDIRECT) and sidecar a <-> sidecar b
         // (inbound REDIRECT) are paired across NAT.
         assert!(

@@ -4,13 +4,14 @@
 //! kernel limit. Each must give exactly one "meshlane: ..." line on stderr, a
 //! non-zero exit, no panic, and leave nothing half-attached: no new link on
 //! the cgroup, no new pin, no registry entry.
+mod common;
 mod support;
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use meshlane::sim::{Node, NodeOptions};
+use meshlane::sim::Node;
 use support::*;
 
 /// Checks the one-line error contract and that the line names `names`.
@@ -88,13 +89,16 @@ fn run(root: &Path, args: &[&str], nobody: bool) -> Output {
     c.output().expect("running the meshlane binary")
 }
 
-fn node_without_install() -> Node {
-    require_root_env();
-    Node::new(NodeOptions {
-        install: false,
-        ..Default::default()
-    })
-    .expect("node")
+/// After a refused `pod add`/`pod rm` (`what`): pins and cgroup as in
+/// `before`, and no pod registered.
+fn assert_no_pod_registered(what: &str, node: &Node, before: &Snapshot) {
+    assert_eq!(
+        &snapshot(node.layout.root(), node.cgroup.path()),
+        before,
+        "{what}"
+    );
+    assert_eq!(node.map_entries("ml_pods"), 0, "{what}");
+    assert_eq!(node.map_entries("ml_pod_ips"), 0, "{what}");
 }
 
 /// A node installed through the binary (`agent --once`).
@@ -244,10 +248,9 @@ fn netns_path_that_is_not_a_netns_is_refused() {
             let out = run(&root, &["pod", cmd, "--netns", path], false);
             let mut names = names.clone();
             names.push(path);
-            assert_one_line_error(&format!("pod {cmd} --netns {path}"), &out, &names);
-            assert_eq!(snapshot(&root, node.cgroup.path()), before);
-            assert_eq!(node.map_entries("ml_pods"), 0);
-            assert_eq!(node.map_entries("ml_pod_ips"), 0);
+            let what = format!("pod {cmd} --netns {path}");
+            assert_one_line_error(&what, &out, &names);
+            assert_no_pod_registered(&what, &node, &before);
         }
     }
 }
@@ -265,9 +268,7 @@ fn unknown_preset_is_refused() {
         false,
     );
     assert_one_line_error("--preset consul", &out, &["consul", "--preset", "istio"]);
-    assert_eq!(snapshot(&root, node.cgroup.path()), before);
-    assert_eq!(node.map_entries("ml_pods"), 0);
-    assert_eq!(node.map_entries("ml_pod_ips"), 0);
+    assert_no_pod_registered("--preset consul", &node, &before);
     // The same pod registers with a known preset.
     cli_ok(
         &root,
@@ -322,9 +323,7 @@ fn port_list_over_the_kernel_limit_names_pod_and_list() {
             false,
         );
         assert_one_line_error(flag, &out, &["web-1", list, len]);
-        assert_eq!(snapshot(&root, node.cgroup.path()), before, "{flag}");
-        assert_eq!(node.map_entries("ml_pods"), 0, "{flag}");
-        assert_eq!(node.map_entries("ml_pod_ips"), 0, "{flag}");
+        assert_no_pod_registered(flag, &node, &before);
     }
     // Exactly at the limit is accepted and kept whole.
     let p32 = ports(32);
@@ -464,30 +463,9 @@ fn intercept_pod_on_a_splice_only_install_is_refused() {
         &["pod", "add", "--netns", &netns, "--name", "web-2"],
         false,
     );
-    assert_one_line_error(
-        "intercept pod, splice-only install",
-        &out,
-        &["web-2", "accelerate"],
-    );
-    assert_eq!(
-        snapshot(&root, node.cgroup.path()),
-        before,
-        "half-registered"
-    );
-    assert_eq!(node.map_entries("ml_pods"), 0);
-    assert_eq!(node.map_entries("ml_pod_ips"), 0);
-    cli_ok(
-        &root,
-        &[
-            "pod",
-            "add",
-            "--netns",
-            &netns,
-            "--name",
-            "web-2",
-            "--mode",
-            "accelerate",
-        ],
-    );
+    let what = "intercept pod, splice-only install";
+    assert_one_line_error(what, &out, &["web-2", "accelerate"]);
+    assert_no_pod_registered(&format!("{what}: half-registered"), &node, &before);
+    add_accelerated_pod(&root, &pod, Some("web-2"));
     assert_eq!(node.map_entries("ml_pods"), 1);
 }

@@ -4,6 +4,7 @@
 //! (and an Envoy-like sidecar where HAProxy cannot follow ip6tables),
 //! meshlane's eBPF interception routes every probe connection exactly like
 //! the golden rules do.
+mod common;
 mod conformance;
 
 use conformance::world::{Host, Meshing, PodName::*, Probe, SidecarKind};

@@ -2,16 +2,17 @@
 //! like iptables, and never around the proxy), a sidecar restart, the
 //! agent SIGKILLed (the pinned links keep intercepting), uninstall while
 //! traffic flows (established connections finish, new ones go direct).
+mod common;
 mod conformance;
 
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::require_root_env;
 use conformance::app::{self, As, Seen};
-use conformance::world::{mesh, AnySidecar, Interception, Meshing, SidecarKind};
-use conformance::{golden, require_root_env};
+use conformance::world::{mesh_istio, AnySidecar, Interception, SidecarKind};
+use conformance::{cli_ok, golden};
 use meshlane::sim::{Node, NodeOptions, Pod, SidecarMode};
 
 const HAPROXY: SidecarKind = SidecarKind::Haproxy(SidecarMode::Tcp);
@@ -47,8 +48,8 @@ fn sidecar_late(node: &mut Node, how: Interception) -> Vec<String> {
     let a = node.pod("a").unwrap();
     let b = node.pod("b").unwrap();
     let c = node.pod("c").unwrap();
-    mesh(node, &a, &Meshing::istio_default("a"), how, false);
-    mesh(node, &b, &Meshing::istio_default("b"), how, false);
+    mesh_istio(node, &a, "a", how);
+    mesh_istio(node, &b, "b", how);
     let _srv_b = app::http_server(&b, "0.0.0.0:8080".parse().unwrap());
     let b8080 = SocketAddr::new(b.ip4.into(), 8080);
     let mut out = Vec::new();
@@ -120,10 +121,6 @@ fn sidecar_not_listening_yet_and_restart() {
     );
 }
 
-fn meshlane_bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_meshlane"))
-}
-
 /// Pins, no agent: waits until the agent has installed the data path.
 fn wait_installed(node: &Node) {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -151,7 +148,7 @@ fn agent_sigkilled_interception_keeps_working() {
     })
     .unwrap();
     let root = node.layout.root().to_path_buf();
-    let mut agent = meshlane_bin()
+    let mut agent = Command::new(env!("CARGO_BIN_EXE_meshlane"))
         .arg("--pin-root")
         .arg(&root)
         .arg("agent")
@@ -165,17 +162,16 @@ fn agent_sigkilled_interception_keeps_working() {
     let a = node.pod("a").unwrap();
     let b = node.pod("b").unwrap();
     for (pod, name) in [(&a, "a"), (&b, "b")] {
-        let out = meshlane_bin()
-            .arg("--pin-root")
-            .arg(&root)
-            .args(["pod", "add", "--name", name, "--netns"])
-            .arg(&pod.netns)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "pod add: {}",
-            String::from_utf8_lossy(&out.stderr)
+        cli_ok(
+            &node,
+            &[
+                "pod",
+                "add",
+                "--name",
+                name,
+                "--netns",
+                &pod.netns.to_string_lossy(),
+            ],
         );
     }
     // SIGKILL, then reap: no meshlane process remains.
@@ -200,27 +196,6 @@ fn agent_sigkilled_interception_keeps_working() {
     );
     assert_eq!((sa.sessions("outbound"), sb.sessions("inbound")), (1, 1));
     assert!(node.counter("messages_spliced") > spliced, "not spliced");
-}
-
-/// Writes `msg` and reads the same number of bytes back.
-fn echo_once(s: &mut TcpStream, msg: &[u8]) -> Vec<u8> {
-    s.write_all(msg).unwrap();
-    let mut got = vec![0u8; msg.len()];
-    let mut n = 0;
-    let start = Instant::now();
-    while n < got.len() {
-        match s.read(&mut got[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                assert!(start.elapsed() < Duration::from_secs(20), "echo stalled");
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            Err(e) => panic!("echo read: {e}"),
-        }
-    }
-    got.truncate(n);
-    got
 }
 
 /// Unpinning a link detaches it when the kernel frees the pin's inode
@@ -258,35 +233,9 @@ fn uninstall_while_traffic_flows() {
     let mut node = Node::new(NodeOptions::default()).unwrap();
     let a = node.pod("a").unwrap();
     let b = node.pod("b").unwrap();
-    mesh(
-        &node,
-        &a,
-        &Meshing::istio_default("a"),
-        Interception::Meshlane,
-        false,
-    );
+    mesh_istio(&node, &a, "a", Interception::Meshlane);
     let sa = AnySidecar::start(&a, HAPROXY, 1337, 1337);
-    let (tx, rx) = std::sync::mpsc::channel();
-    let b_echo = b
-        .thread(move || {
-            let l = std::net::TcpListener::bind("0.0.0.0:9000").unwrap();
-            tx.send(()).unwrap();
-            let (mut s, peer) = l.accept().unwrap();
-            let mut buf = [0u8; 4096];
-            loop {
-                match s.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => s.write_all(&buf[..n]).unwrap(),
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        std::thread::sleep(Duration::from_millis(1))
-                    }
-                    Err(e) => panic!("echo server: {e}"),
-                }
-            }
-            peer
-        })
-        .unwrap();
-    rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    let b_echo = app::one_shot_echo_server(&b, 9000);
     let _srv = app::http_server(&b, "0.0.0.0:8080".parse().unwrap());
     let to = SocketAddr::new(b.ip4.into(), 9000);
     let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
@@ -294,10 +243,10 @@ fn uninstall_while_traffic_flows() {
     let client = a
         .thread(move || {
             let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(5)).unwrap();
-            let first = echo_once(&mut s, b"before uninstall");
+            let first = app::echo_once(&mut s, b"before uninstall");
             done_tx.send(first).unwrap();
             go_rx.recv().unwrap();
-            let second = echo_once(&mut s, b"after uninstall, same connection");
+            let second = app::echo_once(&mut s, b"after uninstall, same connection");
             s.shutdown(std::net::Shutdown::Write).unwrap();
             second
         })
@@ -309,17 +258,7 @@ fn uninstall_while_traffic_flows() {
         "the long connection is intercepted"
     );
 
-    let out = meshlane_bin()
-        .arg("--pin-root")
-        .arg(node.layout.root())
-        .arg("uninstall")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "meshlane uninstall: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    cli_ok(&node, &["uninstall"]);
     assert!(!node.layout.link("ml_connect4").exists());
     assert!(!node.layout.map("ml_pods").exists());
     wait_cgroup_detached(node.cgroup.path());
@@ -355,7 +294,7 @@ fn pod_registered_after_its_sidecar_listens() {
         let sb = AnySidecar::start(&b, HAPROXY, 1337, 1337);
         let _srv = app::http_server(&b, "0.0.0.0:8080".parse().unwrap());
         let adopted = node.map_entries("ml_listeners");
-        mesh(&node, &b, &Meshing::istio_default("b"), how, false);
+        mesh_istio(&node, &b, "b", how);
         if how == Interception::Meshlane {
             // HAProxy's IPv4 and IPv6 inbound listeners.
             assert_eq!(node.map_entries("ml_listeners"), adopted + 2);

@@ -4,19 +4,14 @@
 //! local address; outbound, meshlane's getsockname6 hook shows it to the
 //! proxy; after an ip6tables REDIRECT HAProxy would forward to itself), and
 //! DNS capture over IPv6 (no IPv6 DNS golden exists).
+mod common;
 mod conformance;
 
-use conformance::require_root_env;
 use conformance::world::{Host, Interception, Meshing, PodName, Probe, World};
-use meshlane::sim::{Node, NodeOptions, SidecarMode};
+use meshlane::sim::SidecarMode;
 
 fn haproxy_ipv6(mode: SidecarMode) {
-    require_root_env();
-    let mut node = Node::new(NodeOptions {
-        ipv6: true,
-        ..Default::default()
-    })
-    .unwrap();
+    let mut node = conformance::node(true);
     let a = Meshing::istio_default("a");
     let b = Meshing::istio_default("b");
     let mut w = World::new(

@@ -2,13 +2,14 @@
 //! uid 5678) pods are intercepted on their mesh's ports and exempt their
 //! mesh's proxy uid, with the Envoy-like sidecar listening where the preset
 //! says.
+mod common;
 mod conformance;
 
 use std::net::{IpAddr, SocketAddr};
 
+use common::require_root_env;
 use conformance::app::{self, As, Seen};
 use conformance::native_sidecar::NativeSidecar;
-use conformance::require_root_env;
 use meshlane::pods::{PodSpec, Preset};
 use meshlane::sim::{Node, NodeOptions};
 

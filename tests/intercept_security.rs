@@ -3,15 +3,16 @@
 //! sockets and only to its proxy uid/gid; one pod never reads another pod's
 //! original destinations (same 4-tuple in two netns); every other
 //! getsockopt passes through untouched.
+mod common;
 mod conformance;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
+use common::require_root_env;
 use conformance::app::{self, become_thread, As, Seen};
-use conformance::require_root_env;
-use conformance::world::{mesh, AnySidecar, Interception, Meshing, SidecarKind};
+use conformance::world::{mesh_istio, AnySidecar, Interception, SidecarKind};
 use meshlane::sim::{Node, NodeOptions, SidecarMode};
 
 const HAPROXY: SidecarKind = SidecarKind::Haproxy(SidecarMode::Tcp);
@@ -26,13 +27,7 @@ fn unregistered_pod_is_never_intercepted() {
     let a = node.pod("a").unwrap();
     let u = node.pod("u").unwrap();
     let b = node.pod("b").unwrap();
-    mesh(
-        &node,
-        &a,
-        &Meshing::istio_default("a"),
-        Interception::Meshlane,
-        false,
-    );
+    mesh_istio(&node, &a, "a", Interception::Meshlane);
     let sa = AnySidecar::start(&a, HAPROXY, 1337, 1337);
     let su = AnySidecar::start(&u, HAPROXY, 1337, 1337);
     let _sb = app::http_server(&b, "0.0.0.0:8080".parse().unwrap());
@@ -181,20 +176,8 @@ fn original_dst_only_for_own_proxy_and_own_pod() {
     let a = node.pod("a").unwrap();
     let d = node.pod("d").unwrap();
     let b = node.pod("b").unwrap();
-    mesh(
-        &node,
-        &a,
-        &Meshing::istio_default("a"),
-        Interception::Meshlane,
-        false,
-    );
-    mesh(
-        &node,
-        &d,
-        &Meshing::istio_default("d"),
-        Interception::Meshlane,
-        false,
-    );
+    mesh_istio(&node, &a, "a", Interception::Meshlane);
+    mesh_istio(&node, &d, "d", Interception::Meshlane);
     let b8080 = SocketAddr::new(b.ip4.into(), 8080);
 
     // The app in A connects to B:8080; meshlane sends it to A's 15001.
@@ -245,13 +228,7 @@ fn other_getsockopt_calls_pass_through() {
     require_root_env();
     let mut node = Node::new(NodeOptions::default()).unwrap();
     let a = node.pod("a").unwrap();
-    mesh(
-        &node,
-        &a,
-        &Meshing::istio_default("a"),
-        Interception::Meshlane,
-        false,
-    );
+    mesh_istio(&node, &a, "a", Interception::Meshlane);
     let b = node.pod("b").unwrap();
     let (app_sock, accepted) = accept_one(&a, SocketAddr::new(b.ip4.into(), 8080), None);
     for fd in [app_sock.as_raw_fd(), accepted.as_raw_fd()] {

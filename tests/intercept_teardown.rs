@@ -3,40 +3,22 @@
 //! established connections continue and new ones go direct; a pod whose
 //! netns already has istio-init's nat rules is registered in accelerate
 //! mode (no eBPF interception on top, splicing on) and status says so.
+mod common;
 mod conformance;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::require_root_env;
 use conformance::app::{self, As, Seen};
-use conformance::world::{mesh, AnySidecar, Interception, Meshing, SidecarKind};
-use conformance::{golden, require_root_env};
+use conformance::world::{mesh_istio, AnySidecar, Interception, SidecarKind};
+use conformance::{cli, cli_ok, golden};
 use meshlane::sim::{Node, NodeOptions, Pod, SidecarMode};
 
 const HAPROXY: SidecarKind = SidecarKind::Haproxy(SidecarMode::Tcp);
-
-fn cli(node: &Node, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_meshlane"))
-        .arg("--pin-root")
-        .arg(node.layout.root())
-        .args(args)
-        .output()
-        .expect("running meshlane")
-}
-
-fn cli_ok(node: &Node, args: &[&str]) -> String {
-    let out = cli(node, args);
-    assert!(
-        out.status.success(),
-        "meshlane {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn netns_arg(pod: &Pod) -> String {
     pod.netns.display().to_string()
@@ -78,24 +60,6 @@ fn eventually(what: &str, cond: impl Fn() -> bool) {
     }
 }
 
-fn echo_once(s: &mut TcpStream, msg: &[u8]) -> Vec<u8> {
-    s.write_all(msg).unwrap();
-    let mut got = vec![0u8; msg.len()];
-    let mut n = 0;
-    while n < got.len() {
-        match s.read(&mut got[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(1))
-            }
-            Err(e) => panic!("echo read: {e}"),
-        }
-    }
-    got.truncate(n);
-    got
-}
-
 #[test]
 fn pod_rm_removes_link_and_entries_established_continue() {
     require_root_env();
@@ -118,36 +82,18 @@ fn pod_rm_removes_link_and_entries_established_continue() {
     let _srv = app::http_server(&b, "0.0.0.0:8080".parse().unwrap());
 
     // A long connection A -> B:9000 through both sidecars.
-    let (tx, rx) = std::sync::mpsc::channel();
-    let echo = b
-        .thread(move || {
-            let l = std::net::TcpListener::bind("0.0.0.0:9000").unwrap();
-            tx.send(()).unwrap();
-            let (mut s, peer) = l.accept().unwrap();
-            let mut buf = [0u8; 4096];
-            loop {
-                match s.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => s.write_all(&buf[..n]).unwrap(),
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        std::thread::sleep(Duration::from_millis(1))
-                    }
-                    Err(e) => panic!("echo: {e}"),
-                }
-            }
-            peer
-        })
-        .unwrap();
-    rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    let echo = app::one_shot_echo_server(&b, 9000);
     let to = SocketAddr::new(b.ip4.into(), 9000);
     let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
     let (first_tx, first_rx) = std::sync::mpsc::channel();
     let client = a
         .thread(move || {
             let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(5)).unwrap();
-            first_tx.send(echo_once(&mut s, b"before pod rm")).unwrap();
+            first_tx
+                .send(app::echo_once(&mut s, b"before pod rm"))
+                .unwrap();
             go_rx.recv().unwrap();
-            let again = echo_once(&mut s, b"after pod rm, same connection");
+            let again = app::echo_once(&mut s, b"after pod rm, same connection");
             s.shutdown(std::net::Shutdown::Write).unwrap();
             again
         })
@@ -215,13 +161,7 @@ fn istio_init_rules_mean_accelerate_mode() {
     let c = node.pod("c").unwrap();
     // istio-init already ran in A and B.
     for pod in [&a, &b] {
-        mesh(
-            &node,
-            pod,
-            &Meshing::istio_default("x"),
-            Interception::Iptables,
-            false,
-        );
+        mesh_istio(&node, pod, "x", Interception::Iptables);
     }
     // Asked for intercept mode (the default), like an operator would.
     for (pod, name) in [(&a, "a"), (&b, "b"), (&c, "c")] {

@@ -3,39 +3,17 @@
 //! flows (established and new connections stay spliced), is restarted and
 //! adopts the pinned links (same link ids, no second attachment), and
 //! `meshlane uninstall` leaves no program, map, link or pin of the install.
+mod common;
 mod support;
 
-use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use meshlane::sim::{Node, NodeOptions, Pod};
+use common::*;
+use meshlane::sim::Pod;
 use support::*;
-
-fn counters(root: &Path) -> BTreeMap<String, u64> {
-    meshlane::status::read_counters(&meshlane::layout::PinLayout::new(root))
-}
-
-fn delta(after: &BTreeMap<String, u64>, before: &BTreeMap<String, u64>, name: &str) -> u64 {
-    after[name] - before[name]
-}
-
-/// Registers `pod` in accelerate mode through the binary.
-fn register(root: &Path, pod: &Pod) {
-    cli_ok(
-        root,
-        &[
-            "pod",
-            "add",
-            "--netns",
-            &pod.netns.to_string_lossy(),
-            "--mode",
-            "accelerate",
-        ],
-    );
-}
 
 /// A fresh 1 MiB echo from `client` to `server` is byte-exact and spliced:
 /// its two sockets enter the sockhash and at least its payload is spliced.
@@ -102,12 +80,7 @@ fn wait_until_gone(ids: &InstallIds, limit: Duration) -> InstallIds {
 
 #[test]
 fn agent_sigkill_restart_adopts_and_uninstall_removes_everything() {
-    require_root_env();
-    let mut node = Node::new(NodeOptions {
-        install: false,
-        ..Default::default()
-    })
-    .expect("node");
+    let mut node = node_without_install();
     let root = node.layout.root().to_path_buf();
     let cg = node.cgroup.path().to_path_buf();
     assert!(
@@ -119,8 +92,8 @@ fn agent_sigkill_restart_adopts_and_uninstall_removes_everything() {
     let mut agent = AgentProcess::start(&root, &cg).expect("agent starts");
     let server = node.pod("srv").expect("server pod");
     let client = node.pod("cli").expect("client pod");
-    register(&root, &server);
-    register(&root, &client);
+    add_accelerated_pod(&root, &server, None);
+    add_accelerated_pod(&root, &client, None);
 
     let st = status_json(&root);
     let pods = st["pods"].as_array().expect("pods");
@@ -147,13 +120,9 @@ fn agent_sigkill_restart_adopts_and_uninstall_removes_everything() {
     let gen1_progs = all_ids.progs.clone();
 
     // --- traffic: one long-lived pod-to-pod echo conversation ---
-    let (srv, _peers) = echo_server(&server, "0.0.0.0:0".parse().unwrap());
+    let srv = echo_server(&server, "0.0.0.0:0".parse().unwrap());
     let srv_addr: SocketAddr = format!("{}:{}", server.ip4, srv.port()).parse().unwrap();
-    let stream = client
-        .run(move || TcpStream::connect_timeout(&srv_addr, Duration::from_secs(5)))
-        .expect("entering the client pod")
-        .expect("connect to the echo server");
-    let conv = EchoConversation::start(stream, 7);
+    let conv = EchoConversation::start(connect_from(&client, srv_addr), 7);
     conv.wait_progress(64 * 1024, Duration::from_secs(60))
         .expect("conversation starts");
     assert!(
@@ -270,12 +239,7 @@ fn agent_sigkill_restart_adopts_and_uninstall_removes_everything() {
 /// stopped with SIGTERM exits 0 and leaves everything pinned and working.
 #[test]
 fn data_path_needs_no_running_agent_and_sigterm_keeps_it() {
-    require_root_env();
-    let mut node = Node::new(NodeOptions {
-        install: false,
-        ..Default::default()
-    })
-    .expect("node");
+    let mut node = node_without_install();
     let root = node.layout.root().to_path_buf();
     let cg = node.cgroup.path().to_string_lossy().into_owned();
 
@@ -299,9 +263,9 @@ fn data_path_needs_no_running_agent_and_sigterm_keeps_it() {
     // Registered after the installing process is gone.
     let server = node.pod("srv").expect("server pod");
     let client = node.pod("cli").expect("client pod");
-    register(&root, &server);
-    register(&root, &client);
-    let (srv, _peers) = echo_server(&server, "0.0.0.0:0".parse().unwrap());
+    add_accelerated_pod(&root, &server, None);
+    add_accelerated_pod(&root, &client, None);
+    let srv = echo_server(&server, "0.0.0.0:0".parse().unwrap());
     let srv_addr: SocketAddr = format!("{}:{}", server.ip4, srv.port()).parse().unwrap();
     new_connection_is_spliced(&root, &client, srv_addr, 21);
 

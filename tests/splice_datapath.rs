@@ -277,12 +277,7 @@ fn no_entries_left_after_connections_close() {
     // Half by a clean close, half by reset.
     for (i, st) in streams.into_iter().enumerate() {
         if i % 2 == 1 {
-            let linger = libc::linger {
-                l_onoff: 1,
-                l_linger: 0,
-            };
-            nix::sys::socket::setsockopt(&st, nix::sys::socket::sockopt::Linger, &linger)
-                .expect("SO_LINGER 0");
+            reset_on_close(&st);
         }
         drop(st);
     }

@@ -79,12 +79,7 @@ fn reset_first(mut s: TcpStream) -> Outcome {
     let deadline = Instant::now() + LIMIT;
     write_all_by(&mut s, &hello(), deadline).expect("write hello");
     let received = read_exact_by(&mut s, HELLO_LEN, deadline);
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::Linger, &linger)
-        .expect("SO_LINGER 0");
+    reset_on_close(&s);
     drop(s);
     Outcome {
         received,

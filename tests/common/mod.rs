@@ -7,6 +7,7 @@
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd;
+use std::sync::mpsc::Receiver;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -186,16 +187,40 @@ pub fn write_all_by(s: &mut TcpStream, data: &[u8], deadline: Instant) -> std::i
     Ok(())
 }
 
+/// Fills `buf`, retrying like `read_some`; panics at `deadline`. Err, naming
+/// how far it got, on EOF (UnexpectedEof) or a read error.
+pub fn try_read_exact_by(
+    s: &mut TcpStream,
+    buf: &mut [u8],
+    deadline: Instant,
+) -> std::io::Result<()> {
+    let len = buf.len();
+    let mut done = 0;
+    while done < len {
+        match read_some(s, &mut buf[done..], deadline) {
+            Ok(0) => {
+                return Err(std::io::Error::new(
+                    ErrorKind::UnexpectedEof,
+                    format!("EOF after {done} of {len} bytes"),
+                ))
+            }
+            Ok(n) => done += n,
+            Err(e) => {
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    format!("read after {done} of {len} bytes: {e}"),
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Reads exactly `len` bytes; panics on EOF, error or the limit.
 pub fn read_exact_by(s: &mut TcpStream, len: usize, deadline: Instant) -> Vec<u8> {
     let mut got = vec![0u8; len];
-    let mut done = 0;
-    while done < len {
-        match read_some(s, &mut got[done..], deadline) {
-            Ok(0) => panic!("EOF after {done} of {len} bytes"),
-            Ok(n) => done += n,
-            Err(e) => panic!("read after {done} of {len} bytes: {e}"),
-        }
+    if let Err(e) = try_read_exact_by(s, &mut got, deadline) {
+        panic!("{e}");
     }
     got
 }
@@ -257,19 +282,32 @@ pub fn listen(addr: SocketAddr) -> TcpListener {
 /// Echo server in `pod` on `addr`; one thread per connection, echoes until
 /// EOF then closes its write side. Returns the bound address.
 pub fn echo_server(pod: &Pod, addr: SocketAddr) -> SocketAddr {
+    echo_server_with_peers(pod, addr).0
+}
+
+/// `echo_server`, also returning a receiver of each accepted connection's
+/// peer address (what the server sees).
+pub fn echo_server_with_peers(pod: &Pod, addr: SocketAddr) -> (SocketAddr, Receiver<SocketAddr>) {
     let (tx, rx) = std::sync::mpsc::channel();
+    let (peers_tx, peers_rx) = std::sync::mpsc::channel();
     pod.thread(move || {
         let l = listen(addr);
         tx.send(l.local_addr().expect("local addr"))
             .expect("report");
         for s in l.incoming() {
             let Ok(s) = s else { break };
+            if let Ok(peer) = s.peer_addr() {
+                // Nobody listening (plain `echo_server`) is fine.
+                let _ = peers_tx.send(peer);
+            }
             std::thread::spawn(move || echo_connection(s));
         }
     })
     .expect("echo server thread");
-    rx.recv_timeout(Duration::from_secs(5))
-        .expect("echo server up")
+    let bound = rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("echo server up");
+    (bound, peers_rx)
 }
 
 fn echo_connection(mut s: TcpStream) {
@@ -314,9 +352,25 @@ pub fn serve_one<T: Send + 'static>(
 
 /// Connects from the current thread (which must be in the client pod).
 pub fn connect(to: SocketAddr) -> TcpStream {
-    let s = TcpStream::connect_timeout(&to, Duration::from_secs(5)).expect("connect");
+    let s = TcpStream::connect_timeout(&to, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("connect to {to}: {e}"));
     set_io_slices(&s);
     s
+}
+
+/// Connects from inside `pod` (see `connect`).
+pub fn connect_from(pod: &Pod, to: SocketAddr) -> TcpStream {
+    pod.run(move || connect(to)).expect("entering pod")
+}
+
+/// Sets SO_LINGER 0, so closing `s` sends a RST instead of a FIN.
+pub fn reset_on_close(s: &TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    nix::sys::socket::setsockopt(s, nix::sys::socket::sockopt::Linger, &linger)
+        .expect("SO_LINGER 0");
 }
 
 /// Sends `data` on `s` while reading the echo; returns what came back.

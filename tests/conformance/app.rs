@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use meshlane::sim::Pod;
 
+use crate::common::{read_exact_by, read_some, serve_one, set_io_slices, write_all_by};
+
 /// Switches the calling thread (only it: raw syscalls, not the libc
 /// wrappers that change every thread) to `uid`/`gid`, so its sockets are
 /// owned by them for iptables' owner match and the BPF uid/gid checks.
@@ -214,6 +216,35 @@ pub fn probe(pod: &Pod, to: SocketAddr, who: As) -> Seen {
     .expect("entering pod")
 }
 
+/// A one-connection echo server in `pod` on 0.0.0.0:`port`: echoes until
+/// EOF; join the handle for the peer address the server saw.
+pub fn one_shot_echo_server(pod: &Pod, port: u16) -> JoinHandle<SocketAddr> {
+    let (_, h) = serve_one(pod, ([0, 0, 0, 0], port).into(), |mut s| {
+        let peer = s.peer_addr().expect("echo server peer");
+        // The client enforces the limits; the server just waits.
+        let far = Instant::now() + Duration::from_secs(3600);
+        let mut buf = [0u8; 4096];
+        loop {
+            match read_some(&mut s, &mut buf, far) {
+                Ok(0) => break,
+                Ok(n) => write_all_by(&mut s, &buf[..n], far).expect("echo server write"),
+                Err(e) => panic!("echo server: {e}"),
+            }
+        }
+        peer
+    });
+    h
+}
+
+/// Writes `msg` and reads the same number of bytes back, byte for byte
+/// what the peer sent; panics on EOF, an error, or no echo within 20 s.
+pub fn echo_once(s: &mut TcpStream, msg: &[u8]) -> Vec<u8> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    set_io_slices(s);
+    write_all_by(s, msg, deadline).expect("echo write");
+    read_exact_by(s, msg.len(), deadline)
+}
+
 /// A DNS-proxy stand-in on `port` (UDP and TCP, IPv4 and IPv6 loopback)
 /// running as the proxy `uid`/`gid`. UDP: answers each datagram with
 /// `dns-proxy:<payload>`. TCP: writes `dns-proxy` and closes.
@@ -312,6 +343,20 @@ pub fn dns_server(
     }
 }
 
+/// An unconnected UDP socket of `server`'s family on any port, with a 3 s
+/// read timeout.
+fn udp_client(server: SocketAddr) -> Result<UdpSocket, String> {
+    let bind: SocketAddr = if server.is_ipv4() {
+        "0.0.0.0:0".parse().unwrap()
+    } else {
+        "[::]:0".parse().unwrap()
+    };
+    let u = UdpSocket::bind(bind).map_err(|e| e.to_string())?;
+    u.set_read_timeout(Some(Duration::from_secs(3)))
+        .map_err(|e| e.to_string())?;
+    Ok(u)
+}
+
 /// UDP query from `pod` to `server`: (reply, the address recvfrom reports).
 pub fn dns_udp(
     pod: &Pod,
@@ -322,14 +367,7 @@ pub fn dns_udp(
         if let Some((u, g)) = ids {
             become_thread(u, g);
         }
-        let bind: SocketAddr = if server.is_ipv4() {
-            "0.0.0.0:0".parse().unwrap()
-        } else {
-            "[::]:0".parse().unwrap()
-        };
-        let u = UdpSocket::bind(bind).map_err(|e| e.to_string())?;
-        u.set_read_timeout(Some(Duration::from_secs(3)))
-            .map_err(|e| e.to_string())?;
+        let u = udp_client(server)?;
         u.send_to(b"q", server).map_err(|e| format!("send: {e}"))?;
         let mut buf = [0u8; 512];
         let (n, from) = u.recv_from(&mut buf).map_err(|e| format!("recv: {e}"))?;
@@ -370,14 +408,7 @@ pub fn dns_tcp(pod: &Pod, server: SocketAddr) -> Result<(String, SocketAddr), St
 /// returns the reply and getpeername.
 pub fn dns_udp_connected(pod: &Pod, server: SocketAddr) -> Result<(String, SocketAddr), String> {
     pod.run(move || {
-        let bind: SocketAddr = if server.is_ipv4() {
-            "0.0.0.0:0".parse().unwrap()
-        } else {
-            "[::]:0".parse().unwrap()
-        };
-        let u = UdpSocket::bind(bind).map_err(|e| e.to_string())?;
-        u.set_read_timeout(Some(Duration::from_secs(3)))
-            .map_err(|e| e.to_string())?;
+        let u = udp_client(server)?;
         u.connect(server).map_err(|e| format!("connect: {e}"))?;
         let peer = u.peer_addr().map_err(|e| format!("getpeername: {e}"))?;
         u.send(b"c").map_err(|e| format!("send: {e}"))?;

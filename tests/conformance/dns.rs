@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 
-use meshlane::sim::{Node, NodeOptions, SidecarMode};
+use meshlane::sim::{Node, SidecarMode};
 
 use super::app::{self, DnsProxy};
 use super::world::{Interception, Meshing, World};
@@ -64,17 +64,18 @@ fn run_once(node: &mut Node, how: Interception, a: &Meshing) -> Vec<String> {
     obs
 }
 
-/// Runs the DNS case with the golden rules and with meshlane.
-pub fn run(ipv6: bool) {
-    super::require_root_env();
-    let mut node = Node::new(NodeOptions {
-        ipv6,
-        ..Default::default()
-    })
-    .expect("simulated node");
+/// Pod A meshed with Istio's DNS capture (the golden for the reference).
+fn dns_capture() -> Meshing {
     let mut a = Meshing::istio_default("a");
     a.golden = "cni-plugin_dns.txt.golden";
     a.spec.dns_capture = true;
+    a
+}
+
+/// Runs the DNS case with the golden rules and with meshlane.
+pub fn run(ipv6: bool) {
+    let mut node = super::node(ipv6);
+    let a = dns_capture();
     let reference = run_once(&mut node, Interception::Iptables, &a);
     let meshlane = run_once(&mut node, Interception::Meshlane, &a);
     assert_eq!(
@@ -89,15 +90,8 @@ pub fn run(ipv6: bool) {
 /// rules), so this checks meshlane alone against what the IPv4 reference
 /// shows.
 pub fn run_meshlane_only(ipv6: bool) {
-    super::require_root_env();
-    let mut node = Node::new(NodeOptions {
-        ipv6,
-        ..Default::default()
-    })
-    .expect("simulated node");
-    let mut a = Meshing::istio_default("a");
-    a.spec.dns_capture = true;
-    let meshlane = run_once(&mut node, Interception::Meshlane, &a);
+    let mut node = super::node(ipv6);
+    let meshlane = run_once(&mut node, Interception::Meshlane, &dns_capture());
     assert_eq!(meshlane, expected(ipv6));
 }
 

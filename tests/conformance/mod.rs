@@ -4,6 +4,9 @@
 //! intercept mode, and the two runs must look the same from outside the
 //! kernel: sidecar hops, the server's view of its peer and local address,
 //! the app's getpeername.
+//!
+//! Socket I/O helpers and the environment check come from `tests/common`: a
+//! test that uses this module declares `mod common;` next to it.
 #![allow(dead_code)]
 
 pub mod app;
@@ -12,15 +15,44 @@ pub mod golden;
 pub mod native_sidecar;
 pub mod world;
 
+use std::process::{Command, Output};
+
 use meshlane::sim::{Node, NodeOptions};
 
+use crate::common::require_root_env;
 use world::{Interception, Meshing, Observation, PodName, Probe, SidecarKind, World};
 
-/// Fails (never skips) when the machine cannot run root tests.
-pub fn require_root_env() {
-    if let Err(e) = meshlane::sim::can_run_root_tests() {
-        panic!("root integration tests need root, bpffs and cgroup v2: {e}");
-    }
+/// `meshlane --pin-root <node's pin root> <args...>`, run to completion.
+pub fn cli(node: &Node, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_meshlane"))
+        .arg("--pin-root")
+        .arg(node.layout.root())
+        .args(args)
+        .output()
+        .expect("running meshlane")
+}
+
+/// `cli`, failing with its stderr unless it exits 0; returns stdout.
+pub fn cli_ok(node: &Node, args: &[&str]) -> String {
+    let out = cli(node, args);
+    assert!(
+        out.status.success(),
+        "meshlane {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A simulated node (pods with IPv6 addresses too when `ipv6`); fails when
+/// the machine cannot run root tests.
+pub fn node(ipv6: bool) -> Node {
+    require_root_env();
+    Node::new(NodeOptions {
+        ipv6,
+        ..Default::default()
+    })
+    .expect("simulated node")
 }
 
 /// A probe and what the reference must show for it.
@@ -115,12 +147,7 @@ fn run_once(
 /// tables when they differ or the reference is not what the case expects.
 pub fn run(case: &Case, mode: impl Into<SidecarKind>) {
     let mode = mode.into();
-    require_root_env();
-    let mut node = Node::new(NodeOptions {
-        ipv6: case.ipv6,
-        ..Default::default()
-    })
-    .expect("simulated node");
+    let mut node = node(case.ipv6);
     let reference = run_once(&mut node, case, Interception::Iptables, mode);
     let meshlane = run_once(&mut node, case, Interception::Meshlane, mode);
     let mut problems = Vec::new();

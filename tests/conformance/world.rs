@@ -115,6 +115,11 @@ pub fn mesh(node: &Node, pod: &Pod, m: &Meshing, how: Interception, ipv6: bool) 
     }
 }
 
+/// Meshes `pod` (IPv4) with Istio's defaults, registered as `name`.
+pub fn mesh_istio(node: &Node, pod: &Pod, name: &str, how: Interception) {
+    mesh(node, pod, &Meshing::istio_default(name), how, false);
+}
+
 impl World {
     /// Pods A, B, C; A meshed with `a_mesh` (None: not meshed), B with
     /// `b_mesh`; sidecars started after meshing (so listeners register).

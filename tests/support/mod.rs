@@ -1,11 +1,14 @@
 //! Helpers for the tests that drive the `meshlane` binary (lifecycle,
 //! cli_errors, accelerate): running the CLI, a long-running agent child that
 //! is killed on drop, what bpftool sees (ids, cgroup attachments), the pins
-//! under a pin root, and a long-lived echo conversation.
+//! under a pin root, a long-lived echo conversation, and the setup and
+//! counter checks these tests share. Socket I/O, payloads, echo servers and
+//! the environment check come from `tests/common`: a test that uses this
+//! module declares `mod common;` next to `mod support;`.
 #![allow(dead_code)]
 
-use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -14,7 +17,10 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use meshlane::sim::{Node, NodeOptions, Pod};
 use serde_json::Value;
+
+use crate::common::{require_root_env, set_io_slices, try_read_exact_by, write_all_by};
 
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_meshlane");
@@ -300,30 +306,6 @@ impl Drop for AgentProcess {
     }
 }
 
-/// Reads exactly `buf.len()` bytes, treating EAGAIN (spurious on sockhash
-/// sockets, or the read timeout) as "poll and read again" until `limit`.
-pub fn read_exact_polling(s: &mut TcpStream, buf: &mut [u8], limit: Duration) -> Result<()> {
-    let start = Instant::now();
-    let mut at = 0;
-    while at < buf.len() {
-        match s.read(&mut buf[at..]) {
-            Ok(0) => bail!("EOF after {at} of {} bytes", buf.len()),
-            Ok(n) => at += n,
-            Err(e)
-                if e.kind() == std::io::ErrorKind::WouldBlock
-                    || e.kind() == std::io::ErrorKind::Interrupted =>
-            {
-                if start.elapsed() > limit {
-                    bail!("read stalled after {at} of {} bytes", buf.len());
-                }
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            Err(e) => bail!("read after {at} of {} bytes: {e}", buf.len()),
-        }
-    }
-    Ok(())
-}
-
 /// One long-lived echo connection kept busy by a thread: it writes a
 /// message, reads the echo back and compares it byte for byte, again and
 /// again, until stopped. Any mismatch or error ends it with that error.
@@ -339,9 +321,7 @@ pub struct EchoConversation {
 impl EchoConversation {
     /// `stream` must already be connected to an echo server.
     pub fn start(mut stream: TcpStream, seed: u8) -> Self {
-        stream
-            .set_read_timeout(Some(Duration::from_millis(200)))
-            .expect("read timeout");
+        set_io_slices(&stream);
         let stop = Arc::new(AtomicBool::new(false));
         let pause = Arc::new(AtomicBool::new(false));
         let idle = Arc::new(AtomicBool::new(false));
@@ -362,9 +342,11 @@ impl EchoConversation {
                 let msg: Vec<u8> = (0..len)
                     .map(|i| (i as u8).wrapping_mul(31) ^ seed ^ (round as u8))
                     .collect();
-                stream.write_all(&msg).context("conversation write")?;
+                let deadline = Instant::now() + Duration::from_secs(30);
+                write_all_by(&mut stream, &msg, deadline)
+                    .with_context(|| format!("conversation round {round}: write"))?;
                 let mut back = vec![0u8; len];
-                read_exact_polling(&mut stream, &mut back, Duration::from_secs(30))
+                try_read_exact_by(&mut stream, &mut back, deadline)
                     .with_context(|| format!("conversation round {round}"))?;
                 if back != msg {
                     bail!("round {round}: echo of {len} bytes differs from what was sent");
@@ -453,119 +435,35 @@ impl Drop for EchoConversation {
     }
 }
 
-/// Fails (never skips) when the machine cannot run root tests.
-pub fn require_root_env() {
-    if let Err(e) = meshlane::sim::can_run_root_tests() {
-        panic!("root integration tests need root, bpffs and cgroup v2 (run `make test`): {e}");
-    }
-}
-
-/// Deterministic test payload.
-pub fn payload(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[0] ^ seed)
-        .collect()
-}
-
-/// Echo server on `addr` inside `pod`: one thread per connection, echoes
-/// until EOF, then closes its write side. Returns the bound address and a
-/// receiver of each accepted connection's peer address.
-pub fn echo_server(
-    pod: &meshlane::sim::Pod,
-    addr: std::net::SocketAddr,
-) -> (std::net::SocketAddr, mpsc::Receiver<std::net::SocketAddr>) {
-    let (tx, rx) = mpsc::channel();
-    let (peers_tx, peers_rx) = mpsc::channel();
-    pod.thread(move || {
-        let l = std::net::TcpListener::bind(addr).expect("bind echo server");
-        tx.send(l.local_addr().expect("local addr"))
-            .expect("report address");
-        for s in l.incoming() {
-            let Ok(mut s) = s else { break };
-            if let Ok(peer) = s.peer_addr() {
-                let _ = peers_tx.send(peer);
-            }
-            std::thread::spawn(move || {
-                let mut buf = vec![0u8; 256 * 1024];
-                loop {
-                    match s.read(&mut buf) {
-                        Ok(0) => break,
-                        Ok(n) => {
-                            if s.write_all(&buf[..n]).is_err() {
-                                return;
-                            }
-                        }
-                        Err(e)
-                            if e.kind() == std::io::ErrorKind::WouldBlock
-                                || e.kind() == std::io::ErrorKind::Interrupted =>
-                        {
-                            std::thread::sleep(Duration::from_millis(1));
-                        }
-                        Err(_) => break,
-                    }
-                }
-                let _ = s.shutdown(std::net::Shutdown::Write);
-            });
-        }
+/// A simulated node with nothing installed: the tests install through the
+/// binary.
+pub fn node_without_install() -> Node {
+    require_root_env();
+    Node::new(NodeOptions {
+        install: false,
+        ..Default::default()
     })
-    .expect("echo server thread");
-    let bound = rx
-        .recv_timeout(Duration::from_secs(10))
-        .expect("echo server up");
-    (bound, peers_rx)
+    .expect("node")
 }
 
-/// Reads to EOF like an event-driven app: EAGAIN means poll and retry.
-pub fn read_to_eof(s: &mut TcpStream, limit: Duration) -> Result<Vec<u8>> {
-    let start = Instant::now();
-    let mut got = Vec::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return Ok(got),
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e)
-                if e.kind() == std::io::ErrorKind::WouldBlock
-                    || e.kind() == std::io::ErrorKind::Interrupted =>
-            {
-                if start.elapsed() > limit {
-                    bail!("read stalled after {} bytes", got.len());
-                }
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            Err(e) => bail!("read after {} bytes: {e}", got.len()),
-        }
+/// Registers `pod` in accelerate mode through the binary, under `name` when
+/// given (the binary's default name otherwise).
+pub fn add_accelerated_pod(pin_root: &Path, pod: &Pod, name: Option<&str>) {
+    let netns = pod.netns.to_string_lossy();
+    let mut args = vec!["pod", "add", "--netns", &netns];
+    if let Some(name) = name {
+        args.extend(["--name", name]);
     }
+    args.extend(["--mode", "accelerate"]);
+    cli_ok(pin_root, &args);
 }
 
-/// Connects from inside `pod` to `to`, sends `data` in `chunk`s while
-/// reading the echo, half-closes, and returns what came back.
-pub fn echo_from(
-    pod: &meshlane::sim::Pod,
-    to: std::net::SocketAddr,
-    data: Vec<u8>,
-    chunk: usize,
-) -> Vec<u8> {
-    let s = pod
-        .run(move || TcpStream::connect_timeout(&to, Duration::from_secs(10)))
-        .expect("entering the pod")
-        .unwrap_or_else(|e| panic!("connect to {to}: {e}"));
-    echo_on(s, data, chunk)
+/// The counters of the install under `pin_root`.
+pub fn counters(pin_root: &Path) -> BTreeMap<String, u64> {
+    meshlane::status::read_counters(&meshlane::layout::PinLayout::new(pin_root))
 }
 
-/// Echo round trip on an open connection; returns what came back.
-pub fn echo_on(mut s: TcpStream, data: Vec<u8>, chunk: usize) -> Vec<u8> {
-    s.set_read_timeout(Some(Duration::from_millis(500)))
-        .expect("read timeout");
-    let mut w = s.try_clone().expect("clone socket");
-    let writer = std::thread::spawn(move || {
-        for c in data.chunks(chunk.max(1)) {
-            w.write_all(c).expect("write");
-        }
-        w.shutdown(std::net::Shutdown::Write)
-            .expect("shutdown write");
-    });
-    let got = read_to_eof(&mut s, Duration::from_secs(120)).expect("reading the echo");
-    writer.join().expect("writer thread");
-    got
+/// How much counter `name` grew from `before` to `after`.
+pub fn delta(after: &BTreeMap<String, u64>, before: &BTreeMap<String, u64>, name: &str) -> u64 {
+    after[name] - before[name]
 }
