@@ -153,6 +153,21 @@ fn run_step(tb: &Testbed, o: &Options, w: Workload, p: Placement, m: Mode) -> Re
     }
 }
 
+/// Waits (up to 3 s) until the nodes are idle: less than 5 ms of CPU in a
+/// 100 ms window across every process of the run. A step that failed can
+/// leave a sidecar draining buffers; the next step must not pay for it.
+fn settle(tb: &Testbed) {
+    let cg = CpuSource::Cgroup(tb.node.cgroup.path().to_path_buf());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while std::time::Instant::now() < deadline && !interrupt::requested() {
+        let a = cg.sample();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        if cg.sample().since(a) < 5_000_000 {
+            return;
+        }
+    }
+}
+
 fn ms(ns: u64, per: f64) -> f64 {
     ns as f64 / 1e6 / per
 }
@@ -183,6 +198,7 @@ pub fn run(tb: &Testbed, o: &Options, progress: &mut Progress) -> Result<RunData
                 let res = run_step(tb, o, w, p, m);
                 let after = snapshot(tb, m, with_cpu);
                 drop(stats);
+                settle(tb);
                 if matches!(res, Err(BenchError::Interrupted)) || interrupt::requested() {
                     return Err(BenchError::Interrupted);
                 }
