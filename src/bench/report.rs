@@ -482,3 +482,148 @@ impl Report {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::load;
+    use std::collections::BTreeMap;
+
+    fn step(
+        round: u32,
+        w: Workload,
+        p: Placement,
+        m: Mode,
+        p50: f64,
+        p99: f64,
+        ops_s: f64,
+    ) -> StepRecord {
+        StepRecord {
+            round,
+            warmup: round == 0,
+            workload: w,
+            placement: p,
+            mode: m,
+            error: None,
+            latency_us: Some(Percentiles {
+                p50,
+                p90: p50,
+                p99,
+                p999: p99,
+                count: 100,
+            }),
+            ops: 100,
+            ops_per_s: ops_s,
+            gbit_per_s: None,
+            missed_slots: 0,
+            cpu_per_1k: None,
+            counters: BTreeMap::new(),
+        }
+    }
+
+    fn opts() -> Options {
+        Options {
+            modes: vec![Mode::Direct, Mode::Iptables, Mode::Intercept, Mode::Bypass],
+            workloads: vec![Workload::Rtt64, Workload::HttpMax],
+            placements: vec![Placement::SameNode],
+            rounds: 3,
+            ..Options::quick()
+        }
+    }
+
+    /// Direct 10 µs, iptables 50, intercept 30 (+20 vs +40: ratio 0.5);
+    /// the warm-up round's wild values must not count.
+    fn data() -> RunData {
+        let (w, p) = (Workload::Rtt64, Placement::SameNode);
+        let mut steps = Vec::new();
+        for round in 0..4 {
+            let noise = if round == 0 { 1000.0 } else { f64::from(round) };
+            steps.push(step(round, w, p, Mode::Direct, 10.0 + noise, 20.0, 0.0));
+            steps.push(step(round, w, p, Mode::Iptables, 50.0 + noise, 100.0, 0.0));
+            steps.push(step(round, w, p, Mode::Intercept, 30.0 + noise, 50.0, 0.0));
+            for (m, rate) in [
+                (Mode::Direct, 5000.0),
+                (Mode::Iptables, 1000.0),
+                (Mode::Intercept, 1400.0),
+            ] {
+                steps.push(step(round, Workload::HttpMax, p, m, 1.0, 1.0, rate));
+            }
+        }
+        let mut hists = BTreeMap::new();
+        let mut h = load::histogram();
+        h.record(10_000).unwrap();
+        hists.insert((w, p, Mode::Direct), h);
+        RunData { steps, hists }
+    }
+
+    #[test]
+    fn added_latency_ratios_and_targets() {
+        let r = Report::build(&opts(), data());
+        let s = r
+            .summary(Workload::Rtt64, Placement::SameNode, Mode::Intercept)
+            .unwrap();
+        assert_eq!(s.rounds_ok, 3, "warm-up excluded");
+        assert_eq!(s.p50_us.unwrap().median, 32.0);
+        assert_eq!(s.added_p50_us.unwrap().median, 20.0);
+        let ratio = r
+            .ratios
+            .iter()
+            .find(|x| x.what == "intercept/iptables added latency p50, rtt-64 same-node")
+            .unwrap();
+        assert_eq!(ratio.value, Some(0.5));
+        let t = r
+            .targets
+            .iter()
+            .find(|t| t.what.contains("p50, rtt-64"))
+            .unwrap();
+        assert_eq!(t.met, Some(true));
+        let rate = r
+            .targets
+            .iter()
+            .find(|t| t.what.contains("max request rate"))
+            .unwrap();
+        assert_eq!(rate.met, Some(true), "{}", rate.measured);
+        let bypass = r.modes.iter().find(|m| m.mode == Mode::Bypass).unwrap();
+        assert!(bypass.status.starts_with("not available"));
+        assert!(r
+            .targets
+            .iter()
+            .any(|t| t.what.contains("bypass") && t.met.is_none()));
+        assert!(r.check().is_ok());
+    }
+
+    #[test]
+    fn check_fails_when_intercept_is_slower() {
+        let mut d = data();
+        for s in d.steps.iter_mut().filter(|s| s.mode == Mode::Intercept) {
+            if let Some(l) = s.latency_us.as_mut() {
+                l.p50 += 100.0;
+            }
+        }
+        let r = Report::build(&opts(), d);
+        let e = r.check().unwrap_err();
+        assert!(e.contains("slower"), "{e}");
+    }
+
+    #[test]
+    fn failures_are_reported_not_hidden() {
+        let mut d = data();
+        for s in d.steps.iter_mut().filter(|s| s.mode == Mode::Intercept) {
+            s.error = Some("connection refused".into());
+            s.latency_us = None;
+        }
+        let r = Report::build(&opts(), d);
+        let m = r.modes.iter().find(|m| m.mode == Mode::Intercept).unwrap();
+        assert!(m.status.contains("connection refused"), "{}", m.status);
+        assert!(r.check().is_err());
+        let md = crate::bench::markdown::render(&r);
+        assert!(md.contains("failed: connection refused"), "{md}");
+        let charts = crate::bench::svg::charts(&r);
+        assert!(charts
+            .iter()
+            .any(|(n, s)| n == "cdf-rtt-64-same-node.svg" && s.contains("<polyline")));
+        assert!(charts
+            .iter()
+            .all(|(_, s)| s.starts_with("<svg") && s.trim_end().ends_with("</svg>")));
+    }
+}
