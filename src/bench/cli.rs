@@ -44,6 +44,9 @@ pub struct BenchArgs {
     pub no_pin: bool,
     #[arg(long)]
     pub seed: Option<u64>,
+    /// HTTP workloads through extra pods whose sidecars run HAProxy in http mode (L7).
+    #[arg(long)]
+    pub http_l7: bool,
     /// Fail (non-zero exit) when intercept is slower than iptables at p50 RTT.
     #[arg(long)]
     pub check: bool,
@@ -84,6 +87,9 @@ impl BenchArgs {
             o.cpu = None;
         } else if let Some(c) = self.cpu {
             o.cpu = Some(c);
+        }
+        if self.http_l7 {
+            o.http_l7 = true;
         }
         if let Some(s) = self.seed {
             o.seed = s;
@@ -141,6 +147,7 @@ pub fn demo(json: bool) -> Result<()> {
         cpu: None,
         no_pin: false,
         seed: None,
+        http_l7: false,
         check: false,
         out: None,
     };

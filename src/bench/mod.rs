@@ -67,7 +67,16 @@ pub fn run(o: &Options, quiet: bool) -> Result<Report> {
             .collect::<Vec<_>>()
             .join(", ")
     ));
-    let tb = testbed::Testbed::new(&build, o.placements.contains(&Placement::CrossNode), o.cpu)?;
+    let l7 = o.http_l7
+        && o.workloads
+            .iter()
+            .any(|w| matches!(w, Workload::Http | Workload::HttpMax));
+    let tb = testbed::Testbed::new(
+        &build,
+        o.placements.contains(&Placement::CrossNode),
+        o.cpu,
+        l7,
+    )?;
     let data = runner::run(&tb, o, &mut progress)?;
     drop(tb);
     Ok(Report::build(o, data))

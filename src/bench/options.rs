@@ -242,6 +242,9 @@ pub struct Options {
     /// Connections of the HTTP workloads.
     pub connections: u32,
     pub seed: u64,
+    /// HTTP workloads go through sidecars in HAProxy http mode (L7, as
+    /// Envoy's HTTP connection manager would); false: the tcp-mode sidecars.
+    pub http_l7: bool,
     /// CPU every process of the flow is pinned to (None: no pinning).
     pub cpu: Option<usize>,
     pub out: PathBuf,
@@ -270,6 +273,7 @@ impl Options {
             qps: 1000,
             connections: 4,
             seed: 0x6d65_7368,
+            http_l7: false,
             cpu: Some(online_cpus().saturating_sub(1)),
             out: PathBuf::from("target/meshlane-bench"),
             check: false,

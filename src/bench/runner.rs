@@ -87,8 +87,8 @@ fn bpf_run_ns(tb: &Testbed) -> u64 {
         .sum()
 }
 
-fn snapshot(tb: &Testbed, mode: Mode, with_cpu: bool) -> Snapshot {
-    let sessions = tb.set(mode).map_or(0, |s| {
+fn snapshot(tb: &Testbed, mode: Mode, w: Workload, with_cpu: bool) -> Snapshot {
+    let sessions = tb.set(mode, w).map_or(0, |s| {
         s.sidecars
             .iter()
             .map(|sc| sc.sessions("outbound") + sc.sessions("inbound"))
@@ -103,7 +103,7 @@ fn snapshot(tb: &Testbed, mode: Mode, with_cpu: bool) -> Snapshot {
             CpuSample(0)
         },
         sidecars: if with_cpu {
-            tb.sidecar_pids(mode)
+            tb.sidecar_pids(mode, w)
                 .into_iter()
                 .map(|p| CpuSource::Process(p).sample())
                 .collect()
@@ -131,7 +131,7 @@ impl BpfStats {
 }
 
 fn run_step(tb: &Testbed, o: &Options, w: Workload, p: Placement, m: Mode) -> Result<Measured> {
-    let (pod, addr) = tb.route(m, p, load::port_for(w))?;
+    let (pod, addr) = tb.route(m, w, p)?;
     let dur = o.step * w.step_factor();
     let (cpu, qps, conns) = (o.cpu, o.qps, o.connections);
     let r = pod.run(move || match w {
@@ -194,9 +194,9 @@ pub fn run(tb: &Testbed, o: &Options, progress: &mut Progress) -> Result<RunData
                 // BPF run-time stats cost two clock reads per program run:
                 // on only for the steps whose CPU is accounted.
                 let stats = with_cpu.then(BpfStats::enable);
-                let before = snapshot(tb, m, with_cpu);
+                let before = snapshot(tb, m, w, with_cpu);
                 let res = run_step(tb, o, w, p, m);
-                let after = snapshot(tb, m, with_cpu);
+                let after = snapshot(tb, m, w, with_cpu);
                 drop(stats);
                 settle(tb);
                 if matches!(res, Err(BenchError::Interrupted)) || interrupt::requested() {

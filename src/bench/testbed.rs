@@ -6,7 +6,8 @@
 //! - a client pod on node A,
 //! - a server pod on node A (same-node), and one on node B (cross-node),
 //! - for modes with sidecars, HAProxy (uid 1337, tcp mode, original-destination
-//!   servers) in each of those pods; `iptables`/`accelerate` pods get the exact
+//!   servers) in each of those pods, and (for the HTTP workloads) a second
+//!   trio of pods whose HAProxy runs in http mode; `iptables`/`accelerate` pods get the exact
 //!   istio-init rules (cni-plugin_basic golden); `accelerate`/`intercept` pods
 //!   are registered with meshlane (in their own node's registry).
 //!
@@ -17,7 +18,7 @@
 use std::net::{Ipv4Addr, SocketAddr};
 
 use super::error::{BenchError, Result};
-use super::options::{Mode, Placement};
+use super::options::{Mode, Placement, Workload};
 use super::servers::ServerSet;
 use super::{interrupt, net};
 use crate::pods::{PodMode, PodSpec};
@@ -30,6 +31,9 @@ pub const ISTIO_RULES: &str = "cni-plugin_basic.txt.golden";
 /// threads first, then the network namespaces.
 pub struct ModePods {
     pub mode: Mode,
+    /// Sidecars in HAProxy http mode (L7, like Envoy's HTTP connection
+    /// manager); used by the HTTP workloads. false: tcp mode.
+    pub l7: bool,
     pub sidecars: Vec<Sidecar>,
     servers: Vec<ServerSet>,
     pub client: Pod,
@@ -85,7 +89,14 @@ fn tune_pod(pod: &Pod, gateway: Option<Ipv4Addr>) -> Result<()> {
 
 impl Testbed {
     /// Builds node A, node B (if `cross_node`) and the pods of `modes`.
-    pub fn new(modes: &[Mode], cross_node: bool, cpu: Option<usize>) -> Result<Self> {
+    /// With `l7_http`, modes with sidecars get a second set of pods whose
+    /// sidecars run in http mode, for the HTTP workloads.
+    pub fn new(
+        modes: &[Mode],
+        cross_node: bool,
+        cpu: Option<usize>,
+        l7_http: bool,
+    ) -> Result<Self> {
         sim::can_run_root_tests().map_err(|e| {
             BenchError::setup(
                 "the simulated node",
@@ -108,14 +119,23 @@ impl Testbed {
         }
         for &m in modes {
             interrupt::check()?;
-            let set = tb.mode_pods(m)?;
+            let set = tb.mode_pods(m, false)?;
             tb.sets.push(set);
+            if l7_http && m.has_sidecars() {
+                interrupt::check()?;
+                let set = tb.mode_pods(m, true)?;
+                tb.sets.push(set);
+            }
         }
         Ok(tb)
     }
 
-    fn mode_pods(&mut self, mode: Mode) -> Result<ModePods> {
-        let name = mode.name();
+    fn mode_pods(&mut self, mode: Mode, l7: bool) -> Result<ModePods> {
+        let name = if l7 {
+            format!("{}-h", mode.name())
+        } else {
+            mode.name().to_string()
+        };
         let client = self
             .node
             .pod(&format!("{name}-c"))
@@ -135,6 +155,7 @@ impl Testbed {
         };
         let mut set = ModePods {
             mode,
+            l7,
             sidecars: Vec::new(),
             servers: Vec::new(),
             client,
@@ -185,9 +206,21 @@ impl Testbed {
         let cpu = self.cpu;
         for &(pod, _) in &pods {
             if mode.has_sidecars() {
-                let sc = pinned(cpu, || Sidecar::start(pod, SidecarMode::Tcp, 1337))?.map_err(
-                    BenchError::setup_anyhow(format!("HAProxy sidecar in {}", pod.name)),
-                )?;
+                let sc = pinned(cpu, || {
+                    Sidecar::start(
+                        pod,
+                        if l7 {
+                            SidecarMode::Http
+                        } else {
+                            SidecarMode::Tcp
+                        },
+                        1337,
+                    )
+                })?
+                .map_err(BenchError::setup_anyhow(format!(
+                    "HAProxy sidecar in {}",
+                    pod.name
+                )))?;
                 set.sidecars.push(sc);
             }
         }
@@ -197,14 +230,26 @@ impl Testbed {
         Ok(set)
     }
 
-    pub fn set(&self, mode: Mode) -> Option<&ModePods> {
-        self.sets.iter().find(|s| s.mode == mode)
+    /// The pods of `mode` that `w` uses: the http-mode set for the HTTP
+    /// workloads when there is one.
+    pub fn set(&self, mode: Mode, w: Workload) -> Option<&ModePods> {
+        let want_l7 = matches!(w, Workload::Http | Workload::HttpMax);
+        self.sets
+            .iter()
+            .find(|s| s.mode == mode && s.l7 == want_l7)
+            .or_else(|| self.sets.iter().find(|s| s.mode == mode && !s.l7))
     }
 
-    /// (client pod, server address) of a mode and placement.
-    pub fn route(&self, mode: Mode, placement: Placement, port: u16) -> Result<(&Pod, SocketAddr)> {
+    /// (client pod, server address) of a mode, workload and placement.
+    pub fn route(
+        &self,
+        mode: Mode,
+        w: Workload,
+        placement: Placement,
+    ) -> Result<(&Pod, SocketAddr)> {
+        let port = super::load::port_for(w);
         let set = self
-            .set(mode)
+            .set(mode, w)
             .ok_or_else(|| BenchError::setup(mode.name(), "no pods for this mode"))?;
         let ip: Ipv4Addr = match placement {
             Placement::SameNode => set.server.ip4,
@@ -215,7 +260,7 @@ impl Testbed {
                     .ip4
             }
             Placement::OneSidecar => {
-                self.set(Mode::Direct)
+                self.set(Mode::Direct, w)
                     .ok_or_else(|| {
                         BenchError::setup("one-sidecar", "needs the direct mode's plain server pod")
                     })?
@@ -226,9 +271,9 @@ impl Testbed {
         Ok((&set.client, SocketAddr::from((ip, port))))
     }
 
-    /// HAProxy processes of a mode (for CPU accounting).
-    pub fn sidecar_pids(&self, mode: Mode) -> Vec<u32> {
-        self.set(mode)
+    /// HAProxy processes a mode's workload goes through (CPU accounting).
+    pub fn sidecar_pids(&self, mode: Mode, w: Workload) -> Vec<u32> {
+        self.set(mode, w)
             .map(|s| s.sidecars.iter().map(|sc| sc.process.pid()).collect())
             .unwrap_or_default()
     }
