@@ -31,7 +31,8 @@ fn alive(pid: u32) -> bool {
 fn tag_pid(name: &str) -> Option<u32> {
     let rest = name
         .strip_prefix("meshlane-t")
-        .or_else(|| name.strip_prefix("meshlane-p"))?;
+        .or_else(|| name.strip_prefix("meshlane-p"))
+        .or_else(|| name.strip_prefix("meshlane-s"))?;
     rest.split('x').next()?.parse().ok()
 }
 
@@ -224,7 +225,7 @@ fn quick_run_on_two_nodes_leaves_nothing_behind() {
             "--step-ms",
             "100",
             "--modes",
-            "direct,iptables,accelerate,intercept,bypass",
+            "direct,iptables,accelerate,intercept,intercept-nosplice,bypass",
             "--workloads",
             "rtt-64,http",
             "--placements",

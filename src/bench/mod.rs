@@ -45,9 +45,12 @@ use error::Result;
 pub fn run(o: &Options, quiet: bool) -> Result<Report> {
     o.validate()?;
     interrupt::install();
-    let steps = (o.warmup_rounds + o.rounds) as u64
-        * o.cells().len() as u64
-        * o.runnable_modes().len() as u64;
+    let per_round: u64 = o
+        .cells()
+        .iter()
+        .map(|&(w, p)| o.runnable_modes().iter().filter(|m| m.runs(w, p)).count() as u64)
+        .sum();
+    let steps = u64::from(o.warmup_rounds + o.rounds) * per_round;
     let mut progress = progress::Progress::new(steps, quiet);
     let mut build: Vec<Mode> = o.runnable_modes();
     if o.placements.contains(&Placement::OneSidecar) && !build.contains(&Mode::Direct) {

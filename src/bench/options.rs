@@ -23,16 +23,21 @@ pub enum Mode {
     Accelerate,
     /// Pods registered in intercept mode: eBPF interception + splicing.
     Intercept,
+    /// Issue 3's middle variant: eBPF interception with splicing detached
+    /// (a side install whose sk_msg link is unpinned). Only the one-sidecar
+    /// and same-node RTT and connection-rate cells.
+    InterceptNoSplice,
     /// Kernel fast path past the sidecar: not built yet, reported as such.
     Bypass,
 }
 
 impl Mode {
-    pub const ALL: [Mode; 5] = [
+    pub const ALL: [Mode; 6] = [
         Mode::Direct,
         Mode::Iptables,
         Mode::Accelerate,
         Mode::Intercept,
+        Mode::InterceptNoSplice,
         Mode::Bypass,
     ];
 
@@ -42,6 +47,7 @@ impl Mode {
             Mode::Iptables => "iptables",
             Mode::Accelerate => "accelerate",
             Mode::Intercept => "intercept",
+            Mode::InterceptNoSplice => "intercept-nosplice",
             Mode::Bypass => "bypass",
         }
     }
@@ -59,6 +65,14 @@ impl Mode {
     /// Pods of this mode run HAProxy sidecars.
     pub fn has_sidecars(self) -> bool {
         !matches!(self, Mode::Direct | Mode::Bypass)
+    }
+
+    /// Whether this mode runs the (workload, placement) cell.
+    pub fn runs(self, w: Workload, p: Placement) -> bool {
+        match self {
+            Mode::InterceptNoSplice => w.one_sidecar() && p != Placement::CrossNode,
+            _ => true,
+        }
     }
 }
 
@@ -284,6 +298,13 @@ impl Options {
     /// About a minute: same-node RTT, connection rate and fixed-rate HTTP.
     pub fn quick() -> Self {
         Self {
+            modes: vec![
+                Mode::Direct,
+                Mode::Iptables,
+                Mode::Accelerate,
+                Mode::Intercept,
+                Mode::Bypass,
+            ],
             workloads: vec![
                 Workload::Rtt64,
                 Workload::Rtt1k,

@@ -169,7 +169,7 @@ fn summarize(o: &Options, data: &RunData) -> Vec<Summary> {
     let measured: Vec<&StepRecord> = data.steps.iter().filter(|s| !s.warmup).collect();
     let mut out = Vec::new();
     for (w, p) in o.cells() {
-        for m in o.runnable_modes() {
+        for m in o.runnable_modes().into_iter().filter(|m| m.runs(w, p)) {
             let cell: Vec<&StepRecord> = measured
                 .iter()
                 .copied()
@@ -360,6 +360,41 @@ impl Report {
                     what: format!("bypass/direct p50, {w} {p}"),
                     value: None,
                     note: "bypass: not available".into(),
+                });
+            }
+        }
+        // Issue 3: iptables REDIRECT vs eBPF interception vs interception +
+        // splicing, through one sidecar (and two, same node).
+        for p in [Placement::OneSidecar, Placement::SameNode] {
+            for w in [Workload::Rtt64, Workload::Rtt1k] {
+                if self.summary(w, p, Mode::InterceptNoSplice).is_none() {
+                    continue;
+                }
+                v.push(Ratio {
+                    what: format!("intercept-nosplice/iptables p50, {w} {p}"),
+                    value: self.ratio(w, p, Mode::InterceptNoSplice, Mode::Iptables, |s| s.p50_us),
+                    note: "interception alone vs iptables REDIRECT".into(),
+                });
+                v.push(Ratio {
+                    what: format!("intercept/intercept-nosplice p50, {w} {p}"),
+                    value: self.ratio(w, p, Mode::Intercept, Mode::InterceptNoSplice, |s| s.p50_us),
+                    note: "what splicing adds to interception".into(),
+                });
+            }
+            if self
+                .summary(Workload::Connect, p, Mode::InterceptNoSplice)
+                .is_some()
+            {
+                v.push(Ratio {
+                    what: format!("intercept-nosplice/iptables rate, connect {p}"),
+                    value: self.ratio(
+                        Workload::Connect,
+                        p,
+                        Mode::InterceptNoSplice,
+                        Mode::Iptables,
+                        |s| s.ops_per_s,
+                    ),
+                    note: "connections per second".into(),
                 });
             }
         }

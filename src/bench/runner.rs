@@ -183,7 +183,7 @@ pub fn run(tb: &Testbed, o: &Options, progress: &mut Progress) -> Result<RunData
     for round in 0..o.warmup_rounds + o.rounds {
         let warmup = round < o.warmup_rounds;
         for &(w, p) in &cells {
-            for &m in &modes {
+            for &m in modes.iter().filter(|m| m.runs(w, p)) {
                 interrupt::check()?;
                 progress.step(&format!(
                     "round {}{} {w} {p} {m}",

@@ -25,6 +25,7 @@ pub fn color(m: Mode) -> &'static str {
         Mode::Iptables => "#d62728",
         Mode::Accelerate => "#ff7f0e",
         Mode::Intercept => "#2ca02c",
+        Mode::InterceptNoSplice => "#9467bd",
         Mode::Bypass => "#1f77b4",
     }
 }

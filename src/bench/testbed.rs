@@ -22,7 +22,7 @@ use super::options::{Mode, Placement, Workload};
 use super::servers::ServerSet;
 use super::{interrupt, net};
 use crate::pods::{PodMode, PodSpec};
-use crate::sim::{self, Node, NodeOptions, PeerNode, Pod, Sidecar, SidecarMode};
+use crate::sim::{self, Node, NodeOptions, PeerNode, Pod, SideInstall, Sidecar, SidecarMode};
 
 /// The golden istio-init rule set every iptables-mode pod gets.
 pub const ISTIO_RULES: &str = "cni-plugin_basic.txt.golden";
@@ -44,6 +44,8 @@ pub struct ModePods {
 /// Node A, node B and every mode's pods. Field order is drop order.
 pub struct Testbed {
     pub sets: Vec<ModePods>,
+    /// The splice-less install of `intercept-nosplice` (node A only).
+    pub side: Option<SideInstall>,
     pub peer: Option<PeerNode>,
     pub node: Node,
     pub cpu: Option<usize>,
@@ -108,6 +110,7 @@ impl Testbed {
         ))?;
         let mut tb = Testbed {
             sets: Vec::new(),
+            side: None,
             peer: None,
             node,
             cpu,
@@ -144,7 +147,17 @@ impl Testbed {
             .node
             .pod(&format!("{name}-s"))
             .map_err(BenchError::setup_anyhow(format!("{name} server pod")))?;
-        let remote = match self.peer.as_mut() {
+        if mode == Mode::InterceptNoSplice && self.side.is_none() {
+            self.side = Some(
+                SideInstall::new(&self.node, false)
+                    .map_err(BenchError::setup_anyhow("the splice-less side install"))?,
+            );
+        }
+        let remote = match self
+            .peer
+            .as_mut()
+            .filter(|_| mode != Mode::InterceptNoSplice)
+        {
             Some(p) => Some(
                 p.pod(&format!("{name}-r"))
                     .map_err(BenchError::setup_anyhow(format!(
@@ -183,13 +196,18 @@ impl Testbed {
             }
             let pod_mode = match mode {
                 Mode::Accelerate => Some(PodMode::Accelerate),
-                Mode::Intercept => Some(PodMode::Intercept),
+                Mode::Intercept | Mode::InterceptNoSplice => Some(PodMode::Intercept),
                 _ => None,
             };
             if let Some(pm) = pod_mode {
                 let mut spec = PodSpec::istio(pod.name.clone());
                 spec.mode = pm;
-                let reg = if on_b {
+                let reg = if mode == Mode::InterceptNoSplice {
+                    self.side
+                        .as_ref()
+                        .map(|s| s.register(pod, &spec))
+                        .unwrap_or_else(|| Err(anyhow::anyhow!("no side install")))
+                } else if on_b {
                     self.peer
                         .as_ref()
                         .map(|p| p.register(pod, &spec))
@@ -278,9 +296,11 @@ impl Testbed {
             .unwrap_or_default()
     }
 
-    /// A data-path counter summed over both nodes.
+    /// A data-path counter summed over every install.
     pub fn counter(&self, name: &str) -> u64 {
-        self.node.counter(name) + self.peer.as_ref().map_or(0, |p| p.counter(name))
+        self.node.counter(name)
+            + self.peer.as_ref().map_or(0, |p| p.counter(name))
+            + self.side.as_ref().map_or(0, |s| s.counter(name))
     }
 
     /// Pin roots of both installs (for BPF program run time).
@@ -288,6 +308,9 @@ impl Testbed {
         let mut v = vec![self.node.layout.clone()];
         if let Some(p) = &self.peer {
             v.push(p.layout.clone());
+        }
+        if let Some(s) = &self.side {
+            v.push(s.layout.clone());
         }
         v
     }

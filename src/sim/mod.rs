@@ -53,3 +53,5 @@ mod peer_node;
 pub use peer_node::PeerNode;
 mod cpu;
 pub use cpu::{CpuSample, CpuSource};
+mod side_install;
+pub use side_install::SideInstall;
