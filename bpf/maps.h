@@ -76,6 +76,28 @@ struct {
 	__type(value, struct ml_sock_key);
 } ml_active SEC(".maps");
 
+/* Directions of spliced connections currently handed back to TCP because
+ * the reader fell behind (key: the sending socket's key).
+ * Writer and reader: sk_msg (splice.bpf.c); deleted at close by sockops. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct ml_sock_key);
+	__type(value, __u8);
+} ml_throttled SEC(".maps");
+
+/* Kernel address of each socket in ml_socks, so sk_msg can read the
+ * peer's queue for backpressure (sk_msg may not take socket references).
+ * Only ever dereferenced with bpf_probe_read_kernel; never decides where
+ * bytes go (the redirect looks the peer up in ml_socks).
+ * Writer: sockops (established; deleted at close). Reader: sk_msg. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct ml_sock_key);
+	__type(value, __u64);
+} ml_sock_addrs SEC(".maps");
+
 /* Per-CPU counters, indexed by enum ml_counter.
  * Writers: every program. Reader: `meshlane status`, metrics. */
 struct {

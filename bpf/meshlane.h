@@ -145,6 +145,8 @@ enum ml_counter {
 	ML_CNT_DNS_REDIRECTED,
 	ML_CNT_LISTENER_REGISTERED, /* proxy inbound listener seen */
 	ML_CNT_STATE_FULL,          /* an LRU bookkeeping insert failed */
+	ML_CNT_SPLICE_THROTTLED,    /* a direction handed to TCP: reader behind */
+	ML_CNT_SPLICE_RESUMED,      /* a throttled direction spliced again */
 	ML_CNT__MAX,
 };
 

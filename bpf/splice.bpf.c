@@ -8,7 +8,8 @@
  *                      meshed pods into ml_socks and records, in ml_peers,
  *                      which socket each one's bytes go to.
  *   ml_splice_msg      (sk_msg, on ml_socks) redirects every message to the
- *                      peer socket's ingress queue, or passes it to TCP.
+ *                      peer socket's ingress queue, or passes it to TCP;
+ *                      applies backpressure (see below).
  *   ml_splice_verdict  (sk_skb stream verdict, on ml_socks) a pass-through;
  *                      attached only on kernels whose sockmap loses FIONREAD
  *                      and epoll wake-ups without one (see src/probe.rs).
@@ -19,10 +20,48 @@
  * (127.0.0.1:15001 <- podIP:eph) does not mirror the app's socket
  * (podIP:eph -> VIP:80). The passive side then finds the active socket by its
  * source endpoint in ml_active and both peers are written explicitly.
+ *
+ * Backpressure. A redirect to the peer's ingress queue is not bounded by the
+ * peer's receive buffer: a fast sender and a slow reader would queue without
+ * limit until the node's TCP memory is exhausted and sends fail with ENOMEM.
+ * So before each redirect the program reads how much is queued at the peer
+ * (psock->msg_tot_len and the TCP receive counters, at CO-RE offsets, with
+ * bpf_probe_read_kernel from the address sockops recorded in ml_sock_addrs:
+ * sk_msg cannot take a socket reference, and loading needs CAP_PERFMON). At ml_splice_queue_limit the
+ * direction is handed to TCP, whose flow control bounds it. It is spliced
+ * again only when no byte of it is left on the TCP path (all acknowledged
+ * by the peer and read by the reader) and the queue has drained to half,
+ * so bytes are never reordered: the reader always drains the psock queue
+ * before the TCP receive queue.
  */
 #include "maps.h"
+#include <bpf/bpf_core_read.h>
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* Bytes queued at a peer before its direction is handed to TCP; 0 turns
+ * backpressure off. Set by the loader (agent --splice-queue-limit). */
+const volatile __u32 ml_splice_queue_limit = 6 << 20;
+
+/* Minimal CO-RE views of kernel structs (no vmlinux.h): libbpf relocates
+ * each field to its offset in the running kernel's BTF. */
+struct sock___ml {
+	void *sk_user_data;
+} __attribute__((preserve_access_index));
+
+struct tcp_sock___ml {
+	__u32 rcv_nxt;
+	__u32 copied_seq;
+	__u32 snd_una;
+	__u32 write_seq;
+} __attribute__((preserve_access_index));
+
+struct sk_psock___ml {
+	__u32 msg_tot_len;
+} __attribute__((preserve_access_index));
+
+/* sk_user_data keeps flags in its low bits (SK_USER_DATA_PTRMASK). */
+#define ML_SK_USER_DATA_PTRMASK (~7UL)
 
 static __always_inline void sock_key_from_ops(struct bpf_sock_ops *skops,
 					      __u64 netns,
@@ -86,6 +125,20 @@ static __always_inline int pair_across_nat(const struct ml_sock_key *me,
 	return 1;
 }
 
+/* Remembers the socket's kernel address for the backpressure check. */
+static __always_inline void record_addr(struct bpf_sock_ops *skops,
+					const struct ml_sock_key *me)
+{
+	struct bpf_sock *sk = skops->sk;
+	__u64 addr;
+
+	if (!sk)
+		return;
+	addr = (__u64)sk;
+	if (bpf_map_update_elem(&ml_sock_addrs, me, &addr, BPF_ANY))
+		ml_count(ML_CNT_STATE_FULL, 1);
+}
+
 static __always_inline void on_established(struct bpf_sock_ops *skops,
 					   int passive)
 {
@@ -106,6 +159,7 @@ static __always_inline void on_established(struct bpf_sock_ops *skops,
 		return;
 	}
 	ml_count(ML_CNT_SOCK_INSERTED, 1);
+	record_addr(skops, &me);
 	/* Ask for state changes so the bookkeeping below is removed at close. */
 	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags |
 						 BPF_SOCK_OPS_STATE_CB_FLAG);
@@ -139,6 +193,8 @@ static __always_inline void on_close(struct bpf_sock_ops *skops)
 	netns = bpf_get_netns_cookie(skops);
 	sock_key_from_ops(skops, netns, &me);
 	bpf_map_delete_elem(&ml_peers, &me);
+	bpf_map_delete_elem(&ml_throttled, &me);
+	bpf_map_delete_elem(&ml_sock_addrs, &me);
 	endpoint_of(netns, &me.local, me.local_port, &self);
 	active = bpf_map_lookup_elem(&ml_active, &self);
 	/* Only remove the entry if it is this socket's (ports are reused). */
@@ -175,6 +231,92 @@ static __always_inline void sock_key_from_msg(struct sk_msg_md *msg,
 	k->remote_port = (__u16)bpf_ntohl(ML_RD(msg->remote_port));
 }
 
+/* What the backpressure check needs to know about the receiving socket. */
+struct peer_state {
+	__u32 queued;     /* bytes on its psock ingress queue */
+	__u32 unread_tcp; /* bytes its TCP receive path holds unread */
+};
+
+/* Reads the peer's state; 0 when it cannot be read (unknown socket, or a
+ * kernel whose psock does not count its queue: no backpressure there). */
+static __always_inline int read_peer(struct ml_sock_key *peer,
+				     struct peer_state *st)
+{
+	__u32 rcv_nxt = 0, copied_seq = 0;
+	__u64 *addr, psock = 0;
+	void *sk;
+
+	if (!bpf_core_field_exists(struct sk_psock___ml, msg_tot_len))
+		return 0;
+	addr = bpf_map_lookup_elem(&ml_sock_addrs, peer);
+	if (!addr || !*addr)
+		return 0;
+	sk = (void *)*addr;
+	if (bpf_probe_read_kernel(&psock, sizeof(psock),
+				  sk + bpf_core_field_offset(struct sock___ml,
+							     sk_user_data)) ||
+	    bpf_probe_read_kernel(&rcv_nxt, sizeof(rcv_nxt),
+				  sk + bpf_core_field_offset(struct tcp_sock___ml,
+							     rcv_nxt)) ||
+	    bpf_probe_read_kernel(&copied_seq, sizeof(copied_seq),
+				  sk + bpf_core_field_offset(struct tcp_sock___ml,
+							     copied_seq)))
+		return 0;
+	psock &= ML_SK_USER_DATA_PTRMASK;
+	if (!psock ||
+	    bpf_probe_read_kernel(&st->queued, sizeof(st->queued),
+				  (void *)psock +
+					  bpf_core_field_offset(struct sk_psock___ml,
+								msg_tot_len)))
+		return 0;
+	st->unread_tcp = rcv_nxt - copied_seq;
+	return 1;
+}
+
+/* No byte this socket sent through TCP is still unacknowledged. */
+static __always_inline int tcp_path_idle(struct sk_msg_md *msg)
+{
+	struct tcp_sock___ml *tp;
+	struct bpf_sock *sk = msg->sk;
+
+	if (!sk)
+		return 0;
+	tp = (struct tcp_sock___ml *)bpf_skc_to_tcp_sock(sk);
+	return tp && tp->snd_una == tp->write_seq;
+}
+
+/* May this message be spliced, or must it take TCP (backpressure)? */
+static __always_inline int may_splice(struct sk_msg_md *msg,
+				      struct ml_sock_key *me,
+				      struct ml_sock_key *peer)
+{
+	struct peer_state st = {};
+	__u32 limit = ml_splice_queue_limit;
+	__u8 one = 1;
+	int throttled;
+
+	if (!limit)
+		return 1;
+	throttled = bpf_map_lookup_elem(&ml_throttled, me) != NULL;
+	if (!read_peer(peer, &st))
+		return !throttled;
+	if (!throttled) {
+		if (st.queued < limit)
+			return 1;
+		if (bpf_map_update_elem(&ml_throttled, me, &one, BPF_ANY)) {
+			ml_count(ML_CNT_STATE_FULL, 1);
+			return 1; /* cannot remember it: keep splicing */
+		}
+		ml_count(ML_CNT_SPLICE_THROTTLED, 1);
+		return 0;
+	}
+	if (st.queued > limit / 2 || st.unread_tcp || !tcp_path_idle(msg))
+		return 0;
+	bpf_map_delete_elem(&ml_throttled, me);
+	ml_count(ML_CNT_SPLICE_RESUMED, 1);
+	return 1;
+}
+
 SEC("sk_msg")
 int ml_splice_msg(struct sk_msg_md *msg)
 {
@@ -185,8 +327,8 @@ int ml_splice_msg(struct sk_msg_md *msg)
 	peer = bpf_map_lookup_elem(&ml_peers, &me);
 	/* bpf_msg_redirect_hash() returns SK_DROP when the peer is not in the
 	 * map; we pass instead, so the message takes the TCP stack. */
-	if (peer && bpf_msg_redirect_hash(msg, &ml_socks, peer,
-					  BPF_F_INGRESS) == SK_PASS) {
+	if (peer && may_splice(msg, &me, peer) &&
+	    bpf_msg_redirect_hash(msg, &ml_socks, peer, BPF_F_INGRESS) == SK_PASS) {
 		ml_count(ML_CNT_MSG_SPLICED, 1);
 		ml_count(ML_CNT_BYTES_SPLICED, len);
 		return SK_PASS;

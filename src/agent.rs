@@ -23,6 +23,8 @@ pub enum AgentError {
     Probe(#[from] ProbeError),
     #[error(transparent)]
     Load(#[from] LoadError),
+    #[error("this kernel's psock does not count its queue (no sk_psock.msg_tot_len in its BTF), so splice backpressure cannot work: run with --splice-queue-limit 0 to splice without it (a reader that falls behind can then make the kernel queue without bound)")]
+    NoBackpressure,
     #[error("metrics listener on {addr}: {source}")]
     Metrics {
         addr: SocketAddr,
@@ -51,6 +53,9 @@ fn enable_bpf_stats() -> Option<OwnedFd> {
 /// Probes and installs; the part of `run` that tests and `--once` use.
 pub fn start(opts: &AgentOptions) -> Result<InstallReport, AgentError> {
     probe::require_all()?;
+    if opts.install.splice_queue_limit > 0 && !probe::kernel_counts_psock_queue() {
+        return Err(AgentError::NoBackpressure);
+    }
     let report = loader::install(&opts.install)?;
     for a in &report.attachments {
         tracing::info!(program = %a.program, pin = %a.pin.display(), action = a.action, "data path");

@@ -79,6 +79,9 @@ pub struct Config {
     pub cgroup: Option<PathBuf>,
     /// Capacity of ml_socks (and of the bookkeeping maps sized with it).
     pub sockhash_size: u32,
+    /// Bytes queued at a spliced reader before that direction goes back to
+    /// TCP until it drains (0 = no limit; see bpf/splice.bpf.c).
+    pub splice_queue_limit: u32,
     /// Attach the interception hooks (connect, getsockopt, getpeername, DNS).
     pub intercept: bool,
     pub verdict_remedy: VerdictRemedy,
@@ -90,6 +93,7 @@ impl Default for Config {
             pin_root: crate::layout::DEFAULT_PIN_ROOT.into(),
             cgroup: None,
             sockhash_size: 65536,
+            splice_queue_limit: default_splice_queue_limit(),
             intercept: true,
             verdict_remedy: VerdictRemedy::Auto,
         }
@@ -113,11 +117,24 @@ pub struct InstallReport {
     pub verdict_remedy: bool,
 }
 
+/// Default of `Config::splice_queue_limit`: as far as TCP lets a reader fall
+/// behind, i.e. the largest receive buffer autotuning may grow to (the third
+/// field of net.ipv4.tcp_rmem), or 6 MiB (the kernel's default) if unreadable.
+pub fn default_splice_queue_limit() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/tcp_rmem")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(2)?.parse::<u32>().ok())
+        .filter(|v| *v > 0)
+        .unwrap_or(6 << 20)
+}
+
 /// Maps whose size follows `sockhash_size`.
-const SIZED_MAPS: [&str; 5] = [
+const SIZED_MAPS: [&str; 7] = [
     "ml_socks",
     "ml_peers",
     "ml_active",
+    "ml_throttled",
+    "ml_sock_addrs",
     "ml_orig_by_cookie",
     "ml_orig_by_tuple",
 ];
@@ -374,6 +391,9 @@ fn install_inner(
             });
         }
     }
+    if let Some(ro) = open.maps.rodata_data.as_deref_mut() {
+        ro.ml_splice_queue_limit = cfg.splice_queue_limit;
+    }
     prepare_maps(open.open_object_mut(), layout, cfg.sockhash_size)?;
     let splice = open.load().map_err(|e| load_err("splice", e))?;
     let socks_fd = splice.maps.ml_socks.as_fd().as_raw_fd();
@@ -395,7 +415,16 @@ fn install_inner(
         })?);
     let remedy = match cfg.verdict_remedy {
         VerdictRemedy::On => true,
-        VerdictRemedy::Off => false,
+        VerdictRemedy::Off => {
+            if probe::kernel_needs_verdict_remedy() {
+                tracing::warn!(
+                    "--verdict-remedy off on a kernel that hides TCP-path bytes of sockhash \
+                     sockets from FIONREAD/epoll: flows with a TCP leg (unmeshed peers, \
+                     backpressure hand-overs) can stall"
+                );
+            }
+            false
+        }
         VerdictRemedy::Auto => probe::kernel_needs_verdict_remedy(),
     };
     let verdict_pin = layout.link("ml_splice_verdict");

@@ -61,6 +61,11 @@ struct AgentArgs {
     /// Capacity of the socket map; connections beyond it use the TCP stack.
     #[arg(long, default_value_t = 65536, value_parser = clap::value_parser!(u32).range(16..=4_194_304))]
     sockhash_size: u32,
+    /// Bytes queued at a spliced reader before that direction uses TCP
+    /// (with its flow control) until the reader catches up; 0 = no limit.
+    /// Default: the node's largest TCP receive buffer (net.ipv4.tcp_rmem).
+    #[arg(long, default_value_t = meshlane::loader::default_splice_queue_limit())]
+    splice_queue_limit: u32,
     /// Splice only: do not attach the interception hooks.
     #[arg(long)]
     no_intercept: bool,
@@ -190,6 +195,7 @@ fn run(cli: Cli) -> Result<()> {
                     pin_root: cli.pin_root.clone(),
                     cgroup: a.cgroup,
                     sockhash_size: a.sockhash_size,
+                    splice_queue_limit: a.splice_queue_limit,
                     intercept: !a.no_intercept,
                     verdict_remedy: a.verdict_remedy,
                 },
@@ -259,12 +265,16 @@ fn run(cli: Cli) -> Result<()> {
                     println!(
                         "  {:<45} {}  (Linux {})",
                         x.what,
-                        if x.ok { "ok" } else { "MISSING" },
+                        match (x.ok, x.required) {
+                            (true, _) => "ok",
+                            (false, true) => "MISSING",
+                            (false, false) => "missing (optional)",
+                        },
                         x.since
                     );
                 }
             }
-            if f.iter().any(|x| !x.ok) {
+            if f.iter().any(|x| !x.ok && x.required) {
                 anyhow::bail!("some features are missing");
             }
         }

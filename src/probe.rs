@@ -20,6 +20,9 @@ pub struct Feature {
     pub what: String,
     pub since: &'static str,
     pub ok: bool,
+    /// Missing it stops the agent; an optional feature is checked where it
+    /// is used (backpressure: by the splice queue limit).
+    pub required: bool,
 }
 
 const PROG_TYPES: &[(bpf_prog_type, &str, &str)] = &[
@@ -126,6 +129,7 @@ pub fn features() -> Vec<Feature> {
             what: (*what).into(),
             since,
             ok,
+            required: true,
         });
     }
     for (ty, what, since) in MAP_TYPES {
@@ -135,8 +139,15 @@ pub fn features() -> Vec<Feature> {
             what: (*what).into(),
             since,
             ok,
+            required: true,
         });
     }
+    out.push(Feature {
+        what: "psock queue length in BTF (splice backpressure)".into(),
+        since: "6.x (sk_psock.msg_tot_len)",
+        ok: kernel_counts_psock_queue(),
+        required: false,
+    });
     for (prog, helper, what, since) in HELPERS {
         // SAFETY: as above.
         let ok =
@@ -145,6 +156,7 @@ pub fn features() -> Vec<Feature> {
             what: (*what).into(),
             since,
             ok,
+            required: true,
         });
     }
     out
@@ -159,7 +171,7 @@ pub fn require_all() -> Result<Vec<Feature>, ProbeError> {
     let f = features();
     let missing: Vec<String> = f
         .iter()
-        .filter(|x| !x.ok)
+        .filter(|x| !x.ok && x.required)
         .map(|x| format!("{} (Linux {})", x.what, x.since))
         .collect();
     if missing.is_empty() {
@@ -170,6 +182,18 @@ pub fn require_all() -> Result<Vec<Feature>, ProbeError> {
             missing: missing.join(", "),
         })
     }
+}
+
+/// Whether the kernel's psock counts the bytes queued on it
+/// (`struct sk_psock.msg_tot_len`, read from the kernel's BTF). Without it
+/// the splice backpressure cannot see a reader falling behind.
+pub fn kernel_counts_psock_queue() -> bool {
+    use libbpf_rs::btf::{types::Struct, Btf};
+    let Ok(btf) = Btf::from_vmlinux() else {
+        return false;
+    };
+    btf.type_by_name::<Struct<'_>>("sk_psock")
+        .is_some_and(|s| s.iter().any(|m| m.name.is_some_and(|n| n == "msg_tot_len")))
 }
 
 /// Whether this kernel needs the pass-through stream verdict program on

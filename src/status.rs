@@ -43,10 +43,14 @@ pub const COUNTERS: &[(ml_counter, &str)] = &[
         "listeners_registered",
     ),
     (ml_counter::ML_CNT_STATE_FULL, "bookkeeping_insert_failed"),
+    (ml_counter::ML_CNT_SPLICE_THROTTLED, "splice_throttled"),
+    (ml_counter::ML_CNT_SPLICE_RESUMED, "splice_resumed"),
 ];
 
 /// Maps whose entry count `status` reports.
-const FILL_MAPS: [&str; 8] = [
+const FILL_MAPS: [&str; 10] = [
+    "ml_throttled",
+    "ml_sock_addrs",
     "ml_pods",
     "ml_pod_ips",
     "ml_socks",

@@ -100,11 +100,7 @@ fn echo_stream(route: Route, total: u64) {
         d.messages_spliced,
         d.bytes_fallback
     );
-    assert!(
-        d.bytes_spliced >= 2 * total,
-        "{route:?}: {total} B each way but only {} B spliced",
-        d.bytes_spliced
-    );
+    assert_spliced(&s.node, &d, 2 * total, &format!("{route:?} stream"));
     assert_no_leak(&s.node);
 }
 

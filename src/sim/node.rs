@@ -13,6 +13,7 @@ use crate::pods::{PodRecord, PodSpec, Registry};
 #[derive(Debug, Clone)]
 pub struct NodeOptions {
     pub sockhash_size: u32,
+    pub splice_queue_limit: u32,
     pub intercept: bool,
     pub verdict_remedy: VerdictRemedy,
     pub ipv6: bool,
@@ -24,6 +25,7 @@ impl Default for NodeOptions {
     fn default() -> Self {
         Self {
             sockhash_size: 65536,
+            splice_queue_limit: crate::loader::default_splice_queue_limit(),
             intercept: true,
             verdict_remedy: VerdictRemedy::Auto,
             ipv6: false,
@@ -66,6 +68,7 @@ impl Node {
             pin_root: self.layout.root().to_path_buf(),
             cgroup: Some(self.cgroup.path().to_path_buf()),
             sockhash_size: self.opts.sockhash_size,
+            splice_queue_limit: self.opts.splice_queue_limit,
             intercept: self.opts.intercept,
             verdict_remedy: self.opts.verdict_remedy,
         }

@@ -67,6 +67,7 @@ impl PeerNode {
             pin_root: peer.layout.root().to_path_buf(),
             cgroup: Some(node.cgroup.path().to_path_buf()),
             sockhash_size: node.opts.sockhash_size,
+            splice_queue_limit: node.opts.splice_queue_limit,
             intercept: node.opts.intercept,
             verdict_remedy: node.opts.verdict_remedy,
         })

@@ -405,6 +405,8 @@ pub struct SpliceCounters {
     pub bytes_fallback: u64,
     pub sockets_inserted: u64,
     pub sockets_insert_failed: u64,
+    /// Directions handed to TCP by backpressure (bpf/splice.bpf.c).
+    pub splice_throttled: u64,
 }
 
 impl SpliceCounters {
@@ -416,6 +418,7 @@ impl SpliceCounters {
             bytes_fallback: node.counter("bytes_fallback"),
             sockets_inserted: node.counter("sockets_inserted"),
             sockets_insert_failed: node.counter("sockets_insert_failed"),
+            splice_throttled: node.counter("splice_throttled"),
         }
     }
 
@@ -429,8 +432,30 @@ impl SpliceCounters {
             bytes_fallback: now.bytes_fallback - before.bytes_fallback,
             sockets_inserted: now.sockets_inserted - before.sockets_inserted,
             sockets_insert_failed: now.sockets_insert_failed - before.sockets_insert_failed,
+            splice_throttled: now.splice_throttled - before.splice_throttled,
         }
     }
+}
+
+/// The splicing contract for a transfer of `expected` bytes between meshed
+/// sockets: every byte is spliced, except while backpressure has handed its
+/// direction to TCP because the reader fell behind. A hand-over needs the
+/// reader's queue to reach the limit first, so at least that much (or the
+/// whole transfer) was spliced.
+pub fn assert_spliced(node: &Node, d: &SpliceCounters, expected: u64, what: &str) {
+    if d.bytes_spliced >= expected {
+        return;
+    }
+    assert!(
+        d.splice_throttled > 0,
+        "{what}: only {} of {expected} B spliced and no backpressure hand-over explains the rest: {d:?}",
+        d.bytes_spliced
+    );
+    let limit = u64::from(node.opts.splice_queue_limit);
+    assert!(
+        limit > 0 && d.bytes_spliced >= expected.min(limit),
+        "{what}: handed to TCP before a reader queue could reach the {limit} B limit: {d:?}"
+    );
 }
 
 /// Entries of the per-connection maps: (ml_socks, ml_peers, ml_active).
@@ -453,14 +478,19 @@ pub fn connection_entries(node: &Node) -> (usize, usize, usize) {
 /// The node's maps are private to the test, so zero means zero.
 pub fn assert_no_leak(node: &Node) {
     let deadline = Instant::now() + Duration::from_secs(10);
+    let per_socket =
+        |name: &str| meshlane::status::map_fill(&node.layout, name).map_or(0, |m| m.entries);
     loop {
         let left = connection_entries(node);
-        if left == (0, 0, 0) {
+        // Backpressure bookkeeping is per socket too.
+        let (addrs, throttled) = (per_socket("ml_sock_addrs"), per_socket("ml_throttled"));
+        if left == (0, 0, 0) && addrs == 0 && throttled == 0 {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "entries left after every connection closed: ml_socks {}, ml_peers {}, ml_active {}",
+            "entries left after every connection closed: ml_socks {}, ml_peers {}, ml_active {}, \
+             ml_sock_addrs {addrs}, ml_throttled {throttled}",
             left.0,
             left.1,
             left.2
