@@ -238,8 +238,10 @@ struct peer_state {
 };
 
 /* Reads the peer's state; 0 when it cannot be read (unknown socket, or a
- * kernel whose psock does not count its queue: no backpressure there). */
-static __always_inline int read_peer(struct ml_sock_key *peer,
+ * kernel whose psock does not count its queue: no backpressure there).
+ * The TCP receive counters are only needed to resume a throttled
+ * direction, so the common path reads two fields. */
+static __always_inline int read_peer(struct ml_sock_key *peer, int throttled,
 				     struct peer_state *st)
 {
 	__u32 rcv_nxt = 0, copied_seq = 0;
@@ -254,13 +256,7 @@ static __always_inline int read_peer(struct ml_sock_key *peer,
 	sk = (void *)*addr;
 	if (bpf_probe_read_kernel(&psock, sizeof(psock),
 				  sk + bpf_core_field_offset(struct sock___ml,
-							     sk_user_data)) ||
-	    bpf_probe_read_kernel(&rcv_nxt, sizeof(rcv_nxt),
-				  sk + bpf_core_field_offset(struct tcp_sock___ml,
-							     rcv_nxt)) ||
-	    bpf_probe_read_kernel(&copied_seq, sizeof(copied_seq),
-				  sk + bpf_core_field_offset(struct tcp_sock___ml,
-							     copied_seq)))
+							     sk_user_data)))
 		return 0;
 	psock &= ML_SK_USER_DATA_PTRMASK;
 	if (!psock ||
@@ -268,6 +264,15 @@ static __always_inline int read_peer(struct ml_sock_key *peer,
 				  (void *)psock +
 					  bpf_core_field_offset(struct sk_psock___ml,
 								msg_tot_len)))
+		return 0;
+	if (!throttled)
+		return 1;
+	if (bpf_probe_read_kernel(&rcv_nxt, sizeof(rcv_nxt),
+				  sk + bpf_core_field_offset(struct tcp_sock___ml,
+							     rcv_nxt)) ||
+	    bpf_probe_read_kernel(&copied_seq, sizeof(copied_seq),
+				  sk + bpf_core_field_offset(struct tcp_sock___ml,
+							     copied_seq)))
 		return 0;
 	st->unread_tcp = rcv_nxt - copied_seq;
 	return 1;
@@ -298,7 +303,7 @@ static __always_inline int may_splice(struct sk_msg_md *msg,
 	if (!limit)
 		return 1;
 	throttled = bpf_map_lookup_elem(&ml_throttled, me) != NULL;
-	if (!read_peer(peer, &st))
+	if (!read_peer(peer, throttled, &st))
 		return !throttled;
 	if (!throttled) {
 		if (st.queued < limit)
