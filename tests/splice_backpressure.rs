@@ -8,7 +8,8 @@
 mod common;
 
 use std::net::{SocketAddr, TcpStream};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -22,12 +23,14 @@ use meshlane::sim::{NodeOptions, Pod};
 const STALL_BOUND: usize = 64 * MIB;
 
 /// A reader in `server_pod` that waits for `go`, then reads the Pattern
-/// stream to EOF, checking every byte; returns how many it read.
+/// stream to EOF, checking every byte and publishing how far it got in
+/// `progress`; returns how many bytes it read.
 fn patient_reader(
     server_pod: &Pod,
     go: mpsc::Receiver<()>,
     chunk: usize,
     pause_every: usize,
+    progress: Arc<AtomicU64>,
 ) -> (SocketAddr, std::thread::JoinHandle<u64>) {
     let (tx, rx) = mpsc::channel();
     let handle = server_pod
@@ -48,6 +51,7 @@ fn patient_reader(
                 }
                 pattern.check(offset, &buf[..n]);
                 offset += n as u64;
+                progress.store(offset, Ordering::Release);
                 reads += 1;
                 if pause_every > 0 && reads % pause_every == 0 {
                     std::thread::sleep(Duration::from_millis(2));
@@ -84,6 +88,16 @@ fn write_until_blocked(s: &mut TcpStream, mut offset: u64, idle: Duration, cap: 
     offset
 }
 
+/// Bytes the socket sent that the peer has not acknowledged (SIOCOUTQ).
+fn unacked(s: &TcpStream) -> i32 {
+    use std::os::fd::AsRawFd;
+    let mut n: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ writes one int.
+    let rc = unsafe { libc::ioctl(s.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
+    assert_eq!(rc, 0, "SIOCOUTQ");
+    n
+}
+
 /// Writes `len` more bytes of the Pattern stream from `offset`.
 fn write_pattern(s: &mut TcpStream, offset: u64, len: usize, chunk: usize) -> u64 {
     let pattern = Pattern::new(7);
@@ -112,7 +126,8 @@ fn node_with_limit(limit: u32) -> (meshlane::sim::Node, Vec<Pod>) {
 fn stalled_reader_bounds_the_queue_and_loses_nothing() {
     let (node, pods) = node_with_limit(1 << 20);
     let (go_tx, go_rx) = mpsc::channel();
-    let (to, reader) = patient_reader(&pods[0], go_rx, 256 * 1024, 0);
+    let progress = Arc::new(AtomicU64::new(0));
+    let (to, reader) = patient_reader(&pods[0], go_rx, 256 * 1024, 0, progress.clone());
     let before = SpliceCounters::read(&node);
 
     let (written, resumed_spliced) = pods[1]
@@ -131,10 +146,14 @@ fn stalled_reader_bounds_the_queue_and_loses_nothing() {
                     stalled > 1 << 20,
                     "only {stalled} bytes went before blocking"
                 );
-                // 2. The reader catches up; once the TCP path is idle the
-                //    next writes are spliced again.
+                // 2. The reader catches up; with nothing left on the TCP
+                //    path the next writes are spliced again.
                 go_tx.send(()).unwrap();
-                std::thread::sleep(Duration::from_millis(500));
+                let deadline = Instant::now() + LIMIT;
+                while progress.load(Ordering::Acquire) < stalled || unacked(&s) > 0 {
+                    assert!(Instant::now() < deadline, "the reader never caught up");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
                 let spliced_before =
                     meshlane::status::read_counters(&node_counter)["bytes_spliced"];
                 let end = write_pattern(&mut s, stalled, 8 * MIB, 64 * 1024);
@@ -173,7 +192,7 @@ fn slow_reader_many_handovers_keep_byte_order() {
     // forth between splicing and TCP many times.
     let (node, pods) = node_with_limit(64 * 1024);
     let (go_tx, go_rx) = mpsc::channel();
-    let (to, reader) = patient_reader(&pods[0], go_rx, 16 * 1024, 8);
+    let (to, reader) = patient_reader(&pods[0], go_rx, 16 * 1024, 8, Arc::default());
     go_tx.send(()).unwrap();
     let total = 48 * MIB;
     let written = pods[1]
@@ -210,7 +229,7 @@ fn slow_reader_many_handovers_keep_byte_order() {
 fn limit_zero_turns_backpressure_off() {
     let (node, pods) = node_with_limit(0);
     let (go_tx, go_rx) = mpsc::channel();
-    let (to, reader) = patient_reader(&pods[0], go_rx, 256 * 1024, 0);
+    let (to, reader) = patient_reader(&pods[0], go_rx, 256 * 1024, 0, Arc::default());
     let written = pods[1]
         .run(move || {
             let mut s = connect(to);
