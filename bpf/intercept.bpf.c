@@ -458,6 +458,32 @@ int ml_getpeername6(struct bpf_sock_addr *ctx)
 	return 1;
 }
 
+/* The original destination of the connection behind @sk when @sk is a
+ * TCP socket of the pod's own proxy (uid/gid) and the entry belongs to
+ * that pod; NULL otherwise. Shared by getsockopt and getsockname6.
+ * Reads ml_orig_by_tuple (written by sockops and sk_lookup). */
+static __always_inline struct ml_orig_dst *proxy_orig_dst(struct bpf_sock *sk,
+							   __u64 netns)
+{
+	struct ml_sock_key k = {};
+	struct ml_orig_dst *o;
+	struct ml_pod *pod;
+
+	if (!sk || ML_RD(sk->protocol) != IPPROTO_TCP)
+		return 0;
+	pod = intercepted_pod(netns);
+	if (!pod || !is_proxy(pod))
+		return 0;
+	k.netns = netns;
+	sock_addrs(sk, &k.local, &k.remote);
+	k.local_port = (__u16)ML_RD(sk->src_port);
+	k.remote_port = bpf_ntohs((__u16)ML_RD(sk->dst_port));
+	o = bpf_map_lookup_elem(&ml_orig_by_tuple, &k);
+	if (!o || o->netns != netns)
+		return 0;
+	return o;
+}
+
 /* For proxies that read the original destination with getsockname on
  * AF_INET6 sockets (HAProxy asks SO_ORIGINAL_DST only on AF_INET ones, so
  * an outbound connection meshlane redirected to [::1]:15001 would be
@@ -468,22 +494,9 @@ int ml_getpeername6(struct bpf_sock_addr *ctx)
 SEC("cgroup/getsockname6")
 int ml_getsockname6(struct bpf_sock_addr *ctx)
 {
-	struct ml_sock_key k = {};
-	struct ml_orig_dst *o;
-	struct bpf_sock *sk = ctx->sk;
-	struct ml_pod *pod;
+	struct ml_orig_dst *o = proxy_orig_dst(ctx->sk, bpf_get_netns_cookie(ctx));
 
-	if (!sk || ML_RD(sk->protocol) != IPPROTO_TCP)
-		return 1;
-	k.netns = bpf_get_netns_cookie(ctx);
-	pod = intercepted_pod(k.netns);
-	if (!pod || !is_proxy(pod))
-		return 1;
-	sock_addrs(sk, &k.local, &k.remote);
-	k.local_port = (__u16)ML_RD(sk->src_port);
-	k.remote_port = bpf_ntohs((__u16)ML_RD(sk->dst_port));
-	o = bpf_map_lookup_elem(&ml_orig_by_tuple, &k);
-	if (!o || o->netns != k.netns || !(o->flags & ML_ORIG_REDIRECTED))
+	if (!o || !(o->flags & ML_ORIG_REDIRECTED))
 		return 1;
 	ctx->user_ip6[0] = o->addr.a[0];
 	ctx->user_ip6[1] = o->addr.a[1];
@@ -598,10 +611,7 @@ int ml_intercept_sockops(struct bpf_sock_ops *skops)
 SEC("cgroup/getsockopt")
 int ml_getsockopt(struct bpf_sockopt *ctx)
 {
-	struct ml_sock_key k = {};
 	struct ml_orig_dst *o;
-	struct bpf_sock *sk;
-	struct ml_pod *pod;
 	int v6;
 
 	/* Fast exit for everything that is not ours; optlen untouched except
@@ -612,19 +622,9 @@ int ml_getsockopt(struct bpf_sockopt *ctx)
 			ctx->optlen = 0;
 		return 1;
 	}
-	sk = ctx->sk;
-	if (!sk || sk->protocol != IPPROTO_TCP)
-		return 1;
-	k.netns = bpf_get_netns_cookie(ctx);
-	pod = bpf_map_lookup_elem(&ml_pods, &k.netns);
 	/* Only the pod's own proxy may read original destinations. */
-	if (!pod || !is_proxy(pod))
-		return 1;
-	sock_addrs(sk, &k.local, &k.remote);
-	k.local_port = (__u16)ML_RD(sk->src_port);
-	k.remote_port = bpf_ntohs((__u16)ML_RD(sk->dst_port));
-	o = bpf_map_lookup_elem(&ml_orig_by_tuple, &k);
-	if (!o || o->netns != k.netns)
+	o = proxy_orig_dst(ctx->sk, bpf_get_netns_cookie(ctx));
+	if (!o)
 		return 1;
 
 	v6 = ctx->level == SOL_IPV6;
