@@ -257,7 +257,9 @@ fn bulk_stream(to: SocketAddr, dur: Duration, cpu: Option<usize>) -> Result<Meas
     if got != sent {
         return Err(BenchError::workload(
             &what,
-            format!("sink received {got} bytes of {sent}"),
+            format!(
+                "the sink received {got} bytes but the client wrote {sent}: the path lost or duplicated data"
+            ),
         ));
     }
     Ok(Measured {

@@ -250,16 +250,20 @@ impl Report {
                 let status = match m.unavailable() {
                     Some(why) => why.to_string(),
                     None => {
+                        // Every failure counts, warm-up rounds included.
                         let failed: Vec<&StepRecord> = data
                             .steps
                             .iter()
-                            .filter(|s| !s.warmup && s.mode == m && s.error.is_some())
+                            .filter(|s| s.mode == m && s.error.is_some())
                             .collect();
+                        let warm = failed.iter().filter(|s| s.warmup).count();
                         match failed.first() {
                             None => "measured".into(),
                             Some(f) => format!(
-                                "failed in {} measured steps, e.g. {} {}: {}",
+                                "measured; {} step(s) failed ({} in warm-up), e.g. round {} {} {}: {}",
                                 failed.len(),
+                                warm,
+                                f.round + 1,
                                 f.workload,
                                 f.placement,
                                 f.error.as_deref().unwrap_or("")
