@@ -29,7 +29,16 @@ pub struct Subnet {
 }
 
 impl Subnet {
+    /// Claims a free index. The claim starts from an empty IPAM directory:
+    /// a pod deleted after its subnet was released leaves host-local's lock
+    /// directory behind, and stale reservations must not leak into a new node.
     pub fn claim() -> Result<Self> {
+        let s = Self::claim_index()?;
+        let _ = fs::remove_dir_all(s.ipam_dir());
+        Ok(s)
+    }
+
+    fn claim_index() -> Result<Self> {
         let dir = Path::new(STATE_DIR).join("subnets");
         fs::create_dir_all(&dir)?;
         for index in 1..=250u8 {
@@ -65,6 +74,11 @@ impl Subnet {
 
     pub fn v6_gateway(&self) -> Ipv6Addr {
         Ipv6Addr::new(0xfd00, 0, 0, u16::from(self.index), 0, 0, 0, 1)
+    }
+
+    /// The claim marker: present while this subnet is held.
+    pub fn claim_path(&self) -> &Path {
+        &self.claim
     }
 
     pub fn ipam_dir(&self) -> PathBuf {

@@ -33,6 +33,10 @@ pub struct Pod {
     pub ip4: Ipv4Addr,
     pub ip6: Option<Ipv6Addr>,
     conf: String,
+    /// The subnet's claim marker and IPAM directory: a pod dropped after its
+    /// subnet was released removes what its CNI DEL recreates there.
+    subnet_claim: PathBuf,
+    ipam_dir: PathBuf,
 }
 
 fn sh(args: &[&str]) -> Result<()> {
@@ -62,6 +66,8 @@ impl Pod {
             ip4: Ipv4Addr::UNSPECIFIED,
             ip6: None,
             conf: conf.clone(),
+            subnet_claim: subnet.claim_path().to_path_buf(),
+            ipam_dir: subnet.ipam_dir(),
         };
         sh(&["ip", "-n", name, "link", "set", "lo", "up"])?;
         if ipv6 {
@@ -162,6 +168,9 @@ impl Pod {
 impl Drop for Pod {
     fn drop(&mut self) {
         let _ = cni::invoke("DEL", &self.conf, &self.netns, &self.name);
+        if !self.subnet_claim.exists() {
+            let _ = std::fs::remove_dir_all(&self.ipam_dir);
+        }
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .status();
