@@ -14,6 +14,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
 
+use super::pod::sh;
 use super::{unique_tag, Node, Pod, Subnet};
 use crate::layout::PinLayout;
 use crate::loader::{self, Config};
@@ -27,22 +28,6 @@ pub struct PeerNode {
     veth: String,
     route: String,
     pods_made: u32,
-}
-
-fn run(args: &[&str]) -> Result<()> {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("running {}", args.join(" ")))?;
-    if !out.status.success() {
-        bail!(
-            "{} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
 }
 
 impl PeerNode {
@@ -80,14 +65,14 @@ impl PeerNode {
         let ns = self.host_ns.clone();
         let (a, b) = (self.veth.clone(), format!("mlw{k}b"));
         let (ip_a, ip_b) = (format!("10.202.{k}.1"), format!("10.202.{k}.2"));
-        run(&["ip", "netns", "add", &ns])?;
-        run(&["ip", "-n", &ns, "link", "set", "lo", "up"])?;
-        run(&[
+        sh(&["ip", "netns", "add", &ns])?;
+        sh(&["ip", "-n", &ns, "link", "set", "lo", "up"])?;
+        sh(&[
             "ip", "link", "add", &a, "type", "veth", "peer", "name", &b, "netns", &ns,
         ])?;
-        run(&["ip", "addr", "add", &format!("{ip_a}/30"), "dev", &a])?;
-        run(&["ip", "link", "set", &a, "up"])?;
-        run(&[
+        sh(&["ip", "addr", "add", &format!("{ip_a}/30"), "dev", &a])?;
+        sh(&["ip", "link", "set", &a, "up"])?;
+        sh(&[
             "ip",
             "-n",
             &ns,
@@ -97,9 +82,9 @@ impl PeerNode {
             "dev",
             &b,
         ])?;
-        run(&["ip", "-n", &ns, "link", "set", &b, "up"])?;
-        run(&["ip", "-n", &ns, "route", "add", "default", "via", &ip_a])?;
-        run(&[
+        sh(&["ip", "-n", &ns, "link", "set", &b, "up"])?;
+        sh(&["ip", "-n", &ns, "route", "add", "default", "via", &ip_a])?;
+        sh(&[
             "ip",
             "netns",
             "exec",
@@ -108,7 +93,7 @@ impl PeerNode {
             "-qw",
             "net.ipv4.ip_forward=1",
         ])?;
-        run(&["ip", "route", "add", &self.route, "via", &ip_b])?;
+        sh(&["ip", "route", "add", &self.route, "via", &ip_b])?;
         Ok(())
     }
 

@@ -39,9 +39,11 @@ pub struct Pod {
     ipam_dir: PathBuf,
 }
 
-fn sh(args: &[&str]) -> Result<()> {
+/// Runs a command to completion; fails with its stderr. (stdin closed)
+pub(super) fn sh(args: &[&str]) -> Result<()> {
     let out = Command::new(args[0])
         .args(&args[1..])
+        .stdin(std::process::Stdio::null())
         .output()
         .with_context(|| format!("running {}", args.join(" ")))?;
     if !out.status.success() {
