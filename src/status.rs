@@ -179,6 +179,11 @@ pub fn read_counters(layout: &PinLayout) -> BTreeMap<String, u64> {
     out
 }
 
+/// One counter by its display name (0 when unknown or not installed).
+pub fn counter(layout: &PinLayout, name: &str) -> u64 {
+    read_counters(layout).get(name).copied().unwrap_or(0)
+}
+
 /// Entries in a pinned map (by walking its keys).
 pub fn map_fill(layout: &PinLayout, name: &str) -> Option<MapFill> {
     let m = MapHandle::from_pinned_path(layout.map(name)).ok()?;

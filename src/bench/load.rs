@@ -52,7 +52,7 @@ pub fn rtt(to: SocketAddr, size: usize, dur: Duration, cpu: Option<usize>) -> Re
     let mut s = net::connect(to, Duration::from_secs(3)).map_err(io_err(&what))?;
     let msg = net::payload(size, size as u64);
     let mut back = vec![0u8; size];
-    let mut h = histogram();
+    let h = histogram();
     // A few untimed exchanges: connection set up, splicing paired.
     for _ in 0..20 {
         let dl = Instant::now() + Duration::from_secs(3);
@@ -62,13 +62,24 @@ pub fn rtt(to: SocketAddr, size: usize, dur: Duration, cpu: Option<usize>) -> Re
     if back != msg {
         return Err(BenchError::workload(&what, "echo came back different"));
     }
+    timed_ops(dur, h, |dl| {
+        net::write_all(&mut s, &msg, dl).map_err(io_err(&what))?;
+        net::read_exact(&mut s, &mut back, dl).map_err(io_err(&what))
+    })
+}
+
+/// Runs `op` back to back for `dur`, timing each run into `h`; `op` gets
+/// its own 3 s deadline.
+fn timed_ops(
+    dur: Duration,
+    mut h: Histogram<u64>,
+    mut op: impl FnMut(Instant) -> Result<()>,
+) -> Result<Measured> {
     let start = Instant::now();
     let mut ops = 0u64;
     while start.elapsed() < dur {
         let t0 = Instant::now();
-        let dl = t0 + Duration::from_secs(3);
-        net::write_all(&mut s, &msg, dl).map_err(io_err(&what))?;
-        net::read_exact(&mut s, &mut back, dl).map_err(io_err(&what))?;
+        op(t0 + Duration::from_secs(3))?;
         record(&mut h, t0.elapsed());
         ops += 1;
     }
@@ -87,25 +98,10 @@ pub fn connect_rate(to: SocketAddr, dur: Duration, cpu: Option<usize>) -> Result
     let what = format!("connect + 64 B exchange + close to {to}");
     let msg = net::payload(64, 64);
     let mut back = vec![0u8; 64];
-    let mut h = histogram();
-    let start = Instant::now();
-    let mut ops = 0u64;
-    while start.elapsed() < dur {
-        let t0 = Instant::now();
-        let dl = t0 + Duration::from_secs(3);
+    timed_ops(dur, histogram(), |dl| {
         let mut s = net::connect(to, Duration::from_secs(3)).map_err(io_err(&what))?;
         net::write_all(&mut s, &msg, dl).map_err(io_err(&what))?;
-        net::read_exact(&mut s, &mut back, dl).map_err(io_err(&what))?;
-        drop(s);
-        record(&mut h, t0.elapsed());
-        ops += 1;
-    }
-    Ok(Measured {
-        hist: Some(h),
-        ops,
-        bytes: 0,
-        elapsed: start.elapsed(),
-        missed: 0,
+        net::read_exact(&mut s, &mut back, dl).map_err(io_err(&what))
     })
 }
 

@@ -119,14 +119,7 @@ pub fn render(r: &Report) -> String {
     );
     for s in r.summaries.iter().filter(|s| is_latency(s.workload)) {
         if !row_ok(s) {
-            let _ = writeln!(
-                o,
-                "| {} | {} | {} | failed: {} | | | | |",
-                s.workload,
-                s.placement,
-                s.mode,
-                s.errors.first().map_or("", String::as_str)
-            );
+            failed_row(&mut o, s, 4);
             continue;
         }
         let _ = writeln!(
@@ -160,14 +153,7 @@ pub fn render(r: &Report) -> String {
         );
         for s in thr {
             if !row_ok(s) {
-                let _ = writeln!(
-                    o,
-                    "| {} | {} | {} | failed: {} | |",
-                    s.workload,
-                    s.placement,
-                    s.mode,
-                    s.errors.first().map_or("", String::as_str)
-                );
+                failed_row(&mut o, s, 1);
                 continue;
             }
             let _ = writeln!(
@@ -261,4 +247,18 @@ pub fn render(r: &Report) -> String {
         );
     }
     o
+}
+
+/// A table row for a cell that failed: its first error, then `blanks`
+/// empty cells for the remaining columns.
+fn failed_row(o: &mut String, s: &Summary, blanks: usize) {
+    let _ = writeln!(
+        o,
+        "| {} | {} | {} | failed: {} |{}",
+        s.workload,
+        s.placement,
+        s.mode,
+        s.errors.first().map_or("", String::as_str),
+        " |".repeat(blanks)
+    );
 }

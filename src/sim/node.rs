@@ -99,10 +99,7 @@ impl Node {
     }
 
     pub fn counter(&self, name: &str) -> u64 {
-        crate::status::read_counters(&self.layout)
-            .get(name)
-            .copied()
-            .unwrap_or(0)
+        crate::status::counter(&self.layout, name)
     }
 
     pub fn map_entries(&self, map: &str) -> usize {

@@ -126,10 +126,7 @@ impl PeerNode {
     }
 
     pub fn counter(&self, name: &str) -> u64 {
-        crate::status::read_counters(&self.layout)
-            .get(name)
-            .copied()
-            .unwrap_or(0)
+        crate::status::counter(&self.layout, name)
     }
 }
 
