@@ -347,7 +347,7 @@ fn bad(args: &[&str]) -> (bool, String) {
 
 #[test]
 fn bad_arguments_give_one_clear_line() {
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 7] = [
         (
             &["bench", "--modes", "direct,warp"],
             "unknown mode \"warp\"",
@@ -363,6 +363,10 @@ fn bad_arguments_give_one_clear_line() {
             "per connection",
         ),
         (&["bench", "--rounds", "0"], "--rounds must be at least 1"),
+        (
+            &["bench", "--sidecar", "nginx"],
+            "--sidecar nginx: unknown sidecar `nginx` (known: auto, haproxy, envoy)",
+        ),
     ];
     for (args, want) in cases {
         let (ok, stderr) = bad(args);
@@ -376,6 +380,18 @@ fn bad_arguments_give_one_clear_line() {
         assert!(lines[0].contains(want), "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
+    // Envoy asked for where there is none: named, before anything is built.
+    let o = Command::new(BIN)
+        .args(["bench", "--sidecar", "envoy"])
+        .env("PATH", "/nonexistent")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert_eq!(
+        stderr.trim(),
+        "meshlane: --sidecar envoy: no `envoy` binary on PATH"
+    );
     // --check without both modes it compares.
     let (ok, stderr) = bad(&["bench", "--check", "--modes", "direct,intercept"]);
     assert!(

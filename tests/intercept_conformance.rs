@@ -7,7 +7,7 @@
 mod common;
 mod conformance;
 
-use conformance::world::{Host, Meshing, PodName::*, Probe, SidecarKind};
+use conformance::world::{envoy_available, Host, Meshing, PodName::*, Probe, SidecarKind};
 use conformance::{run, Case, Expect};
 use meshlane::pods::PodSpec;
 use meshlane::sim::SidecarMode;
@@ -362,6 +362,31 @@ fn ipv6_ports_native_sidecar() {
 #[test]
 fn basic_native_sidecar() {
     run(&basic(), SidecarKind::Native);
+}
+
+/// Envoy with the Istio-like bootstrap (virtualOutbound/virtualInbound,
+/// ORIGINAL_DST clusters) as the sidecar, where an `envoy` binary exists:
+/// L4 (tcp_proxy) and L7 (HTTP connection manager) on the default golden,
+/// and IPv6, which Envoy follows through IP6T_SO_ORIGINAL_DST.
+#[test]
+fn basic_envoy_tcp() {
+    if envoy_available("basic_envoy_tcp") {
+        run(&basic(), SidecarKind::Envoy(SidecarMode::Tcp));
+    }
+}
+
+#[test]
+fn basic_envoy_http() {
+    if envoy_available("basic_envoy_http") {
+        run(&basic(), SidecarKind::Envoy(SidecarMode::Http));
+    }
+}
+
+#[test]
+fn ipv6_ports_envoy() {
+    if envoy_available("ipv6_ports_envoy") {
+        run(&ipv6_ports(), SidecarKind::Envoy(SidecarMode::Tcp));
+    }
 }
 
 /// cni-plugin_status-ports: excludeInboundPorts=22 (next to the status

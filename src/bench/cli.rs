@@ -9,6 +9,7 @@ use clap::Args;
 
 use super::error::{BenchError, Result};
 use super::options::{parse_list, Options};
+use crate::sim::SidecarProxy;
 
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
@@ -44,9 +45,12 @@ pub struct BenchArgs {
     pub no_pin: bool,
     #[arg(long)]
     pub seed: Option<u64>,
-    /// HTTP workloads through extra pods whose sidecars run HAProxy in http mode (L7).
+    /// HTTP workloads through extra pods whose sidecars run in http mode (L7).
     #[arg(long)]
     pub http_l7: bool,
+    /// Sidecar proxy: auto (Envoy when an `envoy` binary is on PATH, else HAProxy), haproxy or envoy.
+    #[arg(long, value_name = "PROXY")]
+    pub sidecar: Option<String>,
     /// Fail (non-zero exit) when intercept is slower than iptables at p50 RTT.
     #[arg(long)]
     pub check: bool,
@@ -90,6 +94,10 @@ impl BenchArgs {
         }
         if self.http_l7 {
             o.http_l7 = true;
+        }
+        if let Some(s) = &self.sidecar {
+            o.sidecar = SidecarProxy::choose(s)
+                .map_err(|e| BenchError::Usage(format!("--sidecar {s}: {e}")))?;
         }
         if let Some(s) = self.seed {
             o.seed = s;
@@ -148,6 +156,7 @@ pub fn demo(json: bool) -> Result<()> {
         no_pin: false,
         seed: None,
         http_l7: false,
+        sidecar: None,
         check: false,
         out: None,
     };

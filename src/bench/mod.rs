@@ -79,6 +79,7 @@ pub fn run(o: &Options, quiet: bool) -> Result<Report> {
         o.placements.contains(&Placement::CrossNode),
         o.cpu,
         l7,
+        o.sidecar,
     )?;
     let data = runner::run(&tb, o, &mut progress)?;
     drop(tb);

@@ -11,13 +11,14 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::error::{BenchError, Result};
+use crate::sim::SidecarProxy;
 
 /// A data path under test.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Mode {
     /// No mesh: the app talks to the server pod directly.
     Direct,
-    /// Istio's istio-init rules (cni-plugin_basic golden) + HAProxy sidecars.
+    /// Istio's istio-init rules (cni-plugin_basic golden) + sidecars.
     Iptables,
     /// Same iptables + sidecars, pods registered in accelerate mode (splicing).
     Accelerate,
@@ -62,7 +63,7 @@ impl Mode {
         }
     }
 
-    /// Pods of this mode run HAProxy sidecars.
+    /// Pods of this mode run sidecars.
     pub fn has_sidecars(self) -> bool {
         !matches!(self, Mode::Direct | Mode::Bypass)
     }
@@ -259,6 +260,8 @@ pub struct Options {
     /// HTTP workloads go through sidecars in HAProxy http mode (L7, as
     /// Envoy's HTTP connection manager would); false: the tcp-mode sidecars.
     pub http_l7: bool,
+    /// The sidecar proxy: Envoy when an `envoy` binary is on PATH, else HAProxy.
+    pub sidecar: SidecarProxy,
     /// CPU every process of the flow is pinned to (None: no pinning).
     pub cpu: Option<usize>,
     pub out: PathBuf,
@@ -288,6 +291,7 @@ impl Options {
             connections: 4,
             seed: 0x6d65_7368,
             http_l7: false,
+            sidecar: SidecarProxy::detect(),
             cpu: Some(online_cpus().saturating_sub(1)),
             out: PathBuf::from("target/meshlane-bench"),
             check: false,

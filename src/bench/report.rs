@@ -20,7 +20,7 @@ pub struct Meta {
     pub cpus: usize,
     pub cpu_model: String,
     pub meshlane_version: &'static str,
-    pub sidecar: &'static str,
+    pub sidecar: String,
     pub istio_rules: &'static str,
     pub options: Options,
 }
@@ -158,8 +158,11 @@ pub fn meta(o: &Options) -> Meta {
         cpus: super::options::online_cpus(),
         cpu_model: cpu_model(),
         meshlane_version: env!("CARGO_PKG_VERSION"),
-        sidecar:
-            "HAProxy (Debian), tcp mode, uid 1337, original-destination servers on 15001/15006",
+        sidecar: format!(
+            "{}, {} mode, uid 1337, original-destination listeners on 15001/15006",
+            o.sidecar.describe(),
+            if o.http_l7 { "tcp (http workloads: http)" } else { "tcp" }
+        ),
         istio_rules: super::testbed::ISTIO_RULES,
         options: o.clone(),
     }

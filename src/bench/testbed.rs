@@ -22,7 +22,10 @@ use super::options::{Mode, Placement, Workload};
 use super::servers::ServerSet;
 use super::{interrupt, net};
 use crate::pods::{PodMode, PodSpec};
-use crate::sim::{self, Node, NodeOptions, PeerNode, Pod, SideInstall, Sidecar, SidecarMode};
+use crate::sim::{
+    self, Node, NodeOptions, PeerNode, Pod, SideInstall, Sidecar, SidecarMode, SidecarOptions,
+    SidecarProxy,
+};
 
 /// The golden istio-init rule set every iptables-mode pod gets.
 pub const ISTIO_RULES: &str = "cni-plugin_basic.txt.golden";
@@ -49,6 +52,8 @@ pub struct Testbed {
     pub peer: Option<PeerNode>,
     pub node: Node,
     pub cpu: Option<usize>,
+    /// The proxy every sidecar runs.
+    pub sidecar: SidecarProxy,
 }
 
 /// Runs `f` on a short-lived thread pinned to `cpu`, so processes it starts
@@ -98,6 +103,7 @@ impl Testbed {
         cross_node: bool,
         cpu: Option<usize>,
         l7_http: bool,
+        sidecar: SidecarProxy,
     ) -> Result<Self> {
         sim::can_run_root_tests().map_err(|e| {
             BenchError::setup(
@@ -114,6 +120,7 @@ impl Testbed {
             peer: None,
             node,
             cpu,
+            sidecar,
         };
         if cross_node {
             tb.peer = Some(PeerNode::new(&tb.node).map_err(BenchError::setup_anyhow(
@@ -224,21 +231,19 @@ impl Testbed {
         let cpu = self.cpu;
         for &(pod, _) in &pods {
             if mode.has_sidecars() {
-                let sc = pinned(cpu, || {
-                    Sidecar::start(
-                        pod,
-                        if l7 {
-                            SidecarMode::Http
-                        } else {
-                            SidecarMode::Tcp
-                        },
-                        1337,
-                    )
-                })?
-                .map_err(BenchError::setup_anyhow(format!(
-                    "HAProxy sidecar in {}",
-                    pod.name
-                )))?;
+                let sidecar_mode = if l7 {
+                    SidecarMode::Http
+                } else {
+                    SidecarMode::Tcp
+                };
+                let options = SidecarOptions::istio(self.sidecar, sidecar_mode);
+                let sc = pinned(cpu, || Sidecar::launch(pod, &options))?.map_err(
+                    BenchError::setup_anyhow(format!(
+                        "{} sidecar in {}",
+                        self.sidecar.name(),
+                        pod.name
+                    )),
+                )?;
                 set.sidecars.push(sc);
             }
         }

@@ -43,8 +43,8 @@ pub fn can_run_root_tests() -> Result<(), String> {
     Ok(())
 }
 
-mod sidecar;
-pub use sidecar::{Sidecar, SidecarMode};
+pub mod sidecar;
+pub use sidecar::{Sidecar, SidecarMode, SidecarOptions, SidecarProxy};
 
 pub mod iptables;
 mod nginx;

@@ -9,7 +9,7 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
 use meshlane::pods::{PodMode, PodSpec};
-use meshlane::sim::{Node, Pod, Sidecar, SidecarMode};
+use meshlane::sim::{Node, Pod, Sidecar, SidecarMode, SidecarOptions, SidecarProxy};
 
 use super::app::{self, As, Seen, Server};
 use super::golden;
@@ -20,8 +20,27 @@ use super::native_sidecar::NativeSidecar;
 pub enum SidecarKind {
     /// HAProxy from Debian, tcp or http mode (IPv4: SO_ORIGINAL_DST).
     Haproxy(SidecarMode),
+    /// Envoy with the Istio-like bootstrap (runs only where an `envoy`
+    /// binary is on PATH; see [`envoy_available`]).
+    Envoy(SidecarMode),
     /// The Envoy-like original-destination proxy (IPv4 and IPv6).
     Native,
+}
+
+/// Whether Envoy cases can run. Without an `envoy` binary they are skipped
+/// with a message, unless MESHLANE_REQUIRE_ENVOY=1 makes that a failure
+/// (for CI machines that install Envoy).
+pub fn envoy_available(case: &str) -> bool {
+    match SidecarProxy::Envoy.locate() {
+        Ok(_) => true,
+        Err(e) if std::env::var_os("MESHLANE_REQUIRE_ENVOY").is_some() => {
+            panic!("{case}: MESHLANE_REQUIRE_ENVOY is set but {e}")
+        }
+        Err(e) => {
+            eprintln!("{case}: skipped, {e}");
+            false
+        }
+    }
 }
 
 impl From<SidecarMode> for SidecarKind {
@@ -32,23 +51,33 @@ impl From<SidecarMode> for SidecarKind {
 
 /// A running sidecar of either kind.
 pub enum AnySidecar {
-    Haproxy(Sidecar),
+    /// HAProxy or Envoy.
+    Real(Sidecar),
     Native(NativeSidecar),
 }
 
 impl AnySidecar {
     pub fn start(pod: &Pod, kind: SidecarKind, uid: u32, gid: u32) -> Self {
         match kind {
-            SidecarKind::Haproxy(mode) => AnySidecar::Haproxy(
+            SidecarKind::Haproxy(mode) => AnySidecar::Real(
                 Sidecar::start_as(pod, mode, uid, gid).expect("starting HAProxy sidecar"),
             ),
+            SidecarKind::Envoy(mode) => {
+                let options = SidecarOptions {
+                    proxy: SidecarProxy::Envoy,
+                    mode,
+                    uid,
+                    gid,
+                };
+                AnySidecar::Real(Sidecar::launch(pod, &options).expect("starting Envoy sidecar"))
+            }
             SidecarKind::Native => AnySidecar::Native(NativeSidecar::start(pod, uid, gid)),
         }
     }
 
     pub fn sessions(&self, frontend: &str) -> u64 {
         match self {
-            AnySidecar::Haproxy(s) => s.sessions(frontend),
+            AnySidecar::Real(s) => s.sessions(frontend),
             AnySidecar::Native(s) => s.sessions(frontend),
         }
     }

@@ -1,0 +1,71 @@
+//! HAProxy from Debian as the sidecar: `uid`/`gid` from the options,
+//! frontends `outbound` (15001) and `inbound` (15006), original-destination
+//! servers (`server ... 0.0.0.0`, learnt from SO_ORIGINAL_DST after REDIRECT
+//! or meshlane, or from the local address after sk_lookup). IPv4 and IPv6
+//! get separate listeners: HAProxy asks SO_ORIGINAL_DST only on AF_INET
+//! sockets (a dual-stack one would forward to itself after a REDIRECT).
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+use super::{SidecarMode, SidecarOptions};
+use crate::sim::{Pod, PodProcess};
+
+/// Writes the config and starts HAProxy; returns it and its stats socket.
+pub(super) fn spawn(pod: &Pod, o: &SidecarOptions, dir: &Path) -> Result<(PodProcess, PathBuf)> {
+    let sock = dir.join("stats.sock");
+    let mode = match o.mode {
+        SidecarMode::Tcp => "tcp",
+        SidecarMode::Http => "http",
+    };
+    let cfg = format!(
+        "global\n  uid {uid}\n  gid {gid}\n  maxconn 8000\n  stats socket {sock} mode 600 level admin\n\
+         defaults\n  mode {mode}\n  timeout connect 5s\n  timeout client 120s\n  timeout server 120s\n  option dontlognull\n\
+         frontend outbound\n  bind 0.0.0.0:15001\n  bind :::15001 v6only\n  default_backend original_dst\n\
+         frontend inbound\n  bind 0.0.0.0:15006\n  bind :::15006 v6only\n  use_backend inbound_app if {{ dst 0.0.0.0/0 }}\n  default_backend inbound_app6\n\
+         backend original_dst\n  server orig 0.0.0.0\n\
+         backend inbound_app\n  server app 0.0.0.0 source 127.0.0.6\n\
+         backend inbound_app6\n  server app 0.0.0.0 source ::6:0\n",
+        uid = o.uid,
+        gid = o.gid,
+        sock = sock.display()
+    );
+    let cfg_path = dir.join("haproxy.cfg");
+    std::fs::write(&cfg_path, cfg)?;
+    let process = pod.spawn(&["haproxy", "-db", "-f", &cfg_path.to_string_lossy()])?;
+    Ok((process, sock))
+}
+
+/// `show stat` rows: (proxy name, service name, total sessions).
+pub(super) fn stats(sock: &Path) -> Result<Vec<(String, String, u64)>> {
+    let mut s = UnixStream::connect(sock).context("haproxy stats socket")?;
+    s.write_all(b"show stat\n")?;
+    let mut out = Vec::new();
+    for line in BufReader::new(s).lines() {
+        let line = line?;
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        let f: Vec<&str> = line.split(',').collect();
+        if f.len() > 7 {
+            out.push((
+                f[0].to_string(),
+                f[1].to_string(),
+                f[7].parse().unwrap_or(0),
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// Total sessions a frontend ("outbound" or "inbound") accepted.
+pub(super) fn frontend_sessions(sock: &Path, frontend: &str) -> u64 {
+    stats(sock)
+        .unwrap_or_default()
+        .iter()
+        .find(|(p, s, _)| p == frontend && s == "FRONTEND")
+        .map_or(0, |r| r.2)
+}

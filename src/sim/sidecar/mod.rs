@@ -1,0 +1,276 @@
+//! The sidecar proxy of a simulated pod: Istio-like, running as the proxy
+//! uid/gid (1337), outbound listener 15001 and inbound listener 15006, both
+//! forwarding to the connection's original destination; inbound it connects
+//! to the app from 127.0.0.6 (::6) like Envoy in Istio does.
+//!
+//! Two implementations, one interface ([`Sidecar`]):
+//! - HAProxy from Debian ([`haproxy`]), the default;
+//! - Envoy ([`envoy`]) when an `envoy` binary is on PATH (or asked for),
+//!   with the bootstrap from [`envoy_bootstrap`].
+
+mod envoy;
+pub mod envoy_bootstrap;
+mod haproxy;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+
+use super::{Pod, PodProcess};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SidecarMode {
+    /// L4: bytes are forwarded (HAProxy `mode tcp`, Envoy tcp_proxy).
+    Tcp,
+    /// L7: HTTP/1.1 requests are parsed and routed (HAProxy `mode http`,
+    /// Envoy's HTTP connection manager).
+    Http,
+}
+
+/// Which proxy plays the sidecar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SidecarProxy {
+    Haproxy,
+    Envoy,
+}
+
+impl SidecarProxy {
+    pub fn name(self) -> &'static str {
+        match self {
+            SidecarProxy::Haproxy => "haproxy",
+            SidecarProxy::Envoy => "envoy",
+        }
+    }
+
+    /// The binary this proxy runs.
+    fn binary(self) -> &'static str {
+        self.name()
+    }
+
+    /// `auto` (Envoy when on PATH, else HAProxy), `haproxy` or `envoy`; an
+    /// explicit proxy must be installed.
+    pub fn choose(choice: &str) -> Result<Self> {
+        let proxy = match choice {
+            "auto" => return Ok(Self::detect()),
+            "haproxy" => SidecarProxy::Haproxy,
+            "envoy" => SidecarProxy::Envoy,
+            other => bail!("unknown sidecar `{other}` (known: auto, haproxy, envoy)"),
+        };
+        proxy.locate()?;
+        Ok(proxy)
+    }
+
+    /// How reports name it: "Envoy (envoy  version: ...)" / "HAProxy (...)".
+    pub fn describe(self) -> String {
+        let name = match self {
+            SidecarProxy::Haproxy => "HAProxy",
+            SidecarProxy::Envoy => "Envoy",
+        };
+        match self.version() {
+            Some(v) => format!("{name} ({v})"),
+            None => name.to_string(),
+        }
+    }
+
+    /// Envoy when an `envoy` binary is on PATH, HAProxy otherwise.
+    pub fn detect() -> Self {
+        if find_on_path(SidecarProxy::Envoy.binary()).is_some() {
+            SidecarProxy::Envoy
+        } else {
+            SidecarProxy::Haproxy
+        }
+    }
+
+    /// Full path of the proxy's binary, or an error naming what is missing.
+    pub fn locate(self) -> Result<PathBuf> {
+        match find_on_path(self.binary()) {
+            Some(p) => Ok(p),
+            None => bail!("no `{}` binary on PATH", self.binary()),
+        }
+    }
+
+    /// The first line of `<binary> --version` (or `-v` for HAProxy).
+    pub fn version(self) -> Option<String> {
+        let flag = match self {
+            SidecarProxy::Haproxy => "-v",
+            SidecarProxy::Envoy => "--version",
+        };
+        let out = std::process::Command::new(self.locate().ok()?)
+            .arg(flag)
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty())
+            .map(str::to_string)
+    }
+}
+
+/// An executable file `name` in one of PATH's directories.
+pub fn find_on_path(name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| {
+            std::fs::metadata(p)
+                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+                .unwrap_or(false)
+        })
+}
+
+/// How to start a sidecar.
+#[derive(Debug, Clone, Copy)]
+pub struct SidecarOptions {
+    pub proxy: SidecarProxy,
+    pub mode: SidecarMode,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl SidecarOptions {
+    /// Istio's defaults: uid = gid = 1337.
+    pub fn istio(proxy: SidecarProxy, mode: SidecarMode) -> Self {
+        Self {
+            proxy,
+            mode,
+            uid: 1337,
+            gid: 1337,
+        }
+    }
+}
+
+/// Where a running sidecar answers questions about its counters.
+enum Control {
+    /// HAProxy's stats socket (`show stat`).
+    HaproxyStats(PathBuf),
+    /// Envoy's admin API on a unix socket (`GET /stats`).
+    EnvoyAdmin(PathBuf),
+}
+
+pub struct Sidecar {
+    pub process: PodProcess,
+    pub proxy: SidecarProxy,
+    control: Control,
+    dir: PathBuf,
+}
+
+impl Sidecar {
+    /// Starts an HAProxy sidecar in `pod` (uid = gid = `uid`) and waits
+    /// until both listeners accept.
+    pub fn start(pod: &Pod, mode: SidecarMode, uid: u32) -> Result<Self> {
+        Self::start_as(pod, mode, uid, uid)
+    }
+
+    /// Like [`Sidecar::start`] with a proxy gid that differs from the uid.
+    pub fn start_as(pod: &Pod, mode: SidecarMode, uid: u32, gid: u32) -> Result<Self> {
+        Self::launch(
+            pod,
+            &SidecarOptions {
+                proxy: SidecarProxy::Haproxy,
+                mode,
+                uid,
+                gid,
+            },
+        )
+    }
+
+    /// Starts the sidecar `o` describes and waits until it is ready.
+    pub fn launch(pod: &Pod, o: &SidecarOptions) -> Result<Self> {
+        let dir = PathBuf::from("/run/meshlane-test").join(format!("sidecar-{}", pod.name));
+        std::fs::create_dir_all(&dir)?;
+        let (process, control) = match o.proxy {
+            SidecarProxy::Haproxy => {
+                let sock = haproxy::spawn(pod, o, &dir)?;
+                (sock.0, Control::HaproxyStats(sock.1))
+            }
+            SidecarProxy::Envoy => {
+                let admin = envoy::spawn(pod, o, &dir)?;
+                (admin.0, Control::EnvoyAdmin(admin.1))
+            }
+        };
+        let mut sc = Self {
+            process,
+            proxy: o.proxy,
+            control,
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if sc.ready() {
+                return Ok(sc);
+            }
+            if let Ok(Some(status)) = sc.process.child.try_wait() {
+                bail!(
+                    "{} sidecar in pod {} exited during start ({status}){}",
+                    o.proxy.name(),
+                    pod.name,
+                    sc.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!(
+            "{} sidecar in pod {} did not come up within 15 s{}",
+            o.proxy.name(),
+            pod.name,
+            sc.log_tail()
+        )
+    }
+
+    fn ready(&self) -> bool {
+        match &self.control {
+            Control::HaproxyStats(sock) => haproxy::stats(sock).is_ok(),
+            Control::EnvoyAdmin(sock) => envoy::ready(sock),
+        }
+    }
+
+    /// The end of the proxy's log, if it writes one, for error messages.
+    fn log_tail(&self) -> String {
+        let log = match self.proxy {
+            SidecarProxy::Envoy => envoy::log_path(&self.dir),
+            SidecarProxy::Haproxy => return String::new(),
+        };
+        tail_of(&log)
+    }
+
+    /// HAProxy `show stat` rows: (proxy name, service name, total sessions).
+    /// Envoy sidecars have no such rows (an error).
+    pub fn stats(&self) -> Result<Vec<(String, String, u64)>> {
+        match &self.control {
+            Control::HaproxyStats(sock) => haproxy::stats(sock),
+            Control::EnvoyAdmin(_) => bail!("an Envoy sidecar has no HAProxy stats"),
+        }
+    }
+
+    /// Connections the outbound or inbound listener accepted
+    /// (`frontend`: "outbound" or "inbound"), 0 when unreadable.
+    pub fn sessions(&self, frontend: &str) -> u64 {
+        match &self.control {
+            Control::HaproxyStats(sock) => haproxy::frontend_sessions(sock, frontend),
+            Control::EnvoyAdmin(sock) => envoy::listener_connections(sock, frontend),
+        }
+    }
+}
+
+/// The last lines of a log file, as " (log: ...)" or "".
+fn tail_of(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().rev().take(3).collect();
+    if lines.is_empty() {
+        return String::new();
+    }
+    let joined: Vec<&str> = lines.into_iter().rev().collect();
+    format!(" (log: {})", joined.join(" | "))
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.process.child.kill();
+        let _ = self.process.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
