@@ -161,7 +161,11 @@ pub fn meta(o: &Options) -> Meta {
         sidecar: format!(
             "{}, {} mode, uid 1337, original-destination listeners on 15001/15006",
             o.sidecar.describe(),
-            if o.http_l7 { "tcp (http workloads: http)" } else { "tcp" }
+            if o.http_l7 {
+                "tcp (http workloads: http)"
+            } else {
+                "tcp"
+            }
         ),
         istio_rules: super::testbed::ISTIO_RULES,
         options: o.clone(),

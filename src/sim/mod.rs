@@ -48,6 +48,7 @@ pub use sidecar::{Sidecar, SidecarMode, SidecarOptions, SidecarProxy};
 
 pub mod iptables;
 mod nginx;
+pub mod pattern;
 pub use nginx::{Nginx, NginxSend};
 mod peer_node;
 pub use peer_node::PeerNode;

@@ -74,56 +74,8 @@ pub fn raise_nofile(want: u64) {
     }
 }
 
-/// Deterministic test payload.
-pub fn payload(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u32).wrapping_mul(2654435761).to_le_bytes()[0] ^ seed)
-        .collect()
-}
-
-/// An endless deterministic byte stream for transfers too large to keep in
-/// memory: byte `p` is `block[p % block.len()]`. The period is not a power
-/// of two, so a lost, doubled or reordered write shows as a mismatch.
-pub struct Pattern {
-    block: Vec<u8>,
-}
-
-impl Pattern {
-    pub fn new(seed: u8) -> Self {
-        Self {
-            block: payload(1024 * 1024 + 7, seed),
-        }
-    }
-
-    /// Fills `buf` with the stream's bytes from `offset`.
-    pub fn fill(&self, offset: u64, buf: &mut [u8]) {
-        let p = self.block.len();
-        let mut start = (offset % p as u64) as usize;
-        let mut done = 0;
-        while done < buf.len() {
-            let n = (p - start).min(buf.len() - done);
-            buf[done..done + n].copy_from_slice(&self.block[start..start + n]);
-            done += n;
-            start = 0;
-        }
-    }
-
-    /// Panics naming the first wrong byte when `buf` is not the stream's
-    /// bytes from `offset`.
-    pub fn check(&self, offset: u64, buf: &[u8]) {
-        let mut want = vec![0u8; buf.len()];
-        self.fill(offset, &mut want);
-        if want != buf {
-            let i = want.iter().zip(buf).position(|(a, b)| a != b).unwrap_or(0);
-            panic!(
-                "stream corrupted at byte {}: want {:#04x}, got {:#04x}",
-                offset + i as u64,
-                want[i],
-                buf[i]
-            );
-        }
-    }
-}
+#[allow(unused_imports)] // not every test binary uses both
+pub use meshlane::sim::pattern::{payload, Pattern};
 
 fn poll_for(s: &TcpStream, flags: nix::poll::PollFlags, wait: Duration) {
     use nix::poll::{poll, PollFd, PollTimeout};

@@ -156,16 +156,27 @@ mod tests {
         let plain = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nLIVE\n";
         assert_eq!(parse_response(plain).unwrap(), (200, "LIVE\n".to_string()));
         let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n";
-        assert_eq!(parse_response(chunked).unwrap(), (200, "hello world".to_string()));
+        assert_eq!(
+            parse_response(chunked).unwrap(),
+            (200, "hello world".to_string())
+        );
         assert!(parse_response(b"HTTP/1.1 200").is_err());
-        assert!(parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n").is_err());
+        assert!(
+            parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n").is_err()
+        );
     }
 
     #[test]
     fn finds_one_stat_by_exact_name() {
         let body = "listener.outbound.downstream_cx_total: 7\nlistener.inbound.downstream_cx_total: 3\nlistener.outbound.downstream_cx_total_x: 9\n";
-        assert_eq!(stat_value(body, "listener.outbound.downstream_cx_total"), Some(7));
-        assert_eq!(stat_value(body, "listener.inbound.downstream_cx_total"), Some(3));
+        assert_eq!(
+            stat_value(body, "listener.outbound.downstream_cx_total"),
+            Some(7)
+        );
+        assert_eq!(
+            stat_value(body, "listener.inbound.downstream_cx_total"),
+            Some(3)
+        );
         assert_eq!(stat_value(body, "listener.other.downstream_cx_total"), None);
     }
 }

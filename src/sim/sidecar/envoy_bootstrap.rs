@@ -44,9 +44,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
     http_connection_manager::{CodecType, RouteSpecifier},
     http_filter, HttpConnectionManager, HttpFilter,
 };
-use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
-    tcp_proxy, TcpProxy,
-};
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{tcp_proxy, TcpProxy};
 use envoy_types::pb::google::protobuf::{Any, BoolValue, Duration, UInt32Value};
 use prost::{Message, Name};
 
@@ -102,7 +100,10 @@ fn address(ip: &str, port: u16) -> Address {
 }
 
 fn seconds(s: i64) -> Duration {
-    Duration { seconds: s, nanos: 0 }
+    Duration {
+        seconds: s,
+        nanos: 0,
+    }
 }
 
 fn cidr(prefix: &str) -> CidrRange {
@@ -156,9 +157,9 @@ fn forward_to(cluster: &str, stat_prefix: &str, mode: SidecarMode) -> Filter {
                 })),
                 http_filters: vec![HttpFilter {
                     name: "envoy.filters.http.router".into(),
-                    config_type: Some(http_filter::ConfigType::TypedConfig(any(
-                        &Router::default(),
-                    ))),
+                    config_type: Some(http_filter::ConfigType::TypedConfig(
+                        any(&Router::default()),
+                    )),
                     ..Default::default()
                 }],
                 ..Default::default()
@@ -181,7 +182,11 @@ fn blackhole_chain(port: u16) -> FilterChain {
             destination_port: Some(UInt32Value { value: port.into() }),
             ..Default::default()
         }),
-        filters: vec![forward_to(BLACKHOLE_CLUSTER, "BlackHoleCluster", SidecarMode::Tcp)],
+        filters: vec![forward_to(
+            BLACKHOLE_CLUSTER,
+            "BlackHoleCluster",
+            SidecarMode::Tcp,
+        )],
         ..Default::default()
     }
 }
@@ -234,10 +239,20 @@ fn outbound_listener(p: &BootstrapParams<'_>) -> Listener {
 fn inbound_listener(p: &BootstrapParams<'_>) -> Listener {
     let mut chains = vec![
         blackhole_chain(p.inbound_port),
-        chain("virtualInbound-ipv4", Some("0.0.0.0"), INBOUND_CLUSTER_V4, p.mode),
+        chain(
+            "virtualInbound-ipv4",
+            Some("0.0.0.0"),
+            INBOUND_CLUSTER_V4,
+            p.mode,
+        ),
     ];
     if p.ipv6 {
-        chains.push(chain("virtualInbound-ipv6", Some("::"), INBOUND_CLUSTER_V6, p.mode));
+        chains.push(chain(
+            "virtualInbound-ipv6",
+            Some("::"),
+            INBOUND_CLUSTER_V6,
+            p.mode,
+        ));
     }
     Listener {
         listener_filters: vec![ListenerFilter {
@@ -259,7 +274,9 @@ fn passthrough_cluster(name: &str, bind: Option<&str>) -> Cluster {
     let unlimited = Some(UInt32Value { value: u32::MAX });
     Cluster {
         name: name.into(),
-        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::OriginalDst as i32)),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(
+            DiscoveryType::OriginalDst as i32,
+        )),
         lb_policy: LbPolicy::ClusterProvided as i32,
         connect_timeout: Some(seconds(10)),
         circuit_breakers: Some(CircuitBreakers {
@@ -390,7 +407,11 @@ mod tests {
             "envoy.filters.network.http_connection_manager" => {
                 let hcm = unpack::<HttpConnectionManager>(typed(f));
                 let names: Vec<&str> = hcm.http_filters.iter().map(|h| h.name.as_str()).collect();
-                assert_eq!(names, ["envoy.filters.http.router"], "router is last and only");
+                assert_eq!(
+                    names,
+                    ["envoy.filters.http.router"],
+                    "router is last and only"
+                );
                 match &hcm.http_filters[0].config_type {
                     Some(http_filter::ConfigType::TypedConfig(a)) => {
                         unpack::<Router>(a);
@@ -446,10 +467,18 @@ mod tests {
             for l in &sr.listeners {
                 let mut chain_names = HashSet::new();
                 for fc in &l.filter_chains {
-                    assert!(chain_names.insert(fc.name.clone()), "chain names unique in {}", l.name);
+                    assert!(
+                        chain_names.insert(fc.name.clone()),
+                        "chain names unique in {}",
+                        l.name
+                    );
                     assert_eq!(fc.filters.len(), 1);
                     for t in targets(&fc.filters[0]) {
-                        assert!(clusters.contains(t.as_str()), "{} -> {t} undefined", fc.name);
+                        assert!(
+                            clusters.contains(t.as_str()),
+                            "{} -> {t} undefined",
+                            fc.name
+                        );
                     }
                 }
                 for lf in &l.listener_filters {
@@ -477,7 +506,10 @@ mod tests {
         ] {
             let l = by_name(name);
             assert_eq!(port_of(&l.address), ("0.0.0.0".into(), port));
-            assert_eq!(port_of(&l.additional_addresses[0].address), ("::".into(), port));
+            assert_eq!(
+                port_of(&l.additional_addresses[0].address),
+                ("::".into(), port)
+            );
             assert_eq!(l.stat_prefix, stats);
             // The chain for the listener's own port goes nowhere.
             let own: Vec<&FilterChain> = l
@@ -510,7 +542,11 @@ mod tests {
                 .expect(prefix);
             assert_eq!(targets(&fc.filters[0]), [cluster]);
         }
-        let bh = sr.clusters.iter().find(|c| c.name == BLACKHOLE_CLUSTER).expect("black hole");
+        let bh = sr
+            .clusters
+            .iter()
+            .find(|c| c.name == BLACKHOLE_CLUSTER)
+            .expect("black hole");
         assert!(bh.load_assignment.is_none(), "black hole has no endpoints");
     }
 
@@ -534,13 +570,19 @@ mod tests {
             .expect("configs")
             .iter()
             .flat_map(|c| {
-                ["staticClusters", "dynamicActiveClusters", "dynamicListeners"]
-                    .iter()
-                    .filter_map(move |k| c.get(*k).and_then(Value::as_array))
-                    .flatten()
+                [
+                    "staticClusters",
+                    "dynamicActiveClusters",
+                    "dynamicListeners",
+                ]
+                .iter()
+                .filter_map(move |k| c.get(*k).and_then(Value::as_array))
+                .flatten()
             })
-            .map(|r| r.get(key).or_else(|| r.pointer(&format!("/activeState/{key}"))))
-            .flatten()
+            .filter_map(|r| {
+                r.get(key)
+                    .or_else(|| r.pointer(&format!("/activeState/{key}")))
+            })
             .find(|r| r["name"] == name)
             .unwrap_or_else(|| panic!("{key} {name} not in the config dump"))
     }
@@ -567,7 +609,9 @@ mod tests {
             assert_eq!(real["type"], "ORIGINAL_DST");
             assert_eq!(
                 ours.cluster_discovery_type,
-                Some(ClusterDiscoveryType::Type(DiscoveryType::OriginalDst as i32))
+                Some(ClusterDiscoveryType::Type(
+                    DiscoveryType::OriginalDst as i32
+                ))
             );
             assert_eq!(real["lbPolicy"], "CLUSTER_PROVIDED");
             assert_eq!(ours.lb_policy, LbPolicy::ClusterProvided as i32);
@@ -587,16 +631,30 @@ mod tests {
         let out = dumped(&dump, "listener", OUTBOUND_LISTENER);
         assert_eq!(out["useOriginalDst"], true);
         assert_eq!(out["trafficDirection"], "OUTBOUND");
-        assert_eq!(out.pointer("/address/socketAddress/portValue"), Some(&15001.into()));
+        assert_eq!(
+            out.pointer("/address/socketAddress/portValue"),
+            Some(&15001.into())
+        );
         let inb = dumped(&dump, "listener", INBOUND_LISTENER);
         assert_eq!(inb["trafficDirection"], "INBOUND");
-        assert_eq!(inb.pointer("/address/socketAddress/portValue"), Some(&15006.into()));
         assert_eq!(
-            inb.pointer("/listenerFilters/0/typedConfig/@type").and_then(Value::as_str),
+            inb.pointer("/address/socketAddress/portValue"),
+            Some(&15006.into())
+        );
+        assert_eq!(
+            inb.pointer("/listenerFilters/0/typedConfig/@type")
+                .and_then(Value::as_str),
             Some(OriginalDst::type_url().as_str())
         );
-        let ours = sr.listeners.iter().find(|l| l.name == INBOUND_LISTENER).expect("inbound");
-        assert_eq!(ours.listener_filters[0].name, inb["listenerFilters"][0]["name"]);
+        let ours = sr
+            .listeners
+            .iter()
+            .find(|l| l.name == INBOUND_LISTENER)
+            .expect("inbound");
+        assert_eq!(
+            ours.listener_filters[0].name,
+            inb["listenerFilters"][0]["name"]
+        );
         assert_eq!(ours.traffic_direction, TrafficDirection::Inbound as i32);
     }
 }

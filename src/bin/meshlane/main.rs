@@ -1,5 +1,9 @@
 //! `meshlane`: the node agent and operator CLI. Errors reach the user as one
 //! line on stderr and a non-zero exit; `--json` gives machine output.
+//! Pod registration lives in [`pod_cmd`], error rendering in [`errors`].
+
+mod errors;
+mod pod_cmd;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,10 +13,11 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
+use errors::{error_line, libbpf_log, usage_error_line};
+
 use meshlane::agent::{self, AgentOptions};
 use meshlane::layout::{PinLayout, DEFAULT_PIN_ROOT};
 use meshlane::loader::{self, Config, VerdictRemedy};
-use meshlane::pods::{PodMode, PodSpec, Preset, Registry};
 use meshlane::{probe, status};
 
 #[derive(Parser)]
@@ -40,7 +45,7 @@ enum Cmd {
     Status,
     /// Register, remove or list meshed pods (until the CNI plugin does it).
     #[command(subcommand)]
-    Pod(PodCmd),
+    Pod(pod_cmd::PodCmd),
     /// Check the kernel for every feature meshlane uses.
     Probe,
     /// Remove every link, program, map and pin meshlane created.
@@ -83,95 +88,7 @@ struct AgentArgs {
     once: bool,
 }
 
-#[derive(Subcommand)]
-enum PodCmd {
-    /// Register the pod whose network namespace is at --netns.
-    Add(PodAddArgs),
-    /// Unregister a pod; its established connections continue.
-    Rm {
-        /// Path of the pod's netns (/run/netns/NAME or /proc/PID/ns/net).
-        #[arg(long)]
-        netns: PathBuf,
-    },
-    /// List registered pods.
-    List,
-}
-
-#[derive(Args)]
-struct PodAddArgs {
-    /// Path of the pod's netns (/run/netns/NAME or /proc/PID/ns/net).
-    #[arg(long)]
-    netns: PathBuf,
-    /// Name shown by status and logs (default: the netns file name).
-    #[arg(long)]
-    name: Option<String>,
-    #[arg(long, value_enum, default_value_t = Preset::Istio)]
-    preset: Preset,
-    /// intercept: eBPF redirects (no iptables in the pod); accelerate: istio-init iptables stay, splice only.
-    #[arg(long, value_enum, default_value_t = PodMode::Intercept)]
-    mode: PodMode,
-    #[arg(long)]
-    proxy_uid: Option<u32>,
-    #[arg(long)]
-    proxy_gid: Option<u32>,
-    #[arg(long)]
-    outbound_port: Option<u16>,
-    #[arg(long)]
-    inbound_port: Option<u16>,
-    #[arg(long)]
-    dns_port: Option<u16>,
-    /// Send the pod's DNS (port 53) to the proxy's DNS port (Istio DNS proxying).
-    #[arg(long)]
-    dns_capture: bool,
-    /// traffic.sidecar.istio.io/includeInboundPorts ("*" = all).
-    #[arg(long, default_value = "*")]
-    include_inbound_ports: String,
-    /// traffic.sidecar.istio.io/excludeInboundPorts
-    #[arg(long, default_value = "")]
-    exclude_inbound_ports: String,
-    /// traffic.sidecar.istio.io/includeOutboundPorts
-    #[arg(long, default_value = "")]
-    include_outbound_ports: String,
-    /// traffic.sidecar.istio.io/excludeOutboundPorts
-    #[arg(long, default_value = "")]
-    exclude_outbound_ports: String,
-    /// traffic.sidecar.istio.io/includeOutboundIPRanges ("*" = all)
-    #[arg(long, default_value = "*")]
-    include_outbound_ip_ranges: String,
-    /// traffic.sidecar.istio.io/excludeOutboundIPRanges
-    #[arg(long, default_value = "")]
-    exclude_outbound_ip_ranges: String,
-}
-
-impl PodAddArgs {
-    fn spec(&self) -> PodSpec {
-        let name = self.name.clone().unwrap_or_else(|| {
-            self.netns
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| self.netns.display().to_string())
-        });
-        PodSpec {
-            name,
-            preset: self.preset,
-            mode: self.mode,
-            proxy_uid: self.proxy_uid,
-            proxy_gid: self.proxy_gid,
-            outbound_port: self.outbound_port,
-            inbound_port: self.inbound_port,
-            dns_port: self.dns_port,
-            dns_capture: self.dns_capture,
-            include_inbound_ports: self.include_inbound_ports.clone(),
-            exclude_inbound_ports: self.exclude_inbound_ports.clone(),
-            include_outbound_ports: self.include_outbound_ports.clone(),
-            exclude_outbound_ports: self.exclude_outbound_ports.clone(),
-            include_outbound_ip_ranges: self.include_outbound_ip_ranges.clone(),
-            exclude_outbound_ip_ranges: self.exclude_outbound_ip_ranges.clone(),
-        }
-    }
-}
-
-fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
+pub(crate) fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }
@@ -218,40 +135,9 @@ fn run(cli: Cli) -> Result<()> {
                 print!("{s}");
             }
         }
-        Cmd::Pod(PodCmd::Add(a)) => {
+        Cmd::Pod(p) => {
             require_root()?;
-            let rec = Registry::open(&layout)?.add(&a.netns, &a.spec())?;
-            if cli.json {
-                print_json(&rec)?;
-            } else {
-                println!(
-                    "registered pod {} (netns cookie {}, ips {:?})",
-                    rec.name, rec.netns_cookie, rec.ips
-                );
-            }
-        }
-        Cmd::Pod(PodCmd::Rm { netns }) => {
-            require_root()?;
-            let cookie = Registry::open(&layout)?.remove(&netns)?;
-            if cli.json {
-                print_json(&serde_json::json!({ "removed": cookie }))?;
-            } else {
-                println!("removed pod with netns cookie {cookie}");
-            }
-        }
-        Cmd::Pod(PodCmd::List) => {
-            require_root()?;
-            let pods = Registry::open(&layout)?.list();
-            if cli.json {
-                print_json(&pods)?;
-            } else {
-                for p in pods {
-                    println!(
-                        "{:<20} cookie {:<8} {:?} ips {:?}",
-                        p.name, p.netns_cookie, p.mode, p.ips
-                    );
-                }
-            }
+            pod_cmd::run(p, &layout, cli.json)?;
         }
         Cmd::Probe => {
             // Unprivileged probe loads fail and would look like missing features.
@@ -337,63 +223,4 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn libbpf_log(level: libbpf_rs::PrintLevel, msg: String) {
-    let msg = msg.trim_end();
-    match level {
-        libbpf_rs::PrintLevel::Warn => tracing::debug!(target: "libbpf", "{msg}"),
-        _ => tracing::trace!(target: "libbpf", "{msg}"),
-    }
-}
-
-/// One line from clap's multi-line report: the message, plus the accepted
-/// values when clap lists them.
-fn usage_error_line(e: &clap::Error) -> String {
-    if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
-        let text = e.render().to_string();
-        let usage = text
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("Usage: "))
-            .unwrap_or("meshlane <COMMAND>");
-        return format!("a command is required ({usage}); see --help");
-    }
-    let text = e.render().to_string();
-    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
-    let first = lines.next().unwrap_or("invalid arguments");
-    let mut line = first.strip_prefix("error: ").unwrap_or(first).to_string();
-    // "the following required arguments were not provided:" + the next line.
-    if line.ends_with(':') {
-        if let Some(next) = lines.next() {
-            line.push(' ');
-            line.push_str(next);
-        }
-    }
-    if let Some(values) = text
-        .lines()
-        .map(str::trim)
-        .find_map(|l| l.strip_prefix("[possible values: "))
-    {
-        line.push_str(&format!(
-            " (possible values: {}",
-            values.trim_end_matches(']')
-        ));
-        line.push(')');
-    }
-    line.push_str("; see --help");
-    line
-}
-
-/// The error and its causes on one line, without repeating a cause that a
-/// message already quotes.
-fn error_line(e: &anyhow::Error) -> String {
-    let mut line = e.to_string();
-    for cause in e.chain().skip(1) {
-        let c = cause.to_string();
-        if !line.contains(&c) {
-            line.push_str(": ");
-            line.push_str(&c);
-        }
-    }
-    line.split_whitespace().collect::<Vec<_>>().join(" ")
 }

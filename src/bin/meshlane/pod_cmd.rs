@@ -1,0 +1,140 @@
+//! `meshlane pod add|rm|list`: registering meshed pods by hand (until the
+//! CNI plugin does it): the arguments, mirroring Istio's sidecar
+//! annotations, and what each prints.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Args, Subcommand};
+
+use meshlane::layout::PinLayout;
+use meshlane::pods::{PodMode, PodSpec, Preset, Registry};
+
+use crate::print_json;
+
+#[derive(Subcommand)]
+pub(crate) enum PodCmd {
+    /// Register the pod whose network namespace is at --netns.
+    Add(PodAddArgs),
+    /// Unregister a pod; its established connections continue.
+    Rm {
+        /// Path of the pod's netns (/run/netns/NAME or /proc/PID/ns/net).
+        #[arg(long)]
+        netns: PathBuf,
+    },
+    /// List registered pods.
+    List,
+}
+
+#[derive(Args)]
+pub(crate) struct PodAddArgs {
+    /// Path of the pod's netns (/run/netns/NAME or /proc/PID/ns/net).
+    #[arg(long)]
+    netns: PathBuf,
+    /// Name shown by status and logs (default: the netns file name).
+    #[arg(long)]
+    name: Option<String>,
+    #[arg(long, value_enum, default_value_t = Preset::Istio)]
+    preset: Preset,
+    /// intercept: eBPF redirects (no iptables in the pod); accelerate: istio-init iptables stay, splice only.
+    #[arg(long, value_enum, default_value_t = PodMode::Intercept)]
+    mode: PodMode,
+    #[arg(long)]
+    proxy_uid: Option<u32>,
+    #[arg(long)]
+    proxy_gid: Option<u32>,
+    #[arg(long)]
+    outbound_port: Option<u16>,
+    #[arg(long)]
+    inbound_port: Option<u16>,
+    #[arg(long)]
+    dns_port: Option<u16>,
+    /// Send the pod's DNS (port 53) to the proxy's DNS port (Istio DNS proxying).
+    #[arg(long)]
+    dns_capture: bool,
+    /// traffic.sidecar.istio.io/includeInboundPorts ("*" = all).
+    #[arg(long, default_value = "*")]
+    include_inbound_ports: String,
+    /// traffic.sidecar.istio.io/excludeInboundPorts
+    #[arg(long, default_value = "")]
+    exclude_inbound_ports: String,
+    /// traffic.sidecar.istio.io/includeOutboundPorts
+    #[arg(long, default_value = "")]
+    include_outbound_ports: String,
+    /// traffic.sidecar.istio.io/excludeOutboundPorts
+    #[arg(long, default_value = "")]
+    exclude_outbound_ports: String,
+    /// traffic.sidecar.istio.io/includeOutboundIPRanges ("*" = all)
+    #[arg(long, default_value = "*")]
+    include_outbound_ip_ranges: String,
+    /// traffic.sidecar.istio.io/excludeOutboundIPRanges
+    #[arg(long, default_value = "")]
+    exclude_outbound_ip_ranges: String,
+}
+
+impl PodAddArgs {
+    fn spec(&self) -> PodSpec {
+        let name = self.name.clone().unwrap_or_else(|| {
+            self.netns
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| self.netns.display().to_string())
+        });
+        PodSpec {
+            name,
+            preset: self.preset,
+            mode: self.mode,
+            proxy_uid: self.proxy_uid,
+            proxy_gid: self.proxy_gid,
+            outbound_port: self.outbound_port,
+            inbound_port: self.inbound_port,
+            dns_port: self.dns_port,
+            dns_capture: self.dns_capture,
+            include_inbound_ports: self.include_inbound_ports.clone(),
+            exclude_inbound_ports: self.exclude_inbound_ports.clone(),
+            include_outbound_ports: self.include_outbound_ports.clone(),
+            exclude_outbound_ports: self.exclude_outbound_ports.clone(),
+            include_outbound_ip_ranges: self.include_outbound_ip_ranges.clone(),
+            exclude_outbound_ip_ranges: self.exclude_outbound_ip_ranges.clone(),
+        }
+    }
+}
+
+/// Runs one pod subcommand against the registry under `layout`.
+pub(crate) fn run(cmd: PodCmd, layout: &PinLayout, json: bool) -> Result<()> {
+    match cmd {
+        PodCmd::Add(a) => {
+            let rec = Registry::open(layout)?.add(&a.netns, &a.spec())?;
+            if json {
+                print_json(&rec)?;
+            } else {
+                println!(
+                    "registered pod {} (netns cookie {}, ips {:?})",
+                    rec.name, rec.netns_cookie, rec.ips
+                );
+            }
+        }
+        PodCmd::Rm { netns } => {
+            let cookie = Registry::open(layout)?.remove(&netns)?;
+            if json {
+                print_json(&serde_json::json!({ "removed": cookie }))?;
+            } else {
+                println!("removed pod with netns cookie {cookie}");
+            }
+        }
+        PodCmd::List => {
+            let pods = Registry::open(layout)?.list();
+            if json {
+                print_json(&pods)?;
+            } else {
+                for p in pods {
+                    println!(
+                        "{:<20} cookie {:<8} {:?} ips {:?}",
+                        p.name, p.netns_cookie, p.mode, p.ips
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
