@@ -76,9 +76,12 @@ struct {
 	__type(value, struct ml_sock_key);
 } ml_active SEC(".maps");
 
-/* Directions of spliced connections currently handed back to TCP because
- * the reader fell behind (key: the sending socket's key).
- * Writer and reader: sk_msg (splice.bpf.c); deleted at close by sockops. */
+/* Directions of spliced connections that take TCP until nothing of them is
+ * left on the TCP path (key: the sending socket's key; value: why,
+ * ML_HOLD_* in splice.bpf.c): handed back because the reader fell behind,
+ * or not yet started because bytes may have taken TCP before pairing.
+ * Writers: sk_msg (backpressure; deletes when splicing resumes) and sockops
+ * (at pairing; deletes at close). Reader: sk_msg (splice.bpf.c). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
@@ -180,6 +183,15 @@ static __always_inline int ml_addr_eq(const struct ml_addr *x,
 {
 	return x->a[0] == y->a[0] && x->a[1] == y->a[1] &&
 	       x->a[2] == y->a[2] && x->a[3] == y->a[3];
+}
+
+static __always_inline int ml_sock_key_eq(const struct ml_sock_key *x,
+					  const struct ml_sock_key *y)
+{
+	return x->netns == y->netns && ml_addr_eq(&x->local, &y->local) &&
+	       ml_addr_eq(&x->remote, &y->remote) &&
+	       x->local_port == y->local_port &&
+	       x->remote_port == y->remote_port;
 }
 
 /* Volatile context read: keeps every load unconditional and at a constant

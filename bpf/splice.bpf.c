@@ -33,6 +33,14 @@
  * by the peer and read by the reader) and the queue has drained to half,
  * so bytes are never reordered: the reader always drains the psock queue
  * before the TCP receive queue.
+ *
+ * Splicing starts the same way. The active end is established (and may
+ * send) before the passive end is in ml_socks or paired with it, so its
+ * first bytes can take TCP; were later bytes spliced at once, they would
+ * reach the reader before those. So when the passive end becomes the active
+ * end's splice target, sockops marks the active end ML_HOLD_UNTIL_DRAINED
+ * (before the target is usable), and sk_msg starts splicing it only once
+ * nothing of it is left on the TCP path, like a resumption.
  */
 #include "maps.h"
 #include <bpf/bpf_core_read.h>
@@ -42,6 +50,10 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 /* Bytes queued at a peer before its direction is handed to TCP; 0 turns
  * backpressure off. Set by the loader (agent --splice-queue-limit). */
 const volatile __u32 ml_splice_queue_limit = 6 << 20;
+
+/* Values of ml_throttled: why a direction takes TCP until it is drained. */
+#define ML_HOLD_THROTTLED 1     /* backpressure: the reader fell behind */
+#define ML_HOLD_UNTIL_DRAINED 2 /* bytes may have taken TCP before pairing */
 
 /* Minimal CO-RE views of kernel structs (no vmlinux.h): libbpf relocates
  * each field to its offset in the running kernel's BTF. */
@@ -102,6 +114,18 @@ static __always_inline void set_peer(const struct ml_sock_key *k,
 		ml_count(ML_CNT_STATE_FULL, 1);
 }
 
+/* @k (an active end) is about to get a splice target: whatever it already
+ * sent went through TCP, so it must drain before splicing starts. An
+ * existing backpressure mark is stricter and stays. */
+static __always_inline void hold_until_drained(const struct ml_sock_key *k)
+{
+	__u8 v = ML_HOLD_UNTIL_DRAINED;
+	int err = bpf_map_update_elem(&ml_throttled, k, &v, BPF_NOEXIST);
+
+	if (err && err != -17 /* EEXIST */)
+		ml_count(ML_CNT_STATE_FULL, 1);
+}
+
 /* The passive end of a connection: find the active socket that opened it.
  * Returns 1 and fills @partner when a NATed partner was paired. */
 static __always_inline int pair_across_nat(const struct ml_sock_key *me,
@@ -119,6 +143,7 @@ static __always_inline int pair_across_nat(const struct ml_sock_key *me,
 	if (ml_addr_eq(&partner.remote, &me->local) &&
 	    partner.remote_port == me->local_port)
 		return 0;
+	hold_until_drained(&partner);
 	set_peer(me, &partner);
 	set_peer(&partner, me);
 	ml_count(ML_CNT_PAIRED_NAT, 1);
@@ -153,6 +178,17 @@ static __always_inline void on_established(struct bpf_sock_ops *skops,
 		return;
 
 	sock_key_from_ops(skops, netns, &me);
+	peer_netns = ml_peer_netns(netns, &me.remote);
+	/* The active end already points at us (its mirror): it becomes able
+	 * to splice as soon as we are in ml_socks, so mark it first. */
+	if (passive && peer_netns) {
+		struct ml_sock_key *theirs;
+
+		mirror_key(&me, peer_netns, &mirror);
+		theirs = bpf_map_lookup_elem(&ml_peers, &mirror);
+		if (theirs && ml_sock_key_eq(theirs, &me))
+			hold_until_drained(&mirror);
+	}
 	if (bpf_sock_hash_update(skops, &ml_socks, &me, BPF_NOEXIST)) {
 		/* Full map or clash: this connection uses the TCP stack. */
 		ml_count(ML_CNT_SOCK_INSERT_FAILED, 1);
@@ -164,7 +200,6 @@ static __always_inline void on_established(struct bpf_sock_ops *skops,
 	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags |
 						 BPF_SOCK_OPS_STATE_CB_FLAG);
 
-	peer_netns = ml_peer_netns(netns, &me.remote);
 	if (passive) {
 		if (peer_netns && pair_across_nat(&me, peer_netns))
 			return;
@@ -234,38 +269,40 @@ static __always_inline void sock_key_from_msg(struct sk_msg_md *msg,
 /* What the backpressure check needs to know about the receiving socket. */
 struct peer_state {
 	__u32 queued;     /* bytes on its psock ingress queue */
+	__u32 counted;    /* queued is known (the kernel counts it) */
 	__u32 unread_tcp; /* bytes its TCP receive path holds unread */
 };
 
-/* Reads the peer's state; 0 when it cannot be read (unknown socket, or a
- * kernel whose psock does not count its queue: no backpressure there).
- * The TCP receive counters are only needed to resume a throttled
- * direction, so the common path reads two fields. */
-static __always_inline int read_peer(struct ml_sock_key *peer, int throttled,
+/* Reads the peer's state; 0 when the socket is unknown or unreadable.
+ * queued needs a kernel whose psock counts its queue (else counted = 0:
+ * no backpressure there). The TCP receive counters are only needed before
+ * splicing a held direction (@held), so the common path reads two fields. */
+static __always_inline int read_peer(struct ml_sock_key *peer, int held,
 				     struct peer_state *st)
 {
 	__u32 rcv_nxt = 0, copied_seq = 0;
 	__u64 *addr, psock = 0;
 	void *sk;
 
-	if (!bpf_core_field_exists(struct sk_psock___ml, msg_tot_len))
-		return 0;
 	addr = bpf_map_lookup_elem(&ml_sock_addrs, peer);
 	if (!addr || !*addr)
 		return 0;
 	sk = (void *)*addr;
-	if (bpf_probe_read_kernel(&psock, sizeof(psock),
-				  sk + bpf_core_field_offset(struct sock___ml,
-							     sk_user_data)))
-		return 0;
-	psock &= ML_SK_USER_DATA_PTRMASK;
-	if (!psock ||
-	    bpf_probe_read_kernel(&st->queued, sizeof(st->queued),
-				  (void *)psock +
-					  bpf_core_field_offset(struct sk_psock___ml,
-								msg_tot_len)))
-		return 0;
-	if (!throttled)
+	if (bpf_core_field_exists(struct sk_psock___ml, msg_tot_len)) {
+		if (bpf_probe_read_kernel(&psock, sizeof(psock),
+					  sk + bpf_core_field_offset(struct sock___ml,
+								     sk_user_data)))
+			return 0;
+		psock &= ML_SK_USER_DATA_PTRMASK;
+		if (!psock ||
+		    bpf_probe_read_kernel(&st->queued, sizeof(st->queued),
+					  (void *)psock +
+						  bpf_core_field_offset(struct sk_psock___ml,
+									msg_tot_len)))
+			return 0;
+		st->counted = 1;
+	}
+	if (!held)
 		return 1;
 	if (bpf_probe_read_kernel(&rcv_nxt, sizeof(rcv_nxt),
 				  sk + bpf_core_field_offset(struct tcp_sock___ml,
@@ -290,35 +327,39 @@ static __always_inline int tcp_path_idle(struct sk_msg_md *msg)
 	return tp && tp->snd_una == tp->write_seq;
 }
 
-/* May this message be spliced, or must it take TCP (backpressure)? */
+/* May this message be spliced, or must it take TCP (backpressure, or a
+ * direction that has not drained since pairing)? */
 static __always_inline int may_splice(struct sk_msg_md *msg,
 				      struct ml_sock_key *me,
 				      struct ml_sock_key *peer)
 {
 	struct peer_state st = {};
 	__u32 limit = ml_splice_queue_limit;
-	__u8 one = 1;
-	int throttled;
+	__u8 throttled = ML_HOLD_THROTTLED, *hold;
 
-	if (!limit)
-		return 1;
-	throttled = bpf_map_lookup_elem(&ml_throttled, me) != NULL;
-	if (!read_peer(peer, throttled, &st))
-		return !throttled;
-	if (!throttled) {
-		if (st.queued < limit)
+	hold = bpf_map_lookup_elem(&ml_throttled, me);
+	if (!hold) {
+		if (!limit || !read_peer(peer, 0, &st) || !st.counted ||
+		    st.queued < limit)
 			return 1;
-		if (bpf_map_update_elem(&ml_throttled, me, &one, BPF_ANY)) {
+		if (bpf_map_update_elem(&ml_throttled, me, &throttled, BPF_ANY)) {
 			ml_count(ML_CNT_STATE_FULL, 1);
 			return 1; /* cannot remember it: keep splicing */
 		}
 		ml_count(ML_CNT_SPLICE_THROTTLED, 1);
 		return 0;
 	}
-	if (st.queued > limit / 2 || st.unread_tcp || !tcp_path_idle(msg))
+	/* Held: splice again only when no byte of this direction is left on
+	 * the TCP path (acknowledged by the peer and read by its reader) and,
+	 * after backpressure, the peer's queue has drained to half. */
+	if (!read_peer(peer, 1, &st) || st.unread_tcp || !tcp_path_idle(msg))
 		return 0;
+	if (*hold == ML_HOLD_THROTTLED) {
+		if (st.queued > limit / 2)
+			return 0;
+		ml_count(ML_CNT_SPLICE_RESUMED, 1);
+	}
 	bpf_map_delete_elem(&ml_throttled, me);
-	ml_count(ML_CNT_SPLICE_RESUMED, 1);
 	return 1;
 }
 
