@@ -9,7 +9,12 @@
 //! reader's count with what it wrote: a lost, doubled or reordered byte
 //! fails the run naming the stream, offset and round.
 //!
-//! Options: `-- --secs N --streams N --queue-limit-kib N --round-ms N --seed N`.
+//! `--pairs` picks the pairs: `acc` (accelerate + sidecars), `int`
+//! (intercept + sidecars), `pod` (two accelerate pods spliced to each other,
+//! no sidecar: the data path without HAProxy).
+//!
+//! Options: `-- --secs N --streams N --queue-limit-kib N --round-ms N --seed N
+//! --pairs acc,int,pod`.
 //! Needs root. Exit status: 0 clean, 1 corruption, 2 setup error.
 
 use std::io::{ErrorKind, Read, Write};
@@ -45,6 +50,9 @@ struct Cli {
     round_ms: u64,
     #[arg(long, default_value_t = 0x736f_616b)]
     seed: u64,
+    /// Comma-separated: acc, int, pod.
+    #[arg(long, default_value = "acc,int")]
+    pairs: String,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -73,18 +81,26 @@ struct MeshedPair {
     _sidecars: Vec<Sidecar>,
 }
 
-fn meshed_pair(node: &mut Node, name: &'static str, mode: PodMode) -> Result<MeshedPair> {
+/// `sidecars` false: two pods registered in `mode`, spliced to each other.
+fn meshed_pair(
+    node: &mut Node,
+    name: &'static str,
+    mode: PodMode,
+    with_sidecars: bool,
+) -> Result<MeshedPair> {
     let client = node.pod(&format!("{name}c"))?;
     let server = node.pod(&format!("{name}s"))?;
     let mut sidecars = Vec::new();
     for pod in [&client, &server] {
-        if mode == PodMode::Accelerate {
+        if mode == PodMode::Accelerate && with_sidecars {
             iptables::apply_golden(pod, GOLDEN)?;
         }
         let mut spec = PodSpec::istio(pod.name.clone());
         spec.mode = mode;
         node.register(pod, &spec)?;
-        sidecars.push(Sidecar::start(pod, SidecarMode::Tcp, 1337)?);
+        if with_sidecars {
+            sidecars.push(Sidecar::start(pod, SidecarMode::Tcp, 1337)?);
+        }
     }
     Ok(MeshedPair {
         name,
@@ -244,10 +260,15 @@ fn soak(cli: &Cli) -> Result<bool> {
         splice_queue_limit: cli.queue_limit_kib * 1024,
         ..NodeOptions::default()
     })?;
-    let pairs = vec![
-        meshed_pair(&mut node, "acc", PodMode::Accelerate)?,
-        meshed_pair(&mut node, "int", PodMode::Intercept)?,
-    ];
+    let mut pairs = Vec::new();
+    for name in cli.pairs.split(',').map(str::trim) {
+        pairs.push(match name {
+            "acc" => meshed_pair(&mut node, "acc", PodMode::Accelerate, true)?,
+            "int" => meshed_pair(&mut node, "int", PodMode::Intercept, true)?,
+            "pod" => meshed_pair(&mut node, "pod", PodMode::Accelerate, false)?,
+            other => anyhow::bail!("--pairs: unknown pair `{other}` (known: acc, int, pod)"),
+        });
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let findings: Findings = Arc::default();
     for p in &pairs {

@@ -67,8 +67,8 @@ struct {
 
 /* Active (client) sockets of meshed pods by their local endpoint, so the
  * passive socket at the far end of a NAT redirect finds its partner.
- * Writer: sockops (active established; deleted at close). Reader: sockops
- * (passive established). */
+ * Writer: sockops (active established; deleted when a passive end pairs
+ * with it, or at close). Reader: sockops (passive established). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);

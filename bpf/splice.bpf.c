@@ -146,6 +146,10 @@ static __always_inline int pair_across_nat(const struct ml_sock_key *me,
 	hold_until_drained(&partner);
 	set_peer(me, &partner);
 	set_peer(&partner, me);
+	/* An active socket has one passive end: consume the entry, so a later
+	 * connection whose NATed source happens to equal this endpoint (a
+	 * port clash remapped by conntrack) can never be paired with it. */
+	bpf_map_delete_elem(&ml_active, &src);
 	ml_count(ML_CNT_PAIRED_NAT, 1);
 	return 1;
 }
