@@ -180,7 +180,7 @@ pub fn render(r: &Report) -> String {
     if !cpu.is_empty() {
         let _ = writeln!(
             o,
-            "\n### CPU per 1,000 requests (ms)\n\n`total` is every process of the simulated nodes (cgroup cpu.stat, kernel work in their context included); `sidecars` the HAProxy threads; `apps` = total - sidecars (load generator, server, their kernel time); `BPF` meshlane's programs (kernel BPF stats); `softirq` the pinned CPU's softirq time (whole machine, 10 ms ticks). No agent process runs during a bench: the data path is pinned programs.\n"
+            "\n### CPU per 1,000 requests (ms)\n\n`total` is every process of the simulated nodes (cgroup cpu.stat, kernel work in their context included); `sidecars` the sidecar proxy threads; `apps` = total - sidecars (load generator, server, their kernel time); `BPF` meshlane's programs (kernel BPF stats); `softirq` the pinned CPU's softirq time (whole machine, 10 ms ticks). No agent process runs during a bench: the data path is pinned programs.\n"
         );
         let _ = writeln!(
             o,

@@ -257,7 +257,7 @@ pub struct Options {
     /// Connections of the HTTP workloads.
     pub connections: u32,
     pub seed: u64,
-    /// HTTP workloads go through sidecars in HAProxy http mode (L7, as
+    /// HTTP workloads go through sidecars in http mode (L7, as
     /// Envoy's HTTP connection manager would); false: the tcp-mode sidecars.
     pub http_l7: bool,
     /// The sidecar proxy: Envoy when an `envoy` binary is on PATH, else HAProxy.

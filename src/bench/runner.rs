@@ -27,7 +27,7 @@ pub struct CpuPer1k {
     /// Every process of the simulated nodes (cgroup cpu.stat): load
     /// generator, servers, sidecars, and kernel work done in their context.
     pub total_ms: f64,
-    /// The HAProxy sidecars of the mode (user + kernel time of their threads).
+    /// The sidecar proxies of the mode (user + kernel time of their threads).
     pub sidecars_ms: f64,
     /// total minus sidecars: client, server and their kernel time.
     pub apps_ms: f64,

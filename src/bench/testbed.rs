@@ -5,9 +5,9 @@
 //! reconfiguring anything between steps:
 //! - a client pod on node A,
 //! - a server pod on node A (same-node), and one on node B (cross-node),
-//! - for modes with sidecars, HAProxy (uid 1337, tcp mode, original-destination
+//! - for modes with sidecars, HAProxy or Envoy (uid 1337, tcp mode, original-destination
 //!   servers) in each of those pods, and (for the HTTP workloads) a second
-//!   trio of pods whose HAProxy runs in http mode; `iptables`/`accelerate` pods get the exact
+//!   trio of pods whose sidecars run in http mode; `iptables`/`accelerate` pods get the exact
 //!   istio-init rules (cni-plugin_basic golden); `accelerate`/`intercept` pods
 //!   are registered with meshlane (in their own node's registry).
 //!
@@ -34,7 +34,7 @@ pub const ISTIO_RULES: &str = "cni-plugin_basic.txt.golden";
 /// threads first, then the network namespaces.
 pub struct ModePods {
     pub mode: Mode,
-    /// Sidecars in HAProxy http mode (L7, like Envoy's HTTP connection
+    /// Sidecars in http mode (L7, like Envoy's HTTP connection
     /// manager); used by the HTTP workloads. false: tcp mode.
     pub l7: bool,
     pub sidecars: Vec<Sidecar>,
@@ -57,7 +57,7 @@ pub struct Testbed {
 }
 
 /// Runs `f` on a short-lived thread pinned to `cpu`, so processes it starts
-/// (HAProxy) inherit the pinning.
+/// (the sidecars) inherit the pinning.
 fn pinned<T: Send>(cpu: Option<usize>, f: impl FnOnce() -> T + Send) -> Result<T> {
     std::thread::scope(|s| {
         s.spawn(|| {
@@ -294,7 +294,7 @@ impl Testbed {
         Ok((&set.client, SocketAddr::from((ip, port))))
     }
 
-    /// HAProxy processes a mode's workload goes through (CPU accounting).
+    /// Sidecar processes a mode's workload goes through (CPU accounting).
     pub fn sidecar_pids(&self, mode: Mode, w: Workload) -> Vec<u32> {
         self.set(mode, w)
             .map(|s| s.sidecars.iter().map(|sc| sc.process.pid()).collect())

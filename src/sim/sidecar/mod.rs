@@ -184,12 +184,12 @@ impl Sidecar {
         std::fs::create_dir_all(&dir)?;
         let (process, control) = match o.proxy {
             SidecarProxy::Haproxy => {
-                let sock = haproxy::spawn(pod, o, &dir)?;
-                (sock.0, Control::HaproxyStats(sock.1))
+                let (process, stats) = haproxy::spawn(pod, o, &dir)?;
+                (process, Control::HaproxyStats(stats))
             }
             SidecarProxy::Envoy => {
-                let admin = envoy::spawn(pod, o, &dir)?;
-                (admin.0, Control::EnvoyAdmin(admin.1))
+                let (process, admin) = envoy::spawn(pod, o, &dir)?;
+                (process, Control::EnvoyAdmin(admin))
             }
         };
         let mut sc = Self {
