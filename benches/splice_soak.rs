@@ -19,6 +19,7 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -26,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Parser;
+use meshlane::bench::net::poll_fd;
 use meshlane::pods::{PodMode, PodSpec};
 use meshlane::sim::pattern::Pattern;
 use meshlane::sim::{iptables, Node, NodeOptions, Pod, Sidecar, SidecarMode};
@@ -218,7 +220,9 @@ fn write_stream(
         match s.write(&buf[..len]) {
             Ok(n) => offset += n as u64,
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) if e.kind() == ErrorKind::WouldBlock => wait_writable(&s),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                poll_fd(s.as_raw_fd(), libc::POLLOUT, 20)
+            }
             Err(e) => return Err(format!("write after {offset} bytes: {e}")),
         }
     }
@@ -245,13 +249,6 @@ fn write_stream(
         ));
     }
     Ok(offset)
-}
-
-fn wait_writable(s: &TcpStream) {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    use std::os::fd::AsFd;
-    let mut fds = [PollFd::new(s.as_fd(), PollFlags::POLLOUT)];
-    let _ = poll(&mut fds, PollTimeout::from(20u16));
 }
 
 fn soak(cli: &Cli) -> Result<bool> {

@@ -37,16 +37,12 @@ pub enum SidecarProxy {
 }
 
 impl SidecarProxy {
+    /// Also the name of its binary.
     pub fn name(self) -> &'static str {
         match self {
             SidecarProxy::Haproxy => "haproxy",
             SidecarProxy::Envoy => "envoy",
         }
-    }
-
-    /// The binary this proxy runs.
-    fn binary(self) -> &'static str {
-        self.name()
     }
 
     /// `auto` (Envoy when on PATH, else HAProxy), `haproxy` or `envoy`; an
@@ -76,7 +72,7 @@ impl SidecarProxy {
 
     /// Envoy when an `envoy` binary is on PATH, HAProxy otherwise.
     pub fn detect() -> Self {
-        if find_on_path(SidecarProxy::Envoy.binary()).is_some() {
+        if find_on_path(SidecarProxy::Envoy.name()).is_some() {
             SidecarProxy::Envoy
         } else {
             SidecarProxy::Haproxy
@@ -85,9 +81,9 @@ impl SidecarProxy {
 
     /// Full path of the proxy's binary, or an error naming what is missing.
     pub fn locate(self) -> Result<PathBuf> {
-        match find_on_path(self.binary()) {
+        match find_on_path(self.name()) {
             Some(p) => Ok(p),
-            None => bail!("no `{}` binary on PATH", self.binary()),
+            None => bail!("no `{}` binary on PATH", self.name()),
         }
     }
 
