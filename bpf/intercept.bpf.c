@@ -68,16 +68,6 @@ struct ml_sockaddr_in6 {
 	__u32 scope_id;
 };
 
-static __always_inline int port_listed(const struct ml_port_list *l, __u16 p)
-{
-	for (int i = 0; i < ML_MAX_PORTS; i++) {
-		if (i >= l->len)
-			break;
-		if (l->port[i] == p)
-			return 1;
-	}
-	return 0;
-}
 
 static __always_inline int cidr_contains(const struct ml_cidr *c,
 					 const struct ml_addr *a)
@@ -190,7 +180,7 @@ static __always_inline int outbound_verdict(__u64 netns, struct ml_pod *pod,
 
 	/* -p tcp/udp --dport 15020 -j RETURN, then excludeOutboundPorts */
 	if (port == ISTIO_STATUS_PORT ||
-	    port_listed(&pod->exclude_outbound_ports, port))
+	    ml_port_listed(&pod->exclude_outbound_ports, port))
 		return PASS_THROUGH;
 	/* -o lo -s 127.0.0.6/32 -j RETURN */
 	if (local && is_inbound_passthrough_src(src))
@@ -225,7 +215,7 @@ static __always_inline int outbound_verdict(__u64 netns, struct ml_pod *pod,
 		return TO_PROXY;
 	/* includeOutboundPorts: -p tcp --dport p -j ISTIO_REDIRECT */
 	if ((pod->flags & ML_POD_OUTBOUND_PORTS_LISTED) &&
-	    port_listed(&pod->include_outbound_ports, port))
+	    ml_port_listed(&pod->include_outbound_ports, port))
 		return TO_PROXY;
 	return PASS_THROUGH;
 }
@@ -668,11 +658,11 @@ static __always_inline int inbound_exempt_port(const struct ml_pod *pod,
 	    port == ISTIO_HEALTH_PORT || port == ISTIO_STATS_PORT ||
 	    port == pod->inbound_port || port == pod->outbound_port)
 		return 1;
-	if (port_listed(&pod->exclude_inbound_ports, port))
+	if (ml_port_listed(&pod->exclude_inbound_ports, port))
 		return 1;
 	if (pod->flags & ML_POD_INBOUND_ALL)
 		return 0;
-	return !port_listed(&pod->include_inbound_ports, port);
+	return !ml_port_listed(&pod->include_inbound_ports, port);
 }
 
 SEC("sk_lookup")

@@ -101,6 +101,19 @@ struct {
 	__type(value, __u64);
 } ml_sock_addrs SEC(".maps");
 
+/* Receive cursor of each socket in ml_socks that the stream verdict has
+ * seen: the TCP sequence number up to which it has passed bytes to the
+ * socket's reader (key: socket cookie). The verdict cuts any part of a
+ * segment below it (see ml_splice_verdict). A plain hash, not an LRU: a
+ * live cursor must never be evicted; ml_socks bounds how many exist.
+ * Writer: stream verdict (splice.bpf.c). Deleted by sockops at close. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, __u32);
+} ml_rcv_cursor SEC(".maps");
+
 /* Per-CPU counters, indexed by enum ml_counter.
  * Writers: every program. Reader: `meshlane status`, metrics. */
 struct {
@@ -175,6 +188,18 @@ static __always_inline int ml_addr_is_loopback(const struct ml_addr *a)
 	if (a->a[0] == 0 && a->a[1] == 0 && a->a[2] == bpf_htonl(0x0000ffff) &&
 	    (bpf_ntohl(a->a[3]) >> 24) == 127)
 		return 1;
+	return 0;
+}
+
+static __always_inline int ml_port_listed(const struct ml_port_list *l,
+					  __u16 p)
+{
+	for (int i = 0; i < ML_MAX_PORTS; i++) {
+		if (i >= l->len)
+			break;
+		if (l->port[i] == p)
+			return 1;
+	}
 	return 0;
 }
 

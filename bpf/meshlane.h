@@ -15,7 +15,7 @@
 
 #include <linux/types.h>
 
-#define MESHLANE_LAYOUT_VERSION 1
+#define MESHLANE_LAYOUT_VERSION 2
 
 /* Capacity of the per-pod lists. Bigger lists are refused by user space
  * with an error naming the pod and the list, never truncated. */
@@ -63,6 +63,12 @@ enum ml_pod_flag {
 	ML_POD_OUTBOUND_PORTS_LISTED = 1 << 5,
 	/* The pod allows the xDS fast path (bypass). */
 	ML_POD_BYPASS = 1 << 6,
+	/* Operator opt-out: no socket of the pod is ever spliced (plain TCP). */
+	ML_POD_NO_SPLICE = 1 << 7,
+	/* Operator opt-in: the pod's application sockets are spliced too, not
+	 * only its proxy's. User space accepts it only where the kernel
+	 * probes show an application cannot tell (see src/probe). */
+	ML_POD_SPLICE_APPS = 1 << 8,
 };
 
 /* Mesh presets; user space fills the ports and uid from them. */
@@ -88,6 +94,9 @@ struct ml_pod {
 	struct ml_port_list exclude_outbound_ports;
 	struct ml_cidr_list include_outbound_cidrs;
 	struct ml_cidr_list exclude_outbound_cidrs;
+	/* Connections with a local or remote port listed here are never
+	 * spliced (operator opt-out for apps that need plain TCP). */
+	struct ml_port_list exclude_splice_ports;
 	char name[ML_POD_NAME_LEN]; /* for humans: pod name or netns path */
 };
 
@@ -147,6 +156,16 @@ enum ml_counter {
 	ML_CNT_STATE_FULL,          /* an LRU bookkeeping insert failed */
 	ML_CNT_SPLICE_THROTTLED,    /* a direction handed to TCP: reader behind */
 	ML_CNT_SPLICE_RESUMED,      /* a throttled direction spliced again */
+	ML_CNT_SOCK_NOT_SPLICED,    /* a meshed socket kept out of ml_socks (app
+				     * socket, opted out, or no local peer) */
+	ML_CNT_SOCK_EVICTED,        /* an active end removed from ml_socks: its
+				     * passive end may not be spliced */
+	ML_CNT_OVERLAP_TRIMMED,     /* verdict: a segment's already-delivered
+				     * head cut off (overlapping retransmission) */
+	ML_CNT_OVERLAP_BYTES,       /* bytes cut off by those trims */
+	ML_CNT_OVERLAP_UNTRIMMED,   /* verdict: an overlap it could not cut */
+	ML_CNT_DISCONNECT_PURGED,   /* a socket left ml_socks at disconnect:
+				     * unread spliced bytes dropped like TCP's */
 	ML_CNT__MAX,
 };
 

@@ -34,6 +34,31 @@
  * so bytes are never reordered: the reader always drains the psock queue
  * before the TCP receive queue.
  *
+ * Scope. Only a socket whose reader cannot tell is put in ml_socks: on
+ * the kernels this runs on, a socket in a sockhash stops behaving like TCP
+ * in ways an application can see (splice(2) misses redirected bytes,
+ * FIONREAD misses TCP-path bytes, urgent data arrives in-band; see
+ * docs/ARCHITECTURE.md, kernel notes). So by default only the pod's proxy
+ * sockets (owner uid = the pod's proxy uid, as iptables' owner match sees
+ * it) with a local peer are spliced; an application socket only where the
+ * operator opted in (ML_POD_SPLICE_APPS, accepted by user space only when
+ * the kernel probes allow it). Both ends of a connection must qualify: the
+ * active end goes in at establish, and the passive end, established after
+ * it, either joins it or takes it out again (ml_socks delete), so no
+ * socket sits in the map without a spliceable peer.
+ *
+ * Disconnect. connect(AF_UNSPEC) takes a socket to CLOSE without closing
+ * it; the kernel keeps its psock, so bytes spliced to the old connection
+ * and not read would be read by the next one. TCP discards them, so
+ * sockops removes the socket from ml_socks at a local CLOSE.
+ *
+ * Overlapping retransmissions. With a stream verdict on the map, the
+ * kernel hands whole skbs from the TCP receive queue to the psock
+ * (tcp_read_skb), including a retransmitted segment that overlaps bytes
+ * already delivered (seq < rcv_nxt < end_seq, which TCP queues whole and
+ * normal readers skip by offset). ml_splice_verdict keeps a per-socket
+ * cursor and cuts that head off before the bytes reach the reader.
+ *
  * Splicing starts the same way. The active end is established (and may
  * send) before the passive end is in ml_socks or paired with it, so its
  * first bytes can take TCP; were later bytes spliced at once, they would
@@ -51,15 +76,34 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
  * backpressure off. Set by the loader (agent --splice-queue-limit). */
 const volatile __u32 ml_splice_queue_limit = 6 << 20;
 
+/* 0 when no configuration keeps every byte exact on this kernel (see
+ * src/integrity.rs): sockets then stay out of ml_socks. Set by the loader. */
+const volatile __u32 ml_splice_enabled = 1;
+
 /* Values of ml_throttled: why a direction takes TCP until it is drained. */
 #define ML_HOLD_THROTTLED 1     /* backpressure: the reader fell behind */
 #define ML_HOLD_UNTIL_DRAINED 2 /* bytes may have taken TCP before pairing */
 
 /* Minimal CO-RE views of kernel structs (no vmlinux.h): libbpf relocates
  * each field to its offset in the running kernel's BTF. */
+typedef struct {
+	__u32 val;
+} kuid_t___ml;
+
 struct sock___ml {
 	void *sk_user_data;
+	kuid_t___ml sk_uid;
+	int sk_err;
 } __attribute__((preserve_access_index));
+
+/* The head of struct tcp_skb_cb, which TCP keeps in skb->cb. */
+struct sk_buff___ml {
+	char cb[48];
+} __attribute__((preserve_access_index));
+
+/* Kernel context of a program (6.3+); absent kernels keep the verdict a
+ * pass-through and the loader does not offer it (see src/probe). */
+extern void *bpf_cast_to_kern_ctx(void *obj) __ksym __weak;
 
 struct tcp_sock___ml {
 	__u32 rcv_nxt;
@@ -71,6 +115,19 @@ struct tcp_sock___ml {
 struct sk_psock___ml {
 	__u32 msg_tot_len;
 } __attribute__((preserve_access_index));
+
+/* The socket's owner as iptables' owner match sees it (sk_uid: the
+ * creator's fsuid; an accepted socket inherits its listener's), or a uid
+ * no pod uses when it cannot be read. */
+static __always_inline __u32 sock_owner_uid(struct bpf_sock_ops *skops)
+{
+	struct sock___ml *sk;
+
+	if (!skops->sk)
+		return (__u32)-1;
+	sk = (struct sock___ml *)bpf_skc_to_tcp_sock(skops->sk);
+	return sk ? sk->sk_uid.val : (__u32)-1;
+}
 
 /* sk_user_data keeps flags in its low bits (SK_USER_DATA_PTRMASK). */
 #define ML_SK_USER_DATA_PTRMASK (~7UL)
@@ -126,32 +183,52 @@ static __always_inline void hold_until_drained(const struct ml_sock_key *k)
 		ml_count(ML_CNT_STATE_FULL, 1);
 }
 
-/* The passive end of a connection: find the active socket that opened it.
- * Returns 1 and fills @partner when a NATed partner was paired. */
-static __always_inline int pair_across_nat(const struct ml_sock_key *me,
-					   __u64 peer_netns)
+/* The passive end of a connection under a NAT redirect: the active socket
+ * that opened it, found by its source endpoint. Returns 1 and fills
+ * @partner when one is in ml_socks. */
+static __always_inline int nat_partner(const struct ml_sock_key *me,
+				       __u64 peer_netns,
+				       struct ml_sock_key *partner)
 {
 	struct ml_endpoint src;
-	struct ml_sock_key *active, partner;
+	struct ml_sock_key *active;
 
 	endpoint_of(peer_netns, &me->remote, me->remote_port, &src);
 	active = bpf_map_lookup_elem(&ml_active, &src);
 	if (!active)
 		return 0;
-	partner = *active;
+	*partner = *active;
 	/* Mirror tuples need no explicit pairing. */
-	if (ml_addr_eq(&partner.remote, &me->local) &&
-	    partner.remote_port == me->local_port)
+	if (ml_addr_eq(&partner->remote, &me->local) &&
+	    partner->remote_port == me->local_port)
 		return 0;
-	hold_until_drained(&partner);
-	set_peer(me, &partner);
-	set_peer(&partner, me);
 	/* An active socket has one passive end: consume the entry, so a later
 	 * connection whose NATed source happens to equal this endpoint (a
 	 * port clash remapped by conntrack) can never be paired with it. */
 	bpf_map_delete_elem(&ml_active, &src);
-	ml_count(ML_CNT_PAIRED_NAT, 1);
 	return 1;
+}
+
+/* The passive end's partner: the active socket that opened the connection,
+ * if it is in ml_socks. Sets *nat when it was found across a redirect. */
+static __always_inline int find_partner(const struct ml_sock_key *me,
+					__u64 peer_netns,
+					struct ml_sock_key *partner, int *nat)
+{
+	struct ml_sock_key *theirs;
+
+	*nat = 0;
+	if (!peer_netns)
+		return 0;
+	mirror_key(me, peer_netns, partner);
+	theirs = bpf_map_lookup_elem(&ml_peers, partner);
+	if (theirs && ml_sock_key_eq(theirs, me))
+		return 1;
+	if (nat_partner(me, peer_netns, partner)) {
+		*nat = 1;
+		return 1;
+	}
+	return 0;
 }
 
 /* Remembers the socket's kernel address for the backpressure check. */
@@ -168,56 +245,155 @@ static __always_inline void record_addr(struct bpf_sock_ops *skops,
 		ml_count(ML_CNT_STATE_FULL, 1);
 }
 
+/* May this socket be spliced at all (see "Scope" above)? @proxy: it is
+ * the pod's proxy's. */
+static __always_inline int spliceable(const struct ml_pod *pod,
+				      const struct ml_sock_key *me, int proxy)
+{
+	if (pod->flags & ML_POD_NO_SPLICE)
+		return 0;
+	if (ml_port_listed(&pod->exclude_splice_ports, me->local_port) ||
+	    ml_port_listed(&pod->exclude_splice_ports, me->remote_port))
+		return 0;
+	return proxy || (pod->flags & ML_POD_SPLICE_APPS);
+}
+
+/* Puts the socket in ml_socks; 0 on success. */
+static __always_inline int insert(struct bpf_sock_ops *skops,
+				  struct ml_sock_key *me)
+{
+	if (bpf_sock_hash_update(skops, &ml_socks, me, BPF_NOEXIST)) {
+		/* Full map or clash: this connection uses the TCP stack. */
+		ml_count(ML_CNT_SOCK_INSERT_FAILED, 1);
+		return -1;
+	}
+	ml_count(ML_CNT_SOCK_INSERTED, 1);
+	record_addr(skops, me);
+	/* Ask for state changes so the bookkeeping is removed at close. */
+	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags |
+						 BPF_SOCK_OPS_STATE_CB_FLAG);
+	return 0;
+}
+
+/* An active end whose passive end will not be spliced: out of ml_socks
+ * again. Nothing can have been spliced to or from it yet (its passive end
+ * was never in the map), and its peer has not been able to send. */
+static __always_inline void evict(struct ml_sock_key *active)
+{
+	struct ml_endpoint src;
+
+	if (!bpf_map_delete_elem(&ml_socks, active))
+		ml_count(ML_CNT_SOCK_EVICTED, 1);
+	endpoint_of(active->netns, &active->local, active->local_port, &src);
+	bpf_map_delete_elem(&ml_active, &src);
+	bpf_map_delete_elem(&ml_peers, active);
+	bpf_map_delete_elem(&ml_throttled, active);
+	bpf_map_delete_elem(&ml_sock_addrs, active);
+}
+
+/* The active end: in ml_socks when it may be spliced and its peer may be
+ * local: a local address or, for an application socket in a pod with
+ * istio-init's iptables, any address (the REDIRECT to the local proxy is
+ * invisible here; the proxy's own connects are never redirected). */
+static __always_inline void on_active(struct bpf_sock_ops *skops,
+				      const struct ml_pod *pod,
+				      struct ml_sock_key *me, __u64 peer_netns)
+{
+	int proxy = sock_owner_uid(skops) == pod->proxy_uid;
+	struct ml_sock_key mirror;
+	struct ml_endpoint self;
+
+	if (!spliceable(pod, me, proxy) ||
+	    (!peer_netns && (proxy || !(pod->flags & ML_POD_IPTABLES)))) {
+		ml_count(ML_CNT_SOCK_NOT_SPLICED, 1);
+		return;
+	}
+	if (insert(skops, me))
+		return;
+	endpoint_of(me->netns, &me->local, me->local_port, &self);
+	if (bpf_map_update_elem(&ml_active, &self, me, BPF_ANY))
+		ml_count(ML_CNT_STATE_FULL, 1);
+	/* Under a REDIRECT the partner is only known when the proxy's side is
+	 * established and pairs with us: until then messages take TCP. */
+	if (!peer_netns)
+		return;
+	mirror_key(me, peer_netns, &mirror);
+	set_peer(me, &mirror);
+}
+
+/* The passive end: joins its active end in ml_socks, or, when it may not
+ * be spliced, takes the active end out. */
+static __always_inline void on_passive(struct bpf_sock_ops *skops,
+				       const struct ml_pod *pod,
+				       struct ml_sock_key *me,
+				       __u64 peer_netns)
+{
+	struct ml_sock_key partner;
+	int nat;
+
+	if (!find_partner(me, peer_netns, &partner, &nat)) {
+		ml_count(ML_CNT_SOCK_NOT_SPLICED, 1);
+		return;
+	}
+	if (!spliceable(pod, me, sock_owner_uid(skops) == pod->proxy_uid)) {
+		ml_count(ML_CNT_SOCK_NOT_SPLICED, 1);
+		evict(&partner);
+		return;
+	}
+	/* The active end becomes able to splice as soon as we are in
+	 * ml_socks: whatever it sent so far went through TCP, so it waits
+	 * until that is drained. */
+	hold_until_drained(&partner);
+	if (insert(skops, me)) {
+		evict(&partner);
+		return;
+	}
+	set_peer(me, &partner);
+	if (nat) {
+		set_peer(&partner, me);
+		ml_count(ML_CNT_PAIRED_NAT, 1);
+	}
+}
+
 static __always_inline void on_established(struct bpf_sock_ops *skops,
 					   int passive)
 {
-	struct ml_sock_key me, mirror;
-	struct ml_endpoint self;
-	__u64 netns, peer_netns;
+	struct ml_sock_key me;
+	struct ml_pod *pod;
+	__u64 netns;
 
 	if (skops->family != AF_INET && skops->family != AF_INET6)
 		return;
+	if (!ml_splice_enabled)
+		return;
 	netns = bpf_get_netns_cookie(skops);
-	if (!bpf_map_lookup_elem(&ml_pods, &netns))
+	pod = bpf_map_lookup_elem(&ml_pods, &netns);
+	if (!pod)
 		return;
-
 	sock_key_from_ops(skops, netns, &me);
-	peer_netns = ml_peer_netns(netns, &me.remote);
-	/* The active end already points at us (its mirror): it becomes able
-	 * to splice as soon as we are in ml_socks, so mark it first. */
-	if (passive && peer_netns) {
-		struct ml_sock_key *theirs;
+	if (passive)
+		on_passive(skops, pod, &me, ml_peer_netns(netns, &me.remote));
+	else
+		on_active(skops, pod, &me, ml_peer_netns(netns, &me.remote));
+}
 
-		mirror_key(&me, peer_netns, &mirror);
-		theirs = bpf_map_lookup_elem(&ml_peers, &mirror);
-		if (theirs && ml_sock_key_eq(theirs, &me))
-			hold_until_drained(&mirror);
-	}
-	if (bpf_sock_hash_update(skops, &ml_socks, &me, BPF_NOEXIST)) {
-		/* Full map or clash: this connection uses the TCP stack. */
-		ml_count(ML_CNT_SOCK_INSERT_FAILED, 1);
-		return;
-	}
-	ml_count(ML_CNT_SOCK_INSERTED, 1);
-	record_addr(skops, &me);
-	/* Ask for state changes so the bookkeeping below is removed at close. */
-	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags |
-						 BPF_SOCK_OPS_STATE_CB_FLAG);
+/* Is this move to CLOSE a disconnect (connect(AF_UNSPEC)), after which
+ * TCP has dropped the unread bytes of the old connection? Straight from
+ * ESTABLISHED or CLOSE_WAIT with no socket error: an RST or a timeout sets
+ * sk_err first (unread bytes stay readable, as in TCP), a half-closed
+ * socket reaches CLOSE from FIN_WAIT or CLOSING through TIME_WAIT, and a
+ * socket closed by its owner has already left ml_socks. */
+static __always_inline int disconnected(struct bpf_sock_ops *skops)
+{
+	__u32 old = skops->args[0];
+	struct sock___ml *sk;
 
-	if (passive) {
-		if (peer_netns && pair_across_nat(&me, peer_netns))
-			return;
-	} else {
-		endpoint_of(netns, &me.local, me.local_port, &self);
-		if (bpf_map_update_elem(&ml_active, &self, &me, BPF_ANY))
-			ml_count(ML_CNT_STATE_FULL, 1);
-	}
-	/* Not local (or, under REDIRECT, not known until the proxy's side
-	 * is established and pairs with us): messages take the TCP stack. */
-	if (!peer_netns)
-		return;
-	mirror_key(&me, peer_netns, &mirror);
-	set_peer(&me, &mirror);
+	if (old != BPF_TCP_ESTABLISHED && old != BPF_TCP_CLOSE_WAIT)
+		return 0;
+	if (!skops->sk)
+		return 0;
+	sk = (struct sock___ml *)bpf_skc_to_tcp_sock(skops->sk);
+	return sk && !sk->sk_err;
 }
 
 static __always_inline void on_close(struct bpf_sock_ops *skops)
@@ -225,15 +401,19 @@ static __always_inline void on_close(struct bpf_sock_ops *skops)
 	struct ml_sock_key me;
 	struct ml_endpoint self;
 	struct ml_sock_key *active;
-	__u64 netns;
+	__u64 netns, cookie;
 
 	if (skops->family != AF_INET && skops->family != AF_INET6)
 		return;
 	netns = bpf_get_netns_cookie(skops);
 	sock_key_from_ops(skops, netns, &me);
+	if (disconnected(skops) && !bpf_map_delete_elem(&ml_socks, &me))
+		ml_count(ML_CNT_DISCONNECT_PURGED, 1);
 	bpf_map_delete_elem(&ml_peers, &me);
 	bpf_map_delete_elem(&ml_throttled, &me);
 	bpf_map_delete_elem(&ml_sock_addrs, &me);
+	cookie = bpf_get_socket_cookie(skops);
+	bpf_map_delete_elem(&ml_rcv_cursor, &cookie);
 	endpoint_of(netns, &me.local, me.local_port, &self);
 	active = bpf_map_lookup_elem(&ml_active, &self);
 	/* Only remove the entry if it is this socket's (ports are reused). */
@@ -388,11 +568,80 @@ int ml_splice_msg(struct sk_msg_md *msg)
 	return SK_PASS;
 }
 
-/* Pass-through stream verdict: with a verdict program on the map the kernel
- * keeps TCP-path bytes on the psock's queue, where FIONREAD and poll see
- * them. Only attached when the probe finds the kernel needs it. */
+/* Most a verdict run cuts: 64 helper calls of 4095 bytes (the helper's
+ * limit per call) cover any overlap of a 256 KiB skb. */
+#define ML_TRIM_STEP 4095
+#define ML_TRIM_STEPS 64
+
+/* TCP's copied_seq of the skb's socket, or @fallback when unreadable. */
+static __always_inline __u32 tcp_copied_seq(struct __sk_buff *skb,
+					    __u32 fallback)
+{
+	struct tcp_sock___ml *tp;
+
+	if (!skb->sk)
+		return fallback;
+	tp = (struct tcp_sock___ml *)bpf_skc_to_tcp_sock(skb->sk);
+	return tp ? tp->copied_seq : fallback;
+}
+
+/* Cuts @n bytes off the head of @skb; 0 on success. */
+static __always_inline int trim_head(struct __sk_buff *skb, __u32 n)
+{
+	for (int i = 0; i < ML_TRIM_STEPS && n; i++) {
+		__u32 step = n < ML_TRIM_STEP ? n : ML_TRIM_STEP;
+
+		if (bpf_skb_adjust_room(skb, -(__s32)step, 0, 0))
+			return -1;
+		n -= step;
+	}
+	return n ? -1 : 0;
+}
+
+/* Stream verdict: attached only when the data path needs TCP-path bytes
+ * on the psock's queue (see src/loader.rs). It passes every byte to the
+ * socket's own reader exactly once: the kernel hands it whole skbs from
+ * the TCP receive queue, and a retransmitted segment that overlaps bytes
+ * already passed on keeps its old head (TCP queues it whole); that head is
+ * cut here, using the skb's TCP sequence numbers (struct tcp_skb_cb at the
+ * start of skb->cb) against the socket's cursor in ml_rcv_cursor. */
 SEC("sk_skb/stream_verdict")
 int ml_splice_verdict(struct __sk_buff *skb)
 {
+	__u32 seqs[2], *cursor, start, end, overlap;
+	struct sk_buff___ml *kskb;
+	__u64 cookie;
+
+	if (!bpf_ksym_exists(bpf_cast_to_kern_ctx))
+		return SK_PASS;
+	kskb = bpf_cast_to_kern_ctx(skb);
+	/* struct tcp_skb_cb begins with seq and end_seq. */
+	seqs[0] = *(__u32 *)&kskb->cb[0];
+	seqs[1] = *(__u32 *)&kskb->cb[4];
+	cookie = bpf_get_socket_cookie(skb);
+	cursor = bpf_map_lookup_elem(&ml_rcv_cursor, &cookie);
+	/* Without a cursor (the first skb since the verdict was attached),
+	 * what the reader consumed natively: TCP's copied_seq. */
+	start = cursor ? *cursor : tcp_copied_seq(skb, seqs[0]);
+	end = (__s32)(seqs[1] - start) > 0 ? seqs[1] : start;
+	if (cursor)
+		*cursor = end;
+	else if (bpf_map_update_elem(&ml_rcv_cursor, &cookie, &end, BPF_ANY))
+		ml_count(ML_CNT_STATE_FULL, 1);
+	if ((__s32)(start - seqs[0]) <= 0)
+		return SK_PASS;
+	overlap = start - seqs[0];
+	if (overlap >= skb->len) {
+		/* Nothing new (TCP drops such segments before queueing them). */
+		ml_count(ML_CNT_OVERLAP_TRIMMED, 1);
+		ml_count(ML_CNT_OVERLAP_BYTES, skb->len);
+		return SK_DROP;
+	}
+	if (trim_head(skb, overlap)) {
+		ml_count(ML_CNT_OVERLAP_UNTRIMMED, 1);
+		return SK_PASS;
+	}
+	ml_count(ML_CNT_OVERLAP_TRIMMED, 1);
+	ml_count(ML_CNT_OVERLAP_BYTES, overlap);
 	return SK_PASS;
 }

@@ -60,6 +60,14 @@ pub fn start(opts: &AgentOptions) -> Result<InstallReport, AgentError> {
     for a in &report.attachments {
         tracing::info!(program = %a.program, pin = %a.pin.display(), action = a.action, "data path");
     }
+    tracing::info!(
+        splice = report.plan.splice,
+        stream_verdict = report.plan.verdict,
+        "byte integrity"
+    );
+    for f in report.integrity.iter().filter(|f| f.present) {
+        tracing::info!(behaviour = f.behaviour, meshlane = %f.meshlane, "kernel behaviour");
+    }
     Ok(report)
 }
 

@@ -17,7 +17,7 @@ use thiserror::Error;
 
 /// Kernel-visible layout version; must equal MESHLANE_LAYOUT_VERSION in
 /// bpf/meshlane.h (checked against the object's .rodata at load).
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Default pin root on a node.
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/meshlane";

@@ -5,6 +5,9 @@
 //! - [`layout`]: the pin root and its layout version
 //! - [`cgroup`], [`netns`]: the kernel objects programs attach to / pods are
 //! - [`probe`]: kernel feature checks at start
+//! - [`overlap`]: crafted TCP retransmissions that overlap received bytes
+//! - [`integrity`]: what the data path does about kernel behaviours that
+//!   would make a spliced socket differ from TCP
 //! - [`loader`]: load, attach or adopt, pin; uninstall
 //! - [`pods`]: the pod registry (netns cookie -> settings)
 //! - [`iptables`]: finds istio-init nat rules in a pod's netns
@@ -16,10 +19,12 @@ pub mod agent;
 #[cfg(feature = "sim")]
 pub mod bench;
 pub mod cgroup;
+pub mod integrity;
 pub mod iptables;
 pub mod layout;
 pub mod loader;
 pub mod netns;
+pub mod overlap;
 pub mod pod_listener;
 pub mod pods;
 pub mod probe;

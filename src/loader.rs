@@ -15,7 +15,9 @@ use serde::Serialize;
 use thiserror::Error;
 
 use crate::cgroup::{self, CgroupError};
+use crate::integrity::{self, Finding, KernelFacts, Plan, PolicyError};
 use crate::layout::{LayoutError, PinLayout, LAYOUT_VERSION};
+use crate::overlap::OverlapKind;
 use crate::probe;
 use crate::skel::intercept::InterceptSkelBuilder;
 use crate::skel::splice::SpliceSkelBuilder;
@@ -28,6 +30,10 @@ pub enum LoadError {
     Cgroup(#[from] CgroupError),
     #[error(transparent)]
     Probe(#[from] probe::ProbeError),
+    #[error("probing how this kernel's sockhash sockets behave: {0}")]
+    KernelProbe(std::io::Error),
+    #[error(transparent)]
+    Integrity(#[from] PolicyError),
     #[error("{what}: {source}")]
     Bpf {
         what: String,
@@ -61,15 +67,7 @@ fn bpf(what: impl Into<String>) -> impl FnOnce(libbpf_rs::Error) -> LoadError {
     move |source| LoadError::Bpf { what, source }
 }
 
-/// When to attach the pass-through stream verdict program to ml_socks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum VerdictRemedy {
-    /// Only on kernels known to lose FIONREAD/epoll wake-ups on sockhash sockets.
-    Auto,
-    On,
-    Off,
-}
+pub use crate::integrity::VerdictRemedy;
 
 /// What the agent installs.
 #[derive(Debug, Clone)]
@@ -115,6 +113,43 @@ pub struct InstallReport {
     pub cgroup: PathBuf,
     pub attachments: Vec<Attachment>,
     pub verdict_remedy: bool,
+    /// Byte integrity: what the data path does about each kernel behaviour.
+    pub plan: Plan,
+    pub integrity: Vec<Finding>,
+}
+
+/// What the probes measure, plus whether meshlane's own stream verdict
+/// passes overlapping retransmissions exactly once here: it is loaded with
+/// private maps (nothing pinned) and run through the overlap experiments.
+pub fn kernel_facts() -> std::io::Result<KernelFacts> {
+    let behaviour = probe::kernel_behaviour()?;
+    Ok(KernelFacts {
+        behaviour,
+        verdict_trims_overlaps: verdict_trims_overlaps(),
+    })
+}
+
+fn verdict_trims_overlaps() -> bool {
+    let mut obj = MaybeUninit::uninit();
+    let Ok(open) = SpliceSkelBuilder::default().open(&mut obj) else {
+        return false;
+    };
+    let Ok(skel) = open.load() else {
+        return false;
+    };
+    let verdict = skel.progs.ml_splice_verdict.as_fd();
+    [
+        OverlapKind::Prefix {
+            old: 2896,
+            new: 1448,
+        },
+        OverlapKind::OutOfOrder {
+            old: 1448,
+            new: 2896,
+        },
+    ]
+    .into_iter()
+    .all(|kind| matches!(probe::overlap_extra_bytes(Some(verdict), kind), Ok(0)))
 }
 
 /// Default of `Config::splice_queue_limit`: as far as TCP lets a reader fall
@@ -129,8 +164,9 @@ pub fn default_splice_queue_limit() -> u32 {
 }
 
 /// Maps whose size follows `sockhash_size`.
-const SIZED_MAPS: [&str; 7] = [
+const SIZED_MAPS: [&str; 8] = [
     "ml_socks",
+    "ml_rcv_cursor",
     "ml_peers",
     "ml_active",
     "ml_throttled",
@@ -346,6 +382,8 @@ pub fn install(cfg: &Config) -> Result<InstallReport, LoadError> {
         cgroup: cg_path.clone(),
         attachments: Vec::new(),
         verdict_remedy: false,
+        plan: Plan::default(),
+        integrity: Vec::new(),
     };
     match install_inner(cfg, &layout, &cg_path, &mut report) {
         Ok(()) => Ok(report),
@@ -391,8 +429,14 @@ fn install_inner(
             });
         }
     }
+    let facts = kernel_facts().map_err(LoadError::KernelProbe)?;
+    let plan = integrity::plan(&facts, cfg.verdict_remedy)?;
+    for w in &plan.warnings {
+        tracing::warn!("{w}");
+    }
     if let Some(ro) = open.maps.rodata_data.as_deref_mut() {
         ro.ml_splice_queue_limit = cfg.splice_queue_limit;
+        ro.ml_splice_enabled = u32::from(plan.splice);
     }
     prepare_maps(open.open_object_mut(), layout, cfg.sockhash_size)?;
     let splice = open.load().map_err(|e| load_err("splice", e))?;
@@ -413,20 +457,7 @@ fn install_inner(
         .push(attach_or_adopt(&layout.link("ml_splice_msg"), p, || {
             attach_sockmap_link(p, socks_fd)
         })?);
-    let remedy = match cfg.verdict_remedy {
-        VerdictRemedy::On => true,
-        VerdictRemedy::Off => {
-            if probe::kernel_needs_verdict_remedy() {
-                tracing::warn!(
-                    "--verdict-remedy off on a kernel that hides TCP-path bytes of sockhash \
-                     sockets from FIONREAD/epoll: flows with a TCP leg (unmeshed peers, \
-                     backpressure hand-overs) can stall"
-                );
-            }
-            false
-        }
-        VerdictRemedy::Auto => probe::kernel_needs_verdict_remedy(),
-    };
+    let remedy = plan.verdict;
     let verdict_pin = layout.link("ml_splice_verdict");
     if remedy {
         let p = &splice.progs.ml_splice_verdict;
@@ -439,6 +470,8 @@ fn install_inner(
         let _ = std::fs::remove_file(&verdict_pin);
     }
     report.verdict_remedy = remedy;
+    report.integrity = integrity::findings(&facts, &plan);
+    report.plan = plan;
 
     // --- intercept.bpf.o: connect/getsockopt/getpeername/DNS + sk_lookup ---
     let mut icpt_obj = MaybeUninit::uninit();

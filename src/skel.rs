@@ -8,3 +8,7 @@ pub mod splice {
 pub mod intercept {
     include!(concat!(env!("OUT_DIR"), "/intercept.skel.rs"));
 }
+
+pub mod chaos {
+    include!(concat!(env!("OUT_DIR"), "/chaos.skel.rs"));
+}

@@ -45,11 +45,21 @@ pub const COUNTERS: &[(ml_counter, &str)] = &[
     (ml_counter::ML_CNT_STATE_FULL, "bookkeeping_insert_failed"),
     (ml_counter::ML_CNT_SPLICE_THROTTLED, "splice_throttled"),
     (ml_counter::ML_CNT_SPLICE_RESUMED, "splice_resumed"),
+    (ml_counter::ML_CNT_SOCK_NOT_SPLICED, "sockets_not_spliced"),
+    (ml_counter::ML_CNT_SOCK_EVICTED, "sockets_evicted"),
+    (ml_counter::ML_CNT_OVERLAP_TRIMMED, "overlaps_trimmed"),
+    (ml_counter::ML_CNT_OVERLAP_BYTES, "overlap_bytes_trimmed"),
+    (ml_counter::ML_CNT_OVERLAP_UNTRIMMED, "overlaps_untrimmed"),
+    (
+        ml_counter::ML_CNT_DISCONNECT_PURGED,
+        "sockets_purged_at_disconnect",
+    ),
 ];
 
 /// Maps whose entry count `status` reports.
-const FILL_MAPS: [&str; 10] = [
+const FILL_MAPS: [&str; 11] = [
     "ml_throttled",
+    "ml_rcv_cursor",
     "ml_sock_addrs",
     "ml_pods",
     "ml_pod_ips",

@@ -92,8 +92,8 @@ fn agent_sigkill_restart_adopts_and_uninstall_removes_everything() {
     let mut agent = AgentProcess::start(&root, &cg).expect("agent starts");
     let server = node.pod("srv").expect("server pod");
     let client = node.pod("cli").expect("client pod");
-    add_accelerated_pod(&root, &server, None);
-    add_accelerated_pod(&root, &client, None);
+    add_self_proxied_pod(&root, &server, None);
+    add_self_proxied_pod(&root, &client, None);
 
     let st = status_json(&root);
     let pods = st["pods"].as_array().expect("pods");
@@ -263,8 +263,8 @@ fn data_path_needs_no_running_agent_and_sigterm_keeps_it() {
     // Registered after the installing process is gone.
     let server = node.pod("srv").expect("server pod");
     let client = node.pod("cli").expect("client pod");
-    add_accelerated_pod(&root, &server, None);
-    add_accelerated_pod(&root, &client, None);
+    add_self_proxied_pod(&root, &server, None);
+    add_self_proxied_pod(&root, &client, None);
     let srv = echo_server(&server, "0.0.0.0:0".parse().unwrap());
     let srv_addr: SocketAddr = format!("{}:{}", server.ip4, srv.port()).parse().unwrap();
     new_connection_is_spliced(&root, &client, srv_addr, 21);

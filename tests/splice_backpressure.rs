@@ -13,6 +13,7 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use common::*;
+use meshlane::loader::VerdictRemedy;
 use meshlane::sim::{NodeOptions, Pod};
 
 /// What a stalled reader may leave queued before the writer blocks: the
@@ -113,9 +114,14 @@ fn write_pattern(s: &mut TcpStream, offset: u64, len: usize, chunk: usize) -> u6
 }
 
 fn node_with_limit(limit: u32) -> (meshlane::sim::Node, Vec<Pod>) {
+    node_with(limit, VerdictRemedy::Auto)
+}
+
+fn node_with(limit: u32, remedy: VerdictRemedy) -> (meshlane::sim::Node, Vec<Pod>) {
     accelerated_node(
         NodeOptions {
             splice_queue_limit: limit,
+            verdict_remedy: remedy,
             ..Default::default()
         },
         &["reader", "writer"],
@@ -124,7 +130,16 @@ fn node_with_limit(limit: u32) -> (meshlane::sim::Node, Vec<Pod>) {
 
 #[test]
 fn stalled_reader_bounds_the_queue_and_loses_nothing() {
-    let (node, pods) = node_with_limit(1 << 20);
+    stalled_reader(VerdictRemedy::Auto);
+}
+
+#[test]
+fn stalled_reader_bounds_the_queue_verdict_on() {
+    stalled_reader(VerdictRemedy::On);
+}
+
+fn stalled_reader(remedy: VerdictRemedy) {
+    let (node, pods) = node_with(1 << 20, remedy);
     let (go_tx, go_rx) = mpsc::channel();
     let progress = Arc::new(AtomicU64::new(0));
     let (to, reader) = patient_reader(&pods[0], go_rx, 256 * 1024, 0, progress.clone());
@@ -171,7 +186,11 @@ fn stalled_reader_bounds_the_queue_and_loses_nothing() {
         node.counter("splice_throttled") >= 1,
         "never throttled: {d:?}"
     );
-    assert!(node.counter("splice_resumed") >= 1, "never resumed");
+    assert!(
+        node.counter("splice_resumed") >= 1,
+        "never resumed: {:?}",
+        meshlane::status::read_counters(&node.layout)
+    );
     assert!(
         d.bytes_fallback > 0,
         "nothing took the TCP path while throttled"
@@ -188,9 +207,18 @@ fn stalled_reader_bounds_the_queue_and_loses_nothing() {
 
 #[test]
 fn slow_reader_many_handovers_keep_byte_order() {
+    slow_reader(VerdictRemedy::Auto);
+}
+
+#[test]
+fn slow_reader_many_handovers_verdict_on() {
+    slow_reader(VerdictRemedy::On);
+}
+
+fn slow_reader(remedy: VerdictRemedy) {
     // A small limit and a reader that pauses: the direction goes back and
     // forth between splicing and TCP many times.
-    let (node, pods) = node_with_limit(64 * 1024);
+    let (node, pods) = node_with(64 * 1024, remedy);
     let (go_tx, go_rx) = mpsc::channel();
     let (to, reader) = patient_reader(&pods[0], go_rx, 16 * 1024, 8, Arc::default());
     go_tx.send(()).unwrap();
@@ -220,7 +248,11 @@ fn slow_reader_many_handovers_keep_byte_order() {
         mib(node.counter("bytes_fallback"))
     );
     assert!(throttled >= 2, "only {throttled} hand-overs to TCP");
-    assert!(resumed >= 2, "only {resumed} resumptions");
+    assert!(
+        resumed >= 2,
+        "only {resumed} resumptions: {:?}",
+        meshlane::status::read_counters(&node.layout)
+    );
     drop(pods);
     assert_no_leak(&node);
 }

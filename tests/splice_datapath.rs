@@ -311,10 +311,13 @@ fn full_sockhash_falls_back_without_loss() {
             .expect("entering the client pod");
         streams.append(&mut some);
     }
+    // Only whole pairs stay: the active end of the pair that found no room
+    // for its passive end was taken out again.
     assert_eq!(
         s.node.map_entries("ml_socks"),
-        ROOM as usize,
-        "ml_socks should be full while {CONNS} connections are open"
+        ROOM as usize - 1,
+        "ml_socks should hold {} whole pairs while {CONNS} connections are open",
+        ROOM / 2
     );
     std::thread::scope(|scope| {
         for (i, st) in streams {
@@ -328,15 +331,15 @@ fn full_sockhash_falls_back_without_loss() {
     let d = SpliceCounters::since(&s.node, &before);
     eprintln!("full sockhash: {d:?}");
     assert!(d.sockets_insert_failed > 0, "no insert failed: {d:?}");
-    assert_eq!(d.sockets_inserted, u64::from(ROOM), "{d:?}");
+    assert!(d.sockets_inserted >= u64::from(ROOM), "{d:?}");
+    assert!(
+        d.sockets_evicted >= 1,
+        "an active end without room for its passive end stayed: {d:?}"
+    );
     assert!(d.bytes_spliced > 0, "nothing was spliced: {d:?}");
     assert!(
         d.bytes_spliced < (2 * CONNS * MSG) as u64,
         "every byte was spliced although the map was full: {d:?}"
-    );
-    assert!(
-        d.bytes_fallback > 0,
-        "the half-inserted connection did not fall back in sk_msg: {d:?}"
     );
     assert_no_leak(&s.node);
 

@@ -97,6 +97,8 @@ fn build(cpu: Option<usize>) -> Result<Bed> {
     for p in [&spliced.0, &spliced.1] {
         let mut spec = PodSpec::istio(p.name.clone());
         spec.mode = PodMode::Accelerate;
+        // The bench's own client and server are the spliced ends.
+        crate::sim::as_own_proxy(&mut spec);
         node.register(p, &spec)
             .map_err(BenchError::setup_anyhow(format!("registering {}", p.name)))?;
     }

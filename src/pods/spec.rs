@@ -84,6 +84,15 @@ pub struct PodSpec {
     pub exclude_outbound_ports: String,
     pub include_outbound_ip_ranges: String,
     pub exclude_outbound_ip_ranges: String,
+    /// Splice the pod's proxy sockets (default); false = plain TCP only
+    /// (annotation `meshlane.io/splice: "false"`).
+    pub splice: bool,
+    /// Also splice the pod's application sockets. Only accepted where the
+    /// kernel probes show an application cannot tell (src/integrity.rs).
+    pub splice_apps: bool,
+    /// Ports whose connections are never spliced
+    /// (annotation `meshlane.io/exclude-splice-ports`).
+    pub exclude_splice_ports: String,
 }
 
 impl PodSpec {
@@ -105,6 +114,9 @@ impl PodSpec {
             exclude_outbound_ports: String::new(),
             include_outbound_ip_ranges: "*".into(),
             exclude_outbound_ip_ranges: String::new(),
+            splice: true,
+            splice_apps: false,
+            exclude_splice_ports: String::new(),
         }
     }
 
@@ -152,6 +164,13 @@ impl PodSpec {
         }
         p.exclude_outbound_cidrs =
             self.cidrs("excludeOutboundIPRanges", &self.exclude_outbound_ip_ranges)?;
+        if !self.splice {
+            flags |= flag(ml_pod_flag::ML_POD_NO_SPLICE);
+        }
+        if self.splice_apps {
+            flags |= flag(ml_pod_flag::ML_POD_SPLICE_APPS);
+        }
+        p.exclude_splice_ports = self.ports("excludeSplicePorts", &self.exclude_splice_ports)?;
         p.flags = flags;
         for (dst, src) in p.name.iter_mut().zip(self.name.bytes().take(63)) {
             *dst = src as i8;

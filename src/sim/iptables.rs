@@ -1,5 +1,5 @@
 //! Istio's own interception for simulated pods: applies one of the golden
-//! istio-init rule sets (iptables-save format, from the shared fixtures) to a
+//! istio-init rule sets (iptables-save format, Istio's own goldens in tests/fixtures) to a
 //! pod's netns with `iptables-restore`, and reads the pod's nat table back.
 //! The rules live in the netns, so they go away with the pod.
 
@@ -15,12 +15,12 @@ use super::Pod;
 pub const FIXTURES_ENV: &str = "MESHLANE_ISTIO_IPTABLES_FIXTURES";
 
 /// Directory of the golden istio-init rule sets: `$MESHLANE_ISTIO_IPTABLES_FIXTURES`,
-/// else `../shared/fixtures/istio/iptables` next to the crate.
+/// else the copies in the crate's `tests/fixtures/istio/iptables`.
 pub fn fixtures_dir() -> PathBuf {
     std::env::var_os(FIXTURES_ENV)
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/istio/iptables")
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/istio/iptables")
         })
 }
 

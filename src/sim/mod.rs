@@ -8,6 +8,10 @@
 //!   cgroup, plus pods.
 //! - [`Pod`]: a network namespace wired by the real CNI bridge + host-local
 //!   plugins, with `lo` up, and the processes started in it.
+//! - [`chaos::Loss`], [`chaos::Overlap`]: provoked packet loss and
+//!   overlapping retransmissions on a pod's interface (tc programs,
+//!   detached on drop), and [`chaos::overlap_events`], the pod's count of
+//!   overlapping retransmissions received.
 //!
 //! Each test process owns one cgroup, so run root tests one per process
 //! (cargo-nextest) or with `--test-threads=1`.
@@ -31,6 +35,15 @@ pub fn unique_tag(prefix: &str) -> String {
     format!("{prefix}{}x{n}", std::process::id())
 }
 
+/// Makes this process the proxy of the pod `spec` describes (its uid and
+/// gid), so the sockets it opens in the pod are the proxy's: spliced with a
+/// local peer, never redirected. For tests and benches that drive both ends
+/// of a spliced hop themselves (real sidecars run as 1337 instead).
+pub fn as_own_proxy(spec: &mut crate::pods::PodSpec) {
+    spec.proxy_uid = Some(nix::unistd::getuid().as_raw());
+    spec.proxy_gid = Some(nix::unistd::getgid().as_raw());
+}
+
 /// True when the machine can run root tests (root, bpffs, cgroup v2).
 pub fn can_run_root_tests() -> Result<(), String> {
     if nix::unistd::geteuid().as_raw() != 0 {
@@ -46,6 +59,7 @@ pub fn can_run_root_tests() -> Result<(), String> {
 pub mod sidecar;
 pub use sidecar::{Sidecar, SidecarMode, SidecarOptions, SidecarProxy};
 
+pub mod chaos;
 pub mod iptables;
 mod nginx;
 pub mod pattern;

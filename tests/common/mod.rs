@@ -32,7 +32,8 @@ pub fn require_root_env() {
 }
 
 /// A node with the data path installed and one registered Istio pod in
-/// accelerate mode (splicing only, no eBPF interception) per name.
+/// accelerate mode (splicing only, no eBPF interception) per name, whose
+/// proxy is this test process (its sockets there are spliced).
 pub fn accelerated_node(opts: NodeOptions, names: &[&str]) -> (Node, Vec<Pod>) {
     require_root_env();
     let mut node = Node::new(opts).expect("creating the simulated node");
@@ -41,6 +42,7 @@ pub fn accelerated_node(opts: NodeOptions, names: &[&str]) -> (Node, Vec<Pod>) {
         let pod = node.pod(name).expect("creating a pod");
         let mut spec = PodSpec::istio(*name);
         spec.mode = PodMode::Accelerate;
+        sim::as_own_proxy(&mut spec);
         node.register(&pod, &spec).expect("registering a pod");
         pods.push(pod);
     }
@@ -357,6 +359,9 @@ pub struct SpliceCounters {
     pub bytes_fallback: u64,
     pub sockets_inserted: u64,
     pub sockets_insert_failed: u64,
+    /// Active ends taken out of ml_socks because their passive end could
+    /// not join them.
+    pub sockets_evicted: u64,
     /// Directions handed to TCP by backpressure (bpf/splice.bpf.c).
     pub splice_throttled: u64,
 }
@@ -370,6 +375,7 @@ impl SpliceCounters {
             bytes_fallback: node.counter("bytes_fallback"),
             sockets_inserted: node.counter("sockets_inserted"),
             sockets_insert_failed: node.counter("sockets_insert_failed"),
+            sockets_evicted: node.counter("sockets_evicted"),
             splice_throttled: node.counter("splice_throttled"),
         }
     }
@@ -384,6 +390,7 @@ impl SpliceCounters {
             bytes_fallback: now.bytes_fallback - before.bytes_fallback,
             sockets_inserted: now.sockets_inserted - before.sockets_inserted,
             sockets_insert_failed: now.sockets_insert_failed - before.sockets_insert_failed,
+            sockets_evicted: now.sockets_evicted - before.sockets_evicted,
             splice_throttled: now.splice_throttled - before.splice_throttled,
         }
     }
@@ -481,6 +488,30 @@ impl Setup {
             a,
             b,
             c: None,
+        }
+    }
+
+    /// Pods `a` and `b` registered with Istio's proxy uid, so this test
+    /// process is an application there (its sockets are never spliced),
+    /// and an unmeshed pod `c`.
+    pub fn apps_with_unmeshed_pod(opts: NodeOptions) -> Self {
+        require_root_env();
+        let mut node = Node::new(opts).expect("creating the simulated node");
+        let mut pod = |name: &str| {
+            let pod = node.pod(name).expect("creating a pod");
+            pod
+        };
+        let (a, b, c) = (pod("a"), pod("b"), pod("c"));
+        for (p, name) in [(&a, "a"), (&b, "b")] {
+            let mut spec = PodSpec::istio(name);
+            spec.mode = PodMode::Accelerate;
+            node.register(p, &spec).expect("registering a pod");
+        }
+        Self {
+            node,
+            a,
+            b,
+            c: Some(c),
         }
     }
 

@@ -447,12 +447,26 @@ pub fn node_without_install() -> Node {
 }
 
 /// Registers `pod` in accelerate mode through the binary, under `name` when
-/// given (the binary's default name otherwise).
+/// given (the binary's default name otherwise), with Istio's proxy uid.
 pub fn add_accelerated_pod(pin_root: &Path, pod: &Pod, name: Option<&str>) {
+    add_accelerated_pod_as(pin_root, pod, name, None);
+}
+
+/// `add_accelerated_pod` with this test process as the pod's proxy, so the
+/// connections the test makes there are spliced.
+pub fn add_self_proxied_pod(pin_root: &Path, pod: &Pod, name: Option<&str>) {
+    add_accelerated_pod_as(pin_root, pod, name, Some(nix::unistd::getuid().as_raw()));
+}
+
+fn add_accelerated_pod_as(pin_root: &Path, pod: &Pod, name: Option<&str>, uid: Option<u32>) {
     let netns = pod.netns.to_string_lossy();
+    let uid = uid.map(|u| u.to_string());
     let mut args = vec!["pod", "add", "--netns", &netns];
     if let Some(name) = name {
         args.extend(["--name", name]);
+    }
+    if let Some(uid) = &uid {
+        args.extend(["--proxy-uid", uid]);
     }
     args.extend(["--mode", "accelerate"]);
     cli_ok(pin_root, &args);

@@ -18,7 +18,7 @@ use errors::{error_line, libbpf_log, usage_error_line};
 use meshlane::agent::{self, AgentOptions};
 use meshlane::layout::{PinLayout, DEFAULT_PIN_ROOT};
 use meshlane::loader::{self, Config, VerdictRemedy};
-use meshlane::{probe, status};
+use meshlane::{integrity, probe, status};
 
 #[derive(Parser)]
 #[command(
@@ -129,10 +129,15 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Status => {
             require_root()?;
             let s = status::collect(&layout)?;
+            let facts = loader::kernel_facts().context("probing how sockhash sockets behave")?;
+            let plan = integrity::installed(&facts, layout.link("ml_splice_verdict").exists());
+            let integrity = integrity::Report::new(&facts, &plan);
             if cli.json {
-                print_json(&s)?;
+                let mut v = serde_json::to_value(&s)?;
+                v["integrity"] = serde_json::to_value(&integrity)?;
+                print_json(&v)?;
             } else {
-                print!("{s}");
+                print!("{s}{integrity}");
             }
         }
         Cmd::Pod(p) => {
@@ -143,8 +148,9 @@ fn run(cli: Cli) -> Result<()> {
             // Unprivileged probe loads fail and would look like missing features.
             require_root()?;
             let f = probe::features();
+            let integrity = integrity_report()?;
             if cli.json {
-                print_json(&f)?;
+                print_json(&serde_json::json!({ "features": f, "integrity": integrity }))?;
             } else {
                 println!("kernel {}", probe::kernel_release());
                 for x in &f {
@@ -159,6 +165,7 @@ fn run(cli: Cli) -> Result<()> {
                         x.since
                     );
                 }
+                print!("{integrity}");
             }
             if f.iter().any(|x| !x.ok && x.required) {
                 anyhow::bail!("some features are missing");
@@ -186,6 +193,14 @@ fn run(cli: Cli) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Kernel behaviours and what the data path does about each, for the
+/// default --verdict-remedy auto.
+fn integrity_report() -> Result<integrity::Report> {
+    let facts = loader::kernel_facts().context("probing how sockhash sockets behave")?;
+    let plan = integrity::plan(&facts, loader::VerdictRemedy::Auto)?;
+    Ok(integrity::Report::new(&facts, &plan))
 }
 
 fn main() -> ExitCode {

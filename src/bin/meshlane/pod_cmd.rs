@@ -4,10 +4,12 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 
+use meshlane::integrity;
 use meshlane::layout::PinLayout;
+use meshlane::loader;
 use meshlane::pods::{PodMode, PodSpec, Preset, Registry};
 
 use crate::print_json;
@@ -70,6 +72,19 @@ pub(crate) struct PodAddArgs {
     /// traffic.sidecar.istio.io/excludeOutboundIPRanges
     #[arg(long, default_value = "")]
     exclude_outbound_ip_ranges: String,
+    /// Never splice this pod's sockets: plain TCP everywhere
+    /// (annotation meshlane.io/splice: "false").
+    #[arg(long)]
+    no_splice: bool,
+    /// Ports whose connections are never spliced, comma-separated
+    /// (annotation meshlane.io/exclude-splice-ports).
+    #[arg(long, default_value = "")]
+    exclude_splice_ports: String,
+    /// Splice the pod's application sockets too, not only its proxy's.
+    /// Refused unless this kernel's probes show an application cannot tell
+    /// (see `meshlane probe`).
+    #[arg(long, conflicts_with = "no_splice")]
+    splice_apps: bool,
 }
 
 impl PodAddArgs {
@@ -96,14 +111,33 @@ impl PodAddArgs {
             exclude_outbound_ports: self.exclude_outbound_ports.clone(),
             include_outbound_ip_ranges: self.include_outbound_ip_ranges.clone(),
             exclude_outbound_ip_ranges: self.exclude_outbound_ip_ranges.clone(),
+            splice: !self.no_splice,
+            splice_apps: self.splice_apps,
+            exclude_splice_ports: self.exclude_splice_ports.clone(),
         }
     }
+}
+
+/// `--splice-apps` only where the kernel probes allow it, given whether the
+/// installed data path has the stream verdict attached.
+fn require_safe_app_hops(layout: &PinLayout) -> Result<()> {
+    let facts = loader::kernel_facts().context("probing the kernel for --splice-apps")?;
+    let plan = integrity::Plan {
+        verdict: layout.link("ml_splice_verdict").exists(),
+        splice: true,
+        warnings: Vec::new(),
+    };
+    integrity::app_hops_allowed(&facts, &plan).context("--splice-apps")?;
+    Ok(())
 }
 
 /// Runs one pod subcommand against the registry under `layout`.
 pub(crate) fn run(cmd: PodCmd, layout: &PinLayout, json: bool) -> Result<()> {
     match cmd {
         PodCmd::Add(a) => {
+            if a.splice_apps {
+                require_safe_app_hops(layout)?;
+            }
             let rec = Registry::open(layout)?.add(&a.netns, &a.spec())?;
             if json {
                 print_json(&rec)?;

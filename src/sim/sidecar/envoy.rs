@@ -38,37 +38,29 @@ pub(super) fn spawn(pod: &Pod, o: &SidecarOptions, dir: &Path) -> Result<(PodPro
     };
     std::fs::write(&bootstrap, envoy_bootstrap::encode(&params))
         .with_context(|| format!("writing {}", bootstrap.display()))?;
-    // Envoy runs unprivileged: it creates its admin socket and log here.
-    nix::unistd::chown(
-        dir,
-        Some(nix::unistd::Uid::from_raw(o.uid)),
-        Some(nix::unistd::Gid::from_raw(o.gid)),
-    )
-    .with_context(|| format!("chown {} to the proxy uid", dir.display()))?;
-    let (uid, gid) = (o.uid.to_string(), o.gid.to_string());
     let (envoy, bootstrap, log) = (
         envoy.to_string_lossy().into_owned(),
         bootstrap.to_string_lossy().into_owned(),
         log_path(dir).to_string_lossy().into_owned(),
     );
-    let process = pod.spawn(&[
-        "setpriv",
-        "--reuid",
-        &uid,
-        "--regid",
-        &gid,
-        "--clear-groups",
-        &envoy,
-        "-c",
-        &bootstrap,
-        "--concurrency",
-        "1",
-        "--disable-hot-restart",
-        "--log-level",
-        "warning",
-        "--log-path",
-        &log,
-    ])?;
+    // It creates its admin socket and log in `dir`.
+    let process = super::spawn_as_proxy(
+        pod,
+        o,
+        dir,
+        &[
+            &envoy,
+            "-c",
+            &bootstrap,
+            "--concurrency",
+            "1",
+            "--disable-hot-restart",
+            "--log-level",
+            "warning",
+            "--log-path",
+            &log,
+        ],
+    )?;
     Ok((process, admin))
 }
 

@@ -4,7 +4,7 @@
 //!
 //! It mirrors what istiod gives a sidecar for pass-through traffic (see the
 //! `virtualOutbound`/`virtualInbound` listeners and `*Passthrough*` clusters
-//! in the config dumps under shared/fixtures/istio/configdumps):
+//! in the Istio config dump under tests/fixtures/istio/configdumps):
 //!
 //! - `virtualOutbound` on 0.0.0.0:15001 (+ [::]:15001): `use_original_dst`,
 //!   one filter chain to `PassthroughCluster` (ORIGINAL_DST), and a
@@ -554,8 +554,7 @@ mod tests {
         let dir = std::env::var_os("MESHLANE_ISTIO_CONFIGDUMP_FIXTURES")
             .map(PathBuf::from)
             .unwrap_or_else(|| {
-                PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                    .join("../shared/fixtures/istio/configdumps")
+                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/istio/configdumps")
             });
         let path = dir.join("istio-1.10.0_sidecar_bookinfo-details-v1.json");
         let text = std::fs::read_to_string(&path)

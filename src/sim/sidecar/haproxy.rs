@@ -1,4 +1,6 @@
-//! HAProxy from Debian as the sidecar: `uid`/`gid` from the options,
+//! HAProxy from Debian as the sidecar, run as the options' `uid`/`gid` from
+//! the start (through `setpriv`, like Istio's sidecar container, so its
+//! listeners and every socket it opens belong to the proxy uid),
 //! frontends `outbound` (15001) and `inbound` (15006), original-destination
 //! servers (`server ... 0.0.0.0`, learnt from SO_ORIGINAL_DST after REDIRECT
 //! or meshlane, or from the local address after sk_lookup). IPv4 and IPv6
@@ -22,20 +24,20 @@ pub(super) fn spawn(pod: &Pod, o: &SidecarOptions, dir: &Path) -> Result<(PodPro
         SidecarMode::Http => "http",
     };
     let cfg = format!(
-        "global\n  uid {uid}\n  gid {gid}\n  maxconn 8000\n  stats socket {sock} mode 600 level admin\n\
+        "global\n  maxconn 8000\n  stats socket {sock} mode 600 level admin\n\
          defaults\n  mode {mode}\n  timeout connect 5s\n  timeout client 120s\n  timeout server 120s\n  option dontlognull\n\
          frontend outbound\n  bind 0.0.0.0:15001\n  bind :::15001 v6only\n  default_backend original_dst\n\
          frontend inbound\n  bind 0.0.0.0:15006\n  bind :::15006 v6only\n  use_backend inbound_app if {{ dst 0.0.0.0/0 }}\n  default_backend inbound_app6\n\
          backend original_dst\n  server orig 0.0.0.0\n\
          backend inbound_app\n  server app 0.0.0.0 source 127.0.0.6\n\
          backend inbound_app6\n  server app 0.0.0.0 source ::6:0\n",
-        uid = o.uid,
-        gid = o.gid,
         sock = sock.display()
     );
     let cfg_path = dir.join("haproxy.cfg");
     std::fs::write(&cfg_path, cfg)?;
-    let process = pod.spawn(&["haproxy", "-db", "-f", &cfg_path.to_string_lossy()])?;
+    // It creates its stats socket in `dir`.
+    let cfg = cfg_path.to_string_lossy();
+    let process = super::spawn_as_proxy(pod, o, dir, &["haproxy", "-db", "-f", &cfg])?;
     Ok((process, sock))
 }
 

@@ -15,7 +15,7 @@ mod haproxy;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 use super::{Pod, PodProcess};
 
@@ -269,4 +269,28 @@ impl Drop for Sidecar {
         let _ = self.process.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Starts `argv` in `pod` as the proxy's uid/gid from its first instruction
+/// (through `setpriv`), as Istio's sidecar container runs: its listeners and
+/// every socket it opens belong to the proxy uid. `dir`, where it writes its
+/// control socket and logs, is handed to that uid first.
+fn spawn_as_proxy(pod: &Pod, o: &SidecarOptions, dir: &Path, argv: &[&str]) -> Result<PodProcess> {
+    nix::unistd::chown(
+        dir,
+        Some(nix::unistd::Uid::from_raw(o.uid)),
+        Some(nix::unistd::Gid::from_raw(o.gid)),
+    )
+    .with_context(|| format!("chown {} to the proxy uid", dir.display()))?;
+    let (uid, gid) = (o.uid.to_string(), o.gid.to_string());
+    let mut full = vec![
+        "setpriv",
+        "--reuid",
+        &uid,
+        "--regid",
+        &gid,
+        "--clear-groups",
+    ];
+    full.extend_from_slice(argv);
+    pod.spawn(&full)
 }

@@ -2,6 +2,13 @@
 //! path? Every program type, map type and helper meshlane uses is probed;
 //! a missing piece is reported in one line with the kernel that brings it.
 //! A node either runs everything or nothing: no pod is half-intercepted.
+//! [`behaviour`] goes further: experiments that show where a socket in a
+//! socket map behaves differently from plain TCP on the running kernel.
+
+pub mod behaviour;
+pub(crate) mod bpf;
+
+pub use behaviour::{kernel_behaviour, overlap_extra_bytes, KernelBehaviour};
 
 use libbpf_sys::{bpf_func_id, bpf_map_type, bpf_prog_type};
 use serde::Serialize;
@@ -202,88 +209,16 @@ pub fn kernel_counts_psock_queue() -> bool {
 /// sockhash socket through the TCP stack and can then miss epoll wake-ups:
 /// a sidecar proxying a large response from another node stalls. Instead of
 /// trusting a version table, ask the kernel: put a loopback socket into a
-/// throwaway sockhash with no programs, send it bytes, and read FIONREAD.
+/// throwaway sockhash (pass sk_msg program, no stream verdict) in a scratch
+/// network namespace, send it bytes, and read FIONREAD.
 /// If the probe itself cannot run, assume the remedy is needed (it is a
 /// pass-through and costs little).
 pub fn kernel_needs_verdict_remedy() -> bool {
-    match fionread_hidden_in_sockhash() {
+    match behaviour::fionread_hidden_in_sockhash() {
         Ok(hidden) => hidden,
         Err(e) => {
             tracing::warn!(error = %e, "FIONREAD probe failed; turning the verdict remedy on");
             true
         }
-    }
-}
-
-/// True when bytes queued on a sockhash socket are invisible to FIONREAD.
-fn fionread_hidden_in_sockhash() -> std::io::Result<bool> {
-    use std::io::Write;
-    use std::net::{TcpListener, TcpStream};
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-
-    const PROBE_BYTES: usize = 4096;
-    // SAFETY: plain map creation, NULL opts; the fd is owned below.
-    let fd = unsafe {
-        libbpf_sys::bpf_map_create(
-            libbpf_sys::BPF_MAP_TYPE_SOCKHASH,
-            c"ml_probe".as_ptr(),
-            4,
-            8,
-            1,
-            std::ptr::null(),
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::from_raw_os_error(-fd));
-    }
-    // SAFETY: a fresh fd from the kernel.
-    let map = unsafe { OwnedFd::from_raw_fd(fd) };
-
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    let mut client = TcpStream::connect(listener.local_addr()?)?;
-    let (server, _) = listener.accept()?;
-    let key: u32 = 0;
-    let value: u64 = server.as_raw_fd() as u64;
-    // SAFETY: key/value point at locals of the map's sizes.
-    let rc = unsafe {
-        libbpf_sys::bpf_map_update_elem(
-            map.as_raw_fd(),
-            (&key as *const u32).cast(),
-            (&value as *const u64).cast(),
-            u64::from(libbpf_sys::BPF_ANY),
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::from_raw_os_error(-rc));
-    }
-    client.write_all(&[0x5a; PROBE_BYTES])?;
-    // Wait until the bytes are queued (poll sees them in every kernel).
-    let mut pfd = libc::pollfd {
-        fd: server.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd.
-    unsafe { libc::poll(&mut pfd, 1, 1000) };
-    std::thread::sleep(std::time::Duration::from_millis(20));
-    let mut queued: libc::c_int = 0;
-    // SAFETY: FIONREAD writes one int.
-    let rc = unsafe { libc::ioctl(server.as_raw_fd(), libc::FIONREAD, &mut queued) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // Dropping the map fd frees the map and releases the socket.
-    drop(map);
-    Ok(queued == 0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fionread_probe_runs_as_root() {
-        // Needs root like every BPF test; the answer depends on the kernel; the probe must simply work.
-        fionread_hidden_in_sockhash().expect("sockhash FIONREAD probe");
     }
 }
