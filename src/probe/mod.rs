@@ -202,23 +202,3 @@ pub fn kernel_counts_psock_queue() -> bool {
     btf.type_by_name::<Struct<'_>>("sk_psock")
         .is_some_and(|s| s.iter().any(|m| m.name.is_some_and(|n| n == "msg_tot_len")))
 }
-
-/// Whether this kernel needs the pass-through stream verdict program on
-/// ml_socks. Some stable kernels (6.6.x, 6.12.x and 6.18.x releases carrying
-/// a sockmap receive-path change) report FIONREAD 0 for bytes that reached a
-/// sockhash socket through the TCP stack and can then miss epoll wake-ups:
-/// a sidecar proxying a large response from another node stalls. Instead of
-/// trusting a version table, ask the kernel: put a loopback socket into a
-/// throwaway sockhash (pass sk_msg program, no stream verdict) in a scratch
-/// network namespace, send it bytes, and read FIONREAD.
-/// If the probe itself cannot run, assume the remedy is needed (it is a
-/// pass-through and costs little).
-pub fn kernel_needs_verdict_remedy() -> bool {
-    match behaviour::fionread_hidden_in_sockhash() {
-        Ok(hidden) => hidden,
-        Err(e) => {
-            tracing::warn!(error = %e, "FIONREAD probe failed; turning the verdict remedy on");
-            true
-        }
-    }
-}

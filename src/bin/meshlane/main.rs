@@ -74,7 +74,9 @@ struct AgentArgs {
     /// Splice only: do not attach the interception hooks.
     #[arg(long)]
     no_intercept: bool,
-    /// Pass-through stream verdict for kernels that lose epoll wake-ups.
+    /// Stream verdict on the sockhash (cuts overlapping retransmissions,
+    /// counts TCP-path bytes in FIONREAD): auto attaches it where it passes
+    /// every byte exactly once (see `meshlane probe`).
     #[arg(long, value_enum, default_value_t = VerdictRemedy::Auto)]
     verdict_remedy: VerdictRemedy,
     /// Serve Prometheus metrics here (e.g. 127.0.0.1:15099).
