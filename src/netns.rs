@@ -155,3 +155,19 @@ fn current_pod_addrs() -> Vec<IpAddr> {
     }
     out
 }
+
+/// Whether `path` is the node's own network namespace: the one this
+/// process (the agent, the CLI or the CNI plugin, which run in the node's
+/// network) lives in.
+pub fn is_host_netns(path: &Path) -> Result<bool, NetnsError> {
+    use std::os::unix::fs::MetadataExt;
+    let ns = std::fs::metadata(path).map_err(|source| NetnsError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let host = std::fs::metadata("/proc/self/ns/net").map_err(|source| NetnsError::Open {
+        path: "/proc/self/ns/net".into(),
+        source,
+    })?;
+    Ok((ns.dev(), ns.ino()) == (host.dev(), host.ino()))
+}

@@ -469,3 +469,54 @@ fn intercept_pod_on_a_splice_only_install_is_refused() {
     add_accelerated_pod(&root, &pod, Some("web-2"));
     assert_eq!(node.map_entries("ml_pods"), 1);
 }
+
+/// Registrations that would fail open are refused with one line naming
+/// what was wrong, and nothing is registered: the node's own netns, a proxy
+/// port of 0, names that are empty, too long or hold control characters.
+/// `--splice-apps` is refused where the kernel probes show an application
+/// could tell a spliced socket from TCP (every kernel so far).
+#[test]
+fn registrations_that_would_fail_open_are_refused() {
+    let mut node = installed_node();
+    let pod = node.pod("p").expect("pod");
+    let root = node.layout.root().to_path_buf();
+    let netns = pod.netns.to_string_lossy().into_owned();
+    let before = snapshot(&root, node.cgroup.path());
+    let long = "n".repeat(64);
+    let cases: Vec<(Vec<&str>, Vec<&str>)> = vec![
+        (
+            vec!["--netns", "/proc/self/ns/net", "--name", "host"],
+            vec!["host", "node's own network namespace"],
+        ),
+        (
+            vec!["--netns", &netns, "--name", "w", "--outbound-port", "0"],
+            vec!["w", "outbound-port", "\"0\""],
+        ),
+        (
+            vec!["--netns", &netns, "--name", "w", "--inbound-port", "0"],
+            vec!["w", "inbound-port", "\"0\""],
+        ),
+        (
+            vec!["--netns", &netns, "--name", "w", "--dns-port", "0"],
+            vec!["w", "dns-port", "\"0\""],
+        ),
+        (
+            vec!["--netns", &netns, "--name", "web\u{1b}[31m"],
+            vec!["control characters"],
+        ),
+        (vec!["--netns", &netns, "--name", &long], vec!["63 bytes"]),
+        (vec!["--netns", &netns, "--name", ""], vec!["empty"]),
+        (
+            vec!["--netns", &netns, "--name", "w", "--splice-apps"],
+            vec!["--splice-apps", "splice(2)"],
+        ),
+    ];
+    for (extra, names) in cases {
+        let mut args = vec!["pod", "add"];
+        args.extend(extra.iter().copied());
+        let out = run(&root, &args, false);
+        let what = format!("{extra:?}");
+        assert_one_line_error(&what, &out, &names);
+        assert_no_pod_registered(&what, &node, &before);
+    }
+}

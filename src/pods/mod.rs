@@ -53,6 +53,10 @@ pub enum PodError {
     IpTaken { pod: String, ip: IpAddr, owner: u64 },
     #[error("pod {pod}: intercept mode needs the interception hooks, but this install is splice-only (agent --no-intercept): register it with --mode accelerate, or reinstall with interception")]
     InterceptNotInstalled { pod: String },
+    #[error("pod {pod}: {netns} is the node's own network namespace (the one meshlane runs in): registering it would redirect every host connection to the proxy port; give the pod's netns")]
+    HostNetns { pod: String, netns: PathBuf },
+    #[error("pod name {name:?}: {why}")]
+    BadName { name: String, why: &'static str },
     #[error("no pod is registered for netns {netns}")]
     NotRegistered { netns: String },
     #[error("pod registry at {path}: {source}")]

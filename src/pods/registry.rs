@@ -84,6 +84,12 @@ impl Registry {
                 pod: spec.name.clone(),
             });
         }
+        if netns::is_host_netns(netns_path)? {
+            return Err(PodError::HostNetns {
+                pod: spec.name.clone(),
+                netns: netns_path.to_path_buf(),
+            });
+        }
         let info = netns::inspect(netns_path)?;
         let cookie_bytes = info.cookie.to_ne_bytes();
         let mut undo = Rollback::new(&self.ips);

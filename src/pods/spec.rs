@@ -8,6 +8,9 @@ use std::net::IpAddr;
 use serde::Serialize;
 
 use super::{PodError, MAX_CIDRS, MAX_PORTS};
+
+/// Longest pod name in bytes: the kernel record's field less its NUL.
+const ML_POD_NAME_MAX: usize = 63;
 use crate::abi::{self, ml_cidr_list, ml_pod, ml_pod_flag, ml_port_list, Pod};
 
 /// The mesh a pod's proxy belongs to; fills ports and uid defaults.
@@ -122,13 +125,17 @@ impl PodSpec {
 
     /// The kernel record, or an error naming the pod and the bad list.
     pub fn to_abi(&self) -> Result<ml_pod, PodError> {
+        self.check_name()?;
         let (uid, out, inb, dns) = self.preset.defaults();
         let mut p = ml_pod::zeroed();
         p.proxy_uid = self.proxy_uid.unwrap_or(uid);
         p.proxy_gid = self.proxy_gid.unwrap_or(p.proxy_uid);
-        p.outbound_port = self.outbound_port.unwrap_or(out);
-        p.inbound_port = self.inbound_port.unwrap_or(inb);
+        p.outbound_port = self.nonzero_port("outbound-port", self.outbound_port.unwrap_or(out))?;
+        p.inbound_port = self.nonzero_port("inbound-port", self.inbound_port.unwrap_or(inb))?;
         p.dns_port = self.dns_port.unwrap_or(dns);
+        if self.dns_port == Some(0) {
+            return Err(self.bad("dns-port", "0", "a port number 1-65535"));
+        }
         p.preset = self.preset.abi();
         let mut flags = 0u32;
         let flag = |f: ml_pod_flag| f.0;
@@ -172,10 +179,44 @@ impl PodSpec {
         }
         p.exclude_splice_ports = self.ports("excludeSplicePorts", &self.exclude_splice_ports)?;
         p.flags = flags;
-        for (dst, src) in p.name.iter_mut().zip(self.name.bytes().take(63)) {
+        for (dst, src) in p
+            .name
+            .iter_mut()
+            .zip(self.name.bytes().take(ML_POD_NAME_MAX))
+        {
             *dst = src as i8;
         }
         Ok(p)
+    }
+
+    /// A proxy port of 0 would send connects nowhere (iptables' REDIRECT to
+    /// port 0 fails closed; an eBPF rewrite to 0 would not): refused.
+    fn nonzero_port(&self, flag: &'static str, port: u16) -> Result<u16, PodError> {
+        if port == 0 {
+            return Err(self.bad(flag, "0", "a port number 1-65535"));
+        }
+        Ok(port)
+    }
+
+    /// Names are shown in status and logs and kept in a 63-byte field:
+    /// printable, not empty, and whole (never cut mid-character).
+    fn check_name(&self) -> Result<(), PodError> {
+        let why = if self.name.is_empty() {
+            Some("is empty")
+        } else if self.name.len() > ML_POD_NAME_MAX {
+            Some("is longer than 63 bytes")
+        } else if self.name.chars().any(char::is_control) {
+            Some("contains control characters")
+        } else {
+            None
+        };
+        match why {
+            Some(why) => Err(PodError::BadName {
+                name: self.name.clone(),
+                why,
+            }),
+            None => Ok(()),
+        }
     }
 
     fn bad(&self, list: &'static str, value: &str, what: &'static str) -> PodError {
@@ -319,6 +360,37 @@ mod tests {
             e.contains("web-2") && e.contains("excludeOutboundIPRanges"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn port_zero_is_refused_for_every_port() {
+        for f in [
+            |s: &mut PodSpec| s.outbound_port = Some(0),
+            |s: &mut PodSpec| s.inbound_port = Some(0),
+            |s: &mut PodSpec| s.dns_port = Some(0),
+        ] {
+            let mut s = PodSpec::istio("p");
+            f(&mut s);
+            let e = s.to_abi().unwrap_err().to_string();
+            assert!(e.contains("port") && e.contains("\"0\""), "{e}");
+        }
+    }
+
+    #[test]
+    fn names_are_printable_and_fit_whole() {
+        for bad in ["", "web\n1", "web\u{1b}[31m", &"x".repeat(64)] {
+            let e = PodSpec::istio(bad).to_abi().unwrap_err();
+            assert!(matches!(e, PodError::BadName { .. }), "{bad:?}: {e}");
+        }
+        let ok = "é".repeat(31); // 62 bytes
+        let p = PodSpec::istio(ok.clone()).to_abi().unwrap();
+        let stored: Vec<u8> = p
+            .name
+            .iter()
+            .take_while(|c| **c != 0)
+            .map(|c| *c as u8)
+            .collect();
+        assert_eq!(stored, ok.as_bytes());
     }
 
     #[test]
