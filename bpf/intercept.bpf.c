@@ -115,6 +115,13 @@ static __always_inline int is_local_dst(__u64 netns, const struct ml_addr *a)
 	return owner && *owner == netns;
 }
 
+/* 0.0.0.0 (v4-mapped) or :: */
+static __always_inline int is_unspecified(const struct ml_addr *a)
+{
+	return a->a[0] == 0 && a->a[1] == 0 && a->a[3] == 0 &&
+	       (a->a[2] == 0 || a->a[2] == bpf_htonl(0x0000ffff));
+}
+
 static __always_inline int is_localhost_exact(const struct ml_addr *a)
 {
 	/* 127.0.0.1 or ::1: Istio's "-d 127.0.0.1/32 -j RETURN" */
@@ -250,7 +257,17 @@ static __always_inline __u16 redirect_port(struct bpf_sock_addr *ctx,
 
 	if (!pod || (ctx->type != SOCK_STREAM && ctx->type != SOCK_DGRAM))
 		return 0;
-	v = outbound_verdict(netns, pod, dst, port, src, tcp);
+	/* 0.0.0.0 and [::] mean this host: the kernel sends them over lo to
+	 * 127.0.0.1 / ::1, which is what netfilter (and so Istio's rules)
+	 * sees; decide on that address. */
+	if (is_unspecified(dst)) {
+		struct ml_addr local = *dst;
+
+		local.a[3] = is_v4_mapped(dst) ? bpf_htonl(0x7f000001) : bpf_htonl(1);
+		v = outbound_verdict(netns, pod, &local, port, src, tcp);
+	} else {
+		v = outbound_verdict(netns, pod, dst, port, src, tcp);
+	}
 	if (v == PASS_THROUGH) {
 		if (tcp)
 			ml_count(ML_CNT_CONNECT_EXEMPT, 1);

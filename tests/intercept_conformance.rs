@@ -82,6 +82,13 @@ fn basic() -> Case {
                 &[],
                 "server peer 127.0.0.1",
             ),
+            // 0.0.0.0 is this host: the kernel sends it over lo to
+            // 127.0.0.1, and Istio's rules leave it alone
+            e(
+                Probe::new(A, Host::Ip("0.0.0.0"), 8080),
+                &[],
+                "server peer 127.0.0.1",
+            ),
             // a process running as the proxy uid is not captured
             e(
                 Probe::new(A, Host::Pod(B), 8080).run_as(1337, 1337),
@@ -335,6 +342,12 @@ fn ipv6_ports() -> Case {
             ),
             e(
                 Probe::new(A, Host::Ip("::1"), 8080),
+                &[],
+                "server peer ::1 local ::1:8080",
+            ),
+            // [::] is this host too (over lo, to ::1)
+            e(
+                Probe::new(A, Host::Ip("::"), 8080),
                 &[],
                 "server peer ::1 local ::1:8080",
             ),
