@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-use crate::layout::PinLayout;
+use crate::layout::{PinLayout, PinRootLock};
 use crate::loader::{self, Config, InstallReport, LoadError};
 use crate::probe::{self, ProbeError};
 
@@ -52,11 +52,21 @@ fn enable_bpf_stats() -> Option<OwnedFd> {
 
 /// Probes and installs; the part of `run` that tests and `--once` use.
 pub fn start(opts: &AgentOptions) -> Result<InstallReport, AgentError> {
+    Ok(start_holding(opts)?.0)
+}
+
+/// `start`, returning the pin root's lock: one agent per pin root, held
+/// for as long as the agent runs.
+fn start_holding(opts: &AgentOptions) -> Result<(InstallReport, PinRootLock), AgentError> {
     probe::require_all()?;
     if opts.install.splice_queue_limit > 0 && !probe::kernel_counts_psock_queue() {
         return Err(AgentError::NoBackpressure);
     }
-    let report = loader::install(&opts.install)?;
+    let layout = PinLayout::new(&opts.install.pin_root);
+    layout.check_version().map_err(LoadError::from)?;
+    loader::attach_cgroup(&opts.install)?;
+    let lock = layout.lock().map_err(LoadError::from)?;
+    let report = loader::install_holding(&opts.install, &lock)?;
     for a in &report.attachments {
         tracing::info!(program = %a.program, pin = %a.pin.display(), action = a.action, "data path");
     }
@@ -68,7 +78,7 @@ pub fn start(opts: &AgentOptions) -> Result<InstallReport, AgentError> {
     for f in report.integrity.iter().filter(|f| f.present) {
         tracing::info!(behaviour = f.behaviour, meshlane = %f.meshlane, "kernel behaviour");
     }
-    Ok(report)
+    Ok((report, lock))
 }
 
 fn serve_metrics(listener: TcpListener, layout: PinLayout, stop: Arc<AtomicBool>) {
@@ -105,7 +115,7 @@ pub fn run(opts: AgentOptions) -> Result<(), AgentError> {
         )),
         None => None,
     };
-    let report = start(&opts)?;
+    let (report, _lock) = start_holding(&opts)?;
     if opts.once {
         return Ok(());
     }

@@ -34,11 +34,19 @@ pub enum LayoutError {
     NotAbsolute(PathBuf),
     #[error("meshlane is not installed at {0}: start `meshlane agent` first")]
     NotInstalled(PathBuf),
+    #[error("pin root {0} is in use by another meshlane agent or install (one agent per pin root): stop it first, or use another --pin-root")]
+    Busy(PathBuf),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
         source: std::io::Error,
     },
+}
+
+/// An exclusive hold on a pin root (see [`PinLayout::lock`]).
+#[derive(Debug)]
+pub struct PinRootLock {
+    _dir: std::fs::File,
 }
 
 /// Paths of one pin root at this build's layout version.
@@ -99,6 +107,31 @@ impl PinLayout {
             return Err(LayoutError::NotAbsolute(self.root.clone()));
         }
         Ok(())
+    }
+
+    /// Takes the pin root for this process (an exclusive, non-blocking
+    /// flock on its directory, created if missing): two installs at once
+    /// would roll back each other's pins. Released when the guard drops or
+    /// the process dies.
+    pub fn lock(&self) -> Result<PinRootLock, LayoutError> {
+        use std::os::fd::AsRawFd;
+        self.check_bpffs()?;
+        let io = |source| LayoutError::Io {
+            path: self.root.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&self.root).map_err(io)?;
+        let dir = std::fs::File::open(&self.root).map_err(io)?;
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = std::io::Error::last_os_error();
+            return Err(if e.kind() == std::io::ErrorKind::WouldBlock {
+                LayoutError::Busy(self.root.clone())
+            } else {
+                io(e)
+            });
+        }
+        Ok(PinRootLock { _dir: dir })
     }
 
     /// The directory that holds the pin root must be bpffs.

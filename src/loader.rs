@@ -16,7 +16,7 @@ use thiserror::Error;
 
 use crate::cgroup::{self, CgroupError};
 use crate::integrity::{self, Finding, KernelFacts, Plan, PolicyError};
-use crate::layout::{LayoutError, PinLayout, LAYOUT_VERSION};
+use crate::layout::{LayoutError, PinLayout, PinRootLock, LAYOUT_VERSION};
 use crate::overlap::OverlapKind;
 use crate::probe;
 use crate::skel::intercept::InterceptSkelBuilder;
@@ -364,17 +364,35 @@ fn open_dir(path: &Path) -> Result<File, LoadError> {
     })
 }
 
-/// Installs (or adopts) the data path. Leaves nothing half-attached: on an
-/// error after the first new attachment, what this call attached is removed.
+/// Installs (or adopts) the data path, holding the pin root for the
+/// install's duration (see `install_holding`).
 pub fn install(cfg: &Config) -> Result<InstallReport, LoadError> {
     let layout = PinLayout::new(&cfg.pin_root);
     layout.check_bpffs()?;
     layout.check_version()?;
+    attach_cgroup(cfg)?;
+    let lock = layout.lock()?;
+    install_holding(cfg, &lock)
+}
+
+/// The cgroup v2 directory the programs attach to (checked), so a bad one
+/// is refused before anything is created.
+pub fn attach_cgroup(cfg: &Config) -> Result<PathBuf, LoadError> {
     let cg_path = match &cfg.cgroup {
         Some(p) => p.clone(),
         None => cgroup::cgroup2_mount()?,
     };
     cgroup::check_cgroup2(&cg_path)?;
+    Ok(cg_path)
+}
+
+/// Installs (or adopts) the data path while the caller holds the pin
+/// root's lock. Leaves nothing half-attached: on an error after the first
+/// new attachment, what this call attached is removed.
+pub fn install_holding(cfg: &Config, _lock: &PinRootLock) -> Result<InstallReport, LoadError> {
+    let layout = PinLayout::new(&cfg.pin_root);
+    layout.check_version()?;
+    let cg_path = attach_cgroup(cfg)?;
     let fresh = !layout.maps_dir().exists();
     layout.create_dirs()?;
     let mut report = InstallReport {

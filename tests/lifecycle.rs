@@ -290,3 +290,53 @@ fn data_path_needs_no_running_agent_and_sigterm_keeps_it() {
     assert_eq!(link_ids(&status_json(&root)), links, "links changed");
     new_connection_is_spliced(&root, &client, srv_addr, 22);
 }
+
+/// Three agents started at once on a fresh pin root, 20 times: each time
+/// the pin root ends holding exactly a full install (the pins of a
+/// reference install), at least one agent succeeded, and every other one
+/// exited with the one-line "in use by another meshlane agent" error
+/// (before the lock, one agent's rollback could delete the others' pins).
+#[test]
+fn concurrent_agents_leave_exactly_one_full_install() {
+    let node = node_without_install();
+    let root = node.layout.root().to_path_buf();
+    let cg = node.cgroup.path().to_string_lossy().into_owned();
+    cli_ok(&root, &["agent", "--once", "--cgroup", &cg]);
+    let reference = pins_under(&root);
+    cli_ok(&root, &["uninstall"]);
+    for round in 0..20 {
+        let agents: Vec<std::process::Child> = (0..3)
+            .map(|_| {
+                std::process::Command::new(BIN)
+                    .arg("--pin-root")
+                    .arg(&root)
+                    .args(["agent", "--once", "--cgroup", &cg])
+                    .env("RUST_LOG", "warn")
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .expect("starting an agent")
+            })
+            .collect();
+        let mut installed = 0;
+        for a in agents {
+            let out = a.wait_with_output().expect("agent exit");
+            if out.status.success() {
+                installed += 1;
+                continue;
+            }
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                err.lines().count() == 1 && err.contains("in use by another meshlane agent"),
+                "round {round}: an agent failed otherwise: {err}"
+            );
+        }
+        assert!(installed >= 1, "round {round}: no agent installed");
+        assert_eq!(
+            pins_under(&root),
+            reference,
+            "round {round}: not one full install"
+        );
+        cli_ok(&root, &["uninstall"]);
+    }
+}
