@@ -291,18 +291,36 @@ fn data_path_needs_no_running_agent_and_sigterm_keeps_it() {
     new_connection_is_spliced(&root, &client, srv_addr, 22);
 }
 
-/// Three agents started at once on a fresh pin root, 20 times: each time
-/// the pin root ends holding exactly a full install (the pins of a
-/// reference install), at least one agent succeeded, and every other one
-/// exited with the one-line "in use by another meshlane agent" error
-/// (before the lock, one agent's rollback could delete the others' pins).
+/// One agent per pin root. While an agent runs, a second one exits with
+/// one line naming the pin root and changes nothing. Then three agents
+/// started at once on a fresh pin root, 20 times: each time the pin root
+/// ends holding exactly a full install (the pins of a reference install),
+/// at least one agent succeeded, and any other exited with that line
+/// (before the lock, one agent's rollback could delete the others' pins;
+/// here the agents' start-up probes usually serialize them anyway).
 #[test]
 fn concurrent_agents_leave_exactly_one_full_install() {
     let node = node_without_install();
     let root = node.layout.root().to_path_buf();
     let cg = node.cgroup.path().to_string_lossy().into_owned();
-    cli_ok(&root, &["agent", "--once", "--cgroup", &cg]);
+    let mut running = AgentProcess::start(&root, node.cgroup.path()).expect("agent starts");
     let reference = pins_under(&root);
+    let out = cli(&root, &["agent", "--once", "--cgroup", &cg]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.lines().count() == 1
+            && err.contains("in use by another meshlane agent")
+            && err.contains(&*root.to_string_lossy()),
+        "a second agent on a held pin root: {} {err}",
+        out.status
+    );
+    assert_eq!(
+        pins_under(&root),
+        reference,
+        "the second agent changed pins"
+    );
+    running.kill9();
     cli_ok(&root, &["uninstall"]);
     for round in 0..20 {
         let agents: Vec<std::process::Child> = (0..3)
