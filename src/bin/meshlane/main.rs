@@ -131,15 +131,24 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Status => {
             require_root()?;
             let s = status::collect(&layout)?;
-            let facts = loader::kernel_facts().context("probing how sockhash sockets behave")?;
-            let plan = integrity::installed(&facts, layout.link("ml_splice_verdict").exists());
-            let integrity = integrity::Report::new(&facts, &plan);
+            // Status of a running install must not fail because a probe
+            // could not run: it then says so instead of the findings.
+            let integrity = loader::kernel_facts().map(|facts| {
+                let plan = integrity::installed(&facts, layout.link("ml_splice_verdict").exists());
+                integrity::Report::new(&facts, &plan)
+            });
             if cli.json {
                 let mut v = serde_json::to_value(&s)?;
-                v["integrity"] = serde_json::to_value(&integrity)?;
+                v["integrity"] = match &integrity {
+                    Ok(r) => serde_json::to_value(r)?,
+                    Err(e) => serde_json::json!({ "error": e.to_string() }),
+                };
                 print_json(&v)?;
             } else {
-                print!("{s}{integrity}");
+                match &integrity {
+                    Ok(r) => print!("{s}{r}"),
+                    Err(e) => print!("{s}byte integrity: kernel probes could not run: {e}\n"),
+                }
             }
         }
         Cmd::Pod(p) => {
