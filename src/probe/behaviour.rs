@@ -104,8 +104,9 @@ fn lo_ifreq() -> libc::ifreq {
     req
 }
 
-/// Sets IFF_UP on the current netns's `lo` (SIOCGIFFLAGS, SIOCSIFFLAGS).
-fn loopback_up() -> io::Result<()> {
+/// The current netns's `lo` flags (SIOCGIFFLAGS), with a socket to set
+/// them through.
+fn loopback_flags() -> io::Result<(OwnedFd, libc::ifreq)> {
     let sock = socket(
         AddressFamily::Inet,
         SockType::Datagram,
@@ -117,6 +118,12 @@ fn loopback_up() -> io::Result<()> {
     if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } != 0 {
         return Err(io::Error::last_os_error());
     }
+    Ok((sock, req))
+}
+
+/// Sets IFF_UP on the current netns's `lo` (SIOCGIFFLAGS, SIOCSIFFLAGS).
+fn loopback_up() -> io::Result<()> {
+    let (sock, mut req) = loopback_flags()?;
     // SAFETY: SIOCGIFFLAGS succeeded, so the union holds ifru_flags.
     let flags = unsafe { req.ifr_ifru.ifru_flags };
     req.ifr_ifru.ifru_flags = flags | libc::IFF_UP as libc::c_short;
@@ -709,18 +716,7 @@ mod tests {
         let before = netns_inode();
         let host_ts = std::fs::read_to_string(TCP_TIMESTAMPS).expect("read sysctl");
         let (inner, ts, lo_flags) = in_scratch_netns(|| {
-            let sock = socket(
-                AddressFamily::Inet,
-                SockType::Datagram,
-                SockFlag::SOCK_CLOEXEC,
-                None,
-            )?;
-            let mut req = lo_ifreq();
-            // SAFETY: SIOCGIFFLAGS fills the ifreq we pass.
-            assert_eq!(
-                unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) },
-                0
-            );
+            let (_sock, req) = loopback_flags()?;
             // SAFETY: SIOCGIFFLAGS succeeded: the union holds the flags.
             let flags = unsafe { req.ifr_ifru.ifru_flags };
             Ok((
