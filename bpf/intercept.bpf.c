@@ -19,39 +19,28 @@
  *   ml_getsockname6    the proxy sees the original destination as the local
  *                      address of a redirected AF_INET6 socket (HAProxy).
  *   ml_sendmsg4/6, ml_recvmsg4/6  DNS capture for unconnected UDP.
- *   ml_sock_release    forgets a closed socket's original destination.
- *   ml_inbound_lookup  (sk_lookup, one link per pod netns) assigns inbound
- *                      TCP to the pod's IP to the proxy's inbound listener.
  *
- * Maps: writes ml_orig_by_cookie (connect, sendmsg; sockops and
- * sock_release delete), ml_orig_by_tuple (sockops, sk_lookup; sockops deletes at close)
- * and ml_listeners (sockops); reads ml_pods and ml_pod_ips (written by
+ * The inbound side is inbound.bpf.c (one sk_lookup program per pod netns).
+ *
+ * Maps (see intercept.h): writes ml_app_orig (connect, sendmsg),
+ * ml_orig_pending and ml_proxy_orig (sockops; deletes ml_orig_pending) and
+ * ml_listeners (sockops); reads ml_pods and ml_pod_ips (written by
  * `meshlane pod add/rm`), ml_counters is bumped everywhere.
  *
  * Decisions follow Istio's istio-iptables rule order, rule by rule (see
  * outbound_verdict() and inbound_exempt_port()); tests/intercept_conformance.rs
  * runs each golden in fixtures/istio/iptables against these programs.
  */
-#include "maps.h"
+#include "intercept.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
-#define SOCK_STREAM 1
-#define SOCK_DGRAM 2
-#define IPPROTO_TCP 6
 #define SOL_IP 0
 #define SOL_IPV6 41
 #define SO_ORIGINAL_DST 80
 #define IP6T_SO_ORIGINAL_DST 80
 #define PAGE_SIZE 4096
 
-#define ISTIO_TUNNEL_PORT 15008
-#define ISTIO_STATUS_PORT 15020
-#define ISTIO_HEALTH_PORT 15021
-#define ISTIO_STATS_PORT 15090
-#define DNS_PORT 53
-/* lo is always ifindex 1 in every network namespace. */
-#define LOOPBACK_IFINDEX 1
 
 struct ml_sockaddr_in {
 	__u16 family;
@@ -99,22 +88,6 @@ static __always_inline int cidr_listed(const struct ml_cidr_list *l,
 	return 0;
 }
 
-static __always_inline int is_v4_mapped(const struct ml_addr *a)
-{
-	return a->a[0] == 0 && a->a[1] == 0 && a->a[2] == bpf_htonl(0x0000ffff);
-}
-
-/* Would the packet leave through lo: loopback or one of the pod's IPs. */
-static __always_inline int is_local_dst(__u64 netns, const struct ml_addr *a)
-{
-	__u64 *owner;
-
-	if (ml_addr_is_loopback(a))
-		return 1;
-	owner = bpf_map_lookup_elem(&ml_pod_ips, a);
-	return owner && *owner == netns;
-}
-
 /* 0.0.0.0 (v4-mapped) or :: */
 static __always_inline int is_unspecified(const struct ml_addr *a)
 {
@@ -125,29 +98,10 @@ static __always_inline int is_unspecified(const struct ml_addr *a)
 static __always_inline int is_localhost_exact(const struct ml_addr *a)
 {
 	/* 127.0.0.1 or ::1: Istio's "-d 127.0.0.1/32 -j RETURN" */
-	if (is_v4_mapped(a))
+	if (ml_is_v4_mapped(a))
 		return a->a[3] == bpf_htonl(0x7f000001);
 	return a->a[0] == 0 && a->a[1] == 0 && a->a[2] == 0 &&
 	       a->a[3] == bpf_htonl(1);
-}
-
-static __always_inline int is_proxy(const struct ml_pod *pod)
-{
-	__u64 ug = bpf_get_current_uid_gid();
-
-	return (__u32)ug == pod->proxy_uid || (__u32)(ug >> 32) == pod->proxy_gid;
-}
-
-/* The pod an interception hook acts for, or NULL: meshed, interception on,
- * and no istio-init rules already doing it. */
-static __always_inline struct ml_pod *intercepted_pod(__u64 netns)
-{
-	struct ml_pod *pod = bpf_map_lookup_elem(&ml_pods, &netns);
-
-	if (!pod || !(pod->flags & ML_POD_INTERCEPT) ||
-	    (pod->flags & ML_POD_IPTABLES))
-		return 0;
-	return pod;
 }
 
 enum verdict { PASS_THROUGH = 0, TO_PROXY = 1, TO_DNS = 2, TO_INBOUND = 3 };
@@ -165,34 +119,25 @@ static __always_inline int includes_loopback(const struct ml_pod *pod)
 	return 0;
 }
 
-static __always_inline int is_inbound_passthrough_src(const struct ml_addr *a)
-{
-	/* 127.0.0.6 (Envoy's InboundPassthroughBindIpv4) or ::6 */
-	if (is_v4_mapped(a))
-		return a->a[3] == bpf_htonl(0x7f000006);
-	return a->a[0] == 0 && a->a[1] == 0 && a->a[2] == 0 &&
-	       a->a[3] == bpf_htonl(6);
-}
-
 /* Istio's ISTIO_OUTPUT (+ ISTIO_OUTPUT_DNS) chain for one TCP (or UDP,
  * @tcp = 0) destination, rule by rule in the order istio-iptables writes
  * them (see the goldens in fixtures/istio/iptables). */
 static __always_inline int outbound_verdict(__u64 netns, struct ml_pod *pod,
 					    const struct ml_addr *dst,
 					    __u16 port, const struct ml_addr *src,
-					    int tcp)
+					    int tcp, int proxy)
 {
 	int dns = (pod->flags & ML_POD_DNS_CAPTURE) && port == DNS_PORT;
-	int local = is_local_dst(netns, dst);
+	int local = ml_is_pod_local(netns, dst);
 
 	/* -p tcp/udp --dport 15020 -j RETURN, then excludeOutboundPorts */
 	if (port == ISTIO_STATUS_PORT ||
 	    ml_port_listed(&pod->exclude_outbound_ports, port))
 		return PASS_THROUGH;
 	/* -o lo -s 127.0.0.6/32 -j RETURN */
-	if (local && is_inbound_passthrough_src(src))
+	if (local && ml_is_inbound_passthrough_src(src))
 		return PASS_THROUGH;
-	if (is_proxy(pod)) {
+	if (proxy) {
 		/* -o lo ! -d 127.0.0.1/32 -p tcp ! --dport 15008 (,53)
 		 *  -m owner --uid-owner proxy -j ISTIO_IN_REDIRECT:
 		 * the proxy calling its own pod goes through the inbound side. */
@@ -227,56 +172,67 @@ static __always_inline int outbound_verdict(__u64 netns, struct ml_pod *pod,
 	return PASS_THROUGH;
 }
 
-static __always_inline void remember(struct bpf_sock_addr *ctx, __u64 netns,
-				     const struct ml_addr *dst, __u16 port,
-				     __u32 flags)
+/* Keeps the destination the app asked for on its socket; 0 on success. */
+static __always_inline int remember(struct bpf_sock_addr *ctx, __u64 netns,
+				    const struct ml_addr *dst, __u16 port,
+				    __u32 flags)
 {
-	struct ml_orig_dst o = {};
-	__u64 cookie = bpf_get_socket_cookie(ctx);
+	struct ml_orig_dst *o;
 
-	o.addr = *dst;
-	o.port = port;
-	o.flags = flags;
-	o.netns = netns;
-	if (bpf_map_update_elem(&ml_orig_by_cookie, &cookie, &o, BPF_ANY))
-		ml_count(ML_CNT_STATE_FULL, 1);
+	if (!ctx->sk)
+		return -1;
+	o = bpf_sk_storage_get(&ml_app_orig, ctx->sk, 0,
+			       BPF_SK_STORAGE_GET_F_CREATE);
+	if (!o)
+		return -1;
+	o->addr = *dst;
+	o->port = port;
+	o->flags = flags;
+	o->netns = netns;
+	return 0;
 }
 
+#define REFUSE (-1)
+
 /* Common body of connect4/connect6 and sendmsg4/6: decide, remember, and
- * return the new port (host order, 0 = leave alone). */
-static __always_inline __u16 redirect_port(struct bpf_sock_addr *ctx,
-					   const struct ml_addr *dst,
-					   const struct ml_addr *src,
-					   int remember_it)
+ * return the new port (host order), 0 to leave the call alone, or REFUSE
+ * when the destination could not be kept (the call fails with EPERM
+ * instead of reaching the proxy with no destination, or going around it). */
+static __always_inline int redirect_port(struct bpf_sock_addr *ctx,
+					 const struct ml_addr *dst,
+					 const struct ml_addr *src)
 {
 	__u64 netns = bpf_get_netns_cookie(ctx);
-	struct ml_pod *pod = intercepted_pod(netns);
+	struct ml_pod *pod = ml_intercepted_pod(netns);
 	__u16 port = bpf_ntohs((__u16)ctx->user_port);
 	int tcp = ctx->type == SOCK_STREAM;
-	int v;
+	int proxy, v;
 
 	if (!pod || (ctx->type != SOCK_STREAM && ctx->type != SOCK_DGRAM))
 		return 0;
+	proxy = ml_sock_is_proxy(pod, ctx->sk);
 	/* 0.0.0.0 and [::] mean this host: the kernel sends them over lo to
 	 * 127.0.0.1 / ::1, which is what netfilter (and so Istio's rules)
 	 * sees; decide on that address. */
 	if (is_unspecified(dst)) {
 		struct ml_addr local = *dst;
 
-		local.a[3] = is_v4_mapped(dst) ? bpf_htonl(0x7f000001) : bpf_htonl(1);
-		v = outbound_verdict(netns, pod, &local, port, src, tcp);
+		local.a[3] = ml_is_v4_mapped(dst) ? bpf_htonl(0x7f000001) : bpf_htonl(1);
+		v = outbound_verdict(netns, pod, &local, port, src, tcp, proxy);
 	} else {
-		v = outbound_verdict(netns, pod, dst, port, src, tcp);
+		v = outbound_verdict(netns, pod, dst, port, src, tcp, proxy);
 	}
 	if (v == PASS_THROUGH) {
 		if (tcp)
 			ml_count(ML_CNT_CONNECT_EXEMPT, 1);
 		return 0;
 	}
-	if (remember_it)
-		remember(ctx, netns, dst, port,
-			 (v == TO_DNS ? ML_ORIG_DNS : ML_ORIG_REDIRECTED) |
-				 (ctx->family == AF_INET6 ? ML_ORIG_IPV6 : 0));
+	if (remember(ctx, netns, dst, port,
+		     (v == TO_DNS ? ML_ORIG_DNS : ML_ORIG_REDIRECTED) |
+			     (ctx->family == AF_INET6 ? ML_ORIG_IPV6 : 0))) {
+		ml_count(ML_CNT_STATE_FULL, 1);
+		return REFUSE;
+	}
 	if (v == TO_DNS) {
 		ml_count(ML_CNT_DNS_REDIRECTED, 1);
 		return pod->dns_port;
@@ -319,14 +275,17 @@ static __always_inline void sock_src(struct bpf_sock_addr *ctx,
 	sock_addrs(sk, src, 0);
 }
 
-static __always_inline int do_addr4(struct bpf_sock_addr *ctx, int remember_it)
+/* Returns the hook's verdict: 1 = go on, 0 = the call fails (EPERM). */
+static __always_inline int do_addr4(struct bpf_sock_addr *ctx)
 {
 	struct ml_addr dst, src;
-	__u16 to;
+	int to;
 
 	ml_addr_from_v4(&dst, ctx->user_ip4);
 	sock_src(ctx, &src);
-	to = redirect_port(ctx, &dst, &src, remember_it);
+	to = redirect_port(ctx, &dst, &src);
+	if (to == REFUSE)
+		return 0;
 	if (to) {
 		ctx->user_ip4 = bpf_htonl(0x7f000001);
 		ctx->user_port = bpf_htons(to);
@@ -334,19 +293,21 @@ static __always_inline int do_addr4(struct bpf_sock_addr *ctx, int remember_it)
 	return 1;
 }
 
-static __always_inline int do_addr6(struct bpf_sock_addr *ctx, int remember_it)
+static __always_inline int do_addr6(struct bpf_sock_addr *ctx)
 {
 	struct ml_addr dst, src;
-	__u16 to;
+	int to;
 
 	dst.a[0] = ctx->user_ip6[0];
 	dst.a[1] = ctx->user_ip6[1];
 	dst.a[2] = ctx->user_ip6[2];
 	dst.a[3] = ctx->user_ip6[3];
 	sock_src(ctx, &src);
-	to = redirect_port(ctx, &dst, &src, remember_it);
+	to = redirect_port(ctx, &dst, &src);
+	if (to == REFUSE)
+		return 0;
 	if (to) {
-		if (is_v4_mapped(&dst)) {
+		if (ml_is_v4_mapped(&dst)) {
 			ctx->user_ip6[3] = bpf_htonl(0x7f000001);
 		} else {
 			ctx->user_ip6[0] = 0;
@@ -362,13 +323,13 @@ static __always_inline int do_addr6(struct bpf_sock_addr *ctx, int remember_it)
 SEC("cgroup/connect4")
 int ml_connect4(struct bpf_sock_addr *ctx)
 {
-	return do_addr4(ctx, 1);
+	return do_addr4(ctx);
 }
 
 SEC("cgroup/connect6")
 int ml_connect6(struct bpf_sock_addr *ctx)
 {
-	return do_addr6(ctx, 1);
+	return do_addr6(ctx);
 }
 
 /* Unconnected UDP (sendto): only DNS is captured; remember the server so
@@ -378,7 +339,7 @@ int ml_sendmsg4(struct bpf_sock_addr *ctx)
 {
 	if (ctx->type != SOCK_DGRAM)
 		return 1;
-	return do_addr4(ctx, 1);
+	return do_addr4(ctx);
 }
 
 SEC("cgroup/sendmsg6")
@@ -386,23 +347,25 @@ int ml_sendmsg6(struct bpf_sock_addr *ctx)
 {
 	if (ctx->type != SOCK_DGRAM)
 		return 1;
-	return do_addr6(ctx, 1);
+	return do_addr6(ctx);
 }
 
 /* Restores the address the app asked for, for a socket we redirected.
  * Used by getpeername (TCP) and recvmsg (UDP DNS replies). */
 static __always_inline void restore_peer(struct bpf_sock_addr *ctx, int v6)
 {
-	__u64 cookie = bpf_get_socket_cookie(ctx);
-	struct ml_orig_dst *o = bpf_map_lookup_elem(&ml_orig_by_cookie, &cookie);
+	struct ml_orig_dst *o;
 
+	if (!ctx->sk)
+		return;
+	o = bpf_sk_storage_get(&ml_app_orig, ctx->sk, 0, 0);
 	if (!o)
 		return;
 	/* Only the socket's own pod ever sees its original destination. */
 	if (o->netns != bpf_get_netns_cookie(ctx))
 		return;
 	if (!v6) {
-		if (!is_v4_mapped(&o->addr))
+		if (!ml_is_v4_mapped(&o->addr))
 			return;
 		ctx->user_ip4 = o->addr.a[3];
 	} else {
@@ -465,30 +428,45 @@ int ml_getpeername6(struct bpf_sock_addr *ctx)
 	return 1;
 }
 
-/* The original destination of the connection behind @sk when @sk is a
- * TCP socket of the pod's own proxy (uid/gid) and the entry belongs to
- * that pod; NULL otherwise. Shared by getsockopt and getsockname6.
- * Reads ml_orig_by_tuple (written by sockops and sk_lookup). */
-static __always_inline struct ml_orig_dst *proxy_orig_dst(struct bpf_sock *sk,
-							   __u64 netns)
+/* @sk's key as the sockops key of its own side (netns, local, remote). */
+static __always_inline void sock_key(struct bpf_sock *sk, __u64 netns,
+				     struct ml_sock_key *k)
 {
-	struct ml_sock_key k = {};
+	__builtin_memset(k, 0, sizeof(*k));
+	k->netns = netns;
+	sock_addrs(sk, &k->local, &k->remote);
+	k->local_port = (__u16)ML_RD(sk->src_port);
+	k->remote_port = bpf_ntohs((__u16)ML_RD(sk->dst_port));
+}
+
+/* The original destination of the connection behind @sk, into @out, when
+ * the caller is the pod's own proxy and @sk a TCP socket: socket storage (redirected
+ * outbound or steered inbound), or for a redirected socket asked before
+ * its sockops callback ran, ml_orig_pending. 0 otherwise. Shared by
+ * getsockopt and getsockname6. */
+static __always_inline int proxy_orig_dst(struct bpf_sock *sk, __u64 netns,
+					  struct ml_orig_dst *out)
+{
+	struct ml_sock_key k;
 	struct ml_orig_dst *o;
 	struct ml_pod *pod;
 
 	if (!sk || ML_RD(sk->protocol) != IPPROTO_TCP)
 		return 0;
-	pod = intercepted_pod(netns);
-	if (!pod || !is_proxy(pod))
+	pod = ml_intercepted_pod(netns);
+	if (!pod || !ml_caller_is_proxy(pod))
 		return 0;
-	k.netns = netns;
-	sock_addrs(sk, &k.local, &k.remote);
-	k.local_port = (__u16)ML_RD(sk->src_port);
-	k.remote_port = bpf_ntohs((__u16)ML_RD(sk->dst_port));
-	o = bpf_map_lookup_elem(&ml_orig_by_tuple, &k);
-	if (!o || o->netns != netns)
+	o = bpf_sk_storage_get(&ml_proxy_orig, sk, 0, 0);
+	if (!o) {
+		sock_key(sk, netns, &k);
+		o = bpf_map_lookup_elem(&ml_orig_pending, &k);
+		if (!o)
+			return 0;
+	}
+	if (o->netns != netns)
 		return 0;
-	return o;
+	*out = *o;
+	return 1;
 }
 
 /* For proxies that read the original destination with getsockname on
@@ -497,31 +475,20 @@ static __always_inline struct ml_orig_dst *proxy_orig_dst(struct bpf_sock *sk,
  * forwarded to the proxy itself): the pod's proxy, and nobody else, sees
  * the original destination as the local address of a redirected socket.
  * Steered inbound sockets need nothing: their local address already is
- * the original destination. Reads ml_orig_by_tuple (written by sockops). */
+ * the original destination. */
 SEC("cgroup/getsockname6")
 int ml_getsockname6(struct bpf_sock_addr *ctx)
 {
-	struct ml_orig_dst *o = proxy_orig_dst(ctx->sk, bpf_get_netns_cookie(ctx));
+	struct ml_orig_dst o;
 
-	if (!o || !(o->flags & ML_ORIG_REDIRECTED))
+	if (!proxy_orig_dst(ctx->sk, bpf_get_netns_cookie(ctx), &o) ||
+	    !(o.flags & ML_ORIG_REDIRECTED))
 		return 1;
-	ctx->user_ip6[0] = o->addr.a[0];
-	ctx->user_ip6[1] = o->addr.a[1];
-	ctx->user_ip6[2] = o->addr.a[2];
-	ctx->user_ip6[3] = o->addr.a[3];
-	ctx->user_port = bpf_htons(o->port);
-	return 1;
-}
-
-/* Any socket of the cgroup going away: forget its original destination.
- * Covers what the TCP close callback cannot see (UDP DNS sockets, connects
- * that never established). Deletes from ml_orig_by_cookie. */
-SEC("cgroup/sock_release")
-int ml_sock_release(struct bpf_sock *sk)
-{
-	__u64 cookie = bpf_get_socket_cookie(sk);
-
-	bpf_map_delete_elem(&ml_orig_by_cookie, &cookie);
+	ctx->user_ip6[0] = o.addr.a[0];
+	ctx->user_ip6[1] = o.addr.a[1];
+	ctx->user_ip6[2] = o.addr.a[2];
+	ctx->user_ip6[3] = o.addr.a[3];
+	ctx->user_port = bpf_htons(o.port);
 	return 1;
 }
 
@@ -548,24 +515,88 @@ static __always_inline void want_close_cb(struct bpf_sock_ops *skops)
 						 BPF_SOCK_OPS_STATE_CB_FLAG);
 }
 
-/* Inbound listener key: the port, and whether the socket is IPv6. */
-static __always_inline void listener_key(__u64 netns, __u16 port, int v6,
-					 struct ml_endpoint *e)
+/* A redirected app socket is established: its connection waits in
+ * ml_orig_pending, keyed as the proxy's accepted socket will see it (our
+ * mirror in our netns), until that socket exists. */
+static __always_inline void app_established(struct bpf_sock_ops *skops)
 {
-	__builtin_memset(e, 0, sizeof(*e));
-	e->netns = netns;
-	e->addr.a[0] = v6;
-	e->port = port;
+	struct bpf_sock *sk = skops->sk;
+	struct ml_orig_dst *o;
+	struct ml_sock_key k;
+
+	if (!sk)
+		return;
+	o = bpf_sk_storage_get(&ml_app_orig, sk, 0, 0);
+	if (!o || !(o->flags & ML_ORIG_REDIRECTED))
+		return;
+	tuple_key_from_ops(skops, bpf_get_netns_cookie(skops), 1, &k);
+	if (bpf_map_update_elem(&ml_orig_pending, &k, o, BPF_ANY)) {
+		ml_count(ML_CNT_STATE_FULL, 1);
+		return;
+	}
+	want_close_cb(skops);
+}
+
+/* An accepted socket whose connection came from outside the pod to a
+ * port the pod's steering covers: sk_lookup gave it to the proxy (nothing
+ * else listens there for it). SO_ORIGINAL_DST answers its own local
+ * address, as conntrack does for a connection nothing rewrote. */
+static __always_inline int steered(struct bpf_sock_ops *skops, __u64 netns,
+				   const struct ml_sock_key *k)
+{
+	struct ml_pod *pod = ml_intercepted_pod(netns);
+
+	return pod && !ml_addr_is_loopback(&k->local) &&
+	       !ml_inbound_exempt_port(pod, k->local_port) &&
+	       !ml_is_inbound_passthrough_src(&k->remote) &&
+	       !ml_addr_eq(&k->remote, &k->local) &&
+	       !ml_is_pod_local(netns, &k->remote);
+}
+
+/* A passive socket is established: the proxy's end of a redirected
+ * connection takes its original destination from ml_orig_pending; the
+ * proxy's end of a steered one gets its local address. */
+static __always_inline void passive_established(struct bpf_sock_ops *skops)
+{
+	__u64 netns = bpf_get_netns_cookie(skops);
+	struct ml_orig_dst *o, *kept, s = {};
+	struct bpf_sock *sk = skops->sk;
+	struct ml_sock_key k;
+
+	if (!sk)
+		return;
+	tuple_key_from_ops(skops, netns, 0, &k);
+	o = bpf_map_lookup_elem(&ml_orig_pending, &k);
+	if (!o) {
+		if (!steered(skops, netns, &k))
+			return;
+		s.addr = k.local;
+		s.port = k.local_port;
+		s.flags = ML_ORIG_STEERED |
+			  (skops->family == AF_INET6 ? ML_ORIG_IPV6 : 0);
+		s.netns = netns;
+		o = &s;
+	}
+	kept = bpf_sk_storage_get(&ml_proxy_orig, sk, 0,
+				  BPF_SK_STORAGE_GET_F_CREATE);
+	if (!kept) {
+		/* A pending entry stays: getsockopt still finds it there, and
+		 * the app socket's close deletes it. */
+		ml_count(ML_CNT_STATE_FULL, 1);
+		return;
+	}
+	*kept = *o;
+	if (o != &s)
+		bpf_map_delete_elem(&ml_orig_pending, &k);
 }
 
 SEC("sockops")
 int ml_intercept_sockops(struct bpf_sock_ops *skops)
 {
 	struct ml_sock_key k;
-	struct ml_orig_dst *o;
 	struct ml_endpoint e;
 	struct ml_pod *pod;
-	__u64 netns, cookie;
+	__u64 netns;
 
 	if (skops->family != AF_INET && skops->family != AF_INET6)
 		return 1;
@@ -576,40 +607,23 @@ int ml_intercept_sockops(struct bpf_sock_ops *skops)
 		pod = bpf_map_lookup_elem(&ml_pods, &netns);
 		if (!pod || (__u16)skops->local_port != pod->inbound_port)
 			return 1;
-		listener_key(netns, pod->inbound_port,
-			     skops->family == AF_INET6, &e);
+		ml_listener_key(netns, pod->inbound_port,
+				skops->family == AF_INET6, &e);
 		if (!bpf_sock_hash_update(skops, &ml_listeners, &e, BPF_ANY))
 			ml_count(ML_CNT_LISTENER_REGISTERED, 1);
 		break;
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
-		cookie = bpf_get_socket_cookie(skops);
-		o = bpf_map_lookup_elem(&ml_orig_by_cookie, &cookie);
-		if (!o)
-			return 1;
-		netns = bpf_get_netns_cookie(skops);
-		/* The proxy's accepted socket is our mirror in our netns. */
-		tuple_key_from_ops(skops, netns, 1, &k);
-		if (bpf_map_update_elem(&ml_orig_by_tuple, &k, o, BPF_ANY))
-			ml_count(ML_CNT_STATE_FULL, 1);
-		want_close_cb(skops);
+		app_established(skops);
 		break;
 	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
-		/* A steered inbound socket: have its entry removed at close. */
-		netns = bpf_get_netns_cookie(skops);
-		tuple_key_from_ops(skops, netns, 0, &k);
-		if (bpf_map_lookup_elem(&ml_orig_by_tuple, &k))
-			want_close_cb(skops);
+		passive_established(skops);
 		break;
 	case BPF_SOCK_OPS_STATE_CB:
+		/* A redirected app socket closing before the proxy accepted. */
 		if (skops->args[1] != BPF_TCP_CLOSE)
 			return 1;
-		netns = bpf_get_netns_cookie(skops);
-		cookie = bpf_get_socket_cookie(skops);
-		bpf_map_delete_elem(&ml_orig_by_cookie, &cookie);
-		tuple_key_from_ops(skops, netns, 1, &k);
-		bpf_map_delete_elem(&ml_orig_by_tuple, &k);
-		tuple_key_from_ops(skops, netns, 0, &k);
-		bpf_map_delete_elem(&ml_orig_by_tuple, &k);
+		tuple_key_from_ops(skops, bpf_get_netns_cookie(skops), 1, &k);
+		bpf_map_delete_elem(&ml_orig_pending, &k);
 		break;
 	}
 	return 1;
@@ -618,7 +632,7 @@ int ml_intercept_sockops(struct bpf_sock_ops *skops)
 SEC("cgroup/getsockopt")
 int ml_getsockopt(struct bpf_sockopt *ctx)
 {
-	struct ml_orig_dst *o;
+	struct ml_orig_dst o;
 	int v6;
 
 	/* Fast exit for everything that is not ours; optlen untouched except
@@ -630,21 +644,20 @@ int ml_getsockopt(struct bpf_sockopt *ctx)
 		return 1;
 	}
 	/* Only the pod's own proxy may read original destinations. */
-	o = proxy_orig_dst(ctx->sk, bpf_get_netns_cookie(ctx));
-	if (!o)
+	if (!proxy_orig_dst(ctx->sk, bpf_get_netns_cookie(ctx), &o))
 		return 1;
 
 	v6 = ctx->level == SOL_IPV6;
 	if (!v6) {
 		struct ml_sockaddr_in *sin = ctx->optval;
 
-		if (!is_v4_mapped(&o->addr))
+		if (!ml_is_v4_mapped(&o.addr))
 			return 1;
 		if ((void *)(sin + 1) > ctx->optval_end)
 			return 1;
 		sin->family = AF_INET;
-		sin->port = bpf_htons(o->port);
-		sin->addr = o->addr.a[3];
+		sin->port = bpf_htons(o.port);
+		sin->addr = o.addr.a[3];
 		__builtin_memset(sin->zero, 0, sizeof(sin->zero));
 		ctx->optlen = sizeof(*sin);
 	} else {
@@ -653,102 +666,16 @@ int ml_getsockopt(struct bpf_sockopt *ctx)
 		if ((void *)(sin6 + 1) > ctx->optval_end)
 			return 1;
 		sin6->family = AF_INET6;
-		sin6->port = bpf_htons(o->port);
+		sin6->port = bpf_htons(o.port);
 		sin6->flowinfo = 0;
-		sin6->addr[0] = o->addr.a[0];
-		sin6->addr[1] = o->addr.a[1];
-		sin6->addr[2] = o->addr.a[2];
-		sin6->addr[3] = o->addr.a[3];
+		sin6->addr[0] = o.addr.a[0];
+		sin6->addr[1] = o.addr.a[1];
+		sin6->addr[2] = o.addr.a[2];
+		sin6->addr[3] = o.addr.a[3];
 		sin6->scope_id = 0;
 		ctx->optlen = sizeof(*sin6);
 	}
 	ctx->retval = 0;
 	ml_count(ML_CNT_ORIG_DST_ANSWERED, 1);
 	return 1;
-}
-
-/* Ports Istio never intercepts inbound. */
-static __always_inline int inbound_exempt_port(const struct ml_pod *pod,
-					       __u16 port)
-{
-	if (port == ISTIO_TUNNEL_PORT || port == ISTIO_STATUS_PORT ||
-	    port == ISTIO_HEALTH_PORT || port == ISTIO_STATS_PORT ||
-	    port == pod->inbound_port || port == pod->outbound_port)
-		return 1;
-	if (ml_port_listed(&pod->exclude_inbound_ports, port))
-		return 1;
-	if (pod->flags & ML_POD_INBOUND_ALL)
-		return 0;
-	return !ml_port_listed(&pod->include_inbound_ports, port);
-}
-
-SEC("sk_lookup")
-int ml_inbound_lookup(struct bpf_sk_lookup *ctx)
-{
-	struct ml_addr local, remote;
-	struct ml_orig_dst o = {};
-	struct ml_sock_key k = {};
-	struct ml_endpoint e;
-	struct bpf_sock *sk;
-	struct ml_pod *pod;
-	__u64 *netns;
-	__u16 port;
-	int v6, err;
-
-	if (ctx->protocol != IPPROTO_TCP)
-		return SK_PASS;
-	v6 = ML_RD(ctx->family) == AF_INET6;
-	ML_ADDRS_FROM_CTX(ctx, &local, &remote);
-	/* Only connections to a pod IP; the netns is the one owning it. */
-	netns = bpf_map_lookup_elem(&ml_pod_ips, &local);
-	if (!netns)
-		return SK_PASS;
-	pod = intercepted_pod(*netns);
-	if (!pod)
-		return SK_PASS;
-	port = (__u16)ctx->local_port;
-	if (inbound_exempt_port(pod, port))
-		return SK_PASS;
-	/* The pod's own connections (the proxy to the app from 127.0.0.6,
-	 * ::6 or the pod IP, or the app to itself) are never steered, like
-	 * the packets iptables' PREROUTING never sees. IPv4 marks them with
-	 * lo as the ingress device; IPv6 reports the device of the route
-	 * (eth0 for the pod IP), hence the address checks too. */
-	if (ML_RD(ctx->ingress_ifindex) == LOOPBACK_IFINDEX ||
-	    is_local_dst(*netns, &remote) ||
-	    is_inbound_passthrough_src(&remote))
-		return SK_PASS;
-
-	listener_key(*netns, pod->inbound_port, v6, &e);
-	sk = bpf_map_lookup_elem(&ml_listeners, &e);
-	if (!sk && !v6) {
-		/* A dual-stack [::] listener takes IPv4 too. */
-		listener_key(*netns, pod->inbound_port, 1, &e);
-		sk = bpf_map_lookup_elem(&ml_listeners, &e);
-	}
-	if (!sk) {
-		/* As with iptables: nobody on the inbound port -> refused.
-		 * Never let the connection reach the app around its proxy. */
-		ml_count(ML_CNT_INBOUND_NO_LISTENER, 1);
-		return SK_DROP;
-	}
-	err = bpf_sk_assign(ctx, sk, 0);
-	bpf_sk_release(sk);
-	if (err) {
-		ml_count(ML_CNT_INBOUND_NO_LISTENER, 1);
-		return SK_DROP;
-	}
-	k.netns = *netns;
-	k.local = local;
-	k.remote = remote;
-	k.local_port = port;
-	k.remote_port = bpf_ntohs(ctx->remote_port);
-	o.addr = local;
-	o.port = port;
-	o.flags = ML_ORIG_STEERED | (v6 ? ML_ORIG_IPV6 : 0);
-	o.netns = *netns;
-	if (bpf_map_update_elem(&ml_orig_by_tuple, &k, &o, BPF_ANY))
-		ml_count(ML_CNT_STATE_FULL, 1);
-	ml_count(ML_CNT_INBOUND_STEERED, 1);
-	return SK_PASS;
 }

@@ -133,27 +133,6 @@ struct {
 	__type(value, __u64);
 } ml_listeners SEC(".maps");
 
-/* Original destination by socket cookie, from connect time until the
- * socket has a 4-tuple. Writer: connect4/6. Readers: sockops (moves it to
- * ml_orig_by_tuple), getpeername4/6, recvmsg (DNS). */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
-	__type(key, __u64);
-	__type(value, struct ml_orig_dst);
-} ml_orig_by_cookie SEC(".maps");
-
-/* Original destination by the connection's key as the proxy sees it
- * (proxy netns, proxy local, app endpoint). Writer: sockops (active
- * established of a redirected app socket; deleted at close).
- * Reader: getsockopt (SO_ORIGINAL_DST for the proxy's accepted socket). */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
-	__type(key, struct ml_sock_key);
-	__type(value, struct ml_orig_dst);
-} ml_orig_by_tuple SEC(".maps");
-
 /* Read-only settings the loader writes before load (.rodata). */
 const volatile __u32 ml_layout_version = MESHLANE_LAYOUT_VERSION;
 /* Make the shared enums visible in BTF, and so to Rust's generated types. */

@@ -15,7 +15,7 @@
 
 #include <linux/types.h>
 
-#define MESHLANE_LAYOUT_VERSION 2
+#define MESHLANE_LAYOUT_VERSION 3
 
 /* Capacity of the per-pod lists. Bigger lists are refused by user space
  * with an error naming the pod and the list, never truncated. */
@@ -153,7 +153,9 @@ enum ml_counter {
 	ML_CNT_INBOUND_NO_LISTENER, /* steering wanted but no listener yet */
 	ML_CNT_DNS_REDIRECTED,
 	ML_CNT_LISTENER_REGISTERED, /* proxy inbound listener seen */
-	ML_CNT_STATE_FULL,          /* an LRU bookkeeping insert failed */
+	ML_CNT_STATE_FULL,          /* per-connection state could not be kept
+				     * (the connect fails, or the proxy gets
+				     * no original destination) */
 	ML_CNT_SPLICE_THROTTLED,    /* a direction handed to TCP: reader behind */
 	ML_CNT_SPLICE_RESUMED,      /* a throttled direction spliced again */
 	ML_CNT_SOCK_NOT_SPLICED,    /* a meshed socket kept out of ml_socks (app

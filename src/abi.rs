@@ -4,9 +4,10 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+pub use crate::skel::intercept::types::{ml_orig_dst, ml_orig_flag};
 pub use crate::skel::splice::types::{
-    ml_addr, ml_cidr, ml_cidr_list, ml_counter, ml_endpoint, ml_orig_dst, ml_orig_flag, ml_pod,
-    ml_pod_flag, ml_port_list, ml_preset, ml_sock_key,
+    ml_addr, ml_cidr, ml_cidr_list, ml_counter, ml_endpoint, ml_pod, ml_pod_flag, ml_port_list,
+    ml_preset, ml_sock_key,
 };
 
 /// Plain-old-data structs shared with BPF: safe to view as bytes.

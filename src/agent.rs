@@ -1,8 +1,9 @@
 //! The node agent: probe, install or adopt the data path, then watch it.
 //! It holds no BPF object after install (everything lives in pins), so
 //! killing it never touches traffic, and a restarted agent adopts the pins.
-//! While it runs it keeps kernel BPF run-time stats on, logs counters and
-//! serves Prometheus metrics.
+//! While it runs it keeps kernel BPF run-time stats on, logs counters,
+//! serves Prometheus metrics and sweeps away registrations whose pod netns
+//! is gone (every [`SWEEP_INTERVAL`]).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
@@ -30,6 +31,17 @@ pub enum AgentError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+}
+
+/// How often the agent looks for registrations whose netns is gone.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// One sweep of the pod registry; failures are logged, never fatal.
+fn sweep_pods(layout: &PinLayout) {
+    let result = crate::pods::Registry::open(layout).and_then(|r| crate::pods::sweep(&r));
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "pod sweep failed");
+    }
 }
 
 /// Options of the agent process beyond what it installs.
@@ -133,9 +145,16 @@ pub fn run(opts: AgentOptions) -> Result<(), AgentError> {
     }
     tracing::info!(pin_root = %report.pin_root.display(), cgroup = %report.cgroup.display(), "agent running");
     let mut waited = Duration::ZERO;
+    let mut since_sweep = Duration::ZERO;
+    sweep_pods(&layout);
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(200));
         waited += Duration::from_millis(200);
+        since_sweep += Duration::from_millis(200);
+        if since_sweep >= SWEEP_INTERVAL {
+            since_sweep = Duration::ZERO;
+            sweep_pods(&layout);
+        }
         if waited >= opts.log_interval {
             waited = Duration::ZERO;
             if !layout.maps_dir().exists() {

@@ -3,10 +3,11 @@
 //!
 //! ```text
 //! <root>/v<N>/maps/<map name>          every shared map
-//! <root>/v<N>/progs/<prog name>        programs attached later (sk_lookup)
 //! <root>/v<N>/links/<prog name>        node-wide attachments (cgroup, sockhash)
 //! <root>/v<N>/links/pods/<cookie>      per-pod attachments (sk_lookup in its netns)
 //! ```
+//! The pods directory is also the registry's lock: whoever adds, removes or
+//! sweeps pods holds a flock on it ([`PinLayout::lock_registry`]).
 //! `N` is `MESHLANE_LAYOUT_VERSION` from bpf/meshlane.h: a pin root that holds
 //! another version belongs to an incompatible build and is never touched.
 
@@ -17,7 +18,7 @@ use thiserror::Error;
 
 /// Kernel-visible layout version; must equal MESHLANE_LAYOUT_VERSION in
 /// bpf/meshlane.h (checked against the object's .rodata at load).
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Default pin root on a node.
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/meshlane";
@@ -49,6 +50,12 @@ pub struct PinRootLock {
     _dir: std::fs::File,
 }
 
+/// An exclusive hold on the pod registry (see [`PinLayout::lock_registry`]).
+#[derive(Debug)]
+pub struct RegistryLock {
+    _dir: std::fs::File,
+}
+
 /// Paths of one pin root at this build's layout version.
 #[derive(Debug, Clone)]
 pub struct PinLayout {
@@ -74,14 +81,6 @@ impl PinLayout {
 
     pub fn map(&self, name: &str) -> PathBuf {
         self.maps_dir().join(name)
-    }
-
-    pub fn progs_dir(&self) -> PathBuf {
-        self.version_dir().join("progs")
-    }
-
-    pub fn prog(&self, name: &str) -> PathBuf {
-        self.progs_dir().join(name)
     }
 
     pub fn links_dir(&self) -> PathBuf {
@@ -132,6 +131,39 @@ impl PinLayout {
             });
         }
         Ok(PinRootLock { _dir: dir })
+    }
+
+    /// Takes the pod registry (a blocking flock on the pods directory), so
+    /// that an add, a remove and the agent's sweep never interleave. A
+    /// process killed while holding it releases it with its descriptors.
+    pub fn lock_registry(&self) -> Result<RegistryLock, LayoutError> {
+        self.lock_registry_with(libc::LOCK_EX)?
+            .ok_or_else(|| LayoutError::Busy(self.pod_links_dir()))
+    }
+
+    /// [`Self::lock_registry`] without waiting: None while someone holds it.
+    pub fn try_lock_registry(&self) -> Result<Option<RegistryLock>, LayoutError> {
+        self.lock_registry_with(libc::LOCK_EX | libc::LOCK_NB)
+    }
+
+    fn lock_registry_with(&self, op: i32) -> Result<Option<RegistryLock>, LayoutError> {
+        use std::os::fd::AsRawFd;
+        let dir = self.pod_links_dir();
+        let io = |source| LayoutError::Io {
+            path: dir.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        let f = std::fs::File::open(&dir).map_err(io)?;
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(f.as_raw_fd(), op) } != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::WouldBlock {
+                return Ok(None);
+            }
+            return Err(io(e));
+        }
+        Ok(Some(RegistryLock { _dir: f }))
     }
 
     /// The directory that holds the pin root must be bpffs.
@@ -186,7 +218,7 @@ impl PinLayout {
     }
 
     pub fn create_dirs(&self) -> Result<(), LayoutError> {
-        for d in [self.maps_dir(), self.progs_dir(), self.pod_links_dir()] {
+        for d in [self.maps_dir(), self.pod_links_dir()] {
             fs::create_dir_all(&d).map_err(|e| LayoutError::Io {
                 path: d.clone(),
                 source: e,

@@ -19,6 +19,7 @@ use crate::integrity::{self, Finding, KernelFacts, Plan, PolicyError};
 use crate::layout::{LayoutError, PinLayout, PinRootLock, LAYOUT_VERSION};
 use crate::overlap::OverlapKind;
 use crate::probe;
+use crate::skel::inbound::{InboundSkel, InboundSkelBuilder};
 use crate::skel::intercept::InterceptSkelBuilder;
 use crate::skel::splice::SpliceSkelBuilder;
 
@@ -164,15 +165,14 @@ pub fn default_splice_queue_limit() -> u32 {
 }
 
 /// Maps whose size follows `sockhash_size`.
-const SIZED_MAPS: [&str; 8] = [
+const SIZED_MAPS: [&str; 7] = [
     "ml_socks",
     "ml_rcv_cursor",
     "ml_peers",
     "ml_active",
     "ml_throttled",
     "ml_sock_addrs",
-    "ml_orig_by_cookie",
-    "ml_orig_by_tuple",
+    "ml_orig_pending",
 ];
 
 /// Gives every shared map its pin path (so libbpf reuses or pins it) and the
@@ -194,7 +194,7 @@ fn prepare_maps(obj: &mut OpenObject, layout: &PinLayout, size: u32) -> Result<(
 }
 
 /// Link pins of the interception hooks on the cgroup (program names).
-const INTERCEPT_LINKS: [&str; 12] = [
+const INTERCEPT_LINKS: [&str; 11] = [
     "ml_intercept_sockops",
     "ml_connect4",
     "ml_connect6",
@@ -206,7 +206,6 @@ const INTERCEPT_LINKS: [&str; 12] = [
     "ml_sendmsg6",
     "ml_recvmsg4",
     "ml_recvmsg6",
-    "ml_sock_release",
 ];
 
 /// The cgroup id of a cgroup v2 directory (its inode number).
@@ -497,7 +496,7 @@ fn install_inner(
         .open(&mut icpt_obj)
         .map_err(bpf("opening intercept.bpf.o"))?;
     prepare_maps(open.open_object_mut(), layout, cfg.sockhash_size)?;
-    let mut icpt = open.load().map_err(|e| load_err("intercept", e))?;
+    let icpt = open.load().map_err(|e| load_err("intercept", e))?;
     let progs = &icpt.progs;
     let cgroup_progs: Vec<&libbpf_rs::ProgramMut<'_>> = if cfg.intercept {
         vec![
@@ -512,7 +511,6 @@ fn install_inner(
             &progs.ml_sendmsg6,
             &progs.ml_recvmsg4,
             &progs.ml_recvmsg6,
-            &progs.ml_sock_release,
         ]
     } else {
         Vec::new()
@@ -526,22 +524,97 @@ fn install_inner(
                     .map_err(bpf(format!("attaching {name} to the cgroup")))
             })?);
     }
-    // sk_lookup is attached per pod by `pod add`; pin the program for it and
-    // move every existing pod link to this build's program.
-    let lookup = &mut icpt.progs.ml_inbound_lookup;
-    let prog_pin = layout.prog("ml_inbound_lookup");
-    let _ = std::fs::remove_file(&prog_pin);
-    lookup
-        .pin(&prog_pin)
-        .map_err(bpf(format!("pinning {}", prog_pin.display())))?;
-    if let Ok(entries) = std::fs::read_dir(layout.pod_links_dir()) {
-        for e in entries.flatten() {
-            if let Err(err) = Link::open(e.path()).and_then(|mut l| l.update_prog(lookup)) {
-                tracing::warn!(pin = %e.path().display(), error = %err, "could not update pod inbound link");
-            }
+    // Every pod's sk_lookup link gets this build's program.
+    refresh_pod_links(layout);
+    Ok(())
+}
+
+/// Swaps a freshly loaded inbound program into every pinned pod link (an
+/// agent upgrade); a pod whose link cannot be updated keeps its old one.
+fn refresh_pod_links(layout: &PinLayout) {
+    let Ok(entries) = std::fs::read_dir(layout.pod_links_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let pin = e.path();
+        let Some(cookie) = pin
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        if let Err(err) = update_pod_inbound(layout, cookie, &pin) {
+            tracing::warn!(pin = %pin.display(), error = %err, "could not update pod inbound link");
         }
     }
-    Ok(())
+}
+
+/// Loads inbound.bpf.o for one pod: its netns cookie baked in, every map it
+/// shares reused from the pins (maps an install did not create, such as
+/// the interception maps of a splice-only install, are left out).
+fn load_inbound<'obj>(
+    layout: &PinLayout,
+    cookie: u64,
+    storage: &'obj mut MaybeUninit<OpenObject>,
+) -> Result<InboundSkel<'obj>, LoadError> {
+    let mut open = InboundSkelBuilder::default()
+        .open(storage)
+        .map_err(bpf("opening inbound.bpf.o"))?;
+    match open.maps.rodata_data.as_deref_mut() {
+        Some(ro) => ro.ml_lookup_netns = cookie,
+        None => {
+            return Err(LoadError::Bpf {
+                what: "inbound.bpf.o has no .rodata".into(),
+                source: libbpf_rs::Error::from(std::io::Error::other("missing .rodata")),
+            })
+        }
+    }
+    for mut m in open.open_object_mut().maps_mut() {
+        let name = m.name().to_string_lossy().into_owned();
+        if !name.starts_with("ml_") {
+            continue;
+        }
+        let pin = layout.map(&name);
+        if pin.exists() {
+            m.reuse_pinned_map(&pin)
+                .map_err(bpf(format!("reusing {}", pin.display())))?;
+        } else {
+            m.set_autocreate(false)
+                .map_err(bpf(format!("leaving out {name}")))?;
+        }
+    }
+    open.load().map_err(|e| load_err("inbound", e))
+}
+
+/// Attaches a pod's own inbound sk_lookup program to its netns and pins
+/// the link at `pin` (see bpf/inbound.bpf.c).
+pub fn attach_pod_inbound(
+    layout: &PinLayout,
+    netns: std::os::fd::BorrowedFd<'_>,
+    cookie: u64,
+    pin: &Path,
+) -> Result<(), LoadError> {
+    let mut storage = MaybeUninit::uninit();
+    let skel = load_inbound(layout, cookie, &mut storage)?;
+    let mut link = skel
+        .progs
+        .ml_inbound_lookup
+        .attach_netns(netns.as_raw_fd())
+        .map_err(bpf(
+            "attaching the inbound sk_lookup program to the pod netns",
+        ))?;
+    link.pin(pin)
+        .map_err(bpf(format!("pinning {}", pin.display())))
+}
+
+/// Puts this build's inbound program into a pod's pinned link.
+fn update_pod_inbound(layout: &PinLayout, cookie: u64, pin: &Path) -> Result<(), LoadError> {
+    let mut storage = MaybeUninit::uninit();
+    let skel = load_inbound(layout, cookie, &mut storage)?;
+    Link::open(pin)
+        .and_then(|mut l| l.update_prog(&skel.progs.ml_inbound_lookup))
+        .map_err(bpf(format!("updating {}", pin.display())))
 }
 
 /// BPF_LINK_DETACH on a pinned link: synchronous for cgroup, netns and
@@ -572,7 +645,7 @@ pub fn remove_pins(layout: &PinLayout) -> std::io::Result<usize> {
     }
     // Links first, detached explicitly so the hooks are gone when this
     // returns (dropping the last reference detaches only later); then
-    // programs, then maps.
+    // maps.
     for dir in [layout.pod_links_dir(), layout.links_dir()] {
         if let Ok(entries) = std::fs::read_dir(&dir) {
             for e in entries.flatten() {
@@ -585,7 +658,6 @@ pub fn remove_pins(layout: &PinLayout) -> std::io::Result<usize> {
     for dir in [
         layout.pod_links_dir(),
         layout.links_dir(),
-        layout.progs_dir(),
         layout.maps_dir(),
     ] {
         if let Ok(entries) = std::fs::read_dir(&dir) {
@@ -602,7 +674,6 @@ pub fn remove_pins(layout: &PinLayout) -> std::io::Result<usize> {
     for dir in [
         layout.pod_links_dir(),
         layout.links_dir(),
-        layout.progs_dir(),
         layout.maps_dir(),
         vdir,
     ] {

@@ -9,6 +9,10 @@ pub mod intercept {
     include!(concat!(env!("OUT_DIR"), "/intercept.skel.rs"));
 }
 
+pub mod inbound {
+    include!(concat!(env!("OUT_DIR"), "/inbound.skel.rs"));
+}
+
 pub mod chaos {
     include!(concat!(env!("OUT_DIR"), "/chaos.skel.rs"));
 }

@@ -57,7 +57,7 @@ pub const COUNTERS: &[(ml_counter, &str)] = &[
 ];
 
 /// Maps whose entry count `status` reports.
-const FILL_MAPS: [&str; 11] = [
+const FILL_MAPS: [&str; 10] = [
     "ml_throttled",
     "ml_rcv_cursor",
     "ml_sock_addrs",
@@ -67,8 +67,7 @@ const FILL_MAPS: [&str; 11] = [
     "ml_peers",
     "ml_active",
     "ml_listeners",
-    "ml_orig_by_cookie",
-    "ml_orig_by_tuple",
+    "ml_orig_pending",
 ];
 
 #[derive(Debug, Clone, Serialize)]
@@ -293,9 +292,14 @@ impl std::fmt::Display for Status {
                 }
             };
             let ips: Vec<String> = p.ips.iter().map(|i| i.to_string()).collect();
+            let gone = if p.netns_alive {
+                ""
+            } else {
+                " NETNS GONE (the agent removes it)"
+            };
             writeln!(
                 f,
-                "  {:<20} cookie {:<8} {} uid {} ports out {} in {} ips [{}]",
+                "  {:<20} cookie {:<8} {} uid {} ports out {} in {} ips [{}]{gone}",
                 p.name,
                 p.netns_cookie,
                 mode,

@@ -86,7 +86,7 @@ fn istio_iptables_redirect_to_sidecar_keeps_the_app_hop_plain() {
     assert_eq!(pods.len(), 1, "{st}");
     assert_eq!(pods[0]["name"], "app", "{st}");
     assert_eq!(pods[0]["mode"], "accelerate", "{st}");
-    assert_eq!(pods[0]["inbound_link"], false, "{st}");
+    assert_eq!(pods[0]["netns_alive"], true, "{st}");
     let text = cli_ok(&root, &["status"]);
     let line = text
         .lines()

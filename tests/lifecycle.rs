@@ -258,13 +258,12 @@ fn data_path_needs_no_running_agent_and_sigterm_keeps_it() {
         !actions.is_empty() && actions.iter().all(|a| *a == "attached"),
         "{report}"
     );
-    let links = link_ids(&status_json(&root));
-
     // Registered after the installing process is gone.
     let server = node.pod("srv").expect("server pod");
     let client = node.pod("cli").expect("client pod");
     add_self_proxied_pod(&root, &server, None);
     add_self_proxied_pod(&root, &client, None);
+    let links = link_ids(&status_json(&root));
     let srv = echo_server(&server, "0.0.0.0:0".parse().unwrap());
     let srv_addr: SocketAddr = format!("{}:{}", server.ip4, srv.port()).parse().unwrap();
     new_connection_is_spliced(&root, &client, srv_addr, 21);

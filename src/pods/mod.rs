@@ -6,10 +6,13 @@
 //!
 //! - `spec`: what an operator (or the CNI plugin) asks for, validated into
 //!   the kernel record;
-//! - `registry`: writing, removing and listing pods in the pinned maps.
+//! - `registry`: writing, removing and listing pods in the pinned maps;
+//! - `sweep`: removing registrations whose netns is gone, and what an
+//!   add or remove killed half-way left behind.
 
 mod registry;
 mod spec;
+mod sweep;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -21,6 +24,7 @@ use crate::netns::NetnsError;
 
 pub use registry::{PodRecord, Registry};
 pub use spec::{PodMode, PodSpec, Preset};
+pub use sweep::{link_state, sweep, LinkState, Swept};
 
 /// Most ports a per-pod port list holds (ML_MAX_PORTS).
 pub const MAX_PORTS: usize = 32;
@@ -57,8 +61,10 @@ pub enum PodError {
     HostNetns { pod: String, netns: PathBuf },
     #[error("pod name {name:?}: {why}")]
     BadName { name: String, why: &'static str },
-    #[error("no pod is registered for netns {netns}")]
+    #[error("no pod is registered for {netns}")]
     NotRegistered { netns: String },
+    #[error("more than one pod is named {name:?} (netns cookies {cookies:?}): remove by --cookie")]
+    AmbiguousName { name: String, cookies: Vec<u64> },
     #[error("pod registry at {path}: {source}")]
     Map {
         path: PathBuf,

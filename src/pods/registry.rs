@@ -1,15 +1,16 @@
 //! The registry itself: pods in the pinned maps, the per-pod sk_lookup
-//! link, adding (with rollback), removing and listing.
+//! link, adding (with rollback), removing and listing. Every change holds
+//! the registry lock (see `PinLayout::lock_registry`).
 
-use std::ffi::CString;
 use std::net::IpAddr;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
 use serde::Serialize;
 
 use super::spec::{list_cidrs, list_ports};
+use super::sweep::LinkState;
 use super::{PodError, PodMode, PodSpec, Preset};
 use crate::abi::{self, ml_pod, ml_pod_flag, Pod};
 use crate::layout::PinLayout;
@@ -35,8 +36,11 @@ pub struct PodRecord {
     pub exclude_outbound_ports: String,
     pub include_outbound_ip_ranges: String,
     pub exclude_outbound_ip_ranges: String,
-    /// Whether the pod's sk_lookup link is pinned (intercept mode).
+    /// Whether the pod's sk_lookup link is pinned.
     pub inbound_link: bool,
+    /// Whether the pod's network namespace still exists (read from its
+    /// link; false until the agent's sweep removes the registration).
+    pub netns_alive: bool,
 }
 
 /// Handle on the pinned registry maps of one pin root.
@@ -91,35 +95,27 @@ impl Registry {
             });
         }
         let info = netns::inspect(netns_path)?;
+        let _held = self.layout.lock_registry()?;
         let cookie_bytes = info.cookie.to_ne_bytes();
         let mut undo = Rollback::new(&self.ips);
 
-        for ip in &info.addrs {
-            let key = abi::addr_from_ip(*ip);
-            if let Ok(Some(owner)) = self.ips.lookup(key.as_bytes(), MapFlags::ANY) {
-                let owner = u64::from_bytes(&owner).unwrap_or(0);
-                if owner != info.cookie {
-                    return Err(PodError::IpTaken {
-                        pod: spec.name.clone(),
-                        ip: *ip,
-                        owner,
-                    });
-                }
-                continue;
-            }
-            self.ips
-                .update(key.as_bytes(), &cookie_bytes, MapFlags::ANY)
-                .map_err(|e| self.map_err("ml_pod_ips", e))?;
-            undo.ips.push(key);
-        }
-
-        let want_link = spec.mode == PodMode::Intercept;
+        // First the pod's link: it marks the registration as begun and
+        // tells the agent's sweep when the netns is gone. A `pod add` killed
+        // after this leaves a link without a record, which the sweep removes.
         let link_path = self.layout.pod_link(info.cookie);
-        if want_link {
-            if !link_path.exists() {
-                attach_sk_lookup(&self.layout, netns_path, &link_path)?;
-                undo.link = Some(link_path.clone());
-            }
+        if !link_path.exists() {
+            let ns = netns::open_netns(netns_path)?;
+            crate::loader::attach_pod_inbound(&self.layout, ns.as_fd(), info.cookie, &link_path)
+                .map_err(|e| PodError::Attach {
+                    netns: netns_path.to_path_buf(),
+                    source: std::io::Error::other(e.to_string()),
+                })?;
+            undo.link = Some(link_path.clone());
+        }
+        for ip in &info.addrs {
+            self.claim_ip(&spec.name, *ip, info.cookie, &mut undo)?;
+        }
+        if spec.mode == PodMode::Intercept {
             // A proxy listening already (pod registered after it started):
             // its listener must be known before sk_lookup starts steering.
             crate::pod_listener::adopt(&self.layout, netns_path, info.cookie, record.inbound_port)
@@ -127,8 +123,6 @@ impl Registry {
                     pod: spec.name.clone(),
                     source: e,
                 })?;
-        } else if link_path.exists() {
-            let _ = std::fs::remove_file(&link_path);
         }
         // Last: the record is what turns the hooks on.
         self.pods
@@ -138,6 +132,39 @@ impl Registry {
         tracing::info!(pod = %spec.name, netns = %netns_path.display(), cookie = info.cookie,
             ips = ?info.addrs, mode = ?spec.mode, "pod registered");
         Ok(self.record(info.cookie, &record))
+    }
+
+    /// Records `ip` as the pod's. An address still listed for a pod whose
+    /// netns is gone is taken over (its registration is swept first); one
+    /// listed for a live pod is refused.
+    fn claim_ip(
+        &self,
+        pod: &str,
+        ip: IpAddr,
+        cookie: u64,
+        undo: &mut Rollback<'_>,
+    ) -> Result<(), PodError> {
+        let key = abi::addr_from_ip(ip);
+        if let Ok(Some(owner)) = self.ips.lookup(key.as_bytes(), MapFlags::ANY) {
+            let owner = u64::from_bytes(&owner).unwrap_or(0);
+            if owner == cookie {
+                return Ok(());
+            }
+            if super::sweep::link_state(&self.layout.pod_link(owner)) == LinkState::Alive {
+                return Err(PodError::IpTaken {
+                    pod: pod.to_string(),
+                    ip,
+                    owner,
+                });
+            }
+            tracing::warn!(pod, %ip, owner, "address listed for a pod whose netns is gone: removing that pod first");
+            self.remove_unlocked(owner, &format!("netns cookie {owner}"))?;
+        }
+        self.ips
+            .update(key.as_bytes(), &cookie.to_ne_bytes(), MapFlags::ANY)
+            .map_err(|e| self.map_err("ml_pod_ips", e))?;
+        undo.ips.push(key);
+        Ok(())
     }
 
     /// `spec`, switched to accelerate mode when the netns has istio-init's
@@ -168,6 +195,34 @@ impl Registry {
     /// Removes a pod by cookie: record first (hooks stop acting), then the
     /// link and IPs. Established connections keep their rewritten addresses.
     pub fn remove_cookie(&self, cookie: u64, what: &str) -> Result<u64, PodError> {
+        let _held = self.layout.lock_registry()?;
+        self.remove_unlocked(cookie, what)
+    }
+
+    /// Removes the pod registered under `name` (names are not unique keys:
+    /// more than one match is an error naming the cookies).
+    pub fn remove_named(&self, name: &str) -> Result<u64, PodError> {
+        let _held = self.layout.lock_registry()?;
+        let found: Vec<u64> = self
+            .list()
+            .into_iter()
+            .filter(|p| p.name == name)
+            .map(|p| p.netns_cookie)
+            .collect();
+        match found.as_slice() {
+            [one] => self.remove_unlocked(*one, name),
+            [] => Err(PodError::NotRegistered {
+                netns: format!("name {name:?}"),
+            }),
+            many => Err(PodError::AmbiguousName {
+                name: name.to_string(),
+                cookies: many.to_vec(),
+            }),
+        }
+    }
+
+    /// [`Self::remove_cookie`] for a caller that holds the registry lock.
+    pub(super) fn remove_unlocked(&self, cookie: u64, what: &str) -> Result<u64, PodError> {
         let key = cookie.to_ne_bytes();
         let existed = matches!(self.pods.lookup(&key, MapFlags::ANY), Ok(Some(_)));
         if existed {
@@ -180,15 +235,7 @@ impl Registry {
         if had_link {
             let _ = std::fs::remove_file(&link);
         }
-        let mut had_ips = false;
-        for k in self.ips.keys().collect::<Vec<_>>() {
-            if let Ok(Some(v)) = self.ips.lookup(&k, MapFlags::ANY) {
-                if u64::from_bytes(&v) == Some(cookie) {
-                    had_ips = true;
-                    let _ = self.ips.delete(&k);
-                }
-            }
-        }
+        let had_ips = self.remove_ips_of(cookie);
         if !existed && !had_link && !had_ips {
             return Err(PodError::NotRegistered {
                 netns: what.to_string(),
@@ -196,6 +243,45 @@ impl Registry {
         }
         tracing::info!(cookie, pod = what, "pod removed");
         Ok(cookie)
+    }
+
+    /// Deletes every address listed for `cookie`; whether there was one.
+    pub(super) fn remove_ips_of(&self, cookie: u64) -> bool {
+        let mut had = false;
+        for k in self.ips.keys().collect::<Vec<_>>() {
+            if let Ok(Some(v)) = self.ips.lookup(&k, MapFlags::ANY) {
+                if u64::from_bytes(&v) == Some(cookie) {
+                    had = true;
+                    let _ = self.ips.delete(&k);
+                }
+            }
+        }
+        had
+    }
+
+    /// Cookies that have a record in ml_pods.
+    pub(super) fn recorded(&self) -> Vec<u64> {
+        self.pods
+            .keys()
+            .filter_map(|k| u64::from_bytes(&k))
+            .collect()
+    }
+
+    /// Cookies that own at least one address in ml_pod_ips.
+    pub(super) fn ip_owners(&self) -> Vec<u64> {
+        let mut v: Vec<u64> = self
+            .ips
+            .keys()
+            .filter_map(|k| self.ips.lookup(&k, MapFlags::ANY).ok().flatten())
+            .filter_map(|v| u64::from_bytes(&v))
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    pub(super) fn layout(&self) -> &PinLayout {
+        &self.layout
     }
 
     pub fn list(&self) -> Vec<PodRecord> {
@@ -266,6 +352,8 @@ impl Registry {
             },
             exclude_outbound_ip_ranges: list_cidrs(&p.exclude_outbound_cidrs),
             inbound_link: self.layout.pod_link(cookie).exists(),
+            netns_alive: super::sweep::link_state(&self.layout.pod_link(cookie))
+                == LinkState::Alive,
         }
     }
 }
@@ -306,46 +394,4 @@ impl Drop for Rollback<'_> {
             let _ = std::fs::remove_file(link);
         }
     }
-}
-
-/// Attaches the pinned sk_lookup program to the netns and pins the link.
-fn attach_sk_lookup(
-    layout: &PinLayout,
-    netns_path: &Path,
-    link_path: &Path,
-) -> Result<(), PodError> {
-    let err = |e: std::io::Error| PodError::Attach {
-        netns: netns_path.to_path_buf(),
-        source: e,
-    };
-    let prog_path = layout.prog("ml_inbound_lookup");
-    let prog = libbpf_rs::ProgramImpl::<()>::fd_from_pinned_path(&prog_path).map_err(|e| {
-        err(std::io::Error::other(format!(
-            "{}: {e}",
-            prog_path.display()
-        )))
-    })?;
-    let ns = netns::open_netns(netns_path)?;
-    // SAFETY: valid fds; NULL opts.
-    let fd = unsafe {
-        libbpf_sys::bpf_link_create(
-            prog.as_raw_fd(),
-            ns.as_fd().as_raw_fd(),
-            libbpf_sys::BPF_SK_LOOKUP,
-            std::ptr::null(),
-        )
-    };
-    if fd < 0 {
-        return Err(err(std::io::Error::from_raw_os_error(-fd)));
-    }
-    // SAFETY: fd was just returned by the kernel and is ours.
-    let link = unsafe { OwnedFd::from_raw_fd(fd) };
-    let c = CString::new(link_path.as_os_str().as_encoded_bytes())
-        .map_err(|_| err(std::io::Error::other("pin path has a NUL byte")))?;
-    // SAFETY: valid fd and C string.
-    let rc = unsafe { libbpf_sys::bpf_obj_pin(link.as_raw_fd(), c.as_ptr()) };
-    if rc != 0 {
-        return Err(err(std::io::Error::from_raw_os_error(-rc)));
-    }
-    Ok(())
 }

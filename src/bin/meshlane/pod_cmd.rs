@@ -18,14 +18,30 @@ use crate::print_json;
 pub(crate) enum PodCmd {
     /// Register the pod whose network namespace is at --netns.
     Add(PodAddArgs),
-    /// Unregister a pod; its established connections continue.
-    Rm {
-        /// Path of the pod's netns (/run/netns/NAME or /proc/PID/ns/net).
-        #[arg(long)]
-        netns: PathBuf,
-    },
+    /// Unregister a pod; its established connections continue. Give
+    /// exactly one of --netns, --cookie, --name (the last two work after
+    /// the netns is gone).
+    Rm(PodRmArgs),
     /// List registered pods.
     List,
+    /// Remove registrations whose netns is gone, and what an add or
+    /// remove killed half-way left behind (the agent does this every
+    /// second while it runs).
+    Sweep,
+}
+
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+pub(crate) struct PodRmArgs {
+    /// Path of the pod's netns (/run/netns/NAME or /proc/PID/ns/net).
+    #[arg(long)]
+    netns: Option<PathBuf>,
+    /// The pod's netns cookie (as `pod list` and `status` show it).
+    #[arg(long)]
+    cookie: Option<u64>,
+    /// The pod's name (as `pod list` shows it).
+    #[arg(long)]
+    name: Option<String>,
 }
 
 #[derive(Args)]
@@ -148,8 +164,16 @@ pub(crate) fn run(cmd: PodCmd, layout: &PinLayout, json: bool) -> Result<()> {
                 );
             }
         }
-        PodCmd::Rm { netns } => {
-            let cookie = Registry::open(layout)?.remove(&netns)?;
+        PodCmd::Rm(rm) => {
+            let reg = Registry::open(layout)?;
+            let cookie = match (rm.netns, rm.cookie, rm.name) {
+                (Some(netns), _, _) => reg.remove(&netns)?,
+                (_, Some(cookie), _) => {
+                    reg.remove_cookie(cookie, &format!("netns cookie {cookie}"))?
+                }
+                (_, _, Some(name)) => reg.remove_named(&name)?,
+                (None, None, None) => anyhow::bail!("pod rm: give --netns, --cookie or --name"),
+            };
             if json {
                 print_json(&serde_json::json!({ "removed": cookie }))?;
             } else {
@@ -162,11 +186,27 @@ pub(crate) fn run(cmd: PodCmd, layout: &PinLayout, json: bool) -> Result<()> {
                 print_json(&pods)?;
             } else {
                 for p in pods {
+                    let gone = if p.netns_alive { "" } else { " (netns gone)" };
                     println!(
-                        "{:<20} cookie {:<8} {:?} ips {:?}",
+                        "{:<20} cookie {:<8} {:?} ips {:?}{gone}",
                         p.name, p.netns_cookie, p.mode, p.ips
                     );
                 }
+            }
+        }
+        PodCmd::Sweep => {
+            let swept = meshlane::pods::sweep(&Registry::open(layout)?)?
+                .context("the pod registry is busy (an add or remove is running): try again")?;
+            if json {
+                print_json(&swept)?;
+            } else {
+                for s in &swept {
+                    println!(
+                        "removed netns cookie {} {:?}: {}",
+                        s.netns_cookie, s.name, s.reason
+                    );
+                }
+                println!("{} registration(s) swept", swept.len());
             }
         }
     }
