@@ -95,6 +95,28 @@ fn basic() -> Case {
                 &["B.inbound"],
                 "server peer 127.0.0.6 local B:8080",
             ),
+            // the owner match reads the socket's fs ids (they follow the
+            // effective ids), never the real ones
+            e(
+                Probe::new(A, Host::Pod(B), 8080).run_as_split(1337, 1000, 1000, 1000),
+                VIA_BOTH,
+                "server peer 127.0.0.6 local B:8080",
+            ),
+            e(
+                Probe::new(A, Host::Pod(B), 8080).run_as_split(1000, 1337, 1000, 1000),
+                &["B.inbound"],
+                "server peer 127.0.0.6 local B:8080",
+            ),
+            e(
+                Probe::new(A, Host::Pod(B), 8080).run_as_split(1000, 1000, 1337, 1000),
+                VIA_BOTH,
+                "server peer 127.0.0.6 local B:8080",
+            ),
+            e(
+                Probe::new(A, Host::Pod(B), 8080).run_as_split(1000, 1000, 1000, 1337),
+                &["B.inbound"],
+                "server peer 127.0.0.6 local B:8080",
+            ),
             // from a pod without a mesh: inbound capture only
             e(
                 Probe::new(C, Host::Pod(B), 8080),

@@ -54,6 +54,7 @@ fn preset_routes(preset: Preset) {
         b8080,
         As {
             ids: Some((uid, uid)),
+            ..As::default()
         },
     ));
     assert_eq!(
@@ -66,6 +67,7 @@ fn preset_routes(preset: Preset) {
         b8080,
         As {
             ids: Some((1337, 1337)),
+            ..As::default()
         },
     ));
     let want = if uid == 1337 { 1 } else { 2 };

@@ -41,6 +41,7 @@ fn unregistered_pod_is_never_intercepted() {
         As::default(),
         As {
             ids: Some((1337, 1337)),
+            ..As::default()
         },
     ] {
         match app::probe(&u, b8080, who) {

@@ -19,14 +19,21 @@ use crate::common::{read_exact_by, read_some, serve_one, set_io_slices, write_al
 /// wrappers that change every thread) to `uid`/`gid`, so its sockets are
 /// owned by them for iptables' owner match and the BPF uid/gid checks.
 pub fn become_thread(uid: u32, gid: u32) {
+    become_thread_split((uid, uid), (gid, gid));
+}
+
+/// [`become_thread`] with different real and effective ids: `(real,
+/// effective)` for the uid and the gid. The fs ids follow the effective
+/// ones, and they are what iptables' owner match compares.
+pub fn become_thread_split(uid: (u32, u32), gid: (u32, u32)) {
     // SAFETY: plain syscalls on the current thread's credentials.
     unsafe {
         assert_eq!(
             libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<u32>()),
             0
         );
-        assert_eq!(libc::syscall(libc::SYS_setresgid, gid, gid, gid), 0);
-        assert_eq!(libc::syscall(libc::SYS_setresuid, uid, uid, uid), 0);
+        assert_eq!(libc::syscall(libc::SYS_setresgid, gid.0, gid.1, gid.1), 0);
+        assert_eq!(libc::syscall(libc::SYS_setresuid, uid.0, uid.1, uid.1), 0);
     }
 }
 
@@ -145,6 +152,8 @@ pub enum Seen {
 pub struct As {
     /// Run the client as this (uid, gid); None = root.
     pub ids: Option<(u32, u32)>,
+    /// Run the client with these ((ruid, euid), (rgid, egid)) instead.
+    pub split_ids: Option<((u32, u32), (u32, u32))>,
 }
 
 fn parse_body(resp: &[u8]) -> Option<(std::net::IpAddr, SocketAddr)> {
@@ -168,6 +177,9 @@ pub fn probe(pod: &Pod, to: SocketAddr, who: As) -> Seen {
     pod.run(move || {
         if let Some((u, g)) = who.ids {
             become_thread(u, g);
+        }
+        if let Some((u, g)) = who.split_ids {
+            become_thread_split(u, g);
         }
         let mut s = match TcpStream::connect_timeout(&to, Duration::from_secs(5)) {
             Ok(s) => s,

@@ -237,6 +237,7 @@ impl World {
             Host::Pod(p) => IpAddr::V4(self.pod(p).ip4),
             Host::PodV4Mapped(p) => IpAddr::V6(self.pod(p).ip4.to_ipv6_mapped()),
             Host::Ip(s) => s.parse().expect("literal address"),
+            Host::Addr(sa) => return sa,
         };
         SocketAddr::new(ip, t.port)
     }
@@ -301,6 +302,8 @@ pub enum Host {
     /// The pod's IPv4 address as ::ffff:a.b.c.d (an AF_INET6 socket).
     PodV4Mapped(PodName),
     Ip(&'static str),
+    /// Any address, with an IPv6 scope (link-local) where it has one.
+    Addr(SocketAddr),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -326,6 +329,7 @@ impl Probe {
                 Host::Pod(p) => format!("{p:?}"),
                 Host::PodV4Mapped(p) => format!("::ffff:{p:?}"),
                 Host::Ip(s) => s.to_string(),
+                Host::Addr(sa) => sa.ip().to_string(),
             }
         );
         Self {
@@ -339,6 +343,13 @@ impl Probe {
     pub fn run_as(mut self, uid: u32, gid: u32) -> Self {
         self.who.ids = Some((uid, gid));
         self.label = format!("{} as {uid}:{gid}", self.label);
+        self
+    }
+
+    /// Runs the client with real and effective ids that differ.
+    pub fn run_as_split(mut self, ruid: u32, euid: u32, rgid: u32, egid: u32) -> Self {
+        self.who.split_ids = Some(((ruid, euid), (rgid, egid)));
+        self.label = format!("{} as r{ruid}/e{euid}:r{rgid}/e{egid}", self.label);
         self
     }
 }
