@@ -112,9 +112,11 @@ impl Registry {
                 })?;
             undo.link = Some(link_path.clone());
         }
+        fail_point("pod-add:link");
         for ip in &info.addrs {
             self.claim_ip(&spec.name, *ip, info.cookie, &mut undo)?;
         }
+        fail_point("pod-add:ips");
         if spec.mode == PodMode::Intercept {
             // A proxy listening already (pod registered after it started):
             // its listener must be known before sk_lookup starts steering.
@@ -124,6 +126,7 @@ impl Registry {
                     source: e,
                 })?;
         }
+        fail_point("pod-add:listener");
         // Last: the record is what turns the hooks on.
         self.pods
             .update(&cookie_bytes, record.as_bytes(), MapFlags::ANY)
@@ -230,11 +233,13 @@ impl Registry {
                 .delete(&key)
                 .map_err(|e| self.map_err("ml_pods", e))?;
         }
+        fail_point("pod-rm:record");
         let link = self.layout.pod_link(cookie);
         let had_link = link.exists();
         if had_link {
             let _ = std::fs::remove_file(&link);
         }
+        fail_point("pod-rm:link");
         let had_ips = self.remove_ips_of(cookie);
         if !existed && !had_link && !had_ips {
             return Err(PodError::NotRegistered {
@@ -356,6 +361,18 @@ impl Registry {
                 == LinkState::Alive,
         }
     }
+}
+
+/// Test hook of the simulated node's tests (feature `sim`): with
+/// `MESHLANE_FAIL_POINT=<step>` set, the process SIGKILLs itself right after
+/// that step of an add or remove, so a test can check what is left behind.
+fn fail_point(step: &str) {
+    #[cfg(feature = "sim")]
+    if std::env::var("MESHLANE_FAIL_POINT").is_ok_and(|v| v == step) {
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    }
+    #[cfg(not(feature = "sim"))]
+    let _ = step;
 }
 
 /// What `Registry::add` has written so far; removed again on drop unless
