@@ -44,6 +44,7 @@ const TCP_SEND_QUEUE: libc::c_int = 2;
 const TCP_REPAIR_ON: libc::c_int = 1;
 const TCP_REPAIR_OFF_NO_WP: libc::c_int = -1;
 
+const TCP_FLAG_SYN: u16 = 0x02;
 const TCP_FLAG_PSH: u16 = 0x08;
 const TCP_FLAG_ACK: u16 = 0x10;
 const IP_FLAG_DF: u16 = 0x4000;
@@ -234,7 +235,7 @@ pub fn inject(sender: &TcpStream, kind: OverlapKind, fresh: &[u8]) -> io::Result
         if i > 0 {
             std::thread::sleep(OUT_OF_ORDER_GAP);
         }
-        let packet = tcp_ipv4_packet(src, dst, piece.seq, seqs.rcv_nxt, &piece.payload);
+        let packet = tcp_ipv4_packet(src, dst, piece.seq, seqs.rcv_nxt, &piece.payload, DATA);
         send_raw(raw.as_fd(), &packet, *dst.ip())?;
     }
     Ok(())
@@ -336,15 +337,25 @@ fn checksum(bytes: &[u8]) -> u16 {
     !(sum as u16)
 }
 
-/// The TCP header (no options, ACK|PSH) for `payload`, checksummed over
-/// the IPv4 pseudo-header.
-fn tcp_header(src: SocketAddrV4, dst: SocketAddrV4, seq: u32, ack: u32, payload: &[u8]) -> Vec<u8> {
+/// Flags of a data segment.
+const DATA: u16 = TCP_FLAG_ACK | TCP_FLAG_PSH;
+
+/// The TCP header (no options) for `payload`, checksummed over the IPv4
+/// pseudo-header.
+fn tcp_header(
+    src: SocketAddrV4,
+    dst: SocketAddrV4,
+    seq: u32,
+    ack: u32,
+    payload: &[u8],
+    flags: u16,
+) -> Vec<u8> {
     let mut tcp = Vec::with_capacity(TCP_HEADER_LEN);
     tcp.extend_from_slice(&src.port().to_be_bytes());
     tcp.extend_from_slice(&dst.port().to_be_bytes());
     tcp.extend_from_slice(&seq.to_be_bytes());
     tcp.extend_from_slice(&ack.to_be_bytes());
-    let offset_flags = ((TCP_HEADER_LEN as u16 / 4) << 12) | TCP_FLAG_ACK | TCP_FLAG_PSH;
+    let offset_flags = ((TCP_HEADER_LEN as u16 / 4) << 12) | flags;
     tcp.extend_from_slice(&offset_flags.to_be_bytes());
     tcp.extend_from_slice(&WINDOW.to_be_bytes());
     tcp.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent pointer
@@ -387,10 +398,11 @@ fn tcp_ipv4_packet(
     seq: u32,
     ack: u32,
     payload: &[u8],
+    flags: u16,
 ) -> Vec<u8> {
     let total = IP_HEADER_LEN + TCP_HEADER_LEN + payload.len();
     let mut packet = ipv4_header(*src.ip(), *dst.ip(), total as u16);
-    packet.extend_from_slice(&tcp_header(src, dst, seq, ack, payload));
+    packet.extend_from_slice(&tcp_header(src, dst, seq, ack, payload, flags));
     packet.extend_from_slice(payload);
     packet
 }
@@ -419,6 +431,25 @@ fn send_raw(raw: BorrowedFd<'_>, packet: &[u8], dst: Ipv4Addr) -> io::Result<()>
             packet.len()
         )))
     }
+}
+
+/// Sends one bare SYN from each of `sources` to `dst` through a raw socket
+/// of the calling thread's netns (spoofed sources: nothing answers the
+/// SYN-ACKs, so each leaves a half-open connection or a SYN cookie).
+/// Returns how many were sent.
+pub fn send_syns(
+    dst: SocketAddrV4,
+    sources: impl IntoIterator<Item = SocketAddrV4>,
+) -> io::Result<usize> {
+    let raw = raw_socket()?;
+    let mut sent = 0;
+    for src in sources {
+        let seq = u32::from(src.port()).wrapping_mul(2_654_435_761);
+        let packet = tcp_ipv4_packet(src, dst, seq, 0, &[], TCP_FLAG_SYN);
+        send_raw(raw.as_fd(), &packet, *dst.ip())?;
+        sent += 1;
+    }
+    Ok(sent)
 }
 
 #[cfg(test)]

@@ -37,7 +37,9 @@ fn pod_links(root: &Path) -> usize {
 
 /// Nothing of any pod is left in the registry.
 fn registry_is_empty(root: &Path) -> bool {
-    map_entries(root, "ml_pods") == 0 && map_entries(root, "ml_pod_ips") == 0 && pod_links(root) == 0
+    map_entries(root, "ml_pods") == 0
+        && map_entries(root, "ml_pod_ips") == 0
+        && pod_links(root) == 0
 }
 
 fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Duration {
@@ -58,7 +60,14 @@ fn vanished_netns_is_swept_and_its_address_reusable() {
     let old_ip = old.ip4;
     cli_ok(
         &root,
-        &["pod", "add", "--name", "old", "--netns", &old.netns.to_string_lossy()],
+        &[
+            "pod",
+            "add",
+            "--name",
+            "old",
+            "--netns",
+            &old.netns.to_string_lossy(),
+        ],
     );
     let alive = pod_in_status(&root, "old").expect("registered pod in status");
     assert_eq!(alive["netns_alive"], true, "{alive}");
@@ -66,17 +75,22 @@ fn vanished_netns_is_swept_and_its_address_reusable() {
     // The runtime loses the pod: its netns goes away, no `pod rm`.
     drop(old);
     let mut seen_dead = false;
-    let took = wait_for("the agent removes the vanished pod", Duration::from_secs(10), || {
-        match pod_in_status(&root, "old") {
+    let took = wait_for(
+        "the agent removes the vanished pod",
+        Duration::from_secs(10),
+        || match pod_in_status(&root, "old") {
             Some(p) => {
                 let dead = p["netns_alive"] == false;
-                assert!(!(seen_dead && !dead), "status showed the pod healthy again: {p}");
+                assert!(
+                    !(seen_dead && !dead),
+                    "status showed the pod healthy again: {p}"
+                );
                 seen_dead |= dead;
                 false
             }
             None => true,
-        }
-    });
+        },
+    );
     eprintln!("vanished pod swept after {took:?} (seen as gone in status: {seen_dead})");
     assert!(registry_is_empty(&root), "{}", status_json(&root));
 
@@ -87,7 +101,15 @@ fn vanished_netns_is_swept_and_its_address_reusable() {
         .expect("giving the new pod the old address");
     let out = cli_ok(
         &root,
-        &["--json", "pod", "add", "--name", "new", "--netns", &new.netns.to_string_lossy()],
+        &[
+            "--json",
+            "pod",
+            "add",
+            "--name",
+            "new",
+            "--netns",
+            &new.netns.to_string_lossy(),
+        ],
     );
     let rec: Value = serde_json::from_str(&out).expect("pod add --json");
     let ips: Vec<String> = rec["ips"]
@@ -112,7 +134,14 @@ fn killed_add_or_remove_leaves_nothing_once_the_agent_runs() {
     let netns = pod.netns.to_string_lossy().into_owned();
     for step in ["pod-add:link", "pod-add:ips", "pod-add:listener"] {
         let out = Command::new(env!("CARGO_BIN_EXE_meshlane"))
-            .args(["--pin-root", &root.to_string_lossy(), "pod", "add", "--netns", &netns])
+            .args([
+                "--pin-root",
+                &root.to_string_lossy(),
+                "pod",
+                "add",
+                "--netns",
+                &netns,
+            ])
             .env("MESHLANE_FAIL_POINT", step)
             .output()
             .expect("running pod add");
@@ -131,7 +160,14 @@ fn killed_add_or_remove_leaves_nothing_once_the_agent_runs() {
     for step in ["pod-rm:record", "pod-rm:link"] {
         cli_ok(&root, &["pod", "add", "--netns", &netns]);
         let out = Command::new(env!("CARGO_BIN_EXE_meshlane"))
-            .args(["--pin-root", &root.to_string_lossy(), "pod", "rm", "--netns", &netns])
+            .args([
+                "--pin-root",
+                &root.to_string_lossy(),
+                "pod",
+                "rm",
+                "--netns",
+                &netns,
+            ])
             .env("MESHLANE_FAIL_POINT", step)
             .output()
             .expect("running pod rm");
