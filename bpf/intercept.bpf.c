@@ -172,23 +172,41 @@ static __always_inline int outbound_verdict(__u64 netns, struct ml_pod *pod,
 	return PASS_THROUGH;
 }
 
-/* Keeps the destination the app asked for on its socket; 0 on success. */
+/* Writes @o into @sk's ml_app_orig storage; 0 on success. */
+static __always_inline int keep_orig(void *sk, const struct ml_orig_dst *o)
+{
+	struct ml_orig_dst *kept;
+
+	kept = bpf_sk_storage_get(&ml_app_orig, sk, 0,
+				  BPF_SK_STORAGE_GET_F_CREATE);
+	if (!kept)
+		return -1;
+	*kept = *o;
+	return 0;
+}
+
+/* Keeps the destination the app asked for on its socket; 0 on success.
+ * An MPTCP connect runs this hook on the first subflow (a TCP socket),
+ * while the app's getpeername asks the MPTCP socket: both get it. */
 static __always_inline int remember(struct bpf_sock_addr *ctx, __u64 netns,
 				    const struct ml_addr *dst, __u16 port,
 				    __u32 flags)
 {
-	struct ml_orig_dst *o;
+	struct bpf_sock *sk = ctx->sk;
+	struct ml_orig_dst o = {};
+	void *msk;
 
-	if (!ctx->sk)
+	if (!sk)
 		return -1;
-	o = bpf_sk_storage_get(&ml_app_orig, ctx->sk, 0,
-			       BPF_SK_STORAGE_GET_F_CREATE);
-	if (!o)
+	o.addr = *dst;
+	o.port = port;
+	o.flags = flags;
+	o.netns = netns;
+	if (keep_orig(sk, &o))
 		return -1;
-	o->addr = *dst;
-	o->port = port;
-	o->flags = flags;
-	o->netns = netns;
+	msk = bpf_skc_to_mptcp_sock(sk);
+	if (msk && keep_orig(msk, &o))
+		return -1;
 	return 0;
 }
 

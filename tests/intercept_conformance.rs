@@ -43,6 +43,12 @@ fn basic() -> Case {
                 VIA_BOTH,
                 "server peer 127.0.0.6 local B:8080, app getpeername B:8080",
             ),
+            // the same over MPTCP (its subflows are TCP to netfilter)
+            e(
+                Probe::new(A, Host::Pod(B), 8080).mptcp(),
+                VIA_BOTH,
+                "server peer 127.0.0.6 local B:8080, app getpeername B:8080",
+            ),
             // the same through an AF_INET6 socket (v4-mapped address)
             e(
                 Probe::new(A, Host::PodV4Mapped(B), 8080),

@@ -154,6 +154,36 @@ pub struct As {
     pub ids: Option<(u32, u32)>,
     /// Run the client with these ((ruid, euid), (rgid, egid)) instead.
     pub split_ids: Option<((u32, u32), (u32, u32))>,
+    /// Connect with an MPTCP socket (IPPROTO_MPTCP) instead of TCP.
+    pub mptcp: bool,
+}
+
+/// Connects like `TcpStream::connect_timeout`, over MPTCP when asked.
+fn connect(to: SocketAddr, mptcp: bool) -> std::io::Result<TcpStream> {
+    if !mptcp {
+        return TcpStream::connect_timeout(&to, Duration::from_secs(5));
+    }
+    let family = if to.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: plain socket(2); the fd is owned right after.
+    let fd = unsafe {
+        libc::socket(
+            family,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            libc::IPPROTO_MPTCP,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd we own.
+    let owned = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let addr = nix::sys::socket::SockaddrStorage::from(to);
+    nix::sys::socket::connect(fd, &addr).map_err(std::io::Error::from)?;
+    Ok(TcpStream::from(owned))
 }
 
 fn parse_body(resp: &[u8]) -> Option<(std::net::IpAddr, SocketAddr)> {
@@ -181,7 +211,7 @@ pub fn probe(pod: &Pod, to: SocketAddr, who: As) -> Seen {
         if let Some((u, g)) = who.split_ids {
             become_thread_split(u, g);
         }
-        let mut s = match TcpStream::connect_timeout(&to, Duration::from_secs(5)) {
+        let mut s = match connect(to, who.mptcp) {
             Ok(s) => s,
             Err(e) if e.kind() == ErrorKind::ConnectionRefused => return Seen::Refused,
             Err(e) => return Seen::Failed(format!("connect {to}: {e}")),

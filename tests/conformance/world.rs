@@ -346,6 +346,13 @@ impl Probe {
         self
     }
 
+    /// Connects over MPTCP.
+    pub fn mptcp(mut self) -> Self {
+        self.who.mptcp = true;
+        self.label = format!("{} mptcp", self.label);
+        self
+    }
+
     /// Runs the client with real and effective ids that differ.
     pub fn run_as_split(mut self, ruid: u32, euid: u32, rgid: u32, egid: u32) -> Self {
         self.who.split_ids = Some(((ruid, euid), (rgid, egid)));
