@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::probe::KernelBehaviour;
 
 /// When to attach the stream verdict program to ml_socks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum VerdictRemedy {
     /// Where it passes every byte exactly once (no overlap duplication, or

@@ -13,16 +13,20 @@
 //! - [`iptables`]: finds istio-init nat rules in a pod's netns
 //! - [`pod_listener`]: adopts a proxy listener opened before its pod was registered
 //! - [`status`]: programs, links, pods, map fill and counters
-//! - [`agent`]: the long-running node agent
+//! - [`config`]: the agent's one configuration (YAML, defaults, validation)
+//! - [`metrics`]: Prometheus metrics (prometheus-client)
+//! - [`agent`]: the long-running node agent (tokio): admin server, sweep, drain
 pub mod abi;
 pub mod agent;
 #[cfg(feature = "sim")]
 pub mod bench;
 pub mod cgroup;
+pub mod config;
 pub mod integrity;
 pub mod iptables;
 pub mod layout;
 pub mod loader;
+pub mod metrics;
 pub mod netns;
 pub mod overlap;
 pub mod pod_listener;

@@ -11,49 +11,46 @@ use libbpf_rs::{MapCore, MapFlags, MapHandle};
 use serde::Serialize;
 
 use crate::abi::ml_counter;
-use crate::layout::{LayoutError, PinLayout};
+use crate::layout::PinLayout;
 use crate::pods::{PodError, PodRecord, Registry};
 
-/// Display names of the counter slots (enum ml_counter in bpf/meshlane.h).
-pub const COUNTERS: &[(ml_counter, &str)] = &[
-    (ml_counter::ML_CNT_MSG_SPLICED, "messages_spliced"),
-    (ml_counter::ML_CNT_BYTES_SPLICED, "bytes_spliced"),
-    (ml_counter::ML_CNT_MSG_FALLBACK, "messages_fallback"),
-    (ml_counter::ML_CNT_BYTES_FALLBACK, "bytes_fallback"),
-    (ml_counter::ML_CNT_SOCK_INSERTED, "sockets_inserted"),
-    (
-        ml_counter::ML_CNT_SOCK_INSERT_FAILED,
-        "sockets_insert_failed",
-    ),
-    (ml_counter::ML_CNT_PAIRED_NAT, "sockets_paired_across_nat"),
-    (ml_counter::ML_CNT_CONNECT_REDIRECTED, "connects_redirected"),
-    (ml_counter::ML_CNT_CONNECT_EXEMPT, "connects_exempt"),
-    (
-        ml_counter::ML_CNT_ORIG_DST_ANSWERED,
-        "original_dst_answered",
-    ),
-    (ml_counter::ML_CNT_INBOUND_STEERED, "inbound_steered"),
-    (
-        ml_counter::ML_CNT_INBOUND_NO_LISTENER,
-        "inbound_refused_no_listener",
-    ),
-    (ml_counter::ML_CNT_DNS_REDIRECTED, "dns_redirected"),
-    (
-        ml_counter::ML_CNT_LISTENER_REGISTERED,
-        "listeners_registered",
-    ),
-    (ml_counter::ML_CNT_STATE_FULL, "bookkeeping_insert_failed"),
-    (ml_counter::ML_CNT_SPLICE_THROTTLED, "splice_throttled"),
-    (ml_counter::ML_CNT_SPLICE_RESUMED, "splice_resumed"),
-    (ml_counter::ML_CNT_SOCK_NOT_SPLICED, "sockets_not_spliced"),
-    (ml_counter::ML_CNT_SOCK_EVICTED, "sockets_evicted"),
-    (ml_counter::ML_CNT_OVERLAP_TRIMMED, "overlaps_trimmed"),
-    (ml_counter::ML_CNT_OVERLAP_BYTES, "overlap_bytes_trimmed"),
-    (ml_counter::ML_CNT_OVERLAP_UNTRIMMED, "overlaps_untrimmed"),
-    (
-        ml_counter::ML_CNT_DISCONNECT_PURGED,
-        "sockets_purged_at_disconnect",
-    ),
+/// One data-path counter slot (enum ml_counter in bpf/meshlane.h): its
+/// name in `status` and metrics, and what it counts.
+pub struct CounterInfo {
+    pub slot: ml_counter,
+    pub name: &'static str,
+    pub help: &'static str,
+}
+
+const fn c(slot: ml_counter, name: &'static str, help: &'static str) -> CounterInfo {
+    CounterInfo { slot, name, help }
+}
+
+/// Every counter slot the BPF programs bump.
+pub const COUNTERS: &[CounterInfo] = &[
+    c(ml_counter::ML_CNT_MSG_SPLICED, "messages_spliced", "sk_msg sends redirected to the peer socket"),
+    c(ml_counter::ML_CNT_BYTES_SPLICED, "bytes_spliced", "Bytes redirected to the peer socket"),
+    c(ml_counter::ML_CNT_MSG_FALLBACK, "messages_fallback", "sk_msg sends passed to the TCP stack"),
+    c(ml_counter::ML_CNT_BYTES_FALLBACK, "bytes_fallback", "Bytes passed to the TCP stack by sk_msg"),
+    c(ml_counter::ML_CNT_SOCK_INSERTED, "sockets_inserted", "Sockets put in the splice map"),
+    c(ml_counter::ML_CNT_SOCK_INSERT_FAILED, "sockets_insert_failed", "Sockets the splice map could not take (full): plain TCP"),
+    c(ml_counter::ML_CNT_PAIRED_NAT, "sockets_paired_across_nat", "Sockets paired across an iptables REDIRECT"),
+    c(ml_counter::ML_CNT_CONNECT_REDIRECTED, "connects_redirected", "Connects sent to the proxy"),
+    c(ml_counter::ML_CNT_CONNECT_EXEMPT, "connects_exempt", "Connects of meshed pods left alone by the rules"),
+    c(ml_counter::ML_CNT_ORIG_DST_ANSWERED, "original_dst_answered", "SO_ORIGINAL_DST answers given to proxies"),
+    c(ml_counter::ML_CNT_INBOUND_STEERED, "inbound_steered", "Inbound connections assigned to a proxy's inbound listener"),
+    c(ml_counter::ML_CNT_INBOUND_NO_LISTENER, "inbound_refused_no_listener", "Inbound connections refused: no proxy listening"),
+    c(ml_counter::ML_CNT_DNS_REDIRECTED, "dns_redirected", "DNS queries sent to the proxy's DNS port"),
+    c(ml_counter::ML_CNT_LISTENER_REGISTERED, "listeners_registered", "Proxy inbound listeners registered"),
+    c(ml_counter::ML_CNT_STATE_FULL, "bookkeeping_insert_failed", "Connections whose interception state could not be kept (connect refused, or no original destination for the proxy)"),
+    c(ml_counter::ML_CNT_SPLICE_THROTTLED, "splice_throttled", "Spliced directions handed to TCP because the reader fell behind"),
+    c(ml_counter::ML_CNT_SPLICE_RESUMED, "splice_resumed", "Throttled directions spliced again"),
+    c(ml_counter::ML_CNT_SOCK_NOT_SPLICED, "sockets_not_spliced", "Meshed sockets kept out of the splice map (app sockets, opted out, no local peer)"),
+    c(ml_counter::ML_CNT_SOCK_EVICTED, "sockets_evicted", "Active sockets removed from the splice map"),
+    c(ml_counter::ML_CNT_OVERLAP_TRIMMED, "overlaps_trimmed", "Overlapping retransmissions cut by the stream verdict"),
+    c(ml_counter::ML_CNT_OVERLAP_BYTES, "overlap_bytes_trimmed", "Bytes cut from overlapping retransmissions"),
+    c(ml_counter::ML_CNT_OVERLAP_UNTRIMMED, "overlaps_untrimmed", "Overlaps the stream verdict could not cut"),
+    c(ml_counter::ML_CNT_DISCONNECT_PURGED, "sockets_purged_at_disconnect", "Sockets that left the splice map at disconnect"),
 ];
 
 /// Maps whose entry count `status` reports.
@@ -165,13 +162,17 @@ fn pins_in(dir: &Path) -> Vec<PathBuf> {
     v
 }
 
-/// Sums a per-CPU counter array.
+/// Sums a per-CPU counter array; empty when it cannot be read (see
+/// [`try_read_counters`] for the error).
 pub fn read_counters(layout: &PinLayout) -> BTreeMap<String, u64> {
+    try_read_counters(layout).unwrap_or_default()
+}
+
+/// [`read_counters`], or why the counters cannot be read.
+pub fn try_read_counters(layout: &PinLayout) -> Result<BTreeMap<String, u64>, libbpf_rs::Error> {
     let mut out = BTreeMap::new();
-    let Ok(m) = MapHandle::from_pinned_path(layout.map("ml_counters")) else {
-        return out;
-    };
-    for (slot, name) in COUNTERS {
+    let m = MapHandle::from_pinned_path(layout.map("ml_counters"))?;
+    for CounterInfo { slot, name, .. } in COUNTERS {
         let key = slot.0.to_ne_bytes();
         let total = match m.lookup_percpu(&key, MapFlags::ANY) {
             Ok(Some(per_cpu)) => per_cpu
@@ -181,11 +182,12 @@ pub fn read_counters(layout: &PinLayout) -> BTreeMap<String, u64> {
                         .map_or(0, |b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8])))
                 })
                 .sum(),
-            _ => 0,
+            Ok(None) => 0,
+            Err(e) => return Err(e),
         };
         out.insert((*name).to_string(), total);
     }
-    out
+    Ok(out)
 }
 
 /// One counter by its display name (0 when unknown or not installed).
@@ -204,12 +206,18 @@ pub fn map_fill(layout: &PinLayout, name: &str) -> Option<MapFill> {
     })
 }
 
-pub fn collect(layout: &PinLayout) -> Result<Status, PodError> {
-    layout.require_installed()?;
-    let mut links: Vec<LinkStatus> = pins_in(&layout.links_dir())
+/// The node-wide links (cgroup hooks, socket-map programs) and their
+/// programs' run stats; the per-pod links are left out.
+pub fn node_links(layout: &PinLayout) -> Vec<LinkStatus> {
+    pins_in(&layout.links_dir())
         .iter()
         .filter_map(|p| link_status(p))
-        .collect();
+        .collect()
+}
+
+pub fn collect(layout: &PinLayout) -> Result<Status, PodError> {
+    layout.require_installed()?;
+    let mut links = node_links(layout);
     links.extend(
         pins_in(&layout.pod_links_dir())
             .iter()
@@ -228,33 +236,6 @@ pub fn collect(layout: &PinLayout) -> Result<Status, PodError> {
         maps,
         counters: read_counters(layout),
     })
-}
-
-/// Prometheus text exposition of the counters and program stats.
-pub fn prometheus(layout: &PinLayout) -> Result<String, LayoutError> {
-    layout.require_installed()?;
-    let mut s = String::new();
-    for (name, v) in read_counters(layout) {
-        s.push_str(&format!(
-            "# TYPE meshlane_{name}_total counter\nmeshlane_{name}_total {v}\n"
-        ));
-    }
-    for l in pins_in(&layout.links_dir())
-        .iter()
-        .filter_map(|p| link_status(p))
-    {
-        s.push_str(&format!(
-            "meshlane_program_run_count{{program=\"{}\"}} {}\nmeshlane_program_run_time_ns{{program=\"{}\"}} {}\n",
-            l.program, l.run_count, l.program, l.run_time_ns
-        ));
-    }
-    for m in FILL_MAPS.iter().filter_map(|n| map_fill(layout, n)) {
-        s.push_str(&format!(
-            "meshlane_map_entries{{map=\"{}\"}} {}\n",
-            m.name, m.entries
-        ));
-    }
-    Ok(s)
 }
 
 impl std::fmt::Display for Status {

@@ -346,7 +346,14 @@ fn ipv6_ports() -> Case {
         ipv6: true,
         a: Some(a),
         b: Some(b),
-        servers: vec![(B, 32000), (B, 4000), (B, 5000), (B, 8080), (A, 8080)],
+        servers: vec![
+            (B, 32000),
+            (B, 4000),
+            (B, 5000),
+            (B, 8080),
+            (A, 8080),
+            (A, 32000),
+        ],
         expect: vec![
             e(
                 Probe::new(A, Host::Pod(B), 32000),
@@ -373,11 +380,17 @@ fn ipv6_ports() -> Case {
                 &[],
                 "server peer ::1 local ::1:8080",
             ),
-            // [::] is this host too (over lo, to ::1)
+            // [::] is this host too (over lo, to ::1), even on a port A
+            // captures outbound
             e(
                 Probe::new(A, Host::Ip("::"), 8080),
                 &[],
                 "server peer ::1 local ::1:8080",
+            ),
+            e(
+                Probe::new(A, Host::Ip("::"), 32000),
+                &[],
+                "server peer ::1 local ::1:32000",
             ),
             e(
                 Probe::new(C, Host::Pod(B), 5000),

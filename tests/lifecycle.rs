@@ -212,10 +212,29 @@ fn agent_sigkill_restart_adopts_and_uninstall_removes_everything() {
         "programs still attached to the cgroup: {:?}",
         cgroup_ml_attachments(&cg)
     );
-    assert!(
-        agent2.wait_exit(Duration::from_secs(30)).is_some(),
-        "agent kept running after uninstall"
-    );
+    // The agent stays up, unready, saying why; SIGTERM stops it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !agent2
+        .log_lines()
+        .iter()
+        .any(|l| l.contains("pins are gone"))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "agent did not notice the uninstall: {:?}",
+            agent2.log_lines()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent2.pid()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    let st = agent2
+        .wait_exit(Duration::from_secs(30))
+        .expect("agent exits on SIGTERM after uninstall");
+    assert!(st.success(), "{st}");
     // The established connection finishes its work, byte-exact.
     conv.wait_progress(256 * 1024, Duration::from_secs(120))
         .expect("established connection keeps working after uninstall");
@@ -269,6 +288,10 @@ fn data_path_needs_no_running_agent_and_sigterm_keeps_it() {
     new_connection_is_spliced(&root, &client, srv_addr, 21);
 
     let mut agent = AgentProcess::start(&root, node.cgroup.path()).expect("agent starts");
+    // Traffic flows while the agent drains.
+    let conv = EchoConversation::start(connect_from(&client, srv_addr), 9);
+    conv.wait_progress(64 * 1024, Duration::from_secs(60))
+        .expect("conversation before SIGTERM");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(agent.pid()),
         nix::sys::signal::Signal::SIGTERM,
@@ -287,6 +310,10 @@ fn data_path_needs_no_running_agent_and_sigterm_keeps_it() {
         agent.log_lines()
     );
     assert_eq!(link_ids(&status_json(&root)), links, "links changed");
+    conv.wait_progress(256 * 1024, Duration::from_secs(60))
+        .expect("conversation after the agent drained");
+    conversation_is_spliced(&root, &conv);
+    assert!(conv.finish().expect("byte-exact through the drain") > 0);
     new_connection_is_spliced(&root, &client, srv_addr, 22);
 }
 

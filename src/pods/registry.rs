@@ -264,6 +264,11 @@ impl Registry {
         had
     }
 
+    /// How many pods are registered (walks ml_pods: at most 4096 keys).
+    pub fn count(&self) -> usize {
+        self.pods.keys().count()
+    }
+
     /// Cookies that have a record in ml_pods.
     pub(super) fn recorded(&self) -> Vec<u64> {
         self.pods

@@ -233,11 +233,17 @@ impl AgentProcess {
     /// Starts `meshlane --pin-root <root> agent --cgroup <cgroup> --log-interval 1`
     /// and waits until it logs that it is running.
     pub fn start(pin_root: &Path, cgroup: &Path) -> Result<Self> {
+        Self::start_with(pin_root, cgroup, &[])
+    }
+
+    /// `start` with more agent flags.
+    pub fn start_with(pin_root: &Path, cgroup: &Path, extra: &[&str]) -> Result<Self> {
         let mut child = Command::new(BIN)
             .arg("--pin-root")
             .arg(pin_root)
             .args(["agent", "--log-interval", "1", "--cgroup"])
             .arg(cgroup)
+            .args(extra)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())

@@ -5,19 +5,20 @@
 mod errors;
 mod pod_cmd;
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use errors::{error_line, libbpf_log, usage_error_line};
 
-use meshlane::agent::{self, AgentOptions};
+use meshlane::agent;
+use meshlane::config::{AgentConfig, LogFormat};
 use meshlane::layout::{PinLayout, DEFAULT_PIN_ROOT};
-use meshlane::loader::{self, Config, VerdictRemedy};
+use meshlane::loader::{self, VerdictRemedy};
 use meshlane::{integrity, probe, status};
 
 #[derive(Parser)]
@@ -27,9 +28,10 @@ use meshlane::{integrity, probe, status};
     about = "eBPF data path for sidecar service meshes: splice, intercept, bypass"
 )]
 struct Cli {
-    /// Pin root in bpffs where meshlane keeps its maps, programs and links.
-    #[arg(long, global = true, env = "MESHLANE_PIN_ROOT", default_value = DEFAULT_PIN_ROOT)]
-    pin_root: PathBuf,
+    /// Pin root in bpffs where meshlane keeps its maps, programs and links
+    /// [default: /sys/fs/bpf/meshlane, or the agent config's pinRoot].
+    #[arg(long, global = true, env = "MESHLANE_PIN_ROOT")]
+    pin_root: Option<PathBuf>,
     /// Machine-readable output.
     #[arg(long, global = true)]
     json: bool,
@@ -58,36 +60,94 @@ enum Cmd {
     Demo,
 }
 
+/// Agent flags. Each overrides the same field of the --config file (and
+/// the environment variable named beside it overrides the file too);
+/// unset flags keep the file's value or the default (see src/config.rs).
 #[derive(Args)]
 struct AgentArgs {
-    /// cgroup v2 directory to attach to (default: the hierarchy's root, from /proc/mounts).
-    #[arg(long)]
+    /// YAML config file (every field optional; see docs/ARCHITECTURE.md).
+    #[arg(long, env = "MESHLANE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Validate FILE, print the effective config (file + env + flags) and exit.
+    #[arg(long, value_name = "FILE", conflicts_with = "config")]
+    check_config: Option<PathBuf>,
+    /// cgroup v2 directory to attach to [default: the hierarchy's root, from /proc/mounts].
+    #[arg(long, env = "MESHLANE_CGROUP")]
     cgroup: Option<PathBuf>,
-    /// Capacity of the socket map; connections beyond it use the TCP stack.
-    #[arg(long, default_value_t = 65536, value_parser = clap::value_parser!(u32).range(16..=4_194_304))]
-    sockhash_size: u32,
+    /// Capacity of the socket map; connections beyond it use the TCP stack [default: 65536].
+    #[arg(long, env = "MESHLANE_SOCKHASH_SIZE")]
+    sockhash_size: Option<u32>,
     /// Bytes queued at a spliced reader before that direction uses TCP
-    /// (with its flow control) until the reader catches up; 0 = no limit.
-    /// Default: the node's largest TCP receive buffer (net.ipv4.tcp_rmem).
-    #[arg(long, default_value_t = meshlane::loader::default_splice_queue_limit())]
-    splice_queue_limit: u32,
+    /// (with its flow control) until the reader catches up; 0 = no limit
+    /// [default: the node's largest TCP receive buffer, net.ipv4.tcp_rmem].
+    #[arg(long, env = "MESHLANE_SPLICE_QUEUE_LIMIT")]
+    splice_queue_limit: Option<u32>,
     /// Splice only: do not attach the interception hooks.
     #[arg(long)]
     no_intercept: bool,
     /// Stream verdict on the sockhash (cuts overlapping retransmissions,
     /// counts TCP-path bytes in FIONREAD): auto attaches it where it passes
-    /// every byte exactly once (see `meshlane probe`).
-    #[arg(long, value_enum, default_value_t = VerdictRemedy::Auto)]
-    verdict_remedy: VerdictRemedy,
-    /// Serve Prometheus metrics here (e.g. 127.0.0.1:15099).
-    #[arg(long)]
-    metrics_addr: Option<SocketAddr>,
-    /// Seconds between counter log lines.
-    #[arg(long, default_value_t = 30)]
-    log_interval: u64,
+    /// every byte exactly once (see `meshlane probe`) [default: auto].
+    #[arg(long, value_enum, env = "MESHLANE_VERDICT_REMEDY")]
+    verdict_remedy: Option<VerdictRemedy>,
+    /// Admin server: /healthz/ready, /healthz/live, /metrics (e.g. 127.0.0.1:15098).
+    #[arg(long, visible_alias = "metrics-addr", env = "MESHLANE_ADMIN_ADDR")]
+    admin_addr: Option<SocketAddr>,
+    /// Log line format on stderr [default: text].
+    #[arg(long, value_enum, env = "MESHLANE_LOG_FORMAT")]
+    log_format: Option<LogFormat>,
+    /// Seconds between counter log lines [default: 30].
+    #[arg(long, env = "MESHLANE_LOG_INTERVAL")]
+    log_interval: Option<u64>,
+    /// Seconds to wait for the components after SIGTERM/SIGINT [default: 5].
+    #[arg(long, env = "MESHLANE_DRAIN_SECONDS")]
+    drain_seconds: Option<u64>,
     /// Install or adopt, print the result and exit.
     #[arg(long)]
     once: bool,
+}
+
+impl AgentArgs {
+    /// The effective config: file (or defaults), then env and flags.
+    fn config(&self, pin_root: Option<&PathBuf>) -> Result<AgentConfig> {
+        let file = self.check_config.as_ref().or(self.config.as_ref());
+        let mut c = match file {
+            Some(f) => AgentConfig::from_file(f)?,
+            None => AgentConfig::default(),
+        };
+        if let Some(p) = pin_root {
+            c.pin_root = p.clone();
+        }
+        if let Some(v) = &self.cgroup {
+            c.cgroup = Some(v.clone());
+        }
+        if let Some(v) = self.sockhash_size {
+            c.sockhash_size = v;
+        }
+        if let Some(v) = self.splice_queue_limit {
+            c.splice_queue_limit = Some(v);
+        }
+        if self.no_intercept {
+            c.intercept = false;
+        }
+        if let Some(v) = self.verdict_remedy {
+            c.verdict_remedy = v;
+        }
+        if let Some(v) = self.admin_addr {
+            c.admin_addr = Some(v);
+        }
+        if let Some(v) = self.log_format {
+            c.log_format = v;
+        }
+        if let Some(v) = self.log_interval {
+            c.log_interval_seconds = v;
+        }
+        if let Some(v) = self.drain_seconds {
+            c.drain_seconds = v;
+        }
+        c.validate()?;
+        Ok(c)
+    }
 }
 
 pub(crate) fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
@@ -105,28 +165,27 @@ fn require_root() -> Result<()> {
     Ok(())
 }
 
-fn run(cli: Cli) -> Result<()> {
-    let layout = PinLayout::new(&cli.pin_root);
+fn run(cli: Cli, agent_config: Option<AgentConfig>) -> Result<()> {
+    let pin_root = cli
+        .pin_root
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_PIN_ROOT));
+    let layout = PinLayout::new(&pin_root);
     match cli.cmd {
         Cmd::Agent(a) => {
-            let opts = AgentOptions {
-                install: Config {
-                    pin_root: cli.pin_root.clone(),
-                    cgroup: a.cgroup,
-                    sockhash_size: a.sockhash_size,
-                    splice_queue_limit: a.splice_queue_limit,
-                    intercept: !a.no_intercept,
-                    verdict_remedy: a.verdict_remedy,
-                },
-                metrics_addr: a.metrics_addr,
-                log_interval: Duration::from_secs(a.log_interval.max(1)),
-                once: a.once,
-            };
+            let cfg = agent_config.context("agent config")?;
+            if a.check_config.is_some() {
+                if cli.json {
+                    return print_json(&cfg);
+                }
+                print!("{}", cfg.to_yaml());
+                return Ok(());
+            }
             if a.once && cli.json {
-                let r = agent::start(&opts)?;
+                let r = agent::start(&cfg)?;
                 return print_json(&r);
             }
-            agent::run(opts)?;
+            agent::run(cfg, a.once)?;
         }
         Cmd::Status => {
             require_root()?;
@@ -214,22 +273,29 @@ fn integrity_report() -> Result<integrity::Report> {
     Ok(integrity::Report::new(&facts, &plan))
 }
 
+/// Logs to stderr (RUST_LOG filters, default info): plain text without
+/// colour codes unless stderr is a terminal, or one JSON object per line.
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
+    // libbpf's own messages go through tracing (RUST_LOG=libbpf=debug), so
+    // a failure reaches the user as meshlane's one error line.
+    libbpf_rs::set_print(Some((libbpf_rs::PrintLevel::Debug, libbpf_log)));
+}
+
 fn main() -> ExitCode {
     // Behave like a Unix filter when stdout closes early (`| head`).
     // SAFETY: setting a signal disposition before any thread starts.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    // libbpf's own messages go through tracing (RUST_LOG=libbpf=debug), so
-    // a failure reaches the user as meshlane's one error line.
-    libbpf_rs::set_print(Some((libbpf_rs::PrintLevel::Debug, libbpf_log)));
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {
@@ -242,7 +308,23 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match run(cli) {
+    // The agent's config decides its log format: read it first.
+    let agent_config = match &cli.cmd {
+        Cmd::Agent(a) => match a.config(cli.pin_root.as_ref()) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("meshlane: {}", error_line(&e));
+                return ExitCode::FAILURE;
+            }
+        },
+        _ => None,
+    };
+    init_logging(
+        agent_config
+            .as_ref()
+            .map_or(LogFormat::Text, |c| c.log_format),
+    );
+    match run(cli, agent_config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("meshlane: {}", error_line(&e));

@@ -1,0 +1,262 @@
+//! The node agent: probe, install or adopt the data path (synchronous, the
+//! loader), then run its components on a tokio runtime until SIGTERM or
+//! SIGINT, and stop them in order within the drain deadline.
+//!
+//! Components, all started from [`serve`]:
+//! - the admin server ([`admin`]): readiness, liveness, metrics;
+//! - the pod sweep: every [`SWEEP_INTERVAL`], registrations whose netns is
+//!   gone (and leftovers of killed adds) are removed;
+//! - the counter log line, every `logIntervalSeconds`.
+//!
+//! The agent holds no BPF object after install (everything lives in pins),
+//! so killing it never touches traffic, and a restarted agent adopts the
+//! pins. Exiting, for any reason, leaves the data path pinned.
+
+mod admin;
+mod readiness;
+
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use thiserror::Error;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::config::{AgentConfig, ConfigError};
+use crate::layout::{PinLayout, PinRootLock};
+use crate::loader::{self, InstallReport, LoadError};
+use crate::metrics::{AgentMetrics, Metrics, ReasonLabel};
+use crate::probe::{self, ProbeError};
+use readiness::Readiness;
+
+#[derive(Debug, Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Probe(#[from] ProbeError),
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("this kernel's psock does not count its queue (no sk_psock.msg_tot_len in its BTF), so splice backpressure cannot work: run with --splice-queue-limit 0 to splice without it (a reader that falls behind can then make the kernel queue without bound)")]
+    NoBackpressure,
+    #[error("admin listener (readiness, liveness, metrics) on {addr}: {source}")]
+    Admin {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("starting the agent's runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// How often the agent looks for registrations whose netns is gone.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Turns on the kernel's per-program run count/time while the fd lives.
+fn enable_bpf_stats() -> Option<OwnedFd> {
+    // SAFETY: plain syscall wrapper.
+    let fd = unsafe { libbpf_sys::bpf_enable_stats(libbpf_sys::BPF_STATS_RUN_TIME) };
+    // SAFETY: a non-negative fd is ours.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Probes and installs; the part of `run` that tests and `--once` use.
+pub fn start(cfg: &AgentConfig) -> Result<InstallReport, AgentError> {
+    Ok(start_holding(cfg)?.0)
+}
+
+/// `start`, returning the pin root's lock: one agent per pin root, held
+/// for as long as the agent runs.
+fn start_holding(cfg: &AgentConfig) -> Result<(InstallReport, PinRootLock), AgentError> {
+    cfg.validate()?;
+    let install = cfg.install();
+    probe::require_all()?;
+    if install.splice_queue_limit > 0 && !probe::kernel_counts_psock_queue() {
+        return Err(AgentError::NoBackpressure);
+    }
+    let layout = PinLayout::new(&install.pin_root);
+    layout.check_version().map_err(LoadError::from)?;
+    loader::attach_cgroup(&install)?;
+    let lock = layout.lock().map_err(LoadError::from)?;
+    let report = loader::install_holding(&install, &lock)?;
+    for a in &report.attachments {
+        tracing::info!(program = %a.program, pin = %a.pin.display(), action = a.action, "data path");
+    }
+    tracing::info!(
+        splice = report.plan.splice,
+        stream_verdict = report.plan.verdict,
+        "byte integrity"
+    );
+    for f in report.integrity.iter().filter(|f| f.present) {
+        tracing::info!(behaviour = f.behaviour, meshlane = %f.meshlane, "kernel behaviour");
+    }
+    Ok((report, lock))
+}
+
+/// Installs, then runs until SIGTERM/SIGINT (or, with `once`, returns
+/// right after installing). Exiting leaves the data path pinned.
+pub fn run(cfg: AgentConfig, once: bool) -> Result<(), AgentError> {
+    cfg.validate()?;
+    // Bind before installing: a bad address must not leave a fresh install.
+    let admin = match cfg.admin_addr.filter(|_| !once) {
+        Some(addr) => Some(
+            std::net::TcpListener::bind(addr)
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                .map_err(|e| AgentError::Admin { addr, source: e })?,
+        ),
+        None => None,
+    };
+    let (report, _lock) = start_holding(&cfg)?;
+    if once {
+        return Ok(());
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(AgentError::Runtime)?;
+    rt.block_on(serve(cfg, report, admin))
+}
+
+/// One sweep of the pod registry, counted; failures are logged.
+fn sweep_pods(layout: &PinLayout, metrics: &AgentMetrics) -> bool {
+    if !layout.maps_dir().is_dir() {
+        return false; // uninstalled under us: readiness says so
+    }
+    let result = crate::pods::Registry::open(layout).and_then(|r| crate::pods::sweep(&r));
+    match result {
+        Ok(Some(swept)) => {
+            metrics.sweeps.inc();
+            for s in swept {
+                metrics
+                    .swept
+                    .get_or_create(&ReasonLabel {
+                        reason: s.reason.to_string(),
+                    })
+                    .inc();
+            }
+            true
+        }
+        Ok(None) => false,
+        Err(e) => {
+            tracing::warn!(error = %e, "pod sweep failed");
+            false
+        }
+    }
+}
+
+/// The sweep component: every SWEEP_INTERVAL until shutdown; the first
+/// completed sweep marks the pod registry as in sync.
+async fn sweeper(
+    layout: PinLayout,
+    metrics: AgentMetrics,
+    readiness: Arc<Readiness>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            _ = tick.tick() => {
+                let (l, m) = (layout.clone(), metrics.clone());
+                if let Ok(true) = tokio::task::spawn_blocking(move || sweep_pods(&l, &m)).await {
+                    readiness.set_synced();
+                }
+            }
+        }
+    }
+}
+
+/// The counter log line, every `every`.
+async fn counter_log(layout: PinLayout, every: Duration, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            _ = tick.tick() => {
+                if !layout.maps_dir().exists() {
+                    tracing::warn!(pin_root = %layout.root().display(), "pins are gone (uninstall?): not ready");
+                    continue;
+                }
+                let c = crate::status::read_counters(&layout);
+                tracing::info!(counters = ?c, "data path counters");
+            }
+        }
+    }
+}
+
+/// Waits for SIGTERM or SIGINT.
+async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM: draining"),
+                _ = int.recv() => tracing::info!("SIGINT: draining"),
+            }
+        }
+        _ => {
+            tracing::warn!("cannot watch SIGTERM/SIGINT; the agent stops only when killed");
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Runs the components until a stop signal, then drains them.
+async fn serve(
+    cfg: AgentConfig,
+    report: InstallReport,
+    admin: Option<std::net::TcpListener>,
+) -> Result<(), AgentError> {
+    let _stats = enable_bpf_stats();
+    let layout = PinLayout::new(&report.pin_root);
+    let readiness = Arc::new(Readiness::default());
+    readiness.set_installed(cfg.intercept);
+    let agent_metrics = AgentMetrics::default();
+    let metrics = Arc::new(Metrics::new(&layout, &agent_metrics));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+
+    if let Some(std_listener) = admin {
+        let addr = std_listener
+            .local_addr()
+            .map_or_else(|e| e.to_string(), |a| a.to_string());
+        let listener =
+            tokio::net::TcpListener::from_std(std_listener).map_err(|e| AgentError::Admin {
+                addr: cfg.admin_addr.unwrap_or_else(|| ([127, 0, 0, 1], 0).into()),
+                source: e,
+            })?;
+        let state = Arc::new(admin::AdminState {
+            layout: layout.clone(),
+            readiness: readiness.clone(),
+            metrics,
+        });
+        tasks.spawn(admin::serve(listener, state, stop_rx.clone()));
+        tracing::info!(%addr, "admin server: /healthz/ready /healthz/live /metrics");
+    }
+    tasks.spawn(sweeper(
+        layout.clone(),
+        agent_metrics,
+        readiness.clone(),
+        stop_rx.clone(),
+    ));
+    tasks.spawn(counter_log(layout.clone(), cfg.log_interval(), stop_rx));
+    tracing::info!(pin_root = %report.pin_root.display(), cgroup = %report.cgroup.display(), "agent running");
+
+    stop_signal().await;
+    readiness.set_draining();
+    let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout(cfg.drain(), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(deadline = ?cfg.drain(), "components did not stop in time; aborting them");
+        tasks.abort_all();
+    }
+    tracing::info!("agent exiting; the data path stays pinned");
+    Ok(())
+}

@@ -1,0 +1,62 @@
+//! Readiness of the agent: ready once the data path is installed, its pins
+//! are present and the pod registry has been swept once (the pod source is
+//! in sync), and not while draining. Checked afresh at every probe, so an
+//! uninstall under a running agent turns it unready.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::layout::PinLayout;
+
+/// Node-wide links whose pins must be present (the splice core; the
+/// interception hooks are checked when installed with them).
+const CORE_LINKS: [&str; 2] = ["ml_splice_sockops", "ml_splice_msg"];
+
+#[derive(Debug, Default)]
+pub struct Readiness {
+    installed: AtomicBool,
+    synced: AtomicBool,
+    draining: AtomicBool,
+    intercept: AtomicBool,
+}
+
+impl Readiness {
+    pub fn set_installed(&self, intercept: bool) {
+        self.intercept.store(intercept, Ordering::Relaxed);
+        self.installed.store(true, Ordering::Relaxed);
+    }
+
+    pub fn set_synced(&self) {
+        self.synced.store(true, Ordering::Relaxed);
+    }
+
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// What keeps the agent from being ready (empty: ready).
+    pub fn missing(&self, layout: &PinLayout) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.draining.load(Ordering::Relaxed) {
+            out.push("draining (shutting down)".to_string());
+        }
+        if !self.installed.load(Ordering::Relaxed) {
+            out.push("data path not installed yet".to_string());
+        }
+        if !layout.maps_dir().is_dir() {
+            out.push(format!("pins missing: {}", layout.maps_dir().display()));
+        }
+        let mut links: Vec<&str> = CORE_LINKS.to_vec();
+        if self.intercept.load(Ordering::Relaxed) {
+            links.push("ml_connect4");
+        }
+        for l in links {
+            if !layout.link(l).exists() {
+                out.push(format!("link pin missing: {}", layout.link(l).display()));
+            }
+        }
+        if !self.synced.load(Ordering::Relaxed) {
+            out.push("pod registry not swept yet".to_string());
+        }
+        out
+    }
+}

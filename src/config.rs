@@ -1,0 +1,227 @@
+//! The agent's one configuration: every setting, its default and what it
+//! does, read from a YAML file (`meshlane agent --config FILE`), then
+//! overridden by environment variables and flags (the CLI applies those),
+//! then validated as a whole before anything is installed.
+//! `meshlane agent --check-config FILE` prints the effective result.
+//!
+//! docs/agent-config.yaml is the documented example: every field with
+//! its default (a unit test keeps the two in step).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::loader::{self, VerdictRemedy};
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config: {field}: {why}")]
+    Invalid { field: &'static str, why: String },
+}
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines (colours only when stderr is a terminal).
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Everything the agent can be told. Field docs are the reference; the
+/// module doc shows the YAML form.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// bpffs directory where the maps and links are pinned.
+    pub pin_root: PathBuf,
+    /// cgroup v2 directory the hooks attach to; None: the hierarchy's root.
+    pub cgroup: Option<PathBuf>,
+    /// Capacity of the splice socket map (and the maps sized with it).
+    pub sockhash_size: u32,
+    /// Bytes queued at a spliced reader before its direction uses TCP until
+    /// it drains; None: the node's largest TCP receive buffer; 0: no limit.
+    pub splice_queue_limit: Option<u32>,
+    /// Attach the interception hooks (false: splice only).
+    pub intercept: bool,
+    /// Stream verdict on the socket map (see `meshlane probe`).
+    pub verdict_remedy: VerdictRemedy,
+    /// Address of the admin server (readiness, liveness, metrics); None: off.
+    pub admin_addr: Option<SocketAddr>,
+    /// Log line format on stderr.
+    pub log_format: LogFormat,
+    /// Seconds between counter log lines.
+    pub log_interval_seconds: u64,
+    /// Seconds the agent waits for its components after SIGTERM/SIGINT.
+    pub drain_seconds: u64,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            pin_root: crate::layout::DEFAULT_PIN_ROOT.into(),
+            cgroup: None,
+            sockhash_size: 65536,
+            splice_queue_limit: None,
+            intercept: true,
+            verdict_remedy: VerdictRemedy::Auto,
+            admin_addr: None,
+            log_format: LogFormat::Text,
+            log_interval_seconds: 30,
+            drain_seconds: 5,
+        }
+    }
+}
+
+/// Limits of `sockhash_size` (the kernel's sockhash takes any size; these
+/// keep the maps sized with it within reason).
+pub const SOCKHASH_SIZE_RANGE: std::ops::RangeInclusive<u32> = 16..=4_194_304;
+
+impl AgentConfig {
+    /// Reads a YAML file (unknown fields are errors naming them).
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.into(),
+            source: e,
+        })?;
+        Self::from_yaml(&text).map_err(|message| ConfigError::Parse {
+            path: path.into(),
+            message,
+        })
+    }
+
+    /// Parses YAML text; an empty document is the defaults.
+    pub fn from_yaml(text: &str) -> Result<Self, String> {
+        if text.trim().is_empty() {
+            return Ok(Self::default());
+        }
+        serde_yaml_ng::from_str(text).map_err(|e| e.to_string().replace('\n', " "))
+    }
+
+    /// Checks every field; the first wrong one is named.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |field, why: String| Err(ConfigError::Invalid { field, why });
+        if !self.pin_root.is_absolute() {
+            return bad(
+                "pinRoot",
+                format!("{} is not an absolute path", self.pin_root.display()),
+            );
+        }
+        if let Some(cg) = &self.cgroup {
+            if !cg.is_absolute() {
+                return bad(
+                    "cgroup",
+                    format!("{} is not an absolute path", cg.display()),
+                );
+            }
+        }
+        if !SOCKHASH_SIZE_RANGE.contains(&self.sockhash_size) {
+            return bad(
+                "sockhashSize",
+                format!(
+                    "{} is outside {}..={}",
+                    self.sockhash_size,
+                    SOCKHASH_SIZE_RANGE.start(),
+                    SOCKHASH_SIZE_RANGE.end()
+                ),
+            );
+        }
+        if self.log_interval_seconds == 0 {
+            return bad("logIntervalSeconds", "must be at least 1".into());
+        }
+        if self.drain_seconds == 0 || self.drain_seconds > 600 {
+            return bad(
+                "drainSeconds",
+                format!("{} is outside 1..=600", self.drain_seconds),
+            );
+        }
+        Ok(())
+    }
+
+    /// The effective config as YAML (what `--check-config` prints).
+    pub fn to_yaml(&self) -> String {
+        serde_yaml_ng::to_string(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+
+    /// What the loader installs.
+    pub fn install(&self) -> loader::Config {
+        loader::Config {
+            pin_root: self.pin_root.clone(),
+            cgroup: self.cgroup.clone(),
+            sockhash_size: self.sockhash_size,
+            splice_queue_limit: self
+                .splice_queue_limit
+                .unwrap_or_else(loader::default_splice_queue_limit),
+            intercept: self.intercept,
+            verdict_remedy: self.verdict_remedy,
+        }
+    }
+
+    pub fn log_interval(&self) -> Duration {
+        Duration::from_secs(self.log_interval_seconds)
+    }
+
+    pub fn drain(&self) -> Duration {
+        Duration::from_secs(self.drain_seconds)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_example_parses_to_the_defaults() {
+        let doc = include_str!("../docs/agent-config.yaml");
+        let parsed = AgentConfig::from_yaml(doc).expect("the documented example parses");
+        assert_eq!(parsed, AgentConfig::default());
+        parsed.validate().expect("the defaults are valid");
+        for line in AgentConfig::default().to_yaml().lines() {
+            let key = line.split(':').next().unwrap_or_default();
+            assert!(
+                doc.lines().any(|l| l.starts_with(&format!("{key}:"))),
+                "docs/agent-config.yaml does not document {key}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_and_wrong_fields_are_named() {
+        let e = AgentConfig::from_yaml("sockhashSiz: 10\n").unwrap_err();
+        assert!(e.contains("sockhashSiz"), "{e}");
+        let e = AgentConfig::from_yaml("verdictRemedy: maybe\n").unwrap_err();
+        assert!(e.contains("maybe"), "{e}");
+        let c = AgentConfig::from_yaml("sockhashSize: 8\n").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("sockhashSize"), "{e}");
+        let c = AgentConfig::from_yaml("pinRoot: relative/dir\n").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("pinRoot"));
+        let c = AgentConfig::from_yaml("drainSeconds: 0\n").unwrap();
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("drainSeconds"));
+    }
+
+    #[test]
+    fn yaml_round_trips() {
+        let c = AgentConfig {
+            admin_addr: Some("127.0.0.1:15098".parse().unwrap()),
+            sockhash_size: 1024,
+            ..Default::default()
+        };
+        assert_eq!(AgentConfig::from_yaml(&c.to_yaml()).unwrap(), c);
+    }
+}

@@ -1,0 +1,174 @@
+//! Issue 10: the agent as a service. Readiness is true only once the data
+//! path is installed and the pod registry swept, and false after an
+//! uninstall; the metrics endpoint parses as Prometheus text with HELP and
+//! TYPE for every family; a wrong config field is one line naming it.
+mod common;
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use support::{cli_ok, node_without_install, AgentProcess};
+
+/// GET `path` on the admin server: (status code, body).
+fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("admin connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request");
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).expect("response");
+    let code = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    (code, body)
+}
+
+/// The admin address the agent logged (it was started on port 0).
+fn admin_addr(agent: &AgentProcess) -> SocketAddr {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let found = agent.log_lines().iter().find_map(|l| {
+            l.contains("admin server")
+                .then(|| {
+                    l.split("addr=")
+                        .nth(1)?
+                        .split_whitespace()
+                        .next()?
+                        .parse()
+                        .ok()
+                })
+                .flatten()
+        });
+        if let Some(a) = found {
+            return a;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no admin address logged: {:?}",
+            agent.log_lines()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn wait_code(addr: SocketAddr, path: &str, want: u16) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (code, body) = get(addr, path);
+        if code == want {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "{path}: {code} {body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Every family in `text` has HELP and TYPE, names carry the prefix, and
+/// the whole parses as Prometheus text.
+fn check_exposition(text: &str) {
+    let lines: Vec<String> = text.lines().map(String::from).collect();
+    let scrape =
+        prometheus_parse::Scrape::parse(lines.into_iter().map(Ok)).expect("Prometheus text parser");
+    assert!(!scrape.samples.is_empty(), "no samples: {text}");
+    for s in &scrape.samples {
+        assert!(s.metric.starts_with("meshlane_"), "{}", s.metric);
+        let family = s.metric.trim_end_matches("_total");
+        let has = |kind: &str| {
+            text.lines()
+                .any(|l| l.starts_with(&format!("# {kind} {family} ")))
+        };
+        assert!(
+            has("HELP") && has("TYPE"),
+            "{} lacks HELP or TYPE",
+            s.metric
+        );
+    }
+    for name in [
+        "meshlane_datapath_bytes_spliced_total",
+        "meshlane_pods",
+        "meshlane_agent_sweeps_total",
+    ] {
+        assert!(
+            scrape.samples.iter().any(|s| s.metric == name),
+            "{name} missing: {text}"
+        );
+    }
+}
+
+#[test]
+fn readiness_follows_the_install_and_metrics_parse() {
+    let node = node_without_install();
+    let root = node.layout.root().to_path_buf();
+    let agent =
+        AgentProcess::start_with(&root, node.cgroup.path(), &["--admin-addr", "127.0.0.1:0"])
+            .expect("agent");
+    let addr = admin_addr(&agent);
+    assert_eq!(get(addr, "/healthz/live").0, 200);
+    wait_code(addr, "/healthz/ready", 200);
+    let (code, metrics) = get(addr, "/metrics");
+    assert_eq!(code, 200, "{metrics}");
+    check_exposition(&metrics);
+    assert_eq!(get(addr, "/nothing").0, 404);
+
+    cli_ok(&root, &["uninstall"]);
+    let why = wait_code(addr, "/healthz/ready", 503);
+    assert!(why.contains("pins missing"), "{why}");
+    // A broken data path is an error on the metrics endpoint, not zeros.
+    let (code, body) = get(addr, "/metrics");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("ml_counters"), "{body}");
+}
+
+#[test]
+fn check_config_accepts_the_example_and_names_each_wrong_field() {
+    // No --pin-root: the file's pinRoot counts (a flag would override it).
+    let check = |file: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_meshlane"))
+            .args(["agent", "--check-config", file])
+            .env_remove("MESHLANE_PIN_ROOT")
+            .output()
+            .expect("running meshlane")
+    };
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/agent-config.yaml");
+    let out = check(example);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("sockhashSize: 65536"), "{text}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (yaml, field) in [
+        ("sockhashSiz: 10", "sockhashSiz"),
+        ("sockhashSize: 8", "sockhashSize"),
+        ("sockhashSize: lots", "sockhashSize"),
+        ("pinRoot: relative", "pinRoot"),
+        ("cgroup: rel/cg", "cgroup"),
+        ("verdictRemedy: maybe", "maybe"),
+        ("adminAddr: localhost", "adminAddr"),
+        ("logFormat: xml", "xml"),
+        ("logIntervalSeconds: 0", "logIntervalSeconds"),
+        ("drainSeconds: 0", "drainSeconds"),
+        ("intercept: perhaps", "intercept"),
+    ] {
+        let f = dir.path().join("c.yaml");
+        std::fs::write(&f, format!("{yaml}\n")).expect("writing config");
+        let out = check(&f.to_string_lossy());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{yaml}: accepted");
+        assert_eq!(err.trim().lines().count(), 1, "{yaml}: {err}");
+        assert!(err.contains(field), "{yaml}: {err}");
+    }
+}
