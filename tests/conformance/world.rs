@@ -1,8 +1,9 @@
 //! One conformance run: pods A (client side, configured by the case),
 //! B (server side, meshed with Istio's defaults) and C (not meshed) on one
 //! simulated node, interception done either by the golden iptables rules
-//! (reference) or by meshlane, HAProxy sidecars in A and B. Probes record
-//! what an observer outside the kernel can see, with pod addresses replaced
+//! (reference) or by meshlane, sidecars (Envoy, HAProxy or the native one)
+//! in A and B. Probes record what an observer outside the kernel can see
+//! (hops: what each sidecar side forwarded, connections or requests), with pod addresses replaced
 //! by the pod's letter so two runs (with different pod IPs) compare equal.
 
 use std::fmt;
@@ -20,16 +21,16 @@ use super::native_sidecar::NativeSidecar;
 pub enum SidecarKind {
     /// HAProxy from Debian, tcp or http mode (IPv4: SO_ORIGINAL_DST).
     Haproxy(SidecarMode),
-    /// Envoy with the Istio-like bootstrap (runs only where an `envoy`
-    /// binary is on PATH; see [`envoy_available`]).
+    /// Envoy with the Istio-like bootstrap (runs only where Envoy is
+    /// installed; see [`envoy_available`]).
     Envoy(SidecarMode),
     /// The Envoy-like original-destination proxy (IPv4 and IPv6).
     Native,
 }
 
-/// Whether Envoy cases can run. Without an `envoy` binary they are skipped
-/// with a message, unless MESHLANE_REQUIRE_ENVOY=1 makes that a failure
-/// (for CI machines that install Envoy).
+/// Whether Envoy cases can run. Without Envoy they are skipped with a
+/// message, unless MESHLANE_REQUIRE_ENVOY=1 (set by `make test` and CI,
+/// which install Envoy) makes that a failure.
 pub fn envoy_available(case: &str) -> bool {
     match SidecarProxy::Envoy.locate() {
         Ok(_) => true,
@@ -75,10 +76,21 @@ impl AnySidecar {
         }
     }
 
+    /// Connections one side ("outbound"/"inbound") accepted.
     pub fn sessions(&self, frontend: &str) -> u64 {
         match self {
             AnySidecar::Real(s) => s.sessions(frontend),
             AnySidecar::Native(s) => s.sessions(frontend),
+        }
+    }
+
+    /// What one side ("outbound"/"inbound") forwarded: connections in tcp
+    /// mode, HTTP requests in http mode (see [`Sidecar::forwarded`]); the
+    /// native sidecar forwards connections.
+    pub fn forwarded(&self, side: &str) -> u64 {
+        match self {
+            AnySidecar::Real(s) => s.forwarded(side),
+            AnySidecar::Native(s) => s.sessions(side),
         }
     }
 }
@@ -241,8 +253,11 @@ impl World {
         SocketAddr::new(ip, t.port)
     }
 
-    fn sessions(&self) -> [u64; 4] {
-        let s = |sc: &Option<AnySidecar>, f: &str| sc.as_ref().map_or(0, |s| s.sessions(f));
+    /// Hops are counted in what each sidecar side forwarded: one connection
+    /// (tcp mode) or one request (http mode) per probe it carried, the
+    /// same measure in the reference run and the meshlane run.
+    fn forwarded(&self) -> [u64; 4] {
+        let s = |sc: &Option<AnySidecar>, f: &str| sc.as_ref().map_or(0, |s| s.forwarded(f));
         [
             s(&self.sidecar_a, "outbound"),
             s(&self.sidecar_a, "inbound"),
@@ -253,9 +268,9 @@ impl World {
 
     /// Runs one probe and describes what happened.
     pub fn observe(&self, p: &Probe) -> Observation {
-        let before = self.sessions();
+        let before = self.forwarded();
         let seen = app::probe(self.pod(p.from), self.addr(p.to), p.who);
-        let after = self.sessions();
+        let after = self.forwarded();
         let names = ["A.outbound", "A.inbound", "B.outbound", "B.inbound"];
         let mut hops = Vec::new();
         for i in 0..4 {

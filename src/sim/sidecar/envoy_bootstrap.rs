@@ -191,14 +191,23 @@ fn blackhole_chain(port: u16) -> FilterChain {
     }
 }
 
-fn chain(name: &str, prefix: Option<&str>, cluster: &str, mode: SidecarMode) -> FilterChain {
+/// A chain to `cluster` whose tcp_proxy / connection manager counts under
+/// `stats` (`tcp.<stats>.*` / `http.<stats>.*`: the side's word, so a side's
+/// forwarded requests are one counter).
+fn chain(
+    name: &str,
+    prefix: Option<&str>,
+    cluster: &str,
+    stats: &str,
+    mode: SidecarMode,
+) -> FilterChain {
     FilterChain {
         name: name.into(),
         filter_chain_match: prefix.map(|p| FilterChainMatch {
             prefix_ranges: vec![cidr(p)],
             ..Default::default()
         }),
-        filters: vec![forward_to(cluster, cluster, mode)],
+        filters: vec![forward_to(cluster, stats, mode)],
         ..Default::default()
     }
 }
@@ -230,7 +239,13 @@ fn outbound_listener(p: &BootstrapParams<'_>) -> Listener {
         // black-hole chain does not.
         filter_chains: vec![
             blackhole_chain(p.outbound_port),
-            chain("PassthroughFilterChain", None, PASSTHROUGH_CLUSTER, p.mode),
+            chain(
+                "PassthroughFilterChain",
+                None,
+                PASSTHROUGH_CLUSTER,
+                OUTBOUND_STATS,
+                p.mode,
+            ),
         ],
         ..listener(OUTBOUND_LISTENER, OUTBOUND_STATS, p.outbound_port, p.ipv6)
     }
@@ -243,6 +258,7 @@ fn inbound_listener(p: &BootstrapParams<'_>) -> Listener {
             "virtualInbound-ipv4",
             Some("0.0.0.0"),
             INBOUND_CLUSTER_V4,
+            INBOUND_STATS,
             p.mode,
         ),
     ];
@@ -251,6 +267,7 @@ fn inbound_listener(p: &BootstrapParams<'_>) -> Listener {
             "virtualInbound-ipv6",
             Some("::"),
             INBOUND_CLUSTER_V6,
+            INBOUND_STATS,
             p.mode,
         ));
     }
