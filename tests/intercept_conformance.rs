@@ -9,7 +9,8 @@
 mod common;
 mod conformance;
 
-use conformance::world::{envoy_available, Host, Meshing, PodName::*, Probe, SidecarKind};
+use common::envoy_available;
+use conformance::world::{Host, Meshing, PodName::*, Probe, SidecarKind};
 use conformance::{run, Case, Expect};
 use meshlane::pods::PodSpec;
 use meshlane::sim::SidecarMode;

@@ -28,22 +28,6 @@ pub enum SidecarKind {
     Native,
 }
 
-/// Whether Envoy cases can run. Without Envoy they are skipped with a
-/// message, unless MESHLANE_REQUIRE_ENVOY=1 (set by `make test` and CI,
-/// which install Envoy) makes that a failure.
-pub fn envoy_available(case: &str) -> bool {
-    match SidecarProxy::Envoy.locate() {
-        Ok(_) => true,
-        Err(e) if std::env::var_os("MESHLANE_REQUIRE_ENVOY").is_some() => {
-            panic!("{case}: MESHLANE_REQUIRE_ENVOY is set but {e}")
-        }
-        Err(e) => {
-            eprintln!("{case}: skipped, {e}");
-            false
-        }
-    }
-}
-
 impl From<SidecarMode> for SidecarKind {
     fn from(m: SidecarMode) -> Self {
         SidecarKind::Haproxy(m)

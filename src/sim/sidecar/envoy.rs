@@ -20,7 +20,13 @@ pub(super) fn log_path(dir: &Path) -> PathBuf {
 }
 
 /// Writes the bootstrap and starts Envoy; returns it and its admin socket.
-pub(super) fn spawn(pod: &Pod, o: &SidecarOptions, dir: &Path) -> Result<(PodProcess, PathBuf)> {
+/// `ads`: the control plane's socket, for a sidecar configured over ADS.
+pub(super) fn spawn(
+    pod: &Pod,
+    o: &SidecarOptions,
+    dir: &Path,
+    ads: Option<&Path>,
+) -> Result<(PodProcess, PathBuf)> {
     let envoy = SidecarProxy::Envoy.locate()?;
     let admin = dir.join("admin.sock");
     let bootstrap = dir.join("bootstrap.pb");
@@ -32,9 +38,10 @@ pub(super) fn spawn(pod: &Pod, o: &SidecarOptions, dir: &Path) -> Result<(PodPro
         node_cluster: format!("{}.default", pod.name),
         admin_socket: &admin,
         mode: o.mode,
-        outbound_port: 15001,
-        inbound_port: 15006,
+        outbound_port: envoy_bootstrap::ISTIO_OUTBOUND_PORT,
+        inbound_port: envoy_bootstrap::ISTIO_INBOUND_PORT,
         ipv6: pod.ip6.is_some(),
+        ads,
     };
     std::fs::write(&bootstrap, envoy_bootstrap::encode(&params))
         .with_context(|| format!("writing {}", bootstrap.display()))?;

@@ -168,6 +168,21 @@ impl Sidecar {
 
     /// Starts the sidecar `o` describes and waits until it is ready.
     pub fn launch(pod: &Pod, o: &SidecarOptions) -> Result<Self> {
+        Self::launch_with(pod, o, None)
+    }
+
+    /// Starts an Envoy sidecar that takes its listeners and clusters over
+    /// ADS from the control plane on `ads` (a unix socket, like Istio's
+    /// pilot-agent XDS socket; see [`crate::sim::xds`]) and waits until it
+    /// is ready, which Envoy is only once that config arrived.
+    pub fn launch_ads(pod: &Pod, o: &SidecarOptions, ads: &Path) -> Result<Self> {
+        if o.proxy != SidecarProxy::Envoy {
+            bail!("only Envoy sidecars take config over ADS");
+        }
+        Self::launch_with(pod, o, Some(ads))
+    }
+
+    fn launch_with(pod: &Pod, o: &SidecarOptions, ads: Option<&Path>) -> Result<Self> {
         let dir = PathBuf::from("/run/meshlane-test").join(format!("sidecar-{}", pod.name));
         std::fs::create_dir_all(&dir)?;
         let (process, control) = match o.proxy {
@@ -176,7 +191,7 @@ impl Sidecar {
                 (process, Control::HaproxyStats(stats))
             }
             SidecarProxy::Envoy => {
-                let (process, admin) = envoy::spawn(pod, o, &dir)?;
+                let (process, admin) = envoy::spawn(pod, o, &dir, ads)?;
                 (process, Control::EnvoyAdmin(admin))
             }
         };
