@@ -91,7 +91,8 @@ impl SidecarProxy {
         })
     }
 
-    /// The first line of `<binary> --version` (or `-v` for HAProxy).
+    /// The first line of `<binary> --version` (or `-v` for HAProxy), runs
+    /// of blanks made one.
     pub fn version(self) -> Option<String> {
         let flag = match self {
             SidecarProxy::Haproxy => "-v",
@@ -105,7 +106,7 @@ impl SidecarProxy {
             .lines()
             .map(str::trim)
             .find(|l| !l.is_empty())
-            .map(str::to_string)
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
     }
 }
 
