@@ -4,7 +4,8 @@
 //! sidecars, each in tcp and in http mode (and an Envoy-like native sidecar
 //! too; HAProxy sits out the IPv6 case: it cannot follow ip6tables),
 //! meshlane's eBPF interception routes every probe connection exactly like
-//! the golden rules do. Envoy cases skip when Envoy is not installed unless
+//! the golden rules do; the default and IPv6 cases also with Envoy fed over
+//! ADS by the sim's control plane. Envoy cases skip when Envoy is not installed unless
 //! MESHLANE_REQUIRE_ENVOY=1 (`make test`, CI), which fails them instead.
 mod common;
 mod conformance;
@@ -430,6 +431,30 @@ fn basic_envoy_tcp() {
 #[test]
 fn basic_envoy_http() {
     run_envoy(&basic(), SidecarMode::Http);
+}
+
+/// The same with Envoy taking its listeners and clusters over ADS from the
+/// sim's control plane instead of a static bootstrap: ADS-fed sidecars
+/// route exactly like static ones.
+#[test]
+fn basic_envoy_ads_tcp() {
+    if envoy_available("basic_envoy_ads_tcp") {
+        run(&basic(), SidecarKind::EnvoyAds(SidecarMode::Tcp));
+    }
+}
+
+#[test]
+fn basic_envoy_ads_http() {
+    if envoy_available("basic_envoy_ads_http") {
+        run(&basic(), SidecarKind::EnvoyAds(SidecarMode::Http));
+    }
+}
+
+#[test]
+fn ipv6_ports_envoy_ads_tcp() {
+    if envoy_available("ipv6_ports_envoy_ads_tcp") {
+        run(&ipv6_ports(), SidecarKind::EnvoyAds(SidecarMode::Tcp));
+    }
 }
 
 #[test]

@@ -8,9 +8,11 @@
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 
 use meshlane::pods::{PodMode, PodSpec};
-use meshlane::sim::{Node, Pod, Sidecar, SidecarMode, SidecarOptions, SidecarProxy};
+use meshlane::sim::xds::{self, AdsServer};
+use meshlane::sim::{unique_tag, Node, Pod, Sidecar, SidecarMode, SidecarOptions, SidecarProxy};
 
 use super::app::{self, As, Seen, Server};
 use super::golden;
@@ -24,6 +26,10 @@ pub enum SidecarKind {
     /// Envoy with the Istio-like bootstrap (runs only where Envoy is
     /// installed; see [`envoy_available`]).
     Envoy(SidecarMode),
+    /// Envoy with only Istio's `xds-grpc` bootstrap, taking the same
+    /// pass-through listeners and clusters over ADS from the sim's control
+    /// plane (one per world).
+    EnvoyAds(SidecarMode),
     /// The Envoy-like original-destination proxy (IPv4 and IPv6).
     Native,
 }
@@ -43,6 +49,17 @@ pub enum AnySidecar {
 
 impl AnySidecar {
     pub fn start(pod: &Pod, kind: SidecarKind, uid: u32, gid: u32) -> Self {
+        Self::start_with(pod, kind, uid, gid, None)
+    }
+
+    /// `start`, an `EnvoyAds` sidecar fed by the control plane `ads`.
+    pub fn start_with(
+        pod: &Pod,
+        kind: SidecarKind,
+        uid: u32,
+        gid: u32,
+        ads: Option<&AdsServer>,
+    ) -> Self {
         match kind {
             SidecarKind::Haproxy(mode) => AnySidecar::Real(
                 Sidecar::start_as(pod, mode, uid, gid).expect("starting HAProxy sidecar"),
@@ -55,6 +72,19 @@ impl AnySidecar {
                     gid,
                 };
                 AnySidecar::Real(Sidecar::launch(pod, &options).expect("starting Envoy sidecar"))
+            }
+            SidecarKind::EnvoyAds(mode) => {
+                let options = SidecarOptions {
+                    proxy: SidecarProxy::Envoy,
+                    mode,
+                    uid,
+                    gid,
+                };
+                let ads = ads.expect("an EnvoyAds sidecar needs the world's control plane");
+                AnySidecar::Real(
+                    Sidecar::launch_ads(pod, &options, ads.socket())
+                        .expect("starting an ADS-fed Envoy sidecar"),
+                )
             }
             SidecarKind::Native => AnySidecar::Native(NativeSidecar::start(pod, uid, gid)),
         }
@@ -116,6 +146,8 @@ pub struct World {
     pub servers: Vec<Server>,
     pub sidecar_a: Option<AnySidecar>,
     pub sidecar_b: Option<AnySidecar>,
+    /// The control plane of `EnvoyAds` sidecars (dropped after them).
+    pub ads: Option<AdsServer>,
     pub how: Interception,
     pub a: Pod,
     pub b: Pod,
@@ -164,15 +196,23 @@ impl World {
                 add_v6_passthrough(p);
             }
         }
+        let ads = match kind {
+            SidecarKind::EnvoyAds(mode) => {
+                let dir = PathBuf::from("/run/meshlane-test").join(unique_tag("ads-"));
+                let snap = xds::sidecar_snapshot("1", mode, ipv6, &[]);
+                Some(AdsServer::start(&dir, snap).expect("control plane"))
+            }
+            _ => None,
+        };
         let mut sidecar_a = None;
         if let Some(m) = a_mesh {
             mesh(node, &a, m, how, ipv6);
-            sidecar_a = Some(AnySidecar::start(&a, kind, m.uid, m.gid));
+            sidecar_a = Some(AnySidecar::start_with(&a, kind, m.uid, m.gid, ads.as_ref()));
         }
         let mut sidecar_b = None;
         if let Some(m) = b_mesh {
             mesh(node, &b, m, how, ipv6);
-            sidecar_b = Some(AnySidecar::start(&b, kind, m.uid, m.gid));
+            sidecar_b = Some(AnySidecar::start_with(&b, kind, m.uid, m.gid, ads.as_ref()));
         }
         World {
             how,
@@ -181,6 +221,7 @@ impl World {
             c,
             sidecar_a,
             sidecar_b,
+            ads,
             servers: Vec::new(),
             ipv6,
         }
