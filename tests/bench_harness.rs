@@ -383,14 +383,14 @@ fn bad_arguments_give_one_clear_line() {
     // Envoy asked for where there is none: named, before anything is built.
     let o = Command::new(BIN)
         .args(["bench", "--sidecar", "envoy"])
-        .env("PATH", "/nonexistent")
+        .env("MESHLANE_ENVOY", "/nonexistent")
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success());
     assert_eq!(
         stderr.trim(),
-        "meshlane: --sidecar envoy: no `envoy` binary on PATH"
+        "meshlane: --sidecar envoy: MESHLANE_ENVOY=/nonexistent is not an executable file"
     );
     // --check without both modes it compares.
     let (ok, stderr) = bad(&["bench", "--check", "--modes", "direct,intercept"]);

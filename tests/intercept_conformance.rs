@@ -1,13 +1,17 @@
 //! Issue 3 conformance: for each istio-iptables golden (default, include/
 //! exclude ports, include/exclude IP ranges, custom uid, status ports, DNS,
-//! IPv6 inbound/outbound ports), HAProxy sidecars in tcp and in http mode
-//! (and an Envoy-like sidecar where HAProxy cannot follow ip6tables),
+//! IPv6 inbound/outbound ports), with Envoy sidecars and with HAProxy
+//! sidecars, each in tcp and in http mode (and an Envoy-like native sidecar
+//! too; HAProxy sits out the IPv6 case: it cannot follow ip6tables),
 //! meshlane's eBPF interception routes every probe connection exactly like
-//! the golden rules do.
+//! the golden rules do; the default and IPv6 cases also with Envoy fed over
+//! ADS by the sim's control plane. Envoy cases skip when Envoy is not installed unless
+//! MESHLANE_REQUIRE_ENVOY=1 (`make test`, CI), which fails them instead.
 mod common;
 mod conformance;
 
-use conformance::world::{envoy_available, Host, Meshing, PodName::*, Probe, SidecarKind};
+use common::envoy_available;
+use conformance::world::{Host, Meshing, PodName::*, Probe, SidecarKind};
 use conformance::{run, Case, Expect};
 use meshlane::pods::PodSpec;
 use meshlane::sim::SidecarMode;
@@ -21,6 +25,14 @@ fn e(probe: Probe, hops: &'static [&'static str], outcome: &'static str) -> Expe
 }
 
 const VIA_BOTH: &[&str] = &["A.outbound", "B.inbound"];
+
+/// `case` with Envoy sidecars in `mode`, where Envoy is installed.
+fn run_envoy(case: &Case, mode: SidecarMode) {
+    let label = format!("{}_envoy_{mode:?}", case.name);
+    if envoy_available(&label) {
+        run(case, SidecarKind::Envoy(mode));
+    }
+}
 
 /// cni-plugin_basic: Istio's defaults on both pods.
 fn basic() -> Case {
@@ -208,6 +220,16 @@ fn include_exclude_ports_http() {
     run(&include_exclude_ports(), SidecarMode::Http);
 }
 
+#[test]
+fn include_exclude_ports_envoy_tcp() {
+    run_envoy(&include_exclude_ports(), SidecarMode::Tcp);
+}
+
+#[test]
+fn include_exclude_ports_envoy_http() {
+    run_envoy(&include_exclude_ports(), SidecarMode::Http);
+}
+
 /// cni-plugin_include-exclude-ip: includeOutboundIPRanges=127.0.0.0/8,
 /// excludeOutboundIPRanges=10.0.0.0/8 (the pod network is in 10/8).
 fn include_exclude_ip() -> Case {
@@ -266,6 +288,16 @@ fn include_exclude_ip_http() {
     run(&include_exclude_ip(), SidecarMode::Http);
 }
 
+#[test]
+fn include_exclude_ip_envoy_tcp() {
+    run_envoy(&include_exclude_ip(), SidecarMode::Tcp);
+}
+
+#[test]
+fn include_exclude_ip_envoy_http() {
+    run_envoy(&include_exclude_ip(), SidecarMode::Http);
+}
+
 /// cni-plugin_custom-uid: the proxy runs as 1000670000:1000670001.
 fn custom_uid() -> Case {
     let mut spec = PodSpec::istio("a");
@@ -318,6 +350,16 @@ fn custom_uid_tcp() {
 #[test]
 fn custom_uid_http() {
     run(&custom_uid(), SidecarMode::Http);
+}
+
+#[test]
+fn custom_uid_envoy_tcp() {
+    run_envoy(&custom_uid(), SidecarMode::Tcp);
+}
+
+#[test]
+fn custom_uid_envoy_http() {
+    run_envoy(&custom_uid(), SidecarMode::Http);
 }
 
 /// cni-plugin_dns: Istio DNS proxying, UDP and TCP.
@@ -419,28 +461,51 @@ fn basic_native_sidecar() {
 }
 
 /// Envoy with the Istio-like bootstrap (virtualOutbound/virtualInbound,
-/// ORIGINAL_DST clusters) as the sidecar, where an `envoy` binary exists:
-/// L4 (tcp_proxy) and L7 (HTTP connection manager) on the default golden,
-/// and IPv6, which Envoy follows through IP6T_SO_ORIGINAL_DST.
+/// ORIGINAL_DST clusters) as the sidecar: L4 (tcp_proxy) and L7 (HTTP
+/// connection manager) on the default golden, and IPv6, which Envoy follows
+/// through IP6T_SO_ORIGINAL_DST.
 #[test]
 fn basic_envoy_tcp() {
-    if envoy_available("basic_envoy_tcp") {
-        run(&basic(), SidecarKind::Envoy(SidecarMode::Tcp));
-    }
+    run_envoy(&basic(), SidecarMode::Tcp);
 }
 
 #[test]
 fn basic_envoy_http() {
-    if envoy_available("basic_envoy_http") {
-        run(&basic(), SidecarKind::Envoy(SidecarMode::Http));
+    run_envoy(&basic(), SidecarMode::Http);
+}
+
+/// The same with Envoy taking its listeners and clusters over ADS from the
+/// sim's control plane instead of a static bootstrap: ADS-fed sidecars
+/// route exactly like static ones.
+#[test]
+fn basic_envoy_ads_tcp() {
+    if envoy_available("basic_envoy_ads_tcp") {
+        run(&basic(), SidecarKind::EnvoyAds(SidecarMode::Tcp));
     }
 }
 
 #[test]
-fn ipv6_ports_envoy() {
-    if envoy_available("ipv6_ports_envoy") {
-        run(&ipv6_ports(), SidecarKind::Envoy(SidecarMode::Tcp));
+fn basic_envoy_ads_http() {
+    if envoy_available("basic_envoy_ads_http") {
+        run(&basic(), SidecarKind::EnvoyAds(SidecarMode::Http));
     }
+}
+
+#[test]
+fn ipv6_ports_envoy_ads_tcp() {
+    if envoy_available("ipv6_ports_envoy_ads_tcp") {
+        run(&ipv6_ports(), SidecarKind::EnvoyAds(SidecarMode::Tcp));
+    }
+}
+
+#[test]
+fn ipv6_ports_envoy_tcp() {
+    run_envoy(&ipv6_ports(), SidecarMode::Tcp);
+}
+
+#[test]
+fn ipv6_ports_envoy_http() {
+    run_envoy(&ipv6_ports(), SidecarMode::Http);
 }
 
 /// cni-plugin_status-ports: excludeInboundPorts=22 (next to the status
@@ -500,4 +565,14 @@ fn status_ports_tcp() {
 #[test]
 fn status_ports_http() {
     run(&status_ports(), SidecarMode::Http);
+}
+
+#[test]
+fn status_ports_envoy_tcp() {
+    run_envoy(&status_ports(), SidecarMode::Tcp);
+}
+
+#[test]
+fn status_ports_envoy_http() {
+    run_envoy(&status_ports(), SidecarMode::Http);
 }

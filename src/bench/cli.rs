@@ -48,7 +48,7 @@ pub struct BenchArgs {
     /// HTTP workloads through extra pods whose sidecars run in http mode (L7).
     #[arg(long)]
     pub http_l7: bool,
-    /// Sidecar proxy: auto (Envoy when an `envoy` binary is on PATH, else HAProxy), haproxy or envoy.
+    /// Sidecar proxy: auto (Envoy where installed, else HAProxy), haproxy or envoy.
     #[arg(long, value_name = "PROXY")]
     pub sidecar: Option<String>,
     /// Fail (non-zero exit) when intercept is slower than iptables at p50 RTT.

@@ -260,7 +260,7 @@ pub struct Options {
     /// HTTP workloads go through sidecars in http mode (L7, as
     /// Envoy's HTTP connection manager would); false: the tcp-mode sidecars.
     pub http_l7: bool,
-    /// The sidecar proxy: Envoy when an `envoy` binary is on PATH, else HAProxy.
+    /// The sidecar proxy: Envoy where installed, else HAProxy.
     pub sidecar: SidecarProxy,
     /// CPU every process of the flow is pinned to (None: no pinning).
     pub cpu: Option<usize>,

@@ -57,6 +57,7 @@ pub fn can_run_root_tests() -> Result<(), String> {
 }
 
 pub mod sidecar;
+pub mod xds;
 pub use sidecar::{Sidecar, SidecarMode, SidecarOptions, SidecarProxy};
 
 pub mod chaos;

@@ -31,6 +31,22 @@ pub fn require_root_env() {
     }
 }
 
+/// Whether Envoy cases can run. Without Envoy they are skipped with a
+/// message, unless MESHLANE_REQUIRE_ENVOY=1 (set by `make test` and CI,
+/// which install Envoy) makes that a failure.
+pub fn envoy_available(case: &str) -> bool {
+    match sim::SidecarProxy::Envoy.locate() {
+        Ok(_) => true,
+        Err(e) if std::env::var_os("MESHLANE_REQUIRE_ENVOY").is_some() => {
+            panic!("{case}: MESHLANE_REQUIRE_ENVOY is set but {e}")
+        }
+        Err(e) => {
+            eprintln!("{case}: skipped, {e}");
+            false
+        }
+    }
+}
+
 /// A node with the data path installed and one registered Istio pod in
 /// accelerate mode (splicing only, no eBPF interception) per name, whose
 /// proxy is this test process (its sockets there are spliced).

@@ -1,15 +1,18 @@
 //! One conformance run: pods A (client side, configured by the case),
 //! B (server side, meshed with Istio's defaults) and C (not meshed) on one
 //! simulated node, interception done either by the golden iptables rules
-//! (reference) or by meshlane, HAProxy sidecars in A and B. Probes record
-//! what an observer outside the kernel can see, with pod addresses replaced
+//! (reference) or by meshlane, sidecars (Envoy, HAProxy or the native one)
+//! in A and B. Probes record what an observer outside the kernel can see
+//! (hops: what each sidecar side forwarded, connections or requests), with pod addresses replaced
 //! by the pod's letter so two runs (with different pod IPs) compare equal.
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 
 use meshlane::pods::{PodMode, PodSpec};
-use meshlane::sim::{Node, Pod, Sidecar, SidecarMode, SidecarOptions, SidecarProxy};
+use meshlane::sim::xds::{self, AdsServer};
+use meshlane::sim::{unique_tag, Node, Pod, Sidecar, SidecarMode, SidecarOptions, SidecarProxy};
 
 use super::app::{self, As, Seen, Server};
 use super::golden;
@@ -20,27 +23,15 @@ use super::native_sidecar::NativeSidecar;
 pub enum SidecarKind {
     /// HAProxy from Debian, tcp or http mode (IPv4: SO_ORIGINAL_DST).
     Haproxy(SidecarMode),
-    /// Envoy with the Istio-like bootstrap (runs only where an `envoy`
-    /// binary is on PATH; see [`envoy_available`]).
+    /// Envoy with the Istio-like bootstrap (runs only where Envoy is
+    /// installed; see [`envoy_available`]).
     Envoy(SidecarMode),
+    /// Envoy with only Istio's `xds-grpc` bootstrap, taking the same
+    /// pass-through listeners and clusters over ADS from the sim's control
+    /// plane (one per world).
+    EnvoyAds(SidecarMode),
     /// The Envoy-like original-destination proxy (IPv4 and IPv6).
     Native,
-}
-
-/// Whether Envoy cases can run. Without an `envoy` binary they are skipped
-/// with a message, unless MESHLANE_REQUIRE_ENVOY=1 makes that a failure
-/// (for CI machines that install Envoy).
-pub fn envoy_available(case: &str) -> bool {
-    match SidecarProxy::Envoy.locate() {
-        Ok(_) => true,
-        Err(e) if std::env::var_os("MESHLANE_REQUIRE_ENVOY").is_some() => {
-            panic!("{case}: MESHLANE_REQUIRE_ENVOY is set but {e}")
-        }
-        Err(e) => {
-            eprintln!("{case}: skipped, {e}");
-            false
-        }
-    }
 }
 
 impl From<SidecarMode> for SidecarKind {
@@ -58,6 +49,17 @@ pub enum AnySidecar {
 
 impl AnySidecar {
     pub fn start(pod: &Pod, kind: SidecarKind, uid: u32, gid: u32) -> Self {
+        Self::start_with(pod, kind, uid, gid, None)
+    }
+
+    /// `start`, an `EnvoyAds` sidecar fed by the control plane `ads`.
+    pub fn start_with(
+        pod: &Pod,
+        kind: SidecarKind,
+        uid: u32,
+        gid: u32,
+        ads: Option<&AdsServer>,
+    ) -> Self {
         match kind {
             SidecarKind::Haproxy(mode) => AnySidecar::Real(
                 Sidecar::start_as(pod, mode, uid, gid).expect("starting HAProxy sidecar"),
@@ -71,14 +73,38 @@ impl AnySidecar {
                 };
                 AnySidecar::Real(Sidecar::launch(pod, &options).expect("starting Envoy sidecar"))
             }
+            SidecarKind::EnvoyAds(mode) => {
+                let options = SidecarOptions {
+                    proxy: SidecarProxy::Envoy,
+                    mode,
+                    uid,
+                    gid,
+                };
+                let ads = ads.expect("an EnvoyAds sidecar needs the world's control plane");
+                AnySidecar::Real(
+                    Sidecar::launch_ads(pod, &options, ads.socket())
+                        .expect("starting an ADS-fed Envoy sidecar"),
+                )
+            }
             SidecarKind::Native => AnySidecar::Native(NativeSidecar::start(pod, uid, gid)),
         }
     }
 
+    /// Connections one side ("outbound"/"inbound") accepted.
     pub fn sessions(&self, frontend: &str) -> u64 {
         match self {
             AnySidecar::Real(s) => s.sessions(frontend),
             AnySidecar::Native(s) => s.sessions(frontend),
+        }
+    }
+
+    /// What one side ("outbound"/"inbound") forwarded: connections in tcp
+    /// mode, HTTP requests in http mode (see [`Sidecar::forwarded`]); the
+    /// native sidecar forwards connections.
+    pub fn forwarded(&self, side: &str) -> u64 {
+        match self {
+            AnySidecar::Real(s) => s.forwarded(side),
+            AnySidecar::Native(s) => s.sessions(side),
         }
     }
 }
@@ -120,6 +146,8 @@ pub struct World {
     pub servers: Vec<Server>,
     pub sidecar_a: Option<AnySidecar>,
     pub sidecar_b: Option<AnySidecar>,
+    /// The control plane of `EnvoyAds` sidecars (dropped after them).
+    pub ads: Option<AdsServer>,
     pub how: Interception,
     pub a: Pod,
     pub b: Pod,
@@ -168,15 +196,23 @@ impl World {
                 add_v6_passthrough(p);
             }
         }
+        let ads = match kind {
+            SidecarKind::EnvoyAds(mode) => {
+                let dir = PathBuf::from("/run/meshlane-test").join(unique_tag("ads-"));
+                let snap = xds::sidecar_snapshot("1", mode, ipv6, &[]);
+                Some(AdsServer::start(&dir, snap).expect("control plane"))
+            }
+            _ => None,
+        };
         let mut sidecar_a = None;
         if let Some(m) = a_mesh {
             mesh(node, &a, m, how, ipv6);
-            sidecar_a = Some(AnySidecar::start(&a, kind, m.uid, m.gid));
+            sidecar_a = Some(AnySidecar::start_with(&a, kind, m.uid, m.gid, ads.as_ref()));
         }
         let mut sidecar_b = None;
         if let Some(m) = b_mesh {
             mesh(node, &b, m, how, ipv6);
-            sidecar_b = Some(AnySidecar::start(&b, kind, m.uid, m.gid));
+            sidecar_b = Some(AnySidecar::start_with(&b, kind, m.uid, m.gid, ads.as_ref()));
         }
         World {
             how,
@@ -185,6 +221,7 @@ impl World {
             c,
             sidecar_a,
             sidecar_b,
+            ads,
             servers: Vec::new(),
             ipv6,
         }
@@ -242,8 +279,11 @@ impl World {
         SocketAddr::new(ip, t.port)
     }
 
-    fn sessions(&self) -> [u64; 4] {
-        let s = |sc: &Option<AnySidecar>, f: &str| sc.as_ref().map_or(0, |s| s.sessions(f));
+    /// Hops are counted in what each sidecar side forwarded: one connection
+    /// (tcp mode) or one request (http mode) per probe it carried, the
+    /// same measure in the reference run and the meshlane run.
+    fn forwarded(&self) -> [u64; 4] {
+        let s = |sc: &Option<AnySidecar>, f: &str| sc.as_ref().map_or(0, |s| s.forwarded(f));
         [
             s(&self.sidecar_a, "outbound"),
             s(&self.sidecar_a, "inbound"),
@@ -254,9 +294,9 @@ impl World {
 
     /// Runs one probe and describes what happened.
     pub fn observe(&self, p: &Probe) -> Observation {
-        let before = self.sessions();
+        let before = self.forwarded();
         let seen = app::probe(self.pod(p.from), self.addr(p.to), p.who);
-        let after = self.sessions();
+        let after = self.forwarded();
         let names = ["A.outbound", "A.inbound", "B.outbound", "B.inbound"];
         let mut hops = Vec::new();
         for i in 0..4 {

@@ -1,7 +1,7 @@
-//! Envoy as the sidecar, used when an `envoy` binary is on PATH (or asked
-//! for): runs as the proxy uid/gid through `setpriv`, one worker thread
-//! (`--concurrency 1`, like the HAProxy sidecar pinned to one CPU), no hot
-//! restart, the bootstrap from [`super::envoy_bootstrap`] and its admin API
+//! Envoy as the sidecar, the default where installed (see
+//! [`super::binary`]): runs as the proxy uid/gid through `setpriv`, one
+//! worker thread (`--concurrency 1`, like the HAProxy sidecar pinned to one
+//! CPU), no hot restart, the bootstrap from [`super::envoy_bootstrap`] and its admin API
 //! on a unix socket, which answers readiness and listener counters.
 
 use std::io::{Read, Write};
@@ -20,7 +20,13 @@ pub(super) fn log_path(dir: &Path) -> PathBuf {
 }
 
 /// Writes the bootstrap and starts Envoy; returns it and its admin socket.
-pub(super) fn spawn(pod: &Pod, o: &SidecarOptions, dir: &Path) -> Result<(PodProcess, PathBuf)> {
+/// `ads`: the control plane's socket, for a sidecar configured over ADS.
+pub(super) fn spawn(
+    pod: &Pod,
+    o: &SidecarOptions,
+    dir: &Path,
+    ads: Option<&Path>,
+) -> Result<(PodProcess, PathBuf)> {
     let envoy = SidecarProxy::Envoy.locate()?;
     let admin = dir.join("admin.sock");
     let bootstrap = dir.join("bootstrap.pb");
@@ -32,9 +38,10 @@ pub(super) fn spawn(pod: &Pod, o: &SidecarOptions, dir: &Path) -> Result<(PodPro
         node_cluster: format!("{}.default", pod.name),
         admin_socket: &admin,
         mode: o.mode,
-        outbound_port: 15001,
-        inbound_port: 15006,
+        outbound_port: envoy_bootstrap::ISTIO_OUTBOUND_PORT,
+        inbound_port: envoy_bootstrap::ISTIO_INBOUND_PORT,
         ipv6: pod.ip6.is_some(),
+        ads,
     };
     std::fs::write(&bootstrap, envoy_bootstrap::encode(&params))
         .with_context(|| format!("writing {}", bootstrap.display()))?;
@@ -77,6 +84,23 @@ pub(super) fn listener_connections(admin: &Path, stats: &str) -> u64 {
         .ok()
         .and_then(|(_, body)| stat_value(&body, &name))
         .unwrap_or(0)
+}
+
+/// `http.<side>.downstream_rq_total`: HTTP requests the outbound or inbound
+/// side's connection managers received (their stat prefix is the side's
+/// word); 0 when unreadable.
+pub(super) fn http_requests(admin: &Path, side: &str) -> u64 {
+    let name = format!("http.{side}.downstream_rq_total");
+    admin_get(admin, "/stats?filter=downstream_rq_total")
+        .ok()
+        .and_then(|(_, body)| stat_value(&body, &name))
+        .unwrap_or(0)
+}
+
+/// Any counter or gauge by exact name, from the admin API.
+pub(super) fn stat(admin: &Path, name: &str) -> Option<u64> {
+    let (_, body) = admin_get(admin, "/stats").ok()?;
+    stat_value(&body, name)
 }
 
 /// The value of `name` in Envoy's plain-text `/stats` output

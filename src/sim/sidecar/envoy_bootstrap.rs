@@ -17,18 +17,32 @@
 //!
 //! Tcp mode uses tcp_proxy; http mode an HTTP connection manager with one
 //! catch-all route and the router filter (Envoy's L7 path).
+//!
+//! With [`BootstrapParams::ads`] set the bootstrap is Istio's instead: one
+//! static cluster, `xds-grpc`, HTTP/2 to the control plane's unix socket
+//! (pilot-agent's `./etc/istio/proxy/XDS`), and `dynamic_resources` taking
+//! listeners and clusters over ADS ([`crate::sim::xds`] serves them, built
+//! from [`pass_through`] plus the services it knows).
 
 use std::path::Path;
 
-use envoy_types::pb::envoy::config::bootstrap::v3::{bootstrap::StaticResources, Admin, Bootstrap};
+use envoy_types::pb::envoy::config::bootstrap::v3::{
+    bootstrap::{DynamicResources, StaticResources},
+    Admin, Bootstrap,
+};
 use envoy_types::pb::envoy::config::cluster::v3::{
     circuit_breakers::Thresholds,
     cluster::{ClusterDiscoveryType, DiscoveryType, LbPolicy},
     CircuitBreakers, Cluster,
 };
 use envoy_types::pb::envoy::config::core::v3::{
-    address, socket_address::PortSpecifier, Address, BindConfig, CidrRange, Node, Pipe,
+    address, api_config_source::ApiType, config_source::ConfigSourceSpecifier, grpc_service,
+    socket_address::PortSpecifier, Address, AggregatedConfigSource, ApiConfigSource, ApiVersion,
+    BindConfig, CidrRange, ConfigSource, GrpcService, Http2ProtocolOptions, Node, Pipe,
     SocketAddress, TrafficDirection,
+};
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    lb_endpoint, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
 };
 use envoy_types::pb::envoy::config::listener::v3::{
     filter, listener_filter, AdditionalAddress, Filter, FilterChain, FilterChainMatch, Listener,
@@ -45,6 +59,10 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
     http_filter, HttpConnectionManager, HttpFilter,
 };
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{tcp_proxy, TcpProxy};
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
+    http_protocol_options::{explicit_http_config, ExplicitHttpConfig, UpstreamProtocolOptions},
+    HttpProtocolOptions,
+};
 use envoy_types::pb::google::protobuf::{Any, BoolValue, Duration, UInt32Value};
 use prost::{Message, Name};
 
@@ -62,6 +80,11 @@ pub const BLACKHOLE_CLUSTER: &str = "BlackHoleCluster";
 /// same words as the HAProxy sidecar's frontends.
 pub const OUTBOUND_STATS: &str = "outbound";
 pub const INBOUND_STATS: &str = "inbound";
+/// Istio's listener ports.
+pub const ISTIO_OUTBOUND_PORT: u16 = 15001;
+pub const ISTIO_INBOUND_PORT: u16 = 15006;
+/// Istio's name for the static cluster that reaches the control plane.
+pub const XDS_CLUSTER: &str = "xds-grpc";
 
 /// What varies between sidecars.
 #[derive(Debug, Clone)]
@@ -75,17 +98,20 @@ pub struct BootstrapParams<'a> {
     pub inbound_port: u16,
     /// Also listen on [::] (dual-stack pods).
     pub ipv6: bool,
+    /// The ADS server's unix socket: listeners and clusters come from it
+    /// (None: the pass-through resources are static).
+    pub ads: Option<&'a Path>,
 }
 
 /// `message` packed as a `google.protobuf.Any`.
-fn any<M: Message + Name>(message: &M) -> Any {
+pub(crate) fn any<M: Message + Name>(message: &M) -> Any {
     Any {
         type_url: M::type_url(),
         value: message.encode_to_vec(),
     }
 }
 
-fn socket_address(ip: &str, port: u16) -> SocketAddress {
+pub(crate) fn socket_address(ip: &str, port: u16) -> SocketAddress {
     SocketAddress {
         address: ip.to_string(),
         port_specifier: Some(PortSpecifier::PortValue(port.into())),
@@ -93,13 +119,13 @@ fn socket_address(ip: &str, port: u16) -> SocketAddress {
     }
 }
 
-fn address(ip: &str, port: u16) -> Address {
+pub(crate) fn address(ip: &str, port: u16) -> Address {
     Address {
         address: Some(address::Address::SocketAddress(socket_address(ip, port))),
     }
 }
 
-fn seconds(s: i64) -> Duration {
+pub(crate) fn seconds(s: i64) -> Duration {
     Duration {
         seconds: s,
         nanos: 0,
@@ -110,6 +136,17 @@ fn cidr(prefix: &str) -> CidrRange {
     CidrRange {
         address_prefix: prefix.to_string(),
         prefix_len: Some(UInt32Value { value: 0 }),
+    }
+}
+
+/// The router, an HTTP connection manager's last (here: only) filter.
+pub(crate) fn router_filter() -> HttpFilter {
+    HttpFilter {
+        name: "envoy.filters.http.router".into(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(
+            any(&Router::default()),
+        )),
+        ..Default::default()
     }
 }
 
@@ -155,13 +192,7 @@ fn forward_to(cluster: &str, stat_prefix: &str, mode: SidecarMode) -> Filter {
                     }],
                     ..Default::default()
                 })),
-                http_filters: vec![HttpFilter {
-                    name: "envoy.filters.http.router".into(),
-                    config_type: Some(http_filter::ConfigType::TypedConfig(
-                        any(&Router::default()),
-                    )),
-                    ..Default::default()
-                }],
+                http_filters: vec![router_filter()],
                 ..Default::default()
             }),
         ),
@@ -191,14 +222,23 @@ fn blackhole_chain(port: u16) -> FilterChain {
     }
 }
 
-fn chain(name: &str, prefix: Option<&str>, cluster: &str, mode: SidecarMode) -> FilterChain {
+/// A chain to `cluster` whose tcp_proxy / connection manager counts under
+/// `stats` (`tcp.<stats>.*` / `http.<stats>.*`: the side's word, so a side's
+/// forwarded requests are one counter).
+fn chain(
+    name: &str,
+    prefix: Option<&str>,
+    cluster: &str,
+    stats: &str,
+    mode: SidecarMode,
+) -> FilterChain {
     FilterChain {
         name: name.into(),
         filter_chain_match: prefix.map(|p| FilterChainMatch {
             prefix_ranges: vec![cidr(p)],
             ..Default::default()
         }),
-        filters: vec![forward_to(cluster, cluster, mode)],
+        filters: vec![forward_to(cluster, stats, mode)],
         ..Default::default()
     }
 }
@@ -230,7 +270,13 @@ fn outbound_listener(p: &BootstrapParams<'_>) -> Listener {
         // black-hole chain does not.
         filter_chains: vec![
             blackhole_chain(p.outbound_port),
-            chain("PassthroughFilterChain", None, PASSTHROUGH_CLUSTER, p.mode),
+            chain(
+                "PassthroughFilterChain",
+                None,
+                PASSTHROUGH_CLUSTER,
+                OUTBOUND_STATS,
+                p.mode,
+            ),
         ],
         ..listener(OUTBOUND_LISTENER, OUTBOUND_STATS, p.outbound_port, p.ipv6)
     }
@@ -243,6 +289,7 @@ fn inbound_listener(p: &BootstrapParams<'_>) -> Listener {
             "virtualInbound-ipv4",
             Some("0.0.0.0"),
             INBOUND_CLUSTER_V4,
+            INBOUND_STATS,
             p.mode,
         ),
     ];
@@ -251,6 +298,7 @@ fn inbound_listener(p: &BootstrapParams<'_>) -> Listener {
             "virtualInbound-ipv6",
             Some("::"),
             INBOUND_CLUSTER_V6,
+            INBOUND_STATS,
             p.mode,
         ));
     }
@@ -308,8 +356,84 @@ fn blackhole_cluster() -> Cluster {
     }
 }
 
-/// The whole bootstrap.
-pub fn bootstrap(p: &BootstrapParams<'_>) -> Bootstrap {
+/// A config source meaning "over the ADS stream" (xDS v3).
+pub(crate) fn ads_source() -> ConfigSource {
+    ConfigSource {
+        config_source_specifier: Some(ConfigSourceSpecifier::Ads(AggregatedConfigSource {})),
+        resource_api_version: ApiVersion::V3 as i32,
+        ..Default::default()
+    }
+}
+
+/// Istio's `xds-grpc`: a STATIC cluster, HTTP/2, one endpoint, the control
+/// plane's unix socket.
+fn xds_cluster(socket: &Path) -> Cluster {
+    let h2 = HttpProtocolOptions {
+        upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
+            ExplicitHttpConfig {
+                protocol_config: Some(explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
+                    Http2ProtocolOptions::default(),
+                )),
+            },
+        )),
+        ..Default::default()
+    };
+    let pipe = Address {
+        address: Some(address::Address::Pipe(Pipe {
+            path: socket.to_string_lossy().into_owned(),
+            mode: 0,
+        })),
+    };
+    Cluster {
+        name: XDS_CLUSTER.into(),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32)),
+        connect_timeout: Some(seconds(1)),
+        typed_extension_protocol_options: [(HttpProtocolOptions::full_name(), any(&h2))].into(),
+        load_assignment: Some(ClusterLoadAssignment {
+            cluster_name: XDS_CLUSTER.into(),
+            endpoints: vec![LocalityLbEndpoints {
+                lb_endpoints: vec![LbEndpoint {
+                    host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
+                        address: Some(pipe),
+                        ..Default::default()
+                    })),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Listeners and clusters from the ADS server behind `socket`.
+fn dynamic_resources() -> DynamicResources {
+    DynamicResources {
+        ads_config: Some(ApiConfigSource {
+            api_type: ApiType::Grpc as i32,
+            transport_api_version: ApiVersion::V3 as i32,
+            grpc_services: vec![GrpcService {
+                target_specifier: Some(grpc_service::TargetSpecifier::EnvoyGrpc(
+                    grpc_service::EnvoyGrpc {
+                        cluster_name: XDS_CLUSTER.into(),
+                        ..Default::default()
+                    },
+                )),
+                ..Default::default()
+            }],
+            set_node_on_first_message_only: true,
+            ..Default::default()
+        }),
+        lds_config: Some(ads_source()),
+        cds_config: Some(ads_source()),
+        ..Default::default()
+    }
+}
+
+/// The pass-through listeners (`virtualOutbound`, `virtualInbound`) and
+/// clusters every sidecar has, statically or over ADS.
+pub fn pass_through(p: &BootstrapParams<'_>) -> (Vec<Listener>, Vec<Cluster>) {
     let mut clusters = vec![
         passthrough_cluster(PASSTHROUGH_CLUSTER, None),
         passthrough_cluster(INBOUND_CLUSTER_V4, Some("127.0.0.6")),
@@ -318,6 +442,44 @@ pub fn bootstrap(p: &BootstrapParams<'_>) -> Bootstrap {
     if p.ipv6 {
         clusters.push(passthrough_cluster(INBOUND_CLUSTER_V6, Some("::6")));
     }
+    (vec![outbound_listener(p), inbound_listener(p)], clusters)
+}
+
+/// [`pass_through`] for a sidecar on Istio's ports (15001, 15006), as the
+/// simulated node runs them.
+pub fn istio_pass_through(mode: SidecarMode, ipv6: bool) -> (Vec<Listener>, Vec<Cluster>) {
+    pass_through(&BootstrapParams {
+        node_id: String::new(),
+        node_cluster: String::new(),
+        admin_socket: Path::new(""),
+        mode,
+        outbound_port: ISTIO_OUTBOUND_PORT,
+        inbound_port: ISTIO_INBOUND_PORT,
+        ipv6,
+        ads: None,
+    })
+}
+
+/// The whole bootstrap.
+pub fn bootstrap(p: &BootstrapParams<'_>) -> Bootstrap {
+    let (static_resources, dynamic_resources) = match p.ads {
+        None => {
+            let (listeners, clusters) = pass_through(p);
+            let sr = StaticResources {
+                listeners,
+                clusters,
+                ..Default::default()
+            };
+            (sr, None)
+        }
+        Some(socket) => {
+            let sr = StaticResources {
+                clusters: vec![xds_cluster(socket)],
+                ..Default::default()
+            };
+            (sr, Some(dynamic_resources()))
+        }
+    };
     Bootstrap {
         node: Some(Node {
             id: p.node_id.clone(),
@@ -333,11 +495,8 @@ pub fn bootstrap(p: &BootstrapParams<'_>) -> Bootstrap {
             }),
             ..Default::default()
         }),
-        static_resources: Some(StaticResources {
-            listeners: vec![outbound_listener(p), inbound_listener(p)],
-            clusters,
-            ..Default::default()
-        }),
+        static_resources: Some(static_resources),
+        dynamic_resources,
         ..Default::default()
     }
 }
@@ -366,6 +525,7 @@ mod tests {
             outbound_port: 15001,
             inbound_port: 15006,
             ipv6,
+            ads: None,
         }
     }
 
@@ -548,6 +708,67 @@ mod tests {
             .find(|c| c.name == BLACKHOLE_CLUSTER)
             .expect("black hole");
         assert!(bh.load_assignment.is_none(), "black hole has no endpoints");
+    }
+
+    #[test]
+    fn ads_bootstrap_has_only_the_xds_cluster_and_takes_lds_cds_over_ads() {
+        let socket = Path::new("/run/meshlane-test/ads/xds.sock");
+        let p = BootstrapParams {
+            ads: Some(socket),
+            ..params(SidecarMode::Http, false)
+        };
+        let b = Bootstrap::decode(encode(&p).as_slice()).expect("decodes");
+        let sr = b.static_resources.expect("static resources");
+        assert!(sr.listeners.is_empty(), "listeners come over ADS");
+        assert_eq!(sr.clusters.len(), 1);
+        let xds = &sr.clusters[0];
+        assert_eq!(xds.name, XDS_CLUSTER);
+        let h2 = xds
+            .typed_extension_protocol_options
+            .get(&HttpProtocolOptions::full_name())
+            .expect("HTTP/2 protocol options");
+        let h2 = unpack::<HttpProtocolOptions>(h2);
+        assert!(matches!(
+            h2.upstream_protocol_options,
+            Some(UpstreamProtocolOptions::ExplicitHttpConfig(
+                ExplicitHttpConfig {
+                    protocol_config: Some(
+                        explicit_http_config::ProtocolConfig::Http2ProtocolOptions(_)
+                    )
+                }
+            ))
+        ));
+        let ep = &xds.load_assignment.as_ref().expect("endpoint").endpoints[0].lb_endpoints[0];
+        let Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
+            address:
+                Some(Address {
+                    address: Some(address::Address::Pipe(pipe)),
+                }),
+            ..
+        })) = &ep.host_identifier
+        else {
+            panic!("xds-grpc is not a unix socket endpoint: {ep:?}");
+        };
+        assert_eq!(Path::new(&pipe.path), socket);
+        let dr = b.dynamic_resources.expect("dynamic resources");
+        assert_eq!(dr.lds_config, Some(ads_source()));
+        assert_eq!(dr.cds_config, Some(ads_source()));
+        let ads = dr.ads_config.expect("ads config");
+        assert_eq!(ads.api_type, ApiType::Grpc as i32);
+        assert_eq!(ads.transport_api_version, ApiVersion::V3 as i32);
+        match &ads.grpc_services[0].target_specifier {
+            Some(grpc_service::TargetSpecifier::EnvoyGrpc(g)) => {
+                assert_eq!(g.cluster_name, XDS_CLUSTER)
+            }
+            other => panic!("ADS not through xds-grpc: {other:?}"),
+        }
+        // Static and ADS sidecars get the same pass-through resources.
+        let (listeners, clusters) = istio_pass_through(SidecarMode::Http, false);
+        let static_sr = bootstrap(&params(SidecarMode::Http, false))
+            .static_resources
+            .expect("static");
+        assert_eq!(static_sr.listeners, listeners);
+        assert_eq!(static_sr.clusters, clusters);
     }
 
     fn configdump() -> Value {

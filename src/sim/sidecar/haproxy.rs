@@ -63,6 +63,36 @@ pub(super) fn stats(sock: &Path) -> Result<Vec<(String, String, u64)>> {
     Ok(out)
 }
 
+/// HTTP requests a frontend ("outbound" or "inbound") received (`req_tot`
+/// of its FRONTEND row, found by the CSV header's column name); 0 when
+/// unreadable.
+pub(super) fn frontend_requests(sock: &Path, frontend: &str) -> u64 {
+    show_stat(sock)
+        .ok()
+        .and_then(|csv| csv_field(&csv, frontend, "FRONTEND", "req_tot"))
+        .unwrap_or(0)
+}
+
+/// The raw `show stat` CSV.
+fn show_stat(sock: &Path) -> Result<String> {
+    let mut s = UnixStream::connect(sock).context("haproxy stats socket")?;
+    s.write_all(b"show stat\n")?;
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut s, &mut out)?;
+    Ok(out)
+}
+
+/// Column `field` (named in the `# pxname,svname,...` header) of the row
+/// for proxy `px`, service `sv`.
+fn csv_field(csv: &str, px: &str, sv: &str, field: &str) -> Option<u64> {
+    let header = csv.lines().find_map(|l| l.strip_prefix("# "))?;
+    let col = header.split(',').position(|h| h == field)?;
+    csv.lines()
+        .map(|l| l.split(',').collect::<Vec<_>>())
+        .find(|f| f.len() > col && f[0] == px && f[1] == sv)
+        .and_then(|f| f[col].parse().ok())
+}
+
 /// Total sessions a frontend ("outbound" or "inbound") accepted.
 pub(super) fn frontend_sessions(sock: &Path, frontend: &str) -> u64 {
     stats(sock)
@@ -70,4 +100,22 @@ pub(super) fn frontend_sessions(sock: &Path, frontend: &str) -> u64 {
         .iter()
         .find(|(p, s, _)| p == frontend && s == "FRONTEND")
         .map_or(0, |r| r.2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::csv_field;
+
+    #[test]
+    fn finds_a_column_by_its_header_name() {
+        let csv = "# pxname,svname,stot,req_tot,\noutbound,FRONTEND,4,7,\ninbound,FRONTEND,2,,\noriginal_dst,orig,4,,\n";
+        assert_eq!(csv_field(csv, "outbound", "FRONTEND", "req_tot"), Some(7));
+        assert_eq!(csv_field(csv, "outbound", "FRONTEND", "stot"), Some(4));
+        assert_eq!(csv_field(csv, "inbound", "FRONTEND", "req_tot"), None);
+        assert_eq!(csv_field(csv, "outbound", "FRONTEND", "nope"), None);
+        assert_eq!(
+            csv_field("no header\n", "outbound", "FRONTEND", "stot"),
+            None
+        );
+    }
 }

@@ -4,13 +4,17 @@
 //! to the app from 127.0.0.6 (::6) like Envoy in Istio does.
 //!
 //! Two implementations, one interface ([`Sidecar`]):
-//! - HAProxy from Debian ([`haproxy`]), the default;
-//! - Envoy ([`envoy`]) when an `envoy` binary is on PATH (or asked for),
-//!   with the bootstrap from [`envoy_bootstrap`].
+//! - Envoy ([`envoy`]), the default wherever it is installed ([`binary`]
+//!   says where it is looked for; `make` installs it), with the bootstrap
+//!   from [`envoy_bootstrap`];
+//! - HAProxy from Debian ([`haproxy`]), the second proxy.
 
+pub mod binary;
 mod envoy;
 pub mod envoy_bootstrap;
 mod haproxy;
+
+pub use binary::find_on_path;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -45,8 +49,8 @@ impl SidecarProxy {
         }
     }
 
-    /// `auto` (Envoy when on PATH, else HAProxy), `haproxy` or `envoy`; an
-    /// explicit proxy must be installed.
+    /// `auto` (Envoy where installed, else HAProxy), `haproxy` or `envoy`;
+    /// an explicit proxy must be installed.
     pub fn choose(choice: &str) -> Result<Self> {
         let proxy = match choice {
             "auto" => return Ok(Self::detect()),
@@ -70,9 +74,9 @@ impl SidecarProxy {
         }
     }
 
-    /// Envoy when an `envoy` binary is on PATH, HAProxy otherwise.
+    /// Envoy where installed (see [`binary::envoy`]), HAProxy otherwise.
     pub fn detect() -> Self {
-        if find_on_path(SidecarProxy::Envoy.name()).is_some() {
+        if binary::envoy().is_ok() {
             SidecarProxy::Envoy
         } else {
             SidecarProxy::Haproxy
@@ -81,13 +85,14 @@ impl SidecarProxy {
 
     /// Full path of the proxy's binary, or an error naming what is missing.
     pub fn locate(self) -> Result<PathBuf> {
-        match find_on_path(self.name()) {
-            Some(p) => Ok(p),
-            None => bail!("no `{}` binary on PATH", self.name()),
-        }
+        Ok(match self {
+            SidecarProxy::Haproxy => binary::haproxy()?,
+            SidecarProxy::Envoy => binary::envoy()?,
+        })
     }
 
-    /// The first line of `<binary> --version` (or `-v` for HAProxy).
+    /// The first line of `<binary> --version` (or `-v` for HAProxy), runs
+    /// of blanks made one.
     pub fn version(self) -> Option<String> {
         let flag = match self {
             SidecarProxy::Haproxy => "-v",
@@ -101,21 +106,8 @@ impl SidecarProxy {
             .lines()
             .map(str::trim)
             .find(|l| !l.is_empty())
-            .map(str::to_string)
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
     }
-}
-
-/// An executable file `name` in one of PATH's directories.
-pub fn find_on_path(name: &str) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|p| {
-            std::fs::metadata(p)
-                .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-                .unwrap_or(false)
-        })
 }
 
 /// How to start a sidecar.
@@ -150,6 +142,7 @@ enum Control {
 pub struct Sidecar {
     pub process: PodProcess,
     pub proxy: SidecarProxy,
+    pub mode: SidecarMode,
     control: Control,
     dir: PathBuf,
 }
@@ -176,6 +169,21 @@ impl Sidecar {
 
     /// Starts the sidecar `o` describes and waits until it is ready.
     pub fn launch(pod: &Pod, o: &SidecarOptions) -> Result<Self> {
+        Self::launch_with(pod, o, None)
+    }
+
+    /// Starts an Envoy sidecar that takes its listeners and clusters over
+    /// ADS from the control plane on `ads` (a unix socket, like Istio's
+    /// pilot-agent XDS socket; see [`crate::sim::xds`]) and waits until it
+    /// is ready, which Envoy is only once that config arrived.
+    pub fn launch_ads(pod: &Pod, o: &SidecarOptions, ads: &Path) -> Result<Self> {
+        if o.proxy != SidecarProxy::Envoy {
+            bail!("only Envoy sidecars take config over ADS");
+        }
+        Self::launch_with(pod, o, Some(ads))
+    }
+
+    fn launch_with(pod: &Pod, o: &SidecarOptions, ads: Option<&Path>) -> Result<Self> {
         let dir = PathBuf::from("/run/meshlane-test").join(format!("sidecar-{}", pod.name));
         std::fs::create_dir_all(&dir)?;
         let (process, control) = match o.proxy {
@@ -184,13 +192,14 @@ impl Sidecar {
                 (process, Control::HaproxyStats(stats))
             }
             SidecarProxy::Envoy => {
-                let (process, admin) = envoy::spawn(pod, o, &dir)?;
+                let (process, admin) = envoy::spawn(pod, o, &dir, ads)?;
                 (process, Control::EnvoyAdmin(admin))
             }
         };
         let mut sc = Self {
             process,
             proxy: o.proxy,
+            mode: o.mode,
             control,
             dir,
         };
@@ -248,6 +257,30 @@ impl Sidecar {
         match &self.control {
             Control::HaproxyStats(sock) => haproxy::frontend_sessions(sock, frontend),
             Control::EnvoyAdmin(sock) => envoy::listener_connections(sock, frontend),
+        }
+    }
+
+    /// One Envoy stat (counter or gauge) by its exact name; None for HAProxy
+    /// or when unreadable.
+    pub fn envoy_stat(&self, name: &str) -> Option<u64> {
+        match &self.control {
+            Control::EnvoyAdmin(sock) => envoy::stat(sock, name),
+            Control::HaproxyStats(_) => None,
+        }
+    }
+
+    /// What the outbound or inbound side (`side`: "outbound" or "inbound")
+    /// forwarded, in the unit its mode forwards: connections in tcp mode,
+    /// HTTP requests in http mode (an L7 proxy pools upstream connections,
+    /// so one request need not open one connection on the next hop). 0 when
+    /// unreadable.
+    pub fn forwarded(&self, side: &str) -> u64 {
+        match (&self.control, self.mode) {
+            (_, SidecarMode::Tcp) => self.sessions(side),
+            (Control::HaproxyStats(sock), SidecarMode::Http) => {
+                haproxy::frontend_requests(sock, side)
+            }
+            (Control::EnvoyAdmin(sock), SidecarMode::Http) => envoy::http_requests(sock, side),
         }
     }
 }

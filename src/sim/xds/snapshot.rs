@@ -1,0 +1,129 @@
+//! A snapshot: one version of every resource the control plane serves,
+//! by xDS type URL and resource name (state of the world: a response for a
+//! type carries all of its resources the client asked for).
+
+use std::collections::BTreeMap;
+
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::google::protobuf::Any;
+use prost::{Message, Name};
+
+use crate::sim::sidecar::envoy_bootstrap::any;
+
+/// Short names of the four types a sidecar takes over ADS, for logs.
+pub fn short_type(type_url: &str) -> &str {
+    match type_url {
+        t if t == Listener::type_url() => "LDS",
+        t if t == Cluster::type_url() => "CDS",
+        t if t == RouteConfiguration::type_url() => "RDS",
+        t if t == ClusterLoadAssignment::type_url() => "EDS",
+        other => other,
+    }
+}
+
+/// Whether a type is wildcard by default (LDS, CDS: an empty name list
+/// means "all"); for the others the client names what it wants.
+fn wildcard(type_url: &str) -> bool {
+    type_url == Listener::type_url() || type_url == Cluster::type_url()
+}
+
+/// One resource, packed, with its name.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resource {
+    pub name: String,
+    pub body: Any,
+}
+
+/// Every resource of one config version.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Snapshot {
+    pub version: String,
+    by_type: BTreeMap<String, Vec<Resource>>,
+}
+
+impl Snapshot {
+    pub fn new(version: impl Into<String>) -> Self {
+        Self {
+            version: version.into(),
+            by_type: BTreeMap::new(),
+        }
+    }
+
+    /// Adds `message` under `name` (replacing one of the same type and
+    /// name).
+    pub fn add<M: Message + Name>(&mut self, name: impl Into<String>, message: &M) {
+        let name = name.into();
+        let list = self.by_type.entry(M::type_url()).or_default();
+        list.retain(|r| r.name != name);
+        list.push(Resource {
+            name,
+            body: any(message),
+        });
+    }
+
+    /// Resource names of one type, in insertion order.
+    pub fn names(&self, type_url: &str) -> Vec<&str> {
+        self.by_type
+            .get(type_url)
+            .map(|l| l.iter().map(|r| r.name.as_str()).collect())
+            .unwrap_or_default()
+    }
+
+    /// What a response for `type_url` carries when the client asked for
+    /// `names`: all of a wildcard type when it named none, else those of
+    /// the named that exist.
+    pub fn select(&self, type_url: &str, names: &[String]) -> Vec<Any> {
+        let Some(list) = self.by_type.get(type_url) else {
+            return Vec::new();
+        };
+        let all = names.is_empty() && wildcard(type_url);
+        list.iter()
+            .filter(|r| all || names.contains(&r.name))
+            .map(|r| r.body.clone())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster(name: &str) -> Cluster {
+        Cluster {
+            name: name.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn selects_all_of_a_wildcard_type_or_only_what_was_named() {
+        let mut s = Snapshot::new("1");
+        s.add("a", &cluster("a"));
+        s.add("b", &cluster("b"));
+        s.add("a", &cluster("a"));
+        let cds = Cluster::type_url();
+        assert_eq!(s.names(&cds), ["b", "a"]);
+        assert_eq!(s.select(&cds, &[]).len(), 2);
+        let picked = s.select(&cds, &["a".into(), "zz".into()]);
+        assert_eq!(picked.len(), 1);
+        assert_eq!(
+            Cluster::decode(picked[0].value.as_slice()).unwrap().name,
+            "a"
+        );
+        let eds = ClusterLoadAssignment::type_url();
+        s.add(
+            "a",
+            &ClusterLoadAssignment {
+                cluster_name: "a".into(),
+                ..Default::default()
+            },
+        );
+        assert!(s.select(&eds, &[]).is_empty(), "EDS is not wildcard");
+        assert_eq!(s.select(&eds, &["a".into()]).len(), 1);
+        assert_eq!(short_type(&eds), "EDS");
+        assert!(s.select("type.googleapis.com/unknown", &[]).is_empty());
+    }
+}
