@@ -15,9 +15,11 @@
 //! - [`status`]: programs, links, pods, map fill and counters
 //! - [`config`]: the agent's one configuration (YAML, defaults, validation)
 //! - [`metrics`]: Prometheus metrics (prometheus-client)
+//! - [`api`]: the agent's local API (pod requests over a unix socket)
 //! - [`agent`]: the long-running node agent (tokio): admin server, sweep, drain
 pub mod abi;
 pub mod agent;
+pub mod api;
 #[cfg(feature = "sim")]
 pub mod bench;
 pub mod cgroup;

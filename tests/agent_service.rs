@@ -172,3 +172,92 @@ fn check_config_accepts_the_example_and_names_each_wrong_field() {
         assert!(err.contains(field), "{yaml}: {err}");
     }
 }
+
+/// 50 concurrent `pod add`/`pod rm` through the agent's socket (10 pods,
+/// each added and removed by racing commands) leave a consistent registry:
+/// every address and link belongs to a recorded pod, every recorded pod's
+/// addresses are its own, and a sweep finds nothing to remove.
+#[test]
+fn concurrent_requests_through_the_socket_keep_the_registry_consistent() {
+    let mut node = node_without_install();
+    let root = node.layout.root().to_path_buf();
+    let agent = AgentProcess::start(&root, node.cgroup.path()).expect("agent");
+    let socket = meshlane::api::socket_path(&root);
+    assert!(socket.exists(), "no API socket at {}", socket.display());
+    let pods: Vec<_> = (0..10)
+        .map(|i| node.pod(&format!("p{i}")).expect("pod"))
+        .collect();
+    let netns: Vec<String> = pods
+        .iter()
+        .map(|p| p.netns.to_string_lossy().into_owned())
+        .collect();
+    let threads: Vec<_> = (0..50)
+        .map(|i| {
+            let (root, ns) = (root.clone(), netns[i % 10].clone());
+            std::thread::spawn(move || {
+                let op = if i % 5 == 4 { "rm" } else { "add" };
+                let out = support::cli(&root, &["pod", op, "--netns", &ns]);
+                (
+                    op,
+                    out.status.success(),
+                    String::from_utf8_lossy(&out.stderr).into_owned(),
+                )
+            })
+        })
+        .collect();
+    for t in threads {
+        let (op, ok, err) = t.join().expect("client thread");
+        // An rm may find nothing to remove; an add never fails.
+        assert!(
+            ok || (op == "rm" && err.contains("no pod is registered")),
+            "{op}: {err}"
+        );
+        assert!(err.trim().lines().count() <= 1, "{op}: {err}");
+    }
+    assert!(
+        agent
+            .log_lines()
+            .iter()
+            .any(|l| l.contains("pod registered")),
+        "the adds did not go through the agent: {:?}",
+        agent.log_lines()
+    );
+    let list: serde_json::Value =
+        serde_json::from_str(&cli_ok(&root, &["--json", "pod", "list"])).expect("pod list");
+    let recorded = list.as_array().expect("pods");
+    for p in recorded {
+        // `pod add` names a pod after its netns file.
+        let pod = pods
+            .iter()
+            .find(|x| {
+                x.netns
+                    .file_name()
+                    .map(|f| f.to_string_lossy().into_owned())
+                    == p["name"].as_str().map(String::from)
+            })
+            .unwrap_or_else(|| panic!("unknown pod recorded: {p}"));
+        let ips: Vec<String> = p["ips"]
+            .as_array()
+            .expect("ips")
+            .iter()
+            .filter_map(|i| i.as_str().map(String::from))
+            .collect();
+        assert_eq!(ips, vec![pod.ip4.to_string()], "{p}");
+        assert_eq!(p["netns_alive"], true, "{p}");
+    }
+    let status = support::status_json(&root);
+    let entries = |map: &str| {
+        status["maps"]
+            .as_array()
+            .and_then(|m| m.iter().find(|m| m["name"] == map))
+            .and_then(|m| m["entries"].as_u64())
+            .unwrap_or(u64::MAX)
+    };
+    assert_eq!(entries("ml_pods"), recorded.len() as u64, "{status}");
+    assert_eq!(entries("ml_pod_ips"), recorded.len() as u64, "{status}");
+    let links = std::fs::read_dir(node.layout.pod_links_dir()).map_or(0, |d| d.count());
+    assert_eq!(links, recorded.len(), "pod links");
+    let swept: serde_json::Value =
+        serde_json::from_str(&cli_ok(&root, &["--json", "pod", "sweep"])).expect("sweep");
+    assert_eq!(swept, serde_json::json!([]), "leftovers: {swept}");
+}

@@ -125,60 +125,69 @@ fn vanished_netns_is_swept_and_its_address_reusable() {
     assert!(registry_is_empty(&root), "{}", status_json(&root));
 }
 
+/// Runs `meshlane pod <args>` directly (no agent runs, so the CLI writes
+/// the registry itself) with a fail point that SIGKILLs it after `step`.
+fn killed_cli(root: &Path, step: &str, args: &[&str]) {
+    let out = Command::new(env!("CARGO_BIN_EXE_meshlane"))
+        .args(["--pin-root", &root.to_string_lossy(), "pod"])
+        .args(args)
+        .env("MESHLANE_FAIL_POINT", step)
+        .output()
+        .expect("running meshlane pod");
+    assert!(!out.status.success(), "{step}: the command was not killed");
+}
+
+/// Starts the agent, waits until its sweep has emptied the registry, and
+/// stops it again (SIGTERM).
+fn agent_cleans_up(root: &Path, cgroup: &Path, step: &str) {
+    let mut agent = AgentProcess::start(root, cgroup).expect("agent");
+    let took = wait_for(
+        &format!("the agent sweeps what was killed after {step}"),
+        Duration::from_secs(10),
+        || registry_is_empty(root),
+    );
+    eprintln!("{step}: swept {took:?} after the agent started");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent.pid()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    assert!(agent
+        .wait_exit(Duration::from_secs(30))
+        .is_some_and(|s| s.success()));
+}
+
 #[test]
 fn killed_add_or_remove_leaves_nothing_once_the_agent_runs() {
     let mut node = node_without_install();
     let root = node.layout.root().to_path_buf();
-    let _agent = AgentProcess::start(&root, node.cgroup.path()).expect("agent");
+    let cg = node.cgroup.path().to_path_buf();
+    cli_ok(
+        &root,
+        &["agent", "--once", "--cgroup", &cg.to_string_lossy()],
+    );
     let pod = node.pod("p").expect("pod");
     let netns = pod.netns.to_string_lossy().into_owned();
     for step in ["pod-add:link", "pod-add:ips", "pod-add:listener"] {
-        let out = Command::new(env!("CARGO_BIN_EXE_meshlane"))
-            .args([
-                "--pin-root",
-                &root.to_string_lossy(),
-                "pod",
-                "add",
-                "--netns",
-                &netns,
-            ])
-            .env("MESHLANE_FAIL_POINT", step)
-            .output()
-            .expect("running pod add");
-        assert!(!out.status.success(), "{step}: the add was not killed");
-        assert!(
-            map_entries(&root, "ml_pods") == 0,
+        killed_cli(&root, step, &["add", "--netns", &netns]);
+        assert_eq!(
+            map_entries(&root, "ml_pods"),
+            0,
             "{step}: a record was written"
         );
-        let took = wait_for(
-            &format!("the agent sweeps what the add killed after {step} left"),
-            Duration::from_secs(10),
-            || registry_is_empty(&root),
+        assert!(
+            pod_links(&root) == 1,
+            "{step}: the add did not get as far as its link"
         );
-        eprintln!("{step}: swept after {took:?}");
+        agent_cleans_up(&root, &cg, step);
     }
     for step in ["pod-rm:record", "pod-rm:link"] {
         cli_ok(&root, &["pod", "add", "--netns", &netns]);
-        let out = Command::new(env!("CARGO_BIN_EXE_meshlane"))
-            .args([
-                "--pin-root",
-                &root.to_string_lossy(),
-                "pod",
-                "rm",
-                "--netns",
-                &netns,
-            ])
-            .env("MESHLANE_FAIL_POINT", step)
-            .output()
-            .expect("running pod rm");
-        assert!(!out.status.success(), "{step}: the remove was not killed");
-        wait_for(
-            &format!("the agent sweeps what the remove killed after {step} left"),
-            Duration::from_secs(10),
-            || registry_is_empty(&root),
-        );
+        killed_cli(&root, step, &["rm", "--netns", &netns]);
+        agent_cleans_up(&root, &cg, step);
     }
-    // And the pod registers normally afterwards.
+    // And the pod registers normally afterwards, through the running agent.
+    let _agent = AgentProcess::start(&root, &cg).expect("agent");
     cli_ok(&root, &["pod", "add", "--netns", &netns]);
     assert_eq!(map_entries(&root, "ml_pods"), 1);
     let out = cli(&root, &["pod", "rm", "--cookie", "1"]);

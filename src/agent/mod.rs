@@ -4,6 +4,9 @@
 //!
 //! Components, all started from [`serve`]:
 //! - the admin server ([`admin`]): readiness, liveness, metrics;
+//! - the local API ([`api_server`]): pod add/rm/list/sweep requests from
+//!   the CLI (and the CNI plugin), so the agent is the registry's one
+//!   writer while it runs;
 //! - the pod sweep: every [`SWEEP_INTERVAL`], registrations whose netns is
 //!   gone (and leftovers of killed adds) are removed;
 //! - the counter log line, every `logIntervalSeconds`.
@@ -13,6 +16,7 @@
 //! pins. Exiting, for any reason, leaves the data path pinned.
 
 mod admin;
+mod api_server;
 mod readiness;
 
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -43,6 +47,11 @@ pub enum AgentError {
     #[error("admin listener (readiness, liveness, metrics) on {addr}: {source}")]
     Admin {
         addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("local API socket {path}: {source}")]
+    Api {
+        path: std::path::PathBuf,
         source: std::io::Error,
     },
     #[error("starting the agent's runtime: {0}")]
@@ -129,9 +138,7 @@ fn sweep_pods(layout: &PinLayout, metrics: &AgentMetrics) -> bool {
             for s in swept {
                 metrics
                     .swept
-                    .get_or_create(&ReasonLabel {
-                        reason: s.reason.to_string(),
-                    })
+                    .get_or_create(&ReasonLabel { reason: s.reason })
                     .inc();
             }
             true
@@ -237,6 +244,18 @@ async fn serve(
         tasks.spawn(admin::serve(listener, state, stop_rx.clone()));
         tracing::info!(%addr, "admin server: /healthz/ready /healthz/live /metrics");
     }
+    let api_path = crate::api::socket_path(&report.pin_root);
+    let api = api_server::bind(&api_path).map_err(|e| AgentError::Api {
+        path: api_path.clone(),
+        source: e,
+    })?;
+    tasks.spawn(api_server::serve(
+        api,
+        api_path.clone(),
+        layout.clone(),
+        stop_rx.clone(),
+    ));
+    tracing::info!(socket = %api_path.display(), "local API");
     tasks.spawn(sweeper(
         layout.clone(),
         agent_metrics,

@@ -7,7 +7,7 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::spec::{list_cidrs, list_ports};
 use super::sweep::LinkState;
@@ -17,7 +17,7 @@ use crate::layout::PinLayout;
 use crate::netns;
 
 /// A registered pod, as `pod list` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PodRecord {
     pub name: String,
     pub netns_cookie: u64,

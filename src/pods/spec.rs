@@ -5,7 +5,7 @@
 use std::fmt;
 use std::net::IpAddr;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{PodError, MAX_CIDRS, MAX_PORTS};
 
@@ -14,7 +14,7 @@ const ML_POD_NAME_MAX: usize = 63;
 use crate::abi::{self, ml_cidr_list, ml_pod, ml_pod_flag, ml_port_list, Pod};
 
 /// The mesh a pod's proxy belongs to; fills ports and uid defaults.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Preset {
     Istio,
@@ -59,7 +59,7 @@ impl fmt::Display for Preset {
 }
 
 /// How a pod's traffic reaches its proxy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PodMode {
     /// istio-init's iptables redirect; meshlane only splices.
@@ -70,7 +70,7 @@ pub enum PodMode {
 
 /// Everything that describes one meshed pod, as given by the operator or
 /// the CNI plugin. Lists use Istio's annotation syntax ("*" = all).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PodSpec {
     pub name: String,
     pub preset: Preset,

@@ -8,7 +8,7 @@ use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{PodError, Registry};
 
@@ -51,11 +51,11 @@ pub fn link_state(pin: &Path) -> LinkState {
 }
 
 /// One registration the sweep removed, and why.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Swept {
     pub netns_cookie: u64,
     pub name: String,
-    pub reason: &'static str,
+    pub reason: String,
 }
 
 /// Cookies of the pinned pod links.
@@ -93,7 +93,7 @@ pub fn sweep(reg: &Registry) -> Result<Option<Vec<Swept>>, PodError> {
         out.push(Swept {
             netns_cookie: *cookie,
             name: names.get(cookie).cloned().unwrap_or_default(),
-            reason,
+            reason: reason.to_string(),
         });
     }
     for cookie in reg.ip_owners() {
@@ -104,7 +104,7 @@ pub fn sweep(reg: &Registry) -> Result<Option<Vec<Swept>>, PodError> {
         out.push(Swept {
             netns_cookie: cookie,
             name: String::new(),
-            reason: "addresses without a registration",
+            reason: "addresses without a registration".to_string(),
         });
     }
     for s in &out {

@@ -1,16 +1,19 @@
-//! `meshlane pod add|rm|list`: registering meshed pods by hand (until the
-//! CNI plugin does it): the arguments, mirroring Istio's sidecar
-//! annotations, and what each prints.
+//! `meshlane pod add|rm|list|sweep`: registering meshed pods by hand (until
+//! the CNI plugin does it): the arguments, mirroring Istio's sidecar
+//! annotations, and what each prints. Requests go to the running agent over
+//! its local API; with no agent, the CLI writes the registry itself under
+//! the registry lock.
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use std::time::Duration;
+
+use anyhow::Result;
 use clap::{Args, Subcommand};
 
-use meshlane::integrity;
+use meshlane::api::{self, ApiError, PodRef, Reply, Request};
 use meshlane::layout::PinLayout;
-use meshlane::loader;
-use meshlane::pods::{PodMode, PodSpec, Preset, Registry};
+use meshlane::pods::{PodMode, PodSpec, Preset};
 
 use crate::print_json;
 
@@ -134,80 +137,66 @@ impl PodAddArgs {
     }
 }
 
-/// `--splice-apps` only where the kernel probes allow it, given whether the
-/// installed data path has the stream verdict attached.
-fn require_safe_app_hops(layout: &PinLayout) -> Result<()> {
-    let facts = loader::kernel_facts().context("probing the kernel for --splice-apps")?;
-    let plan = integrity::Plan {
-        verdict: layout.link("ml_splice_verdict").exists(),
-        splice: true,
-        warnings: Vec::new(),
-    };
-    integrity::app_hops_allowed(&facts, &plan).context("--splice-apps")?;
-    Ok(())
+/// Sends `req` to the running agent, or, when none listens, does it here
+/// under the registry lock (the same code path the agent runs).
+fn request(layout: &PinLayout, req: Request) -> Result<Reply> {
+    let socket = api::socket_path(layout.root());
+    match api::call(&socket, &req, Duration::from_secs(60)) {
+        Ok(reply) => Ok(reply),
+        Err(ApiError::NoAgent(_)) => {
+            tracing::debug!(socket = %socket.display(), "no agent listening: writing the registry directly");
+            api::handle(layout, req).map_err(|e| anyhow::anyhow!(e))
+        }
+        Err(ApiError::Refused(e)) => Err(anyhow::anyhow!(e)),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Runs one pod subcommand against the registry under `layout`.
 pub(crate) fn run(cmd: PodCmd, layout: &PinLayout, json: bool) -> Result<()> {
-    match cmd {
-        PodCmd::Add(a) => {
-            if a.splice_apps {
-                require_safe_app_hops(layout)?;
-            }
-            let rec = Registry::open(layout)?.add(&a.netns, &a.spec())?;
-            if json {
-                print_json(&rec)?;
-            } else {
+    let req = match cmd {
+        PodCmd::Add(a) => Request::Add {
+            spec: a.spec(),
+            netns: a.netns,
+        },
+        PodCmd::Rm(rm) => Request::Rm {
+            pod: match (rm.netns, rm.cookie, rm.name) {
+                (Some(netns), _, _) => PodRef::Netns(netns),
+                (_, Some(cookie), _) => PodRef::Cookie(cookie),
+                (_, _, Some(name)) => PodRef::Name(name),
+                (None, None, None) => anyhow::bail!("pod rm: give --netns, --cookie or --name"),
+            },
+        },
+        PodCmd::List => Request::List,
+        PodCmd::Sweep => Request::Sweep,
+    };
+    match request(layout, req)? {
+        Reply::Added(rec) if json => print_json(&rec)?,
+        Reply::Added(rec) => println!(
+            "registered pod {} (netns cookie {}, ips {:?})",
+            rec.name, rec.netns_cookie, rec.ips
+        ),
+        Reply::Removed(cookie) if json => print_json(&serde_json::json!({ "removed": cookie }))?,
+        Reply::Removed(cookie) => println!("removed pod with netns cookie {cookie}"),
+        Reply::Pods(pods) if json => print_json(&pods)?,
+        Reply::Pods(pods) => {
+            for p in pods {
+                let gone = if p.netns_alive { "" } else { " (netns gone)" };
                 println!(
-                    "registered pod {} (netns cookie {}, ips {:?})",
-                    rec.name, rec.netns_cookie, rec.ips
+                    "{:<20} cookie {:<8} {:?} ips {:?}{gone}",
+                    p.name, p.netns_cookie, p.mode, p.ips
                 );
             }
         }
-        PodCmd::Rm(rm) => {
-            let reg = Registry::open(layout)?;
-            let cookie = match (rm.netns, rm.cookie, rm.name) {
-                (Some(netns), _, _) => reg.remove(&netns)?,
-                (_, Some(cookie), _) => {
-                    reg.remove_cookie(cookie, &format!("netns cookie {cookie}"))?
-                }
-                (_, _, Some(name)) => reg.remove_named(&name)?,
-                (None, None, None) => anyhow::bail!("pod rm: give --netns, --cookie or --name"),
-            };
-            if json {
-                print_json(&serde_json::json!({ "removed": cookie }))?;
-            } else {
-                println!("removed pod with netns cookie {cookie}");
+        Reply::Swept(swept) if json => print_json(&swept)?,
+        Reply::Swept(swept) => {
+            for s in &swept {
+                println!(
+                    "removed netns cookie {} {:?}: {}",
+                    s.netns_cookie, s.name, s.reason
+                );
             }
-        }
-        PodCmd::List => {
-            let pods = Registry::open(layout)?.list();
-            if json {
-                print_json(&pods)?;
-            } else {
-                for p in pods {
-                    let gone = if p.netns_alive { "" } else { " (netns gone)" };
-                    println!(
-                        "{:<20} cookie {:<8} {:?} ips {:?}{gone}",
-                        p.name, p.netns_cookie, p.mode, p.ips
-                    );
-                }
-            }
-        }
-        PodCmd::Sweep => {
-            let swept = meshlane::pods::sweep(&Registry::open(layout)?)?
-                .context("the pod registry is busy (an add or remove is running): try again")?;
-            if json {
-                print_json(&swept)?;
-            } else {
-                for s in &swept {
-                    println!(
-                        "removed netns cookie {} {:?}: {}",
-                        s.netns_cookie, s.name, s.reason
-                    );
-                }
-                println!("{} registration(s) swept", swept.len());
-            }
+            println!("{} registration(s) swept", swept.len());
         }
     }
     Ok(())

@@ -1,0 +1,266 @@
+//! The agent's local API: a small versioned request/response protocol over
+//! a unix socket, one JSON object per line each way, one request per
+//! connection. `meshlane pod add|rm|list|sweep` use it while an agent runs
+//! (the agent is then the one writer of the pod registry); the CNI plugin
+//! will use it too. With no agent listening, the CLI does the same work
+//! itself under the registry lock ([`handle`] is the one code path).
+//!
+//! The socket's path follows from the pin root (see [`socket_path`]), so a
+//! CLI and an agent on the same pin root always meet.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::integrity;
+use crate::layout::PinLayout;
+use crate::loader;
+use crate::pods::{PodRecord, PodSpec, Registry, Swept};
+
+/// Version of the protocol; a peer that speaks another is refused.
+pub const API_VERSION: u32 = 1;
+
+/// Directory of the agents' sockets.
+pub const SOCKET_DIR: &str = "/run/meshlane";
+
+/// The API socket of the agent that owns `pin_root`:
+/// `/run/meshlane/<pin root with '/' as '-'>.sock`.
+pub fn socket_path(pin_root: &Path) -> PathBuf {
+    let flat: String = pin_root
+        .to_string_lossy()
+        .trim_matches('/')
+        .chars()
+        .map(|c| if c == '/' { '-' } else { c })
+        .collect();
+    Path::new(SOCKET_DIR).join(format!("{flat}.sock"))
+}
+
+/// Which pod `rm` removes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PodRef {
+    Netns(PathBuf),
+    Cookie(u64),
+    Name(String),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum Request {
+    Add { netns: PathBuf, spec: PodSpec },
+    Rm { pod: PodRef },
+    List,
+    Sweep,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reply {
+    Added(PodRecord),
+    Removed(u64),
+    Pods(Vec<PodRecord>),
+    Swept(Vec<Swept>),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct RequestEnvelope {
+    version: u32,
+    request: Request,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct ReplyEnvelope {
+    version: u32,
+    #[serde(flatten)]
+    result: ApiResult,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum ApiResult {
+    Ok(Reply),
+    Error(String),
+}
+
+#[derive(Debug, Error)]
+pub enum ApiError {
+    /// No agent listens: the caller may do the work itself.
+    #[error("no agent listens on {0}")]
+    NoAgent(PathBuf),
+    #[error("agent API {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("agent API {path}: bad reply: {why}")]
+    Protocol { path: PathBuf, why: String },
+    /// The agent did the request and refused it: its one-line reason.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Does one request: the synchronous core behind both the agent's server
+/// and the CLI's direct mode. Errors are one line naming what was wrong.
+pub fn handle(layout: &PinLayout, req: Request) -> Result<Reply, String> {
+    let reg = Registry::open(layout).map_err(|e| e.to_string())?;
+    match req {
+        Request::Add { netns, spec } => {
+            if spec.splice_apps {
+                require_safe_app_hops(layout)?;
+            }
+            reg.add(&netns, &spec).map(Reply::Added)
+        }
+        Request::Rm { pod } => match pod {
+            PodRef::Netns(p) => reg.remove(&p),
+            PodRef::Cookie(c) => reg.remove_cookie(c, &format!("netns cookie {c}")),
+            PodRef::Name(n) => reg.remove_named(&n),
+        }
+        .map(Reply::Removed),
+        Request::List => Ok(Reply::Pods(reg.list())),
+        Request::Sweep => {
+            return match crate::pods::sweep(&reg) {
+                Ok(Some(s)) => Ok(Reply::Swept(s)),
+                Ok(None) => {
+                    Err("the pod registry is busy (an add or remove is running): try again".into())
+                }
+                Err(e) => Err(e.to_string()),
+            }
+        }
+    }
+    .map_err(|e| e.to_string())
+}
+
+/// `--splice-apps` only where the kernel probes allow it, given whether the
+/// installed data path has the stream verdict attached.
+fn require_safe_app_hops(layout: &PinLayout) -> Result<(), String> {
+    let facts =
+        loader::kernel_facts().map_err(|e| format!("probing the kernel for --splice-apps: {e}"))?;
+    let plan = integrity::Plan {
+        verdict: layout.link("ml_splice_verdict").exists(),
+        splice: true,
+        warnings: Vec::new(),
+    };
+    integrity::app_hops_allowed(&facts, &plan).map_err(|e| format!("--splice-apps: {e}"))
+}
+
+/// Sends `req` to the agent at `socket` and waits for its reply.
+pub fn call(socket: &Path, req: &Request, timeout: Duration) -> Result<Reply, ApiError> {
+    let io = |source| ApiError::Io {
+        path: socket.into(),
+        source,
+    };
+    let mut stream = match UnixStream::connect(socket) {
+        Ok(s) => s,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Err(ApiError::NoAgent(socket.into()))
+        }
+        Err(e) => return Err(io(e)),
+    };
+    stream.set_read_timeout(Some(timeout)).map_err(io)?;
+    let line = serde_json::to_string(&RequestEnvelope {
+        version: API_VERSION,
+        request: req.clone(),
+    })
+    .map_err(|e| io(std::io::Error::other(e)))?;
+    stream
+        .write_all(format!("{line}\n").as_bytes())
+        .map_err(io)?;
+    let mut reply = String::new();
+    BufReader::new(&stream).read_line(&mut reply).map_err(io)?;
+    let bad = |why: String| ApiError::Protocol {
+        path: socket.into(),
+        why,
+    };
+    let env: ReplyEnvelope = serde_json::from_str(&reply).map_err(|e| bad(e.to_string()))?;
+    if env.version != API_VERSION {
+        return Err(bad(format!(
+            "version {}, this build speaks {API_VERSION}",
+            env.version
+        )));
+    }
+    match env.result {
+        ApiResult::Ok(r) => Ok(r),
+        ApiResult::Error(e) => Err(ApiError::Refused(e)),
+    }
+}
+
+/// The server side of one connection's line: parses, runs `handle`, and
+/// renders the reply line (errors included; never panics on input).
+pub fn serve_line(layout: &PinLayout, line: &str) -> String {
+    let result = match serde_json::from_str::<RequestEnvelope>(line) {
+        Ok(env) if env.version == API_VERSION => match handle(layout, env.request) {
+            Ok(r) => ApiResult::Ok(r),
+            Err(e) => ApiResult::Error(e),
+        },
+        Ok(env) => ApiResult::Error(format!(
+            "API version {} is not spoken here (this agent speaks {API_VERSION})",
+            env.version
+        )),
+        Err(e) => ApiResult::Error(format!("bad request: {e}")),
+    };
+    let env = ReplyEnvelope {
+        version: API_VERSION,
+        result,
+    };
+    serde_json::to_string(&env).unwrap_or_else(|e| {
+        format!("{{\"version\":{API_VERSION},\"error\":\"rendering the reply: {e}\"}}")
+    }) + "\n"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_path_follows_the_pin_root() {
+        assert_eq!(
+            socket_path(Path::new("/sys/fs/bpf/meshlane")),
+            Path::new("/run/meshlane/sys-fs-bpf-meshlane.sock")
+        );
+    }
+
+    #[test]
+    fn bad_lines_get_an_error_reply_naming_the_problem() {
+        let layout = PinLayout::new("/nonexistent/pin/root");
+        for (line, want) in [
+            ("not json", "bad request"),
+            (r#"{"version":7,"request":{"op":"list"}}"#, "version 7"),
+            (r#"{"version":1,"request":{"op":"explode"}}"#, "explode"),
+        ] {
+            let out = serve_line(&layout, line);
+            let env: ReplyEnvelope = serde_json::from_str(&out).expect(&out);
+            match env.result {
+                ApiResult::Error(e) => assert!(e.contains(want), "{line}: {e}"),
+                ApiResult::Ok(r) => panic!("{line}: accepted: {r:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn requests_round_trip() {
+        let req = Request::Rm {
+            pod: PodRef::Cookie(42),
+        };
+        let line = serde_json::to_string(&RequestEnvelope {
+            version: API_VERSION,
+            request: req,
+        })
+        .unwrap();
+        let back: RequestEnvelope = serde_json::from_str(&line).unwrap();
+        assert!(matches!(
+            back.request,
+            Request::Rm {
+                pod: PodRef::Cookie(42)
+            }
+        ));
+    }
+}
