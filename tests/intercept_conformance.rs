@@ -374,15 +374,7 @@ fn dns_ipv4() {
 /// REDIRECT: it never asks IP6T_SO_ORIGINAL_DST). No IPv6 golden captures
 /// both directions for one port, so no IPv6 probe passes both sidecars.
 fn ipv6_ports() -> Case {
-    let mut a = Meshing::istio_default("a");
-    a.golden = "istio-iptables_capture_ipv6-outbound-ports.golden";
-    a.spec.include_outbound_ip_ranges = String::new();
-    a.spec.include_outbound_ports = "32000,31000".into();
-    a.spec.include_inbound_ports = String::new();
-    let mut b = Meshing::istio_default("b");
-    b.golden = "istio-iptables_capture_ipv6-inbound-ports.golden";
-    b.spec.include_outbound_ip_ranges = String::new();
-    b.spec.include_inbound_ports = "4000,5000".into();
+    let (a, b) = conformance::world::ipv6_ports_meshing();
     Case {
         name: "ipv6-ports",
         ipv6: true,

@@ -136,15 +136,7 @@ fn link_local_of(pod: &Pod) -> Ipv6Addr {
 /// goes through the sidecar, as with ip6tables.
 #[test]
 fn inbound_to_the_ipv6_link_local_address() {
-    let mut a = Meshing::istio_default("a");
-    a.golden = "istio-iptables_capture_ipv6-outbound-ports.golden";
-    a.spec.include_outbound_ip_ranges = String::new();
-    a.spec.include_outbound_ports = "32000,31000".into();
-    a.spec.include_inbound_ports = String::new();
-    let mut b = Meshing::istio_default("b");
-    b.golden = "istio-iptables_capture_ipv6-inbound-ports.golden";
-    b.spec.include_outbound_ip_ranges = String::new();
-    b.spec.include_inbound_ports = "4000,5000".into();
+    let (a, b) = conformance::world::ipv6_ports_meshing();
     let runs = both(
         true,
         &a,

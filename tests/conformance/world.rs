@@ -172,6 +172,21 @@ pub fn mesh(node: &Node, pod: &Pod, m: &Meshing, how: Interception, ipv6: bool) 
     }
 }
 
+/// istio-iptables_capture_ipv6-outbound-ports on A (outbound 31000,32000
+/// only) and _ipv6-inbound-ports on B (inbound 4000,5000 only).
+pub fn ipv6_ports_meshing() -> (Meshing, Meshing) {
+    let mut a = Meshing::istio_default("a");
+    a.golden = "istio-iptables_capture_ipv6-outbound-ports.golden";
+    a.spec.include_outbound_ip_ranges = String::new();
+    a.spec.include_outbound_ports = "32000,31000".into();
+    a.spec.include_inbound_ports = String::new();
+    let mut b = Meshing::istio_default("b");
+    b.golden = "istio-iptables_capture_ipv6-inbound-ports.golden";
+    b.spec.include_outbound_ip_ranges = String::new();
+    b.spec.include_inbound_ports = "4000,5000".into();
+    (a, b)
+}
+
 /// Meshes `pod` (IPv4) with Istio's defaults, registered as `name`.
 pub fn mesh_istio(node: &Node, pod: &Pod, name: &str, how: Interception) {
     mesh(node, pod, &Meshing::istio_default(name), how, false);
