@@ -10,7 +10,8 @@
 //! 3. `pods N`: bare network namespaces registered through the agent's
 //!    local API until N pods are registered (a quarter, half and all of
 //!    `--pods`), the sockets still held;
-//! 4. `no sockets`: all pods still registered, the sockets closed.
+//! 4. `no sockets`: all pods still registered, the sockets closed;
+//! 5. then the idle agent's RSS once a second for `--idle-secs`.
 //!
 //! The sockhash is made with room for twice `--sockets` (`--sockhash-size`
 //! on install and agent), so no insert fails at exactly full. Each stage
@@ -24,7 +25,8 @@
 //! the run makes (netns, pins, cgroup, child processes, the agent) is held
 //! by a guard and removed on return, error, panic or Ctrl-C.
 //!
-//! Options: `-- --pods N --sockets N --scrapes N --conns-per-child N --json`.
+//! Options: `-- --pods N --sockets N --scrapes N --conns-per-child N
+//! --idle-secs N --json`.
 //! Needs root, bpffs and cgroup v2.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -63,6 +65,9 @@ struct Cli {
     /// Connections each socket-holding child keeps (two fds each).
     #[arg(long, default_value_t = 8000, value_parser = clap::value_parser!(u32).range(1..=9000))]
     conns_per_child: u32,
+    /// At the end, sample the idle agent's RSS once a second this long.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    idle_secs: u64,
     /// Print the report as JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -108,6 +113,10 @@ struct Report {
     status_socks_entries: usize,
     status_ms: f64,
     stages: Vec<Stage>,
+    /// VmRSS (KiB) of the idle agent, all pods registered, no scrapes, once
+    /// a second for `--idle-secs` after the last stage: its sweep walks the
+    /// pods every second.
+    idle_rss_kib: Vec<u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -172,6 +181,12 @@ fn print_report(cli: &Cli, r: &Report) -> Result<()> {
             s.scrape.body_bytes
         );
     }
+    if let (Some(first), Some(last)) = (r.idle_rss_kib.first(), r.idle_rss_kib.last()) {
+        println!(
+            "idle agent RSS over {} s: {first} KiB -> {last} KiB",
+            r.idle_rss_kib.len()
+        );
+    }
     Ok(())
 }
 
@@ -212,6 +227,7 @@ fn run(cli: &Cli) -> Result<Report> {
     drop(holders);
     wait_socks(&node.layout, "0", |n| n == 0)?;
     stages.push(measure(cli, "no sockets", &node, &agent)?);
+    let idle_rss_kib = idle_rss(&agent, cli.idle_secs)?;
     agent.stop();
     Ok(Report {
         kernel: kernel_release(),
@@ -223,7 +239,18 @@ fn run(cli: &Cli) -> Result<Report> {
         status_socks_entries,
         status_ms,
         stages,
+        idle_rss_kib,
     })
+}
+
+fn idle_rss(agent: &Agent, secs: u64) -> Result<Vec<u64>> {
+    let mut v = Vec::new();
+    for _ in 0..secs {
+        interrupt_check()?;
+        v.push(agent.memory()?.0);
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    Ok(v)
 }
 
 /// Pod counts at which a stage is measured: a quarter, half and all.
