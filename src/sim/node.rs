@@ -112,5 +112,7 @@ impl Drop for Node {
         if let Err(e) = loader::remove_pins(&self.layout) {
             eprintln!("sim: removing pins of {}: {e}", self.tag);
         }
+        // The API socket of an agent of this node that was SIGKILLed.
+        let _ = std::fs::remove_file(crate::api::socket_path(self.layout.root()));
     }
 }
