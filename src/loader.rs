@@ -121,7 +121,23 @@ pub struct InstallReport {
 /// What the probes measure, plus whether meshlane's own stream verdict
 /// passes overlapping retransmissions exactly once here: it is loaded with
 /// private maps (nothing pinned) and run through the overlap experiments.
+/// Overrides named in [`integrity::PROBE_FAULT_ENV`] are applied (and
+/// logged); [`measured_kernel_facts`] is what the kernel said.
 pub fn kernel_facts() -> std::io::Result<KernelFacts> {
+    let mut facts = measured_kernel_facts()?;
+    if let Ok(spec) = std::env::var(integrity::PROBE_FAULT_ENV) {
+        let applied = facts
+            .apply_faults(&spec)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        for line in applied {
+            tracing::warn!("{line}");
+        }
+    }
+    Ok(facts)
+}
+
+/// The experiments' results, never overridden.
+pub fn measured_kernel_facts() -> std::io::Result<KernelFacts> {
     let behaviour = probe::kernel_behaviour()?;
     Ok(KernelFacts {
         behaviour,

@@ -176,7 +176,35 @@ fn injected_stream_is_exact(bed: &Bed, which: Sockets, kind: OverlapKind) {
     drop((tx, rx));
 }
 
+/// Whether a stream verdict delivers every byte once on this kernel, from
+/// the experiments' raw results (never overridden by MESHLANE_PROBE_FAULT).
+fn verdict_exact_here() -> bool {
+    let f = meshlane::loader::measured_kernel_facts().expect("kernel probes");
+    !f.behaviour.overlap_duplicated || f.verdict_trims_overlaps
+}
+
+/// Where the verdict is not exact (before Linux 6.3), `--verdict-remedy on`
+/// must be refused at install, before anything is attached.
+fn forced_verdict_is_refused() {
+    require_root_env();
+    let node = Node::new(NodeOptions {
+        verdict_remedy: VerdictRemedy::On,
+        ..NodeOptions::default()
+    });
+    match node {
+        Ok(_) => panic!(
+            "--verdict-remedy on was accepted on a kernel whose stream verdict \
+             delivers overlapping retransmissions twice"
+        ),
+        Err(e) => assert!(format!("{e:#}").contains("--verdict-remedy on"), "{e:#}"),
+    }
+}
+
 fn overlap_matrix(mode: PodMode, remedy: VerdictRemedy) {
+    if remedy == VerdictRemedy::On && !verdict_exact_here() {
+        forced_verdict_is_refused();
+        return;
+    }
     for which in [Sockets::Spliced, Sockets::OffPod] {
         let bed = Bed::new(mode, remedy, meshlane::loader::default_splice_queue_limit());
         for kind in KINDS {
