@@ -181,6 +181,12 @@ pub fn features() -> Vec<Feature> {
         ok: kernel_counts_psock_queue(),
         required: false,
     });
+    out.push(Feature {
+        what: "bpf_link for sockmap programs (else attached to the pinned map)".into(),
+        since: "6.10",
+        ok: sockmap_links(),
+        required: false,
+    });
     for (prog, helper, what, since) in HELPERS {
         // SAFETY: as above.
         let ok =
@@ -216,6 +222,17 @@ pub fn require_all() -> Result<Vec<Feature>, ProbeError> {
             missing: missing.join(", "),
         })
     }
+}
+
+/// Whether sk_msg and sk_skb programs attach to a socket map through a
+/// bpf_link (Linux 6.10). Before that they attach to the map itself and
+/// stay attached while the (pinned) map lives.
+pub fn sockmap_links() -> bool {
+    use std::os::fd::AsFd;
+    let (Ok(map), Ok(prog)) = (bpf::sockmap(1), bpf::pass_msg_prog()) else {
+        return false;
+    };
+    bpf::link(prog.as_fd(), map.as_fd(), libbpf_sys::BPF_SK_MSG_VERDICT).is_ok()
 }
 
 /// Whether the kernel's psock counts the bytes queued on it
