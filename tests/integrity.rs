@@ -176,33 +176,8 @@ fn injected_stream_is_exact(bed: &Bed, which: Sockets, kind: OverlapKind) {
     drop((tx, rx));
 }
 
-/// Whether a stream verdict delivers every byte once on this kernel, from
-/// the experiments' raw results (never overridden by MESHLANE_PROBE_FAULT).
-fn verdict_exact_here() -> bool {
-    let f = meshlane::loader::measured_kernel_facts().expect("kernel probes");
-    !f.behaviour.overlap_duplicated || f.verdict_trims_overlaps
-}
-
-/// Where the verdict is not exact (before Linux 6.3), `--verdict-remedy on`
-/// must be refused at install, before anything is attached.
-fn forced_verdict_is_refused() {
-    require_root_env();
-    let node = Node::new(NodeOptions {
-        verdict_remedy: VerdictRemedy::On,
-        ..NodeOptions::default()
-    });
-    match node {
-        Ok(_) => panic!(
-            "--verdict-remedy on was accepted on a kernel whose stream verdict \
-             delivers overlapping retransmissions twice"
-        ),
-        Err(e) => assert!(format!("{e:#}").contains("--verdict-remedy on"), "{e:#}"),
-    }
-}
-
 fn overlap_matrix(mode: PodMode, remedy: VerdictRemedy) {
-    if remedy == VerdictRemedy::On && !verdict_exact_here() {
-        forced_verdict_is_refused();
+    if remedy == VerdictRemedy::On && skip_if_verdict_on_refused() {
         return;
     }
     for which in [Sockets::Spliced, Sockets::OffPod] {
@@ -211,9 +186,12 @@ fn overlap_matrix(mode: PodMode, remedy: VerdictRemedy) {
             injected_stream_is_exact(&bed, which, kind);
         }
     }
-    let bed = Bed::new(mode, remedy, 4096);
-    for kind in KINDS {
-        injected_stream_is_exact(&bed, Sockets::Throttled, kind);
+    // Throttled sockets exist only where the psock counts its queue.
+    if meshlane::probe::kernel_counts_psock_queue() {
+        let bed = Bed::new(mode, remedy, 4096);
+        for kind in KINDS {
+            injected_stream_is_exact(&bed, Sockets::Throttled, kind);
+        }
     }
 }
 
