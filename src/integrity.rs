@@ -31,6 +31,61 @@ pub struct KernelFacts {
     pub verdict_trims_overlaps: bool,
 }
 
+/// Environment variable that overrides measured facts, for proving that
+/// a wrong probe is caught (the kernel matrix's broken-probe check): a
+/// comma-separated list of `FACT=true|false`, FACT one of [`FACT_NAMES`].
+/// Never set on a node; the agent logs every override it applies.
+pub const PROBE_FAULT_ENV: &str = "MESHLANE_PROBE_FAULT";
+
+/// The facts [`PROBE_FAULT_ENV`] can override.
+pub const FACT_NAMES: [&str; 7] = [
+    "fionread_hidden",
+    "epoll_wakeup_lost",
+    "overlap_duplicated",
+    "splice_read_missing",
+    "disconnect_keeps_bytes",
+    "urgent_inlined",
+    "verdict_trims_overlaps",
+];
+
+impl KernelFacts {
+    fn fact_mut(&mut self, name: &str) -> Option<&mut bool> {
+        let b = &mut self.behaviour;
+        Some(match name {
+            "fionread_hidden" => &mut b.fionread_hidden,
+            "epoll_wakeup_lost" => &mut b.epoll_wakeup_lost,
+            "overlap_duplicated" => &mut b.overlap_duplicated,
+            "splice_read_missing" => &mut b.splice_read_missing,
+            "disconnect_keeps_bytes" => &mut b.disconnect_keeps_bytes,
+            "urgent_inlined" => &mut b.urgent_inlined,
+            "verdict_trims_overlaps" => &mut self.verdict_trims_overlaps,
+            _ => return None,
+        })
+    }
+
+    /// Applies a [`PROBE_FAULT_ENV`] spec; returns one line per override.
+    pub fn apply_faults(&mut self, spec: &str) -> Result<Vec<String>, FaultError> {
+        let mut applied = Vec::new();
+        for item in spec.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            let bad = || FaultError(item.to_string());
+            let (name, value) = item.split_once('=').ok_or_else(bad)?;
+            let value: bool = value.trim().parse().map_err(|_| bad())?;
+            let fact = self.fact_mut(name.trim()).ok_or_else(bad)?;
+            applied.push(format!(
+                "{PROBE_FAULT_ENV}: {} measured {}, overridden to {value}",
+                name.trim(),
+                *fact
+            ));
+            *fact = value;
+        }
+        Ok(applied)
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{PROBE_FAULT_ENV}: {0:?} is not FACT=true|false with FACT one of {FACT_NAMES:?}")]
+pub struct FaultError(String);
+
 /// The data path's configuration for byte integrity.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
 pub struct Plan {
@@ -211,6 +266,8 @@ pub fn findings(facts: &KernelFacts, plan: &Plan) -> Vec<Finding> {
 /// Facts, plan and findings together, as `probe` and `status` show them.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
+    /// What the probes measured (after any [`PROBE_FAULT_ENV`] override).
+    pub behaviour: KernelBehaviour,
     pub verdict_trims_overlaps: bool,
     pub verdict: bool,
     pub splice: bool,
@@ -220,6 +277,7 @@ pub struct Report {
 impl Report {
     pub fn new(facts: &KernelFacts, plan: &Plan) -> Self {
         Self {
+            behaviour: facts.behaviour,
             verdict_trims_overlaps: facts.verdict_trims_overlaps,
             verdict: plan.verdict,
             splice: plan.splice,
@@ -336,6 +394,23 @@ mod tests {
         let p = plan(&k, VerdictRemedy::Auto).unwrap();
         let e = app_hops_allowed(&k, &p).unwrap_err().to_string();
         assert!(e.contains("splice(2)"), "{e}");
+    }
+
+    #[test]
+    fn faults_override_named_facts_and_refuse_anything_else() {
+        let mut k = facts(|b| b.overlap_duplicated = true, false);
+        let lines = k
+            .apply_faults("overlap_duplicated=false, verdict_trims_overlaps=true")
+            .unwrap();
+        assert_eq!(lines.len(), 2);
+        assert!(!k.behaviour.overlap_duplicated && k.verdict_trims_overlaps);
+        for name in FACT_NAMES {
+            assert!(k.apply_faults(&format!("{name}=true")).is_ok(), "{name}");
+        }
+        for bad in ["overlap_duplicated", "nope=true", "urgent_inlined=1"] {
+            assert!(k.apply_faults(bad).is_err(), "{bad}");
+        }
+        assert_eq!(k.apply_faults(""), Ok(vec![]));
     }
 
     #[test]

@@ -122,7 +122,23 @@ pub struct InstallReport {
 /// What the probes measure, plus whether meshlane's own stream verdict
 /// passes overlapping retransmissions exactly once here: it is loaded with
 /// private maps (nothing pinned) and run through the overlap experiments.
+/// Overrides named in [`integrity::PROBE_FAULT_ENV`] are applied (and
+/// logged); [`measured_kernel_facts`] is what the kernel said.
 pub fn kernel_facts() -> std::io::Result<KernelFacts> {
+    let mut facts = measured_kernel_facts()?;
+    if let Ok(spec) = std::env::var(integrity::PROBE_FAULT_ENV) {
+        let applied = facts
+            .apply_faults(&spec)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        for line in applied {
+            tracing::warn!("{line}");
+        }
+    }
+    Ok(facts)
+}
+
+/// The experiments' results, never overridden.
+pub fn measured_kernel_facts() -> std::io::Result<KernelFacts> {
     let behaviour = probe::kernel_behaviour()?;
     Ok(KernelFacts {
         behaviour,
@@ -340,6 +356,62 @@ fn attach_or_adopt(
     })
 }
 
+/// Attaches a program of ml_socks (sk_msg, stream verdict) and pins the
+/// attachment at `pin`: a bpf_link where the kernel has them for socket
+/// maps (6.10+); before that the program is attached to the map itself,
+/// where it stays while the pinned map lives (replacing the program of
+/// its type attached before), and the program is pinned at `pin`.
+fn attach_to_socks(pin: &Path, prog: &Program<'_>, socks_fd: i32) -> Result<Attachment, LoadError> {
+    if probe::sockmap_links() {
+        return attach_or_adopt(pin, prog, || attach_sockmap_link(prog, socks_fd));
+    }
+    let program = prog.name().to_string_lossy().into_owned();
+    let fd = prog.as_fd().as_raw_fd();
+    // SAFETY: a loaded program's libbpf object.
+    let ty =
+        unsafe { libbpf_sys::bpf_program__expected_attach_type(prog.as_libbpf_object().as_ptr()) };
+    // SAFETY: a program fd and a map fd, both live.
+    let rc = unsafe { libbpf_sys::bpf_prog_attach(fd, socks_fd, ty, 0) };
+    let io_err = |what: String, rc: i32| LoadError::Bpf {
+        what,
+        source: libbpf_rs::Error::from(std::io::Error::from_raw_os_error(-rc)),
+    };
+    if rc < 0 {
+        return Err(io_err(format!("attaching {program} to ml_socks"), rc));
+    }
+    let adopted = pin.exists();
+    let _ = std::fs::remove_file(pin);
+    let c_pin = std::ffi::CString::new(pin.as_os_str().as_encoded_bytes())
+        .map_err(|_| io_err(format!("pinning {}", pin.display()), -libc::EINVAL))?;
+    // SAFETY: a live program fd and a valid C string.
+    let rc = unsafe { libbpf_sys::bpf_obj_pin(fd, c_pin.as_ptr()) };
+    if rc < 0 {
+        return Err(io_err(format!("pinning {}", pin.display()), rc));
+    }
+    Ok(Attachment {
+        program,
+        pin: pin.into(),
+        action: if adopted { "adopted" } else { "attached" },
+    })
+}
+
+/// Takes the program pinned at `pin` off ml_socks (a program attached to
+/// the map; a pinned link goes with its pin) and removes the pin.
+fn detach_from_socks(pin: &Path, socks_fd: i32, ty: libbpf_sys::bpf_attach_type) {
+    if let Ok(c) = std::ffi::CString::new(pin.as_os_str().as_encoded_bytes()) {
+        // SAFETY: valid C string.
+        let fd = unsafe { libbpf_sys::bpf_obj_get(c.as_ptr()) };
+        if fd >= 0 {
+            // SAFETY: fd is ours; a link fd makes the detach fail harmlessly.
+            unsafe {
+                libbpf_sys::bpf_prog_detach2(fd, socks_fd, ty);
+                libc::close(fd);
+            }
+        }
+    }
+    let _ = std::fs::remove_file(pin);
+}
+
 /// bpf_link for a sockmap program (kernel 6.10+).
 fn attach_sockmap_link(prog: &Program<'_>, map_fd: i32) -> Result<Link, LoadError> {
     // SAFETY: valid program pointer from a loaded object and a map fd.
@@ -471,20 +543,20 @@ fn install_inner(
     let p = &splice.progs.ml_splice_msg;
     report
         .attachments
-        .push(attach_or_adopt(&layout.link("ml_splice_msg"), p, || {
-            attach_sockmap_link(p, socks_fd)
-        })?);
+        .push(attach_to_socks(&layout.link("ml_splice_msg"), p, socks_fd)?);
     let remedy = plan.verdict;
     let verdict_pin = layout.link("ml_splice_verdict");
     if remedy {
         let p = &splice.progs.ml_splice_verdict;
         report
             .attachments
-            .push(attach_or_adopt(&verdict_pin, p, || {
-                attach_sockmap_link(p, socks_fd)
-            })?);
+            .push(attach_to_socks(&verdict_pin, p, socks_fd)?);
     } else if verdict_pin.exists() {
-        let _ = std::fs::remove_file(&verdict_pin);
+        detach_from_socks(
+            &verdict_pin,
+            socks_fd,
+            libbpf_sys::BPF_SK_SKB_STREAM_VERDICT,
+        );
     }
     report.verdict_remedy = remedy;
     report.integrity = integrity::findings(&facts, &plan);

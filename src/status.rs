@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::ffi::CString;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
@@ -102,8 +102,29 @@ fn obj_get(path: &Path) -> Option<OwnedFd> {
     (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Whether a pinned object is a program rather than a link: before Linux
+/// 6.10 the programs of ml_socks are attached to the map and pinned as
+/// programs where their links would be.
+fn is_prog(fd: &OwnedFd) -> bool {
+    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .is_ok_and(|target| target.to_string_lossy().contains("bpf-prog"))
+}
+
 fn link_status(pin: &Path) -> Option<LinkStatus> {
     let fd = obj_get(pin)?;
+    // The kernel keeps 15 characters of a name; the pin has all of it.
+    let program = pin.file_name()?.to_string_lossy().into_owned();
+    if is_prog(&fd) {
+        let (id, run_count, run_time_ns) = prog_info(fd.as_fd())?;
+        return Some(LinkStatus {
+            pin: pin.into(),
+            link_id: 0,
+            program,
+            program_id: id,
+            run_count,
+            run_time_ns,
+        });
+    }
     let mut li = libbpf_sys::bpf_link_info::default();
     let mut len = std::mem::size_of_val(&li) as u32;
     // SAFETY: info struct and its size.
@@ -111,8 +132,6 @@ fn link_status(pin: &Path) -> Option<LinkStatus> {
         return None;
     }
     let (_, run_count, run_time_ns) = prog_stats(li.prog_id).unwrap_or_default();
-    // The kernel keeps 15 characters of a name; the pin has all of it.
-    let program = pin.file_name()?.to_string_lossy().into_owned();
     Some(LinkStatus {
         pin: pin.into(),
         link_id: li.id,
@@ -132,14 +151,7 @@ pub fn prog_stats(prog_id: u32) -> Option<(String, u64, u64)> {
     }
     // SAFETY: fd is ours.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let mut pi = libbpf_sys::bpf_prog_info::default();
-    let mut len = std::mem::size_of_val(&pi) as u32;
-    // SAFETY: info struct and its size.
-    if unsafe { libbpf_sys::bpf_prog_get_info_by_fd(fd.as_fd().as_raw_fd(), &mut pi, &mut len) }
-        != 0
-    {
-        return None;
-    }
+    let pi = prog_info_raw(fd.as_fd())?;
     let name: String = pi
         .name
         .iter()
@@ -147,6 +159,21 @@ pub fn prog_stats(prog_id: u32) -> Option<(String, u64, u64)> {
         .map(|c| *c as u8 as char)
         .collect();
     Some((name, pi.run_cnt, pi.run_time_ns))
+}
+
+fn prog_info_raw(fd: BorrowedFd<'_>) -> Option<libbpf_sys::bpf_prog_info> {
+    let mut pi = libbpf_sys::bpf_prog_info::default();
+    let mut len = std::mem::size_of_val(&pi) as u32;
+    // SAFETY: info struct and its size.
+    if unsafe { libbpf_sys::bpf_prog_get_info_by_fd(fd.as_raw_fd(), &mut pi, &mut len) } != 0 {
+        return None;
+    }
+    Some(pi)
+}
+
+/// (id, run count, run time ns) of a program fd.
+fn prog_info(fd: BorrowedFd<'_>) -> Option<(u32, u64, u64)> {
+    prog_info_raw(fd).map(|pi| (pi.id, pi.run_cnt, pi.run_time_ns))
 }
 
 fn pins_in(dir: &Path) -> Vec<PathBuf> {

@@ -177,15 +177,21 @@ fn injected_stream_is_exact(bed: &Bed, which: Sockets, kind: OverlapKind) {
 }
 
 fn overlap_matrix(mode: PodMode, remedy: VerdictRemedy) {
+    if remedy == VerdictRemedy::On && skip_if_verdict_on_refused() {
+        return;
+    }
     for which in [Sockets::Spliced, Sockets::OffPod] {
         let bed = Bed::new(mode, remedy, meshlane::loader::default_splice_queue_limit());
         for kind in KINDS {
             injected_stream_is_exact(&bed, which, kind);
         }
     }
-    let bed = Bed::new(mode, remedy, 4096);
-    for kind in KINDS {
-        injected_stream_is_exact(&bed, Sockets::Throttled, kind);
+    // Throttled sockets exist only where the psock counts its queue.
+    if meshlane::probe::kernel_counts_psock_queue() {
+        let bed = Bed::new(mode, remedy, 4096);
+        for kind in KINDS {
+            injected_stream_is_exact(&bed, Sockets::Throttled, kind);
+        }
     }
 }
 

@@ -30,10 +30,7 @@ fn echo_every_size(route: Route) {
     for size in MESSAGE_SIZES {
         let msg = payload(size, size as u8);
         let before = SpliceCounters::read(&s.node);
-        let sent = msg.clone();
-        let got = client
-            .run(move || echo_one_message(connect(to), &sent))
-            .expect("entering the client pod");
+        let got = echo_one_message(connect_spliced(&s.node, client, to), &msg);
         assert!(
             got == msg,
             "{route:?}: {size} B echo differs ({} bytes back)",
@@ -348,7 +345,7 @@ fn full_sockhash_falls_back_without_loss() {
     let (client, to) = s.client(Route::PodToPod, server.port());
     let msg = payload(MSG, 0xee);
     assert!(
-        echo_from(client, to, msg.clone(), MSG) == msg,
+        echo_roundtrip(connect_spliced(&s.node, client, to), msg.clone(), MSG) == msg,
         "echo after the map emptied"
     );
     let d = SpliceCounters::since(&s.node, &before);

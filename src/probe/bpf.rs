@@ -176,6 +176,20 @@ pub(crate) fn attach(
 
 /// Inserts an established TCP socket into `map` at `key` (the value is the
 /// socket's fd). The socket gets a psock and tcp_bpf's proto.
+/// Attaches `prog` to `map` through a new bpf_link (Linux 6.10+ for socket
+/// maps); dropping the link detaches it.
+pub(crate) fn link(
+    prog: BorrowedFd<'_>,
+    map: BorrowedFd<'_>,
+    ty: bpf_attach_type,
+) -> io::Result<OwnedFd> {
+    // SAFETY: two live fds; NULL opts.
+    let rc = unsafe {
+        libbpf_sys::bpf_link_create(prog.as_raw_fd(), map.as_raw_fd(), ty, std::ptr::null())
+    };
+    owned_fd(rc, "bpf_link_create")
+}
+
 pub(crate) fn insert(map: BorrowedFd<'_>, key: u32, sock: BorrowedFd<'_>) -> io::Result<()> {
     let value = sock.as_raw_fd() as u64;
     // SAFETY: key and value point at locals of the map's key and value sizes.

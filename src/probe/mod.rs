@@ -18,8 +18,14 @@ use thiserror::Error;
 pub enum ProbeError {
     #[error("meshlane must run as root (it loads BPF programs and attaches them to cgroups); effective uid is {0}")]
     NotRoot(u32),
-    #[error("this kernel ({kernel}) lacks what meshlane needs: {missing}")]
-    Missing { kernel: String, missing: String },
+    #[error(
+        "this kernel ({kernel}) is below meshlane's minimum, Linux {minimum}: it lacks {missing}"
+    )]
+    Missing {
+        kernel: String,
+        minimum: String,
+        missing: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -126,6 +132,26 @@ pub fn kernel_release() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
+/// The oldest kernel that has every required feature: the newest "since"
+/// of the tables above (the optional psock queue length is not counted).
+pub fn minimum_kernel() -> String {
+    let required = PROG_TYPES
+        .iter()
+        .map(|(_, _, since)| *since)
+        .chain(MAP_TYPES.iter().map(|(_, _, since)| *since))
+        .chain(HELPERS.iter().map(|(_, _, _, since)| *since));
+    required
+        .max_by_key(|since| version_key(since))
+        .unwrap_or("0")
+        .to_string()
+}
+
+/// "5.15" -> (5, 15); anything unparsable sorts first.
+fn version_key(v: &str) -> (u32, u32) {
+    let mut parts = v.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+}
+
 /// Probes every feature; no side effects beyond short-lived test loads.
 pub fn features() -> Vec<Feature> {
     let mut out = Vec::new();
@@ -153,6 +179,12 @@ pub fn features() -> Vec<Feature> {
         what: "psock queue length in BTF (splice backpressure)".into(),
         since: "6.x (sk_psock.msg_tot_len)",
         ok: kernel_counts_psock_queue(),
+        required: false,
+    });
+    out.push(Feature {
+        what: "bpf_link for sockmap programs (else attached to the pinned map)".into(),
+        since: "6.10",
+        ok: sockmap_links(),
         required: false,
     });
     for (prog, helper, what, since) in HELPERS {
@@ -186,9 +218,21 @@ pub fn require_all() -> Result<Vec<Feature>, ProbeError> {
     } else {
         Err(ProbeError::Missing {
             kernel: kernel_release(),
+            minimum: minimum_kernel(),
             missing: missing.join(", "),
         })
     }
+}
+
+/// Whether sk_msg and sk_skb programs attach to a socket map through a
+/// bpf_link (Linux 6.10). Before that they attach to the map itself and
+/// stay attached while the (pinned) map lives.
+pub fn sockmap_links() -> bool {
+    use std::os::fd::AsFd;
+    let (Ok(map), Ok(prog)) = (bpf::sockmap(1), bpf::pass_msg_prog()) else {
+        return false;
+    };
+    bpf::link(prog.as_fd(), map.as_fd(), libbpf_sys::BPF_SK_MSG_VERDICT).is_ok()
 }
 
 /// Whether the kernel's psock counts the bytes queued on it
@@ -201,4 +245,30 @@ pub fn kernel_counts_psock_queue() -> bool {
     };
     btf.type_by_name::<Struct<'_>>("sk_psock")
         .is_some_and(|s| s.iter().any(|m| m.name.is_some_and(|n| n == "msg_tot_len")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimum_kernel_is_the_newest_required_feature() {
+        assert_eq!(version_key("5.15"), (5, 15));
+        assert!(version_key("5.15") > version_key("5.9"));
+        assert_eq!(minimum_kernel(), "5.15");
+    }
+
+    #[test]
+    fn a_missing_feature_names_the_minimum() {
+        let e = ProbeError::Missing {
+            kernel: "5.10.0-30-amd64".into(),
+            minimum: minimum_kernel(),
+            missing: "bpf_get_netns_cookie in sockops (Linux 5.15)".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "this kernel (5.10.0-30-amd64) is below meshlane's minimum, Linux 5.15: \
+             it lacks bpf_get_netns_cookie in sockops (Linux 5.15)"
+        );
+    }
 }

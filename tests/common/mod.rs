@@ -47,6 +47,62 @@ pub fn envoy_available(case: &str) -> bool {
     }
 }
 
+/// Marks a test skipped in the kernel matrix (tools/kernel-matrix/run-suite
+/// reads the line, the harness still says "ok").
+pub const SKIP_MARK: &str = "meshlane-skip:";
+
+/// True (and says why, with [`SKIP_MARK`]) on a kernel whose psock does
+/// not count its queue (`sk_psock.msg_tot_len`, not in 6.1): there is no
+/// splice backpressure to test there, and the agent refuses to start with a
+/// queue limit (docs/kernels.md).
+pub fn no_splice_backpressure_here() -> bool {
+    if meshlane::probe::kernel_counts_psock_queue() {
+        return false;
+    }
+    println!(
+        "{SKIP_MARK} kernel {} has no sk_psock.msg_tot_len: no splice backpressure",
+        meshlane::probe::kernel_release()
+    );
+    true
+}
+
+/// [`verdict_on_refused_here`], and if so marks the test skipped
+/// ([`SKIP_MARK`]): a test of `--verdict-remedy on` has nothing more to do.
+pub fn skip_if_verdict_on_refused() -> bool {
+    if !verdict_on_refused_here() {
+        return false;
+    }
+    println!(
+        "{SKIP_MARK} kernel {} refuses --verdict-remedy on (checked)",
+        meshlane::probe::kernel_release()
+    );
+    true
+}
+
+/// On a kernel where `--verdict-remedy on` must be refused (its stream
+/// verdict delivers overlapping retransmissions twice and meshlane's cannot
+/// cut them: before Linux 6.3; decided from the raw experiments, never
+/// overridden), checks that an install with it is refused and returns true.
+pub fn verdict_on_refused_here() -> bool {
+    require_root_env();
+    let f = meshlane::loader::measured_kernel_facts().expect("kernel probes");
+    if !f.behaviour.overlap_duplicated || f.verdict_trims_overlaps {
+        return false;
+    }
+    let node = Node::new(NodeOptions {
+        verdict_remedy: meshlane::loader::VerdictRemedy::On,
+        ..NodeOptions::default()
+    });
+    match node {
+        Ok(_) => panic!(
+            "--verdict-remedy on was accepted on a kernel whose stream verdict \
+             delivers overlapping retransmissions twice"
+        ),
+        Err(e) => assert!(format!("{e:#}").contains("--verdict-remedy on"), "{e:#}"),
+    }
+    true
+}
+
 /// A node with the data path installed and one registered Istio pod in
 /// accelerate mode (splicing only, no eBPF interception) per name, whose
 /// proxy is this test process (its sockets there are spliced).
@@ -331,6 +387,21 @@ pub fn connect(to: SocketAddr) -> TcpStream {
 /// Connects from inside `pod` (see `connect`).
 pub fn connect_from(pod: &Pod, to: SocketAddr) -> TcpStream {
     pod.run(move || connect(to)).expect("entering pod")
+}
+
+/// Connects from inside `pod` and waits (up to a second) until both ends
+/// are in ml_socks. A client's first bytes take TCP while its passive end
+/// is not established yet, by design (tests/splice_ordering.rs); a slow
+/// machine or an emulated guest (the kernel matrix) widens that window, so
+/// tests that count spliced bytes from the first message connect this way.
+pub fn connect_spliced(node: &Node, pod: &Pod, to: SocketAddr) -> TcpStream {
+    let before = node.map_entries("ml_socks");
+    let s = connect_from(pod, to);
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while node.map_entries("ml_socks") < before + 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    s
 }
 
 /// Sets SO_LINGER 0, so closing `s` sends a RST instead of a FIN.

@@ -220,9 +220,18 @@ fn run(cli: Cli, agent_config: Option<AgentConfig>) -> Result<()> {
             let f = probe::features();
             let integrity = integrity_report()?;
             if cli.json {
-                print_json(&serde_json::json!({ "features": f, "integrity": integrity }))?;
+                print_json(&serde_json::json!({
+                    "kernel": probe::kernel_release(),
+                    "minimum_kernel": probe::minimum_kernel(),
+                    "features": f,
+                    "integrity": integrity
+                }))?;
             } else {
-                println!("kernel {}", probe::kernel_release());
+                println!(
+                    "kernel {} (meshlane needs Linux {} or later)",
+                    probe::kernel_release(),
+                    probe::minimum_kernel()
+                );
                 for x in &f {
                     println!(
                         "  {:<45} {}  (Linux {})",
