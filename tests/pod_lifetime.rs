@@ -129,6 +129,7 @@ fn vanished_netns_is_swept_and_its_address_reusable() {
 /// the registry itself) with a fail point that SIGKILLs it after `step`.
 fn killed_cli(root: &Path, step: &str, args: &[&str]) {
     let out = Command::new(env!("CARGO_BIN_EXE_meshlane"))
+        .envs(support::kernel_env())
         .args(["--pin-root", &root.to_string_lossy(), "pod"])
         .args(args)
         .env("MESHLANE_FAIL_POINT", step)

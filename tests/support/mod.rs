@@ -25,6 +25,18 @@ use crate::common::{require_root_env, set_io_slices, try_read_exact_by, write_al
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_meshlane");
 
+/// Environment every agent the tests start gets from this kernel: where
+/// the psock does not count its queue (6.1), the agent starts only without
+/// a splice queue limit (docs/kernels.md). The probe decides, as the
+/// agent's does.
+pub fn kernel_env() -> Vec<(&'static str, &'static str)> {
+    if meshlane::probe::kernel_counts_psock_queue() {
+        Vec::new()
+    } else {
+        vec![("MESHLANE_SPLICE_QUEUE_LIMIT", "0")]
+    }
+}
+
 /// `meshlane --pin-root <root> <args...>` (quiet logs), run to completion.
 pub fn cli(pin_root: &Path, args: &[&str]) -> Output {
     Command::new(BIN)
@@ -32,6 +44,7 @@ pub fn cli(pin_root: &Path, args: &[&str]) -> Output {
         .arg(pin_root)
         .args(args)
         .env("RUST_LOG", "warn")
+        .envs(kernel_env())
         .output()
         .expect("running the meshlane binary")
 }
@@ -238,7 +251,11 @@ impl AgentProcess {
 
     /// `start` with more agent flags.
     pub fn start_with(pin_root: &Path, cgroup: &Path, extra: &[&str]) -> Result<Self> {
-        let mut child = Command::new(BIN)
+        let mut child = Command::new(BIN);
+        for (k, v) in kernel_env() {
+            child.env(k, v);
+        }
+        let mut child = child
             .arg("--pin-root")
             .arg(pin_root)
             .args(["agent", "--log-interval", "1", "--cgroup"])
