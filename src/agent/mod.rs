@@ -105,7 +105,6 @@ fn start_holding(cfg: &AgentConfig) -> Result<(InstallReport, PinRootLock), Agen
 /// Installs, then runs until SIGTERM/SIGINT (or, with `once`, returns
 /// right after installing). Exiting leaves the data path pinned.
 pub fn run(cfg: AgentConfig, once: bool) -> Result<(), AgentError> {
-    cfg.validate()?;
     // Bind before installing: a bad address must not leave a fresh install.
     let admin = match cfg.admin_addr.filter(|_| !once) {
         Some(addr) => Some(

@@ -269,14 +269,6 @@ impl Registry {
         self.pods.keys().count()
     }
 
-    /// Cookies that have a record in ml_pods.
-    pub(super) fn recorded(&self) -> Vec<u64> {
-        self.pods
-            .keys()
-            .filter_map(|k| u64::from_bytes(&k))
-            .collect()
-    }
-
     /// Cookies that own at least one address in ml_pod_ips.
     pub(super) fn ip_owners(&self) -> Vec<u64> {
         let mut v: Vec<u64> = self

@@ -75,18 +75,18 @@ pub fn sweep(reg: &Registry) -> Result<Option<Vec<Swept>>, PodError> {
     let Some(_held) = reg.layout().try_lock_registry()? else {
         return Ok(None);
     };
+    // Every recorded pod, by cookie.
     let names: std::collections::HashMap<u64, String> = reg
         .list()
         .into_iter()
         .map(|p| (p.netns_cookie, p.name))
         .collect();
-    let recorded = reg.recorded();
     let linked = linked_cookies(reg);
     let mut out = Vec::new();
     for cookie in &linked {
         let reason = match link_state(&reg.layout().pod_link(*cookie)) {
             LinkState::Severed => "netns gone",
-            LinkState::Alive if !recorded.contains(cookie) => "registration never completed",
+            LinkState::Alive if !names.contains_key(cookie) => "registration never completed",
             _ => continue,
         };
         reg.remove_unlocked(*cookie, &format!("netns cookie {cookie}"))?;
@@ -97,7 +97,7 @@ pub fn sweep(reg: &Registry) -> Result<Option<Vec<Swept>>, PodError> {
         });
     }
     for cookie in reg.ip_owners() {
-        if recorded.contains(&cookie) || linked.contains(&cookie) {
+        if names.contains_key(&cookie) || linked.contains(&cookie) {
             continue;
         }
         reg.remove_ips_of(cookie);
