@@ -100,10 +100,12 @@ fn syn_flood_does_not_touch_live_original_destinations() {
     // and after the flood (as the proxy uid: only it may ask).
     let (go_tx, go_rx) = mpsc::channel::<()>();
     let (view_tx, view_rx) = mpsc::channel::<ProxyView>();
+    let (listening_tx, listening_rx) = mpsc::channel::<()>();
     let proxy = a
         .thread(move || {
             become_thread(1337, 1337);
             let l = listen("127.0.0.1:15001".parse().unwrap());
+            listening_tx.send(()).unwrap();
             let accepted: Vec<TcpStream> =
                 (0..LIVE).map(|_| l.accept().expect("accept").0).collect();
             view_tx.send(proxy_view(&accepted)).unwrap();
@@ -112,6 +114,8 @@ fn syn_flood_does_not_touch_live_original_destinations() {
             go_rx.recv().unwrap();
         })
         .expect("A proxy");
+    // The apps connect only once the proxy listens (else ECONNREFUSED).
+    listening_rx.recv().expect("A proxy listening");
 
     let bip = b.ip4;
     let apps: Vec<TcpStream> = a
