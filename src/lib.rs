@@ -38,3 +38,4 @@ pub mod probe;
 pub mod sim;
 pub mod skel;
 pub mod status;
+pub mod xds;

@@ -1,0 +1,39 @@
+//! One proxy's xDS resources as Envoy holds them: the input of the bypass
+//! decision engine. Filled from a live ADS stream (the agent's xDS client)
+//! or from an Envoy config dump (`meshlane explain --config-dump`).
+//! Resources are shared (`Arc`) so that many proxy identities on one node
+//! that receive identical resources hold them once.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+
+/// Every resource one proxy holds, keyed by resource name (listener name,
+/// route configuration name, cluster name, EDS cluster/service name).
+#[derive(Debug, Clone, Default)]
+pub struct ProxyResources {
+    pub listeners: BTreeMap<String, Arc<Listener>>,
+    pub routes: BTreeMap<String, Arc<RouteConfiguration>>,
+    pub clusters: BTreeMap<String, Arc<Cluster>>,
+    /// ClusterLoadAssignments by their `cluster_name`. `None` as a whole
+    /// (see [`ProxyResources::has_eds`]) when the source carried no EDS
+    /// at all (a config dump without `?include_eds`).
+    pub endpoints: BTreeMap<String, Arc<ClusterLoadAssignment>>,
+    /// False when the source had no EDS section: endpoints are unknown,
+    /// not empty.
+    pub has_eds: bool,
+}
+
+impl ProxyResources {
+    /// True when nothing at all is held.
+    pub fn is_empty(&self) -> bool {
+        self.listeners.is_empty()
+            && self.routes.is_empty()
+            && self.clusters.is_empty()
+            && self.endpoints.is_empty()
+    }
+}
