@@ -7,10 +7,13 @@
 //! - `spec`: what an operator (or the CNI plugin) asks for, validated into
 //!   the kernel record;
 //! - `registry`: writing, removing and listing pods in the pinned maps;
+//! - `source`: the catalog of this node's pods a pod source fills (which
+//!   are meshed, with what settings);
 //! - `sweep`: removing registrations whose netns is gone, and what an
 //!   add or remove killed half-way left behind.
 
 mod registry;
+pub mod source;
 mod spec;
 mod sweep;
 

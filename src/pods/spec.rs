@@ -70,7 +70,7 @@ pub enum PodMode {
 
 /// Everything that describes one meshed pod, as given by the operator or
 /// the CNI plugin. Lists use Istio's annotation syntax ("*" = all).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PodSpec {
     pub name: String,
     pub preset: Preset,

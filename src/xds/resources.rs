@@ -19,12 +19,10 @@ pub struct ProxyResources {
     pub listeners: BTreeMap<String, Arc<Listener>>,
     pub routes: BTreeMap<String, Arc<RouteConfiguration>>,
     pub clusters: BTreeMap<String, Arc<Cluster>>,
-    /// ClusterLoadAssignments by their `cluster_name`. `None` as a whole
-    /// (see [`ProxyResources::has_eds`]) when the source carried no EDS
-    /// at all (a config dump without `?include_eds`).
+    /// ClusterLoadAssignments by their `cluster_name`; see `has_eds`.
     pub endpoints: BTreeMap<String, Arc<ClusterLoadAssignment>>,
-    /// False when the source had no EDS section: endpoints are unknown,
-    /// not empty.
+    /// False when the source carried no EDS at all (a config dump without
+    /// `?include_eds`): endpoints are unknown, not empty.
     pub has_eds: bool,
 }
 

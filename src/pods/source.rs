@@ -1,0 +1,147 @@
+//! Where the agent learns which pods are meshed and with what settings: a
+//! pod source (the Kubernetes watch of this node's pods, or a static YAML
+//! file outside Kubernetes) keeps a [`PodCatalog`] up to date, and every
+//! registration path (the CNI plugin's ADD, adoption at agent start) asks
+//! the catalog before it touches a pod. Pure data here; the sources that
+//! fill it are async shells elsewhere.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::RwLock;
+
+use serde::{Deserialize, Serialize};
+
+use super::PodSpec;
+
+/// A Kubernetes pod's identity: namespace and name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PodKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl fmt::Display for PodKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// What a pod source knows about one pod.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PodInfo {
+    pub key: PodKey,
+    /// The pod's UID (Kubernetes metadata.uid), empty when unknown.
+    pub uid: String,
+    /// status.podIPs as last seen (empty before the pod has an address).
+    pub ips: Vec<IpAddr>,
+    /// Whether and how the pod is meshed.
+    pub mesh: MeshDecision,
+}
+
+/// Whether a pod is meshed, decided from its containers, annotations and
+/// labels (a proxy container present, no opt-out).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "decision")]
+pub enum MeshDecision {
+    /// Meshed with these settings.
+    Meshed { spec: PodSpec },
+    /// Never touched; the reason says why (no proxy, opted out, excluded
+    /// namespace, ...).
+    NotMeshed { reason: String },
+}
+
+/// The agent's current view of the pods of its node.
+pub trait PodCatalog: Send + Sync {
+    /// What is known about `key` now; None when the source has never seen it.
+    fn get(&self, key: &PodKey) -> Option<PodInfo>;
+    /// Every pod known now.
+    fn all(&self) -> Vec<PodInfo>;
+    /// True once the source has delivered its first complete listing.
+    fn synced(&self) -> bool;
+}
+
+/// A catalog held in memory, replaced or patched by whichever source feeds
+/// it (and directly by tests).
+#[derive(Debug, Default)]
+pub struct MemoryCatalog {
+    pods: RwLock<HashMap<PodKey, PodInfo>>,
+    synced: RwLock<bool>,
+}
+
+impl MemoryCatalog {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds or replaces one pod.
+    pub fn upsert(&self, info: PodInfo) {
+        let mut pods = self.pods.write().unwrap_or_else(|e| e.into_inner());
+        pods.insert(info.key.clone(), info);
+    }
+
+    /// Forgets one pod; returns what was held.
+    pub fn remove(&self, key: &PodKey) -> Option<PodInfo> {
+        let mut pods = self.pods.write().unwrap_or_else(|e| e.into_inner());
+        pods.remove(key)
+    }
+
+    /// Replaces the whole listing (a relist) and marks the catalog synced.
+    pub fn replace_all(&self, all: Vec<PodInfo>) {
+        let mut pods = self.pods.write().unwrap_or_else(|e| e.into_inner());
+        *pods = all.into_iter().map(|p| (p.key.clone(), p)).collect();
+        *self.synced.write().unwrap_or_else(|e| e.into_inner()) = true;
+    }
+}
+
+impl PodCatalog for MemoryCatalog {
+    fn get(&self, key: &PodKey) -> Option<PodInfo> {
+        let pods = self.pods.read().unwrap_or_else(|e| e.into_inner());
+        pods.get(key).cloned()
+    }
+
+    fn all(&self) -> Vec<PodInfo> {
+        let pods = self.pods.read().unwrap_or_else(|e| e.into_inner());
+        let mut all: Vec<PodInfo> = pods.values().cloned().collect();
+        all.sort_by(|a, b| a.key.cmp(&b.key));
+        all
+    }
+
+    fn synced(&self) -> bool {
+        *self.synced.read().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(name: &str) -> PodInfo {
+        PodInfo {
+            key: PodKey {
+                namespace: "default".into(),
+                name: name.into(),
+            },
+            uid: String::new(),
+            ips: vec![],
+            mesh: MeshDecision::NotMeshed {
+                reason: "no proxy container".into(),
+            },
+        }
+    }
+
+    #[test]
+    fn relist_replaces_and_syncs() {
+        let c = MemoryCatalog::new();
+        assert!(!c.synced());
+        c.upsert(info("a"));
+        c.replace_all(vec![info("b")]);
+        assert!(c.synced());
+        assert_eq!(c.all().len(), 1);
+        assert!(c.get(&info("a").key).is_none());
+        assert_eq!(
+            c.remove(&info("b").key).map(|p| p.key.name),
+            Some("b".into())
+        );
+    }
+}
