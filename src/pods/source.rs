@@ -5,7 +5,7 @@
 //! the catalog before it touches a pod. Pure data here; the sources that
 //! fill it are async shells elsewhere.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::RwLock;
@@ -35,6 +35,12 @@ pub struct PodInfo {
     pub uid: String,
     /// status.podIPs as last seen (empty before the pod has an address).
     pub ips: Vec<IpAddr>,
+    /// metadata.labels (the xDS client's LABELS node metadata).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// spec.serviceAccountName, empty when unknown (the xDS identity).
+    #[serde(default)]
+    pub service_account: String,
     /// Whether and how the pod is meshed.
     pub mesh: MeshDecision,
 }
@@ -124,6 +130,8 @@ mod tests {
             },
             uid: String::new(),
             ips: vec![],
+            labels: BTreeMap::new(),
+            service_account: String::new(),
             mesh: MeshDecision::NotMeshed {
                 reason: "no proxy container".into(),
             },
