@@ -8,55 +8,10 @@ mod support;
 
 use std::net::SocketAddr;
 use std::os::unix::process::ExitStatusExt;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
-use meshlane::sim::Pod;
 use support::*;
-
-/// A fresh 1 MiB echo from `client` to `server` is byte-exact and spliced:
-/// its two sockets enter the sockhash and at least its payload is spliced.
-/// The caller keeps every other connection quiet meanwhile.
-fn new_connection_is_spliced(root: &Path, client: &Pod, server: SocketAddr, seed: u8) {
-    let before = counters(root);
-    let data = payload(1 << 20, seed);
-    assert_eq!(
-        echo_from(client, server, data.clone(), 16 * 1024),
-        data,
-        "echo on a new connection is not byte-exact"
-    );
-    let after = counters(root);
-    assert!(
-        delta(&after, &before, "sockets_inserted") >= 2,
-        "the new connection's sockets were not put in the sockhash: {before:?} -> {after:?}"
-    );
-    assert!(
-        delta(&after, &before, "bytes_spliced") >= data.len() as u64,
-        "the new connection was not spliced: {before:?} -> {after:?}"
-    );
-}
-
-/// The established conversation keeps flowing, byte-exact, and every
-/// message of it is spliced.
-fn conversation_is_spliced(root: &Path, conv: &EchoConversation) {
-    let before = counters(root);
-    let v0 = conv.verified();
-    conv.wait_progress(512 * 1024, Duration::from_secs(120))
-        .expect("established connection keeps working");
-    conv.pause().expect("pausing the conversation");
-    let after = counters(root);
-    let echoed = conv.verified() - v0;
-    assert!(
-        delta(&after, &before, "bytes_spliced") >= echoed,
-        "the established connection is not spliced ({echoed} bytes echoed): {before:?} -> {after:?}"
-    );
-    assert_eq!(
-        delta(&after, &before, "messages_fallback"),
-        0,
-        "messages of the established connection fell back to TCP: {before:?} -> {after:?}"
-    );
-}
 
 /// The programs in `ids` that are not sockhash (sk_msg, sk_skb) programs.
 fn not_sockmap_programs(ids: &InstallIds) -> Vec<serde_json::Value> {

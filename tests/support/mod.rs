@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -20,7 +20,9 @@ use anyhow::{bail, Context, Result};
 use meshlane::sim::{Node, NodeOptions, Pod};
 use serde_json::Value;
 
-use crate::common::{require_root_env, set_io_slices, try_read_exact_by, write_all_by};
+use crate::common::{
+    echo_from, payload, require_root_env, set_io_slices, try_read_exact_by, write_all_by,
+};
 
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_meshlane");
@@ -251,16 +253,22 @@ impl AgentProcess {
 
     /// `start` with more agent flags.
     pub fn start_with(pin_root: &Path, cgroup: &Path, extra: &[&str]) -> Result<Self> {
+        let mut args: Vec<std::ffi::OsString> = vec!["--pin-root".into(), pin_root.into()];
+        args.extend(["agent", "--log-interval", "1", "--cgroup"].map(Into::into));
+        args.push(cgroup.into());
+        args.extend(extra.iter().map(Into::into));
+        Self::spawn(&args)
+    }
+
+    /// `meshlane <args>` as a long-running agent (the kernel's environment,
+    /// info logs), once it logs that it is running.
+    pub fn spawn(args: &[std::ffi::OsString]) -> Result<Self> {
         let mut child = Command::new(BIN);
         for (k, v) in kernel_env() {
             child.env(k, v);
         }
         let mut child = child
-            .arg("--pin-root")
-            .arg(pin_root)
-            .args(["agent", "--log-interval", "1", "--cgroup"])
-            .arg(cgroup)
-            .args(extra)
+            .args(args)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
@@ -503,4 +511,47 @@ pub fn counters(pin_root: &Path) -> BTreeMap<String, u64> {
 /// How much counter `name` grew from `before` to `after`.
 pub fn delta(after: &BTreeMap<String, u64>, before: &BTreeMap<String, u64>, name: &str) -> u64 {
     after[name] - before[name]
+}
+
+/// A fresh 1 MiB echo from `client` to `server` is byte-exact and spliced:
+/// its two sockets enter the sockhash and at least its payload is spliced.
+/// The caller keeps every other connection quiet meanwhile.
+pub fn new_connection_is_spliced(root: &Path, client: &Pod, server: SocketAddr, seed: u8) {
+    let before = counters(root);
+    let data = payload(1 << 20, seed);
+    assert_eq!(
+        echo_from(client, server, data.clone(), 16 * 1024),
+        data,
+        "echo on a new connection is not byte-exact"
+    );
+    let after = counters(root);
+    assert!(
+        delta(&after, &before, "sockets_inserted") >= 2,
+        "the new connection's sockets were not put in the sockhash: {before:?} -> {after:?}"
+    );
+    assert!(
+        delta(&after, &before, "bytes_spliced") >= data.len() as u64,
+        "the new connection was not spliced: {before:?} -> {after:?}"
+    );
+}
+
+/// The established conversation keeps flowing, byte-exact, and every
+/// message of it is spliced.
+pub fn conversation_is_spliced(root: &Path, conv: &EchoConversation) {
+    let before = counters(root);
+    let v0 = conv.verified();
+    conv.wait_progress(512 * 1024, Duration::from_secs(120))
+        .expect("established connection keeps working");
+    conv.pause().expect("pausing the conversation");
+    let after = counters(root);
+    let echoed = conv.verified() - v0;
+    assert!(
+        delta(&after, &before, "bytes_spliced") >= echoed,
+        "the established connection is not spliced ({echoed} bytes echoed): {before:?} -> {after:?}"
+    );
+    assert_eq!(
+        delta(&after, &before, "messages_fallback"),
+        0,
+        "messages of the established connection fell back to TCP: {before:?} -> {after:?}"
+    );
 }
