@@ -63,12 +63,12 @@ struct ScrapeEndpoint {
 enum Manifest {
     DaemonSet(Box<DaemonSet>),
     ConfigMap(Box<ConfigMap>),
-    ServiceAccount(ServiceAccount),
-    Service(Service),
-    ClusterRole(ClusterRole),
-    ClusterRoleBinding(ClusterRoleBinding),
+    ServiceAccount(Box<ServiceAccount>),
+    Service(Box<Service>),
+    ClusterRole(Box<ClusterRole>),
+    ClusterRoleBinding(Box<ClusterRoleBinding>),
     Job(Box<Job>),
-    ServiceMonitor(ServiceMonitor),
+    ServiceMonitor(Box<ServiceMonitor>),
 }
 
 /// Deserialises `doc` as `T`; a field `T` does not know is an error.
@@ -90,17 +90,19 @@ fn typed(doc: &Value) -> Result<Manifest, String> {
     Ok(match (api, kind) {
         ("apps/v1", "DaemonSet") => Manifest::DaemonSet(Box::new(strictly(doc)?)),
         ("v1", "ConfigMap") => Manifest::ConfigMap(Box::new(strictly(doc)?)),
-        ("v1", "ServiceAccount") => Manifest::ServiceAccount(strictly(doc)?),
-        ("v1", "Service") => Manifest::Service(strictly(doc)?),
-        ("rbac.authorization.k8s.io/v1", "ClusterRole") => Manifest::ClusterRole(strictly(doc)?),
+        ("v1", "ServiceAccount") => Manifest::ServiceAccount(Box::new(strictly(doc)?)),
+        ("v1", "Service") => Manifest::Service(Box::new(strictly(doc)?)),
+        ("rbac.authorization.k8s.io/v1", "ClusterRole") => {
+            Manifest::ClusterRole(Box::new(strictly(doc)?))
+        }
         ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding") => {
-            Manifest::ClusterRoleBinding(strictly(doc)?)
+            Manifest::ClusterRoleBinding(Box::new(strictly(doc)?))
         }
         ("batch/v1", "Job") => Manifest::Job(Box::new(strictly(doc)?)),
         ("monitoring.coreos.com/v1", "ServiceMonitor") => {
             let m: ServiceMonitor = strictly(doc)?;
             assert_eq!((m.api_version.as_str(), m.kind.as_str()), (api, kind));
-            Manifest::ServiceMonitor(m)
+            Manifest::ServiceMonitor(Box::new(m))
         }
         _ => return Err(format!("unknown kind {api}/{kind}")),
     })
