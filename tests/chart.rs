@@ -354,12 +354,27 @@ fn agent_daemonset_is_as_documented(ds: &DaemonSet) {
     let watch = command(container(&pod.containers, "install-cni"));
     assert!(watch.contains(&"--watch".to_string()), "{watch:?}");
     for c in [&inits[1], &watch] {
-        assert!(c
-            .windows(2)
-            .any(|w| w == ["--bin-dir", "/host/opt/cni/bin"]));
-        assert!(c
-            .windows(2)
-            .any(|w| w == ["--conf-dir", "/host/etc/cni/net.d"]));
+        for pair in [
+            ["--bin-dir", "/host/opt/cni/bin"],
+            ["--conf-dir", "/host/etc/cni/net.d"],
+            ["--pin-root", "/sys/fs/bpf/meshlane"],
+            ["--exclude-namespaces", "kube-system"],
+        ] {
+            assert!(c.windows(2).any(|w| w == pair), "{pair:?} not in {c:?}");
+        }
+    }
+    for name in ["agent", "install-cni"] {
+        let env = container(&pod.containers, name)
+            .env
+            .as_deref()
+            .unwrap_or_default();
+        let ns = env.iter().find(|e| e.name == "POD_NAMESPACE");
+        let field = ns.and_then(|e| e.value_from.as_ref()?.field_ref.as_ref());
+        assert_eq!(
+            field.map(|f| f.field_path.as_str()),
+            Some("metadata.namespace"),
+            "{name} lacks POD_NAMESPACE"
+        );
     }
     let paths = host_paths(pod);
     let want: BTreeSet<String> = [
@@ -504,6 +519,7 @@ fn every_option_renders_lints_and_type_checks() {
         "/home/kubernetes/bin",
         "/etc/cni/conf.d",
         "/run/netns",
+        "/etc/meshlane-pods",
     ] {
         assert!(paths.contains(p), "{p} not mounted: {paths:?}");
     }
@@ -648,6 +664,35 @@ fn cleanup_mode_runs_the_uninstall_commands_and_no_agent() {
 }
 
 #[test]
+fn only_istio_gets_an_xds_client_and_bypass() {
+    if !helm::available("only_istio_gets_an_xds_client_and_bypass") {
+        return;
+    }
+    let (docs, typed) = render_typed(Some(&fixture("other-mesh.yaml")));
+    let cfg: Value = serde_yaml_ng::from_str(&helm::agent_config(&docs)).expect("YAML");
+    assert!(cfg["xds"]["address"].is_null(), "{cfg:#}");
+    assert_eq!(cfg["bypass"]["enabled"], false);
+    let volumes = pod_spec(daemonset(&typed))
+        .volumes
+        .clone()
+        .unwrap_or_default();
+    assert!(
+        volumes.iter().all(|v| v.projected.is_none()),
+        "an istiod token without istiod"
+    );
+    let e = helm::render(Some(&fixture("bypass-without-istio.yaml")))
+        .expect_err("bypass without istiod must be refused");
+    assert!(
+        e.contains("agent.bypass.enabled needs the xDS client") && e.lines().count() == 1,
+        "{e}"
+    );
+    let (docs, _) = render_typed(None);
+    let cfg: Value = serde_yaml_ng::from_str(&helm::agent_config(&docs)).expect("YAML");
+    assert_eq!(cfg["xds"]["address"], "istiod.istio-system.svc:15012");
+    assert_eq!(cfg["xds"]["tls"], true);
+}
+
+#[test]
 fn schema_accepts_the_defaults_and_refuses_invalid_values() {
     if !helm::available("schema_accepts_the_defaults_and_refuses_invalid_values") {
         return;
@@ -688,6 +733,9 @@ fn check_config(text: &str) -> std::process::Output {
             cmd.env_remove(k);
         }
     }
+    // What the DaemonSet sets from the downward API.
+    cmd.env("NODE_NAME", "node-1")
+        .env("POD_NAMESPACE", helm::NAMESPACE);
     cmd.args(["agent", "--check-config"])
         .arg(&file)
         .output()

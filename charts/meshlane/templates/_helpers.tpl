@@ -105,6 +105,24 @@ readOnlyRootFilesystem: true
 - {{ include "meshlane.cniConfMount" . }}
 {{- end }}
 
+{{/* What the CNI installer writes into meshlane's conflist entry. */}}
+{{- define "meshlane.cniEntryArgs" -}}
+- --pin-root
+- {{ .Values.agent.pinRoot }}
+- --exclude-namespaces
+- {{ join "," .Values.agent.podSource.excludedNamespaces | quote }}
+- --agent-timeout-seconds
+- {{ .Values.cni.agentTimeoutSeconds | quote }}
+{{- end }}
+
+{{/* POD_NAMESPACE from the downward API (the agent's own namespace). */}}
+{{- define "meshlane.podNamespaceEnv" -}}
+- name: POD_NAMESPACE
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.namespace
+{{- end }}
+
 {{/* The agent's mounts: config, bpffs, cgroup root, API socket dir, netns, istiod auth. */}}
 {{- define "meshlane.agentMounts" -}}
 - name: config
@@ -122,7 +140,12 @@ readOnlyRootFilesystem: true
   mountPath: /var/run/netns
   mountPropagation: HostToContainer
   readOnly: true
-{{- if .Values.agent.xds.enabled }}
+{{- with include "meshlane.staticDir" . }}
+- name: static-pods
+  mountPath: {{ . }}
+  readOnly: true
+{{- end }}
+{{- if include "meshlane.xdsEnabled" . }}
 - name: istio-token
   mountPath: {{ include "meshlane.tokenDir" . }}
   readOnly: true
@@ -138,4 +161,39 @@ readOnlyRootFilesystem: true
   mountPath: {{ include "meshlane.cniBinMount" . }}
 - name: cni-conf
   mountPath: {{ include "meshlane.cniConfMount" . }}
+{{- end }}
+
+{{/* "true" when the xDS client runs (istio preset, xds enabled), else "". */}}
+{{- define "meshlane.xdsEnabled" -}}
+{{- if and .Values.agent.xds.enabled (eq .Values.mesh.preset "istio") }}true{{ end }}
+{{- end }}
+
+{{/* Bypass on or off; on needs the xDS client (the chart refuses otherwise). */}}
+{{- define "meshlane.bypassEnabled" -}}
+{{- if .Values.agent.bypass.enabled }}
+{{- if not (include "meshlane.xdsEnabled" .) }}
+{{- fail "agent.bypass.enabled needs the xDS client: mesh.preset istio and agent.xds.enabled true" }}
+{{- end }}
+{{- end }}
+{{- .Values.agent.bypass.enabled }}
+{{- end }}
+
+{{/* podSource kind static: the pod file, which must be an absolute path. */}}
+{{- define "meshlane.staticDir" -}}
+{{- if eq .Values.agent.podSource.kind "static" }}
+{{- $f := required "agent.podSource.staticFile is required with kind static" .Values.agent.podSource.staticFile }}
+{{- dir $f }}
+{{- end }}
+{{- end }}
+
+{{/* The agent's environment: log filter, node name and namespace (downward API). */}}
+{{- define "meshlane.agentEnv" -}}
+- name: RUST_LOG
+  value: {{ .Values.agent.logLevel | quote }}
+# The pod source watches this node's pods.
+- name: NODE_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: spec.nodeName
+{{ include "meshlane.podNamespaceEnv" . }}
 {{- end }}
