@@ -334,7 +334,14 @@ fn agent_daemonset_is_as_documented(ds: &DaemonSet) {
     assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_string()][..]));
     assert_eq!(
         caps.add.clone().unwrap_or_default(),
-        ["BPF", "PERFMON", "NET_ADMIN", "SYS_ADMIN", "SYS_PTRACE"]
+        [
+            "BPF",
+            "PERFMON",
+            "NET_ADMIN",
+            "SYS_ADMIN",
+            "NET_RAW",
+            "SYS_PTRACE"
+        ]
     );
 
     let inits: Vec<Vec<String>> = init_containers(pod).iter().map(command).collect();

@@ -4,6 +4,9 @@
 //! translation a pod's mounts make (the chart's container paths -> this
 //! node's cgroup, CNI dirs and config file).
 //!
+//! Each container runs as root with exactly the capabilities its
+//! securityContext adds (setpriv), so the narrowed set is proven enough.
+//!
 //! - Rolling update: the agent pod is replaced (SIGTERM to the old agent,
 //!   the new pod's init `agent --once`, then the new agent) while a
 //!   pod-to-pod conversation runs; it never stops, stays byte-exact and
@@ -21,6 +24,7 @@ use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -89,13 +93,13 @@ impl NodeRender {
             .expect("pod spec")
     }
 
-    fn init(&self, name: &str) -> Vec<OsString> {
+    fn init(&self, name: &str) -> Command {
         let inits = self.pod().init_containers.as_deref().unwrap_or_default();
-        self.args(inits.iter().find(|c| c.name == name).expect(name))
+        self.command(inits.iter().find(|c| c.name == name).expect(name))
     }
 
-    fn main(&self, name: &str) -> Vec<OsString> {
-        self.args(
+    fn main(&self, name: &str) -> Command {
+        self.command(
             self.pod()
                 .containers
                 .iter()
@@ -104,8 +108,11 @@ impl NodeRender {
         )
     }
 
-    /// The container's command after `meshlane`, paths as this node has them.
-    fn args(&self, c: &Container) -> Vec<OsString> {
+    /// The container as the kubelet would run it here: its command with
+    /// this node's paths, its environment (downward API values filled in)
+    /// and only the capabilities its securityContext grants (setpriv),
+    /// as root.
+    fn command(&self, c: &Container) -> Command {
         let mut argv = c.command.clone().unwrap_or_default();
         argv.extend(c.args.clone().unwrap_or_default());
         assert_eq!(
@@ -113,27 +120,63 @@ impl NodeRender {
             Some("meshlane"),
             "{argv:?}"
         );
-        argv[1..]
+        let args: Vec<OsString> = argv[1..]
             .iter()
             .map(|a| match a.as_str() {
                 CONFIG_MOUNT => self.config.clone().into_os_string(),
                 other => other.into(),
             })
-            .collect()
+            .collect();
+        let sc = c.security_context.as_ref().expect("securityContext");
+        let mut cmd = if sc.privileged == Some(true) {
+            Command::new(BIN)
+        } else {
+            let drop = sc.capabilities.as_ref().and_then(|k| k.drop.clone());
+            assert_eq!(
+                drop.as_deref(),
+                Some(&["ALL".to_string()][..]),
+                "{}",
+                c.name
+            );
+            let add = sc.capabilities.as_ref().and_then(|k| k.add.clone());
+            let bounding: String = std::iter::once("-all".to_string())
+                .chain(
+                    add.unwrap_or_default()
+                        .iter()
+                        .map(|k| format!("+{}", k.to_lowercase())),
+                )
+                .collect::<Vec<_>>()
+                .join(",");
+            let mut cmd = Command::new("setpriv");
+            cmd.args(["--bounding-set", &bounding, "--inh-caps", "-all", "--"])
+                .arg(BIN);
+            cmd
+        };
+        cmd.args(args);
+        for e in c.env.as_deref().unwrap_or_default() {
+            let field = e.value_from.as_ref().and_then(|v| v.field_ref.as_ref());
+            let value = match field.map(|f| f.field_path.as_str()) {
+                Some("metadata.namespace") => helm::NAMESPACE.to_string(),
+                Some("spec.nodeName") => "sim-node".to_string(),
+                Some(other) => panic!("{}: unexpected downward API field {other}", c.name),
+                None => e.value.clone().unwrap_or_default(),
+            };
+            cmd.env(&e.name, value);
+        }
+        cmd
     }
 }
 
-/// Runs `meshlane <args>` to completion; fails with its stderr unless 0.
-fn run_ok(args: &[OsString]) -> String {
-    let out = std::process::Command::new(BIN)
-        .args(args)
+/// Runs a container's command to completion; fails with its stderr unless 0.
+fn run_ok(mut cmd: Command) -> String {
+    let out = cmd
         .envs(kernel_env())
         .env("RUST_LOG", "warn")
         .output()
         .expect("running meshlane");
     assert!(
         out.status.success(),
-        "meshlane {args:?}: {} {}",
+        "{cmd:?}: {} {}",
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
@@ -167,8 +210,8 @@ fn wait_ready(addr: SocketAddr) {
 /// The pod's start as the kubelet runs it: the `install` init container,
 /// then the agent container; ready when its readiness probe says so.
 fn start_agent_pod(r: &NodeRender) -> AgentProcess {
-    run_ok(&r.init("install"));
-    let agent = AgentProcess::spawn(&r.main("agent")).expect("the agent container starts");
+    run_ok(r.init("install"));
+    let agent = AgentProcess::spawn_command(r.main("agent")).expect("the agent container starts");
     wait_ready(r.admin);
     assert!(matches!(http_get(r.admin, "/healthz/live"), Some((200, _))));
     agent
@@ -284,7 +327,7 @@ fn cleanup_mode_leaves_no_pin_link_or_program() {
         .collect();
     assert_eq!(names, ["uninstall-cni", "uninstall"]);
     stop_agent_pod(agent, &root);
-    run_ok(&cleanup.init("uninstall"));
+    run_ok(cleanup.init("uninstall"));
 
     assert!(!root.exists(), "pin root {} survives", root.display());
     assert!(

@@ -263,12 +263,19 @@ impl AgentProcess {
     /// `meshlane <args>` as a long-running agent (the kernel's environment,
     /// info logs), once it logs that it is running.
     pub fn spawn(args: &[std::ffi::OsString]) -> Result<Self> {
-        let mut child = Command::new(BIN);
+        let mut cmd = Command::new(BIN);
+        cmd.args(args);
+        Self::spawn_command(cmd)
+    }
+
+    /// Runs `cmd` (the binary, perhaps through a wrapper such as setpriv)
+    /// as a long-running agent: the kernel's environment, info logs; once
+    /// it logs that it is running.
+    pub fn spawn_command(mut cmd: Command) -> Result<Self> {
         for (k, v) in kernel_env() {
-            child.env(k, v);
+            cmd.env(k, v);
         }
-        let mut child = child
-            .args(args)
+        let mut child = cmd
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
