@@ -14,8 +14,8 @@
 //!   links are the same ones (adopted) and the new agent turns ready.
 //! - Uninstall: the agent pod is replaced by a cleanup-mode pod whose init
 //!   commands run; afterwards no pin, link, program or map of the install is
-//!   left, nothing is attached to the cgroup, and the node's CNI conflist is
-//!   as it was before meshlane.
+//!   left, nothing is attached to the cgroup, and the node's CNI directories
+//!   (conflist and binaries) are as they were before meshlane.
 mod common;
 mod helm;
 mod support;
@@ -36,6 +36,66 @@ use support::*;
 /// Where the chart's containers see the node (templates/_helpers.tpl).
 const CONFIG_MOUNT: &str = "/etc/meshlane/agent.yaml";
 const CGROUP_MOUNT: &str = "/host/sys/fs/cgroup";
+const CNI_BIN_MOUNT: &str = "/host/opt/cni/bin";
+const CNI_CONF_MOUNT: &str = "/host/etc/cni/net.d";
+
+/// The node's CNI directories: a bin dir and a conf dir holding the
+/// primary network's conflist (the bridge plugin, as a node's CNI has it).
+struct CniDirs {
+    _dir: tempfile::TempDir,
+    bin: PathBuf,
+    conf: PathBuf,
+    primary: PathBuf,
+}
+
+impl CniDirs {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (bin, conf) = (dir.path().join("bin"), dir.path().join("net.d"));
+        std::fs::create_dir_all(&bin).expect("bin dir");
+        std::fs::create_dir_all(&conf).expect("conf dir");
+        let primary = conf.join("10-bridge.conflist");
+        let list = serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": "k8s-pod-network",
+            "plugins": [
+                {"type": "bridge", "bridge": "cni0", "isGateway": true,
+                 "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.244.0.0/24"}]]}},
+                {"type": "portmap", "capabilities": {"portMappings": true}}
+            ]
+        });
+        let text = serde_json::to_string_pretty(&list).expect("JSON");
+        std::fs::write(&primary, text).expect("writing the primary conflist");
+        Self {
+            _dir: dir,
+            bin,
+            conf,
+            primary,
+        }
+    }
+
+    fn primary(&self) -> serde_json::Value {
+        let text = std::fs::read_to_string(&self.primary).expect("reading the conflist");
+        serde_json::from_str(&text).expect("the conflist is JSON")
+    }
+
+    /// The plugin types of the primary conflist, in order.
+    fn chain(&self) -> Vec<String> {
+        self.primary()["plugins"]
+            .as_array()
+            .expect("plugins")
+            .iter()
+            .map(|p| p["type"].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+
+    fn files(&self) -> std::collections::BTreeSet<PathBuf> {
+        pins_under(&self.bin)
+            .into_iter()
+            .chain(pins_under(&self.conf))
+            .collect()
+    }
+}
 
 /// A port nobody listens on right now.
 fn free_port() -> u16 {
@@ -48,13 +108,15 @@ fn free_port() -> u16 {
 struct NodeRender {
     _dir: tempfile::TempDir,
     config: PathBuf,
+    cni_bin: PathBuf,
+    cni_conf: PathBuf,
     admin: SocketAddr,
     daemonset: DaemonSet,
 }
 
 /// Renders the chart for `node` (its pin root, the admin server on a free
 /// loopback port, no API server or istiod to talk to) plus `extra` values.
-fn render_for(node: &Node, extra: &str) -> NodeRender {
+fn render_for(node: &Node, cni: &CniDirs, extra: &str) -> NodeRender {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
     let values = format!(
@@ -78,6 +140,8 @@ fn render_for(node: &Node, extra: &str) -> NodeRender {
     let daemonset: DaemonSet = serde_json::from_value(ds[0].clone()).expect("a DaemonSet");
     NodeRender {
         config,
+        cni_bin: cni.bin.clone(),
+        cni_conf: cni.conf.clone(),
         admin: ([127, 0, 0, 1], port).into(),
         daemonset,
         _dir: dir,
@@ -124,6 +188,8 @@ impl NodeRender {
             .iter()
             .map(|a| match a.as_str() {
                 CONFIG_MOUNT => self.config.clone().into_os_string(),
+                CNI_BIN_MOUNT => self.cni_bin.clone().into_os_string(),
+                CNI_CONF_MOUNT => self.cni_conf.clone().into_os_string(),
                 other => other.into(),
             })
             .collect();
@@ -211,6 +277,7 @@ fn wait_ready(addr: SocketAddr) {
 /// then the agent container; ready when its readiness probe says so.
 fn start_agent_pod(r: &NodeRender) -> AgentProcess {
     run_ok(r.init("install"));
+    run_ok(r.init("install-cni"));
     let agent = AgentProcess::spawn_command(r.main("agent")).expect("the agent container starts");
     wait_ready(r.admin);
     assert!(matches!(http_get(r.admin, "/healthz/live"), Some((200, _))));
@@ -234,6 +301,31 @@ fn stop_agent_pod(mut agent: AgentProcess, root: &Path) {
     );
 }
 
+/// The pod's `install-cni --watch` container, running.
+fn spawn_cni_watch(r: &NodeRender) -> std::process::Child {
+    r.main("install-cni")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("starting install-cni --watch")
+}
+
+/// SIGTERM to the watch; it exits 0 and leaves the entry in the chain.
+fn stop_cni_watch(mut watch: std::process::Child, cni: &CniDirs) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(watch.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM to the watch");
+    let st = watch.wait().expect("reaping the watch");
+    assert!(st.success(), "install-cni --watch exit: {st}");
+    assert!(
+        cni.chain().contains(&"meshlane-cni".to_string()),
+        "the watch took the entry out when it stopped"
+    );
+}
+
 /// Two self-proxied accelerate pods and an echo server in the first.
 fn two_pods(node: &mut Node) -> (Pod, Pod, SocketAddr) {
     let root = node.layout.root().to_path_buf();
@@ -253,10 +345,18 @@ fn rolling_update_replaces_the_agent_without_dropping_a_connection() {
     }
     let mut node = node_without_install();
     let root = node.layout.root().to_path_buf();
-    let r = render_for(&node, "");
+    let cni = CniDirs::new();
+    let r = render_for(&node, &cni, "");
     let agent = start_agent_pod(&r);
+    let watch = spawn_cni_watch(&r);
     let (_server, client, srv_addr) = two_pods(&mut node);
     let links_before = link_ids(&status_json(&root));
+    let chain = cni.chain();
+    assert_eq!(
+        chain,
+        ["bridge", "portmap", "meshlane-cni"],
+        "the CNI chain"
+    );
 
     let conv = EchoConversation::start(connect_from(&client, srv_addr), 5);
     conv.wait_progress(64 * 1024, Duration::from_secs(60))
@@ -266,6 +366,7 @@ fn rolling_update_replaces_the_agent_without_dropping_a_connection() {
 
     // The old pod goes; traffic keeps flowing with no agent on the node.
     stop_agent_pod(agent, &root);
+    stop_cni_watch(watch, &cni);
     conversation_is_spliced(&root, &conv);
     new_connection_is_spliced(&root, &client, srv_addr, 31);
     conv.resume();
@@ -282,6 +383,7 @@ fn rolling_update_replaces_the_agent_without_dropping_a_connection() {
         log.contains("adopted"),
         "the new agent did not adopt: {log}"
     );
+    assert_eq!(cni.chain(), chain, "the update changed the CNI chain");
     conversation_is_spliced(&root, &conv);
     new_connection_is_spliced(&root, &client, srv_addr, 32);
     conv.resume();
@@ -297,15 +399,19 @@ fn rolling_update_replaces_the_agent_without_dropping_a_connection() {
 }
 
 #[test]
-fn cleanup_mode_leaves_no_pin_link_or_program() {
-    if !helm::available("cleanup_mode_leaves_no_pin_link_or_program") {
+fn cleanup_mode_leaves_no_pin_link_program_or_conflist_entry() {
+    if !helm::available("cleanup_mode_leaves_no_pin_link_program_or_conflist_entry") {
         return;
     }
     let mut node = node_without_install();
     let root = node.layout.root().to_path_buf();
     let cg = node.cgroup.path().to_path_buf();
-    let r = render_for(&node, "");
+    let cni = CniDirs::new();
+    let (conflist_before, files_before) = (cni.primary(), cni.files());
+    let r = render_for(&node, &cni, "");
     let agent = start_agent_pod(&r);
+    assert!(cni.chain().contains(&"meshlane-cni".to_string()));
+    assert!(cni.bin.join("meshlane-cni").exists(), "the plugin binary");
     let (_server, client, srv_addr) = two_pods(&mut node);
     let conv = EchoConversation::start(connect_from(&client, srv_addr), 9);
     conv.wait_progress(64 * 1024, Duration::from_secs(60))
@@ -316,7 +422,7 @@ fn cleanup_mode_leaves_no_pin_link_or_program() {
 
     // `helm upgrade --set cleanup.enabled=true`: the agent pod is replaced
     // by a cleanup pod, whose init containers run in order.
-    let cleanup = render_for(&node, "cleanup:\n  enabled: true\n");
+    let cleanup = render_for(&node, &cni, "cleanup:\n  enabled: true\n");
     let names: Vec<String> = cleanup
         .pod()
         .init_containers
@@ -327,7 +433,15 @@ fn cleanup_mode_leaves_no_pin_link_or_program() {
         .collect();
     assert_eq!(names, ["uninstall-cni", "uninstall"]);
     stop_agent_pod(agent, &root);
+    run_ok(cleanup.init("uninstall-cni"));
     run_ok(cleanup.init("uninstall"));
+
+    assert_eq!(
+        cni.primary(),
+        conflist_before,
+        "the conflist differs from the node's own"
+    );
+    assert_eq!(cni.files(), files_before, "files left in the CNI dirs");
 
     assert!(!root.exists(), "pin root {} survives", root.display());
     assert!(

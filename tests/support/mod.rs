@@ -253,19 +253,23 @@ impl AgentProcess {
 
     /// `start` with more agent flags.
     pub fn start_with(pin_root: &Path, cgroup: &Path, extra: &[&str]) -> Result<Self> {
-        let mut args: Vec<std::ffi::OsString> = vec!["--pin-root".into(), pin_root.into()];
-        args.extend(["agent", "--log-interval", "1", "--cgroup"].map(Into::into));
-        args.push(cgroup.into());
-        args.extend(extra.iter().map(Into::into));
-        Self::spawn(&args)
-    }
-
-    /// `meshlane <args>` as a long-running agent (the kernel's environment,
-    /// info logs), once it logs that it is running.
-    pub fn spawn(args: &[std::ffi::OsString]) -> Result<Self> {
-        let mut cmd = Command::new(BIN);
-        cmd.args(args);
-        Self::spawn_command(cmd)
+        let mut child = Command::new(BIN);
+        for (k, v) in kernel_env() {
+            child.env(k, v);
+        }
+        let mut child = child
+            .arg("--pin-root")
+            .arg(pin_root)
+            .args(["agent", "--log-interval", "1", "--cgroup"])
+            .arg(cgroup)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting meshlane agent")?;
+        Self::running(child)
     }
 
     /// Runs `cmd` (the binary, perhaps through a wrapper such as setpriv)
@@ -275,13 +279,19 @@ impl AgentProcess {
         for (k, v) in kernel_env() {
             cmd.env(k, v);
         }
-        let mut child = cmd
+        let child = cmd
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .context("starting meshlane agent")?;
+        Self::running(child)
+    }
+
+    /// Collects the agent's stderr lines and waits until it logs that it
+    /// is running.
+    fn running(mut child: Child) -> Result<Self> {
         let stderr = child.stderr.take().context("agent stderr")?;
         let log = Arc::new(std::sync::Mutex::new(Vec::new()));
         let (tx, rx) = mpsc::channel();
