@@ -269,7 +269,8 @@ impl AgentProcess {
             .stderr(Stdio::piped())
             .spawn()
             .context("starting meshlane agent")?;
-        Self::running(child)
+        let stderr = child.stderr.take().context("agent stderr")?;
+        Self::running(child, stderr)
     }
 
     /// Runs `cmd` (the binary, perhaps through a wrapper such as setpriv)
@@ -279,20 +280,20 @@ impl AgentProcess {
         for (k, v) in kernel_env() {
             cmd.env(k, v);
         }
-        let child = cmd
+        let mut child = cmd
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .context("starting meshlane agent")?;
-        Self::running(child)
+        let stderr = child.stderr.take().context("agent stderr")?;
+        Self::running(child, stderr)
     }
 
     /// Collects the agent's stderr lines and waits until it logs that it
     /// is running.
-    fn running(mut child: Child) -> Result<Self> {
-        let stderr = child.stderr.take().context("agent stderr")?;
+    fn running(child: Child, stderr: std::process::ChildStderr) -> Result<Self> {
         let log = Arc::new(std::sync::Mutex::new(Vec::new()));
         let (tx, rx) = mpsc::channel();
         {
