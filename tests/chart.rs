@@ -163,9 +163,36 @@ fn init_containers(spec: &PodSpec) -> &[Container] {
     spec.init_containers.as_deref().unwrap_or_default()
 }
 
+/// What Kubernetes refuses in a container's securityContext:
+/// allowPrivilegeEscalation false beside privileged or SYS_ADMIN.
+fn security_contexts_are_admissible(spec: &PodSpec) {
+    for c in spec.containers.iter().chain(init_containers(spec)) {
+        let Some(sc) = &c.security_context else {
+            continue;
+        };
+        if sc.allow_privilege_escalation != Some(false) {
+            continue;
+        }
+        let adds = sc
+            .capabilities
+            .as_ref()
+            .and_then(|k| k.add.clone())
+            .unwrap_or_default();
+        assert!(
+            sc.privileged != Some(true)
+                && !adds
+                    .iter()
+                    .any(|a| a.trim_start_matches("CAP_") == "SYS_ADMIN"),
+            "{}: allowPrivilegeEscalation false with privileged or SYS_ADMIN",
+            c.name
+        );
+    }
+}
+
 /// The node paths the pod mounts (hostPath volumes), and whether each
 /// volume is mounted by some container (none unused).
 fn host_paths(spec: &PodSpec) -> BTreeSet<String> {
+    security_contexts_are_admissible(spec);
     let volumes = spec.volumes.as_deref().unwrap_or_default();
     let mounted: BTreeSet<&str> = spec
         .containers
@@ -346,6 +373,18 @@ fn agent_daemonset_is_as_documented(ds: &DaemonSet) {
 
     let inits: Vec<Vec<String>> = init_containers(pod).iter().map(command).collect();
     assert_eq!(inits.len(), 2, "{inits:?}");
+    let install_mounts: Vec<&str> = init_containers(pod)[0]
+        .volume_mounts
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .map(|m| m.name.as_str())
+        .collect();
+    assert_eq!(
+        install_mounts,
+        ["config", "bpffs", "cgroup"],
+        "install mounts"
+    );
     assert_eq!(
         inits[0],
         [

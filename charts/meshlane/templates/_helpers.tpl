@@ -75,13 +75,14 @@ app.kubernetes.io/part-of: meshlane
 {{- end }}
 {{- end }}
 
-{{/* The container security context (narrowed capabilities, or privileged). */}}
+{{/* The agent's security context: narrowed capabilities, or privileged.
+No allowPrivilegeEscalation: false here; with SYS_ADMIN it would protect
+nothing (Kubernetes refuses it beside privileged and CAP_SYS_ADMIN). */}}
 {{- define "meshlane.securityContext" -}}
 {{- if .Values.securityContext.privileged }}
 privileged: true
 {{- else }}
 privileged: false
-allowPrivilegeEscalation: false
 capabilities:
   drop:
     - ALL
@@ -153,6 +154,19 @@ readOnlyRootFilesystem: true
   mountPath: {{ include "meshlane.rootCaDir" . }}
   readOnly: true
 {{- end }}
+{{- end }}
+
+{{/* The install init container's mounts: config, bpffs, cgroup root. */}}
+{{- define "meshlane.installMounts" -}}
+- name: config
+  mountPath: /etc/meshlane
+  readOnly: true
+- name: bpffs
+  mountPath: /sys/fs/bpf
+  mountPropagation: HostToContainer
+- name: cgroup
+  mountPath: {{ include "meshlane.cgroupMount" . }}
+  readOnly: true
 {{- end }}
 
 {{/* The CNI installer's mounts: the node's CNI bin and conf dirs, the API socket dir. */}}
