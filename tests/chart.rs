@@ -887,3 +887,28 @@ fn the_image_builds_what_node_build_builds() {
         assert!(chart.contains(cmd), "the chart no longer runs {cmd}");
     }
 }
+
+/// values.yaml is documented line by line: every key has a comment right
+/// above it (list items belong to the key above them).
+#[test]
+fn every_value_is_documented() {
+    let path = helm::chart_dir().join("values.yaml");
+    let text = std::fs::read_to_string(&path).expect("values.yaml");
+    let mut previous = "";
+    let mut undocumented = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let s = line.trim();
+        if s.is_empty() {
+            continue;
+        }
+        let is_key = !s.starts_with('#') && !s.starts_with("- ") && s.contains(':');
+        if is_key && !previous.starts_with('#') {
+            undocumented.push(format!("{}: {line}", n + 1));
+        }
+        previous = s;
+    }
+    assert!(
+        undocumented.is_empty(),
+        "keys without a comment above: {undocumented:#?}"
+    );
+}
