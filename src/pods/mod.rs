@@ -26,6 +26,7 @@ pub mod netns_finder;
 pub mod reconcile;
 mod registry;
 pub mod source;
+pub mod source_config;
 mod spec;
 pub mod static_source;
 mod sweep;

@@ -235,12 +235,14 @@ pub fn reconcile_once(
 }
 
 /// The agent's reconcile component: a round at start, after each catalog
-/// change and every [`RECONCILE_INTERVAL`], until shutdown.
+/// change and every [`RECONCILE_INTERVAL`], until shutdown. `on_synced`
+/// runs after each round done with a synced catalog.
 pub async fn run(
     layout: PinLayout,
     catalog: Arc<MemoryCatalog>,
     finder: Arc<dyn NetnsFinder>,
     metrics: AgentMetrics,
+    on_synced: Box<dyn Fn() + Send>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(RECONCILE_INTERVAL);
@@ -251,9 +253,12 @@ pub async fn run(
             finder.clone(),
             metrics.clone(),
         );
+        let synced = catalog.synced();
         let round =
             tokio::task::spawn_blocking(move || reconcile_once(&l, c.as_ref(), f.as_ref(), &m));
-        let _ = round.await;
+        if let (Ok(true), true) = (round.await, synced) {
+            on_synced();
+        }
         tokio::select! {
             _ = shutdown.changed() => break,
             _ = tick.tick() => {}
