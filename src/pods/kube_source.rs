@@ -3,7 +3,10 @@
 //! kube-rs's watcher with the in-cluster service-account config. The
 //! watcher lists, then watches from the list's resourceVersion with
 //! bookmarks; on 410 Gone it lists again, and on a dropped connection it
-//! resumes after a backoff. Every pod goes through [`classify`] into the
+//! resumes after a backoff. kube-rs relists on a 410 ERROR event in the
+//! watch stream, but keeps retrying the same resourceVersion when the watch
+//! request itself is answered with HTTP 410: [`run`] starts the watcher
+//! over (a relist) in that case. Every pod goes through [`classify`] into the
 //! catalog: a complete listing replaces it (and marks it synced), later
 //! events patch it.
 //!
@@ -105,9 +108,12 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let api: Api<Pod> = Api::all(client);
-    let mut events = watcher::watcher(api, watch_config(&node))
-        .default_backoff()
-        .boxed();
+    let start = || {
+        watcher::watcher(api.clone(), watch_config(&node))
+            .default_backoff()
+            .boxed()
+    };
+    let mut events = start();
     let mut core = WatchCore::new(cfg);
     tracing::info!(%node, "Kubernetes pod source: watching this node's pods");
     loop {
@@ -117,12 +123,22 @@ pub async fn run(
                 Some(Ok(ev)) => core.apply(ev, &catalog),
                 Some(Err(e)) => {
                     metrics.pod_source_errors.inc();
-                    tracing::warn!(error = %e, "Kubernetes pod source: watch failed, retrying");
+                    if is_gone_at_watch_start(&e) {
+                        tracing::warn!(error = %e, "Kubernetes pod source: resourceVersion expired (HTTP 410): listing again");
+                        events = start();
+                    } else {
+                        tracing::warn!(error = %e, "Kubernetes pod source: watch failed, retrying");
+                    }
                 }
                 None => break,
             },
         }
     }
+}
+
+/// A watch request answered with HTTP 410 Gone.
+fn is_gone_at_watch_start(e: &watcher::Error) -> bool {
+    matches!(e, watcher::Error::WatchStartFailed(kube::Error::Api(status)) if status.code == 410)
 }
 
 #[cfg(test)]
