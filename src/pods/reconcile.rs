@@ -47,7 +47,7 @@ pub enum Action {
     Adopt {
         key: PodKey,
         netns: PathBuf,
-        spec: PodSpec,
+        spec: Box<PodSpec>,
     },
     /// Remove the registration of a pod that is gone or no longer meshed.
     Release {
@@ -133,7 +133,7 @@ pub fn plan(
             Some(netns) => out.actions.push(Action::Adopt {
                 key: p.key.clone(),
                 netns: netns.clone(),
-                spec: spec.clone(),
+                spec: Box::new(spec.clone()),
             }),
             None => out.unlocated.push(p.key.clone()),
         }
@@ -179,7 +179,7 @@ pub fn apply(layout: &PinLayout, actions: &[Action], metrics: &AgentMetrics) -> 
                 layout,
                 Request::Add {
                     netns: netns.clone(),
-                    spec: spec.clone(),
+                    spec: (**spec).clone(),
                 },
             )
             .map(|_| {
@@ -364,7 +364,7 @@ mod tests {
             vec![Action::Adopt {
                 key: key("web"),
                 netns: "/run/netns/web".into(),
-                spec: PodSpec::istio("default/web"),
+                spec: Box::new(PodSpec::istio("default/web")),
             }]
         );
         assert_eq!(p.unlocated, vec![key("pending")]);
