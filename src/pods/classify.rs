@@ -10,7 +10,9 @@
 //!   `sidecar.istio.io/inject` not false (the label wins over the annotation);
 //! - Linkerd: a `linkerd-proxy` container (or native sidecar);
 //! - Kuma: a `kuma-sidecar` container (or native sidecar);
-//! - never in an excluded namespace, never with `meshlane.io/enabled: "false"`.
+//! - never in an excluded namespace, never with `meshlane.io/enabled: "false"`,
+//!   never a hostNetwork pod, never a finished pod (phase Succeeded or
+//!   Failed: its address may already be another pod's).
 //!
 //! Settings follow Istio's CNI plugin: the `traffic.sidecar.istio.io/*`
 //! annotations (defaults: every inbound port but the proxy's own 15020,
@@ -84,6 +86,7 @@ pub fn classify(pod: &Pod, cfg: &ClassifyConfig) -> Option<PodInfo> {
     let annotations = meta.annotations.clone().unwrap_or_default();
     let mesh = decide(pod, &key, &labels, &annotations, cfg);
     Some(PodInfo {
+        annotations,
         uid: meta.uid.clone().unwrap_or_default(),
         ips: pod_ips(pod),
         service_account: pod
@@ -154,6 +157,14 @@ fn decide(
     let Some(spec) = &pod.spec else {
         return not_meshed("no pod spec");
     };
+    if spec.host_network == Some(true) {
+        return not_meshed("uses the node's network (hostNetwork)");
+    }
+    // A finished pod's address may already belong to a new pod.
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    if let Some(p @ ("Succeeded" | "Failed")) = phase {
+        return not_meshed(format!("pod has finished ({p})"));
+    }
     let proxy = |name: &str| find_proxy(&spec.containers, spec.init_containers.as_deref(), name);
     if let Some(c) = proxy(ISTIO_PROXY) {
         return istio(key, c, spec.init_containers.as_deref(), labels, annotations);
@@ -412,6 +423,7 @@ mod tests {
         let info = classify(&pod, &ClassifyConfig::default()).unwrap();
         assert_eq!(info.service_account, "hello-sa");
         assert_eq!(info.labels.get("app").map(String::as_str), Some("hello"));
+        assert!(info.annotations.contains_key("sidecar.istio.io/status"));
     }
 
     #[test]
@@ -480,6 +492,21 @@ mod tests {
                 value_from: None,
             });
         assert!(reason_of(&pod, &ClassifyConfig::default()).contains("DISABLE_ENVOY"));
+    }
+
+    #[test]
+    fn host_network_and_finished_pods_are_not_meshed() {
+        let mut pod = hello_cni_pod();
+        pod.spec.as_mut().unwrap().host_network = Some(true);
+        assert!(reason_of(&pod, &ClassifyConfig::default()).contains("hostNetwork"));
+        for phase in ["Succeeded", "Failed"] {
+            let mut pod = hello_cni_pod();
+            pod.status = Some(k8s_openapi::api::core::v1::PodStatus {
+                phase: Some(phase.into()),
+                ..Default::default()
+            });
+            assert!(reason_of(&pod, &ClassifyConfig::default()).contains(phase));
+        }
     }
 
     #[test]

@@ -309,6 +309,7 @@ mod tests {
             ips: vec![ip.parse().unwrap()],
             labels: BTreeMap::new(),
             service_account: String::new(),
+            annotations: BTreeMap::new(),
         }
     }
 

@@ -41,6 +41,9 @@ pub struct PodInfo {
     /// spec.serviceAccountName, empty when unknown (the xDS identity).
     #[serde(default)]
     pub service_account: String,
+    /// metadata.annotations (e.g. `meshlane.io/bypass`, read by the xDS side).
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
     /// Whether and how the pod is meshed.
     pub mesh: MeshDecision,
 }
@@ -148,6 +151,7 @@ mod tests {
             ips: vec![],
             labels: BTreeMap::new(),
             service_account: String::new(),
+            annotations: BTreeMap::new(),
             mesh: MeshDecision::NotMeshed {
                 reason: "no proxy container".into(),
             },
