@@ -178,3 +178,73 @@ fn static_source_adopts_running_pods_and_releases_removed_ones() {
     assert_eq!(names(&root), vec!["manual".to_string()]);
     agent.kill9();
 }
+
+/// GET `path` on the admin server: (status code, body).
+fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s =
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("admin connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request");
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).expect("response");
+    let code = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (
+        code,
+        resp.split_once("\r\n\r\n")
+            .map_or("", |(_, b)| b)
+            .to_string(),
+    )
+}
+
+#[test]
+fn readiness_waits_for_the_pod_source() {
+    let node = node_without_install();
+    let root = node.layout.root().to_path_buf();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pods = dir.path().join("pods.yaml");
+    let config = dir.path().join("agent.yaml");
+    let admin = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    std::fs::write(
+        &config,
+        format!(
+            "adminAddr: {admin}\npodSource:\n  kind: static\n  staticFile: {}\n",
+            pods.display()
+        ),
+    )
+    .expect("writing agent config");
+    let mut agent = AgentProcess::start_with(
+        &root,
+        node.cgroup.path(),
+        &["--config", &config.to_string_lossy()],
+    )
+    .expect("agent");
+    // No pod file yet: swept, but not ready, saying why; the missing file
+    // is one error line.
+    std::thread::sleep(Duration::from_secs(2));
+    let (code, body) = http_get(admin, "/healthz/ready");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("pod source not synced"), "{body}");
+    assert!(!body.contains("not swept"), "{body}");
+    let missing = agent
+        .log_lines()
+        .iter()
+        .filter(|l| l.contains("pods.yaml") && l.contains("No such file"))
+        .count();
+    assert_eq!(missing, 1, "{:?}", agent.log_lines());
+    write_pods(&pods, "pods: []\n");
+    wait_for("ready once the pod file is read", || {
+        http_get(admin, "/healthz/ready").0 == 200
+    });
+    agent.kill9();
+}
