@@ -248,3 +248,32 @@ fn readiness_waits_for_the_pod_source() {
     });
     agent.kill9();
 }
+
+#[test]
+fn kubernetes_source_outside_a_cluster_is_one_line_and_installs_nothing() {
+    let node = node_without_install();
+    let root = node.layout.root().to_path_buf();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("agent.yaml");
+    std::fs::write(
+        &config,
+        "podSource:\n  kind: kubernetes\n  nodeName: node-a\n",
+    )
+    .expect("writing agent config");
+    let out = std::process::Command::new(support::BIN)
+        .arg("--pin-root")
+        .arg(&root)
+        .args(["agent", "--config", &config.to_string_lossy(), "--cgroup"])
+        .arg(node.cgroup.path())
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("KUBERNETES_SERVICE_PORT")
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("running the agent");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("in-cluster"), "{stderr}");
+    assert!(!node.layout.maps_dir().exists(), "installed anyway");
+}

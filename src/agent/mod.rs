@@ -121,6 +121,10 @@ pub fn run(cfg: AgentConfig, once: bool) -> Result<(), AgentError> {
         ),
         None => None,
     };
+    // A pod source that cannot start must not leave a fresh install either.
+    if !once {
+        pod_source::preflight(&cfg.pod_source)?;
+    }
     let (report, _lock) = start_holding(&cfg)?;
     if once {
         return Ok(());

@@ -16,6 +16,15 @@ use crate::pods::source::MemoryCatalog;
 use crate::pods::source_config::{PodSourceConfig, PodSourceKind};
 use crate::pods::{kube_source, reconcile, static_source};
 
+/// What can be checked before anything is installed: the in-cluster
+/// config of kind kubernetes (service account token, API server address).
+pub fn preflight(cfg: &PodSourceConfig) -> Result<(), AgentError> {
+    if cfg.kind == PodSourceKind::Kubernetes {
+        kube_source::incluster_config().map_err(AgentError::PodSource)?;
+    }
+    Ok(())
+}
+
 /// Spawns the source and the reconcile on `tasks`; returns the catalog
 /// (empty and never synced with kind none).
 pub fn start(

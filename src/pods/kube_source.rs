@@ -38,8 +38,13 @@ pub enum KubeSourceError {
 /// The client of the API server the agent's pod runs under (its service
 /// account token and CA; never a kubeconfig). Needs a tokio runtime.
 pub fn incluster_client() -> Result<Client, KubeSourceError> {
-    let cfg = kube::Config::incluster().map_err(|e| KubeSourceError::InCluster(e.to_string()))?;
-    Client::try_from(cfg).map_err(|e| KubeSourceError::Client(e.to_string()))
+    Client::try_from(incluster_config()?).map_err(|e| KubeSourceError::Client(e.to_string()))
+}
+
+/// The in-cluster config alone (no runtime needed): the agent checks it
+/// before installing anything.
+pub fn incluster_config() -> Result<kube::Config, KubeSourceError> {
+    kube::Config::incluster().map_err(|e| KubeSourceError::InCluster(e.to_string()))
 }
 
 /// The watch of `node`'s pods.
