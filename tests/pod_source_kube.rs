@@ -213,8 +213,13 @@ fn the_catalog_and_registry_follow_the_api_server() {
         spec_of(&catalog, "web").is_some_and(|s| s.exclude_outbound_ports == "5432")
     });
 
-    // A bookmark, then the connection drops: the watch resumes from the
-    // bookmark's version (no relist), and changes made meanwhile arrive.
+    // Another node's pod changes (the version moves on, this watch gets no
+    // event), a bookmark tells the client, then the connection drops: the
+    // watch resumes from the bookmark's version (no relist), and changes
+    // made meanwhile arrive.
+    let last_event = api.resource_version();
+    api.apply(pod_object("far", "node-b", "10.255.0.10".parse().unwrap(), true));
+    assert!(api.resource_version() > last_event);
     assert_eq!(api.bookmark(), 1);
     std::thread::sleep(Duration::from_millis(200));
     let bookmarked = api.resource_version();
