@@ -5,8 +5,9 @@
 //! Components, all started from [`serve`]:
 //! - the admin server ([`admin`]): readiness, liveness, metrics;
 //! - the local API ([`api_server`]): pod add/rm/list/sweep requests from
-//!   the CLI (and the CNI plugin), so the agent is the registry's one
-//!   writer while it runs;
+//!   the CLI and the CNI plugin's requests (answered from the pod catalog,
+//!   [`pod_catalog`]), so the agent is the registry's one writer while it
+//!   runs;
 //! - the pod sweep: every [`SWEEP_INTERVAL`], registrations whose netns is
 //!   gone (and leftovers of killed adds) are removed;
 //! - the counter log line, every `logIntervalSeconds`.
@@ -27,6 +28,7 @@ use thiserror::Error;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::cni::attach::CniService;
 use crate::config::{AgentConfig, ConfigError};
 use crate::layout::{PinLayout, PinRootLock};
 use crate::loader::{self, InstallReport, LoadError};
@@ -125,6 +127,20 @@ pub fn run(cfg: AgentConfig, once: bool) -> Result<(), AgentError> {
     rt.block_on(serve(cfg, report, admin))
 }
 
+/// The pod catalog CNI ADD asks which pods are meshed. Until a pod source
+/// fills it, an empty catalog: every pod outside the plugin's excluded
+/// namespaces fails closed. Test-only (feature `sim`): with
+/// `MESHLANE_SIM_POD_CATALOG=DIR`, the simulated node's directory of pod
+/// files ([`crate::sim::DirCatalog`]).
+pub fn pod_catalog() -> Arc<dyn crate::pods::source::PodCatalog> {
+    #[cfg(feature = "sim")]
+    if let Some(dir) = std::env::var_os(crate::sim::SIM_POD_CATALOG_ENV) {
+        tracing::warn!(dir = ?dir, "test-only pod catalog (a directory of pod files)");
+        return Arc::new(crate::sim::DirCatalog::new(dir));
+    }
+    Arc::new(crate::pods::source::MemoryCatalog::new())
+}
+
 /// One sweep of the pod registry, counted; failures are logged.
 fn sweep_pods(layout: &PinLayout, metrics: &AgentMetrics) -> bool {
     if !layout.maps_dir().is_dir() {
@@ -154,6 +170,7 @@ fn sweep_pods(layout: &PinLayout, metrics: &AgentMetrics) -> bool {
 /// completed sweep marks the pod registry as in sync.
 async fn sweeper(
     layout: PinLayout,
+    cni: Arc<CniService>,
     metrics: AgentMetrics,
     readiness: Arc<Readiness>,
     mut shutdown: watch::Receiver<bool>,
@@ -163,8 +180,15 @@ async fn sweeper(
         tokio::select! {
             _ = shutdown.changed() => break,
             _ = tick.tick() => {
-                let (l, m) = (layout.clone(), metrics.clone());
-                if let Ok(true) = tokio::task::spawn_blocking(move || sweep_pods(&l, &m)).await {
+                let (l, m, c) = (layout.clone(), metrics.clone(), cni.clone());
+                let swept = tokio::task::spawn_blocking(move || {
+                    let done = sweep_pods(&l, &m);
+                    if done {
+                        c.sweep_records();
+                    }
+                    done
+                });
+                if let Ok(true) = swept.await {
                     readiness.set_synced();
                 }
             }
@@ -248,15 +272,18 @@ async fn serve(
         path: api_path.clone(),
         source: e,
     })?;
+    let cni = Arc::new(CniService::new(layout.clone(), pod_catalog()));
     tasks.spawn(api_server::serve(
         api,
         api_path.clone(),
         layout.clone(),
+        cni.clone(),
         stop_rx.clone(),
     ));
     tracing::info!(socket = %api_path.display(), "local API");
     tasks.spawn(sweeper(
         layout.clone(),
+        cni,
         agent_metrics,
         readiness.clone(),
         stop_rx.clone(),

@@ -3,6 +3,7 @@
 //! Pod registration lives in [`pod_cmd`], error rendering in [`errors`].
 
 mod errors;
+mod install_cni;
 mod pod_cmd;
 
 use std::io::IsTerminal;
@@ -52,6 +53,9 @@ enum Cmd {
     Probe,
     /// Remove every link, program, map and pin meshlane created.
     Uninstall,
+    /// Install the meshlane-cni plugin binary and its entry last in the
+    /// node's CNI configuration (or --uninstall them).
+    InstallCni(install_cni::InstallCniArgs),
     /// Benchmark direct vs iptables vs accelerate vs intercept on a simulated node.
     #[cfg(feature = "sim")]
     Bench(meshlane::bench::BenchArgs),
@@ -250,6 +254,7 @@ fn run(cli: Cli, agent_config: Option<AgentConfig>) -> Result<()> {
                 anyhow::bail!("some features are missing");
             }
         }
+        Cmd::InstallCni(a) => install_cni::run(&a, &pin_root, cli.json)?,
         #[cfg(feature = "sim")]
         Cmd::Bench(a) => meshlane::bench::cli::main(&a, cli.json)?,
         #[cfg(feature = "sim")]
