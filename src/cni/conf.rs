@@ -134,9 +134,11 @@ impl PluginConf {
             Some(s) if s.is_finite() && s > 0.0 && s <= MAX_AGENT_TIMEOUT_SECONDS => {
                 Duration::from_secs_f64(s)
             }
-            Some(s) => return Err(invalid(format!(
+            Some(s) => {
+                return Err(invalid(format!(
                 "agentTimeoutSeconds {s} must be above 0 and at most {MAX_AGENT_TIMEOUT_SECONDS}"
-            ))),
+            )))
+            }
         };
         let agent_socket = match (raw.agent_socket, raw.pin_root) {
             (Some(s), _) => s,
