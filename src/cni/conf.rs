@@ -37,12 +37,11 @@ pub struct ValidAttachment {
     pub ifname: String,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
+/// The configuration's fields as given, each read on its own so a wrong
+/// one is named.
+#[derive(Debug)]
 struct RawConf {
-    #[serde(default)]
     name: String,
-    #[serde(rename = "type", default)]
     plugin_type: String,
     prev_result: Option<Value>,
     pin_root: Option<PathBuf>,
@@ -50,8 +49,38 @@ struct RawConf {
     agent_namespace: Option<String>,
     exclude_namespaces: Option<Vec<String>>,
     agent_timeout_seconds: Option<f64>,
-    #[serde(rename = "cni.dev/valid-attachments")]
     valid_attachments: Option<Vec<ValidAttachment>>,
+}
+
+/// Field `key` of `doc` as a `T`; absent or null is None; a wrong type is
+/// code 7 naming the key.
+fn field<T: serde::de::DeserializeOwned>(doc: &Value, key: &str) -> Result<Option<T>, CniError> {
+    match doc.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => serde_json::from_value(v.clone()).map(Some).map_err(|e| {
+            CniError::new(
+                Code::InvalidConfig,
+                "invalid network configuration",
+                format!("{key}: {e} (got {v})"),
+            )
+        }),
+    }
+}
+
+impl RawConf {
+    fn read(doc: &Value) -> Result<Self, CniError> {
+        Ok(Self {
+            name: field(doc, "name")?.unwrap_or_default(),
+            plugin_type: field(doc, "type")?.unwrap_or_default(),
+            prev_result: doc.get("prevResult").filter(|v| !v.is_null()).cloned(),
+            pin_root: field(doc, "pinRoot")?,
+            agent_socket: field(doc, "agentSocket")?,
+            agent_namespace: field(doc, "agentNamespace")?,
+            exclude_namespaces: field(doc, "excludeNamespaces")?,
+            agent_timeout_seconds: field(doc, "agentTimeoutSeconds")?,
+            valid_attachments: field(doc, "cni.dev/valid-attachments")?,
+        })
+    }
 }
 
 /// The parsed, checked configuration.
@@ -105,14 +134,7 @@ impl PluginConf {
                 "the network configuration has no cniVersion (meshlane-cni speaks 0.3.1 and later)",
             )),
         };
-        let raw: RawConf = serde_json::from_value(doc).map_err(|e| {
-            CniError::new(
-                Code::InvalidConfig,
-                "invalid network configuration",
-                e.to_string(),
-            )
-        })?;
-        Self::from_raw(raw, version)
+        Self::from_raw(RawConf::read(&doc)?, version)
     }
 
     fn from_raw(raw: RawConf, version: CniVersion) -> Result<Self, CniError> {
@@ -218,7 +240,11 @@ mod tests {
         let e = PluginConf::parse(br#"{"cniVersion":"1.0.0","excludeNamespaces":"kube-system"}"#)
             .unwrap_err();
         assert_eq!(e.code, Code::InvalidConfig);
-        assert!(e.details.contains("sequence"), "{}", e.details);
+        assert!(
+            e.details.contains("excludeNamespaces") && e.details.contains("sequence"),
+            "{}",
+            e.details
+        );
     }
 
     #[test]

@@ -83,6 +83,17 @@ impl CniNode {
         Network::new(list, bin_dirs())
     }
 
+    /// The bridge + host-local plugins alone, at `version` (a pod wired
+    /// by it has a real netns and a real prevResult for meshlane-cni).
+    pub fn bridge_only(&self, version: &str) -> Network {
+        let list = json!({
+            "cniVersion": version,
+            "name": format!("meshlane-cni-{}", self.node.subnet.index),
+            "plugins": [self.node.subnet.bridge_plugin(false)],
+        });
+        Network::new(list, bin_dirs())
+    }
+
     /// Marks `ns/name` meshed (Istio defaults, intercept mode).
     pub fn mesh(&self, ns: &str, name: &str) {
         self.catalog
