@@ -121,12 +121,18 @@ impl Network {
         let mut child = c
             .spawn()
             .with_context(|| format!("running CNI plugin {ty}"))?;
-        child
+        // A plugin may exit without reading stdin (Debian's bridge does on
+        // VERSION): its exit status and output tell, not the write's EPIPE.
+        let wrote = child
             .stdin
             .take()
             .context("plugin stdin")?
-            .write_all(&serde_json::to_vec(conf)?)?;
-        Ok(child.wait_with_output()?)
+            .write_all(&serde_json::to_vec(conf)?);
+        let out = child.wait_with_output()?;
+        match wrote {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+            _ => Ok(out),
+        }
     }
 
     /// The versions plugin `ty` speaks (asked once through VERSION).
@@ -134,7 +140,9 @@ impl Network {
         if let Some(v) = self.versions.lock().ok().and_then(|m| m.get(ty).cloned()) {
             return Ok(v);
         }
-        let out = self.exec(ty, "VERSION", None, &json!({"cniVersion": self.version()}))?;
+        let out = self
+            .exec(ty, "VERSION", None, &json!({"cniVersion": self.version()}))
+            .with_context(|| format!("CNI VERSION {ty}"))?;
         let v: Value = serde_json::from_slice(&out.stdout)
             .with_context(|| format!("{ty} VERSION: {}", String::from_utf8_lossy(&out.stdout)))?;
         let list: Vec<String> = v["supportedVersions"]
@@ -189,7 +197,9 @@ impl Network {
         let ty = plugin["type"].as_str().context("plugin without a type")?;
         let version = self.version_for(ty)?;
         let conf = self.request(plugin, &version, prev);
-        let out = self.exec(ty, command, att, &conf)?;
+        let out = self
+            .exec(ty, command, att, &conf)
+            .with_context(|| format!("CNI {command} {ty} at {version}"))?;
         if !out.status.success() {
             bail!(
                 "CNI {command} {ty}: {} {}",
