@@ -44,7 +44,7 @@ fn prev_result<'a>(inv: &Invocation, conf: &'a PluginConf) -> Result<&'a Value, 
 }
 
 /// The netns must exist for ADD and CHECK (code 3 otherwise).
-fn require_netns<'a>(inv: &'a Invocation) -> Result<&'a Path, CniError> {
+fn require_netns(inv: &Invocation) -> Result<&Path, CniError> {
     let netns = inv.netns.as_deref().unwrap_or(Path::new(""));
     if !netns.exists() {
         return Err(CniError::new(
