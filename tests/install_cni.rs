@@ -210,7 +210,13 @@ fn inserted_once_last_and_removed_exactly() {
 
 #[test]
 fn watch_reinserts_after_the_primary_rewrites_its_file() {
-    let d = Dirs::new("10-calico.conflist");
+    for sample in ["10-calico.conflist", "05-cilium.conflist", "10-bridge.conf"] {
+        watch_one(sample);
+    }
+}
+
+fn watch_one(sample: &str) {
+    let d = Dirs::new(sample);
     let mut child = Command::new(BIN)
         .args(d.args())
         .arg("--watch")
@@ -221,7 +227,7 @@ fn watch_reinserts_after_the_primary_rewrites_its_file() {
     let wait_for = |what: &str, f: &dyn Fn() -> bool| {
         let end = Instant::now() + Duration::from_secs(10);
         while !f() {
-            assert!(Instant::now() < end, "{what}");
+            assert!(Instant::now() < end, "{sample}: {what}");
             std::thread::sleep(Duration::from_millis(50));
         }
     };
@@ -234,12 +240,14 @@ fn watch_reinserts_after_the_primary_rewrites_its_file() {
                     .as_array()
                     .is_some_and(|p| p.last().is_some_and(|l| l["type"] == "meshlane-cni"))
             })
+            && !d.conf.join(&d.sample).with_extension("conf").exists()
     };
     wait_for("first insert", &has_entry);
     assert_installed(&d);
-    // The primary CNI rewrites its file (Calico does at every restart).
+    // The primary CNI rewrites its file (Calico and Cilium do when they
+    // restart); a .conf comes back as a .conf.
     for round in 0..3 {
-        std::fs::copy(Path::new(FIXTURES).join(&d.sample), d.primary()).unwrap();
+        std::fs::copy(Path::new(FIXTURES).join(&d.sample), d.conf.join(&d.sample)).unwrap();
         wait_for(&format!("re-insert {round}"), &has_entry);
         assert_installed(&d);
     }

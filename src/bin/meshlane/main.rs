@@ -46,7 +46,7 @@ enum Cmd {
     Agent(AgentArgs),
     /// Show programs, links, pods, map fill and counters.
     Status,
-    /// Register, remove or list meshed pods (until the CNI plugin does it).
+    /// Register, remove or list meshed pods by hand (in a cluster, meshlane-cni does it).
     #[command(subcommand)]
     Pod(pod_cmd::PodCmd),
     /// Check the kernel for every feature meshlane uses.
