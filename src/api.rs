@@ -81,6 +81,20 @@ pub enum Request {
     CniStatus,
 }
 
+impl Request {
+    /// Whether this is one of the CNI plugin's requests.
+    pub fn is_cni(&self) -> bool {
+        matches!(
+            self,
+            Request::CniAdd(_)
+                | Request::CniDel(_)
+                | Request::CniCheck(_)
+                | Request::CniGc(_)
+                | Request::CniStatus
+        )
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Reply {
@@ -137,9 +151,14 @@ pub enum ApiError {
     Refused(String),
 }
 
+const CNI_NEEDS_AGENT: &str = "CNI requests are served only by a running agent";
+
 /// Does one request: the synchronous core behind both the agent's server
 /// and the CLI's direct mode. Errors are one line naming what was wrong.
 pub fn handle(layout: &PinLayout, req: Request) -> Result<Reply, String> {
+    if req.is_cni() {
+        return Err(CNI_NEEDS_AGENT.into());
+    }
     let reg = Registry::open(layout).map_err(|e| e.to_string())?;
     match req {
         Request::Add { netns, spec } => {
@@ -168,9 +187,7 @@ pub fn handle(layout: &PinLayout, req: Request) -> Result<Reply, String> {
         | Request::CniDel(_)
         | Request::CniCheck(_)
         | Request::CniGc(_)
-        | Request::CniStatus => {
-            return Err("CNI requests are served only by a running agent".into())
-        }
+        | Request::CniStatus => return Err(CNI_NEEDS_AGENT.into()),
     }
     .map_err(|e| e.to_string())
 }
@@ -310,6 +327,15 @@ mod tests {
                 ApiResult::Ok(r) => panic!("{line}: accepted: {r:?}"),
             }
         }
+    }
+
+    #[test]
+    fn cni_requests_have_their_own_ops_and_need_an_agent() {
+        let line = r#"{"version":1,"request":{"op":"cni_del","container_id":"abc","ifname":"eth0","netns":null}}"#;
+        let env: RequestEnvelope = serde_json::from_str(line).unwrap();
+        assert!(matches!(env.request, Request::CniDel(ref d) if d.container_id == "abc"));
+        let out = serve_line(&PinLayout::new("/nonexistent/pin/root"), line);
+        assert!(out.contains("only by a running agent"), "{out}");
     }
 
     #[test]

@@ -272,7 +272,11 @@ async fn serve(
         path: api_path.clone(),
         source: e,
     })?;
-    let cni = Arc::new(CniService::new(layout.clone(), pod_catalog()));
+    let cni = Arc::new(CniService::new(
+        layout.clone(),
+        pod_catalog(),
+        agent_metrics.cni.clone(),
+    ));
     tasks.spawn(api_server::serve(
         api,
         api_path.clone(),

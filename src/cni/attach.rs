@@ -21,6 +21,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use serde::{Deserialize, Serialize};
 
 use super::conf::ValidAttachment;
@@ -131,22 +134,96 @@ pub fn registry_name(pod: &PodKey) -> String {
     format!("{}~{:08x}", &full[..cut], hash as u32)
 }
 
+/// What the agent counts of CNI requests (registered as
+/// `meshlane_cni_requests_total{op, outcome}` by `metrics::Metrics`).
+#[derive(Debug, Default, Clone)]
+pub struct CniMetrics {
+    pub requests: Family<CniRequestLabel, Counter>,
+}
+
+/// One CNI request's kind and how it ended: `registered`, `not_meshed`,
+/// `removed` (a registration went), `done` (nothing to remove, a check or
+/// a collection that passed) or `error`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CniRequestLabel {
+    pub op: String,
+    pub outcome: String,
+}
+
+impl CniMetrics {
+    fn count(&self, op: &str, outcome: &str) {
+        self.requests
+            .get_or_create(&CniRequestLabel {
+                op: op.into(),
+                outcome: outcome.into(),
+            })
+            .inc();
+    }
+}
+
 /// The CNI requests' handler in the agent.
 pub struct CniService {
     layout: PinLayout,
     catalog: Arc<dyn PodCatalog>,
     lock: Mutex<()>,
     pod_wait: Duration,
+    metrics: CniMetrics,
 }
 
 impl CniService {
-    pub fn new(layout: PinLayout, catalog: Arc<dyn PodCatalog>) -> Self {
+    pub fn new(layout: PinLayout, catalog: Arc<dyn PodCatalog>, metrics: CniMetrics) -> Self {
         Self {
             layout,
             catalog,
             lock: Mutex::new(()),
             pod_wait: POD_WAIT,
+            metrics,
         }
+    }
+
+    /// ADD, counted.
+    pub fn add(&self, req: &CniAdd) -> Result<CniAdded, String> {
+        let r = self.add_uncounted(req);
+        self.metrics.count(
+            "add",
+            match &r {
+                Ok(CniAdded::Registered { .. }) => "registered",
+                Ok(CniAdded::NotMeshed { .. }) => "not_meshed",
+                Err(_) => "error",
+            },
+        );
+        if let Err(e) = &r {
+            tracing::warn!(error = %e, "CNI ADD refused");
+        }
+        r
+    }
+
+    /// DEL, counted.
+    pub fn del(&self, req: &CniDel) -> Result<CniRemoved, String> {
+        let r = self.del_uncounted(req);
+        let outcome = match &r {
+            Ok(x) if x.registration_removed => "removed",
+            Ok(_) => "done",
+            Err(_) => "error",
+        };
+        self.metrics.count("del", outcome);
+        r
+    }
+
+    /// CHECK, counted.
+    pub fn check(&self, req: &CniCheck) -> Result<(), String> {
+        let r = self.check_uncounted(req);
+        self.metrics
+            .count("check", if r.is_ok() { "done" } else { "error" });
+        r
+    }
+
+    /// GC, counted.
+    pub fn gc(&self, req: &CniGc) -> Result<Vec<ValidAttachment>, String> {
+        let r = self.gc_uncounted(req);
+        self.metrics
+            .count("gc", if r.is_ok() { "done" } else { "error" });
+        r
     }
 
     fn held(&self) -> MutexGuard<'_, ()> {
@@ -154,7 +231,7 @@ impl CniService {
     }
 
     /// ADD. Errors are one line naming the pod.
-    pub fn add(&self, req: &CniAdd) -> Result<CniAdded, String> {
+    fn add_uncounted(&self, req: &CniAdd) -> Result<CniAdded, String> {
         let who = format!("pod {}", req.pod);
         check_ids(&req.container_id, &req.ifname).map_err(|e| format!("{who}: {e}"))?;
         let now_ms = monotonic_ms();
@@ -251,7 +328,7 @@ impl CniService {
     }
 
     /// DEL: idempotent; succeeds when the netns is gone or ADD never ran.
-    pub fn del(&self, req: &CniDel) -> Result<CniRemoved, String> {
+    fn del_uncounted(&self, req: &CniDel) -> Result<CniRemoved, String> {
         check_ids(&req.container_id, &req.ifname)?;
         let _held = self.held();
         let store = Mappings(&self.layout);
@@ -282,7 +359,7 @@ impl CniService {
     }
 
     /// CHECK: the attachment's registration, its link and its netns agree.
-    pub fn check(&self, req: &CniCheck) -> Result<(), String> {
+    fn check_uncounted(&self, req: &CniCheck) -> Result<(), String> {
         check_ids(&req.container_id, &req.ifname)?;
         let _held = self.held();
         let Some(cookie) = Mappings(&self.layout).read(&req.container_id, &req.ifname) else {
@@ -319,7 +396,7 @@ impl CniService {
 
     /// GC: removes every attachment not in `valid`, and the registrations
     /// no attachment refers to any more. Returns what was removed.
-    pub fn gc(&self, req: &CniGc) -> Result<Vec<ValidAttachment>, String> {
+    fn gc_uncounted(&self, req: &CniGc) -> Result<Vec<ValidAttachment>, String> {
         let valid: HashSet<&ValidAttachment> = req.valid.iter().collect();
         let _held = self.held();
         let store = Mappings(&self.layout);

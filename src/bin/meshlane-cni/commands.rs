@@ -210,7 +210,12 @@ fn status(conf: &PluginConf) -> Result<(), CniError> {
     require_1_1(conf, "STATUS")?;
     let short = Duration::from_secs(5).min(conf.agent_timeout);
     match api::call(&conf.agent_socket, &Request::CniStatus, short) {
-        Ok(Reply::CniStatus(_)) => Ok(()),
+        Ok(Reply::CniStatus(s)) if s.catalog_synced => Ok(()),
+        Ok(Reply::CniStatus(_)) => Err(CniError::new(
+            Code::NotAvailable,
+            "the meshlane agent cannot serve ADD yet",
+            "its pod source has not delivered its first complete listing",
+        )),
         Ok(other) => Err(CniError::new(
             Code::NotAvailable,
             "meshlane agent not ready",
