@@ -28,10 +28,47 @@ fn agent(cni: &CniNode) -> AgentProcess {
         .expect("starting the agent")
 }
 
+/// The agent's /metrics text (it was started with an admin server on an
+/// ephemeral port, logged as `admin server ... addr=`).
+fn scrape(agent: &AgentProcess) -> String {
+    use std::io::{Read, Write};
+    let addr: SocketAddr = agent
+        .log_lines()
+        .iter()
+        .find_map(|l| {
+            l.contains("admin server")
+                .then(|| {
+                    l.split("addr=")
+                        .nth(1)?
+                        .split_whitespace()
+                        .next()?
+                        .parse()
+                        .ok()
+                })
+                .flatten()
+        })
+        .expect("admin address in the agent's log");
+    let mut s = std::net::TcpStream::connect(addr).expect("admin server");
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text
+}
+
 #[test]
 fn every_version_registers_passes_prev_result_through_and_deletes_idempotently() {
     let cni = CniNode::new();
-    let _agent = agent(&cni);
+    let agent = AgentProcess::start_with_env(
+        cni.root(),
+        cni.node.cgroup.path(),
+        &["--admin-addr", "127.0.0.1:0"],
+        &cni.agent_env(),
+    )
+    .expect("agent");
     for version in VERSIONS {
         let net = cni.network(version, json!({}));
         let name = format!("web-{}", version.replace('.', "-"));
@@ -84,6 +121,18 @@ fn every_version_registers_passes_prev_result_through_and_deletes_idempotently()
             .expect("DEL with the netns gone");
         net.del(&att, None).expect("DEL without prevResult");
         cni.assert_no_pod_state(&format!("{version}: after repeated DELs"));
+    }
+    // The agent counted what it did: 4 registrations, 4 removals.
+    let metrics = scrape(&agent);
+    for line in [
+        "meshlane_cni_requests_total{op=\"add\",outcome=\"registered\"} 4",
+        "meshlane_cni_requests_total{op=\"del\",outcome=\"removed\"} 4",
+        "meshlane_cni_requests_total{op=\"check\",outcome=\"done\"} 3",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} not in:\n{metrics}"
+        );
     }
 }
 
