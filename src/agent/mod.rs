@@ -5,9 +5,13 @@
 //! Components, all started from [`serve`]:
 //! - the admin server ([`admin`]): readiness, liveness, metrics;
 //! - the local API ([`api_server`]): pod add/rm/list/sweep requests from
-//!   the CLI and the CNI plugin's requests (answered from the pod catalog,
-//!   [`pod_catalog`]), so the agent is the registry's one writer while it
-//!   runs;
+//!   the CLI and the CNI plugin's requests (answered from the pod
+//!   catalog, see [`cni_catalog`]), so the agent is the registry's one
+//!   writer while it runs;
+//! - the pod source and its reconcile ([`pod_source`]): the catalog of
+//!   this node's pods (which are meshed, with what settings), and the
+//!   adoption of running meshed pods / release of registrations whose pod
+//!   is gone;
 //! - the pod sweep: every [`SWEEP_INTERVAL`], registrations whose netns is
 //!   gone (and leftovers of killed adds) are removed;
 //! - the counter log line, every `logIntervalSeconds`.
@@ -18,6 +22,7 @@
 
 mod admin;
 mod api_server;
+mod pod_source;
 mod readiness;
 
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -56,6 +61,8 @@ pub enum AgentError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    PodSource(#[from] crate::pods::kube_source::KubeSourceError),
     #[error("starting the agent's runtime: {0}")]
     Runtime(std::io::Error),
 }
@@ -116,6 +123,10 @@ pub fn run(cfg: AgentConfig, once: bool) -> Result<(), AgentError> {
         ),
         None => None,
     };
+    // A pod source that cannot start must not leave a fresh install either.
+    if !once {
+        pod_source::preflight(&cfg.pod_source)?;
+    }
     let (report, _lock) = start_holding(&cfg)?;
     if once {
         return Ok(());
@@ -125,20 +136,6 @@ pub fn run(cfg: AgentConfig, once: bool) -> Result<(), AgentError> {
         .build()
         .map_err(AgentError::Runtime)?;
     rt.block_on(serve(cfg, report, admin))
-}
-
-/// The pod catalog CNI ADD asks which pods are meshed. Until a pod source
-/// fills it, an empty catalog: every pod outside the plugin's excluded
-/// namespaces fails closed. Test-only (feature `sim`): with
-/// `MESHLANE_SIM_POD_CATALOG=DIR`, the simulated node's directory of pod
-/// files ([`crate::sim::DirCatalog`]).
-pub fn pod_catalog() -> Arc<dyn crate::pods::source::PodCatalog> {
-    #[cfg(feature = "sim")]
-    if let Some(dir) = std::env::var_os(crate::sim::SIM_POD_CATALOG_ENV) {
-        tracing::warn!(dir = ?dir, "test-only pod catalog (a directory of pod files)");
-        return Arc::new(crate::sim::DirCatalog::new(dir));
-    }
-    Arc::new(crate::pods::source::MemoryCatalog::new())
 }
 
 /// One sweep of the pod registry, counted; failures are logged.
@@ -166,8 +163,24 @@ fn sweep_pods(layout: &PinLayout, metrics: &AgentMetrics) -> bool {
     }
 }
 
+/// The catalog CNI ADD asks which pods are meshed: the pod source's.
+/// Test-only (feature `sim`): with `MESHLANE_SIM_POD_CATALOG=DIR`, the
+/// simulated node's directory of pod files ([`crate::sim::DirCatalog`])
+/// instead.
+fn cni_catalog(
+    source: Arc<crate::pods::source::MemoryCatalog>,
+) -> Arc<dyn crate::pods::source::PodCatalog> {
+    #[cfg(feature = "sim")]
+    if let Some(dir) = std::env::var_os(crate::sim::SIM_POD_CATALOG_ENV) {
+        tracing::warn!(dir = ?dir, "test-only CNI pod catalog (a directory of pod files)");
+        return Arc::new(crate::sim::DirCatalog::new(dir));
+    }
+    source
+}
+
 /// The sweep component: every SWEEP_INTERVAL until shutdown; the first
-/// completed sweep marks the pod registry as in sync.
+/// completed sweep marks the pod registry as in sync. After each sweep,
+/// CNI attachment records whose registration is gone are dropped.
 async fn sweeper(
     layout: PinLayout,
     cni: Arc<CniService>,
@@ -272,9 +285,18 @@ async fn serve(
         path: api_path.clone(),
         source: e,
     })?;
+    // The catalog of this node's pods: for the CNI path and the xDS client.
+    let catalog = pod_source::start(
+        &cfg.pod_source,
+        &layout,
+        &agent_metrics,
+        &readiness,
+        &mut tasks,
+        &stop_rx,
+    )?;
     let cni = Arc::new(CniService::new(
         layout.clone(),
-        pod_catalog(),
+        cni_catalog(catalog),
         agent_metrics.cni.clone(),
     ));
     tasks.spawn(api_server::serve(

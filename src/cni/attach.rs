@@ -117,21 +117,11 @@ pub fn monotonic_ms() -> u64 {
     (ts.tv_sec as u64) * 1000 + (ts.tv_nsec as u64) / 1_000_000
 }
 
-/// The registry name of a Kubernetes pod: `namespace/name`, shortened to
-/// the kernel field's 63 bytes with a hash of the whole when longer.
+/// The registry name of a Kubernetes pod: `namespace/name` cut to the
+/// kernel field's 63 bytes, the name the pod source's reconcile matches
+/// registrations by (`pods::classify::display_name`).
 pub fn registry_name(pod: &PodKey) -> String {
-    let full = pod.to_string();
-    if full.len() <= 63 {
-        return full;
-    }
-    let hash = full.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
-    let mut cut = 54;
-    while !full.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    format!("{}~{:08x}", &full[..cut], hash as u32)
+    crate::pods::classify::display_name(pod)
 }
 
 /// What the agent counts of CNI requests (registered as
@@ -577,11 +567,6 @@ mod tests {
         let n = registry_name(&long);
         assert!(n.len() <= 63, "{n}");
         assert!(n.starts_with("a-rather-long-namespace-name/xxx"));
-        let other = PodKey {
-            name: format!("{}y", "x".repeat(199)),
-            ..long.clone()
-        };
-        assert_ne!(registry_name(&other), n);
     }
 
     #[test]
