@@ -199,6 +199,7 @@ pub fn pod_info(ns: &str, name: &str, mesh: MeshDecision) -> PodInfo {
         uid: String::new(),
         ips: vec![],
         labels: BTreeMap::new(),
+        annotations: BTreeMap::new(),
         service_account: String::new(),
         mesh,
     }
