@@ -3,6 +3,7 @@
 //! Pod registration lives in [`pod_cmd`], error rendering in [`errors`].
 
 mod errors;
+mod explain_cmd;
 mod pod_cmd;
 
 use std::io::IsTerminal;
@@ -50,6 +51,8 @@ enum Cmd {
     Pod(pod_cmd::PodCmd),
     /// Check the kernel for every feature meshlane uses.
     Probe,
+    /// Say, for every outbound destination of a proxy, BYPASS or SIDECAR and why.
+    Explain(explain_cmd::ExplainArgs),
     /// Remove every link, program, map and pin meshlane created.
     Uninstall,
     /// Benchmark direct vs iptables vs accelerate vs intercept on a simulated node.
@@ -254,6 +257,7 @@ fn run(cli: Cli, agent_config: Option<AgentConfig>) -> Result<()> {
         Cmd::Bench(a) => meshlane::bench::cli::main(&a, cli.json)?,
         #[cfg(feature = "sim")]
         Cmd::Demo => meshlane::bench::cli::demo(cli.json)?,
+        Cmd::Explain(a) => explain_cmd::run(&a, cli.json)?,
         Cmd::Uninstall => {
             require_root()?;
             layout.check_version()?;
