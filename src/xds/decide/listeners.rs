@@ -39,7 +39,9 @@ pub struct Candidate {
 }
 
 const TRAFFIC_INBOUND: i32 = 1;
-const ISTIO_INBOUND_PORT: u16 = 15006;
+/// Istio's inbound capture port and the ports Envoy serves itself
+/// (agent health 15021, Envoy stats 15090): never outbound destinations.
+const NOT_OUTBOUND_PORTS: [u16; 3] = [15006, 15021, 15090];
 
 /// Every outbound candidate of this proxy, by destination key.
 pub fn candidates(
@@ -52,7 +54,7 @@ pub fn candidates(
             continue;
         };
         if l.traffic_direction == TRAFFIC_INBOUND
-            || port == ISTIO_INBOUND_PORT
+            || NOT_OUTBOUND_PORTS.contains(&port)
             || l.name == "virtualInbound"
         {
             continue;
