@@ -219,3 +219,6 @@ pub struct Summary {
 pub fn decide(res: &ProxyResources, policy: &BypassPolicy) -> Decisions {
     Engine::new(res, policy.clone()).decisions()
 }
+
+#[cfg(test)]
+mod tests;
