@@ -149,8 +149,14 @@ fn merge(
                 effective = rest;
             }
         }
+        // Inbound, every original-destination cluster delivers to the
+        // address dialled (IPv4 and IPv6 passthrough are one target).
+        let inbound = matches!(key, DestKey::Inbound { .. });
         let mut sets = effective.iter().map(|c| {
-            let mut s: Vec<&(String, u32)> = c.targets.iter().collect();
+            if inbound && is_passthrough(c) {
+                return vec![("original destination".to_string(), 1)];
+            }
+            let mut s: Vec<(String, u32)> = c.targets.clone();
             s.sort();
             s
         });
@@ -181,6 +187,9 @@ fn merge(
             reasons.extend(j.http_reasons.iter().cloned());
         }
         losses.extend(j.losses.iter().copied());
+        if j.original_dst && matches!(key, DestKey::Inbound { .. }) {
+            continue; // inbound delivers to the address dialled: the app
+        }
         if j.original_dst {
             if matches!(key, DestKey::Service { .. } | DestKey::Hostname { .. })
                 || !policy.bypass_passthrough

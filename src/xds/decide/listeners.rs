@@ -39,8 +39,8 @@ pub struct Candidate {
 }
 
 const TRAFFIC_INBOUND: i32 = 1;
-/// Istio's inbound capture port and the ports Envoy serves itself
-/// (agent health 15021, Envoy stats 15090): never outbound destinations.
+/// Istio's inbound capture port, then the ports Envoy serves itself
+/// (agent health 15021, Envoy stats 15090: never destinations).
 const NOT_OUTBOUND_PORTS: [u16; 3] = [15006, 15021, 15090];
 
 /// Every outbound candidate of this proxy, by destination key.
@@ -53,12 +53,14 @@ pub fn candidates(
         let Some((ip, port)) = socket(l.address.as_ref()) else {
             continue;
         };
-        if l.traffic_direction == TRAFFIC_INBOUND
-            || NOT_OUTBOUND_PORTS.contains(&port)
-            || l.name == "virtualInbound"
-        {
+        if NOT_OUTBOUND_PORTS[1..].contains(&port) {
             continue;
         }
+        let inbound = l.traffic_direction == TRAFFIC_INBOUND
+            || port == NOT_OUTBOUND_PORTS[0]
+            || l.name == "virtualInbound";
+        let mut tls_only_ports = std::collections::BTreeSet::new();
+        let mut plain_ports = std::collections::BTreeSet::new();
         let original_dst = l.use_original_dst.is_some_and(|b| b.value);
         let mut listener_reasons = Vec::new();
         if let Some(p) = dump::first_unparsed(l.metadata.as_ref()) {
@@ -82,8 +84,16 @@ pub fn candidates(
             let chain_port = m
                 .destination_port
                 .map_or(port, |p| u16::try_from(p.value).unwrap_or(0));
-            if original_dst && chain_port == port && m.destination_port.is_some() {
-                continue; // Istio's loop guard (traffic to 15001 itself).
+            if (original_dst || inbound) && chain_port == port && m.destination_port.is_some() {
+                continue; // Istio's loop guard (traffic to 15001/15006 itself).
+            }
+            let inbound_port = m.destination_port.map_or(0, |_| chain_port);
+            if inbound && m.transport_protocol == "tls" {
+                tls_only_ports.insert(inbound_port);
+                continue; // a plaintext flow never matches a TLS chain
+            }
+            if inbound {
+                plain_ports.insert(inbound_port);
             }
             let mut base = Candidate {
                 listener: l.name.clone(),
@@ -115,7 +125,12 @@ pub fn candidates(
                     format!("listener {}: chain {} terminates TLS", l.name, chain.name),
                 ));
             }
-            let keys: Vec<(DestKey, u8)> = if !m.prefix_ranges.is_empty() {
+            let keys: Vec<(DestKey, u8)> = if inbound {
+                vec![(
+                    DestKey::Inbound { port: inbound_port },
+                    u8::from(inbound_port != 0),
+                )]
+            } else if !m.prefix_ranges.is_empty() {
                 m.prefix_ranges
                     .iter()
                     .map(|c| cidr_key(c, chain_port, &mut base))
@@ -205,6 +220,25 @@ pub fn candidates(
                     push_all(&mut out, keys, base);
                 }
             }
+        }
+        for p in tls_only_ports.difference(&plain_ports) {
+            let key = DestKey::Inbound { port: *p };
+            let why = Reason::new(
+                R::InboundMtlsRequired,
+                format!(
+                    "listener {}: only TLS chains serve {key} (mTLS required)",
+                    l.name
+                ),
+            );
+            out.entry(key).or_default().push(Candidate {
+                listener: l.name.clone(),
+                http: false,
+                rank: 1,
+                targets: Vec::new(),
+                reasons: vec![why],
+                losses: Vec::new(),
+                hostnames: Vec::new(),
+            });
         }
     }
     out
@@ -404,15 +438,18 @@ fn http(
         // An address-keyed chain: the virtual hosts that name the address,
         // else every one (then Envoy picks by Host header).
         for (key, rank) in keys {
-            let DestKey::Service { address, .. } = &key else {
-                push_all(out, vec![(key, rank)], base.clone());
-                continue;
+            let named: Vec<&VirtualHost> = match &key {
+                DestKey::Service { address, .. } => rc
+                    .virtual_hosts
+                    .iter()
+                    .filter(|v| vhost_ips(v, port).contains(address))
+                    .collect(),
+                DestKey::Inbound { .. } => Vec::new(),
+                _ => {
+                    push_all(out, vec![(key, rank)], base.clone());
+                    continue;
+                }
             };
-            let named: Vec<&VirtualHost> = rc
-                .virtual_hosts
-                .iter()
-                .filter(|v| vhost_ips(v, port).contains(address))
-                .collect();
             let chosen: Vec<&VirtualHost> = if named.is_empty() {
                 rc.virtual_hosts.iter().collect()
             } else {

@@ -4,6 +4,10 @@
 //! listener port's remainder, the passthrough) is BYPASS or SIDECAR, with
 //! every reason and the endpoints a bypass may pick.
 //!
+//! Inbound decisions (the proxy's own inbound chains for each port, as a
+//! plaintext flow meets them) tell the kernel where a bypassed flow may
+//! skip the destination's sidecar too.
+//!
 //! - [`listeners`]: listeners and filter chains -> candidates per
 //!   destination key (cluster-independent).
 //! - [`route`], [`filters`], [`cluster`]: the rules for a virtual host, a
@@ -120,6 +124,10 @@ pub enum DestKey {
     ListenerPort { port: u16 },
     /// Destinations no listener knows (the virtual outbound catch-all).
     Passthrough,
+    /// This proxy's own inbound side for a port (0: every port without a
+    /// chain of its own), as a plaintext flow that skipped the source's
+    /// sidecar would meet it: pass-through or not.
+    Inbound { port: u16 },
 }
 
 impl std::fmt::Display for DestKey {
@@ -129,6 +137,8 @@ impl std::fmt::Display for DestKey {
             DestKey::Hostname { host, port } => write!(f, "{host}:{port}"),
             DestKey::ListenerPort { port } => write!(f, "*:{port}"),
             DestKey::Passthrough => write!(f, "passthrough"),
+            DestKey::Inbound { port: 0 } => write!(f, "inbound:*"),
+            DestKey::Inbound { port } => write!(f, "inbound:{port}"),
         }
     }
 }

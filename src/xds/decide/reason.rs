@@ -35,6 +35,8 @@ pub enum ReasonCode {
     PassthroughPolicy,
     RegistryOnlyBlackhole,
     TcpProxyFeature,
+    /// Inbound: only TLS chains serve the port (mTLS STRICT).
+    InboundMtlsRequired,
     // Clusters and endpoints.
     ClusterMissing,
     ClusterType,
