@@ -143,3 +143,60 @@ fn summary_counts_destinations_and_the_bypassable_share() {
     let text = explain(&["--config-dump", p.to_str().unwrap(), "--summary"]);
     assert!(String::from_utf8_lossy(&text.stdout).contains("can be bypassed"));
 }
+
+fn decisions(name: &str, partial: bool) -> serde_json::Value {
+    let p = fixtures().join(name);
+    let mut args = vec!["--config-dump", p.to_str().unwrap(), "--json"];
+    if partial {
+        args.push("--allow-partial");
+    }
+    let o = explain(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+fn find<'a>(d: &'a serde_json::Value, kind: &str, port: u64) -> &'a serde_json::Value {
+    d["destinations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["destination"]["kind"] == kind && x["destination"]["port"] == port)
+        .unwrap_or_else(|| panic!("no {kind} {port}"))
+}
+
+fn reason_codes(x: &serde_json::Value) -> Vec<String> {
+    x["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["code"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn rbac_and_ext_authz_listeners_keep_the_sidecar() {
+    let d = decisions(
+        "partial_listeners-only_istioctl-authz-testdata_sidecar_rbac-extauthz.json",
+        true,
+    );
+    let x = find(&d, "inbound", 80);
+    assert_eq!(x["decision"], "SIDECAR");
+    let text = x["reasons"].to_string();
+    assert!(text.contains("RBAC") && text.contains("ExtAuthz"), "{text}");
+    assert!(reason_codes(x).contains(&"http_filter_not_allowed".to_string()));
+}
+
+#[test]
+fn mtls_clusters_without_endpoints_keep_the_sidecar_in_the_real_dump() {
+    let d = decisions("istio-1.10.0_sidecar_bookinfo-details-v1.json", false);
+    for x in d["destinations"].as_array().unwrap() {
+        assert_eq!(x["decision"], "SIDECAR", "{x}");
+    }
+    let reviews = d["destinations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["destination"]["address"] == "10.96.36.43")
+        .unwrap();
+    assert!(reason_codes(reviews).contains(&"endpoints_unknown_assume_mtls".to_string()));
+}

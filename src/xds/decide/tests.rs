@@ -362,3 +362,189 @@ fn the_real_istio_dump_with_endpoints_splits_meshed_and_plain_backends() {
     assert_eq!(dns.endpoints[0].address.to_string(), "10.244.0.2");
     assert_eq!(of(&d, "passthrough").decision, Verdict::Sidecar);
 }
+
+/// The base plus a virtual outbound catch-all and an inbound listener for
+/// port 9000 (plaintext chain to an original-destination cluster).
+fn with_passthrough_and_inbound(v: &mut Value) {
+    let tcp = |cluster: &str| {
+        json!({"name": "envoy.filters.network.tcp_proxy", "typedConfig": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy", "cluster": cluster}})
+    };
+    let listeners = v["configs"][0]["dynamicListeners"].as_array_mut().unwrap();
+    listeners.push(json!({"name": "virtualOutbound", "activeState": {"listener": {"name": "virtualOutbound",
+        "address": {"socketAddress": {"address": "0.0.0.0", "portValue": 15001}}, "useOriginalDst": true, "trafficDirection": "OUTBOUND",
+        "filterChains": [{"filterChainMatch": {"destinationPort": 15001}, "filters": [tcp("BlackHoleCluster")]},
+                         {"name": "virtualOutbound-catchall-tcp", "filters": [tcp("PassthroughCluster")]}]}}}));
+    listeners.push(json!({"name": "virtualInbound", "activeState": {"listener": {"name": "virtualInbound",
+        "address": {"socketAddress": {"address": "0.0.0.0", "portValue": 15006}}, "trafficDirection": "INBOUND",
+        "filterChains": [
+            {"filterChainMatch": {"destinationPort": 9000, "transportProtocol": "tls"}, "filters": [tcp("inbound|9000||")]},
+            {"filterChainMatch": {"destinationPort": 9000, "transportProtocol": "raw_buffer"}, "filters": [tcp("inbound|9000||")]},
+            {"filterChainMatch": {"destinationPort": 9001, "transportProtocol": "tls"}, "filters": [tcp("inbound|9001||")]}]}}}));
+    let clusters = v["configs"][2]["dynamicActiveClusters"]
+        .as_array_mut()
+        .unwrap();
+    for name in ["PassthroughCluster", "inbound|9000||", "inbound|9001||"] {
+        clusters.push(json!({"cluster": {"name": name, "type": "ORIGINAL_DST", "lbPolicy": "CLUSTER_PROVIDED"}}));
+    }
+    clusters.push(json!({"cluster": {"name": "BlackHoleCluster", "type": "STATIC"}}));
+}
+
+#[test]
+fn the_passthrough_is_bypassed_only_when_the_policy_says_so_and_the_blackhole_never() {
+    let mut v = base();
+    with_passthrough_and_inbound(&mut v);
+    let d = decide_json(&v, &BypassPolicy::default());
+    let p = of(&d, "passthrough");
+    assert_eq!(p.decision, Verdict::Sidecar);
+    assert!(codes(p).contains(&ReasonCode::PassthroughPolicy));
+    let allow = BypassPolicy {
+        bypass_passthrough: true,
+        ..Default::default()
+    };
+    assert_eq!(
+        of(&decide_json(&v, &allow), "passthrough").decision,
+        Verdict::Bypass
+    );
+    // REGISTRY_ONLY: the catch-all goes to the blackhole.
+    v["configs"][0]["dynamicListeners"][2]["activeState"]["listener"]["filterChains"][1]
+        ["filters"][0]["typedConfig"]["cluster"] = json!("BlackHoleCluster");
+    let p = of(&decide_json(&v, &allow), "passthrough").clone();
+    assert_eq!(p.decision, Verdict::Sidecar);
+    assert!(
+        codes(&p).contains(&ReasonCode::RegistryOnlyBlackhole),
+        "{:#?}",
+        p.reasons
+    );
+}
+
+#[test]
+fn inbound_ports_are_pass_through_only_without_authz_and_with_a_plaintext_chain() {
+    let mut v = base();
+    with_passthrough_and_inbound(&mut v);
+    let d = decide_json(&v, &BypassPolicy::default());
+    assert_eq!(
+        of(&d, "inbound:9000").decision,
+        Verdict::Bypass,
+        "{:#?}",
+        of(&d, "inbound:9000").reasons
+    );
+    let strict = of(&d, "inbound:9001");
+    assert_eq!(strict.decision, Verdict::Sidecar);
+    assert!(codes(strict).contains(&ReasonCode::InboundMtlsRequired));
+    let chain = &mut v["configs"][0]["dynamicListeners"][3]["activeState"]["listener"]
+        ["filterChains"][1]["filters"];
+    chain.as_array_mut().unwrap().insert(0, json!({"name": "envoy.filters.network.rbac",
+        "typedConfig": {"@type": "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC", "statPrefix": "tcp."}}));
+    let x = of(&decide_json(&v, &BypassPolicy::default()), "inbound:9000").clone();
+    assert_eq!(x.decision, Verdict::Sidecar);
+    assert!(codes(&x).contains(&ReasonCode::NetworkFilterNotAllowed));
+}
+
+/// Rewrites every object key of a camelCase dump to snake_case.
+fn to_snake(v: &Value) -> Value {
+    match v {
+        Value::Object(o) => Value::Object(
+            o.iter()
+                .map(|(k, x)| {
+                    // Struct contents (metadata, matches) keep their keys.
+                    let keep = k == "match" || k == "filterMetadata" || k == "value";
+                    (
+                        dump::json::snake(k),
+                        if keep { x.clone() } else { to_snake(x) },
+                    )
+                })
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.iter().map(to_snake).collect()),
+        x => x.clone(),
+    }
+}
+
+#[test]
+fn snake_case_and_camel_case_dumps_decide_the_same() {
+    let camel = base();
+    let snake = to_snake(&camel);
+    assert!(snake.to_string().contains("dynamic_listeners"));
+    assert_eq!(
+        decide_json(&camel, &BypassPolicy::default()),
+        decide_json(&snake, &BypassPolicy::default())
+    );
+}
+
+#[test]
+fn a_listener_in_error_state_is_skipped_with_a_warning() {
+    let mut v = base();
+    v["configs"][0]["dynamicListeners"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "bad", "errorState": {"details": "invalid port"}}));
+    let parsed = dump::parse(&v.to_string(), false).unwrap();
+    assert_eq!(
+        parsed.warnings,
+        vec!["listener bad skipped: invalid port".to_string()]
+    );
+    assert_eq!(parsed.resources.listeners.len(), 2);
+}
+
+#[test]
+fn a_field_the_dump_reader_does_not_understand_keeps_the_sidecar() {
+    flips("10.0.0.20:8080", ReasonCode::NotUnderstood, |v| {
+        web_route(v)["route"]["someFutureKnob"] = json!(true);
+    });
+    flips("10.0.0.10:5432", ReasonCode::NotUnderstood, |v| {
+        db_cluster(v)["someFutureKnob"] = json!(true);
+    });
+}
+
+#[test]
+fn weighted_clusters_share_the_endpoints_by_route_weight() {
+    let mut v = base();
+    web_route(&mut v)["route"] = json!({"weightedClusters": {"clusters": [
+        {"name": "outbound|8080||web", "weight": 90}, {"name": "outbound|5432||db", "weight": 10}]},
+        "timeout": "0s"});
+    let d = decide_json(&v, &BypassPolicy::default());
+    let x = of(&d, "10.0.0.20:8080");
+    assert_eq!(x.decision, Verdict::Bypass, "{:#?}", x.reasons);
+    let w: Vec<u64> = x.endpoints.iter().map(|e| e.weight).collect();
+    assert_eq!(w.iter().sum::<u64>(), 1_000_000);
+    assert!(w.contains(&900_000) && w.contains(&100_000), "{w:?}");
+}
+
+#[test]
+fn an_ecds_filter_is_judged_by_the_config_it_resolves_to() {
+    let mut v = base();
+    http_filters(&mut v).insert(
+        0,
+        json!({"name": "ns.plugin", "configDiscovery": {"configSource": {"ads": {}}}}),
+    );
+    let ecds = |ty: &str| {
+        json!({"@type": "type.googleapis.com/envoy.admin.v3.EcdsConfigDump", "ecdsFilters": [
+        {"ecdsFilter": {"@type": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig", "name": "ns.plugin",
+            "typedConfig": {"@type": ty}}}]})
+    };
+    let mut telemetry = v.clone();
+    telemetry["configs"]
+        .as_array_mut()
+        .unwrap()
+        .push(ecds("type.googleapis.com/stats.PluginConfig"));
+    assert_eq!(
+        of(
+            &decide_json(&telemetry, &BypassPolicy::default()),
+            "10.0.0.20:8080"
+        )
+        .decision,
+        Verdict::Bypass
+    );
+    let mut lua = v;
+    lua["configs"].as_array_mut().unwrap().push(ecds(
+        "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+    ));
+    let x = of(
+        &decide_json(&lua, &BypassPolicy::default()),
+        "10.0.0.20:8080",
+    )
+    .clone();
+    assert_eq!(x.decision, Verdict::Sidecar);
+    assert!(codes(&x).contains(&ReasonCode::HttpFilterNotAllowed));
+}
