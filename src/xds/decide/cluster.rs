@@ -48,6 +48,8 @@ pub struct ClusterJudged {
     pub endpoints: Vec<Endpoint>,
     /// ORIGINAL_DST: the passthrough (connects where the app dialled).
     pub original_dst: bool,
+    /// Service hostnames Istio records in the cluster's metadata.
+    pub hosts: Vec<String>,
 }
 
 const DISCOVERY_STATIC: i32 = 0;
@@ -68,6 +70,7 @@ pub fn judge(name: &str, res: &ProxyResources, policy: &BypassPolicy) -> Cluster
         ));
         return out;
     };
+    out.hosts = istio_hosts(c);
     if let Some(path) = dump::first_unparsed(c.metadata.as_ref()) {
         out.reasons.push(Reason::new(
             R::NotUnderstood,
@@ -388,4 +391,25 @@ fn endpoints(c: &Cluster, cla: Option<&ClusterLoadAssignment>, out: &mut Cluster
             });
         }
     }
+}
+
+/// `metadata.filter_metadata.istio.services[].host` (what istiod writes).
+fn istio_hosts(c: &Cluster) -> Vec<String> {
+    let Some(istio) = c.metadata.as_ref().and_then(|m| m.filter_metadata.get("istio")) else {
+        return Vec::new();
+    };
+    let Some(Kind::ListValue(services)) = istio.fields.get("services").and_then(|v| v.kind.as_ref()) else {
+        return Vec::new();
+    };
+    services
+        .values
+        .iter()
+        .filter_map(|s| match s.kind.as_ref()? {
+            Kind::StructValue(st) => match st.fields.get("host")?.kind.as_ref()? {
+                Kind::StringValue(h) => Some(h.clone()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
 }

@@ -183,6 +183,7 @@ fn merge(
             continue;
         };
         reasons.extend(j.reasons.iter().cloned());
+        hostnames.extend(j.hosts.iter().cloned());
         if http {
             reasons.extend(j.http_reasons.iter().cloned());
         }
