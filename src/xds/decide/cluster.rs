@@ -312,7 +312,7 @@ fn may_use_tls(c: &Cluster) -> bool {
 fn socket_for<'a>(c: &'a Cluster, labels: Option<&Struct>) -> Option<&'a TransportSocket> {
     for m in &c.transport_socket_matches {
         let wanted = m.r#match.as_ref().map(|s| &s.fields);
-        let all = wanted.is_none_or(|w| {
+        let all = wanted.map_or(true, |w| {
             w.iter()
                 .all(|(k, v)| labels.and_then(|l| l.fields.get(k)).is_some_and(|x| x == v))
         });
@@ -395,10 +395,16 @@ fn endpoints(c: &Cluster, cla: Option<&ClusterLoadAssignment>, out: &mut Cluster
 
 /// `metadata.filter_metadata.istio.services[].host` (what istiod writes).
 fn istio_hosts(c: &Cluster) -> Vec<String> {
-    let Some(istio) = c.metadata.as_ref().and_then(|m| m.filter_metadata.get("istio")) else {
+    let Some(istio) = c
+        .metadata
+        .as_ref()
+        .and_then(|m| m.filter_metadata.get("istio"))
+    else {
         return Vec::new();
     };
-    let Some(Kind::ListValue(services)) = istio.fields.get("services").and_then(|v| v.kind.as_ref()) else {
+    let Some(Kind::ListValue(services)) =
+        istio.fields.get("services").and_then(|v| v.kind.as_ref())
+    else {
         return Vec::new();
     };
     services

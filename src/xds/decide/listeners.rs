@@ -318,9 +318,9 @@ fn tcp(p: &TcpProxy, listener: &str, c: &mut Candidate) {
             format!("listener {listener}: TCP proxy names no cluster"),
         )),
     }
-    let istio_idle = p
-        .idle_timeout
-        .is_none_or(|d| (d.seconds == 3600 && d.nanos == 0) || (d.seconds == 0 && d.nanos == 0));
+    let istio_idle = p.idle_timeout.map_or(true, |d| {
+        d.nanos == 0 && (d.seconds == 3600 || d.seconds == 0)
+    });
     let mut feature = |what: &str| {
         c.reasons.push(Reason::new(
             R::TcpProxyFeature,

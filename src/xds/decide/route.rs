@@ -203,7 +203,7 @@ fn action(a: &RouteAction, policy: &BypassPolicy, at: &str, out: &mut VhostJudge
             format!("{at}: timeout {}.{:03}s", t.seconds, t.nanos / 1_000_000),
         )),
     }
-    let stream_zero = a.max_stream_duration.as_ref().is_none_or(|m| {
+    let stream_zero = a.max_stream_duration.as_ref().map_or(true, |m| {
         (m.max_stream_duration.is_none() || is_zero(m.max_stream_duration.as_ref()))
             && (m.grpc_timeout_header_max.is_none() || is_zero(m.grpc_timeout_header_max.as_ref()))
             && m.grpc_timeout_header_offset.is_none()

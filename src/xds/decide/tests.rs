@@ -264,7 +264,8 @@ fn a_virtual_host_without_an_address_keeps_the_sidecar() {
 
 #[test]
 fn each_named_policy_switched_off_keeps_the_sidecar() {
-    let cases: [(fn(&mut BypassPolicy), &str, ReasonCode); 5] = [
+    type Case = (fn(&mut BypassPolicy), &'static str, ReasonCode);
+    let cases: [Case; 5] = [
         (
             |p| p.ignore_istio_default_retries = false,
             "10.0.0.20:8080",
