@@ -2,6 +2,11 @@
 //! route work (candidates per destination key) is done once per LDS/RDS/
 //! CDS change; an EDS change re-judges only the changed clusters and
 //! re-merges only the destinations that use them.
+//!
+//! Which call for which change: EDS, or a CDS change of clusters already
+//! referenced (including one that was missing) -> `clusters_changed`;
+//! LDS, RDS, ECDS or a policy change -> `Engine::new` (a full decide:
+//! about 0.3 s for 10,000 services, see docs/benchmarks.md).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 

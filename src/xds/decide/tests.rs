@@ -549,3 +549,47 @@ fn an_ecds_filter_is_judged_by_the_config_it_resolves_to() {
     assert_eq!(x.decision, Verdict::Sidecar);
     assert!(codes(&x).contains(&ReasonCode::HttpFilterNotAllowed));
 }
+
+/// Every node of the test dump replaced, one at a time, by a value of the
+/// wrong type: the reader and the engine answer (an error or decisions),
+/// never panic.
+#[test]
+fn wrongly_typed_values_anywhere_never_panic() {
+    fn paths(v: &Value, at: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+        out.push(at.clone());
+        match v {
+            Value::Object(o) => o.iter().for_each(|(k, x)| {
+                at.push(k.clone());
+                paths(x, at, out);
+                at.pop();
+            }),
+            Value::Array(a) => a.iter().enumerate().for_each(|(i, x)| {
+                at.push(i.to_string());
+                paths(x, at, out);
+                at.pop();
+            }),
+            _ => {}
+        }
+    }
+    let mut v = base();
+    with_passthrough_and_inbound(&mut v);
+    let mut all = Vec::new();
+    paths(&v, &mut Vec::new(), &mut all);
+    assert!(all.len() > 200);
+    for path in all {
+        for bad in [json!("x"), json!(-1), json!({"@type": 7})] {
+            let mut w = v.clone();
+            let mut node = &mut w;
+            for k in &path {
+                node = match node {
+                    Value::Array(a) => &mut a[k.parse::<usize>().unwrap()],
+                    x => &mut x[k.as_str()],
+                };
+            }
+            *node = bad;
+            if let Ok(parsed) = dump::parse(&w.to_string(), true) {
+                let _ = decide(&parsed.resources, &BypassPolicy::default());
+            }
+        }
+    }
+}
