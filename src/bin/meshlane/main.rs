@@ -3,6 +3,7 @@
 //! Pod registration lives in [`pod_cmd`], error rendering in [`errors`].
 
 mod errors;
+mod explain_cmd;
 mod install_cni;
 mod pod_cmd;
 
@@ -51,6 +52,8 @@ enum Cmd {
     Pod(pod_cmd::PodCmd),
     /// Check the kernel for every feature meshlane uses.
     Probe,
+    /// Say, for every outbound destination of a proxy, BYPASS or SIDECAR and why.
+    Explain(explain_cmd::ExplainArgs),
     /// Remove every link, program, map and pin meshlane created.
     Uninstall,
     /// Install the meshlane-cni plugin binary and its entry last in the
@@ -260,6 +263,7 @@ fn run(cli: Cli, agent_config: Option<AgentConfig>) -> Result<()> {
         Cmd::Bench(a) => meshlane::bench::cli::main(&a, cli.json)?,
         #[cfg(feature = "sim")]
         Cmd::Demo => meshlane::bench::cli::demo(cli.json)?,
+        Cmd::Explain(a) => explain_cmd::run(&a, cli.json)?,
         Cmd::Uninstall => {
             require_root()?;
             layout.check_version()?;
