@@ -41,6 +41,10 @@ pub struct PodInfo {
     /// spec.serviceAccountName, empty when unknown (the xDS identity).
     #[serde(default)]
     pub service_account: String,
+    /// metadata.annotations (`meshlane.io/bypass: "false"` opts the pod out
+    /// of bypass; the xDS client's ANNOTATIONS node metadata).
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
     /// Whether and how the pod is meshed.
     pub mesh: MeshDecision,
 }
@@ -132,6 +136,7 @@ mod tests {
             ips: vec![],
             labels: BTreeMap::new(),
             service_account: String::new(),
+            annotations: BTreeMap::new(),
             mesh: MeshDecision::NotMeshed {
                 reason: "no proxy container".into(),
             },
