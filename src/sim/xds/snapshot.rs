@@ -64,6 +64,25 @@ impl Snapshot {
         });
     }
 
+    /// Adds an already packed resource under `name` (a test's malformed
+    /// one: bytes that do not decode, or a message missing its name).
+    pub fn add_raw(&mut self, name: impl Into<String>, body: Any) {
+        let name = name.into();
+        let list = self.by_type.entry(body.type_url.clone()).or_default();
+        list.retain(|r| r.name != name);
+        list.push(Resource { name, body });
+    }
+
+    /// Removes the resource `name` of `type_url`; true if it was there.
+    pub fn remove(&mut self, type_url: &str, name: &str) -> bool {
+        let Some(list) = self.by_type.get_mut(type_url) else {
+            return false;
+        };
+        let before = list.len();
+        list.retain(|r| r.name != name);
+        list.len() != before
+    }
+
     /// Resource names of one type, in insertion order.
     pub fn names(&self, type_url: &str) -> Vec<&str> {
         self.by_type

@@ -20,8 +20,9 @@ use super::snapshot::Snapshot;
 /// What one request was.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
-    /// First request for the type on this stream (no nonce).
-    Subscribe { names: Vec<String> },
+    /// First request for the type on this stream (no nonce); `version` is
+    /// what a resuming client already holds ("" on a first connect).
+    Subscribe { version: String, names: Vec<String> },
     /// The client applied the response with `nonce`.
     Ack { version: String, nonce: String },
     /// The client rejected the response with `nonce`; `version` is what it
@@ -67,6 +68,7 @@ impl StreamState {
         if req.response_nonce.is_empty() {
             ts.names = req.resource_names.clone();
             let verdict = Verdict::Subscribe {
+                version: req.version_info.clone(),
                 names: ts.names.clone(),
             };
             return (verdict, Some(self.respond(&req.type_url, snap)));
@@ -165,7 +167,13 @@ mod tests {
         let mut st = StreamState::default();
         let v1 = snap("1");
         let (v, r) = st.on_request(&req(&cds, "", "", &[]), &v1);
-        assert_eq!(v, Verdict::Subscribe { names: vec![] });
+        assert_eq!(
+            v,
+            Verdict::Subscribe {
+                version: String::new(),
+                names: vec![]
+            }
+        );
         let r = r.expect("subscribing is answered");
         assert_eq!((r.version_info.as_str(), r.resources.len()), ("1", 2));
         let n1 = r.nonce.clone();

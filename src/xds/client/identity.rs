@@ -61,10 +61,14 @@ fn string_map(m: &BTreeMap<String, String>) -> Value {
 /// The workload name Istio's injector would give: the canonical-name
 /// label, else `app`, else the pod name.
 fn workload_name(pod: &PodInfo) -> String {
-    ["service.istio.io/canonical-name", "app.kubernetes.io/name", "app"]
-        .iter()
-        .find_map(|l| pod.labels.get(*l).cloned())
-        .unwrap_or_else(|| pod.key.name.clone())
+    [
+        "service.istio.io/canonical-name",
+        "app.kubernetes.io/name",
+        "app",
+    ]
+    .iter()
+    .find_map(|l| pod.labels.get(*l).cloned())
+    .unwrap_or_else(|| pod.key.name.clone())
 }
 
 impl ProxyIdentity {
@@ -170,7 +174,10 @@ mod tests {
         let Some(Kind::StructValue(labels)) = md(&id, "LABELS") else {
             panic!("LABELS is a struct");
         };
-        assert_eq!(labels.fields["app"].kind, Some(Kind::StringValue("cart".into())));
+        assert_eq!(
+            labels.fields["app"].kind,
+            Some(Kind::StringValue("cart".into()))
+        );
         assert_eq!(id.node.cluster, "cart.shop");
     }
 
@@ -182,10 +189,16 @@ mod tests {
         assert_eq!(ProxyIdentity::for_pod(&p, &mesh()), Err(NoStream::OptedOut));
         p.annotations.clear();
         p.ips.clear();
-        assert_eq!(ProxyIdentity::for_pod(&p, &mesh()), Err(NoStream::NoAddress));
+        assert_eq!(
+            ProxyIdentity::for_pod(&p, &mesh()),
+            Err(NoStream::NoAddress)
+        );
         p.mesh = MeshDecision::NotMeshed {
             reason: "no proxy".into(),
         };
-        assert_eq!(ProxyIdentity::for_pod(&p, &mesh()), Err(NoStream::NotMeshed));
+        assert_eq!(
+            ProxyIdentity::for_pod(&p, &mesh()),
+            Err(NoStream::NotMeshed)
+        );
     }
 }

@@ -1,8 +1,9 @@
 //! Sharing of identical resources between the node's proxy identities:
-//! a resource is interned by (type, name, hash of its encoded bytes), so
+//! a resource is interned by (type, 128-bit hash of its encoded bytes), so
 //! twenty identities that receive the same cluster hold one decoded copy
-//! (`Arc`), and a resource already held is not decoded again. Entries are
-//! weak: a resource no stream holds any more is freed.
+//! (`Arc`), and a resource already held is not decoded again (a
+//! state-of-the-world response repeats every unchanged resource). Entries
+//! are weak: a resource no stream holds any more is freed.
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -33,7 +34,7 @@ pub struct Pool<M> {
 
 #[derive(Debug)]
 struct PoolEntries<M> {
-    map: HashMap<(String, u128), Weak<M>>,
+    map: HashMap<u128, Weak<M>>,
     /// Size after the last purge of dead entries.
     purged_at: usize,
 }
@@ -50,10 +51,10 @@ impl<M> Default for Pool<M> {
 }
 
 impl<M: Message + Default> Pool<M> {
-    /// The shared copy of the resource `name` encoded as `bytes`, decoding
-    /// it only when no live copy exists.
-    pub fn intern(&self, name: &str, bytes: &[u8]) -> Result<Arc<M>, prost::DecodeError> {
-        let key = (name.to_string(), content_hash(bytes));
+    /// The shared copy of the resource encoded as `bytes`, decoding it only
+    /// when no live copy exists.
+    pub fn intern(&self, bytes: &[u8]) -> Result<Arc<M>, prost::DecodeError> {
+        let key = content_hash(bytes);
         let mut e = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(live) = e.map.get(&key).and_then(Weak::upgrade) {
             return Ok(live);
@@ -104,14 +105,14 @@ mod tests {
     #[test]
     fn identical_resources_share_one_copy_until_dropped() {
         let pool: Pool<Cluster> = Pool::default();
-        let a = pool.intern("c", &bytes("c", 1)).unwrap();
-        let b = pool.intern("c", &bytes("c", 1)).unwrap();
+        let a = pool.intern(&bytes("c", 1)).unwrap();
+        let b = pool.intern(&bytes("c", 1)).unwrap();
         assert!(Arc::ptr_eq(&a, &b));
-        let other = pool.intern("c", &bytes("c", 2)).unwrap();
+        let other = pool.intern(&bytes("c", 2)).unwrap();
         assert!(!Arc::ptr_eq(&a, &other));
         assert_eq!(pool.live(), 2);
         drop((a, b));
         assert_eq!(pool.live(), 1);
-        assert!(pool.intern("c", b"\xff\xff").is_err());
+        assert!(pool.intern(b"\xff\xff").is_err());
     }
 }

@@ -270,8 +270,18 @@ impl AdsCore {
         out.requests.push(self.request(t, None));
     }
 
-    fn apply_clusters(&mut self, r: &DiscoveryResponse, pool: &Pool<Cluster>) -> Result<bool, String> {
-        let all = decode_all(r, pool, "cluster", |c: &Cluster| c.name.clone())?;
+    fn apply_clusters(
+        &mut self,
+        r: &DiscoveryResponse,
+        pool: &Pool<Cluster>,
+    ) -> Result<bool, String> {
+        let all = decode_all(
+            r,
+            pool,
+            "cluster",
+            |c: &Cluster| c.name.clone(),
+            check_cluster,
+        )?;
         Ok(replace_all(&mut self.held.clusters, all))
     }
 
@@ -280,7 +290,13 @@ impl AdsCore {
         r: &DiscoveryResponse,
         pool: &Pool<Listener>,
     ) -> Result<bool, String> {
-        let all = decode_all(r, pool, "listener", |l: &Listener| l.name.clone())?;
+        let all = decode_all(
+            r,
+            pool,
+            "listener",
+            |l: &Listener| l.name.clone(),
+            |_| Ok(()),
+        )?;
         Ok(replace_all(&mut self.held.listeners, all))
     }
 
@@ -289,9 +305,13 @@ impl AdsCore {
         r: &DiscoveryResponse,
         pool: &Pool<ClusterLoadAssignment>,
     ) -> Result<bool, String> {
-        let got = decode_all(r, pool, "endpoints", |c: &ClusterLoadAssignment| {
-            c.cluster_name.clone()
-        })?;
+        let got = decode_all(
+            r,
+            pool,
+            "endpoints",
+            |c: &ClusterLoadAssignment| c.cluster_name.clone(),
+            |_| Ok(()),
+        )?;
         let names = &self.types[XdsType::Endpoint.index()].names;
         Ok(update_named(&mut self.held.endpoints, got, names))
     }
@@ -301,9 +321,13 @@ impl AdsCore {
         r: &DiscoveryResponse,
         pool: &Pool<RouteConfiguration>,
     ) -> Result<bool, String> {
-        let got = decode_all(r, pool, "route configuration", |c: &RouteConfiguration| {
-            c.name.clone()
-        })?;
+        let got = decode_all(
+            r,
+            pool,
+            "route configuration",
+            |c: &RouteConfiguration| c.name.clone(),
+            |_| Ok(()),
+        )?;
         let names = &self.types[XdsType::Route.index()].names;
         Ok(update_named(&mut self.held.routes, got, names))
     }
@@ -314,23 +338,26 @@ fn names_empty(ts: &TypeState) -> bool {
 }
 
 /// Decodes (or finds interned) every resource of a response, checking each
-/// has a name, is of the response's type and appears once. The error names
-/// every bad resource.
+/// is of the response's type, has a name, passes `check` and appears once.
+/// The error names every bad resource.
 fn decode_all<M: Message + Name + Default>(
     r: &DiscoveryResponse,
     pool: &Pool<M>,
     what: &str,
     name_of: impl Fn(&M) -> String,
+    check: impl Fn(&M) -> Result<(), String>,
 ) -> Result<BTreeMap<String, Arc<M>>, String> {
     let mut out = BTreeMap::new();
     let mut bad = Vec::new();
     for (i, any) in r.resources.iter().enumerate() {
         if any.type_url != r.type_url {
-            bad.push(format!("{what} #{i} is a {} in a {} response", any.type_url, r.type_url));
+            bad.push(format!(
+                "{what} #{i} is a {} in a {} response",
+                any.type_url, r.type_url
+            ));
             continue;
         }
-        // The name is read before interning (interning is keyed by it).
-        let msg = match M::decode(any.value.as_slice()) {
+        let msg = match pool.intern(&any.value) {
             Ok(m) => m,
             Err(e) => {
                 bad.push(format!("{what} #{i} does not decode: {e}"));
@@ -342,15 +369,12 @@ fn decode_all<M: Message + Name + Default>(
             bad.push(format!("{what} #{i} has no name"));
             continue;
         }
-        if out.contains_key(&name) {
-            bad.push(format!("{what} {name} appears twice"));
+        if let Err(why) = check(&msg) {
+            bad.push(format!("{what} {name}: {why}"));
             continue;
         }
-        match pool.intern(&name, &any.value) {
-            Ok(shared) => {
-                out.insert(name, shared);
-            }
-            Err(e) => bad.push(format!("{what} {name} does not decode: {e}")),
+        if out.insert(name.clone(), msg).is_some() {
+            bad.push(format!("{what} {name} appears twice"));
         }
     }
     if bad.is_empty() {
@@ -358,6 +382,28 @@ fn decode_all<M: Message + Name + Default>(
     } else {
         Err(bad.join("; "))
     }
+}
+
+const EDS: i32 = envoy_types::pb::envoy::config::cluster::v3::cluster::DiscoveryType::Eds as i32;
+
+fn is_eds(c: &Cluster) -> bool {
+    matches!(
+        c.cluster_discovery_type,
+        Some(ClusterDiscoveryType::Type(EDS))
+    )
+}
+
+/// What Envoy itself refuses in a cluster that matters here: an EDS
+/// cluster with no EDS config source.
+fn check_cluster(c: &Cluster) -> Result<(), String> {
+    let has_source = c
+        .eds_cluster_config
+        .as_ref()
+        .is_some_and(|e| e.eds_config.is_some());
+    if is_eds(c) && !has_source {
+        return Err("EDS cluster without an EDS config source".into());
+    }
+    Ok(())
 }
 
 /// Replaces a wildcard type's whole set; true if anything changed.
@@ -399,10 +445,9 @@ fn drop_unnamed<M>(held: &mut BTreeMap<String, Arc<M>>, names: &BTreeSet<String>
 
 /// The EDS names of the clusters that take endpoints over EDS.
 fn eds_names(clusters: &BTreeMap<String, Arc<Cluster>>) -> BTreeSet<String> {
-    const EDS: i32 = envoy_types::pb::envoy::config::cluster::v3::cluster::DiscoveryType::Eds as i32;
     clusters
         .values()
-        .filter(|c| matches!(c.cluster_discovery_type, Some(ClusterDiscoveryType::Type(EDS))))
+        .filter(|c| is_eds(c))
         .map(|c| match &c.eds_cluster_config {
             Some(e) if !e.service_name.is_empty() => e.service_name.clone(),
             _ => c.name.clone(),
@@ -455,7 +500,10 @@ mod tests {
         Cluster {
             name: name.into(),
             cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
-            eds_cluster_config: Some(EdsClusterConfig::default()),
+            eds_cluster_config: Some(EdsClusterConfig {
+                eds_config: Some(Default::default()),
+                service_name: String::new(),
+            }),
             ..Default::default()
         }
     }
@@ -493,7 +541,10 @@ mod tests {
         assert_eq!(types(&out.requests), [XdsType::Cluster, XdsType::Endpoint]);
         assert_eq!(out.requests[0].response_nonce, "a");
         assert!(out.requests[0].error_detail.is_none());
-        assert!(out.requests[0].node.is_none(), "node goes on the first request only");
+        assert!(
+            out.requests[0].node.is_none(),
+            "node goes on the first request only"
+        );
         assert_eq!(out.requests[1].resource_names, ["c1"]);
         let cla = ClusterLoadAssignment {
             cluster_name: "c1".into(),

@@ -92,8 +92,7 @@ impl IdentityState {
     fn set_connected(&self, up: bool, metrics: &XdsMetrics) {
         if self.connected.swap(up, Ordering::Relaxed) != up {
             metrics.connected.inc_by(if up { 1 } else { -1 });
-            *self.down_since.lock().unwrap_or_else(|e| e.into_inner()) =
-                (!up).then(Instant::now);
+            *self.down_since.lock().unwrap_or_else(|e| e.into_inner()) = (!up).then(Instant::now);
         }
     }
 
@@ -128,7 +127,9 @@ impl Counted {
         ];
         for (i, t) in XdsType::ALL.into_iter().enumerate() {
             let n = now[i] as i64;
-            m.held.get_or_create(&TypeLabel::of(t)).inc_by(n - self.0[i]);
+            m.held
+                .get_or_create(&TypeLabel::of(t))
+                .inc_by(n - self.0[i]);
             self.0[i] = n;
         }
     }
@@ -150,7 +151,15 @@ pub async fn run_identity(
     let mut backoff = Backoff::new(ctx.initial_backoff, ctx.max_backoff);
     let mut counted = Counted::default();
     loop {
-        let ended = session(&mut core, &state, &ctx, &mut backoff, &mut counted, &mut stop).await;
+        let ended = session(
+            &mut core,
+            &state,
+            &ctx,
+            &mut backoff,
+            &mut counted,
+            &mut stop,
+        )
+        .await;
         state.set_connected(false, &ctx.metrics);
         match ended {
             Ok(()) => break,
@@ -215,8 +224,12 @@ async fn session(
         if let (Some(t), Some(verdict)) = (out.type_, &out.verdict) {
             ctx.metrics.verdict(t, verdict.is_ok());
             match verdict {
-                Ok(()) => tracing::debug!(node = %state.node_id, "ADS {t} ACK version {}", resp.version_info),
-                Err(e) => tracing::warn!(node = %state.node_id, "ADS {t} NACK version {} (keeps {:?}): {e}", resp.version_info, core.version(t)),
+                Ok(()) => {
+                    tracing::debug!(node = %state.node_id, "ADS {t} ACK version {}", resp.version_info)
+                }
+                Err(e) => {
+                    tracing::warn!(node = %state.node_id, "ADS {t} NACK version {} (keeps {:?}): {e}", resp.version_info, core.version(t))
+                }
             }
             let distinct = match t {
                 XdsType::Cluster => ctx.pools.clusters.live(),

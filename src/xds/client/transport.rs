@@ -112,7 +112,11 @@ impl Transport {
                     .map_err(connect_err)
             }
             Address::Tcp(hostport) => {
-                let scheme = if self.tls_root_ca.is_some() { "https" } else { "http" };
+                let scheme = if self.tls_root_ca.is_some() {
+                    "https"
+                } else {
+                    "http"
+                };
                 let mut ep = Endpoint::from_shared(format!("{scheme}://{hostport}"))
                     .map_err(connect_err)?
                     .connect_timeout(CONNECT_TIMEOUT)
