@@ -39,6 +39,8 @@ pub struct AgentMetrics {
     pub sweeps: Counter,
     /// Registrations the sweep removed, by reason.
     pub swept: Family<ReasonLabel, Counter>,
+    /// The xDS client's streams and resources.
+    pub xds: crate::xds::client::XdsMetrics,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -126,6 +128,7 @@ impl Metrics {
             "Pod registrations the sweep removed, by reason",
             agent.swept.clone(),
         );
+        agent.xds.register(&mut registry);
         registry.register_collector(Box::new(DataPathCollector {
             layout: layout.clone(),
         }));

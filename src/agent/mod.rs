@@ -9,7 +9,10 @@
 //!   writer while it runs;
 //! - the pod sweep: every [`SWEEP_INTERVAL`], registrations whose netns is
 //!   gone (and leftovers of killed adds) are removed;
-//! - the counter log line, every `logIntervalSeconds`.
+//! - the counter log line, every `logIntervalSeconds`;
+//! - the xDS client ([`crate::xds::client`]), when `xds.address` is set:
+//!   one ADS stream per meshed pod of the pod catalog that allows bypass;
+//!   readiness then waits for every stream's first complete snapshot.
 //!
 //! The agent holds no BPF object after install (everything lives in pins),
 //! so killing it never touches traffic, and a restarted agent adopts the
@@ -31,7 +34,9 @@ use crate::config::{AgentConfig, ConfigError};
 use crate::layout::{PinLayout, PinRootLock};
 use crate::loader::{self, InstallReport, LoadError};
 use crate::metrics::{AgentMetrics, Metrics, ReasonLabel};
+use crate::pods::source::{MemoryCatalog, PodCatalog};
 use crate::probe::{self, ProbeError};
+use crate::xds::client::XdsClient;
 use readiness::Readiness;
 
 #[derive(Debug, Error)]
@@ -60,6 +65,10 @@ pub enum AgentError {
 
 /// How often the agent looks for registrations whose netns is gone.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How often the xDS client follows the pod catalog (streams for new
+/// pods, none for pods gone).
+pub const XDS_RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Turns on the kernel's per-program run count/time while the fd lives.
 fn enable_bpf_stats() -> Option<OwnedFd> {
@@ -225,6 +234,11 @@ async fn serve(
     let metrics = Arc::new(Metrics::new(&layout, &agent_metrics));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
+    // The pods of this node as a pod source reports them (none is wired
+    // into the agent yet: the catalog stays empty and synced).
+    let memory = MemoryCatalog::new();
+    memory.replace_all(Vec::new());
+    let catalog: Arc<dyn PodCatalog> = Arc::new(memory);
 
     if let Some(std_listener) = admin {
         let addr = std_listener
@@ -257,10 +271,22 @@ async fn serve(
     tracing::info!(socket = %api_path.display(), "local API");
     tasks.spawn(sweeper(
         layout.clone(),
-        agent_metrics,
+        agent_metrics.clone(),
         readiness.clone(),
         stop_rx.clone(),
     ));
+    if let Some(settings) = cfg.xds.client_settings() {
+        let client = XdsClient::new(settings, agent_metrics.xds.clone());
+        readiness.require_xds();
+        let r = readiness.clone();
+        tracing::info!(address = ?cfg.xds.address, tls = cfg.xds.tls, "xDS client");
+        tasks.spawn(client.run(
+            catalog.clone(),
+            XDS_RECONCILE_INTERVAL,
+            move |synced| r.set_xds_synced(synced),
+            stop_rx.clone(),
+        ));
+    }
     tasks.spawn(counter_log(layout.clone(), cfg.log_interval(), stop_rx));
     tracing::info!(pin_root = %report.pin_root.display(), cgroup = %report.cgroup.display(), "agent running");
 

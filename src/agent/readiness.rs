@@ -1,6 +1,7 @@
 //! Readiness of the agent: ready once the data path is installed, its pins
 //! are present and the pod registry has been swept once (the pod source is
-//! in sync), and not while draining. Checked afresh at every probe, so an
+//! in sync), when the xDS client runs once every stream has its first
+//! complete snapshot, and not while draining. Checked afresh at every probe, so an
 //! uninstall under a running agent turns it unready.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,6 +18,8 @@ pub struct Readiness {
     synced: AtomicBool,
     draining: AtomicBool,
     intercept: AtomicBool,
+    xds_required: AtomicBool,
+    xds_synced: AtomicBool,
 }
 
 impl Readiness {
@@ -27,6 +30,15 @@ impl Readiness {
 
     pub fn set_synced(&self) {
         self.synced.store(true, Ordering::Relaxed);
+    }
+
+    /// The xDS client runs: readiness waits for its streams' sync.
+    pub fn require_xds(&self) {
+        self.xds_required.store(true, Ordering::Relaxed);
+    }
+
+    pub fn set_xds_synced(&self, synced: bool) {
+        self.xds_synced.store(synced, Ordering::Relaxed);
     }
 
     pub fn set_draining(&self) {
@@ -56,6 +68,9 @@ impl Readiness {
         }
         if !self.synced.load(Ordering::Relaxed) {
             out.push("pod registry not swept yet".to_string());
+        }
+        if self.xds_required.load(Ordering::Relaxed) && !self.xds_synced.load(Ordering::Relaxed) {
+            out.push("xDS: not every pod's stream has its first complete snapshot".to_string());
         }
         out
     }
