@@ -90,7 +90,7 @@ impl StreamState {
             nonce: req.response_nonce.clone(),
         };
         let renamed = !same_names(&ts.names, &req.resource_names);
-        let behind = ts.sent_version.as_deref() != Some(snap.version.as_str());
+        let behind = ts.sent_version.as_deref() != Some(snap.version_of(&req.type_url));
         if renamed {
             ts.names = req.resource_names.clone();
         }
@@ -98,12 +98,13 @@ impl StreamState {
         (verdict, response)
     }
 
-    /// Responses for every subscribed type not yet sent `snap`'s version.
+    /// Responses for every subscribed type not yet sent its version in
+    /// `snap`.
     pub fn on_snapshot(&mut self, snap: &Snapshot) -> Vec<DiscoveryResponse> {
         let behind: Vec<String> = self
             .types
             .iter()
-            .filter(|(_, ts)| ts.sent_version.as_deref() != Some(snap.version.as_str()))
+            .filter(|(t, ts)| ts.sent_version.as_deref() != Some(snap.version_of(t)))
             .map(|(t, _)| t.clone())
             .collect();
         behind.iter().map(|t| self.respond(t, snap)).collect()
@@ -114,9 +115,10 @@ impl StreamState {
         let nonce = self.nonces.to_string();
         let ts = self.types.entry(type_url.to_string()).or_default();
         ts.last_nonce = nonce.clone();
-        ts.sent_version = Some(snap.version.clone());
+        let version = snap.version_of(type_url).to_string();
+        ts.sent_version = Some(version.clone());
         DiscoveryResponse {
-            version_info: snap.version.clone(),
+            version_info: version,
             resources: snap.select(type_url, &ts.names),
             type_url: type_url.to_string(),
             nonce,
