@@ -131,8 +131,9 @@ impl Snapshot {
             return Vec::new();
         };
         let all = names.is_empty() && wildcard(type_url);
+        let named: std::collections::HashSet<&str> = names.iter().map(String::as_str).collect();
         list.iter()
-            .filter(|r| all || names.contains(&r.name))
+            .filter(|r| all || named.contains(r.name.as_str()))
             .map(|r| r.body.clone())
             .collect()
     }

@@ -116,17 +116,19 @@ pub struct Outcome {
 pub struct AdsCore {
     node: Node,
     types: [TypeState; 4],
-    held: ProxyResources,
+    /// Shared with whoever was given it: changed copy-on-write, so one
+    /// copy of the maps lives between changes.
+    held: Arc<ProxyResources>,
     /// The node was sent on the current stream.
     node_sent: bool,
 }
 
 impl AdsCore {
     pub fn new(node: Node) -> Self {
-        let held = ProxyResources {
+        let held = Arc::new(ProxyResources {
             has_eds: true,
             ..Default::default()
-        };
+        });
         Self {
             node,
             types: Default::default(),
@@ -135,8 +137,13 @@ impl AdsCore {
         }
     }
 
-    pub fn resources(&self) -> &ProxyResources {
+    /// The last good resources (publish a clone of the `Arc`).
+    pub fn resources(&self) -> &Arc<ProxyResources> {
         &self.held
+    }
+
+    fn held_mut(&mut self) -> &mut ProxyResources {
+        Arc::make_mut(&mut self.held)
     }
 
     /// Accepted version of a type ("" before any).
@@ -261,12 +268,20 @@ impl AdsCore {
         }
         ts.names = names;
         ts.subscribed = true;
-        let held = match t {
-            XdsType::Endpoint => drop_unnamed(&mut self.held.endpoints, &ts.names),
-            XdsType::Route => drop_unnamed(&mut self.held.routes, &ts.names),
+        let names = ts.names.clone();
+        let stale = match t {
+            XdsType::Endpoint => self.held.endpoints.keys().any(|n| !names.contains(n)),
+            XdsType::Route => self.held.routes.keys().any(|n| !names.contains(n)),
             _ => false,
         };
-        out.changed |= held;
+        if stale {
+            let held = self.held_mut();
+            match t {
+                XdsType::Endpoint => held.endpoints.retain(|n, _| names.contains(n)),
+                _ => held.routes.retain(|n, _| names.contains(n)),
+            }
+            out.changed = true;
+        }
         out.requests.push(self.request(t, None));
     }
 
@@ -282,7 +297,11 @@ impl AdsCore {
             |c: &Cluster| c.name.clone(),
             check_cluster,
         )?;
-        Ok(replace_all(&mut self.held.clusters, all))
+        if same_set(&self.held.clusters, &all) {
+            return Ok(false);
+        }
+        self.held_mut().clusters = all;
+        Ok(true)
     }
 
     fn apply_listeners(
@@ -297,7 +316,11 @@ impl AdsCore {
             |l: &Listener| l.name.clone(),
             |_| Ok(()),
         )?;
-        Ok(replace_all(&mut self.held.listeners, all))
+        if same_set(&self.held.listeners, &all) {
+            return Ok(false);
+        }
+        self.held_mut().listeners = all;
+        Ok(true)
     }
 
     fn apply_endpoints(
@@ -313,7 +336,12 @@ impl AdsCore {
             |_| Ok(()),
         )?;
         let names = &self.types[XdsType::Endpoint.index()].names;
-        Ok(update_named(&mut self.held.endpoints, got, names))
+        let new = changed_named(&self.held.endpoints, got, names);
+        let changed = !new.is_empty();
+        if changed {
+            self.held_mut().endpoints.extend(new);
+        }
+        Ok(changed)
     }
 
     fn apply_routes(
@@ -329,7 +357,12 @@ impl AdsCore {
             |_| Ok(()),
         )?;
         let names = &self.types[XdsType::Route.index()].names;
-        Ok(update_named(&mut self.held.routes, got, names))
+        let new = changed_named(&self.held.routes, got, names);
+        let changed = !new.is_empty();
+        if changed {
+            self.held_mut().routes.extend(new);
+        }
+        Ok(changed)
     }
 }
 
@@ -406,41 +439,26 @@ fn check_cluster(c: &Cluster) -> Result<(), String> {
     Ok(())
 }
 
-/// Replaces a wildcard type's whole set; true if anything changed.
-fn replace_all<M>(held: &mut BTreeMap<String, Arc<M>>, new: BTreeMap<String, Arc<M>>) -> bool {
-    let same = held.len() == new.len()
+/// Whether a wildcard type's new set is the one held (same names, same
+/// shared copies).
+fn same_set<M>(held: &BTreeMap<String, Arc<M>>, new: &BTreeMap<String, Arc<M>>) -> bool {
+    held.len() == new.len()
         && held
             .iter()
             .zip(new.iter())
-            .all(|((a, x), (b, y))| a == b && Arc::ptr_eq(x, y));
-    *held = new;
-    !same
+            .all(|((a, x), (b, y))| a == b && Arc::ptr_eq(x, y))
 }
 
-/// Updates the named resources a response carries (those asked for).
-fn update_named<M>(
-    held: &mut BTreeMap<String, Arc<M>>,
+/// The resources of a response that are asked for and differ from those
+/// held.
+fn changed_named<M>(
+    held: &BTreeMap<String, Arc<M>>,
     got: BTreeMap<String, Arc<M>>,
     names: &BTreeSet<String>,
-) -> bool {
-    let mut changed = false;
-    for (name, r) in got {
-        if !names.contains(&name) {
-            continue;
-        }
-        let same = held.get(&name).is_some_and(|h| Arc::ptr_eq(h, &r));
-        if !same {
-            held.insert(name, r);
-            changed = true;
-        }
-    }
-    changed
-}
-
-fn drop_unnamed<M>(held: &mut BTreeMap<String, Arc<M>>, names: &BTreeSet<String>) -> bool {
-    let before = held.len();
-    held.retain(|n, _| names.contains(n));
-    held.len() != before
+) -> Vec<(String, Arc<M>)> {
+    got.into_iter()
+        .filter(|(n, r)| names.contains(n) && !held.get(n).is_some_and(|h| Arc::ptr_eq(h, r)))
+        .collect()
 }
 
 /// The EDS names of the clusters that take endpoints over EDS.

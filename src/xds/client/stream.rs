@@ -246,7 +246,7 @@ async fn session(
             tx.send(r).await.map_err(|_| StreamError::Closed)?;
         }
         if out.changed {
-            let held = Arc::new(core.resources().clone());
+            let held = Arc::clone(core.resources());
             counted.update(&held, &ctx.metrics);
             state.resources.send_replace(held);
         }
