@@ -332,8 +332,9 @@ fn run(cli: &Cli, base: &Snapshot, services: &[Service], identities: u32) -> Res
         if ready.first().map(String::as_str) != Some("ready") {
             bail!("client said {ready:?}");
         }
+        let pushed = next.clone();
         let t0 = monotonic_ns();
-        server.update(next.clone());
+        server.update(pushed);
         let seen = client.line()?;
         let t1: u64 = seen
             .get(1)

@@ -290,16 +290,10 @@ impl AdsCore {
         r: &DiscoveryResponse,
         pool: &Pool<Cluster>,
     ) -> Result<bool, String> {
-        let all = decode_all(
-            r,
-            pool,
-            "cluster",
-            |c: &Cluster| c.name.clone(),
-            check_cluster,
-        )?;
-        if same_set(&self.held.clusters, &all) {
+        let got = decode_all(r, pool)?;
+        let Some(all) = new_set(&self.held.clusters, got) else {
             return Ok(false);
-        }
+        };
         self.held_mut().clusters = all;
         Ok(true)
     }
@@ -309,16 +303,10 @@ impl AdsCore {
         r: &DiscoveryResponse,
         pool: &Pool<Listener>,
     ) -> Result<bool, String> {
-        let all = decode_all(
-            r,
-            pool,
-            "listener",
-            |l: &Listener| l.name.clone(),
-            |_| Ok(()),
-        )?;
-        if same_set(&self.held.listeners, &all) {
+        let got = decode_all(r, pool)?;
+        let Some(all) = new_set(&self.held.listeners, got) else {
             return Ok(false);
-        }
+        };
         self.held_mut().listeners = all;
         Ok(true)
     }
@@ -328,13 +316,7 @@ impl AdsCore {
         r: &DiscoveryResponse,
         pool: &Pool<ClusterLoadAssignment>,
     ) -> Result<bool, String> {
-        let got = decode_all(
-            r,
-            pool,
-            "endpoints",
-            |c: &ClusterLoadAssignment| c.cluster_name.clone(),
-            |_| Ok(()),
-        )?;
+        let got = decode_all(r, pool)?;
         let names = &self.types[XdsType::Endpoint.index()].names;
         let new = changed_named(&self.held.endpoints, got, names);
         let changed = !new.is_empty();
@@ -349,13 +331,7 @@ impl AdsCore {
         r: &DiscoveryResponse,
         pool: &Pool<RouteConfiguration>,
     ) -> Result<bool, String> {
-        let got = decode_all(
-            r,
-            pool,
-            "route configuration",
-            |c: &RouteConfiguration| c.name.clone(),
-            |_| Ok(()),
-        )?;
+        let got = decode_all(r, pool)?;
         let names = &self.types[XdsType::Route.index()].names;
         let new = changed_named(&self.held.routes, got, names);
         let changed = !new.is_empty();
@@ -366,21 +342,58 @@ impl AdsCore {
     }
 }
 
+/// A resource type as the client validates it.
+trait Resource: Message + Name + Default {
+    /// How errors call it.
+    const WHAT: &'static str;
+    fn xds_name(&self) -> &str;
+    /// What Envoy would refuse beyond a missing name.
+    fn check(&self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+impl Resource for Cluster {
+    const WHAT: &'static str = "cluster";
+    fn xds_name(&self) -> &str {
+        &self.name
+    }
+    fn check(&self) -> Result<(), String> {
+        check_cluster(self)
+    }
+}
+
+impl Resource for ClusterLoadAssignment {
+    const WHAT: &'static str = "endpoints";
+    fn xds_name(&self) -> &str {
+        &self.cluster_name
+    }
+}
+
+impl Resource for Listener {
+    const WHAT: &'static str = "listener";
+    fn xds_name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Resource for RouteConfiguration {
+    const WHAT: &'static str = "route configuration";
+    fn xds_name(&self) -> &str {
+        &self.name
+    }
+}
+
 fn names_empty(ts: &TypeState) -> bool {
     ts.names.is_empty()
 }
 
 /// Decodes (or finds interned) every resource of a response, checking each
-/// is of the response's type, has a name, passes `check` and appears once.
-/// The error names every bad resource.
-fn decode_all<M: Message + Name + Default>(
-    r: &DiscoveryResponse,
-    pool: &Pool<M>,
-    what: &str,
-    name_of: impl Fn(&M) -> String,
-    check: impl Fn(&M) -> Result<(), String>,
-) -> Result<BTreeMap<String, Arc<M>>, String> {
-    let mut out = BTreeMap::new();
+/// is of the response's type, has a name, passes its check and appears
+/// once. The error names every bad resource.
+fn decode_all<M: Resource>(r: &DiscoveryResponse, pool: &Pool<M>) -> Result<Vec<Arc<M>>, String> {
+    let what = M::WHAT;
+    let mut out = Vec::with_capacity(r.resources.len());
     let mut bad = Vec::new();
     for (i, any) in r.resources.iter().enumerate() {
         if any.type_url != r.type_url {
@@ -397,17 +410,21 @@ fn decode_all<M: Message + Name + Default>(
                 continue;
             }
         };
-        let name = name_of(&msg);
+        let name = msg.xds_name();
         if name.is_empty() {
             bad.push(format!("{what} #{i} has no name"));
             continue;
         }
-        if let Err(why) = check(&msg) {
+        if let Err(why) = msg.check() {
             bad.push(format!("{what} {name}: {why}"));
             continue;
         }
-        if out.insert(name.clone(), msg).is_some() {
-            bad.push(format!("{what} {name} appears twice"));
+        out.push(msg);
+    }
+    let mut seen = std::collections::HashSet::with_capacity(out.len());
+    for m in &out {
+        if !seen.insert(m.xds_name()) {
+            bad.push(format!("{what} {} appears twice", m.xds_name()));
         }
     }
     if bad.is_empty() {
@@ -439,25 +456,36 @@ fn check_cluster(c: &Cluster) -> Result<(), String> {
     Ok(())
 }
 
-/// Whether a wildcard type's new set is the one held (same names, same
-/// shared copies).
-fn same_set<M>(held: &BTreeMap<String, Arc<M>>, new: &BTreeMap<String, Arc<M>>) -> bool {
-    held.len() == new.len()
-        && held
+/// A wildcard type's new set, or None when it is the one held (same
+/// names, same shared copies).
+fn new_set<M: Resource>(
+    held: &BTreeMap<String, Arc<M>>,
+    got: Vec<Arc<M>>,
+) -> Option<BTreeMap<String, Arc<M>>> {
+    let same = held.len() == got.len()
+        && got
             .iter()
-            .zip(new.iter())
-            .all(|((a, x), (b, y))| a == b && Arc::ptr_eq(x, y))
+            .all(|r| held.get(r.xds_name()).is_some_and(|h| Arc::ptr_eq(h, r)));
+    (!same).then(|| {
+        got.into_iter()
+            .map(|r| (r.xds_name().to_string(), r))
+            .collect()
+    })
 }
 
 /// The resources of a response that are asked for and differ from those
 /// held.
-fn changed_named<M>(
+fn changed_named<M: Resource>(
     held: &BTreeMap<String, Arc<M>>,
-    got: BTreeMap<String, Arc<M>>,
+    got: Vec<Arc<M>>,
     names: &BTreeSet<String>,
 ) -> Vec<(String, Arc<M>)> {
     got.into_iter()
-        .filter(|(n, r)| names.contains(n) && !held.get(n).is_some_and(|h| Arc::ptr_eq(h, r)))
+        .filter(|r| {
+            let n = r.xds_name();
+            names.contains(n) && !held.get(n).is_some_and(|h| Arc::ptr_eq(h, r))
+        })
+        .map(|r| (r.xds_name().to_string(), r))
         .collect()
 }
 

@@ -55,6 +55,10 @@ pub enum TransportError {
 
 /// How long a connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// HTTP/2 receive windows: a whole mesh's EDS (megabytes) arrives without
+/// waiting for a window update every 64 KiB.
+const STREAM_WINDOW: u32 = 8 << 20;
+const CONNECTION_WINDOW: u32 = 16 << 20;
 /// HTTP/2 pings keep idle streams (no config change for hours) alive
 /// through middleboxes and detect a dead peer.
 const KEEPALIVE: Duration = Duration::from_secs(30);
@@ -107,6 +111,8 @@ impl Transport {
                 Endpoint::from_static("http://localhost")
                     .connect_timeout(CONNECT_TIMEOUT)
                     .http2_keep_alive_interval(KEEPALIVE)
+                    .initial_stream_window_size(STREAM_WINDOW)
+                    .initial_connection_window_size(CONNECTION_WINDOW)
                     .connect_with_connector(connector)
                     .await
                     .map_err(connect_err)
@@ -121,6 +127,8 @@ impl Transport {
                     .map_err(connect_err)?
                     .connect_timeout(CONNECT_TIMEOUT)
                     .http2_keep_alive_interval(KEEPALIVE)
+                    .initial_stream_window_size(STREAM_WINDOW)
+                    .initial_connection_window_size(CONNECTION_WINDOW)
                     .tcp_keepalive(Some(KEEPALIVE));
                 if let Some(ca) = &self.tls_root_ca {
                     let pem = std::fs::read(ca).map_err(|source| TransportError::RootCa {
