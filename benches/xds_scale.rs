@@ -16,6 +16,8 @@
 //!   moved, so only EDS is pushed) to the client holding the new
 //!   endpoints, over `--changes` changes: p50, p99, max (CLOCK_MONOTONIC in
 //!   both processes);
+//! - the client's CPU time for each such change (CLOCK_PROCESS_CPUTIME_ID
+//!   of the client process: robust to other load on the machine);
 //! - the client process's resident memory (VmRSS, VmHWM) before the client
 //!   starts and once synced.
 //!
@@ -68,15 +70,25 @@ struct Cli {
     bench: bool,
 }
 
-/// CLOCK_MONOTONIC, comparable between the two processes.
-fn monotonic_ns() -> u64 {
+fn clock_ns(clock: libc::clockid_t) -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: clock_gettime writes the timespec it is given.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    unsafe { libc::clock_gettime(clock, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// CLOCK_MONOTONIC, comparable between the two processes.
+fn monotonic_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC)
+}
+
+/// CPU time this process used (all threads): what a change costs the
+/// client whatever else the machine runs.
+fn cpu_ns() -> u64 {
+    clock_ns(libc::CLOCK_PROCESS_CPUTIME_ID)
 }
 
 fn rss_kib() -> (u64, u64) {
@@ -190,6 +202,7 @@ fn client_main(socket: PathBuf, identities: u32) -> Result<()> {
             match words.as_slice() {
                 ["watch", cluster, ip] => {
                     watch.borrow_and_update();
+                    let cpu0 = cpu_ns();
                     println!("ready");
                     loop {
                         let has = {
@@ -199,7 +212,7 @@ fn client_main(socket: PathBuf, identities: u32) -> Result<()> {
                                 .is_some_and(|c| format!("{c:?}").contains(&format!("\"{ip}\"")))
                         };
                         if has {
-                            println!("seen {}", monotonic_ns());
+                            println!("seen {} {}", monotonic_ns(), cpu_ns() - cpu0);
                             break;
                         }
                         watch.changed().await?;
@@ -283,6 +296,9 @@ struct RunResult {
     eds_change_p50_ms: f64,
     eds_change_p99_ms: f64,
     eds_change_max_ms: f64,
+    /// Client CPU time per change (from its `watch` to the update held).
+    eds_change_cpu_p50_ms: f64,
+    eds_change_cpu_p99_ms: f64,
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -314,6 +330,7 @@ fn run(cli: &Cli, base: &Snapshot, services: &[Service], identities: u32) -> Res
     }
     let mut current = base.clone();
     let mut lat = Vec::new();
+    let mut cpu_ms = Vec::new();
     for k in 0..cli.changes {
         let s = &services[(k as usize * 7919) % services.len()];
         let mut moved = s.clone();
@@ -341,11 +358,17 @@ fn run(cli: &Cli, base: &Snapshot, services: &[Service], identities: u32) -> Res
             .and_then(|v| v.parse().ok())
             .context("seen <ns>")?;
         lat.push((t1.saturating_sub(t0)) as f64 / 1e6);
+        let cpu: u64 = seen
+            .get(2)
+            .and_then(|v| v.parse().ok())
+            .context("seen <ns> <cpu>")?;
+        cpu_ms.push(cpu as f64 / 1e6);
         current = next;
     }
     client.say("rss")?;
     let after = client.line()?;
     lat.sort_by(|a, b| a.total_cmp(b));
+    cpu_ms.sort_by(|a, b| a.total_cmp(b));
     let num = |s: &str| s.parse::<u64>().unwrap_or(0);
     Ok(RunResult {
         identities,
@@ -357,6 +380,8 @@ fn run(cli: &Cli, base: &Snapshot, services: &[Service], identities: u32) -> Res
         eds_change_p50_ms: percentile(&lat, 0.5),
         eds_change_p99_ms: percentile(&lat, 0.99),
         eds_change_max_ms: lat.last().copied().unwrap_or(f64::NAN),
+        eds_change_cpu_p50_ms: percentile(&cpu_ms, 0.5),
+        eds_change_cpu_p99_ms: percentile(&cpu_ms, 0.99),
     })
 }
 
@@ -395,9 +420,10 @@ fn bench(cli: &Cli) -> Result<()> {
     for n in [1, cli.identities] {
         let r = run(cli, &base, &services, n)?;
         eprintln!(
-            "{n} identities: synced in {:.0} ms, RSS {} -> {} KiB (peak {}), after changes {} KiB; EDS change p50 {:.2} ms p99 {:.2} ms max {:.2} ms",
+            "{n} identities: synced in {:.0} ms, RSS {} -> {} KiB (peak {}), after changes {} KiB; EDS change p50 {:.2} ms p99 {:.2} ms max {:.2} ms, client CPU p50 {:.2} ms p99 {:.2} ms",
             r.sync_ms, r.rss_before_kib, r.rss_synced_kib, r.hwm_synced_kib, r.rss_after_changes_kib,
-            r.eds_change_p50_ms, r.eds_change_p99_ms, r.eds_change_max_ms
+            r.eds_change_p50_ms, r.eds_change_p99_ms, r.eds_change_max_ms,
+            r.eds_change_cpu_p50_ms, r.eds_change_cpu_p99_ms
         );
         results.push(r);
     }
