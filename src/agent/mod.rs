@@ -7,6 +7,10 @@
 //! - the local API ([`api_server`]): pod add/rm/list/sweep requests from
 //!   the CLI (and the CNI plugin), so the agent is the registry's one
 //!   writer while it runs;
+//! - the pod source and its reconcile ([`pod_source`]): the catalog of
+//!   this node's pods (which are meshed, with what settings), and the
+//!   adoption of running meshed pods / release of registrations whose pod
+//!   is gone;
 //! - the pod sweep: every [`SWEEP_INTERVAL`], registrations whose netns is
 //!   gone (and leftovers of killed adds) are removed;
 //! - the counter log line, every `logIntervalSeconds`;
@@ -20,6 +24,7 @@
 
 mod admin;
 mod api_server;
+mod pod_source;
 mod readiness;
 
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -34,7 +39,7 @@ use crate::config::{AgentConfig, ConfigError};
 use crate::layout::{PinLayout, PinRootLock};
 use crate::loader::{self, InstallReport, LoadError};
 use crate::metrics::{AgentMetrics, Metrics, ReasonLabel};
-use crate::pods::source::{MemoryCatalog, PodCatalog};
+use crate::pods::source::PodCatalog;
 use crate::probe::{self, ProbeError};
 use crate::xds::client::XdsClient;
 use readiness::Readiness;
@@ -59,6 +64,8 @@ pub enum AgentError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    PodSource(#[from] crate::pods::kube_source::KubeSourceError),
     #[error("starting the agent's runtime: {0}")]
     Runtime(std::io::Error),
 }
@@ -123,6 +130,10 @@ pub fn run(cfg: AgentConfig, once: bool) -> Result<(), AgentError> {
         ),
         None => None,
     };
+    // A pod source that cannot start must not leave a fresh install either.
+    if !once {
+        pod_source::preflight(&cfg.pod_source)?;
+    }
     let (report, _lock) = start_holding(&cfg)?;
     if once {
         return Ok(());
@@ -234,11 +245,6 @@ async fn serve(
     let metrics = Arc::new(Metrics::new(&layout, &agent_metrics));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
-    // The pods of this node as a pod source reports them (none is wired
-    // into the agent yet: the catalog stays empty and synced).
-    let memory = MemoryCatalog::new();
-    memory.replace_all(Vec::new());
-    let catalog: Arc<dyn PodCatalog> = Arc::new(memory);
 
     if let Some(std_listener) = admin {
         let addr = std_listener
@@ -269,6 +275,15 @@ async fn serve(
         stop_rx.clone(),
     ));
     tracing::info!(socket = %api_path.display(), "local API");
+    // The catalog of this node's pods: for the CNI path and the xDS client.
+    let catalog = pod_source::start(
+        &cfg.pod_source,
+        &layout,
+        &agent_metrics,
+        &readiness,
+        &mut tasks,
+        &stop_rx,
+    )?;
     tasks.spawn(sweeper(
         layout.clone(),
         agent_metrics.clone(),
@@ -280,8 +295,9 @@ async fn serve(
         readiness.require_xds();
         let r = readiness.clone();
         tracing::info!(address = ?cfg.xds.address, tls = cfg.xds.tls, "xDS client");
+        let catalog: Arc<dyn PodCatalog> = catalog.clone();
         tasks.spawn(client.run(
-            catalog.clone(),
+            catalog,
             XDS_RECONCILE_INTERVAL,
             move |synced| r.set_xds_synced(synced),
             stop_rx.clone(),

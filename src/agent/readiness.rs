@@ -1,7 +1,9 @@
 //! Readiness of the agent: ready once the data path is installed, its pins
-//! are present and the pod registry has been swept once (the pod source is
-//! in sync), when the xDS client runs once every stream has its first
-//! complete snapshot, and not while draining. Checked afresh at every probe, so an
+//! are present, the pod registry has been swept once and, with a pod
+//! source, the source has delivered its first complete listing and the
+//! registry has been reconciled with it; with the xDS client, once every
+//! pod's stream has its first complete snapshot; not while draining.
+//! Checked afresh at every probe, so an
 //! uninstall under a running agent turns it unready.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,6 +22,8 @@ pub struct Readiness {
     intercept: AtomicBool,
     xds_required: AtomicBool,
     xds_synced: AtomicBool,
+    pod_source_required: AtomicBool,
+    pod_source_synced: AtomicBool,
 }
 
 impl Readiness {
@@ -39,6 +43,15 @@ impl Readiness {
 
     pub fn set_xds_synced(&self, synced: bool) {
         self.xds_synced.store(synced, Ordering::Relaxed);
+    }
+
+    /// The agent has a pod source: not ready until it is synced.
+    pub fn require_pod_source(&self) {
+        self.pod_source_required.store(true, Ordering::Relaxed);
+    }
+
+    pub fn set_pod_source_synced(&self) {
+        self.pod_source_synced.store(true, Ordering::Relaxed);
     }
 
     pub fn set_draining(&self) {
@@ -71,6 +84,13 @@ impl Readiness {
         }
         if self.xds_required.load(Ordering::Relaxed) && !self.xds_synced.load(Ordering::Relaxed) {
             out.push("xDS: not every pod's stream has its first complete snapshot".to_string());
+        }
+        if self.pod_source_required.load(Ordering::Relaxed)
+            && !self.pod_source_synced.load(Ordering::Relaxed)
+        {
+            out.push(
+                "pod source not synced yet (no complete listing of this node's pods)".to_string(),
+            );
         }
         out
     }
