@@ -203,7 +203,7 @@ async fn syncs_in_envoys_order_acks_versions_and_follows_an_eds_change() {
     let mut services = dump_services();
     let w = world(snapshot("1", &services));
     let a = pod("details-v1", [10, 244, 0, 7]);
-    w.client.reconcile(&[a.clone()]);
+    w.client.reconcile(std::slice::from_ref(&a));
     until("first snapshot", || {
         w.client.synced() && w.client.pod(&a.key).is_some_and(|v| v.synced)
     })
@@ -278,7 +278,7 @@ async fn a_malformed_cluster_is_nacked_by_name_and_the_last_good_state_kept() {
     let services = dump_services();
     let w = world(snapshot("1", &services));
     let a = pod("details-v1", [10, 244, 0, 7]);
-    w.client.reconcile(&[a.clone()]);
+    w.client.reconcile(std::slice::from_ref(&a));
     let node = node_id(&a);
     until("ACK of version 1", || acked(&w, &node, "1")).await;
     let good = resources(&w, &a);
@@ -347,7 +347,7 @@ async fn a_reset_stream_reconnects_and_resumes_with_versions_and_names() {
     let services = dump_services();
     let w = world(snapshot("1", &services));
     let a = pod("details-v1", [10, 244, 0, 7]);
-    w.client.reconcile(&[a.clone()]);
+    w.client.reconcile(std::slice::from_ref(&a));
     let node = node_id(&a);
     until("ACK of version 1", || acked(&w, &node, "1")).await;
     let held = resources(&w, &a);
@@ -393,7 +393,7 @@ async fn removed_resources_go_and_their_endpoints_with_them() {
     let services = dump_services();
     let w = world(snapshot("1", &services));
     let a = pod("details-v1", [10, 244, 0, 7]);
-    w.client.reconcile(&[a.clone()]);
+    w.client.reconcile(std::slice::from_ref(&a));
     let node = node_id(&a);
     until("ACK of version 1", || acked(&w, &node, "1")).await;
     let dns = services
@@ -471,7 +471,7 @@ async fn two_pods_get_their_own_config_and_share_identical_resources() {
         "B's clusters are all shared with A's"
     );
     // The pod going away stops its stream; the other keeps going.
-    w.client.reconcile(&[a.clone()]);
+    w.client.reconcile(std::slice::from_ref(&a));
     assert!(w.client.pod(&b.key).is_none());
     until("B's gauges gone", || w.metrics.streams.get() == 1).await;
     assert!(w.client.pod(&a.key).is_some_and(|v| v.connected));
