@@ -68,6 +68,8 @@ pub struct AgentConfig {
     pub drain_seconds: u64,
     /// Where the agent learns which pods are meshed (src/pods/source_config.rs).
     pub pod_source: crate::pods::source_config::PodSourceConfig,
+    /// The kernel fast path past the sidecar (off unless enabled).
+    pub bypass: BypassConfig,
     /// The xDS client (one ADS stream per meshed pod allowing bypass).
     pub xds: XdsConfig,
 }
@@ -166,6 +168,17 @@ impl XdsConfig {
     }
 }
 
+/// `bypass:`: whether the agent may bypass sidecars, and the named
+/// policies of the decision engine (see docs/bypass.md).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct BypassConfig {
+    /// Bypass sidecars where the decision engine allows it (default false).
+    pub enabled: bool,
+    /// The engine's named policies, each with its default.
+    pub policies: crate::xds::decide::BypassPolicy,
+}
+
 impl Default for AgentConfig {
     fn default() -> Self {
         Self {
@@ -181,6 +194,7 @@ impl Default for AgentConfig {
             drain_seconds: 5,
             xds: XdsConfig::default(),
             pod_source: Default::default(),
+            bypass: BypassConfig::default(),
         }
     }
 }
@@ -329,6 +343,18 @@ mod tests {
         c.validate().unwrap();
         let s = c.xds.client_settings().unwrap();
         assert!(s.transport.tls_root_ca.is_some() && s.transport.token.is_some());
+        let e = AgentConfig::from_yaml("bypass:\n  policies:\n    bypassEverything: true\n")
+            .unwrap_err();
+        assert!(e.contains("bypassEverything"), "{e}");
+        let c = AgentConfig::from_yaml(
+            "bypass:\n  enabled: true\n  policies:\n    bypassPassthrough: true\n",
+        )
+        .unwrap();
+        assert!(c.bypass.enabled && c.bypass.policies.bypass_passthrough);
+        assert!(
+            c.bypass.policies.ignore_istio_default_retries,
+            "unset policies keep their defaults"
+        );
         let c = AgentConfig::from_yaml("drainSeconds: 0\n").unwrap();
         assert!(c
             .validate()

@@ -41,6 +41,8 @@ pub struct AgentMetrics {
     pub swept: Family<ReasonLabel, Counter>,
     /// The xDS client's streams and resources.
     pub xds: crate::xds::client::XdsMetrics,
+    /// CNI plugin requests, by operation and outcome.
+    pub cni: crate::cni::attach::CniMetrics,
     /// Running pods the reconcile registered (src/pods/reconcile.rs).
     pub adopted: Counter,
     /// Registrations the reconcile removed, by reason.
@@ -135,6 +137,11 @@ impl Metrics {
             agent.swept.clone(),
         );
         agent.xds.register(&mut registry);
+        registry.register(
+            "cni_requests",
+            "CNI plugin requests the agent served, by operation (add, del, check, gc) and outcome",
+            agent.cni.requests.clone(),
+        );
         registry.register(
             "agent_adopted_pods",
             "Running meshed pods the agent registered from its pod source (adoption)",

@@ -264,6 +264,17 @@ impl Registry {
         had
     }
 
+    /// The pod registered under `cookie`, if any.
+    pub fn get(&self, cookie: u64) -> Option<PodRecord> {
+        let v = self
+            .pods
+            .lookup(&cookie.to_ne_bytes(), MapFlags::ANY)
+            .ok()
+            .flatten()?;
+        let p = ml_pod::from_bytes(&v)?;
+        Some(self.record(cookie, &p))
+    }
+
     /// How many pods are registered (walks ml_pods: at most 4096 keys).
     pub fn count(&self) -> usize {
         self.pods.keys().count()

@@ -6,11 +6,18 @@
 //!   an Envoy config dump).
 //! - [`client`]: the ADS client that receives them from istiod, one stream
 //!   per meshed pod's proxy identity.
+//! - [`dump`]: Envoy config dump JSON -> [`ProxyResources`].
+//! - [`decide`]: the bypass decision engine (pure): BYPASS or SIDECAR for
+//!   every outbound destination, with reasons and endpoints.
+//! - [`typeurl`]: the typed-config types the engine recognises.
 //!
 //! Synchronous cores (resources, the decision engine, config dump parsing)
 //! live beside the async shell (the ADS client) that feeds them.
 
 pub mod client;
+pub mod decide;
+pub mod dump;
 pub mod resources;
+pub mod typeurl;
 
 pub use resources::ProxyResources;
