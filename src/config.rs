@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::loader::{self, VerdictRemedy};
+use crate::xds::client::{Address, ClientSettings, MeshSettings, Transport};
 
 #[derive(Debug, Error)]
 pub enum ConfigError {
@@ -69,6 +70,102 @@ pub struct AgentConfig {
     pub pod_source: crate::pods::source_config::PodSourceConfig,
     /// The kernel fast path past the sidecar (off unless enabled).
     pub bypass: BypassConfig,
+    /// The xDS client (one ADS stream per meshed pod allowing bypass).
+    pub xds: XdsConfig,
+}
+
+/// The `xds:` section: where istiod is and how the client talks to it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct XdsConfig {
+    /// istiod's ADS address, `host:port` or `unix:/path`; None: no client.
+    pub address: Option<String>,
+    /// TLS (istiod's :15012) checked against `rootCaPath`, with the token
+    /// at `tokenPath` as Bearer; false: plaintext (:15010 or a socket).
+    pub tls: bool,
+    /// The projected service-account token (audience istio-ca).
+    pub token_path: PathBuf,
+    /// The mesh root CA (PEM) that signs istiod's serving certificate.
+    pub root_ca_path: PathBuf,
+    /// CLUSTER_ID node metadata: istiod's name for this cluster.
+    pub cluster_id: String,
+    /// MESH_ID node metadata.
+    pub mesh_id: String,
+    /// ISTIO_VERSION node metadata (the sidecars' version); empty: not sent.
+    pub istio_version: String,
+    /// First reconnect wait; it doubles (with jitter) up to the maximum.
+    pub initial_backoff_millis: u64,
+    /// Longest reconnect wait.
+    pub max_backoff_seconds: u64,
+    /// Seconds held config stays usable after the stream drops; then the
+    /// pod's destinations go back to the sidecar until it reconnects.
+    pub stale_grace_seconds: u64,
+}
+
+impl Default for XdsConfig {
+    fn default() -> Self {
+        Self {
+            address: None,
+            tls: false,
+            token_path: "/var/run/secrets/tokens/istio-token".into(),
+            root_ca_path: "/var/run/secrets/istio/root-cert.pem".into(),
+            cluster_id: "Kubernetes".into(),
+            mesh_id: "cluster.local".into(),
+            istio_version: String::new(),
+            initial_backoff_millis: 500,
+            max_backoff_seconds: 30,
+            stale_grace_seconds: 30,
+        }
+    }
+}
+
+impl XdsConfig {
+    /// Checks the section; the first wrong field is named.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |field, why: String| Err(ConfigError::Invalid { field, why });
+        if let Some(a) = &self.address {
+            let parsed = Address::parse(a);
+            if let Err(e) = &parsed {
+                return bad("xds.address", e.to_string());
+            }
+            if self.tls && matches!(parsed, Ok(Address::Unix(_))) {
+                return bad("xds.tls", "TLS needs a host:port address".into());
+            }
+        }
+        if self.initial_backoff_millis == 0 {
+            return bad("xds.initialBackoffMillis", "must be at least 1".into());
+        }
+        if self.max_backoff_seconds == 0 || self.max_backoff_seconds > 3600 {
+            return bad(
+                "xds.maxBackoffSeconds",
+                format!("{} is outside 1..=3600", self.max_backoff_seconds),
+            );
+        }
+        if self.cluster_id.is_empty() {
+            return bad("xds.clusterId", "must not be empty".into());
+        }
+        Ok(())
+    }
+
+    /// The client's settings, or None when no address is configured.
+    pub fn client_settings(&self) -> Option<ClientSettings> {
+        let address = Address::parse(self.address.as_deref()?).ok()?;
+        Some(ClientSettings {
+            transport: Transport {
+                address,
+                tls_root_ca: self.tls.then(|| self.root_ca_path.clone()),
+                token: self.tls.then(|| self.token_path.clone()),
+            },
+            mesh: MeshSettings {
+                cluster_id: self.cluster_id.clone(),
+                mesh_id: self.mesh_id.clone(),
+                istio_version: self.istio_version.clone(),
+            },
+            initial_backoff: Duration::from_millis(self.initial_backoff_millis),
+            max_backoff: Duration::from_secs(self.max_backoff_seconds),
+            stale_grace: Duration::from_secs(self.stale_grace_seconds),
+        })
+    }
 }
 
 /// `bypass:`: whether the agent may bypass sidecars, and the named
@@ -95,6 +192,7 @@ impl Default for AgentConfig {
             log_format: LogFormat::Text,
             log_interval_seconds: 30,
             drain_seconds: 5,
+            xds: XdsConfig::default(),
             pod_source: Default::default(),
             bypass: BypassConfig::default(),
         }
@@ -166,7 +264,7 @@ impl AgentConfig {
         if let Err((field, why)) = self.pod_source.check() {
             return bad(field, why);
         }
-        Ok(())
+        self.xds.validate()
     }
 
     /// The effective config as YAML (what `--check-config` prints).
@@ -218,6 +316,7 @@ mod tests {
                 "docs/agent-config.yaml does not document {key}"
             );
         }
+        assert!(parsed.xds.client_settings().is_none(), "no xDS by default");
     }
 
     #[test]
@@ -231,6 +330,19 @@ mod tests {
         assert!(e.contains("sockhashSize"), "{e}");
         let c = AgentConfig::from_yaml("pinRoot: relative/dir\n").unwrap();
         assert!(c.validate().unwrap_err().to_string().contains("pinRoot"));
+        let c = AgentConfig::from_yaml("xds:\n  address: istiod\n").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("xds.address") && e.contains("istiod"), "{e}");
+        let c = AgentConfig::from_yaml("xds:\n  address: unix:/x.sock\n  tls: true\n").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("xds.tls"));
+        let e = AgentConfig::from_yaml("xds:\n  adress: a:1\n").unwrap_err();
+        assert!(e.contains("adress"), "{e}");
+        let c =
+            AgentConfig::from_yaml("xds:\n  address: istiod.istio-system.svc:15012\n  tls: true\n")
+                .unwrap();
+        c.validate().unwrap();
+        let s = c.xds.client_settings().unwrap();
+        assert!(s.transport.tls_root_ca.is_some() && s.transport.token.is_some());
         let e = AgentConfig::from_yaml("bypass:\n  policies:\n    bypassEverything: true\n")
             .unwrap_err();
         assert!(e.contains("bypassEverything"), "{e}");

@@ -39,6 +39,8 @@ pub struct AgentMetrics {
     pub sweeps: Counter,
     /// Registrations the sweep removed, by reason.
     pub swept: Family<ReasonLabel, Counter>,
+    /// The xDS client's streams and resources.
+    pub xds: crate::xds::client::XdsMetrics,
     /// CNI plugin requests, by operation and outcome.
     pub cni: crate::cni::attach::CniMetrics,
     /// Running pods the reconcile registered (src/pods/reconcile.rs).
@@ -134,6 +136,7 @@ impl Metrics {
             "Pod registrations the sweep removed, by reason",
             agent.swept.clone(),
         );
+        agent.xds.register(&mut registry);
         registry.register(
             "cni_requests",
             "CNI plugin requests the agent served, by operation (add, del, check, gc) and outcome",

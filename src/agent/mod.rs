@@ -14,7 +14,11 @@
 //!   is gone;
 //! - the pod sweep: every [`SWEEP_INTERVAL`], registrations whose netns is
 //!   gone (and leftovers of killed adds) are removed;
-//! - the counter log line, every `logIntervalSeconds`.
+//! - the counter log line, every `logIntervalSeconds`;
+//! - the xDS client ([`crate::xds::client`]), when `bypass.enabled` and
+//!   `xds.address` is set:
+//!   one ADS stream per meshed pod of the pod catalog that allows bypass;
+//!   readiness then waits for every stream's first complete snapshot.
 //!
 //! The agent holds no BPF object after install (everything lives in pins),
 //! so killing it never touches traffic, and a restarted agent adopts the
@@ -38,7 +42,9 @@ use crate::config::{AgentConfig, ConfigError};
 use crate::layout::{PinLayout, PinRootLock};
 use crate::loader::{self, InstallReport, LoadError};
 use crate::metrics::{AgentMetrics, Metrics, ReasonLabel};
+use crate::pods::source::PodCatalog;
 use crate::probe::{self, ProbeError};
+use crate::xds::client::XdsClient;
 use readiness::Readiness;
 
 #[derive(Debug, Error)]
@@ -69,6 +75,10 @@ pub enum AgentError {
 
 /// How often the agent looks for registrations whose netns is gone.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How often the xDS client follows the pod catalog (streams for new
+/// pods, none for pods gone).
+pub const XDS_RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Turns on the kernel's per-program run count/time while the fd lives.
 fn enable_bpf_stats() -> Option<OwnedFd> {
@@ -296,7 +306,7 @@ async fn serve(
     )?;
     let cni = Arc::new(CniService::new(
         layout.clone(),
-        cni_catalog(catalog),
+        cni_catalog(catalog.clone()),
         agent_metrics.cni.clone(),
     ));
     tasks.spawn(api_server::serve(
@@ -310,10 +320,29 @@ async fn serve(
     tasks.spawn(sweeper(
         layout.clone(),
         cni,
-        agent_metrics,
+        agent_metrics.clone(),
         readiness.clone(),
         stop_rx.clone(),
     ));
+    // The client runs only where bypass is enabled: nothing else uses what
+    // it receives.
+    let xds_settings = cfg.xds.client_settings().filter(|_| cfg.bypass.enabled);
+    if cfg.bypass.enabled && xds_settings.is_none() {
+        tracing::warn!("bypass.enabled without xds.address: no xDS client, nothing is bypassed");
+    }
+    if let Some(settings) = xds_settings {
+        let client = XdsClient::new(settings, agent_metrics.xds.clone());
+        readiness.require_xds();
+        let r = readiness.clone();
+        tracing::info!(address = ?cfg.xds.address, tls = cfg.xds.tls, "xDS client");
+        let catalog: Arc<dyn PodCatalog> = catalog.clone();
+        tasks.spawn(client.run(
+            catalog,
+            XDS_RECONCILE_INTERVAL,
+            move |synced| r.set_xds_synced(synced),
+            stop_rx.clone(),
+        ));
+    }
     tasks.spawn(counter_log(layout.clone(), cfg.log_interval(), stop_rx));
     tracing::info!(pin_root = %report.pin_root.display(), cgroup = %report.cgroup.display(), "agent running");
 

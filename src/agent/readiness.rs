@@ -1,7 +1,9 @@
 //! Readiness of the agent: ready once the data path is installed, its pins
 //! are present, the pod registry has been swept once and, with a pod
 //! source, the source has delivered its first complete listing and the
-//! registry has been reconciled with it; not while draining. Checked afresh at every probe, so an
+//! registry has been reconciled with it; with the xDS client, once every
+//! pod's stream has its first complete snapshot; not while draining.
+//! Checked afresh at every probe, so an
 //! uninstall under a running agent turns it unready.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,6 +20,8 @@ pub struct Readiness {
     synced: AtomicBool,
     draining: AtomicBool,
     intercept: AtomicBool,
+    xds_required: AtomicBool,
+    xds_synced: AtomicBool,
     pod_source_required: AtomicBool,
     pod_source_synced: AtomicBool,
 }
@@ -30,6 +34,15 @@ impl Readiness {
 
     pub fn set_synced(&self) {
         self.synced.store(true, Ordering::Relaxed);
+    }
+
+    /// The xDS client runs: readiness waits for its streams' sync.
+    pub fn require_xds(&self) {
+        self.xds_required.store(true, Ordering::Relaxed);
+    }
+
+    pub fn set_xds_synced(&self, synced: bool) {
+        self.xds_synced.store(synced, Ordering::Relaxed);
     }
 
     /// The agent has a pod source: not ready until it is synced.
@@ -68,6 +81,9 @@ impl Readiness {
         }
         if !self.synced.load(Ordering::Relaxed) {
             out.push("pod registry not swept yet".to_string());
+        }
+        if self.xds_required.load(Ordering::Relaxed) && !self.xds_synced.load(Ordering::Relaxed) {
+            out.push("xDS: not every pod's stream has its first complete snapshot".to_string());
         }
         if self.pod_source_required.load(Ordering::Relaxed)
             && !self.pod_source_synced.load(Ordering::Relaxed)

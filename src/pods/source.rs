@@ -41,7 +41,8 @@ pub struct PodInfo {
     /// spec.serviceAccountName, empty when unknown (the xDS identity).
     #[serde(default)]
     pub service_account: String,
-    /// metadata.annotations (e.g. `meshlane.io/bypass`, read by the xDS side).
+    /// metadata.annotations (`meshlane.io/bypass: "false"` opts the pod out
+    /// of bypass; the xDS client's ANNOTATIONS node metadata).
     #[serde(default)]
     pub annotations: BTreeMap<String, String>,
     /// Whether and how the pod is meshed.

@@ -4,6 +4,8 @@
 //! - [`resources`]: one proxy's listeners, routes, clusters and endpoints
 //!   (the decision engine's input, whether from a live ADS stream or from
 //!   an Envoy config dump).
+//! - [`client`]: the ADS client that receives them from istiod, one stream
+//!   per meshed pod's proxy identity.
 //! - [`dump`]: Envoy config dump JSON -> [`ProxyResources`].
 //! - [`decide`]: the bypass decision engine (pure): BYPASS or SIDECAR for
 //!   every outbound destination, with reasons and endpoints.
@@ -12,6 +14,7 @@
 //! Synchronous cores (resources, the decision engine, config dump parsing)
 //! live beside the async shell (the ADS client) that feeds them.
 
+pub mod client;
 pub mod decide;
 pub mod dump;
 pub mod resources;

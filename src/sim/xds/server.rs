@@ -6,6 +6,7 @@
 //! logged (tracing) and kept in [`AdsServer::events`] for tests. Dropping
 //! the server stops it (streams are cut) and removes its socket.
 
+use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -47,8 +48,23 @@ pub struct AdsEvent {
     pub kind: EventKind,
 }
 
+/// The current snapshot, and per-node ones that replace it for a node id.
+#[derive(Debug, Clone, Default)]
+struct Snapshots {
+    default: Arc<Snapshot>,
+    nodes: BTreeMap<String, Arc<Snapshot>>,
+}
+
+impl Snapshots {
+    fn for_node(&self, node: &str) -> Arc<Snapshot> {
+        Arc::clone(self.nodes.get(node).unwrap_or(&self.default))
+    }
+}
+
 struct Shared {
-    snapshot: watch::Sender<Arc<Snapshot>>,
+    snapshot: watch::Sender<Snapshots>,
+    /// Bumped to cut every open stream (a control-plane restart).
+    resets: watch::Sender<u64>,
     events: Mutex<Vec<AdsEvent>>,
 }
 
@@ -104,6 +120,7 @@ async fn send(shared: &Shared, node: &str, out: &Out, r: DiscoveryResponse) -> b
 /// Serves one stream until the client goes away.
 async fn run_stream(shared: Arc<Shared>, mut requests: Streaming<DiscoveryRequest>, out: Out) {
     let mut snapshots = shared.snapshot.subscribe();
+    let mut resets = shared.resets.subscribe();
     let mut state = StreamState::default();
     let mut node = String::new();
     loop {
@@ -113,7 +130,7 @@ async fn run_stream(shared: Arc<Shared>, mut requests: Streaming<DiscoveryReques
                 if let (true, Some(n)) = (node.is_empty(), &req.node) {
                     node = n.id.clone();
                 }
-                let snap = Arc::clone(&snapshots.borrow());
+                let snap = snapshots.borrow().for_node(&node);
                 let (verdict, response) = state.on_request(&req, &snap);
                 shared.record(&node, &req.type_url, EventKind::Request(verdict));
                 if let Some(r) = response {
@@ -122,11 +139,16 @@ async fn run_stream(shared: Arc<Shared>, mut requests: Streaming<DiscoveryReques
                     }
                 }
             }
+            _ = resets.changed() => {
+                tracing::info!(node, "ADS stream reset by the control plane");
+                let _ = out.send(Err(Status::unavailable("stream reset"))).await;
+                return;
+            }
             changed = snapshots.changed() => {
                 if changed.is_err() {
                     return;
                 }
-                let snap = Arc::clone(&snapshots.borrow_and_update());
+                let snap = snapshots.borrow_and_update().for_node(&node);
                 for r in state.on_snapshot(&snap) {
                     if !send(&shared, &node, &out, r).await {
                         return;
@@ -196,7 +218,11 @@ impl AdsServer {
             .build()
             .map_err(XdsError::Runtime)?;
         let shared = Arc::new(Shared {
-            snapshot: watch::Sender::new(Arc::new(snapshot)),
+            snapshot: watch::Sender::new(Snapshots {
+                default: Arc::new(snapshot),
+                nodes: BTreeMap::new(),
+            }),
+            resets: watch::Sender::new(0),
             events: Mutex::new(Vec::new()),
         });
         let (stop, stopped) = oneshot::channel();
@@ -223,7 +249,23 @@ impl AdsServer {
 
     /// Makes `snapshot` current and pushes it to every stream.
     pub fn update(&self, snapshot: Snapshot) {
-        self.shared.snapshot.send_replace(Arc::new(snapshot));
+        self.shared
+            .snapshot
+            .send_modify(|s| s.default = Arc::new(snapshot));
+    }
+
+    /// Serves `snapshot` to the client whose node id is `node` instead of
+    /// the common one (two pods with different Sidecar scopes), and pushes
+    /// it to its streams.
+    pub fn update_node(&self, node: &str, snapshot: Snapshot) {
+        self.shared.snapshot.send_modify(|s| {
+            s.nodes.insert(node.to_string(), Arc::new(snapshot));
+        });
+    }
+
+    /// Cuts every open stream with UNAVAILABLE (clients reconnect).
+    pub fn reset_streams(&self) {
+        self.shared.resets.send_modify(|n| *n += 1);
     }
 
     /// Everything logged so far.

@@ -1,6 +1,9 @@
 //! A snapshot: one version of every resource the control plane serves,
 //! by xDS type URL and resource name (state of the world: a response for a
-//! type carries all of its resources the client asked for).
+//! type carries all of its resources the client asked for). A snapshot
+//! derived from another ([`Snapshot::derive`]) keeps the versions of the
+//! types it does not change, so, as istiod's incremental pushes, an
+//! endpoint change is pushed as EDS alone.
 
 use std::collections::BTreeMap;
 
@@ -42,6 +45,9 @@ pub struct Resource {
 pub struct Snapshot {
     pub version: String,
     by_type: BTreeMap<String, Vec<Resource>>,
+    /// Types whose version is not `version` (unchanged since an earlier
+    /// snapshot).
+    type_versions: BTreeMap<String, String>,
 }
 
 impl Snapshot {
@@ -49,19 +55,64 @@ impl Snapshot {
         Self {
             version: version.into(),
             by_type: BTreeMap::new(),
+            type_versions: BTreeMap::new(),
         }
+    }
+
+    /// A copy at `version` in which every type keeps its current version
+    /// until it is changed (add, add_raw, remove).
+    pub fn derive(&self, version: impl Into<String>) -> Self {
+        let mut next = self.clone();
+        for t in self.by_type.keys() {
+            next.type_versions
+                .insert(t.clone(), self.version_of(t).to_string());
+        }
+        next.version = version.into();
+        next
+    }
+
+    /// The version of one type's resources.
+    pub fn version_of(&self, type_url: &str) -> &str {
+        self.type_versions
+            .get(type_url)
+            .map_or(self.version.as_str(), |v| v.as_str())
     }
 
     /// Adds `message` under `name` (replacing one of the same type and
     /// name).
     pub fn add<M: Message + Name>(&mut self, name: impl Into<String>, message: &M) {
         let name = name.into();
+        self.type_versions.remove(&M::type_url());
         let list = self.by_type.entry(M::type_url()).or_default();
         list.retain(|r| r.name != name);
         list.push(Resource {
             name,
             body: any(message),
         });
+    }
+
+    /// Adds an already packed resource under `name` (a test's malformed
+    /// one: bytes that do not decode, or a message missing its name).
+    pub fn add_raw(&mut self, name: impl Into<String>, body: Any) {
+        let name = name.into();
+        self.type_versions.remove(&body.type_url);
+        let list = self.by_type.entry(body.type_url.clone()).or_default();
+        list.retain(|r| r.name != name);
+        list.push(Resource { name, body });
+    }
+
+    /// Removes the resource `name` of `type_url`; true if it was there.
+    pub fn remove(&mut self, type_url: &str, name: &str) -> bool {
+        let Some(list) = self.by_type.get_mut(type_url) else {
+            return false;
+        };
+        let before = list.len();
+        list.retain(|r| r.name != name);
+        let removed = list.len() != before;
+        if removed {
+            self.type_versions.remove(type_url);
+        }
+        removed
     }
 
     /// Resource names of one type, in insertion order.
@@ -80,8 +131,9 @@ impl Snapshot {
             return Vec::new();
         };
         let all = names.is_empty() && wildcard(type_url);
+        let named: std::collections::HashSet<&str> = names.iter().map(String::as_str).collect();
         list.iter()
-            .filter(|r| all || names.contains(&r.name))
+            .filter(|r| all || named.contains(r.name.as_str()))
             .map(|r| r.body.clone())
             .collect()
     }
@@ -125,5 +177,18 @@ mod tests {
         assert_eq!(s.select(&eds, &["a".into()]).len(), 1);
         assert_eq!(short_type(&eds), "EDS");
         assert!(s.select("type.googleapis.com/unknown", &[]).is_empty());
+        // A derived snapshot changes the version of what it changes only.
+        let mut next = s.derive("2");
+        assert_eq!(next.version_of(&cds), "1");
+        next.add(
+            "b",
+            &ClusterLoadAssignment {
+                cluster_name: "b".into(),
+                ..Default::default()
+            },
+        );
+        assert_eq!((next.version_of(&cds), next.version_of(&eds)), ("1", "2"));
+        assert!(next.remove(&cds, "a"));
+        assert_eq!(next.version_of(&cds), "2");
     }
 }

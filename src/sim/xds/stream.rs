@@ -20,8 +20,9 @@ use super::snapshot::Snapshot;
 /// What one request was.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
-    /// First request for the type on this stream (no nonce).
-    Subscribe { names: Vec<String> },
+    /// First request for the type on this stream (no nonce); `version` is
+    /// what a resuming client already holds ("" on a first connect).
+    Subscribe { version: String, names: Vec<String> },
     /// The client applied the response with `nonce`.
     Ack { version: String, nonce: String },
     /// The client rejected the response with `nonce`; `version` is what it
@@ -67,6 +68,7 @@ impl StreamState {
         if req.response_nonce.is_empty() {
             ts.names = req.resource_names.clone();
             let verdict = Verdict::Subscribe {
+                version: req.version_info.clone(),
                 names: ts.names.clone(),
             };
             return (verdict, Some(self.respond(&req.type_url, snap)));
@@ -88,7 +90,7 @@ impl StreamState {
             nonce: req.response_nonce.clone(),
         };
         let renamed = !same_names(&ts.names, &req.resource_names);
-        let behind = ts.sent_version.as_deref() != Some(snap.version.as_str());
+        let behind = ts.sent_version.as_deref() != Some(snap.version_of(&req.type_url));
         if renamed {
             ts.names = req.resource_names.clone();
         }
@@ -96,12 +98,13 @@ impl StreamState {
         (verdict, response)
     }
 
-    /// Responses for every subscribed type not yet sent `snap`'s version.
+    /// Responses for every subscribed type not yet sent its version in
+    /// `snap`.
     pub fn on_snapshot(&mut self, snap: &Snapshot) -> Vec<DiscoveryResponse> {
         let behind: Vec<String> = self
             .types
             .iter()
-            .filter(|(_, ts)| ts.sent_version.as_deref() != Some(snap.version.as_str()))
+            .filter(|(t, ts)| ts.sent_version.as_deref() != Some(snap.version_of(t)))
             .map(|(t, _)| t.clone())
             .collect();
         behind.iter().map(|t| self.respond(t, snap)).collect()
@@ -112,9 +115,10 @@ impl StreamState {
         let nonce = self.nonces.to_string();
         let ts = self.types.entry(type_url.to_string()).or_default();
         ts.last_nonce = nonce.clone();
-        ts.sent_version = Some(snap.version.clone());
+        let version = snap.version_of(type_url).to_string();
+        ts.sent_version = Some(version.clone());
         DiscoveryResponse {
-            version_info: snap.version.clone(),
+            version_info: version,
             resources: snap.select(type_url, &ts.names),
             type_url: type_url.to_string(),
             nonce,
@@ -165,7 +169,13 @@ mod tests {
         let mut st = StreamState::default();
         let v1 = snap("1");
         let (v, r) = st.on_request(&req(&cds, "", "", &[]), &v1);
-        assert_eq!(v, Verdict::Subscribe { names: vec![] });
+        assert_eq!(
+            v,
+            Verdict::Subscribe {
+                version: String::new(),
+                names: vec![]
+            }
+        );
         let r = r.expect("subscribing is answered");
         assert_eq!((r.version_info.as_str(), r.resources.len()), ("1", 2));
         let n1 = r.nonce.clone();

@@ -1,0 +1,434 @@
+//! `cargo bench --bench xds_scale -- --services 10000 --endpoints-per-service 10`:
+//! the xDS client at mesh scale. The sim's ADS server (this process)
+//! serves a synthetic Istio-shaped mesh (`sim::xds::sidecar_snapshot`:
+//! per service an EDS cluster and its endpoints, a listener per TCP
+//! service, `0.0.0.0_<port>` + route per HTTP port) to a client process
+//! (this bench re-executed in a hidden `--client` mode, running the agent's
+//! `XdsClient` on a single-threaded tokio runtime as the agent does).
+//!
+//! Measured, each for one identity and for `--identities` identities that
+//! get the same mesh plus one cluster of their own (so they share all but
+//! one resource):
+//! - time from the client's start to every identity synced (first complete
+//!   snapshot: CDS, EDS, LDS, RDS received, validated and held);
+//! - time from a single-service EDS change (`AdsServer::update` of a
+//!   snapshot derived from the current one with one service's endpoints
+//!   moved, so only EDS is pushed) to the client holding the new
+//!   endpoints, over `--changes` changes: p50, p99, max (CLOCK_MONOTONIC in
+//!   both processes);
+//! - the client's CPU time for each such change (CLOCK_PROCESS_CPUTIME_ID
+//!   of the client process: robust to other load on the machine);
+//! - the client process's resident memory (VmRSS, VmHWM) before the client
+//!   starts and once synced.
+//!
+//! Options: `-- --services N --endpoints-per-service N --identities N
+//! --changes N --json`. No root needed.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, ChildStdout, Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use meshlane::pods::source::{MemoryCatalog, MeshDecision, PodCatalog, PodInfo, PodKey};
+use meshlane::pods::PodSpec;
+use meshlane::sim::xds::{sidecar_snapshot, AdsServer, Protocol, Service, Snapshot};
+use meshlane::sim::{unique_tag, SidecarMode};
+use meshlane::xds::client::{
+    Address, ClientSettings, MeshSettings, Transport, XdsClient, XdsMetrics,
+};
+use prost::Name;
+use serde::Serialize;
+
+#[derive(Parser)]
+#[command(name = "xds-scale")]
+struct Cli {
+    #[arg(long, default_value_t = 10_000)]
+    services: u32,
+    #[arg(long, default_value_t = 10)]
+    endpoints_per_service: u32,
+    /// Identities of the shared-memory run.
+    #[arg(long, default_value_t = 20)]
+    identities: u32,
+    /// Single-service EDS changes timed per run.
+    #[arg(long, default_value_t = 200)]
+    changes: u32,
+    #[arg(long)]
+    json: bool,
+    /// Hidden: run as the client process on this socket.
+    #[arg(long, hide = true)]
+    client: Option<PathBuf>,
+    #[arg(long, hide = true, default_value_t = 1)]
+    client_identities: u32,
+    /// cargo bench passes --bench.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+fn clock_ns(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// CLOCK_MONOTONIC, comparable between the two processes.
+fn monotonic_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC)
+}
+
+/// CPU time this process used (all threads): what a change costs the
+/// client whatever else the machine runs.
+fn cpu_ns() -> u64 {
+    clock_ns(libc::CLOCK_PROCESS_CPUTIME_ID)
+}
+
+fn rss_kib() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+fn ip(n: u32, base: [u8; 2]) -> IpAddr {
+    IpAddr::from([base[0], base[1], (n >> 8) as u8, n as u8])
+}
+
+/// The synthetic mesh: one service in ten is HTTP (on ten ports), the
+/// rest TCP; `per` endpoints each.
+fn mesh(services: u32, per: u32) -> Vec<Service> {
+    (0..services)
+        .map(|i| {
+            let http = i % 10 == 0;
+            let port = if http {
+                8000 + (i / 10 % 10) as u16
+            } else {
+                9000
+            };
+            Service {
+                host: format!("svc-{i}.ns-{}.svc.cluster.local", i % 50),
+                vip: ip(i, [10, 96]),
+                port,
+                protocol: if http { Protocol::Http } else { Protocol::Tcp },
+                endpoints: (0..per)
+                    .map(|e| SocketAddr::new(ip(i * per + e, [10, 0]), 8080 + (e % 4) as u16))
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
+fn pod_info(n: u32) -> PodInfo {
+    let name = format!("bench-{n}");
+    PodInfo {
+        key: PodKey {
+            namespace: "bench".into(),
+            name: name.clone(),
+        },
+        uid: String::new(),
+        ips: vec![ip(n, [10, 250])],
+        labels: [("app".to_string(), name.clone())].into(),
+        service_account: "bench".into(),
+        annotations: Default::default(),
+        mesh: MeshDecision::Meshed {
+            spec: PodSpec::istio(name),
+        },
+    }
+}
+
+fn node_id(n: u32) -> String {
+    let p = pod_info(n);
+    format!(
+        "sidecar~{}~{}.bench~bench.svc.cluster.local",
+        p.ips[0], p.key.name
+    )
+}
+
+// ---- the client process ---------------------------------------------------
+
+/// Reads commands on stdin: `watch <cluster> <ip>` (answers `ready`, then
+/// `seen <ns>` once identity 0 holds that endpoint), `rss`, `quit`.
+fn client_main(socket: PathBuf, identities: u32) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (rss0, _) = rss_kib();
+    rt.block_on(async move {
+        let settings = ClientSettings {
+            transport: Transport {
+                address: Address::Unix(socket),
+                tls_root_ca: None,
+                token: None,
+            },
+            mesh: MeshSettings {
+                cluster_id: "Kubernetes".into(),
+                mesh_id: "cluster.local".into(),
+                istio_version: String::new(),
+            },
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(2),
+            stale_grace: Duration::from_secs(30),
+        };
+        let client = XdsClient::new(settings, XdsMetrics::default());
+        let catalog = MemoryCatalog::new();
+        catalog.replace_all((0..identities).map(pod_info).collect());
+        let start = monotonic_ns();
+        client.reconcile(&catalog.all());
+        while !(client.synced() && client.pods().len() == identities as usize) {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let synced = monotonic_ns();
+        let (rss, hwm) = rss_kib();
+        println!("synced {} {rss0} {rss} {hwm}", synced - start);
+        let key = pod_info(0).key;
+        let mut watch = client.watch(&key).context("identity 0 has a stream")?;
+        let mut stdin = BufReader::new(std::io::stdin()).lines();
+        while let Some(Ok(line)) = stdin.next() {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            match words.as_slice() {
+                ["watch", cluster, ip] => {
+                    watch.borrow_and_update();
+                    let cpu0 = cpu_ns();
+                    println!("ready");
+                    loop {
+                        let has = {
+                            let r = watch.borrow_and_update();
+                            r.endpoints
+                                .get(*cluster)
+                                .is_some_and(|c| format!("{c:?}").contains(&format!("\"{ip}\"")))
+                        };
+                        if has {
+                            println!("seen {} {}", monotonic_ns(), cpu_ns() - cpu0);
+                            break;
+                        }
+                        watch.changed().await?;
+                    }
+                }
+                ["rss"] => {
+                    let (rss, hwm) = rss_kib();
+                    println!("rss {rss} {hwm}");
+                }
+                _ => break,
+            }
+        }
+        client.stop_all().await;
+        anyhow::Ok(())
+    })
+}
+
+// ---- the orchestrating process -------------------------------------------
+
+struct ClientProc {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: std::io::Lines<BufReader<ChildStdout>>,
+}
+
+impl ClientProc {
+    fn spawn(socket: &std::path::Path, identities: u32) -> Result<Self> {
+        let exe = std::env::current_exe()?;
+        let mut child = Command::new(exe)
+            .arg("--client")
+            .arg(socket)
+            .arg("--client-identities")
+            .arg(identities.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("spawning the client process")?;
+        let stdin = child.stdin.take().context("child stdin")?;
+        let stdout = BufReader::new(child.stdout.take().context("child stdout")?).lines();
+        Ok(Self {
+            child,
+            stdin,
+            stdout,
+        })
+    }
+
+    fn line(&mut self) -> Result<Vec<String>> {
+        let l = self.stdout.next().context("client process ended")??;
+        Ok(l.split_whitespace().map(String::from).collect())
+    }
+
+    fn say(&mut self, s: &str) -> Result<()> {
+        writeln!(self.stdin, "{s}")?;
+        Ok(self.stdin.flush()?)
+    }
+}
+
+impl Drop for ClientProc {
+    fn drop(&mut self) {
+        let _ = writeln!(self.stdin, "quit");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Serialize)]
+struct RunResult {
+    identities: u32,
+    sync_ms: f64,
+    rss_before_kib: u64,
+    rss_synced_kib: u64,
+    hwm_synced_kib: u64,
+    rss_after_changes_kib: u64,
+    eds_change_p50_ms: f64,
+    eds_change_p99_ms: f64,
+    eds_change_max_ms: f64,
+    /// Client CPU time per change (from its `watch` to the update held).
+    eds_change_cpu_p50_ms: f64,
+    eds_change_cpu_p99_ms: f64,
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted.get(i).copied().unwrap_or(f64::NAN)
+}
+
+fn run(cli: &Cli, base: &Snapshot, services: &[Service], identities: u32) -> Result<RunResult> {
+    let dir = std::env::temp_dir().join(unique_tag("meshlane-xds-scale-"));
+    let server = AdsServer::start(&dir, base.clone())?;
+    for n in 1..identities {
+        // All but one resource shared: each identity has one cluster of
+        // its own.
+        let mut own = base.derive(base.version.clone());
+        let c = Cluster {
+            name: format!("outbound|80||own-{n}.bench.svc.cluster.local"),
+            ..Default::default()
+        };
+        own.add(c.name.clone(), &c);
+        server.update_node(&node_id(n), own);
+    }
+    let mut client = ClientProc::spawn(server.socket(), identities)?;
+    let synced = client.line()?;
+    let [tag, ns, rss0, rss, hwm] = synced.as_slice() else {
+        bail!("client said {synced:?}");
+    };
+    if tag != "synced" {
+        bail!("client said {synced:?}");
+    }
+    let mut current = base.clone();
+    let mut lat = Vec::new();
+    let mut cpu_ms = Vec::new();
+    for k in 0..cli.changes {
+        let s = &services[(k as usize * 7919) % services.len()];
+        let mut moved = s.clone();
+        let new_ip = ip(k, [10, 200]);
+        moved.endpoints[0] = SocketAddr::new(new_ip, 8080);
+        let mut next = current.derive(format!("{}-{k}", base.version));
+        let one = sidecar_snapshot("x", SidecarMode::Http, false, std::slice::from_ref(&moved));
+        let cla = one.select(&ClusterLoadAssignment::type_url(), &[s.cluster()]);
+        let body = cla
+            .into_iter()
+            .next()
+            .context("endpoints of the moved service")?;
+        next.add_raw(s.cluster(), body);
+        client.say(&format!("watch {} {new_ip}", s.cluster()))?;
+        let ready = client.line()?;
+        if ready.first().map(String::as_str) != Some("ready") {
+            bail!("client said {ready:?}");
+        }
+        let pushed = next.clone();
+        let t0 = monotonic_ns();
+        server.update(pushed);
+        let seen = client.line()?;
+        let t1: u64 = seen
+            .get(1)
+            .and_then(|v| v.parse().ok())
+            .context("seen <ns>")?;
+        lat.push((t1.saturating_sub(t0)) as f64 / 1e6);
+        let cpu: u64 = seen
+            .get(2)
+            .and_then(|v| v.parse().ok())
+            .context("seen <ns> <cpu>")?;
+        cpu_ms.push(cpu as f64 / 1e6);
+        current = next;
+    }
+    client.say("rss")?;
+    let after = client.line()?;
+    lat.sort_by(|a, b| a.total_cmp(b));
+    cpu_ms.sort_by(|a, b| a.total_cmp(b));
+    let num = |s: &str| s.parse::<u64>().unwrap_or(0);
+    Ok(RunResult {
+        identities,
+        sync_ms: num(ns) as f64 / 1e6,
+        rss_before_kib: num(rss0),
+        rss_synced_kib: num(rss),
+        hwm_synced_kib: num(hwm),
+        rss_after_changes_kib: after.get(1).map_or(0, |v| num(v)),
+        eds_change_p50_ms: percentile(&lat, 0.5),
+        eds_change_p99_ms: percentile(&lat, 0.99),
+        eds_change_max_ms: lat.last().copied().unwrap_or(f64::NAN),
+        eds_change_cpu_p50_ms: percentile(&cpu_ms, 0.5),
+        eds_change_cpu_p99_ms: percentile(&cpu_ms, 0.99),
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(socket) = cli.client.clone() {
+        return match client_main(socket, cli.client_identities) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("xds-scale client: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    match bench(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xds-scale: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn bench(cli: &Cli) -> Result<()> {
+    let t = Instant::now();
+    let services = mesh(cli.services, cli.endpoints_per_service);
+    let base = sidecar_snapshot("1", SidecarMode::Http, false, &services);
+    eprintln!(
+        "mesh: {} services, {} endpoints, built in {:?}",
+        services.len(),
+        services.iter().map(|s| s.endpoints.len()).sum::<usize>(),
+        t.elapsed()
+    );
+    let base = Arc::new(base);
+    let mut results = Vec::new();
+    for n in [1, cli.identities] {
+        let r = run(cli, &base, &services, n)?;
+        eprintln!(
+            "{n} identities: synced in {:.0} ms, RSS {} -> {} KiB (peak {}), after changes {} KiB; EDS change p50 {:.2} ms p99 {:.2} ms max {:.2} ms, client CPU p50 {:.2} ms p99 {:.2} ms",
+            r.sync_ms, r.rss_before_kib, r.rss_synced_kib, r.hwm_synced_kib, r.rss_after_changes_kib,
+            r.eds_change_p50_ms, r.eds_change_p99_ms, r.eds_change_max_ms,
+            r.eds_change_cpu_p50_ms, r.eds_change_cpu_p99_ms
+        );
+        results.push(r);
+    }
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+    }
+    Ok(())
+}

@@ -1,0 +1,118 @@
+//! Sharing of identical resources between the node's proxy identities:
+//! a resource is interned by (type, 128-bit hash of its encoded bytes), so
+//! twenty identities that receive the same cluster hold one decoded copy
+//! (`Arc`), and a resource already held is not decoded again (a
+//! state-of-the-world response repeats every unchanged resource). Entries
+//! are weak: a resource no stream holds any more is freed.
+
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::{Arc, Mutex, Weak};
+
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use prost::Message;
+
+/// A 128-bit content hash (two SipHash passes with different prefixes).
+fn content_hash(bytes: &[u8]) -> u128 {
+    let half = |salt: u8| {
+        let mut h = DefaultHasher::new();
+        salt.hash(&mut h);
+        bytes.hash(&mut h);
+        h.finish()
+    };
+    (u128::from(half(1)) << 64) | u128::from(half(2))
+}
+
+/// Interned resources of one type.
+#[derive(Debug)]
+pub struct Pool<M> {
+    entries: Mutex<PoolEntries<M>>,
+}
+
+#[derive(Debug)]
+struct PoolEntries<M> {
+    map: HashMap<u128, Weak<M>>,
+    /// Size after the last purge of dead entries.
+    purged_at: usize,
+}
+
+impl<M> Default for Pool<M> {
+    fn default() -> Self {
+        Self {
+            entries: Mutex::new(PoolEntries {
+                map: HashMap::new(),
+                purged_at: 0,
+            }),
+        }
+    }
+}
+
+impl<M: Message + Default> Pool<M> {
+    /// The shared copy of the resource encoded as `bytes`, decoding it only
+    /// when no live copy exists.
+    pub fn intern(&self, bytes: &[u8]) -> Result<Arc<M>, prost::DecodeError> {
+        let key = content_hash(bytes);
+        let mut e = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(live) = e.map.get(&key).and_then(Weak::upgrade) {
+            return Ok(live);
+        }
+        let fresh = Arc::new(M::decode(bytes)?);
+        e.map.insert(key, Arc::downgrade(&fresh));
+        if e.map.len() > 2 * e.purged_at.max(64) {
+            e.map.retain(|_, w| w.strong_count() > 0);
+            e.purged_at = e.map.len();
+        }
+        Ok(fresh)
+    }
+
+    /// Distinct live copies held by anyone (drops dead entries).
+    pub fn live(&self) -> usize {
+        let mut e = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        e.map.retain(|_, w| w.strong_count() > 0);
+        e.purged_at = e.map.len();
+        e.map.len()
+    }
+}
+
+/// The node's pools, one per resource type, shared by every stream.
+#[derive(Debug, Default)]
+pub struct Interner {
+    pub clusters: Pool<Cluster>,
+    pub endpoints: Pool<ClusterLoadAssignment>,
+    pub listeners: Pool<Listener>,
+    pub routes: Pool<RouteConfiguration>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes(name: &str, timeout: i64) -> Vec<u8> {
+        Cluster {
+            name: name.into(),
+            connect_timeout: Some(envoy_types::pb::google::protobuf::Duration {
+                seconds: timeout,
+                nanos: 0,
+            }),
+            ..Default::default()
+        }
+        .encode_to_vec()
+    }
+
+    #[test]
+    fn identical_resources_share_one_copy_until_dropped() {
+        let pool: Pool<Cluster> = Pool::default();
+        let a = pool.intern(&bytes("c", 1)).unwrap();
+        let b = pool.intern(&bytes("c", 1)).unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+        let other = pool.intern(&bytes("c", 2)).unwrap();
+        assert!(!Arc::ptr_eq(&a, &other));
+        assert_eq!(pool.live(), 2);
+        drop((a, b));
+        assert_eq!(pool.live(), 1);
+        assert!(pool.intern(b"\xff\xff").is_err());
+    }
+}

@@ -1,0 +1,30 @@
+//! The agent's xDS client: state-of-the-world ADS to istiod as each meshed
+//! pod's sidecar identity, so meshlane holds exactly the config istiod
+//! gives that pod's Envoy.
+//!
+//! Synchronous cores (no I/O, unit-tested):
+//! - [`identity`]: node id and node metadata from a pod;
+//! - [`protocol`]: one identity's ADS state (subscription order, ACK/NACK,
+//!   validation, removal, resume);
+//! - [`intern`]: identical resources shared between identities;
+//! - [`backoff`]: reconnect waits with jitter.
+//!
+//! Async shells (tokio): [`transport`] (plaintext, unix socket or TLS with
+//! a bearer token), [`stream`] (one identity's stream and reconnects),
+//! [`node`] (one stream per identity, following the pod catalog).
+//! [`metrics`] counts them.
+
+pub mod backoff;
+pub mod identity;
+pub mod intern;
+pub mod metrics;
+pub mod node;
+pub mod protocol;
+pub mod stream;
+pub mod transport;
+
+pub use identity::{MeshSettings, ProxyIdentity, BYPASS_ANNOTATION};
+pub use metrics::XdsMetrics;
+pub use node::{ClientSettings, PodView, XdsClient};
+pub use protocol::{AdsCore, XdsType};
+pub use transport::{Address, Transport};

@@ -1,0 +1,257 @@
+//! The async shell of one proxy identity: opens an ADS stream, feeds each
+//! response to the identity's [`AdsCore`], sends what it returns and
+//! publishes the resources it holds; on any error (connect, stream reset,
+//! closed stream) waits with backoff and jitter and resumes on a new
+//! stream with the versions and names held. Runs until stopped.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::backoff::Backoff;
+use super::intern::Interner;
+use super::metrics::{TypeLabel, XdsMetrics};
+use super::protocol::{AdsCore, XdsType};
+use super::transport::{Transport, TransportError};
+use crate::xds::ProxyResources;
+
+/// Largest response accepted (a whole mesh's clusters or endpoints).
+const MAX_MESSAGE: usize = 256 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error("ADS stream: {0}")]
+    Status(#[from] tonic::Status),
+    #[error("ADS stream closed by the control plane")]
+    Closed,
+}
+
+/// What one identity's stream shows the rest of the agent.
+#[derive(Debug)]
+pub struct IdentityState {
+    pub node_id: String,
+    resources: watch::Sender<Arc<ProxyResources>>,
+    connected: AtomicBool,
+    synced: AtomicBool,
+    /// When the last stream ended (None while connected or never).
+    down_since: Mutex<Option<Instant>>,
+    last_error: Mutex<Option<String>>,
+}
+
+impl IdentityState {
+    pub fn new(node_id: String) -> Self {
+        Self {
+            node_id,
+            resources: watch::Sender::new(Arc::new(ProxyResources::default())),
+            connected: AtomicBool::new(false),
+            synced: AtomicBool::new(false),
+            down_since: Mutex::new(Some(Instant::now())),
+            last_error: Mutex::new(None),
+        }
+    }
+
+    /// The last good resources.
+    pub fn resources(&self) -> Arc<ProxyResources> {
+        self.resources.borrow().clone()
+    }
+
+    /// Changes of the resources, for whoever decides from them.
+    pub fn watch(&self) -> watch::Receiver<Arc<ProxyResources>> {
+        self.resources.subscribe()
+    }
+
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    /// A first complete snapshot was received.
+    pub fn synced(&self) -> bool {
+        self.synced.load(Ordering::Relaxed)
+    }
+
+    /// Disconnected for longer than `grace` (held config may be stale).
+    pub fn stale(&self, grace: Duration) -> bool {
+        let since = *self.down_since.lock().unwrap_or_else(|e| e.into_inner());
+        since.is_some_and(|t| t.elapsed() > grace)
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn set_connected(&self, up: bool, metrics: &XdsMetrics) {
+        if self.connected.swap(up, Ordering::Relaxed) != up {
+            metrics.connected.inc_by(if up { 1 } else { -1 });
+            *self.down_since.lock().unwrap_or_else(|e| e.into_inner()) = (!up).then(Instant::now);
+        }
+    }
+
+    fn set_synced(&self, metrics: &XdsMetrics) {
+        if !self.synced.swap(true, Ordering::Relaxed) {
+            metrics.synced.inc();
+        }
+    }
+}
+
+/// Backoff limits and what the stream shares with the node.
+#[derive(Clone)]
+pub struct StreamContext {
+    pub transport: Transport,
+    pub pools: Arc<Interner>,
+    pub metrics: XdsMetrics,
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+/// Resources this identity counts in the `held` gauges.
+#[derive(Default)]
+struct Counted([i64; 4]);
+
+impl Counted {
+    fn update(&mut self, r: &ProxyResources, m: &XdsMetrics) {
+        let now = [
+            r.clusters.len(),
+            r.endpoints.len(),
+            r.listeners.len(),
+            r.routes.len(),
+        ];
+        for (i, t) in XdsType::ALL.into_iter().enumerate() {
+            let n = now[i] as i64;
+            m.held
+                .get_or_create(&TypeLabel::of(t))
+                .inc_by(n - self.0[i]);
+            self.0[i] = n;
+        }
+    }
+
+    fn clear(&mut self, m: &XdsMetrics) {
+        self.update(&ProxyResources::default(), m);
+    }
+}
+
+/// Runs one identity's streams until `stop` turns true (or its sender is
+/// dropped).
+pub async fn run_identity(
+    state: Arc<IdentityState>,
+    node: Node,
+    ctx: StreamContext,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut core = AdsCore::new(node);
+    let mut backoff = Backoff::new(ctx.initial_backoff, ctx.max_backoff);
+    let mut counted = Counted::default();
+    loop {
+        let ended = session(
+            &mut core,
+            &state,
+            &ctx,
+            &mut backoff,
+            &mut counted,
+            &mut stop,
+        )
+        .await;
+        state.set_connected(false, &ctx.metrics);
+        match ended {
+            Ok(()) => break,
+            Err(e) => {
+                tracing::warn!(node = %state.node_id, error = %e, "ADS stream ended; reconnecting");
+                *state.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+            }
+        }
+        let wait = backoff.next_wait();
+        tokio::select! {
+            _ = stop.changed() => break,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        if *stop.borrow() {
+            break;
+        }
+        ctx.metrics.reconnects.inc();
+    }
+    counted.clear(&ctx.metrics);
+    if state.synced() {
+        ctx.metrics.synced.dec();
+    }
+}
+
+/// One stream, from connect to its end; Ok when stopped.
+async fn session(
+    core: &mut AdsCore,
+    state: &IdentityState,
+    ctx: &StreamContext,
+    backoff: &mut Backoff,
+    counted: &mut Counted,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<(), StreamError> {
+    let channel = tokio::select! {
+        c = ctx.transport.connect() => c?,
+        _ = stop.changed() => return Ok(()),
+    };
+    let mut client = AggregatedDiscoveryServiceClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+    let (tx, rx) = mpsc::channel(16);
+    for r in core.start_stream() {
+        tx.send(r).await.map_err(|_| StreamError::Closed)?;
+    }
+    let mut request = tonic::Request::new(ReceiverStream::new(rx));
+    if let Some(bearer) = ctx.transport.bearer()? {
+        request.metadata_mut().insert("authorization", bearer);
+    }
+    let mut inbound = tokio::select! {
+        r = client.stream_aggregated_resources(request) => r?.into_inner(),
+        _ = stop.changed() => return Ok(()),
+    };
+    state.set_connected(true, &ctx.metrics);
+    tracing::info!(node = %state.node_id, address = %ctx.transport.address, "ADS stream open");
+    loop {
+        let resp = tokio::select! {
+            _ = stop.changed() => return Ok(()),
+            msg = inbound.message() => msg?.ok_or(StreamError::Closed)?,
+        };
+        backoff.reset();
+        let out = core.on_response(&resp, &ctx.pools);
+        if let (Some(t), Some(verdict)) = (out.type_, &out.verdict) {
+            ctx.metrics.verdict(t, verdict.is_ok());
+            match verdict {
+                Ok(()) => {
+                    tracing::debug!(node = %state.node_id, "ADS {t} ACK version {}", resp.version_info)
+                }
+                Err(e) => {
+                    tracing::warn!(node = %state.node_id, "ADS {t} NACK version {} (keeps {:?}): {e}", resp.version_info, core.version(t))
+                }
+            }
+            let distinct = match t {
+                XdsType::Cluster => ctx.pools.clusters.live(),
+                XdsType::Endpoint => ctx.pools.endpoints.live(),
+                XdsType::Listener => ctx.pools.listeners.live(),
+                XdsType::Route => ctx.pools.routes.live(),
+            };
+            ctx.metrics
+                .distinct
+                .get_or_create(&TypeLabel::of(t))
+                .set(distinct as i64);
+        }
+        for r in out.requests {
+            tx.send(r).await.map_err(|_| StreamError::Closed)?;
+        }
+        if out.changed {
+            let held = Arc::clone(core.resources());
+            counted.update(&held, &ctx.metrics);
+            state.resources.send_replace(held);
+        }
+        if core.synced() {
+            state.set_synced(&ctx.metrics);
+        }
+    }
+}
