@@ -28,7 +28,9 @@ use crate::cni::conf::ValidAttachment;
 use crate::integrity;
 use crate::layout::PinLayout;
 use crate::loader;
+use crate::pods::source::PodKey;
 use crate::pods::{PodRecord, PodSpec, Registry, Swept};
+use crate::xds::live::{LiveDecisions, PodExplained};
 
 /// Version of the protocol; a peer that speaks another is refused.
 pub const API_VERSION: u32 = 1;
@@ -79,6 +81,11 @@ pub enum Request {
     CniGc(CniGc),
     #[serde(rename = "cni_status")]
     CniStatus,
+    /// `meshlane explain --pod`: the pod's live bypass decisions (served
+    /// only by an agent running the xDS client).
+    Explain {
+        pod: PodKey,
+    },
 }
 
 impl Request {
@@ -112,6 +119,7 @@ pub enum Reply {
     CniCollected(Vec<ValidAttachment>),
     #[serde(rename = "cni_status")]
     CniStatus(CniStatus),
+    Explained(Box<PodExplained>),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -152,12 +160,26 @@ pub enum ApiError {
 }
 
 const CNI_NEEDS_AGENT: &str = "CNI requests are served only by a running agent";
+const EXPLAIN_NEEDS_AGENT: &str = "explain --pod is served only by a running agent";
+const BYPASS_DISABLED: &str = "bypass is disabled in this agent (bypass.enabled is false or xds.address is unset): no live decisions";
+
+/// What a running agent serves beyond [`handle`].
+#[derive(Clone, Copy, Default)]
+pub struct AgentServices<'a> {
+    /// The CNI plugin's requests.
+    pub cni: Option<&'a CniService>,
+    /// `explain --pod` (None: bypass disabled).
+    pub decisions: Option<&'a LiveDecisions>,
+}
 
 /// Does one request: the synchronous core behind both the agent's server
 /// and the CLI's direct mode. Errors are one line naming what was wrong.
 pub fn handle(layout: &PinLayout, req: Request) -> Result<Reply, String> {
     if req.is_cni() {
         return Err(CNI_NEEDS_AGENT.into());
+    }
+    if matches!(req, Request::Explain { .. }) {
+        return Err(EXPLAIN_NEEDS_AGENT.into());
     }
     let reg = Registry::open(layout).map_err(|e| e.to_string())?;
     match req {
@@ -188,18 +210,29 @@ pub fn handle(layout: &PinLayout, req: Request) -> Result<Reply, String> {
         | Request::CniCheck(_)
         | Request::CniGc(_)
         | Request::CniStatus => return Err(CNI_NEEDS_AGENT.into()),
+        Request::Explain { .. } => return Err(EXPLAIN_NEEDS_AGENT.into()),
     }
     .map_err(|e| e.to_string())
 }
 
-/// Does one request in the agent: CNI requests go to `cni`, the others
-/// to [`handle`].
+/// Does one request in the agent: CNI requests go to its CNI service,
+/// `explain` to its live decisions, the others to [`handle`].
 pub fn dispatch(
     layout: &PinLayout,
-    cni: Option<&CniService>,
+    agent: Option<AgentServices<'_>>,
     req: Request,
 ) -> Result<Reply, String> {
-    let Some(cni) = cni else {
+    let Some(agent) = agent else {
+        return handle(layout, req);
+    };
+    if let Request::Explain { pod } = &req {
+        let live = agent.decisions.ok_or(BYPASS_DISABLED)?;
+        return live
+            .explain(pod)
+            .map(|e| Reply::Explained(Box::new(e)))
+            .map_err(|e| e.to_string());
+    }
+    let Some(cni) = agent.cni else {
         return handle(layout, req);
     };
     match req {
@@ -278,10 +311,10 @@ pub fn serve_line(layout: &PinLayout, line: &str) -> String {
     serve_line_with(layout, None, line)
 }
 
-/// [`serve_line`] in an agent that serves CNI requests through `cni`.
-pub fn serve_line_with(layout: &PinLayout, cni: Option<&CniService>, line: &str) -> String {
+/// [`serve_line`] in an agent that serves CNI and explain requests.
+pub fn serve_line_with(layout: &PinLayout, agent: Option<AgentServices<'_>>, line: &str) -> String {
     let result = match serde_json::from_str::<RequestEnvelope>(line) {
-        Ok(env) if env.version == API_VERSION => match dispatch(layout, cni, env.request) {
+        Ok(env) if env.version == API_VERSION => match dispatch(layout, agent, env.request) {
             Ok(r) => ApiResult::Ok(r),
             Err(e) => ApiResult::Error(e),
         },

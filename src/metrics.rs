@@ -41,6 +41,8 @@ pub struct AgentMetrics {
     pub swept: Family<ReasonLabel, Counter>,
     /// The xDS client's streams and resources.
     pub xds: crate::xds::client::XdsMetrics,
+    /// The bypass decisions kept from the xDS resources (src/xds/live).
+    pub decisions: crate::xds::live::DecisionMetrics,
     /// CNI plugin requests, by operation and outcome.
     pub cni: crate::cni::attach::CniMetrics,
     /// Running pods the reconcile registered (src/pods/reconcile.rs).
@@ -137,6 +139,7 @@ impl Metrics {
             agent.swept.clone(),
         );
         agent.xds.register(&mut registry);
+        agent.decisions.register(&mut registry);
         registry.register(
             "cni_requests",
             "CNI plugin requests the agent served, by operation (add, del, check, gc) and outcome",

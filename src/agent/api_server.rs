@@ -1,7 +1,8 @@
 //! The async shell of the local API ([`crate::api`]): a unix socket (mode
 //! 0600, root only) at the pin root's socket path; each connection sends
 //! one request line and gets one reply line, done on a blocking thread by
-//! the synchronous core (CNI requests by the agent's [`CniService`]). The
+//! the synchronous core (CNI requests by the agent's [`CniService`],
+//! `explain` by its [`LiveDecisions`] when bypass is enabled). The
 //! socket file goes away when the agent stops.
 
 use std::os::unix::fs::PermissionsExt;
@@ -15,6 +16,7 @@ use tokio::sync::watch;
 
 use crate::cni::attach::CniService;
 use crate::layout::PinLayout;
+use crate::xds::live::LiveDecisions;
 
 /// Longest request line accepted (a CNI GC lists every valid attachment
 /// of the node: thousands of ids fit).
@@ -39,6 +41,7 @@ async fn one(
     stream: tokio::net::UnixStream,
     layout: PinLayout,
     cni: Arc<CniService>,
+    decisions: Option<Arc<LiveDecisions>>,
 ) -> std::io::Result<()> {
     let (r, mut w) = stream.into_split();
     let mut line = String::new();
@@ -47,7 +50,11 @@ async fn one(
         .await
         .map_err(|_| std::io::Error::other("no request within 10 s"))??;
     let reply = tokio::task::spawn_blocking(move || {
-        crate::api::serve_line_with(&layout, Some(&cni), &line)
+        let agent = crate::api::AgentServices {
+            cni: Some(&cni),
+            decisions: decisions.as_deref(),
+        };
+        crate::api::serve_line_with(&layout, Some(agent), &line)
     })
     .await
     .map_err(std::io::Error::other)?;
@@ -61,6 +68,7 @@ pub async fn serve(
     path: PathBuf,
     layout: PinLayout,
     cni: Arc<CniService>,
+    decisions: Option<Arc<LiveDecisions>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -68,9 +76,9 @@ pub async fn serve(
             _ = shutdown.changed() => break,
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
-                let (layout, cni) = (layout.clone(), cni.clone());
+                let (layout, cni, d) = (layout.clone(), cni.clone(), decisions.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = one(stream, layout, cni).await {
+                    if let Err(e) = one(stream, layout, cni, d).await {
                         tracing::warn!(error = %e, "API connection");
                     }
                 });

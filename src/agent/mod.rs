@@ -18,7 +18,10 @@
 //! - the xDS client ([`crate::xds::client`]), when `bypass.enabled` and
 //!   `xds.address` is set:
 //!   one ADS stream per meshed pod of the pod catalog that allows bypass;
-//!   readiness then waits for every stream's first complete snapshot.
+//!   readiness then waits for every stream's first complete snapshot;
+//!   with it, the live decisions ([`crate::xds::live`]): each pod's bypass
+//!   decisions re-decided on every xDS change, served to
+//!   `meshlane explain --pod` through the local API.
 //!
 //! The agent holds no BPF object after install (everything lives in pins),
 //! so killing it never touches traffic, and a restarted agent adopts the
@@ -45,6 +48,7 @@ use crate::metrics::{AgentMetrics, Metrics, ReasonLabel};
 use crate::pods::source::PodCatalog;
 use crate::probe::{self, ProbeError};
 use crate::xds::client::XdsClient;
+use crate::xds::live::LiveDecisions;
 use readiness::Readiness;
 
 #[derive(Debug, Error)]
@@ -309,11 +313,38 @@ async fn serve(
         cni_catalog(catalog.clone()),
         agent_metrics.cni.clone(),
     ));
+    // The client runs only where bypass is enabled: nothing else uses what
+    // it receives.
+    let xds_settings = cfg.xds.client_settings().filter(|_| cfg.bypass.enabled);
+    if cfg.bypass.enabled && xds_settings.is_none() {
+        tracing::warn!("bypass.enabled without xds.address: no xDS client, nothing is bypassed");
+    }
+    let decisions = xds_settings.map(|settings| {
+        let client = XdsClient::new(settings, agent_metrics.xds.clone());
+        readiness.require_xds();
+        let r = readiness.clone();
+        tracing::info!(address = ?cfg.xds.address, tls = cfg.xds.tls, "xDS client");
+        let catalog: Arc<dyn PodCatalog> = catalog.clone();
+        tasks.spawn(client.clone().run(
+            catalog,
+            XDS_RECONCILE_INTERVAL,
+            move |synced| r.set_xds_synced(synced),
+            stop_rx.clone(),
+        ));
+        let live = LiveDecisions::new(
+            client,
+            cfg.bypass.policies.clone(),
+            agent_metrics.decisions.clone(),
+        );
+        tasks.spawn(live.clone().run(XDS_RECONCILE_INTERVAL, stop_rx.clone()));
+        live
+    });
     tasks.spawn(api_server::serve(
         api,
         api_path.clone(),
         layout.clone(),
         cni.clone(),
+        decisions,
         stop_rx.clone(),
     ));
     tracing::info!(socket = %api_path.display(), "local API");
@@ -324,25 +355,6 @@ async fn serve(
         readiness.clone(),
         stop_rx.clone(),
     ));
-    // The client runs only where bypass is enabled: nothing else uses what
-    // it receives.
-    let xds_settings = cfg.xds.client_settings().filter(|_| cfg.bypass.enabled);
-    if cfg.bypass.enabled && xds_settings.is_none() {
-        tracing::warn!("bypass.enabled without xds.address: no xDS client, nothing is bypassed");
-    }
-    if let Some(settings) = xds_settings {
-        let client = XdsClient::new(settings, agent_metrics.xds.clone());
-        readiness.require_xds();
-        let r = readiness.clone();
-        tracing::info!(address = ?cfg.xds.address, tls = cfg.xds.tls, "xDS client");
-        let catalog: Arc<dyn PodCatalog> = catalog.clone();
-        tasks.spawn(client.run(
-            catalog,
-            XDS_RECONCILE_INTERVAL,
-            move |synced| r.set_xds_synced(synced),
-            stop_rx.clone(),
-        ));
-    }
     tasks.spawn(counter_log(layout.clone(), cfg.log_interval(), stop_rx));
     tracing::info!(pin_root = %report.pin_root.display(), cgroup = %report.cgroup.display(), "agent running");
 

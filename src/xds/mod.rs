@@ -17,6 +17,7 @@
 pub mod client;
 pub mod decide;
 pub mod dump;
+pub mod live;
 pub mod resources;
 pub mod typeurl;
 

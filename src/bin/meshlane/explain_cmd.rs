@@ -1,37 +1,111 @@
 //! `meshlane explain`: the bypass decision for every outbound destination
-//! of one proxy, offline from an Envoy config dump. Table by default,
-//! `--json` (global flag) for machines, `--summary` for counts by reason.
+//! of one proxy, offline from an Envoy config dump (`--config-dump`) or
+//! live from the running agent (`--pod ns/name`, through the local API,
+//! with the pod's xDS stream state). Table by default, `--json` (global
+//! flag) for machines, `--summary` for counts by reason.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 
+use meshlane::api::{self, ApiError, Reply, Request};
 use meshlane::config::AgentConfig;
+use meshlane::pods::source::PodKey;
 use meshlane::xds::decide::{self, Decisions, Verdict};
 use meshlane::xds::dump;
+use meshlane::xds::live::PodExplained;
 
 #[derive(Args)]
+#[group(id = "source", required = true, multiple = false, args = ["config_dump", "pod"])]
 pub(crate) struct ExplainArgs {
     /// Envoy config dump JSON (istioctl proxy-config all -o json, or /config_dump).
     #[arg(long, value_name = "FILE")]
-    config_dump: PathBuf,
+    config_dump: Option<PathBuf>,
+    /// A pod on this node, live from the running agent: NAMESPACE/NAME.
+    #[arg(long, value_name = "NS/NAME")]
+    pod: Option<String>,
     /// Counts by decision and reason, and the share that can be bypassed.
     #[arg(long)]
     summary: bool,
     /// Explain a dump that lacks its listener or cluster section.
-    #[arg(long)]
+    #[arg(long, requires = "config_dump")]
     allow_partial: bool,
     /// Agent config whose `bypass:` section sets the policies [default: the defaults].
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", requires = "config_dump")]
     config: Option<PathBuf>,
 }
 
-pub(crate) fn run(a: &ExplainArgs, json: bool) -> Result<()> {
-    let text = std::fs::read_to_string(&a.config_dump)
-        .with_context(|| format!("reading {}", a.config_dump.display()))?;
+pub(crate) fn run(a: &ExplainArgs, pin_root: &Path, json: bool) -> Result<()> {
+    let decisions = match (&a.config_dump, &a.pod) {
+        (Some(file), _) => from_dump(a, file)?,
+        (None, Some(pod)) => {
+            let live = from_agent(pin_root, pod)?;
+            if json && !a.summary {
+                return crate::print_json(&live);
+            }
+            if !json {
+                println!("{}", stream_line(&live));
+            }
+            live.decisions
+        }
+        (None, None) => bail!("explain: give --config-dump FILE or --pod NS/NAME"),
+    };
+    print_decisions(&decisions, a.summary, json)
+}
+
+/// `NS/NAME` as a pod key.
+fn parse_pod(s: &str) -> Result<PodKey> {
+    match s.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+            Ok(PodKey {
+                namespace: ns.into(),
+                name: name.into(),
+            })
+        }
+        _ => bail!("--pod {s:?}: expected NAMESPACE/NAME"),
+    }
+}
+
+/// The pod's live decisions from the agent on `pin_root`.
+fn from_agent(pin_root: &Path, pod: &str) -> Result<PodExplained> {
+    let pod = parse_pod(pod)?;
+    let socket = api::socket_path(pin_root);
+    match api::call(&socket, &Request::Explain { pod }, Duration::from_secs(60)) {
+        Ok(Reply::Explained(e)) => Ok(*e),
+        Ok(other) => bail!("agent answered explain with {other:?}"),
+        Err(ApiError::NoAgent(s)) => bail!(
+            "no agent listens on {}: explain --pod needs a running agent (or use --config-dump)",
+            s.display()
+        ),
+        Err(ApiError::Refused(e)) => bail!("{e}"),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The stream state line shown above a live table.
+fn stream_line(e: &PodExplained) -> String {
+    let yes = |b: bool| if b { "yes" } else { "no" };
+    let mut line = format!(
+        "pod {} ({}): connected {}, synced {}, stale {}",
+        e.pod,
+        e.node_id,
+        yes(e.connected),
+        yes(e.synced),
+        yes(e.stale)
+    );
+    if let Some(err) = e.last_error.as_deref().filter(|_| !e.connected) {
+        line.push_str(&format!(", last error: {err}"));
+    }
+    line
+}
+
+fn from_dump(a: &ExplainArgs, file: &Path) -> Result<Decisions> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let parsed = dump::parse(&text, a.allow_partial)
-        .with_context(|| format!("config dump {}", a.config_dump.display()))?;
+        .with_context(|| format!("config dump {}", file.display()))?;
     let policy = match &a.config {
         Some(f) => AgentConfig::from_file(f)?.bypass.policies,
         None => decide::BypassPolicy::default(),
@@ -40,7 +114,11 @@ pub(crate) fn run(a: &ExplainArgs, json: bool) -> Result<()> {
     for w in &parsed.warnings {
         eprintln!("meshlane: warning: {w}");
     }
-    if a.summary {
+    Ok(decisions)
+}
+
+fn print_decisions(decisions: &Decisions, summary: bool, json: bool) -> Result<()> {
+    if summary {
         let s = decisions.summary();
         if json {
             return crate::print_json(&s);
@@ -60,9 +138,9 @@ pub(crate) fn run(a: &ExplainArgs, json: bool) -> Result<()> {
         return Ok(());
     }
     if json {
-        return crate::print_json(&decisions);
+        return crate::print_json(decisions);
     }
-    print!("{}", table(&decisions));
+    print!("{}", table(decisions));
     Ok(())
 }
 

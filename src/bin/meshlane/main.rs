@@ -263,7 +263,7 @@ fn run(cli: Cli, agent_config: Option<AgentConfig>) -> Result<()> {
         Cmd::Bench(a) => meshlane::bench::cli::main(&a, cli.json)?,
         #[cfg(feature = "sim")]
         Cmd::Demo => meshlane::bench::cli::demo(cli.json)?,
-        Cmd::Explain(a) => explain_cmd::run(&a, cli.json)?,
+        Cmd::Explain(a) => explain_cmd::run(&a, &pin_root, cli.json)?,
         Cmd::Uninstall => {
             require_root()?;
             layout.check_version()?;

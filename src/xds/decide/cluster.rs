@@ -16,7 +16,7 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
 };
 use envoy_types::pb::google::protobuf::{value::Kind, Struct};
 use prost::Message;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::filters::{self, Place};
 use super::reason::{Loss, Reason, ReasonCode as R};
@@ -25,7 +25,7 @@ use crate::xds::typeurl::{self as t};
 use crate::xds::{dump, ProxyResources};
 
 /// One endpoint a bypass may connect to.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Endpoint {
     pub address: IpAddr,
     pub port: u16,
@@ -33,7 +33,7 @@ pub struct Endpoint {
     pub weight: u64,
     /// Envoy priority (0 first; higher only when lower ones are unhealthy).
     pub priority: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub locality: Option<String>,
     pub cluster: String,
 }

@@ -26,6 +26,7 @@ pub mod filters;
 pub mod listeners;
 pub mod reason;
 pub mod route;
+pub mod update;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -35,6 +36,7 @@ use serde::{Deserialize, Serialize};
 pub use cluster::Endpoint;
 pub use engine::Engine;
 pub use reason::{Loss, Reason, ReasonCode};
+pub use update::Recompute;
 
 use super::ProxyResources;
 
@@ -104,7 +106,7 @@ impl Default for BypassPolicy {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Verdict {
     Bypass,
@@ -112,7 +114,7 @@ pub enum Verdict {
 }
 
 /// What a destination is keyed by.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum DestKey {
     /// A service VIP (or pod IP) and port: what the kernel keys by.
@@ -144,7 +146,7 @@ impl std::fmt::Display for DestKey {
 }
 
 /// The decision for one destination.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Destination {
     pub destination: DestKey,
     pub decision: Verdict,
@@ -162,7 +164,7 @@ pub struct Destination {
 }
 
 /// Every destination of one proxy.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Decisions {
     pub destinations: Vec<Destination>,
 }
@@ -214,7 +216,7 @@ impl Decisions {
 }
 
 /// `explain --summary`: counts and the share that can be bypassed.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
     pub total: usize,
     pub bypass: usize,

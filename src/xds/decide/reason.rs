@@ -2,9 +2,9 @@
 //! reasons with stable snake_case codes (metrics labels, `--json`) and a
 //! human sentence naming the resource at fault.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ReasonCode {
     // Filters.
@@ -86,7 +86,7 @@ impl ReasonCode {
 }
 
 /// One reason, with the sentence that names what was found.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Reason {
     pub code: ReasonCode,
     pub text: String,
@@ -103,7 +103,7 @@ impl Reason {
 
 /// What a bypassed flow no longer gets from its sidecar (told to the
 /// operator by `explain` and the docs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Loss {
     /// Envoy's own and Istio's L7 stats (the kernel exports TCP metrics).
