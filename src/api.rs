@@ -372,6 +372,30 @@ mod tests {
     }
 
     #[test]
+    fn explain_needs_an_agent_with_bypass_enabled() {
+        let layout = PinLayout::new("/nonexistent/pin/root");
+        let req = || Request::Explain {
+            pod: PodKey {
+                namespace: "default".into(),
+                name: "web".into(),
+            },
+        };
+        let line = serde_json::to_string(&RequestEnvelope {
+            version: API_VERSION,
+            request: req(),
+        })
+        .unwrap();
+        assert_eq!(
+            line,
+            r#"{"version":1,"request":{"op":"explain","pod":{"namespace":"default","name":"web"}}}"#
+        );
+        assert_eq!(handle(&layout, req()).unwrap_err(), EXPLAIN_NEEDS_AGENT);
+        let agent = AgentServices::default();
+        let e = dispatch(&layout, Some(agent), req()).unwrap_err();
+        assert!(e.contains("bypass is disabled"), "{e}");
+    }
+
+    #[test]
     fn requests_round_trip() {
         let req = Request::Rm {
             pod: PodRef::Cookie(42),

@@ -18,10 +18,14 @@ use meshlane::xds::dump;
 use meshlane::xds::live::PodExplained;
 
 #[derive(Args)]
-#[group(id = "source", required = true, multiple = false, args = ["config_dump", "pod"])]
 pub(crate) struct ExplainArgs {
     /// Envoy config dump JSON (istioctl proxy-config all -o json, or /config_dump).
-    #[arg(long, value_name = "FILE")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "pod",
+        conflicts_with = "pod"
+    )]
     config_dump: Option<PathBuf>,
     /// A pod on this node, live from the running agent: NAMESPACE/NAME.
     #[arg(long, value_name = "NS/NAME")]
