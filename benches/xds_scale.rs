@@ -19,7 +19,15 @@
 //! - the client's CPU time for each such change (CLOCK_PROCESS_CPUTIME_ID
 //!   of the client process: robust to other load on the machine);
 //! - the client process's resident memory (VmRSS, VmHWM) before the client
-//!   starts and once synced.
+//!   starts and once synced;
+//! - the decisions (the agent's `LiveDecisions` following identity 0): the
+//!   full snapshot decided (wall time from following the synced pod to
+//!   its first complete decisions, and the CPU time of one `Engine::new`
+//!   on the held resources), and per single-service EDS change the time
+//!   from the update to the new decision holding the moved endpoint (the
+//!   client polls the decisions every 0.5 ms, so up to that much is
+//!   polling) with the `meshlane_bypass_redecide_duration_seconds` view of
+//!   the same work (re-decide wall time inside the blocking thread).
 //!
 //! Options: `-- --services N --endpoints-per-service N --identities N
 //! --changes N --json`. No root needed.
@@ -42,6 +50,8 @@ use meshlane::sim::{unique_tag, SidecarMode};
 use meshlane::xds::client::{
     Address, ClientSettings, MeshSettings, Transport, XdsClient, XdsMetrics,
 };
+use meshlane::xds::decide::{BypassPolicy, DestKey, Engine};
+use meshlane::xds::live::{DecisionMetrics, LiveDecisions};
 use prost::Name;
 use serde::Serialize;
 
@@ -160,8 +170,11 @@ fn node_id(n: u32) -> String {
 
 // ---- the client process ---------------------------------------------------
 
-/// Reads commands on stdin: `watch <cluster> <ip>` (answers `ready`, then
-/// `seen <ns>` once identity 0 holds that endpoint), `rss`, `quit`.
+/// Reads commands on stdin: `watch <cluster> <ip> <vip> <port>` (answers
+/// `ready`, then `seen <ns> <cpu ns>` once identity 0 holds that endpoint
+/// and `decided <ns> <cpu ns>` once its decision for vip:port lists it),
+/// `rss`, `quit`. Once synced it says `synced ...`, then `full <wall ns>
+/// <engine cpu ns> <destinations>`.
 fn client_main(socket: PathBuf, identities: u32) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -195,12 +208,36 @@ fn client_main(socket: PathBuf, identities: u32) -> Result<()> {
         let (rss, hwm) = rss_kib();
         println!("synced {} {rss0} {rss} {hwm}", synced - start);
         let key = pod_info(0).key;
+        let live = LiveDecisions::new(
+            Arc::clone(&client),
+            BypassPolicy::default(),
+            DecisionMetrics::default(),
+        );
+        let t0 = monotonic_ns();
+        live.reconcile();
+        let full = loop {
+            if let Some(d) = live.decisions(&key) {
+                break d;
+            }
+            tokio::time::sleep(Duration::from_micros(500)).await;
+        };
+        let full_wall = monotonic_ns() - t0;
+        let held = client
+            .pod(&key)
+            .context("identity 0 has a stream")?
+            .resources;
+        let cpu0 = cpu_ns();
+        let engine = Engine::new(&held, BypassPolicy::default());
+        let engine_cpu = cpu_ns() - cpu0;
+        drop(engine);
+        println!("full {full_wall} {engine_cpu} {}", full.destinations.len());
+        drop(full);
         let mut watch = client.watch(&key).context("identity 0 has a stream")?;
         let mut stdin = BufReader::new(std::io::stdin()).lines();
         while let Some(Ok(line)) = stdin.next() {
             let words: Vec<&str> = line.split_whitespace().collect();
             match words.as_slice() {
-                ["watch", cluster, ip] => {
+                ["watch", cluster, ip, vip, port] => {
                     watch.borrow_and_update();
                     let cpu0 = cpu_ns();
                     println!("ready");
@@ -217,6 +254,24 @@ fn client_main(socket: PathBuf, identities: u32) -> Result<()> {
                         }
                         watch.changed().await?;
                     }
+                    let dest = DestKey::Service {
+                        address: vip.parse()?,
+                        port: port.parse()?,
+                    };
+                    let want: IpAddr = ip.parse()?;
+                    loop {
+                        let decided = live.decisions(&key).is_some_and(|d| {
+                            d.destinations
+                                .iter()
+                                .find(|x| x.destination == dest)
+                                .is_some_and(|x| x.endpoints.iter().any(|e| e.address == want))
+                        });
+                        if decided {
+                            println!("decided {} {}", monotonic_ns(), cpu_ns() - cpu0);
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_micros(500)).await;
+                    }
                 }
                 ["rss"] => {
                     let (rss, hwm) = rss_kib();
@@ -225,6 +280,7 @@ fn client_main(socket: PathBuf, identities: u32) -> Result<()> {
                 _ => break,
             }
         }
+        live.stop();
         client.stop_all().await;
         anyhow::Ok(())
     })
@@ -299,6 +355,19 @@ struct RunResult {
     /// Client CPU time per change (from its `watch` to the update held).
     eds_change_cpu_p50_ms: f64,
     eds_change_cpu_p99_ms: f64,
+    /// Identity 0's first complete decisions, from following it synced.
+    full_decide_ms: f64,
+    /// CPU time of one `Engine::new` on the synced resources.
+    full_decide_cpu_ms: f64,
+    destinations: u64,
+    /// From the EDS update to the new decision (includes the client's
+    /// part above and up to 0.5 ms of polling).
+    eds_decision_p50_ms: f64,
+    eds_decision_p99_ms: f64,
+    eds_decision_max_ms: f64,
+    /// Client CPU time from its `watch` to the new decision.
+    eds_decision_cpu_p50_ms: f64,
+    eds_decision_cpu_p99_ms: f64,
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -328,6 +397,16 @@ fn run(cli: &Cli, base: &Snapshot, services: &[Service], identities: u32) -> Res
     if tag != "synced" {
         bail!("client said {synced:?}");
     }
+    let full = client.line()?;
+    let [ftag, full_wall, full_cpu, dests] = full.as_slice() else {
+        bail!("client said {full:?}");
+    };
+    if ftag != "full" {
+        bail!("client said {full:?}");
+    }
+    let (full_wall, full_cpu, dests) = (full_wall.clone(), full_cpu.clone(), dests.clone());
+    let mut dlat = Vec::new();
+    let mut dcpu = Vec::new();
     let mut current = base.clone();
     let mut lat = Vec::new();
     let mut cpu_ms = Vec::new();
@@ -344,7 +423,12 @@ fn run(cli: &Cli, base: &Snapshot, services: &[Service], identities: u32) -> Res
             .next()
             .context("endpoints of the moved service")?;
         next.add_raw(s.cluster(), body);
-        client.say(&format!("watch {} {new_ip}", s.cluster()))?;
+        client.say(&format!(
+            "watch {} {new_ip} {} {}",
+            s.cluster(),
+            s.vip,
+            s.port
+        ))?;
         let ready = client.line()?;
         if ready.first().map(String::as_str) != Some("ready") {
             bail!("client said {ready:?}");
@@ -363,12 +447,26 @@ fn run(cli: &Cli, base: &Snapshot, services: &[Service], identities: u32) -> Res
             .and_then(|v| v.parse().ok())
             .context("seen <ns> <cpu>")?;
         cpu_ms.push(cpu as f64 / 1e6);
+        let decided = client.line()?;
+        if decided.first().map(String::as_str) != Some("decided") {
+            bail!("client said {decided:?}");
+        }
+        let field = |i: usize| -> Result<u64> {
+            decided
+                .get(i)
+                .and_then(|v| v.parse().ok())
+                .context("decided <ns> <cpu>")
+        };
+        dlat.push(field(1)?.saturating_sub(t0) as f64 / 1e6);
+        dcpu.push(field(2)? as f64 / 1e6);
         current = next;
     }
     client.say("rss")?;
     let after = client.line()?;
     lat.sort_by(|a, b| a.total_cmp(b));
     cpu_ms.sort_by(|a, b| a.total_cmp(b));
+    dlat.sort_by(|a, b| a.total_cmp(b));
+    dcpu.sort_by(|a, b| a.total_cmp(b));
     let num = |s: &str| s.parse::<u64>().unwrap_or(0);
     Ok(RunResult {
         identities,
@@ -382,6 +480,14 @@ fn run(cli: &Cli, base: &Snapshot, services: &[Service], identities: u32) -> Res
         eds_change_max_ms: lat.last().copied().unwrap_or(f64::NAN),
         eds_change_cpu_p50_ms: percentile(&cpu_ms, 0.5),
         eds_change_cpu_p99_ms: percentile(&cpu_ms, 0.99),
+        full_decide_ms: num(&full_wall) as f64 / 1e6,
+        full_decide_cpu_ms: num(&full_cpu) as f64 / 1e6,
+        destinations: num(&dests),
+        eds_decision_p50_ms: percentile(&dlat, 0.5),
+        eds_decision_p99_ms: percentile(&dlat, 0.99),
+        eds_decision_max_ms: dlat.last().copied().unwrap_or(f64::NAN),
+        eds_decision_cpu_p50_ms: percentile(&dcpu, 0.5),
+        eds_decision_cpu_p99_ms: percentile(&dcpu, 0.99),
     })
 }
 
@@ -424,6 +530,12 @@ fn bench(cli: &Cli) -> Result<()> {
             r.sync_ms, r.rss_before_kib, r.rss_synced_kib, r.hwm_synced_kib, r.rss_after_changes_kib,
             r.eds_change_p50_ms, r.eds_change_p99_ms, r.eds_change_max_ms,
             r.eds_change_cpu_p50_ms, r.eds_change_cpu_p99_ms
+        );
+        eprintln!(
+            "{n} identities: {} destinations decided in {:.0} ms (Engine::new CPU {:.0} ms); EDS change to new decision p50 {:.2} ms p99 {:.2} ms max {:.2} ms, client CPU p50 {:.2} ms p99 {:.2} ms",
+            r.destinations, r.full_decide_ms, r.full_decide_cpu_ms,
+            r.eds_decision_p50_ms, r.eds_decision_p99_ms, r.eds_decision_max_ms,
+            r.eds_decision_cpu_p50_ms, r.eds_decision_cpu_p99_ms
         );
         results.push(r);
     }
