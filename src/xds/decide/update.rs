@@ -88,7 +88,7 @@ fn changed_keys<T: PartialEq>(
 ) -> BTreeSet<String> {
     let mut out: BTreeSet<String> = a
         .iter()
-        .filter(|(k, v)| b.get(*k).is_none_or(|w| !same(v, w)))
+        .filter(|(k, v)| b.get(*k).map_or(true, |w| !same(v, w)))
         .map(|(k, _)| k.clone())
         .collect();
     out.extend(b.keys().filter(|k| !a.contains_key(*k)).cloned());

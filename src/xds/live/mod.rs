@@ -48,9 +48,12 @@ pub enum ExplainError {
     NotSynced { pod: PodKey, state: &'static str },
 }
 
+/// A pod's latest decisions and their summary (counted in the metrics).
+type Latest = Arc<Mutex<Option<(Arc<Decisions>, Summary)>>>;
+
 struct Tracked {
     node_id: String,
-    latest: Arc<Mutex<Option<(Arc<Decisions>, Summary)>>>,
+    latest: Latest,
     task: JoinHandle<()>,
 }
 
@@ -87,7 +90,7 @@ impl LiveDecisions {
         let mut tracked = self.tracked();
         let gone: Vec<PodKey> = tracked
             .iter()
-            .filter(|(k, t)| self.client.pod(k).is_none_or(|v| v.node_id != t.node_id))
+            .filter(|(k, t)| self.client.pod(k).map_or(true, |v| v.node_id != t.node_id))
             .map(|(k, _)| k.clone())
             .collect();
         for k in gone {
@@ -231,7 +234,7 @@ async fn follow(
     mut rx: watch::Receiver<Arc<ProxyResources>>,
     policy: BypassPolicy,
     metrics: DecisionMetrics,
-    latest: Arc<Mutex<Option<(Arc<Decisions>, Summary)>>>,
+    latest: Latest,
 ) {
     let mut pod = Some(PodEngine {
         engine: None,
@@ -245,7 +248,7 @@ async fn follow(
             let work = tokio::task::spawn_blocking(move || {
                 let started = Instant::now();
                 let kind = p.update(new, &policy);
-                let decided = kind.and_then(|_| p.engine.as_ref()).map(|e| {
+                let decided = kind.and(p.engine.as_ref()).map(|e| {
                     let d = e.decisions();
                     let s = d.summary();
                     (Arc::new(d), s)
