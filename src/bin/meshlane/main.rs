@@ -58,6 +58,27 @@ enum Cmd {
     /// `meshlane bench --quick`: about a minute, prints the table.
     #[cfg(feature = "sim")]
     Demo,
+    /// The lab's commands in a node build: one line saying what build has them.
+    #[cfg(not(feature = "sim"))]
+    #[command(name = "bench", hide = true, disable_help_flag = true)]
+    NoBench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        _args: Vec<String>,
+    },
+    #[cfg(not(feature = "sim"))]
+    #[command(name = "demo", hide = true, disable_help_flag = true)]
+    NoDemo {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        _args: Vec<String>,
+    },
+}
+
+/// What `meshlane bench`/`demo` say in a node build (no feature `sim`).
+#[cfg(not(feature = "sim"))]
+fn lab_only(command: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "`meshlane {command}` needs a build with the simulated node: `cargo build --release --features sim` (or `make demo`); this is the node build"
+    )
 }
 
 /// Agent flags. Each overrides the same field of the --config file (and
@@ -254,6 +275,10 @@ fn run(cli: Cli, agent_config: Option<AgentConfig>) -> Result<()> {
         Cmd::Bench(a) => meshlane::bench::cli::main(&a, cli.json)?,
         #[cfg(feature = "sim")]
         Cmd::Demo => meshlane::bench::cli::demo(cli.json)?,
+        #[cfg(not(feature = "sim"))]
+        Cmd::NoBench { .. } => return Err(lab_only("bench")),
+        #[cfg(not(feature = "sim"))]
+        Cmd::NoDemo { .. } => return Err(lab_only("demo")),
         Cmd::Uninstall => {
             require_root()?;
             layout.check_version()?;
