@@ -41,13 +41,13 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use meshlane::api::{self, Request};
 use meshlane::bench::interrupt;
+use meshlane::datapath::MapId;
 use meshlane::layout::PinLayout;
 use meshlane::pods::{PodMode, PodSpec, Registry};
 use meshlane::sim::{Node, NodeOptions, Pod};
 use serde::Serialize;
 
 const BIN: &str = env!("CARGO_BIN_EXE_meshlane");
-const SOCKS_MAP: &str = "ml_socks";
 const API_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Parser)]
@@ -315,7 +315,7 @@ fn grow_pods(node: &Node, agent: &Agent, bare: &mut Vec<BareNetns>, want: usize)
 }
 
 fn socks_in_map(layout: &PinLayout) -> usize {
-    meshlane::status::map_fill(layout, SOCKS_MAP).map_or(0, |m| m.entries)
+    meshlane::status::map_fill(layout, MapId::Socks).map_or(0, |m| m.entries)
 }
 
 /// Waits (up to 60 s) until the sockhash fill satisfies `ok`.
@@ -327,7 +327,7 @@ fn wait_socks(layout: &PinLayout, what: &str, ok: impl Fn(usize) -> bool) -> Res
             return Ok(n);
         }
         if Instant::now() > deadline {
-            bail!("{SOCKS_MAP} holds {n} entries, expected {what}");
+            bail!("{} holds {n} entries, expected {what}", MapId::Socks);
         }
         interrupt_check()?;
         std::thread::sleep(Duration::from_millis(100));
@@ -358,7 +358,7 @@ fn status_socks(layout: &PinLayout) -> Result<(usize, f64)> {
         .as_array()
         .into_iter()
         .flatten()
-        .find(|m| m["name"] == SOCKS_MAP)
+        .find(|m| m["name"] == MapId::Socks.pin_name())
         .and_then(|m| m["entries"].as_u64())
         .context("status --json lists no ml_socks entries")?;
     Ok((entries as usize, ms))

@@ -17,6 +17,7 @@ use errors::{error_line, libbpf_log, usage_error_line};
 
 use meshlane::agent;
 use meshlane::config::{AgentConfig, LogFormat};
+use meshlane::datapath::LinkId;
 use meshlane::layout::{PinLayout, DEFAULT_PIN_ROOT};
 use meshlane::loader::{self, VerdictRemedy};
 use meshlane::{integrity, probe, status};
@@ -214,7 +215,8 @@ fn run(cli: Cli, agent_config: Option<AgentConfig>) -> Result<()> {
             // Status of a running install must not fail because a probe
             // could not run: it then says so instead of the findings.
             let integrity = loader::kernel_facts().map(|facts| {
-                let plan = integrity::installed(&facts, layout.link("ml_splice_verdict").exists());
+                let plan =
+                    integrity::installed(&facts, layout.link(LinkId::SpliceVerdict).exists());
                 integrity::Report::new(&facts, &plan)
             });
             if cli.json {
