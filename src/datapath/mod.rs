@@ -27,6 +27,20 @@ pub mod names;
 pub mod probe;
 pub mod skel;
 
+/// Sends libbpf's own messages to tracing (target `libbpf`: warnings at
+/// debug, the rest at trace; `RUST_LOG=libbpf=debug` shows them), so a
+/// failure reaches the user as meshlane's one error line.
+pub fn route_libbpf_log() {
+    fn log(level: libbpf_rs::PrintLevel, msg: String) {
+        let msg = msg.trim_end();
+        match level {
+            libbpf_rs::PrintLevel::Warn => tracing::debug!(target: "libbpf", "{msg}"),
+            _ => tracing::trace!(target: "libbpf", "{msg}"),
+        }
+    }
+    libbpf_rs::set_print(Some((libbpf_rs::PrintLevel::Debug, log)));
+}
+
 pub use layout::PinLayout;
 pub use maps::{CountersMap, ListenersMap, MapError, MapFill, PodIpsMap, PodsMap};
 pub use names::{LinkId, MapId};

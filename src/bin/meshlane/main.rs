@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
-use errors::{error_line, libbpf_log, usage_error_line};
+use errors::{error_line, usage_error_line};
 
 use meshlane::agent;
 use meshlane::config::{AgentConfig, LogFormat};
@@ -323,7 +323,7 @@ fn init_logging(format: LogFormat) {
     }
     // libbpf's own messages go through tracing (RUST_LOG=libbpf=debug), so
     // a failure reaches the user as meshlane's one error line.
-    libbpf_rs::set_print(Some((libbpf_rs::PrintLevel::Debug, libbpf_log)));
+    meshlane::datapath::route_libbpf_log();
 }
 
 fn main() -> ExitCode {
