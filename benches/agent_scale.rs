@@ -9,7 +9,8 @@
 //!    child processes, put `--sockets` spliced sockets in the sockhash;
 //! 3. `pods N`: bare network namespaces registered through the agent's
 //!    local API until N pods are registered (a quarter, half and all of
-//!    `--pods`), the sockets still held;
+//!    `--pods`), the sockets still held; with `--pod-addresses` each has
+//!    one address (so the pod IPs map holds one entry a pod);
 //! 4. `no sockets`: all pods still registered, the sockets closed;
 //! 5. then the idle agent's RSS once a second for `--idle-secs`;
 //! 6. then the agent's own CPU time (user + system, every thread, from
@@ -31,7 +32,7 @@
 //! by a guard and removed on return, error, panic or Ctrl-C.
 //!
 //! Options: `-- --pods N --sockets N --scrapes N --conns-per-child N
-//! --idle-secs N --cpu-secs N --json`.
+//! --idle-secs N --cpu-secs N --pod-addresses --json`.
 //! Needs root, bpffs and cgroup v2.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -77,6 +78,11 @@ struct Cli {
     /// and with one scrape a second (0: skip).
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(0..=3600))]
     cpu_secs: u64,
+    /// Give each bare pod one address (a dummy interface with 10.253.x.y/32
+    /// in its netns), so the pod IPs map holds one entry a pod as on a real
+    /// node; without it the bare pods have none.
+    #[arg(long)]
+    pod_addresses: bool,
     /// Print the report as JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -250,7 +256,13 @@ fn run(cli: &Cli) -> Result<Report> {
     let mut register_secs = 0.0;
     for target in pod_steps(cli.pods) {
         let t = Instant::now();
-        grow_pods(&node, &agent, &mut bare, target as usize - 1)?;
+        grow_pods(
+            &node,
+            &agent,
+            &mut bare,
+            target as usize - 1,
+            cli.pod_addresses,
+        )?;
         register_secs += t.elapsed().as_secs_f64();
         stages.push(measure(cli, &format!("pods {target}"), &node, &agent)?);
     }
@@ -390,10 +402,16 @@ fn register(agent: &Agent, netns: &Path, spec: PodSpec) -> Result<()> {
 }
 
 /// Creates and registers bare network namespaces until there are `want`.
-fn grow_pods(node: &Node, agent: &Agent, bare: &mut Vec<BareNetns>, want: usize) -> Result<()> {
+fn grow_pods(
+    node: &Node,
+    agent: &Agent,
+    bare: &mut Vec<BareNetns>,
+    want: usize,
+    pod_addresses: bool,
+) -> Result<()> {
     while bare.len() < want {
         interrupt_check()?;
-        let ns = BareNetns::create(&node.tag, bare.len())?;
+        let ns = BareNetns::create(&node.tag, bare.len(), pod_addresses)?;
         let spec = PodSpec::istio(format!("scale-{}", bare.len()));
         // Pushed first: the guard removes the netns even if this fails.
         bare.push(ns);
@@ -536,24 +554,39 @@ struct BareNetns {
 }
 
 impl BareNetns {
-    fn create(tag: &str, i: usize) -> Result<Self> {
+    fn create(tag: &str, i: usize, address: bool) -> Result<Self> {
         let name = format!("{tag}-b{i}");
-        let out = Command::new("ip")
-            .args(["netns", "add", &name])
-            .stdin(Stdio::null())
-            .output()
-            .context("running ip netns add")?;
-        if !out.status.success() {
-            bail!(
-                "ip netns add {name}: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(Self {
+        ip(&["netns", "add", &name])?;
+        let ns = Self {
             path: PathBuf::from("/run/netns").join(&name),
             name,
-        })
+        };
+        if address {
+            // From here the guard deletes the netns, interface included.
+            let addr = format!("10.253.{}.{}/32", i / 250, i % 250 + 1);
+            ip(&["-n", &ns.name, "link", "add", "ml0", "type", "dummy"])?;
+            ip(&["-n", &ns.name, "addr", "add", &addr, "dev", "ml0"])?;
+            ip(&["-n", &ns.name, "link", "set", "ml0", "up"])?;
+        }
+        Ok(ns)
     }
+}
+
+/// Runs `ip ARGS`; its stderr is the error.
+fn ip(args: &[&str]) -> Result<()> {
+    let out = Command::new("ip")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .context("running ip")?;
+    if !out.status.success() {
+        bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
 }
 
 impl Drop for BareNetns {

@@ -87,16 +87,13 @@ impl Pinned {
         }
     }
 
-    /// Every (key, value) present while walking (entries deleted meanwhile
-    /// are skipped).
-    fn entries(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
-        self.map
-            .keys()
-            .filter_map(|k| {
-                let v = self.map.lookup(&k, MapFlags::ANY).ok().flatten()?;
-                Some((k, v))
-            })
-            .collect()
+    /// Every (key, value) present while walking, one at a time (entries
+    /// deleted meanwhile are skipped).
+    fn entries(&self) -> impl Iterator<Item = (Vec<u8>, Vec<u8>)> + '_ {
+        self.map.keys().filter_map(|k| {
+            let v = self.map.lookup(&k, MapFlags::ANY).ok().flatten()?;
+            Some((k, v))
+        })
     }
 }
 
@@ -125,13 +122,11 @@ impl PodsMap {
         self.0.delete(&cookie.to_ne_bytes())
     }
 
-    /// Every record, by netns cookie.
-    pub fn entries(&self) -> Vec<(u64, ml_pod)> {
+    /// Every record, by netns cookie, read one at a time while walking.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, ml_pod)> + '_ {
         self.0
             .entries()
-            .into_iter()
             .filter_map(|(k, v)| Some((u64::from_bytes(&k)?, ml_pod::from_bytes(&v)?)))
-            .collect()
     }
 
     /// How many pods are recorded (walks the keys only: at most 4,096).
@@ -168,16 +163,12 @@ impl PodIpsMap {
         self.0.delete(abi::addr_from_ip(ip).as_bytes())
     }
 
-    /// Every (address, owner cookie).
-    pub fn entries(&self) -> Vec<(IpAddr, u64)> {
-        self.0
-            .entries()
-            .into_iter()
-            .filter_map(|(k, v)| {
-                let addr = abi::ml_addr::from_bytes(&k)?;
-                Some((abi::ip_from_addr(&addr), u64::from_bytes(&v)?))
-            })
-            .collect()
+    /// Every (address, owner cookie), read one at a time while walking.
+    pub fn iter(&self) -> impl Iterator<Item = (IpAddr, u64)> + '_ {
+        self.0.entries().filter_map(|(k, v)| {
+            let addr = abi::ml_addr::from_bytes(&k)?;
+            Some((abi::ip_from_addr(&addr), u64::from_bytes(&v)?))
+        })
     }
 }
 

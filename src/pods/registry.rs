@@ -225,11 +225,16 @@ impl Registry {
     /// Deletes every address listed for `cookie`; whether there was one.
     pub(super) fn remove_ips_of(&self, cookie: u64) -> bool {
         let mut had = false;
-        for (ip, owner) in self.ips.entries() {
-            if owner == cookie {
-                had = true;
-                let _ = self.ips.remove(ip);
-            }
+        // Collected first: deleting while walking would restart the walk.
+        let owned: Vec<IpAddr> = self
+            .ips
+            .iter()
+            .filter(|(_, owner)| *owner == cookie)
+            .map(|(ip, _)| ip)
+            .collect();
+        for ip in owned {
+            had = true;
+            let _ = self.ips.remove(ip);
         }
         had
     }
@@ -241,7 +246,7 @@ impl Registry {
 
     /// Cookies that own at least one pod address.
     pub(super) fn ip_owners(&self) -> Vec<u64> {
-        let mut v: Vec<u64> = self.ips.entries().into_iter().map(|(_, c)| c).collect();
+        let mut v: Vec<u64> = self.ips.iter().map(|(_, c)| c).collect();
         v.sort_unstable();
         v.dedup();
         v
@@ -254,30 +259,32 @@ impl Registry {
     pub fn list(&self) -> Vec<PodRecord> {
         // One walk of the addresses for every pod.
         let mut ips: HashMap<u64, Vec<IpAddr>> = HashMap::new();
-        for (ip, owner) in self.ips.entries() {
+        for (ip, owner) in self.ips.iter() {
             ips.entry(owner).or_default().push(ip);
         }
         let mut out: Vec<PodRecord> = self
             .pods
-            .entries()
-            .into_iter()
+            .iter()
             .map(|(cookie, p)| self.record(cookie, &p, ips.remove(&cookie).unwrap_or_default()))
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out
     }
 
+    /// The recorded pods' names by netns cookie: one walk of the records,
+    /// nothing else read (the sweep's view).
+    pub(super) fn names(&self) -> HashMap<u64, String> {
+        self.pods
+            .iter()
+            .map(|(cookie, p)| (cookie, pod_name(&p)))
+            .collect()
+    }
+
     fn record(&self, cookie: u64, p: &ml_pod, mut ips: Vec<IpAddr>) -> PodRecord {
         ips.sort();
-        let name_bytes: Vec<u8> = p
-            .name
-            .iter()
-            .take_while(|c| **c != 0)
-            .map(|c| *c as u8)
-            .collect();
         let has = |f: ml_pod_flag| p.flags & f.0 != 0;
         PodRecord {
-            name: String::from_utf8_lossy(&name_bytes).into_owned(),
+            name: pod_name(p),
             netns_cookie: cookie,
             preset: Preset::from_abi(p.preset),
             mode: if has(ml_pod_flag::ML_POD_IPTABLES) {
@@ -310,6 +317,17 @@ impl Registry {
             netns_alive: links::pod_link_state(&self.layout, cookie) == LinkState::Alive,
         }
     }
+}
+
+/// The name a record carries (up to its NUL).
+fn pod_name(p: &ml_pod) -> String {
+    let bytes: Vec<u8> = p
+        .name
+        .iter()
+        .take_while(|c| **c != 0)
+        .map(|c| *c as u8)
+        .collect();
+    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 /// Test hook of the simulated node's tests (feature `sim`): with

@@ -24,11 +24,7 @@ pub fn sweep(reg: &Registry) -> Result<Option<Vec<Swept>>, PodError> {
         return Ok(None);
     };
     // Every recorded pod, by cookie.
-    let names: std::collections::HashMap<u64, String> = reg
-        .list()
-        .into_iter()
-        .map(|p| (p.netns_cookie, p.name))
-        .collect();
+    let names = reg.names();
     let linked = links::pod_link_cookies(reg.layout());
     let mut out = Vec::new();
     for cookie in &linked {
