@@ -78,8 +78,8 @@ struct Cli {
     /// and with one scrape a second (0: skip).
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(0..=3600))]
     cpu_secs: u64,
-    /// Give each bare pod one address (a dummy interface with 10.253.x.y/32
-    /// in its netns), so the pod IPs map holds one entry a pod as on a real
+    /// Give each bare pod one address (10.253.x.y/32 on a veth pair inside
+    /// its netns), so the pod IPs map holds one entry a pod as on a real
     /// node; without it the bare pods have none.
     #[arg(long)]
     pod_addresses: bool,
@@ -564,7 +564,9 @@ impl BareNetns {
         if address {
             // From here the guard deletes the netns, interface included.
             let addr = format!("10.253.{}.{}/32", i / 250, i % 250 + 1);
-            ip(&["-n", &ns.name, "link", "add", "ml0", "type", "dummy"])?;
+            ip(&[
+                "-n", &ns.name, "link", "add", "ml0", "type", "veth", "peer", "name", "ml1",
+            ])?;
             ip(&["-n", &ns.name, "addr", "add", &addr, "dev", "ml0"])?;
             ip(&["-n", &ns.name, "link", "set", "ml0", "up"])?;
         }
