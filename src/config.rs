@@ -65,6 +65,8 @@ pub struct AgentConfig {
     pub log_interval_seconds: u64,
     /// Seconds the agent waits for its components after SIGTERM/SIGINT.
     pub drain_seconds: u64,
+    /// Where the agent learns which pods are meshed (src/pods/source_config.rs).
+    pub pod_source: crate::pods::source_config::PodSourceConfig,
 }
 
 impl Default for AgentConfig {
@@ -80,6 +82,7 @@ impl Default for AgentConfig {
             log_format: LogFormat::Text,
             log_interval_seconds: 30,
             drain_seconds: 5,
+            pod_source: Default::default(),
         }
     }
 }
@@ -146,6 +149,9 @@ impl AgentConfig {
                 format!("{} is outside 1..=600", self.drain_seconds),
             );
         }
+        if let Err((field, why)) = self.pod_source.check() {
+            return bad(field, why);
+        }
         Ok(())
     }
 
@@ -187,7 +193,11 @@ mod tests {
         let parsed = AgentConfig::from_yaml(doc).expect("the documented example parses");
         assert_eq!(parsed, AgentConfig::default());
         parsed.validate().expect("the defaults are valid");
+        // Every key, nested ones at their indentation (list items are values).
         for line in AgentConfig::default().to_yaml().lines() {
+            if line.trim_start().starts_with("- ") {
+                continue;
+            }
             let key = line.split(':').next().unwrap_or_default();
             assert!(
                 doc.lines().any(|l| l.starts_with(&format!("{key}:"))),
@@ -213,6 +223,14 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("drainSeconds"));
+        let c = AgentConfig::from_yaml("podSource:\n  kind: kubernetes\n").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("podSource.nodeName") && e.contains("NODE_NAME"),
+            "{e}"
+        );
+        let e = AgentConfig::from_yaml("podSource:\n  kind: etcd\n").unwrap_err();
+        assert!(e.contains("etcd"), "{e}");
     }
 
     #[test]

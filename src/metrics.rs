@@ -36,6 +36,12 @@ pub struct AgentMetrics {
     pub sweeps: Counter,
     /// Registrations the sweep removed, by reason.
     pub swept: Family<ReasonLabel, Counter>,
+    /// Running pods the reconcile registered (src/pods/reconcile.rs).
+    pub adopted: Counter,
+    /// Registrations the reconcile removed, by reason.
+    pub released: Family<ReasonLabel, Counter>,
+    /// Failed watches of the Kubernetes pod source (src/pods/kube_source.rs).
+    pub pod_source_errors: Counter,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -122,6 +128,21 @@ impl Metrics {
             "agent_swept_registrations",
             "Pod registrations the sweep removed, by reason",
             agent.swept.clone(),
+        );
+        registry.register(
+            "agent_adopted_pods",
+            "Running meshed pods the agent registered from its pod source (adoption)",
+            agent.adopted.clone(),
+        );
+        registry.register(
+            "agent_released_registrations",
+            "Pod registrations removed because the pod source no longer lists the pod as meshed, by reason",
+            agent.released.clone(),
+        );
+        registry.register(
+            "agent_pod_source_errors",
+            "Failed list or watch calls of the Kubernetes pod source (each is retried with backoff)",
+            agent.pod_source_errors.clone(),
         );
         registry.register_collector(Box::new(DataPathCollector {
             layout: layout.clone(),

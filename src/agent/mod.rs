@@ -7,6 +7,10 @@
 //! - the local API ([`api_server`]): pod add/rm/list/sweep requests from
 //!   the CLI (and the CNI plugin), so the agent is the registry's one
 //!   writer while it runs;
+//! - the pod source and its reconcile ([`pod_source`]): the catalog of
+//!   this node's pods (which are meshed, with what settings), and the
+//!   adoption of running meshed pods / release of registrations whose pod
+//!   is gone;
 //! - the pod sweep: every [`SWEEP_INTERVAL`], registrations whose netns is
 //!   gone (and leftovers of killed adds) are removed;
 //! - the counter log line, every `logIntervalSeconds`.
@@ -17,6 +21,7 @@
 
 mod admin;
 mod api_server;
+mod pod_source;
 mod readiness;
 
 use std::sync::Arc;
@@ -53,6 +58,8 @@ pub enum AgentError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    PodSource(#[from] crate::pods::kube_source::KubeSourceError),
     #[error("starting the agent's runtime: {0}")]
     Runtime(std::io::Error),
 }
@@ -105,6 +112,10 @@ pub fn run(cfg: AgentConfig, once: bool) -> Result<(), AgentError> {
         ),
         None => None,
     };
+    // A pod source that cannot start must not leave a fresh install either.
+    if !once {
+        pod_source::preflight(&cfg.pod_source)?;
+    }
     let (report, _lock) = start_holding(&cfg)?;
     if once {
         return Ok(());
@@ -246,6 +257,15 @@ async fn serve(
         stop_rx.clone(),
     ));
     tracing::info!(socket = %api_path.display(), "local API");
+    // The catalog of this node's pods: for the CNI path and the xDS client.
+    let _catalog = pod_source::start(
+        &cfg.pod_source,
+        &layout,
+        &agent_metrics,
+        &readiness,
+        &mut tasks,
+        &stop_rx,
+    )?;
     tasks.spawn(sweeper(
         layout.clone(),
         agent_metrics,

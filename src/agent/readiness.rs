@@ -1,6 +1,7 @@
 //! Readiness of the agent: ready once the data path is installed, its pins
-//! are present and the pod registry has been swept once (the pod source is
-//! in sync), and not while draining. Checked afresh at every probe, so an
+//! are present, the pod registry has been swept once and, with a pod
+//! source, the source has delivered its first complete listing and the
+//! registry has been reconciled with it; not while draining. Checked afresh at every probe, so an
 //! uninstall under a running agent turns it unready.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,6 +18,8 @@ pub struct Readiness {
     synced: AtomicBool,
     draining: AtomicBool,
     intercept: AtomicBool,
+    pod_source_required: AtomicBool,
+    pod_source_synced: AtomicBool,
 }
 
 impl Readiness {
@@ -27,6 +30,15 @@ impl Readiness {
 
     pub fn set_synced(&self) {
         self.synced.store(true, Ordering::Relaxed);
+    }
+
+    /// The agent has a pod source: not ready until it is synced.
+    pub fn require_pod_source(&self) {
+        self.pod_source_required.store(true, Ordering::Relaxed);
+    }
+
+    pub fn set_pod_source_synced(&self) {
+        self.pod_source_synced.store(true, Ordering::Relaxed);
     }
 
     pub fn set_draining(&self) {
@@ -56,6 +68,13 @@ impl Readiness {
         }
         if !self.synced.load(Ordering::Relaxed) {
             out.push("pod registry not swept yet".to_string());
+        }
+        if self.pod_source_required.load(Ordering::Relaxed)
+            && !self.pod_source_synced.load(Ordering::Relaxed)
+        {
+            out.push(
+                "pod source not synced yet (no complete listing of this node's pods)".to_string(),
+            );
         }
         out
     }

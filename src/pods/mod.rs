@@ -9,12 +9,26 @@
 //! - `registry`: writing, removing and listing pods in the pinned maps;
 //! - `source`: the catalog of this node's pods a pod source fills (which
 //!   are meshed, with what settings);
+//! - `classify`: the pure decision whether a Kubernetes Pod is meshed and
+//!   with which settings (its proxy container, opt-outs, annotations);
+//! - `static_source` / `kube_source`: the pod sources that fill the
+//!   catalog (a YAML file the agent watches; the API server's watch of
+//!   this node's pods);
+//! - `netns_finder`: locating a running pod's netns from its IPs;
+//! - `reconcile`: adoption and garbage collection, the registry made to
+//!   follow the catalog;
 //! - `sweep`: removing registrations whose netns is gone, and what an
 //!   add or remove killed half-way left behind.
 
+pub mod classify;
+pub mod kube_source;
+pub mod netns_finder;
+pub mod reconcile;
 mod registry;
 pub mod source;
+pub mod source_config;
 mod spec;
+pub mod static_source;
 mod sweep;
 
 use std::net::IpAddr;

@@ -41,6 +41,9 @@ pub struct PodInfo {
     /// spec.serviceAccountName, empty when unknown (the xDS identity).
     #[serde(default)]
     pub service_account: String,
+    /// metadata.annotations (e.g. `meshlane.io/bypass`, read by the xDS side).
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
     /// Whether and how the pod is meshed.
     pub mesh: MeshDecision,
 }
@@ -73,6 +76,8 @@ pub trait PodCatalog: Send + Sync {
 pub struct MemoryCatalog {
     pods: RwLock<HashMap<PodKey, PodInfo>>,
     synced: RwLock<bool>,
+    /// Woken at every change (one stored wake-up: none is lost).
+    changes: tokio::sync::Notify,
 }
 
 impl MemoryCatalog {
@@ -83,13 +88,20 @@ impl MemoryCatalog {
     /// Adds or replaces one pod.
     pub fn upsert(&self, info: PodInfo) {
         let mut pods = self.pods.write().unwrap_or_else(|e| e.into_inner());
-        pods.insert(info.key.clone(), info);
+        if pods.get(&info.key) != Some(&info) {
+            pods.insert(info.key.clone(), info);
+            self.changes.notify_one();
+        }
     }
 
     /// Forgets one pod; returns what was held.
     pub fn remove(&self, key: &PodKey) -> Option<PodInfo> {
         let mut pods = self.pods.write().unwrap_or_else(|e| e.into_inner());
-        pods.remove(key)
+        let held = pods.remove(key);
+        if held.is_some() {
+            self.changes.notify_one();
+        }
+        held
     }
 
     /// Replaces the whole listing (a relist) and marks the catalog synced.
@@ -97,6 +109,13 @@ impl MemoryCatalog {
         let mut pods = self.pods.write().unwrap_or_else(|e| e.into_inner());
         *pods = all.into_iter().map(|p| (p.key.clone(), p)).collect();
         *self.synced.write().unwrap_or_else(|e| e.into_inner()) = true;
+        self.changes.notify_one();
+    }
+
+    /// Completes after the next change (or at once if one happened since
+    /// the last call returned).
+    pub async fn changed(&self) {
+        self.changes.notified().await;
     }
 }
 
@@ -132,6 +151,7 @@ mod tests {
             ips: vec![],
             labels: BTreeMap::new(),
             service_account: String::new(),
+            annotations: BTreeMap::new(),
             mesh: MeshDecision::NotMeshed {
                 reason: "no proxy container".into(),
             },

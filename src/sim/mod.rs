@@ -13,6 +13,9 @@
 //!   detached on drop), and [`chaos::overlap_events`], the pod's count of
 //!   overlapping retransmissions received.
 //!
+//! - [`kube_api::KubeApi`]: a Kubernetes API server stand-in (pods, list
+//!   and watch) for the Kubernetes pod source's tests.
+//!
 //! Each test process owns one cgroup, so run root tests one per process
 //! (cargo-nextest) or with `--test-threads=1`.
 
@@ -56,6 +59,7 @@ pub fn can_run_root_tests() -> Result<(), String> {
     Ok(())
 }
 
+pub mod kube_api;
 pub mod sidecar;
 pub mod xds;
 pub use sidecar::{Sidecar, SidecarMode, SidecarOptions, SidecarProxy};

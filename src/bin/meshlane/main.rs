@@ -167,6 +167,7 @@ impl AgentArgs {
         if let Some(v) = self.drain_seconds {
             c.drain_seconds = v;
         }
+        c.pod_source.apply_env();
         c.validate()?;
         Ok(c)
     }
