@@ -1,9 +1,14 @@
 //! The agent's local API: a small versioned request/response protocol over
 //! a unix socket, one JSON object per line each way, one request per
 //! connection. `meshlane pod add|rm|list|sweep` use it while an agent runs
-//! (the agent is then the one writer of the pod registry); the CNI plugin
-//! will use it too. With no agent listening, the CLI does the same work
-//! itself under the registry lock ([`handle`] is the one code path).
+//! (the agent is then the one writer of the pod registry). With no agent
+//! listening, the CLI does the same work itself under the registry lock
+//! ([`handle`] is the one code path).
+//!
+//! The CNI plugin (`meshlane-cni`) speaks the same protocol version with
+//! its own operations (`cni_add`, `cni_del`, `cni_check`, `cni_gc`,
+//! `cni_status`), served only by a running agent (they need its pod
+//! catalog): see [`crate::cni::attach`].
 //!
 //! The socket's path follows from the pin root (see [`socket_path`]), so a
 //! CLI and an agent on the same pin root always meet.
@@ -16,6 +21,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use crate::cni::attach::{
+    CniAdd, CniAdded, CniCheck, CniDel, CniGc, CniRemoved, CniService, CniStatus,
+};
+use crate::cni::conf::ValidAttachment;
 use crate::integrity;
 use crate::layout::PinLayout;
 use crate::loader;
@@ -51,10 +60,39 @@ pub enum PodRef {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase")]
 pub enum Request {
-    Add { netns: PathBuf, spec: PodSpec },
-    Rm { pod: PodRef },
+    Add {
+        netns: PathBuf,
+        spec: PodSpec,
+    },
+    Rm {
+        pod: PodRef,
+    },
     List,
     Sweep,
+    #[serde(rename = "cni_add")]
+    CniAdd(CniAdd),
+    #[serde(rename = "cni_del")]
+    CniDel(CniDel),
+    #[serde(rename = "cni_check")]
+    CniCheck(CniCheck),
+    #[serde(rename = "cni_gc")]
+    CniGc(CniGc),
+    #[serde(rename = "cni_status")]
+    CniStatus,
+}
+
+impl Request {
+    /// Whether this is one of the CNI plugin's requests.
+    pub fn is_cni(&self) -> bool {
+        matches!(
+            self,
+            Request::CniAdd(_)
+                | Request::CniDel(_)
+                | Request::CniCheck(_)
+                | Request::CniGc(_)
+                | Request::CniStatus
+        )
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -64,6 +102,16 @@ pub enum Reply {
     Removed(u64),
     Pods(Vec<PodRecord>),
     Swept(Vec<Swept>),
+    #[serde(rename = "cni_added")]
+    CniAdded(CniAdded),
+    #[serde(rename = "cni_removed")]
+    CniRemoved(CniRemoved),
+    #[serde(rename = "cni_checked")]
+    CniChecked,
+    #[serde(rename = "cni_collected")]
+    CniCollected(Vec<ValidAttachment>),
+    #[serde(rename = "cni_status")]
+    CniStatus(CniStatus),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -103,9 +151,14 @@ pub enum ApiError {
     Refused(String),
 }
 
+const CNI_NEEDS_AGENT: &str = "CNI requests are served only by a running agent";
+
 /// Does one request: the synchronous core behind both the agent's server
 /// and the CLI's direct mode. Errors are one line naming what was wrong.
 pub fn handle(layout: &PinLayout, req: Request) -> Result<Reply, String> {
+    if req.is_cni() {
+        return Err(CNI_NEEDS_AGENT.into());
+    }
     let reg = Registry::open(layout).map_err(|e| e.to_string())?;
     match req {
         Request::Add { netns, spec } => {
@@ -130,8 +183,33 @@ pub fn handle(layout: &PinLayout, req: Request) -> Result<Reply, String> {
                 Err(e) => Err(e.to_string()),
             }
         }
+        Request::CniAdd(_)
+        | Request::CniDel(_)
+        | Request::CniCheck(_)
+        | Request::CniGc(_)
+        | Request::CniStatus => return Err(CNI_NEEDS_AGENT.into()),
     }
     .map_err(|e| e.to_string())
+}
+
+/// Does one request in the agent: CNI requests go to `cni`, the others
+/// to [`handle`].
+pub fn dispatch(
+    layout: &PinLayout,
+    cni: Option<&CniService>,
+    req: Request,
+) -> Result<Reply, String> {
+    let Some(cni) = cni else {
+        return handle(layout, req);
+    };
+    match req {
+        Request::CniAdd(r) => cni.add(&r).map(Reply::CniAdded),
+        Request::CniDel(r) => cni.del(&r).map(Reply::CniRemoved),
+        Request::CniCheck(r) => cni.check(&r).map(|()| Reply::CniChecked),
+        Request::CniGc(r) => cni.gc(&r).map(Reply::CniCollected),
+        Request::CniStatus => cni.status().map(Reply::CniStatus),
+        other => handle(layout, other),
+    }
 }
 
 /// `--splice-apps` only where the kernel probes allow it, given whether the
@@ -166,6 +244,7 @@ pub fn call(socket: &Path, req: &Request, timeout: Duration) -> Result<Reply, Ap
         Err(e) => return Err(io(e)),
     };
     stream.set_read_timeout(Some(timeout)).map_err(io)?;
+    stream.set_write_timeout(Some(timeout)).map_err(io)?;
     let line = serde_json::to_string(&RequestEnvelope {
         version: API_VERSION,
         request: req.clone(),
@@ -196,8 +275,13 @@ pub fn call(socket: &Path, req: &Request, timeout: Duration) -> Result<Reply, Ap
 /// The server side of one connection's line: parses, runs `handle`, and
 /// renders the reply line (errors included; never panics on input).
 pub fn serve_line(layout: &PinLayout, line: &str) -> String {
+    serve_line_with(layout, None, line)
+}
+
+/// [`serve_line`] in an agent that serves CNI requests through `cni`.
+pub fn serve_line_with(layout: &PinLayout, cni: Option<&CniService>, line: &str) -> String {
     let result = match serde_json::from_str::<RequestEnvelope>(line) {
-        Ok(env) if env.version == API_VERSION => match handle(layout, env.request) {
+        Ok(env) if env.version == API_VERSION => match dispatch(layout, cni, env.request) {
             Ok(r) => ApiResult::Ok(r),
             Err(e) => ApiResult::Error(e),
         },
@@ -243,6 +327,15 @@ mod tests {
                 ApiResult::Ok(r) => panic!("{line}: accepted: {r:?}"),
             }
         }
+    }
+
+    #[test]
+    fn cni_requests_have_their_own_ops_and_need_an_agent() {
+        let line = r#"{"version":1,"request":{"op":"cni_del","container_id":"abc","ifname":"eth0","netns":null}}"#;
+        let env: RequestEnvelope = serde_json::from_str(line).unwrap();
+        assert!(matches!(env.request, Request::CniDel(ref d) if d.container_id == "abc"));
+        let out = serve_line(&PinLayout::new("/nonexistent/pin/root"), line);
+        assert!(out.contains("only by a running agent"), "{out}");
     }
 
     #[test]

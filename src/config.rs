@@ -67,6 +67,19 @@ pub struct AgentConfig {
     pub drain_seconds: u64,
     /// Where the agent learns which pods are meshed (src/pods/source_config.rs).
     pub pod_source: crate::pods::source_config::PodSourceConfig,
+    /// The kernel fast path past the sidecar (off unless enabled).
+    pub bypass: BypassConfig,
+}
+
+/// `bypass:`: whether the agent may bypass sidecars, and the named
+/// policies of the decision engine (see docs/bypass.md).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct BypassConfig {
+    /// Bypass sidecars where the decision engine allows it (default false).
+    pub enabled: bool,
+    /// The engine's named policies, each with its default.
+    pub policies: crate::xds::decide::BypassPolicy,
 }
 
 impl Default for AgentConfig {
@@ -83,6 +96,7 @@ impl Default for AgentConfig {
             log_interval_seconds: 30,
             drain_seconds: 5,
             pod_source: Default::default(),
+            bypass: BypassConfig::default(),
         }
     }
 }
@@ -217,6 +231,18 @@ mod tests {
         assert!(e.contains("sockhashSize"), "{e}");
         let c = AgentConfig::from_yaml("pinRoot: relative/dir\n").unwrap();
         assert!(c.validate().unwrap_err().to_string().contains("pinRoot"));
+        let e = AgentConfig::from_yaml("bypass:\n  policies:\n    bypassEverything: true\n")
+            .unwrap_err();
+        assert!(e.contains("bypassEverything"), "{e}");
+        let c = AgentConfig::from_yaml(
+            "bypass:\n  enabled: true\n  policies:\n    bypassPassthrough: true\n",
+        )
+        .unwrap();
+        assert!(c.bypass.enabled && c.bypass.policies.bypass_passthrough);
+        assert!(
+            c.bypass.policies.ignore_istio_default_retries,
+            "unset policies keep their defaults"
+        );
         let c = AgentConfig::from_yaml("drainSeconds: 0\n").unwrap();
         assert!(c
             .validate()

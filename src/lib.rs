@@ -16,6 +16,8 @@
 //! - [`config`]: the agent's one configuration (YAML, defaults, validation)
 //! - [`metrics`]: Prometheus metrics (prometheus-client)
 //! - [`api`]: the agent's local API (pod requests over a unix socket)
+//! - [`cni`]: the CNI plugin's shared code (config, results, errors,
+//!   versions), the agent's handling of its requests, `install-cni`
 //! - [`agent`]: the long-running node agent (tokio): admin server, sweep, drain
 //! - `sim`, `bench` (feature `sim`): the simulated node and the benchmark harness
 pub mod agent;
@@ -23,6 +25,7 @@ pub mod api;
 #[cfg(feature = "sim")]
 pub mod bench;
 pub mod cgroup;
+pub mod cni;
 pub mod config;
 pub mod datapath;
 pub mod integrity;

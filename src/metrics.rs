@@ -36,6 +36,8 @@ pub struct AgentMetrics {
     pub sweeps: Counter,
     /// Registrations the sweep removed, by reason.
     pub swept: Family<ReasonLabel, Counter>,
+    /// CNI plugin requests, by operation and outcome.
+    pub cni: crate::cni::attach::CniMetrics,
     /// Running pods the reconcile registered (src/pods/reconcile.rs).
     pub adopted: Counter,
     /// Registrations the reconcile removed, by reason.
@@ -128,6 +130,11 @@ impl Metrics {
             "agent_swept_registrations",
             "Pod registrations the sweep removed, by reason",
             agent.swept.clone(),
+        );
+        registry.register(
+            "cni_requests",
+            "CNI plugin requests the agent served, by operation (add, del, check, gc) and outcome",
+            agent.cni.requests.clone(),
         );
         registry.register(
             "agent_adopted_pods",

@@ -1,20 +1,24 @@
 //! The async shell of the local API ([`crate::api`]): a unix socket (mode
 //! 0600, root only) at the pin root's socket path; each connection sends
 //! one request line and gets one reply line, done on a blocking thread by
-//! the synchronous core. The socket file goes away when the agent stops.
+//! the synchronous core (CNI requests by the agent's [`CniService`]). The
+//! socket file goes away when the agent stops.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 use tokio::sync::watch;
 
+use crate::cni::attach::CniService;
 use crate::layout::PinLayout;
 
-/// Longest request line accepted (a pod spec is well under this).
-const MAX_REQUEST: usize = 64 * 1024;
+/// Longest request line accepted (a CNI GC lists every valid attachment
+/// of the node: thousands of ids fit).
+const MAX_REQUEST: usize = 4 * 1024 * 1024;
 
 /// Binds the socket; a stale file (no agent behind it: this agent holds
 /// the pin root) is replaced.
@@ -31,16 +35,22 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     Ok(l)
 }
 
-async fn one(stream: tokio::net::UnixStream, layout: PinLayout) -> std::io::Result<()> {
+async fn one(
+    stream: tokio::net::UnixStream,
+    layout: PinLayout,
+    cni: Arc<CniService>,
+) -> std::io::Result<()> {
     let (r, mut w) = stream.into_split();
     let mut line = String::new();
     let mut reader = BufReader::new(r.take(MAX_REQUEST as u64));
     tokio::time::timeout(Duration::from_secs(10), reader.read_line(&mut line))
         .await
         .map_err(|_| std::io::Error::other("no request within 10 s"))??;
-    let reply = tokio::task::spawn_blocking(move || crate::api::serve_line(&layout, &line))
-        .await
-        .map_err(std::io::Error::other)?;
+    let reply = tokio::task::spawn_blocking(move || {
+        crate::api::serve_line_with(&layout, Some(&cni), &line)
+    })
+    .await
+    .map_err(std::io::Error::other)?;
     w.write_all(reply.as_bytes()).await?;
     w.shutdown().await
 }
@@ -50,6 +60,7 @@ pub async fn serve(
     listener: UnixListener,
     path: PathBuf,
     layout: PinLayout,
+    cni: Arc<CniService>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
@@ -57,9 +68,9 @@ pub async fn serve(
             _ = shutdown.changed() => break,
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
-                let layout = layout.clone();
+                let (layout, cni) = (layout.clone(), cni.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = one(stream, layout).await {
+                    if let Err(e) = one(stream, layout, cni).await {
                         tracing::warn!(error = %e, "API connection");
                     }
                 });

@@ -5,7 +5,8 @@
 //! Components, all started from [`serve`]:
 //! - the admin server ([`admin`]): readiness, liveness, metrics;
 //! - the local API ([`api_server`]): pod add/rm/list/sweep requests from
-//!   the CLI (and the CNI plugin), so the agent is the registry's one
+//!   the CLI and the CNI plugin's requests (answered from the pod
+//!   catalog, see [`cni_catalog`]), so the agent is the registry's one
 //!   writer while it runs;
 //! - the pod source and its reconcile ([`pod_source`]): the catalog of
 //!   this node's pods (which are meshed, with what settings), and the
@@ -31,6 +32,7 @@ use thiserror::Error;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::cni::attach::CniService;
 use crate::config::{AgentConfig, ConfigError};
 use crate::layout::{PinLayout, PinRootLock};
 use crate::loader::{self, InstallReport, LoadError};
@@ -152,10 +154,27 @@ fn sweep_pods(layout: &PinLayout, metrics: &AgentMetrics) -> bool {
     }
 }
 
+/// The catalog CNI ADD asks which pods are meshed: the pod source's.
+/// Test-only (feature `sim`): with `MESHLANE_SIM_POD_CATALOG=DIR`, the
+/// simulated node's directory of pod files ([`crate::sim::DirCatalog`])
+/// instead.
+fn cni_catalog(
+    source: Arc<crate::pods::source::MemoryCatalog>,
+) -> Arc<dyn crate::pods::source::PodCatalog> {
+    #[cfg(feature = "sim")]
+    if let Some(dir) = std::env::var_os(crate::sim::SIM_POD_CATALOG_ENV) {
+        tracing::warn!(dir = ?dir, "test-only CNI pod catalog (a directory of pod files)");
+        return Arc::new(crate::sim::DirCatalog::new(dir));
+    }
+    source
+}
+
 /// The sweep component: every SWEEP_INTERVAL until shutdown; the first
-/// completed sweep marks the pod registry as in sync.
+/// completed sweep marks the pod registry as in sync. After each sweep,
+/// CNI attachment records whose registration is gone are dropped.
 async fn sweeper(
     layout: PinLayout,
+    cni: Arc<CniService>,
     metrics: AgentMetrics,
     readiness: Arc<Readiness>,
     mut shutdown: watch::Receiver<bool>,
@@ -165,8 +184,15 @@ async fn sweeper(
         tokio::select! {
             _ = shutdown.changed() => break,
             _ = tick.tick() => {
-                let (l, m) = (layout.clone(), metrics.clone());
-                if let Ok(true) = tokio::task::spawn_blocking(move || sweep_pods(&l, &m)).await {
+                let (l, m, c) = (layout.clone(), metrics.clone(), cni.clone());
+                let swept = tokio::task::spawn_blocking(move || {
+                    let done = sweep_pods(&l, &m);
+                    if done {
+                        c.sweep_records();
+                    }
+                    done
+                });
+                if let Ok(true) = swept.await {
                     readiness.set_synced();
                 }
             }
@@ -250,15 +276,8 @@ async fn serve(
         path: api_path.clone(),
         source: e,
     })?;
-    tasks.spawn(api_server::serve(
-        api,
-        api_path.clone(),
-        layout.clone(),
-        stop_rx.clone(),
-    ));
-    tracing::info!(socket = %api_path.display(), "local API");
     // The catalog of this node's pods: for the CNI path and the xDS client.
-    let _catalog = pod_source::start(
+    let catalog = pod_source::start(
         &cfg.pod_source,
         &layout,
         &agent_metrics,
@@ -266,8 +285,22 @@ async fn serve(
         &mut tasks,
         &stop_rx,
     )?;
+    let cni = Arc::new(CniService::new(
+        layout.clone(),
+        cni_catalog(catalog),
+        agent_metrics.cni.clone(),
+    ));
+    tasks.spawn(api_server::serve(
+        api,
+        api_path.clone(),
+        layout.clone(),
+        cni.clone(),
+        stop_rx.clone(),
+    ));
+    tracing::info!(socket = %api_path.display(), "local API");
     tasks.spawn(sweeper(
         layout.clone(),
+        cni,
         agent_metrics,
         readiness.clone(),
         stop_rx.clone(),

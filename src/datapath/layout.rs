@@ -5,6 +5,7 @@
 //! <root>/v<N>/maps/<map name>          every shared map (`MapId`)
 //! <root>/v<N>/links/<prog name>        node-wide attachments (cgroup, sockhash; `LinkId`)
 //! <root>/v<N>/links/pods/<cookie>      per-pod attachments (sk_lookup in its netns)
+//! <root>/v<N>/cni/<container id>/<ifname>/<cookie>   CNI attachments (directories)
 //! ```
 //! The pods directory is also the registry's lock: whoever adds, removes or
 //! sweeps pods holds a flock on it ([`PinLayout::lock_registry`]).
@@ -101,6 +102,12 @@ impl PinLayout {
 
     pub fn pod_link(&self, netns_cookie: u64) -> PathBuf {
         self.pod_links_dir().join(netns_cookie.to_string())
+    }
+
+    /// The CNI attachments: `<cni>/<container id>/<ifname>/<netns cookie>`,
+    /// empty directories (see `cni::attach`).
+    pub fn cni_dir(&self) -> PathBuf {
+        self.version_dir().join("cni")
     }
 
     /// Pins are shared by every meshlane process: the path must not depend

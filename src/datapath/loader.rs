@@ -692,6 +692,11 @@ pub fn remove_pins(layout: &PinLayout) -> std::io::Result<usize> {
             }
         }
     }
+    // The CNI attachment records are directories only.
+    match std::fs::remove_dir_all(layout.cni_dir()) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
     for dir in [
         layout.pod_links_dir(),
         layout.links_dir(),

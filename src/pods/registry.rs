@@ -239,6 +239,18 @@ impl Registry {
         had
     }
 
+    /// The pod registered under `cookie`, if any.
+    pub fn get(&self, cookie: u64) -> Option<PodRecord> {
+        let p = self.pods.get(cookie).ok().flatten()?;
+        let ips = self
+            .ips
+            .iter()
+            .filter(|(_, owner)| *owner == cookie)
+            .map(|(ip, _)| ip)
+            .collect();
+        Some(self.record(cookie, &p, ips))
+    }
+
     /// How many pods are registered (walks the records' keys: at most 4096).
     pub fn count(&self) -> usize {
         self.pods.count()

@@ -85,6 +85,17 @@ impl Subnet {
         Path::new(STATE_DIR).join(format!("ipam-{}", self.index))
     }
 
+    /// The bridge plugin's object (host-local IPAM) for a conflist of
+    /// this subnet: `conf` without the list-level cniVersion and name.
+    pub fn bridge_plugin(&self, ipv6: bool) -> serde_json::Value {
+        let mut v: serde_json::Value = serde_json::from_str(&self.conf(ipv6)).unwrap_or_default();
+        if let Some(o) = v.as_object_mut() {
+            o.remove("cniVersion");
+            o.remove("name");
+        }
+        v
+    }
+
     /// The CNI network configuration for pods of this subnet.
     pub fn conf(&self, ipv6: bool) -> String {
         let k = self.index;

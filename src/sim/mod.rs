@@ -21,13 +21,16 @@
 
 mod cgroup;
 mod cni;
+pub mod cni_runtime;
 mod node;
 mod pod;
+mod pod_catalog;
 
 pub use cgroup::TestCgroup;
-pub use cni::Subnet;
+pub use cni::{cni_bin_dir, Subnet};
 pub use node::{Node, NodeOptions};
 pub use pod::{Pod, PodProcess};
+pub use pod_catalog::{DirCatalog, SIM_POD_CATALOG_ENV};
 
 use std::sync::atomic::{AtomicU32, Ordering};
 

@@ -4,10 +4,17 @@
 //! - [`resources`]: one proxy's listeners, routes, clusters and endpoints
 //!   (the decision engine's input, whether from a live ADS stream or from
 //!   an Envoy config dump).
+//! - [`dump`]: Envoy config dump JSON -> [`ProxyResources`].
+//! - [`decide`]: the bypass decision engine (pure): BYPASS or SIDECAR for
+//!   every outbound destination, with reasons and endpoints.
+//! - [`typeurl`]: the typed-config types the engine recognises.
 //!
 //! Synchronous cores (resources, the decision engine, config dump parsing)
 //! live beside the async shell (the ADS client) that feeds them.
 
+pub mod decide;
+pub mod dump;
 pub mod resources;
+pub mod typeurl;
 
 pub use resources::ProxyResources;

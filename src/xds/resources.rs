@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::core::v3::TypedExtensionConfig;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
@@ -24,6 +25,8 @@ pub struct ProxyResources {
     /// False when the source carried no EDS at all (a config dump without
     /// `?include_eds`): endpoints are unknown, not empty.
     pub has_eds: bool,
+    /// Filters delivered by ECDS (`config_discovery`), by resource name.
+    pub extension_configs: BTreeMap<String, Arc<TypedExtensionConfig>>,
 }
 
 impl ProxyResources {

@@ -4,6 +4,8 @@
 //! counter snapshots, the map leak check and environment checks.
 #![allow(dead_code)]
 
+pub mod cni;
+
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd;

@@ -251,8 +251,21 @@ impl AgentProcess {
 
     /// `start` with more agent flags.
     pub fn start_with(pin_root: &Path, cgroup: &Path, extra: &[&str]) -> Result<Self> {
+        Self::start_with_env(pin_root, cgroup, extra, &[])
+    }
+
+    /// `start_with`, with more environment variables for the agent.
+    pub fn start_with_env(
+        pin_root: &Path,
+        cgroup: &Path,
+        extra: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Result<Self> {
         let mut child = Command::new(BIN);
         for (k, v) in kernel_env() {
+            child.env(k, v);
+        }
+        for (k, v) in env {
             child.env(k, v);
         }
         let mut child = child

@@ -3,6 +3,8 @@
 //! Pod registration lives in [`pod_cmd`], error rendering in [`errors`].
 
 mod errors;
+mod explain_cmd;
+mod install_cni;
 mod pod_cmd;
 
 use std::io::IsTerminal;
@@ -46,13 +48,18 @@ enum Cmd {
     Agent(AgentArgs),
     /// Show programs, links, pods, map fill and counters.
     Status,
-    /// Register, remove or list meshed pods (until the CNI plugin does it).
+    /// Register, remove or list meshed pods by hand (in a cluster, meshlane-cni does it).
     #[command(subcommand)]
     Pod(pod_cmd::PodCmd),
     /// Check the kernel for every feature meshlane uses.
     Probe,
+    /// Say, for every outbound destination of a proxy, BYPASS or SIDECAR and why.
+    Explain(explain_cmd::ExplainArgs),
     /// Remove every link, program, map and pin meshlane created.
     Uninstall,
+    /// Install the meshlane-cni plugin binary and its entry last in the
+    /// node's CNI configuration (or --uninstall them).
+    InstallCni(install_cni::InstallCniArgs),
     /// Benchmark direct vs iptables vs accelerate vs intercept on a simulated node.
     #[cfg(feature = "sim")]
     Bench(meshlane::bench::BenchArgs),
@@ -274,6 +281,7 @@ fn run(cli: Cli, agent_config: Option<AgentConfig>) -> Result<()> {
                 anyhow::bail!("some features are missing");
             }
         }
+        Cmd::InstallCni(a) => install_cni::run(&a, &pin_root, cli.json)?,
         #[cfg(feature = "sim")]
         Cmd::Bench(a) => meshlane::bench::cli::main(&a, cli.json)?,
         #[cfg(feature = "sim")]
@@ -282,6 +290,7 @@ fn run(cli: Cli, agent_config: Option<AgentConfig>) -> Result<()> {
         Cmd::NoBench { .. } => return Err(lab_only("bench")),
         #[cfg(not(feature = "sim"))]
         Cmd::NoDemo { .. } => return Err(lab_only("demo")),
+        Cmd::Explain(a) => explain_cmd::run(&a, cli.json)?,
         Cmd::Uninstall => {
             require_root()?;
             layout.check_version()?;

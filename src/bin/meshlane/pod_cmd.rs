@@ -198,6 +198,7 @@ pub(crate) fn run(cmd: PodCmd, layout: &PinLayout, json: bool) -> Result<()> {
             }
             println!("{} registration(s) swept", swept.len());
         }
+        other => anyhow::bail!("unexpected reply from the agent: {other:?}"),
     }
     Ok(())
 }
