@@ -218,7 +218,12 @@ fn the_catalog_and_registry_follow_the_api_server() {
     // watch resumes from the bookmark's version (no relist), and changes
     // made meanwhile arrive.
     let last_event = api.resource_version();
-    api.apply(pod_object("far", "node-b", "10.255.0.10".parse().unwrap(), true));
+    api.apply(pod_object(
+        "far",
+        "node-b",
+        "10.255.0.10".parse().unwrap(),
+        true,
+    ));
     assert!(api.resource_version() > last_event);
     assert_eq!(api.bookmark(), 1);
     std::thread::sleep(Duration::from_millis(200));
