@@ -1,5 +1,5 @@
 # meshlane: two commands set up a fresh Debian machine.
-#   make demo   install what is missing, build (release), run the demo
+#   make demo   install what is missing, build the lab (release, feature sim), run the demo
 #   make test   install what is missing, run the whole suite
 # Extra: make test-kernels   the kernel matrix (docs/kernels.md)
 SHELL := /bin/bash
@@ -79,6 +79,7 @@ mounts:
 	@mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
 	@grep -q ' cgroup2 ' /proc/mounts || { echo "no cgroup v2 hierarchy mounted"; exit 1; }
 
+# The node build: agent and CLI, without the simulated node (feature sim).
 build: deps
 	$(CARGO) build --release
 
@@ -92,12 +93,16 @@ image:
 	@[ -n "$(CONTAINER_ENGINE)" ] || { echo "make image needs docker or podman"; exit 1; }
 	$(CONTAINER_ENGINE) build -t $(IMAGE) .
 
-demo: build envoy mounts
+# The demo runs on the simulated node: the lab build (feature sim).
+demo: deps envoy mounts
+	$(CARGO) build --release --features sim
 	./target/release/meshlane demo
 
 # Root integration tests each move their process into a private cgroup, so
 # they run one test per process (nextest) or one at a time. Envoy cases
-# fail (not skip) when Envoy is missing.
+# fail (not skip) when Envoy is missing. The release build checks the node
+# build compiles; tests and benches turn feature sim on by themselves (the
+# crate's dev-dependency on itself).
 test: export MESHLANE_REQUIRE_ENVOY = 1
 test: export MESHLANE_REQUIRE_HELM = 1
 test: deps envoy helm-sdk mounts

@@ -9,9 +9,15 @@
 //!    child processes, put `--sockets` spliced sockets in the sockhash;
 //! 3. `pods N`: bare network namespaces registered through the agent's
 //!    local API until N pods are registered (a quarter, half and all of
-//!    `--pods`), the sockets still held;
+//!    `--pods`), the sockets still held; with `--pod-addresses` each has
+//!    one address (so the pod IPs map holds one entry a pod);
 //! 4. `no sockets`: all pods still registered, the sockets closed;
-//! 5. then the idle agent's RSS once a second for `--idle-secs`.
+//! 5. then the idle agent's RSS once a second for `--idle-secs`;
+//! 6. then the agent's own CPU time (user + system, every thread, from
+//!    /proc/PID/stat) over two windows of `--cpu-secs`, all pods still
+//!    registered: `idle` (only its sweep, every second) and `scraped` (one
+//!    /metrics scrape a second besides). The sweeps counted by the agent's
+//!    `meshlane_agent_sweeps_total` in each window are reported with it.
 //!
 //! The sockhash is made with room for twice `--sockets` (`--sockhash-size`
 //! on install and agent), so no insert fails at exactly full. Each stage
@@ -26,7 +32,7 @@
 //! by a guard and removed on return, error, panic or Ctrl-C.
 //!
 //! Options: `-- --pods N --sockets N --scrapes N --conns-per-child N
-//! --idle-secs N --json`.
+//! --idle-secs N --cpu-secs N --pod-addresses --json`.
 //! Needs root, bpffs and cgroup v2.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -41,13 +47,13 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use meshlane::api::{self, Request};
 use meshlane::bench::interrupt;
+use meshlane::datapath::MapId;
 use meshlane::layout::PinLayout;
 use meshlane::pods::{PodMode, PodSpec, Registry};
 use meshlane::sim::{Node, NodeOptions, Pod};
 use serde::Serialize;
 
 const BIN: &str = env!("CARGO_BIN_EXE_meshlane");
-const SOCKS_MAP: &str = "ml_socks";
 const API_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Parser)]
@@ -68,6 +74,15 @@ struct Cli {
     /// At the end, sample the idle agent's RSS once a second this long.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=3600))]
     idle_secs: u64,
+    /// Then measure the agent's CPU time over two windows this long: idle,
+    /// and with one scrape a second (0: skip).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    cpu_secs: u64,
+    /// Give each bare pod one address (10.253.x.y/32 on a veth pair inside
+    /// its netns), so the pod IPs map holds one entry a pod as on a real
+    /// node; without it the bare pods have none.
+    #[arg(long)]
+    pod_addresses: bool,
     /// Print the report as JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -117,6 +132,23 @@ struct Report {
     /// a second for `--idle-secs` after the last stage: its sweep walks the
     /// pods every second.
     idle_rss_kib: Vec<u64>,
+    /// The agent's CPU time with all pods registered, per window.
+    cpu: Vec<CpuWindow>,
+}
+
+#[derive(Debug, Serialize)]
+struct CpuWindow {
+    name: String,
+    pods: usize,
+    wall_secs: f64,
+    /// User + system CPU seconds of the agent (every thread) in the window.
+    cpu_secs: f64,
+    /// `cpu_secs` over the wall time, in percent of one CPU.
+    cpu_percent: f64,
+    /// Registry sweeps the agent counted in the window.
+    sweeps: u64,
+    /// /metrics scrapes made in the window.
+    scrapes: u32,
 }
 
 #[derive(Debug, Serialize)]
@@ -187,6 +219,12 @@ fn print_report(cli: &Cli, r: &Report) -> Result<()> {
             r.idle_rss_kib.len()
         );
     }
+    for w in &r.cpu {
+        println!(
+            "agent CPU, {} ({} pods, {} sweeps, {} scrapes in {:.0} s): {:.3} CPU s = {:.3} % of a CPU",
+            w.name, w.pods, w.sweeps, w.scrapes, w.wall_secs, w.cpu_secs, w.cpu_percent
+        );
+    }
     Ok(())
 }
 
@@ -218,7 +256,13 @@ fn run(cli: &Cli) -> Result<Report> {
     let mut register_secs = 0.0;
     for target in pod_steps(cli.pods) {
         let t = Instant::now();
-        grow_pods(&node, &agent, &mut bare, target as usize - 1)?;
+        grow_pods(
+            &node,
+            &agent,
+            &mut bare,
+            target as usize - 1,
+            cli.pod_addresses,
+        )?;
         register_secs += t.elapsed().as_secs_f64();
         stages.push(measure(cli, &format!("pods {target}"), &node, &agent)?);
     }
@@ -228,6 +272,12 @@ fn run(cli: &Cli) -> Result<Report> {
     wait_socks(&node.layout, "0", |n| n == 0)?;
     stages.push(measure(cli, "no sockets", &node, &agent)?);
     let idle_rss_kib = idle_rss(&agent, cli.idle_secs)?;
+    let mut cpu = Vec::new();
+    if cli.cpu_secs > 0 {
+        let pods = Registry::open(&node.layout)?.count();
+        cpu.push(cpu_window(&agent, "idle", pods, cli.cpu_secs, false)?);
+        cpu.push(cpu_window(&agent, "scraped", pods, cli.cpu_secs, true)?);
+    }
     agent.stop();
     Ok(Report {
         kernel: kernel_release(),
@@ -240,7 +290,57 @@ fn run(cli: &Cli) -> Result<Report> {
         status_ms,
         stages,
         idle_rss_kib,
+        cpu,
     })
+}
+
+/// The agent's CPU time over `secs` of wall time, scraping /metrics once
+/// a second when `scraped`. The sweep counter is read (one scrape each)
+/// just outside the measured interval.
+fn cpu_window(
+    agent: &Agent,
+    name: &str,
+    pods: usize,
+    secs: u64,
+    scraped: bool,
+) -> Result<CpuWindow> {
+    interrupt_check()?;
+    let sweeps_before = sweeps(agent.admin)?;
+    let cpu_before = agent.cpu_secs()?;
+    let start = Instant::now();
+    let mut scrapes = 0;
+    for i in 1..=secs {
+        if scraped {
+            scrape(agent.admin)?;
+            scrapes += 1;
+        }
+        interrupt_check()?;
+        // Paced on the window's start, so scrape time does not add up.
+        let next = start + Duration::from_secs(i);
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+    }
+    let wall_secs = start.elapsed().as_secs_f64();
+    let cpu_secs = agent.cpu_secs()? - cpu_before;
+    let sweeps = sweeps(agent.admin)?.saturating_sub(sweeps_before);
+    eprintln!("agent_scale: cpu {name}: {cpu_secs:.3} CPU s in {wall_secs:.1} s, {sweeps} sweeps, {scrapes} scrapes");
+    Ok(CpuWindow {
+        name: name.into(),
+        pods,
+        wall_secs,
+        cpu_secs,
+        cpu_percent: cpu_secs / wall_secs * 100.0,
+        sweeps,
+        scrapes,
+    })
+}
+
+/// `meshlane_agent_sweeps_total` from one scrape.
+fn sweeps(addr: SocketAddr) -> Result<u64> {
+    let (_, body) = scrape_body(addr)?;
+    body.lines()
+        .find_map(|l| l.strip_prefix("meshlane_agent_sweeps_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .context("/metrics has no meshlane_agent_sweeps_total")
 }
 
 fn idle_rss(agent: &Agent, secs: u64) -> Result<Vec<u64>> {
@@ -302,10 +402,16 @@ fn register(agent: &Agent, netns: &Path, spec: PodSpec) -> Result<()> {
 }
 
 /// Creates and registers bare network namespaces until there are `want`.
-fn grow_pods(node: &Node, agent: &Agent, bare: &mut Vec<BareNetns>, want: usize) -> Result<()> {
+fn grow_pods(
+    node: &Node,
+    agent: &Agent,
+    bare: &mut Vec<BareNetns>,
+    want: usize,
+    pod_addresses: bool,
+) -> Result<()> {
     while bare.len() < want {
         interrupt_check()?;
-        let ns = BareNetns::create(&node.tag, bare.len())?;
+        let ns = BareNetns::create(&node.tag, bare.len(), pod_addresses)?;
         let spec = PodSpec::istio(format!("scale-{}", bare.len()));
         // Pushed first: the guard removes the netns even if this fails.
         bare.push(ns);
@@ -315,7 +421,7 @@ fn grow_pods(node: &Node, agent: &Agent, bare: &mut Vec<BareNetns>, want: usize)
 }
 
 fn socks_in_map(layout: &PinLayout) -> usize {
-    meshlane::status::map_fill(layout, SOCKS_MAP).map_or(0, |m| m.entries)
+    meshlane::status::map_fill(layout, MapId::Socks).map_or(0, |m| m.entries)
 }
 
 /// Waits (up to 60 s) until the sockhash fill satisfies `ok`.
@@ -327,7 +433,7 @@ fn wait_socks(layout: &PinLayout, what: &str, ok: impl Fn(usize) -> bool) -> Res
             return Ok(n);
         }
         if Instant::now() > deadline {
-            bail!("{SOCKS_MAP} holds {n} entries, expected {what}");
+            bail!("{} holds {n} entries, expected {what}", MapId::Socks);
         }
         interrupt_check()?;
         std::thread::sleep(Duration::from_millis(100));
@@ -358,7 +464,7 @@ fn status_socks(layout: &PinLayout) -> Result<(usize, f64)> {
         .as_array()
         .into_iter()
         .flatten()
-        .find(|m| m["name"] == SOCKS_MAP)
+        .find(|m| m["name"] == MapId::Socks.pin_name())
         .and_then(|m| m["entries"].as_u64())
         .context("status --json lists no ml_socks entries")?;
     Ok((entries as usize, ms))
@@ -391,6 +497,11 @@ fn measure(cli: &Cli, name: &str, node: &Node, agent: &Agent) -> Result<Stage> {
 /// One scrape: connect, GET /metrics, read to the end. Returns its time and
 /// the body's size.
 fn scrape(addr: SocketAddr) -> Result<(Duration, usize)> {
+    scrape_body(addr).map(|(took, body)| (took, body.len()))
+}
+
+/// [`scrape`], with the body.
+fn scrape_body(addr: SocketAddr) -> Result<(Duration, String)> {
     let t = Instant::now();
     let mut s = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
@@ -406,7 +517,10 @@ fn scrape(addr: SocketAddr) -> Result<(Duration, usize)> {
     if !status.starts_with("HTTP/1.1 200") {
         bail!("/metrics: {}", status.lines().next().unwrap_or_default());
     }
-    Ok((took, buf.len() - head_end - 4))
+    Ok((
+        took,
+        String::from_utf8_lossy(&buf[head_end + 4..]).into_owned(),
+    ))
 }
 
 fn scrape_stats(addr: SocketAddr, n: u32) -> Result<ScrapeStats> {
@@ -440,24 +554,41 @@ struct BareNetns {
 }
 
 impl BareNetns {
-    fn create(tag: &str, i: usize) -> Result<Self> {
+    fn create(tag: &str, i: usize, address: bool) -> Result<Self> {
         let name = format!("{tag}-b{i}");
-        let out = Command::new("ip")
-            .args(["netns", "add", &name])
-            .stdin(Stdio::null())
-            .output()
-            .context("running ip netns add")?;
-        if !out.status.success() {
-            bail!(
-                "ip netns add {name}: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(Self {
+        ip(&["netns", "add", &name])?;
+        let ns = Self {
             path: PathBuf::from("/run/netns").join(&name),
             name,
-        })
+        };
+        if address {
+            // From here the guard deletes the netns, interface included.
+            let addr = format!("10.253.{}.{}/32", i / 250, i % 250 + 1);
+            ip(&[
+                "-n", &ns.name, "link", "add", "ml0", "type", "veth", "peer", "name", "ml1",
+            ])?;
+            ip(&["-n", &ns.name, "addr", "add", &addr, "dev", "ml0"])?;
+            ip(&["-n", &ns.name, "link", "set", "ml0", "up"])?;
+        }
+        Ok(ns)
     }
+}
+
+/// Runs `ip ARGS`; its stderr is the error.
+fn ip(args: &[&str]) -> Result<()> {
+    let out = Command::new("ip")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .context("running ip")?;
+    if !out.status.success() {
+        bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
 }
 
 impl Drop for BareNetns {
@@ -545,6 +676,25 @@ impl Agent {
                 .with_context(|| format!("{path} has no {key}"))
         };
         Ok((field("VmRSS:")?, field("VmHWM:")?))
+    }
+
+    /// User + system CPU seconds of every thread, from /proc/PID/stat
+    /// (clock ticks: 10 ms steps; exited threads included).
+    fn cpu_secs(&self) -> Result<f64> {
+        let path = format!("/proc/{}/stat", self.child.id());
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+        // Fields after the command name, which may hold spaces: state is
+        // the first, utime the 12th, stime the 13th.
+        let after = text.rsplit_once(')').map(|(_, a)| a).unwrap_or_default();
+        let f: Vec<&str> = after.split_whitespace().collect();
+        let ticks = |i: usize| -> Result<u64> {
+            f.get(i)
+                .and_then(|v| v.parse().ok())
+                .with_context(|| format!("{path}: no CPU time field"))
+        };
+        // SAFETY: plain libc query.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        Ok((ticks(11)? + ticks(12)?) as f64 / hz)
     }
 
     /// SIGTERM, then SIGKILL if it has not exited within 10 s.

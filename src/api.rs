@@ -251,7 +251,7 @@ fn require_safe_app_hops(layout: &PinLayout) -> Result<(), String> {
     let facts =
         loader::kernel_facts().map_err(|e| format!("probing the kernel for --splice-apps: {e}"))?;
     let plan = integrity::Plan {
-        verdict: layout.link("ml_splice_verdict").exists(),
+        verdict: crate::datapath::links::is_pinned(layout, crate::datapath::LinkId::SpliceVerdict),
         splice: true,
         warnings: Vec::new(),
     };

@@ -18,16 +18,13 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::{Registry, Unit};
 use thiserror::Error;
 
-use crate::layout::PinLayout;
+use crate::datapath::{links, MapError, PinLayout, PodsMap};
 use crate::status;
 
 #[derive(Debug, Error)]
 pub enum MetricsError {
-    #[error("data-path counters at {path}: {source}")]
-    Counters {
-        path: std::path::PathBuf,
-        source: libbpf_rs::Error,
-    },
+    #[error("data-path counters: {0}")]
+    Counters(#[from] MapError),
     #[error("encoding metrics: {0}")]
     Encode(#[from] std::fmt::Error),
 }
@@ -79,7 +76,7 @@ impl Collector for DataPathCollector {
             let name = format!("datapath_{}", info.name);
             c.encode(encoder.encode_descriptor(&name, info.help, None, c.metric_type())?)?;
         }
-        let links = status::node_links(&self.layout);
+        let links = links::node_links(&self.layout);
         let runs = ConstCounter::new(0u64);
         let mut fam = encoder.encode_descriptor(
             "program_runs",
@@ -105,8 +102,8 @@ impl Collector for DataPathCollector {
             };
             ConstCounter::new(l.run_time_ns as f64 / 1e9).encode(fam.encode_family(&label)?)?;
         }
-        let pods = crate::pods::Registry::open(&self.layout)
-            .map(|r| r.count() as i64)
+        let pods = PodsMap::open(&self.layout)
+            .map(|m| m.count() as i64)
             .map_err(|_| std::fmt::Error)?;
         let g = ConstGauge::new(pods);
         g.encode(encoder.encode_descriptor(
@@ -171,10 +168,7 @@ impl Metrics {
 
     /// The text exposition format, or why the data path cannot be read.
     pub fn encode(&self) -> Result<String, MetricsError> {
-        status::try_read_counters(&self.layout).map_err(|e| MetricsError::Counters {
-            path: self.layout.map("ml_counters"),
-            source: e,
-        })?;
+        status::try_read_counters(&self.layout)?;
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
         Ok(out)

@@ -4,17 +4,15 @@
 //! connection of such a pod until its proxy restarts. Finds the LISTEN
 //! sockets on the pod's inbound port in its netns (/proc/thread-self/net/
 //! tcp, tcp6), the process holding each (/proc/PID/fd), takes a copy of the
-//! descriptor with pidfd_getfd and puts it in ml_listeners under the key the
-//! callback would have used.
+//! descriptor with pidfd_getfd and puts it in the listeners map
+//! (`datapath::ListenersMap`) under the key the callback would have used.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
 
-use libbpf_rs::{MapCore, MapFlags, MapHandle};
 use thiserror::Error;
 
-use crate::abi::{ml_endpoint, Pod};
-use crate::layout::PinLayout;
+use crate::datapath::{ListenersMap, MapError, PinLayout};
 use crate::netns::{self, NetnsError};
 
 #[derive(Debug, Error)]
@@ -28,11 +26,8 @@ pub enum ListenerError {
         fd: u32,
         source: std::io::Error,
     },
-    #[error("registering the proxy's listener in {path}: {source}")]
-    Map {
-        path: PathBuf,
-        source: libbpf_rs::Error,
-    },
+    #[error("registering the proxy's listener: {0}")]
+    Map(#[from] MapError),
 }
 
 /// One LISTEN socket of the netns: its inode and whether it is AF_INET6.
@@ -118,11 +113,7 @@ pub fn adopt(
     if listening.is_empty() {
         return Ok(0);
     }
-    let path = layout.map("ml_listeners");
-    let map = MapHandle::from_pinned_path(&path).map_err(|e| ListenerError::Map {
-        path: path.clone(),
-        source: e,
-    })?;
+    let map = ListenersMap::open(layout)?;
     let mut adopted = 0;
     for l in listening {
         // A socket nobody holds any more is closing: nothing to adopt.
@@ -135,16 +126,7 @@ pub fn adopt(
             fd,
             source: e,
         })?;
-        let mut key = ml_endpoint::zeroed();
-        key.netns = netns_cookie;
-        key.addr.a[0] = u32::from(l.v6);
-        key.port = port;
-        let value = (sock.as_raw_fd() as u64).to_ne_bytes();
-        map.update(key.as_bytes(), &value, MapFlags::ANY)
-            .map_err(|e| ListenerError::Map {
-                path: path.clone(),
-                source: e,
-            })?;
+        map.insert(netns_cookie, l.v6, port, sock.as_fd())?;
         tracing::info!(port, pid, v6 = l.v6, "adopted the proxy's inbound listener");
         adopted += 1;
     }

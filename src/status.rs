@@ -1,17 +1,15 @@
 //! What is installed and what it is doing: links and their programs (with
 //! the kernel's run count and time), pods, map fill and the data-path
-//! counters. Reads pins only, so it works with or without a running agent.
+//! counters. Reads the pins through `datapath`, so it works with or
+//! without a running agent.
 
 use std::collections::BTreeMap;
-use std::ffi::CString;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use libbpf_rs::{MapCore, MapFlags, MapHandle};
 use serde::Serialize;
 
 use crate::abi::ml_counter;
-use crate::layout::PinLayout;
+use crate::datapath::{links, maps, CountersMap, MapError, MapId, PinLayout};
 use crate::pods::{PodError, PodRecord, Registry};
 
 /// One data-path counter slot (enum ml_counter in bpf/meshlane.h): its
@@ -53,36 +51,8 @@ pub const COUNTERS: &[CounterInfo] = &[
     c(ml_counter::ML_CNT_DISCONNECT_PURGED, "sockets_purged_at_disconnect", "Sockets that left the splice map at disconnect"),
 ];
 
-/// Maps whose entry count `status` reports.
-const FILL_MAPS: [&str; 10] = [
-    "ml_throttled",
-    "ml_rcv_cursor",
-    "ml_sock_addrs",
-    "ml_pods",
-    "ml_pod_ips",
-    "ml_socks",
-    "ml_peers",
-    "ml_active",
-    "ml_listeners",
-    "ml_orig_pending",
-];
-
-#[derive(Debug, Clone, Serialize)]
-pub struct LinkStatus {
-    pub pin: PathBuf,
-    pub link_id: u32,
-    pub program: String,
-    pub program_id: u32,
-    pub run_count: u64,
-    pub run_time_ns: u64,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct MapFill {
-    pub name: String,
-    pub entries: usize,
-    pub capacity: u32,
-}
+pub use crate::datapath::links::{node_links, prog_stats, LinkStatus};
+pub use crate::datapath::MapFill;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
@@ -94,101 +64,6 @@ pub struct Status {
     pub counters: BTreeMap<String, u64>,
 }
 
-fn obj_get(path: &Path) -> Option<OwnedFd> {
-    let c = CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
-    // SAFETY: valid C string.
-    let fd = unsafe { libbpf_sys::bpf_obj_get(c.as_ptr()) };
-    // SAFETY: a non-negative fd from the kernel is ours.
-    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// Whether a pinned object is a program rather than a link: before Linux
-/// 6.10 the programs of ml_socks are attached to the map and pinned as
-/// programs where their links would be.
-fn is_prog(fd: &OwnedFd) -> bool {
-    std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
-        .is_ok_and(|target| target.to_string_lossy().contains("bpf-prog"))
-}
-
-fn link_status(pin: &Path) -> Option<LinkStatus> {
-    let fd = obj_get(pin)?;
-    // The kernel keeps 15 characters of a name; the pin has all of it.
-    let program = pin.file_name()?.to_string_lossy().into_owned();
-    if is_prog(&fd) {
-        let (id, run_count, run_time_ns) = prog_info(fd.as_fd())?;
-        return Some(LinkStatus {
-            pin: pin.into(),
-            link_id: 0,
-            program,
-            program_id: id,
-            run_count,
-            run_time_ns,
-        });
-    }
-    let mut li = libbpf_sys::bpf_link_info::default();
-    let mut len = std::mem::size_of_val(&li) as u32;
-    // SAFETY: info struct and its size.
-    if unsafe { libbpf_sys::bpf_link_get_info_by_fd(fd.as_raw_fd(), &mut li, &mut len) } != 0 {
-        return None;
-    }
-    let (_, run_count, run_time_ns) = prog_stats(li.prog_id).unwrap_or_default();
-    Some(LinkStatus {
-        pin: pin.into(),
-        link_id: li.id,
-        program,
-        program_id: li.prog_id,
-        run_count,
-        run_time_ns,
-    })
-}
-
-/// (name, run count, run time ns) of a program, from the kernel.
-pub fn prog_stats(prog_id: u32) -> Option<(String, u64, u64)> {
-    // SAFETY: plain syscall wrapper.
-    let fd = unsafe { libbpf_sys::bpf_prog_get_fd_by_id(prog_id) };
-    if fd < 0 {
-        return None;
-    }
-    // SAFETY: fd is ours.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let pi = prog_info_raw(fd.as_fd())?;
-    let name: String = pi
-        .name
-        .iter()
-        .take_while(|c| **c != 0)
-        .map(|c| *c as u8 as char)
-        .collect();
-    Some((name, pi.run_cnt, pi.run_time_ns))
-}
-
-fn prog_info_raw(fd: BorrowedFd<'_>) -> Option<libbpf_sys::bpf_prog_info> {
-    let mut pi = libbpf_sys::bpf_prog_info::default();
-    let mut len = std::mem::size_of_val(&pi) as u32;
-    // SAFETY: info struct and its size.
-    if unsafe { libbpf_sys::bpf_prog_get_info_by_fd(fd.as_raw_fd(), &mut pi, &mut len) } != 0 {
-        return None;
-    }
-    Some(pi)
-}
-
-/// (id, run count, run time ns) of a program fd.
-fn prog_info(fd: BorrowedFd<'_>) -> Option<(u32, u64, u64)> {
-    prog_info_raw(fd).map(|pi| (pi.id, pi.run_cnt, pi.run_time_ns))
-}
-
-fn pins_in(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|r| {
-            r.flatten()
-                .map(|e| e.path())
-                .filter(|p| p.is_file())
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
-}
-
 /// Sums a per-CPU counter array; empty when it cannot be read (see
 /// [`try_read_counters`] for the error).
 pub fn read_counters(layout: &PinLayout) -> BTreeMap<String, u64> {
@@ -196,25 +71,12 @@ pub fn read_counters(layout: &PinLayout) -> BTreeMap<String, u64> {
 }
 
 /// [`read_counters`], or why the counters cannot be read.
-pub fn try_read_counters(layout: &PinLayout) -> Result<BTreeMap<String, u64>, libbpf_rs::Error> {
-    let mut out = BTreeMap::new();
-    let m = MapHandle::from_pinned_path(layout.map("ml_counters"))?;
-    for CounterInfo { slot, name, .. } in COUNTERS {
-        let key = slot.0.to_ne_bytes();
-        let total = match m.lookup_percpu(&key, MapFlags::ANY) {
-            Ok(Some(per_cpu)) => per_cpu
-                .iter()
-                .map(|v| {
-                    v.get(..8)
-                        .map_or(0, |b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8])))
-                })
-                .sum(),
-            Ok(None) => 0,
-            Err(e) => return Err(e),
-        };
-        out.insert((*name).to_string(), total);
-    }
-    Ok(out)
+pub fn try_read_counters(layout: &PinLayout) -> Result<BTreeMap<String, u64>, MapError> {
+    let sums = CountersMap::open(layout)?.sums()?;
+    Ok(COUNTERS
+        .iter()
+        .map(|c| (c.name.to_string(), sums[c.slot.0 as usize]))
+        .collect())
 }
 
 /// One counter by its display name (0 when unknown or not installed).
@@ -222,38 +84,20 @@ pub fn counter(layout: &PinLayout, name: &str) -> u64 {
     read_counters(layout).get(name).copied().unwrap_or(0)
 }
 
-/// Entries in a pinned map (by walking its keys).
-pub fn map_fill(layout: &PinLayout, name: &str) -> Option<MapFill> {
-    let m = MapHandle::from_pinned_path(layout.map(name)).ok()?;
-    let capacity = m.max_entries();
-    Some(MapFill {
-        name: name.into(),
-        entries: m.keys().count(),
-        capacity,
-    })
-}
-
-/// The node-wide links (cgroup hooks, socket-map programs) and their
-/// programs' run stats; the per-pod links are left out.
-pub fn node_links(layout: &PinLayout) -> Vec<LinkStatus> {
-    pins_in(&layout.links_dir())
-        .iter()
-        .filter_map(|p| link_status(p))
-        .collect()
+/// Entries in a pinned map (by walking its keys); None when it cannot be
+/// opened.
+pub fn map_fill(layout: &PinLayout, map: MapId) -> Option<MapFill> {
+    maps::fill(layout, map).ok()
 }
 
 pub fn collect(layout: &PinLayout) -> Result<Status, PodError> {
     layout.require_installed()?;
     let mut links = node_links(layout);
-    links.extend(
-        pins_in(&layout.pod_links_dir())
-            .iter()
-            .filter_map(|p| link_status(p)),
-    );
+    links.extend(links::pod_links(layout));
     let pods = Registry::open(layout)?.list();
-    let maps = FILL_MAPS
-        .iter()
-        .filter_map(|n| map_fill(layout, n))
+    let maps = MapId::WALKABLE
+        .into_iter()
+        .filter_map(|m| map_fill(layout, m))
         .collect();
     Ok(Status {
         pin_root: layout.root().into(),
@@ -326,5 +170,23 @@ impl std::fmt::Display for Status {
             writeln!(f, "  {k:<30} {v}")?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::abi::COUNTER_COUNT;
+
+    #[test]
+    fn every_counter_slot_has_one_name() {
+        let mut slots: Vec<u32> = COUNTERS.iter().map(|c| c.slot.0).collect();
+        slots.sort_unstable();
+        let want: Vec<u32> = (0..COUNTER_COUNT as u32).collect();
+        assert_eq!(slots, want);
+        let mut names: Vec<&str> = COUNTERS.iter().map(|c| c.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), COUNTERS.len());
     }
 }

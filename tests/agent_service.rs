@@ -5,61 +5,14 @@
 mod common;
 mod support;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use support::{cli_ok, node_without_install, AgentProcess};
+use support::{admin_get, cli_ok, node_without_install, AgentProcess};
 
 /// GET `path` on the admin server: (status code, body).
 fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("admin connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .expect("request");
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).expect("response");
-    let code = resp
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = resp
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_string();
-    (code, body)
-}
-
-/// The admin address the agent logged (it was started on port 0).
-fn admin_addr(agent: &AgentProcess) -> SocketAddr {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let found = agent.log_lines().iter().find_map(|l| {
-            l.contains("admin server")
-                .then(|| {
-                    l.split("addr=")
-                        .nth(1)?
-                        .split_whitespace()
-                        .next()?
-                        .parse()
-                        .ok()
-                })
-                .flatten()
-        });
-        if let Some(a) = found {
-            return a;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no admin address logged: {:?}",
-            agent.log_lines()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    admin_get(addr, path).expect("admin server answers")
 }
 
 fn wait_code(addr: SocketAddr, path: &str, want: u16) -> String {
@@ -113,7 +66,7 @@ fn readiness_follows_the_install_and_metrics_parse() {
     let agent =
         AgentProcess::start_with(&root, node.cgroup.path(), &["--admin-addr", "127.0.0.1:0"])
             .expect("agent");
-    let addr = admin_addr(&agent);
+    let addr = agent.admin_addr();
     assert_eq!(get(addr, "/healthz/live").0, 200);
     wait_code(addr, "/healthz/ready", 200);
     let (code, metrics) = get(addr, "/metrics");

@@ -21,8 +21,7 @@ mod helm;
 mod support;
 
 use std::ffi::OsString;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -249,22 +248,11 @@ fn run_ok(mut cmd: Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// GET `path` on the admin server: (status code, body).
-fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let code = text.split_whitespace().nth(1)?.parse().ok()?;
-    Some((code, text))
-}
-
 /// The kubelet's readiness probe until it passes (panics after a minute).
 fn wait_ready(addr: SocketAddr) {
     let end = Instant::now() + Duration::from_secs(60);
     loop {
-        let got = http_get(addr, "/healthz/ready");
+        let got = admin_get(addr, "/healthz/ready");
         if matches!(got, Some((200, _))) {
             return;
         }
@@ -280,7 +268,10 @@ fn start_agent_pod(r: &NodeRender) -> AgentProcess {
     run_ok(r.init("install-cni"));
     let agent = AgentProcess::spawn_command(r.main("agent")).expect("the agent container starts");
     wait_ready(r.admin);
-    assert!(matches!(http_get(r.admin, "/healthz/live"), Some((200, _))));
+    assert!(matches!(
+        admin_get(r.admin, "/healthz/live"),
+        Some((200, _))
+    ));
     agent
 }
 

@@ -28,35 +28,11 @@ fn agent(cni: &CniNode) -> AgentProcess {
         .expect("starting the agent")
 }
 
-/// The agent's /metrics text (it was started with an admin server on an
-/// ephemeral port, logged as `admin server ... addr=`).
+/// The agent's /metrics text.
 fn scrape(agent: &AgentProcess) -> String {
-    use std::io::{Read, Write};
-    let addr: SocketAddr = agent
-        .log_lines()
-        .iter()
-        .find_map(|l| {
-            l.contains("admin server")
-                .then(|| {
-                    l.split("addr=")
-                        .nth(1)?
-                        .split_whitespace()
-                        .next()?
-                        .parse()
-                        .ok()
-                })
-                .flatten()
-        })
-        .expect("admin address in the agent's log");
-    let mut s = std::net::TcpStream::connect(addr).expect("admin server");
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    text
+    support::admin_get(agent.admin_addr(), "/metrics")
+        .expect("admin server answers")
+        .1
 }
 
 #[test]

@@ -125,7 +125,12 @@ fn sidecar_not_listening_yet_and_restart() {
 fn wait_installed(node: &Node) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
-        if node.registry().is_ok() && node.layout.link("ml_connect4").exists() {
+        if node.registry().is_ok()
+            && node
+                .layout
+                .link(meshlane::datapath::LinkId::Connect4)
+                .exists()
+        {
             return;
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -259,8 +264,11 @@ fn uninstall_while_traffic_flows() {
     );
 
     cli_ok(&node, &["uninstall"]);
-    assert!(!node.layout.link("ml_connect4").exists());
-    assert!(!node.layout.map("ml_pods").exists());
+    assert!(!node
+        .layout
+        .link(meshlane::datapath::LinkId::Connect4)
+        .exists());
+    assert!(!node.layout.map(meshlane::datapath::MapId::Pods).exists());
     wait_cgroup_detached(node.cgroup.path());
     go_tx.send(()).unwrap();
     assert_eq!(client.join().unwrap(), b"after uninstall, same connection");

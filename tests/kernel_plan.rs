@@ -37,7 +37,9 @@ fn installed_plan_follows_the_measured_kernel() {
         "the installed plan (verdict, splice) does not follow from what this kernel does"
     );
     assert_eq!(
-        node.layout.link("ml_splice_verdict").exists(),
+        node.layout
+            .link(meshlane::datapath::LinkId::SpliceVerdict)
+            .exists(),
         report.plan.verdict,
         "the pinned stream verdict disagrees with the plan"
     );

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use conformance::app::{self, As};
 use conformance::native_sidecar::NativeSidecar;
 use meshlane::pods::PodRecord;
-use support::{cli_ok, node_without_install, AgentProcess};
+use support::{admin_get, cli_ok, node_without_install, AgentProcess};
 
 fn registered(root: &Path) -> Vec<PodRecord> {
     serde_json::from_str(&cli_ok(root, &["--json", "pod", "list"])).expect("pod list JSON")
@@ -181,28 +181,7 @@ fn static_source_adopts_running_pods_and_releases_removed_ones() {
 
 /// GET `path` on the admin server: (status code, body).
 fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s =
-        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("admin connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .expect("request");
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).expect("response");
-    let code = resp
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (
-        code,
-        resp.split_once("\r\n\r\n")
-            .map_or("", |(_, b)| b)
-            .to_string(),
-    )
+    admin_get(addr, path).expect("admin server answers")
 }
 
 #[test]

@@ -32,7 +32,6 @@ mod api_server;
 mod pod_source;
 mod readiness;
 
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -83,14 +82,6 @@ pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// How often the xDS client follows the pod catalog (streams for new
 /// pods, none for pods gone).
 pub const XDS_RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
-
-/// Turns on the kernel's per-program run count/time while the fd lives.
-fn enable_bpf_stats() -> Option<OwnedFd> {
-    // SAFETY: plain syscall wrapper.
-    let fd = unsafe { libbpf_sys::bpf_enable_stats(libbpf_sys::BPF_STATS_RUN_TIME) };
-    // SAFETY: a non-negative fd is ours.
-    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
-}
 
 /// Probes and installs; the part of `run` that tests and `--once` use.
 pub fn start(cfg: &AgentConfig) -> Result<InstallReport, AgentError> {
@@ -268,7 +259,7 @@ async fn serve(
     report: InstallReport,
     admin: Option<std::net::TcpListener>,
 ) -> Result<(), AgentError> {
-    let _stats = enable_bpf_stats();
+    let _stats = crate::datapath::links::enable_run_stats();
     let layout = PinLayout::new(&report.pin_root);
     let readiness = Arc::new(Readiness::default());
     readiness.set_installed(cfg.intercept);

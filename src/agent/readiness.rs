@@ -8,11 +8,11 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::layout::PinLayout;
+use crate::datapath::{LinkId, PinLayout};
 
 /// Node-wide links whose pins must be present (the splice core; the
 /// interception hooks are checked when installed with them).
-const CORE_LINKS: [&str; 2] = ["ml_splice_sockops", "ml_splice_msg"];
+const CORE_LINKS: [LinkId; 2] = [LinkId::SpliceSockops, LinkId::SpliceMsg];
 
 #[derive(Debug, Default)]
 pub struct Readiness {
@@ -70,9 +70,9 @@ impl Readiness {
         if !layout.maps_dir().is_dir() {
             out.push(format!("pins missing: {}", layout.maps_dir().display()));
         }
-        let mut links: Vec<&str> = CORE_LINKS.to_vec();
+        let mut links: Vec<LinkId> = CORE_LINKS.to_vec();
         if self.intercept.load(Ordering::Relaxed) {
-            links.push("ml_connect4");
+            links.push(LinkId::Connect4);
         }
         for l in links {
             if !layout.link(l).exists() {

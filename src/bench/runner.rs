@@ -7,7 +7,7 @@
 //! messages, redirected connects, steered inbound connections).
 
 use std::collections::BTreeMap;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -124,9 +124,7 @@ pub struct BpfStats(#[allow(dead_code)] Option<OwnedFd>);
 
 impl BpfStats {
     pub fn enable() -> Self {
-        // SAFETY: plain syscall wrapper; a non-negative fd is ours.
-        let fd = unsafe { libbpf_sys::bpf_enable_stats(libbpf_sys::BPF_STATS_RUN_TIME) };
-        Self((fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) }))
+        Self(crate::datapath::links::enable_run_stats())
     }
 }
 

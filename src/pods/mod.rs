@@ -1,7 +1,7 @@
 //! The pod registry: which network namespaces are meshed and with what
-//! settings. Lives entirely in pinned maps (ml_pods, ml_pod_ips) plus one
-//! pinned sk_lookup link per intercepted pod, so it survives agent restarts
-//! and has one source of truth. Written by `meshlane pod add/rm` today and by
+//! settings. Lives entirely in pinned maps (the pods and pod IPs maps,
+//! through `datapath::maps`) plus one pinned sk_lookup link per pod, so it
+//! survives agent restarts and has one source of truth. Written by `meshlane pod add/rm` today and by
 //! the CNI plugin later; both go through [`Registry`].
 //!
 //! - `spec`: what an operator (or the CNI plugin) asks for, validated into
@@ -39,14 +39,11 @@ use thiserror::Error;
 use crate::layout::LayoutError;
 use crate::netns::NetnsError;
 
+pub use crate::datapath::abi::{MAX_CIDRS, MAX_PORTS};
+pub use crate::datapath::links::{link_state, LinkState};
 pub use registry::{PodRecord, Registry};
 pub use spec::{PodMode, PodSpec, Preset};
-pub use sweep::{link_state, sweep, LinkState, Swept};
-
-/// Most ports a per-pod port list holds (ML_MAX_PORTS).
-pub const MAX_PORTS: usize = 32;
-/// Most prefixes a per-pod CIDR list holds (ML_MAX_CIDRS).
-pub const MAX_CIDRS: usize = 16;
+pub use sweep::{sweep, Swept};
 
 #[derive(Debug, Error)]
 pub enum PodError {
@@ -82,11 +79,8 @@ pub enum PodError {
     NotRegistered { netns: String },
     #[error("more than one pod is named {name:?} (netns cookies {cookies:?}): remove by --cookie")]
     AmbiguousName { name: String, cookies: Vec<u64> },
-    #[error("pod registry at {path}: {source}")]
-    Map {
-        path: PathBuf,
-        source: libbpf_rs::Error,
-    },
+    #[error("pod registry: {0}")]
+    Map(#[from] crate::datapath::MapError),
     #[error("pod {pod}: {source}")]
     Iptables {
         pod: String,

@@ -2,18 +2,18 @@
 //! link, adding (with rollback), removing and listing. Every change holds
 //! the registry lock (see `PinLayout::lock_registry`).
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
-use libbpf_rs::{MapCore, MapFlags, MapHandle};
 use serde::{Deserialize, Serialize};
 
 use super::spec::{list_cidrs, list_ports};
-use super::sweep::LinkState;
 use super::{PodError, PodMode, PodSpec, Preset};
-use crate::abi::{self, ml_pod, ml_pod_flag, Pod};
-use crate::layout::PinLayout;
+use crate::abi::{ml_pod, ml_pod_flag};
+use crate::datapath::links::{self, LinkState};
+use crate::datapath::{LinkId, PinLayout, PodIpsMap, PodsMap};
 use crate::netns;
 
 /// A registered pod, as `pod list` shows it.
@@ -46,29 +46,18 @@ pub struct PodRecord {
 /// Handle on the pinned registry maps of one pin root.
 pub struct Registry {
     layout: PinLayout,
-    pods: MapHandle,
-    ips: MapHandle,
+    pods: PodsMap,
+    ips: PodIpsMap,
 }
 
 impl Registry {
     pub fn open(layout: &PinLayout) -> Result<Self, PodError> {
         layout.require_installed()?;
-        let open = |name: &str| {
-            let path = layout.map(name);
-            MapHandle::from_pinned_path(&path).map_err(|e| PodError::Map { path, source: e })
-        };
         Ok(Self {
             layout: layout.clone(),
-            pods: open("ml_pods")?,
-            ips: open("ml_pod_ips")?,
+            pods: PodsMap::open(layout)?,
+            ips: PodIpsMap::open(layout)?,
         })
-    }
-
-    fn map_err(&self, name: &str, e: libbpf_rs::Error) -> PodError {
-        PodError::Map {
-            path: self.layout.map(name),
-            source: e,
-        }
     }
 
     /// Registers the pod whose netns is at `netns_path`. Validates first,
@@ -83,7 +72,7 @@ impl Registry {
         let spec = &self.coexisting(netns_path, spec)?;
         let record = spec.to_abi()?;
         // Inbound steering without the outbound hooks would half-intercept.
-        if spec.mode == PodMode::Intercept && !self.layout.link("ml_connect4").exists() {
+        if spec.mode == PodMode::Intercept && !links::is_pinned(&self.layout, LinkId::Connect4) {
             return Err(PodError::InterceptNotInstalled {
                 pod: spec.name.clone(),
             });
@@ -96,7 +85,6 @@ impl Registry {
         }
         let info = netns::inspect(netns_path)?;
         let _held = self.layout.lock_registry()?;
-        let cookie_bytes = info.cookie.to_ne_bytes();
         let mut undo = Rollback::new(&self.ips);
 
         // First the pod's link: it marks the registration as begun and
@@ -128,13 +116,11 @@ impl Registry {
         }
         fail_point("pod-add:listener");
         // Last: the record is what turns the hooks on.
-        self.pods
-            .update(&cookie_bytes, record.as_bytes(), MapFlags::ANY)
-            .map_err(|e| self.map_err("ml_pods", e))?;
+        self.pods.insert(info.cookie, &record)?;
         undo.commit();
         tracing::info!(pod = %spec.name, netns = %netns_path.display(), cookie = info.cookie,
             ips = ?info.addrs, mode = ?spec.mode, "pod registered");
-        Ok(self.record(info.cookie, &record))
+        Ok(self.record(info.cookie, &record, info.addrs.clone()))
     }
 
     /// Records `ip` as the pod's. An address still listed for a pod whose
@@ -147,13 +133,11 @@ impl Registry {
         cookie: u64,
         undo: &mut Rollback<'_>,
     ) -> Result<(), PodError> {
-        let key = abi::addr_from_ip(ip);
-        if let Ok(Some(owner)) = self.ips.lookup(key.as_bytes(), MapFlags::ANY) {
-            let owner = u64::from_bytes(&owner).unwrap_or(0);
+        if let Some(owner) = self.ips.owner(ip)? {
             if owner == cookie {
                 return Ok(());
             }
-            if super::sweep::link_state(&self.layout.pod_link(owner)) == LinkState::Alive {
+            if links::pod_link_state(&self.layout, owner) == LinkState::Alive {
                 return Err(PodError::IpTaken {
                     pod: pod.to_string(),
                     ip,
@@ -163,10 +147,8 @@ impl Registry {
             tracing::warn!(pod, %ip, owner, "address listed for a pod whose netns is gone: removing that pod first");
             self.remove_unlocked(owner, &format!("netns cookie {owner}"))?;
         }
-        self.ips
-            .update(key.as_bytes(), &cookie.to_ne_bytes(), MapFlags::ANY)
-            .map_err(|e| self.map_err("ml_pod_ips", e))?;
-        undo.ips.push(key);
+        self.ips.insert(ip, cookie)?;
+        undo.ips.push(ip);
         Ok(())
     }
 
@@ -226,19 +208,9 @@ impl Registry {
 
     /// [`Self::remove_cookie`] for a caller that holds the registry lock.
     pub(super) fn remove_unlocked(&self, cookie: u64, what: &str) -> Result<u64, PodError> {
-        let key = cookie.to_ne_bytes();
-        let existed = matches!(self.pods.lookup(&key, MapFlags::ANY), Ok(Some(_)));
-        if existed {
-            self.pods
-                .delete(&key)
-                .map_err(|e| self.map_err("ml_pods", e))?;
-        }
+        let existed = self.pods.remove(cookie)?;
         fail_point("pod-rm:record");
-        let link = self.layout.pod_link(cookie);
-        let had_link = link.exists();
-        if had_link {
-            let _ = std::fs::remove_file(&link);
-        }
+        let had_link = links::remove_pod_link(&self.layout, cookie);
         fail_point("pod-rm:link");
         let had_ips = self.remove_ips_of(cookie);
         if !existed && !had_link && !had_ips {
@@ -253,41 +225,40 @@ impl Registry {
     /// Deletes every address listed for `cookie`; whether there was one.
     pub(super) fn remove_ips_of(&self, cookie: u64) -> bool {
         let mut had = false;
-        for k in self.ips.keys().collect::<Vec<_>>() {
-            if let Ok(Some(v)) = self.ips.lookup(&k, MapFlags::ANY) {
-                if u64::from_bytes(&v) == Some(cookie) {
-                    had = true;
-                    let _ = self.ips.delete(&k);
-                }
-            }
+        // Collected first: deleting while walking would restart the walk.
+        let owned: Vec<IpAddr> = self
+            .ips
+            .iter()
+            .filter(|(_, owner)| *owner == cookie)
+            .map(|(ip, _)| ip)
+            .collect();
+        for ip in owned {
+            had = true;
+            let _ = self.ips.remove(ip);
         }
         had
     }
 
     /// The pod registered under `cookie`, if any.
     pub fn get(&self, cookie: u64) -> Option<PodRecord> {
-        let v = self
-            .pods
-            .lookup(&cookie.to_ne_bytes(), MapFlags::ANY)
-            .ok()
-            .flatten()?;
-        let p = ml_pod::from_bytes(&v)?;
-        Some(self.record(cookie, &p))
-    }
-
-    /// How many pods are registered (walks ml_pods: at most 4096 keys).
-    pub fn count(&self) -> usize {
-        self.pods.keys().count()
-    }
-
-    /// Cookies that own at least one address in ml_pod_ips.
-    pub(super) fn ip_owners(&self) -> Vec<u64> {
-        let mut v: Vec<u64> = self
+        let p = self.pods.get(cookie).ok().flatten()?;
+        let ips = self
             .ips
-            .keys()
-            .filter_map(|k| self.ips.lookup(&k, MapFlags::ANY).ok().flatten())
-            .filter_map(|v| u64::from_bytes(&v))
+            .iter()
+            .filter(|(_, owner)| *owner == cookie)
+            .map(|(ip, _)| ip)
             .collect();
+        Some(self.record(cookie, &p, ips))
+    }
+
+    /// How many pods are registered (walks the records' keys: at most 4096).
+    pub fn count(&self) -> usize {
+        self.pods.count()
+    }
+
+    /// Cookies that own at least one pod address.
+    pub(super) fn ip_owners(&self) -> Vec<u64> {
+        let mut v: Vec<u64> = self.ips.iter().map(|(_, c)| c).collect();
         v.sort_unstable();
         v.dedup();
         v
@@ -298,44 +269,34 @@ impl Registry {
     }
 
     pub fn list(&self) -> Vec<PodRecord> {
-        let mut out = Vec::new();
-        for k in self.pods.keys() {
-            let Some(cookie) = u64::from_bytes(&k) else {
-                continue;
-            };
-            if let Ok(Some(v)) = self.pods.lookup(&k, MapFlags::ANY) {
-                if let Some(p) = ml_pod::from_bytes(&v) {
-                    out.push(self.record(cookie, &p));
-                }
-            }
+        // One walk of the addresses for every pod.
+        let mut ips: HashMap<u64, Vec<IpAddr>> = HashMap::new();
+        for (ip, owner) in self.ips.iter() {
+            ips.entry(owner).or_default().push(ip);
         }
+        let mut out: Vec<PodRecord> = self
+            .pods
+            .iter()
+            .map(|(cookie, p)| self.record(cookie, &p, ips.remove(&cookie).unwrap_or_default()))
+            .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out
     }
 
-    fn ips_of(&self, cookie: u64) -> Vec<IpAddr> {
-        let mut v: Vec<IpAddr> = self
-            .ips
-            .keys()
-            .filter(|k| {
-                matches!(self.ips.lookup(k, MapFlags::ANY), Ok(Some(v)) if u64::from_bytes(&v) == Some(cookie))
-            })
-            .filter_map(|k| abi::ml_addr::from_bytes(&k).map(|a| abi::ip_from_addr(&a)))
-            .collect();
-        v.sort();
-        v
+    /// The recorded pods' names by netns cookie: one walk of the records,
+    /// nothing else read (the sweep's view).
+    pub(super) fn names(&self) -> HashMap<u64, String> {
+        self.pods
+            .iter()
+            .map(|(cookie, p)| (cookie, pod_name(&p)))
+            .collect()
     }
 
-    fn record(&self, cookie: u64, p: &ml_pod) -> PodRecord {
-        let name_bytes: Vec<u8> = p
-            .name
-            .iter()
-            .take_while(|c| **c != 0)
-            .map(|c| *c as u8)
-            .collect();
+    fn record(&self, cookie: u64, p: &ml_pod, mut ips: Vec<IpAddr>) -> PodRecord {
+        ips.sort();
         let has = |f: ml_pod_flag| p.flags & f.0 != 0;
         PodRecord {
-            name: String::from_utf8_lossy(&name_bytes).into_owned(),
+            name: pod_name(p),
             netns_cookie: cookie,
             preset: Preset::from_abi(p.preset),
             mode: if has(ml_pod_flag::ML_POD_IPTABLES) {
@@ -349,7 +310,7 @@ impl Registry {
             inbound_port: p.inbound_port,
             dns_port: p.dns_port,
             dns_capture: has(ml_pod_flag::ML_POD_DNS_CAPTURE),
-            ips: self.ips_of(cookie),
+            ips,
             include_inbound_ports: if has(ml_pod_flag::ML_POD_INBOUND_ALL) {
                 "*".into()
             } else {
@@ -365,10 +326,20 @@ impl Registry {
             },
             exclude_outbound_ip_ranges: list_cidrs(&p.exclude_outbound_cidrs),
             inbound_link: self.layout.pod_link(cookie).exists(),
-            netns_alive: super::sweep::link_state(&self.layout.pod_link(cookie))
-                == LinkState::Alive,
+            netns_alive: links::pod_link_state(&self.layout, cookie) == LinkState::Alive,
         }
     }
+}
+
+/// The name a record carries (up to its NUL).
+fn pod_name(p: &ml_pod) -> String {
+    let bytes: Vec<u8> = p
+        .name
+        .iter()
+        .take_while(|c| **c != 0)
+        .map(|c| *c as u8)
+        .collect();
+    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 /// Test hook of the simulated node's tests (feature `sim`): with
@@ -386,14 +357,14 @@ fn fail_point(step: &str) {
 /// What `Registry::add` has written so far; removed again on drop unless
 /// the registration completed, so a failed add leaves nothing behind.
 struct Rollback<'a> {
-    ip_map: &'a MapHandle,
-    ips: Vec<abi::ml_addr>,
+    ip_map: &'a PodIpsMap,
+    ips: Vec<IpAddr>,
     link: Option<PathBuf>,
     committed: bool,
 }
 
 impl<'a> Rollback<'a> {
-    fn new(ip_map: &'a MapHandle) -> Self {
+    fn new(ip_map: &'a PodIpsMap) -> Self {
         Self {
             ip_map,
             ips: Vec::new(),
@@ -412,8 +383,8 @@ impl Drop for Rollback<'_> {
         if self.committed {
             return;
         }
-        for a in &self.ips {
-            let _ = self.ip_map.delete(a.as_bytes());
+        for ip in &self.ips {
+            let _ = self.ip_map.remove(*ip);
         }
         if let Some(link) = &self.link {
             let _ = std::fs::remove_file(link);

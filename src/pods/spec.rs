@@ -8,10 +8,12 @@ use std::net::IpAddr;
 use serde::{Deserialize, Serialize};
 
 use super::{PodError, MAX_CIDRS, MAX_PORTS};
-
-/// Longest pod name in bytes: the kernel record's field less its NUL.
-const ML_POD_NAME_MAX: usize = 63;
 use crate::abi::{self, ml_cidr_list, ml_pod, ml_pod_flag, ml_port_list, Pod};
+/// Longest pod name in bytes: the kernel record's field less its NUL.
+use crate::datapath::abi::POD_NAME_MAX as ML_POD_NAME_MAX;
+
+// `check_name` says the number in its message.
+const _: () = assert!(ML_POD_NAME_MAX == 63, "update check_name's message");
 
 /// The mesh a pod's proxy belongs to; fills ports and uid defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]

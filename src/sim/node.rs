@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 
 use super::{unique_tag, Pod, Subnet, TestCgroup};
-use crate::layout::PinLayout;
+use crate::datapath::{MapId, PinLayout};
 use crate::loader::{self, Config, InstallReport, VerdictRemedy};
 use crate::pods::{PodRecord, PodSpec, Registry};
 
@@ -102,8 +102,18 @@ impl Node {
         crate::status::counter(&self.layout, name)
     }
 
-    pub fn map_entries(&self, map: &str) -> usize {
+    /// Entries in the node's map `map` (0 when it is not pinned).
+    pub fn entries(&self, map: MapId) -> usize {
         crate::status::map_fill(&self.layout, map).map_or(0, |m| m.entries)
+    }
+
+    /// [`Self::entries`] by the map's pin name, for tests that name maps
+    /// as `meshlane status` shows them. Panics on a name that is no
+    /// shared map (a typo must not read as an empty map).
+    pub fn map_entries(&self, pin_name: &str) -> usize {
+        let map = MapId::from_pin_name(pin_name)
+            .unwrap_or_else(|| panic!("{pin_name:?} is not a shared map of meshlane's"));
+        self.entries(map)
     }
 }
 

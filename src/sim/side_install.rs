@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 
 use super::{unique_tag, Node, Pod};
-use crate::layout::PinLayout;
+use crate::datapath::{LinkId, PinLayout};
 use crate::loader::{self, Config};
 use crate::pods::{PodRecord, PodSpec, Registry};
 
@@ -36,8 +36,8 @@ impl SideInstall {
         };
         loader::install(&cfg).context("installing the side data path")?;
         if !splice {
-            for name in ["ml_splice_msg", "ml_splice_verdict"] {
-                let pin = side.layout.link(name);
+            for link in [LinkId::SpliceMsg, LinkId::SpliceVerdict] {
+                let pin = side.layout.link(link);
                 if pin.exists() {
                     std::fs::remove_file(&pin)
                         .with_context(|| format!("detaching {}", pin.display()))?;

@@ -13,6 +13,7 @@ use std::sync::mpsc::Receiver;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use meshlane::datapath::MapId;
 use meshlane::pods::{PodMode, PodSpec};
 use meshlane::sim::{self, Node, NodeOptions, Pod};
 
@@ -509,15 +510,15 @@ pub fn assert_spliced(node: &Node, d: &SpliceCounters, expected: u64, what: &str
 /// Entries of the per-connection maps: (ml_socks, ml_peers, ml_active).
 /// Panics when a map is missing (a missing map must not read as empty).
 pub fn connection_entries(node: &Node) -> (usize, usize, usize) {
-    let entries = |name: &str| {
-        meshlane::status::map_fill(&node.layout, name)
-            .unwrap_or_else(|| panic!("map {name} is not pinned under the node's pin root"))
+    let entries = |map: MapId| {
+        meshlane::status::map_fill(&node.layout, map)
+            .unwrap_or_else(|| panic!("map {map} is not pinned under the node's pin root"))
             .entries
     };
     (
-        entries("ml_socks"),
-        entries("ml_peers"),
-        entries("ml_active"),
+        entries(MapId::Socks),
+        entries(MapId::Peers),
+        entries(MapId::Active),
     )
 }
 
@@ -526,12 +527,11 @@ pub fn connection_entries(node: &Node) -> (usize, usize, usize) {
 /// The node's maps are private to the test, so zero means zero.
 pub fn assert_no_leak(node: &Node) {
     let deadline = Instant::now() + Duration::from_secs(10);
-    let per_socket =
-        |name: &str| meshlane::status::map_fill(&node.layout, name).map_or(0, |m| m.entries);
+    let per_socket = |map: MapId| node.entries(map);
     loop {
         let left = connection_entries(node);
         // Backpressure bookkeeping is per socket too.
-        let (addrs, throttled) = (per_socket("ml_sock_addrs"), per_socket("ml_throttled"));
+        let (addrs, throttled) = (per_socket(MapId::SockAddrs), per_socket(MapId::Throttled));
         if left == (0, 0, 0) && addrs == 0 && throttled == 0 {
             return;
         }

@@ -8,7 +8,7 @@
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -585,4 +585,52 @@ pub fn conversation_is_spliced(root: &Path, conv: &EchoConversation) {
         0,
         "messages of the established connection fell back to TCP: {before:?} -> {after:?}"
     );
+}
+
+/// GET `path` on an agent's admin server: (status code, body), or None
+/// when it cannot be reached or answers something that is not HTTP.
+pub fn admin_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).ok()?;
+    let code = resp.split_whitespace().nth(1)?.parse().ok()?;
+    let body = resp.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    Some((code, body.to_string()))
+}
+
+impl AgentProcess {
+    /// The admin address the agent logged (`admin server ... addr=`; it
+    /// was started on port 0), waiting for the line up to 10 s.
+    pub fn admin_addr(&self) -> SocketAddr {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let found = self.log_lines().iter().find_map(|l| {
+                l.contains("admin server")
+                    .then(|| {
+                        l.split("addr=")
+                            .nth(1)?
+                            .split_whitespace()
+                            .next()?
+                            .parse()
+                            .ok()
+                    })
+                    .flatten()
+            });
+            if let Some(a) = found {
+                return a;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no admin address logged: {:?}",
+                self.log_lines()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }

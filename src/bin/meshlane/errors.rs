@@ -1,14 +1,6 @@
 //! How failures reach the operator: one line on stderr, whether clap
-//! rejected the arguments or a command failed, and libbpf's own messages
-//! routed into tracing.
-
-pub(crate) fn libbpf_log(level: libbpf_rs::PrintLevel, msg: String) {
-    let msg = msg.trim_end();
-    match level {
-        libbpf_rs::PrintLevel::Warn => tracing::debug!(target: "libbpf", "{msg}"),
-        _ => tracing::trace!(target: "libbpf", "{msg}"),
-    }
-}
+//! rejected the arguments or a command failed (libbpf's own messages go to
+//! tracing: `datapath::route_libbpf_log`).
 
 /// One line from clap's multi-line report: the message, plus the accepted
 /// values when clap lists them.

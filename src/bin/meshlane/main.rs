@@ -15,10 +15,11 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
-use errors::{error_line, libbpf_log, usage_error_line};
+use errors::{error_line, usage_error_line};
 
 use meshlane::agent;
 use meshlane::config::{AgentConfig, LogFormat};
+use meshlane::datapath::LinkId;
 use meshlane::layout::{PinLayout, DEFAULT_PIN_ROOT};
 use meshlane::loader::{self, VerdictRemedy};
 use meshlane::{integrity, probe, status};
@@ -65,6 +66,27 @@ enum Cmd {
     /// `meshlane bench --quick`: about a minute, prints the table.
     #[cfg(feature = "sim")]
     Demo,
+    /// The lab's commands in a node build: one line saying what build has them.
+    #[cfg(not(feature = "sim"))]
+    #[command(name = "bench", hide = true, disable_help_flag = true)]
+    NoBench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        _args: Vec<String>,
+    },
+    #[cfg(not(feature = "sim"))]
+    #[command(name = "demo", hide = true, disable_help_flag = true)]
+    NoDemo {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        _args: Vec<String>,
+    },
+}
+
+/// What `meshlane bench`/`demo` say in a node build (no feature `sim`).
+#[cfg(not(feature = "sim"))]
+fn lab_only(command: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "`meshlane {command}` needs a build with the simulated node: `cargo build --release --features sim` (or `make demo`); this is the node build"
+    )
 }
 
 /// Agent flags. Each overrides the same field of the --config file (and
@@ -201,7 +223,8 @@ fn run(cli: Cli, agent_config: Option<AgentConfig>) -> Result<()> {
             // Status of a running install must not fail because a probe
             // could not run: it then says so instead of the findings.
             let integrity = loader::kernel_facts().map(|facts| {
-                let plan = integrity::installed(&facts, layout.link("ml_splice_verdict").exists());
+                let plan =
+                    integrity::installed(&facts, layout.link(LinkId::SpliceVerdict).exists());
                 integrity::Report::new(&facts, &plan)
             });
             if cli.json {
@@ -263,6 +286,10 @@ fn run(cli: Cli, agent_config: Option<AgentConfig>) -> Result<()> {
         Cmd::Bench(a) => meshlane::bench::cli::main(&a, cli.json)?,
         #[cfg(feature = "sim")]
         Cmd::Demo => meshlane::bench::cli::demo(cli.json)?,
+        #[cfg(not(feature = "sim"))]
+        Cmd::NoBench { .. } => return Err(lab_only("bench")),
+        #[cfg(not(feature = "sim"))]
+        Cmd::NoDemo { .. } => return Err(lab_only("demo")),
         Cmd::Explain(a) => explain_cmd::run(&a, &pin_root, cli.json)?,
         Cmd::Uninstall => {
             require_root()?;
@@ -306,7 +333,7 @@ fn init_logging(format: LogFormat) {
     }
     // libbpf's own messages go through tracing (RUST_LOG=libbpf=debug), so
     // a failure reaches the user as meshlane's one error line.
-    libbpf_rs::set_print(Some((libbpf_rs::PrintLevel::Debug, libbpf_log)));
+    meshlane::datapath::route_libbpf_log();
 }
 
 fn main() -> ExitCode {

@@ -14,9 +14,11 @@ use libbpf_rs::{AsRawLibbpf, Link, OpenObject, Program};
 use serde::Serialize;
 use thiserror::Error;
 
+use super::layout::{LayoutError, PinLayout, PinRootLock, LAYOUT_VERSION};
+use super::names::{LinkId, MapId};
+use super::{links, maps};
 use crate::cgroup::{self, CgroupError};
 use crate::integrity::{self, Finding, KernelFacts, Plan, PolicyError};
-use crate::layout::{LayoutError, PinLayout, PinRootLock, LAYOUT_VERSION};
 use crate::overlap::OverlapKind;
 use crate::probe;
 use crate::skel::inbound::{InboundSkel, InboundSkelBuilder};
@@ -45,6 +47,10 @@ pub enum LoadError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Map(#[from] maps::MapError),
+    #[error("the BPF objects have a map {0} that datapath::names does not name (a build mistake: add it there)")]
+    UnnamedMap(String),
     #[error("object layout v{found} does not match this build's v{LAYOUT_VERSION}")]
     LayoutMismatch { found: u32 },
     #[error("pin root {root} is installed on cgroup {pinned}, not {asked}: pass --cgroup {pinned}, or run `meshlane uninstall` first")]
@@ -180,17 +186,6 @@ pub fn default_splice_queue_limit() -> u32 {
         .unwrap_or(6 << 20)
 }
 
-/// Maps whose size follows `sockhash_size`.
-const SIZED_MAPS: [&str; 7] = [
-    "ml_socks",
-    "ml_rcv_cursor",
-    "ml_peers",
-    "ml_active",
-    "ml_throttled",
-    "ml_sock_addrs",
-    "ml_orig_pending",
-];
-
 /// Gives every shared map its pin path (so libbpf reuses or pins it) and the
 /// configured size.
 fn prepare_maps(obj: &mut OpenObject, layout: &PinLayout, size: u32) -> Result<(), LoadError> {
@@ -199,30 +194,16 @@ fn prepare_maps(obj: &mut OpenObject, layout: &PinLayout, size: u32) -> Result<(
         if !name.starts_with("ml_") {
             continue; // .rodata and friends stay private to the object
         }
-        if SIZED_MAPS.contains(&name.as_str()) {
+        let id = MapId::from_pin_name(&name).ok_or(LoadError::UnnamedMap(name))?;
+        if id.sized_by_sockhash() {
             m.set_max_entries(size)
-                .map_err(bpf(format!("sizing {name}")))?;
+                .map_err(bpf(format!("sizing {id}")))?;
         }
-        m.set_pin_path(layout.map(&name))
-            .map_err(bpf(format!("pin path of {name}")))?;
+        m.set_pin_path(layout.map(id))
+            .map_err(bpf(format!("pin path of {id}")))?;
     }
     Ok(())
 }
-
-/// Link pins of the interception hooks on the cgroup (program names).
-const INTERCEPT_LINKS: [&str; 11] = [
-    "ml_intercept_sockops",
-    "ml_connect4",
-    "ml_connect6",
-    "ml_getsockopt",
-    "ml_getpeername4",
-    "ml_getpeername6",
-    "ml_getsockname6",
-    "ml_sendmsg4",
-    "ml_sendmsg6",
-    "ml_recvmsg4",
-    "ml_recvmsg6",
-];
 
 /// The cgroup id of a cgroup v2 directory (its inode number).
 fn cgroup_id(path: &Path) -> Result<u64, LoadError> {
@@ -238,20 +219,9 @@ fn cgroup_id(path: &Path) -> Result<u64, LoadError> {
 /// The cgroup a pinned cgroup link is attached to (None: not pinned, not a
 /// cgroup link, or its cgroup is gone).
 fn pinned_link_cgroup(pin: &Path) -> Option<u64> {
-    let c = std::ffi::CString::new(pin.as_os_str().as_encoded_bytes()).ok()?;
-    // SAFETY: valid C string.
-    let fd = unsafe { libbpf_sys::bpf_obj_get(c.as_ptr()) };
-    if fd < 0 {
-        return None;
-    }
-    // SAFETY: a non-negative fd from the kernel is ours.
-    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    let mut li = libbpf_sys::bpf_link_info::default();
-    let mut len = std::mem::size_of_val(&li) as u32;
-    // SAFETY: info struct and its size.
-    if unsafe { libbpf_sys::bpf_link_get_info_by_fd(fd.as_raw_fd(), &mut li, &mut len) } != 0
-        || li.type_ != libbpf_sys::BPF_LINK_TYPE_CGROUP
-    {
+    let fd = links::obj_get(pin)?;
+    let li = links::link_info(fd.as_fd())?;
+    if li.type_ != libbpf_sys::BPF_LINK_TYPE_CGROUP {
         return None;
     }
     // SAFETY: the cgroup member is the one the kernel fills for cgroup links.
@@ -279,7 +249,7 @@ fn find_cgroup(id: u64) -> Option<PathBuf> {
 /// Adopting links that sit on another cgroup would report success while
 /// the asked cgroup stays bare.
 fn check_same_cgroup(layout: &PinLayout, cg_path: &Path) -> Result<(), LoadError> {
-    let Some(pinned) = pinned_link_cgroup(&layout.link("ml_splice_sockops")) else {
+    let Some(pinned) = pinned_link_cgroup(&layout.link(LinkId::SpliceSockops)) else {
         return Ok(());
     };
     if pinned == cgroup_id(cg_path)? {
@@ -296,20 +266,16 @@ fn check_same_cgroup(layout: &PinLayout, cg_path: &Path) -> Result<(), LoadError
 /// A pinned map sized by `sockhash_size` must keep its size: libbpf would
 /// refuse to reuse it anyway, with less to say about why.
 fn check_pinned_sizes(layout: &PinLayout, size: u32) -> Result<(), LoadError> {
-    for name in SIZED_MAPS {
-        let path = layout.map(name);
-        if !path.exists() {
-            continue;
-        }
-        let m = libbpf_rs::MapHandle::from_pinned_path(&path)
-            .map_err(bpf(format!("opening {}", path.display())))?;
-        let pinned = libbpf_rs::MapCore::max_entries(&m);
-        if pinned != size {
-            return Err(LoadError::PinnedSize {
-                map: name.into(),
-                pinned,
-                wanted: size,
-            });
+    for id in MapId::ALL.into_iter().filter(|m| m.sized_by_sockhash()) {
+        match maps::pinned_capacity(layout, id)? {
+            Some(pinned) if pinned != size => {
+                return Err(LoadError::PinnedSize {
+                    map: id.pin_name().into(),
+                    pinned,
+                    wanted: size,
+                })
+            }
+            _ => {}
         }
     }
     Ok(())
@@ -499,9 +465,9 @@ fn install_inner(
     check_same_cgroup(layout, cg_path)?;
     check_pinned_sizes(layout, cfg.sockhash_size)?;
     if !cfg.intercept {
-        if let Some(link) = INTERCEPT_LINKS.iter().find(|n| layout.link(n).exists()) {
+        if let Some(link) = LinkId::INTERCEPT.iter().find(|l| layout.link(**l).exists()) {
             return Err(LoadError::InterceptInstalled {
-                link: layout.link(link),
+                link: layout.link(*link),
             });
         }
     }
@@ -533,7 +499,7 @@ fn install_inner(
 
     let p = &splice.progs.ml_splice_sockops;
     report.attachments.push(attach_or_adopt(
-        &layout.link("ml_splice_sockops"),
+        &layout.link(LinkId::SpliceSockops),
         p,
         || {
             p.attach_cgroup(cg_fd)
@@ -541,11 +507,13 @@ fn install_inner(
         },
     )?);
     let p = &splice.progs.ml_splice_msg;
-    report
-        .attachments
-        .push(attach_to_socks(&layout.link("ml_splice_msg"), p, socks_fd)?);
+    report.attachments.push(attach_to_socks(
+        &layout.link(LinkId::SpliceMsg),
+        p,
+        socks_fd,
+    )?);
     let remedy = plan.verdict;
-    let verdict_pin = layout.link("ml_splice_verdict");
+    let verdict_pin = layout.link(LinkId::SpliceVerdict);
     if remedy {
         let p = &splice.progs.ml_splice_verdict;
         report
@@ -570,30 +538,29 @@ fn install_inner(
     prepare_maps(open.open_object_mut(), layout, cfg.sockhash_size)?;
     let icpt = open.load().map_err(|e| load_err("intercept", e))?;
     let progs = &icpt.progs;
-    let cgroup_progs: Vec<&libbpf_rs::ProgramMut<'_>> = if cfg.intercept {
+    let cgroup_progs: Vec<(LinkId, &libbpf_rs::ProgramMut<'_>)> = if cfg.intercept {
         vec![
-            &progs.ml_intercept_sockops,
-            &progs.ml_connect4,
-            &progs.ml_connect6,
-            &progs.ml_getsockopt,
-            &progs.ml_getpeername4,
-            &progs.ml_getpeername6,
-            &progs.ml_getsockname6,
-            &progs.ml_sendmsg4,
-            &progs.ml_sendmsg6,
-            &progs.ml_recvmsg4,
-            &progs.ml_recvmsg6,
+            (LinkId::InterceptSockops, &progs.ml_intercept_sockops),
+            (LinkId::Connect4, &progs.ml_connect4),
+            (LinkId::Connect6, &progs.ml_connect6),
+            (LinkId::Getsockopt, &progs.ml_getsockopt),
+            (LinkId::Getpeername4, &progs.ml_getpeername4),
+            (LinkId::Getpeername6, &progs.ml_getpeername6),
+            (LinkId::Getsockname6, &progs.ml_getsockname6),
+            (LinkId::Sendmsg4, &progs.ml_sendmsg4),
+            (LinkId::Sendmsg6, &progs.ml_sendmsg6),
+            (LinkId::Recvmsg4, &progs.ml_recvmsg4),
+            (LinkId::Recvmsg6, &progs.ml_recvmsg6),
         ]
     } else {
         Vec::new()
     };
-    for p in cgroup_progs {
-        let name = p.name().to_string_lossy().into_owned();
+    for (id, p) in cgroup_progs {
         report
             .attachments
-            .push(attach_or_adopt(&layout.link(&name), p, || {
+            .push(attach_or_adopt(&layout.link(id), p, || {
                 p.attach_cgroup(cg_fd)
-                    .map_err(bpf(format!("attaching {name} to the cgroup")))
+                    .map_err(bpf(format!("attaching {id} to the cgroup")))
             })?);
     }
     // Every pod's sk_lookup link gets this build's program.
@@ -604,18 +571,8 @@ fn install_inner(
 /// Swaps a freshly loaded inbound program into every pinned pod link (an
 /// agent upgrade); a pod whose link cannot be updated keeps its old one.
 fn refresh_pod_links(layout: &PinLayout) {
-    let Ok(entries) = std::fs::read_dir(layout.pod_links_dir()) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let pin = e.path();
-        let Some(cookie) = pin
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.parse::<u64>().ok())
-        else {
-            continue;
-        };
+    for cookie in links::pod_link_cookies(layout) {
+        let pin = layout.pod_link(cookie);
         if let Err(err) = update_pod_inbound(layout, cookie, &pin) {
             tracing::warn!(pin = %pin.display(), error = %err, "could not update pod inbound link");
         }
@@ -647,13 +604,14 @@ fn load_inbound<'obj>(
         if !name.starts_with("ml_") {
             continue;
         }
-        let pin = layout.map(&name);
+        let id = MapId::from_pin_name(&name).ok_or(LoadError::UnnamedMap(name))?;
+        let pin = layout.map(id);
         if pin.exists() {
             m.reuse_pinned_map(&pin)
                 .map_err(bpf(format!("reusing {}", pin.display())))?;
         } else {
             m.set_autocreate(false)
-                .map_err(bpf(format!("leaving out {name}")))?;
+                .map_err(bpf(format!("leaving out {id}")))?;
         }
     }
     open.load().map_err(|e| load_err("inbound", e))
@@ -692,18 +650,9 @@ fn update_pod_inbound(layout: &PinLayout, cookie: u64, pin: &Path) -> Result<(),
 /// BPF_LINK_DETACH on a pinned link: synchronous for cgroup, netns and
 /// sockmap links. Failures are ignored: unpinning still frees the link.
 fn detach_pinned_link(pin: &Path) {
-    let Ok(c) = std::ffi::CString::new(pin.as_os_str().as_encoded_bytes()) else {
-        return;
-    };
-    // SAFETY: valid C string; the fd is closed right after.
-    let fd = unsafe { libbpf_sys::bpf_obj_get(c.as_ptr()) };
-    if fd < 0 {
-        return;
-    }
-    // SAFETY: fd is a link fd we own.
-    unsafe {
-        libbpf_sys::bpf_link_detach(fd);
-        libc::close(fd);
+    if let Some(fd) = links::obj_get(pin) {
+        // SAFETY: a link fd we own (closed when `fd` drops).
+        unsafe { libbpf_sys::bpf_link_detach(fd.as_raw_fd()) };
     }
 }
 

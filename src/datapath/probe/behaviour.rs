@@ -690,6 +690,18 @@ pub fn urgent_inlined() -> io::Result<bool> {
 }
 
 #[cfg(test)]
+/// The experiments unshare a network namespace: root only. Without
+/// it a test says so and passes, so `cargo test` as a user runs the
+/// rest (the root suites and the kernel matrix run these as root).
+pub(crate) fn skip_without_root() -> bool {
+    let root = nix::unistd::geteuid().is_root();
+    if !root {
+        eprintln!("meshlane-skip: needs root (the experiment unshares a network namespace)");
+    }
+    !root
+}
+
+#[cfg(test)]
 mod tests {
     //! Root tests: every experiment runs against the running kernel. The
     //! controls prove an experiment can see the plain-TCP answer; the
@@ -713,6 +725,9 @@ mod tests {
 
     #[test]
     fn scratch_netns_is_private_and_ready() {
+        if skip_without_root() {
+            return;
+        }
         let before = netns_inode();
         let host_ts = std::fs::read_to_string(TCP_TIMESTAMPS).expect("read sysctl");
         let (inner, ts, lo_flags) = in_scratch_netns(|| {
@@ -738,6 +753,9 @@ mod tests {
 
     #[test]
     fn scratch_netns_passes_errors_back() {
+        if skip_without_root() {
+            return;
+        }
         let err =
             in_scratch_netns(|| -> io::Result<()> { Err(io::Error::other("boom")) }).unwrap_err();
         assert_eq!(err.to_string(), "boom");
@@ -745,6 +763,9 @@ mod tests {
 
     #[test]
     fn fionread_probe() {
+        if skip_without_root() {
+            return;
+        }
         let plain = in_scratch_netns(|| fionread_experiment(false)).expect("control");
         assert_eq!(
             plain,
@@ -761,6 +782,9 @@ mod tests {
 
     #[test]
     fn epoll_probe() {
+        if skip_without_root() {
+            return;
+        }
         let plain = in_scratch_netns(|| epoll_experiment(false)).expect("control");
         assert_eq!(
             plain,
@@ -780,6 +804,9 @@ mod tests {
 
     #[test]
     fn overlap_probe() {
+        if skip_without_root() {
+            return;
+        }
         let duplicated = overlap_duplicated().expect("overlap probe");
         if on_measured_kernel() {
             assert!(
@@ -797,6 +824,9 @@ mod tests {
 
     #[test]
     fn overlap_wholly_old_is_dropped_even_with_a_verdict() {
+        if skip_without_root() {
+            return;
+        }
         // tcp_data_queue() drops a segment that ends at or before rcv_nxt
         // before any data_ready: the verdict path never sees it.
         let verdict = bpf::pass_verdict_prog().expect("load");
@@ -807,6 +837,9 @@ mod tests {
 
     #[test]
     fn splice_probe() {
+        if skip_without_root() {
+            return;
+        }
         let plain = in_scratch_netns(|| splice_experiment(Delivery::Tcp)).expect("control");
         let n = plain.spliced.expect("splice works on a plain TCP socket");
         assert_eq!(n + plain.read_after, SPLICE_BYTES);
@@ -819,6 +852,9 @@ mod tests {
 
     #[test]
     fn disconnect_probe() {
+        if skip_without_root() {
+            return;
+        }
         // Plain TCP purges the receive queue on disconnect; the second
         // connection works and delivers only its own bytes.
         let plain = in_scratch_netns(|| disconnect_experiment(Delivery::Tcp)).expect("control");
@@ -847,6 +883,9 @@ mod tests {
 
     #[test]
     fn urgent_probe() {
+        if skip_without_root() {
+            return;
+        }
         let plain = in_scratch_netns(|| urgent_experiment(Delivery::Tcp)).expect("control");
         assert_eq!(
             plain,
@@ -881,6 +920,9 @@ mod tests {
 
     #[test]
     fn kernel_behaviour_runs_quickly() {
+        if skip_without_root() {
+            return;
+        }
         let start = Instant::now();
         let b = kernel_behaviour().expect("kernel behaviour");
         let took = start.elapsed();

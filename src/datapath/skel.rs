@@ -13,6 +13,8 @@ pub mod inbound {
     include!(concat!(env!("OUT_DIR"), "/inbound.skel.rs"));
 }
 
+/// The simulated node's fault injection (feature `sim`).
+#[cfg(feature = "sim")]
 pub mod chaos {
     include!(concat!(env!("OUT_DIR"), "/chaos.skel.rs"));
 }

@@ -2,8 +2,8 @@
 //! and the layout version that guards it.
 //!
 //! ```text
-//! <root>/v<N>/maps/<map name>          every shared map
-//! <root>/v<N>/links/<prog name>        node-wide attachments (cgroup, sockhash)
+//! <root>/v<N>/maps/<map name>          every shared map (`MapId`)
+//! <root>/v<N>/links/<prog name>        node-wide attachments (cgroup, sockhash; `LinkId`)
 //! <root>/v<N>/links/pods/<cookie>      per-pod attachments (sk_lookup in its netns)
 //! <root>/v<N>/cni/<container id>/<ifname>/<cookie>   CNI attachments (directories)
 //! ```
@@ -16,6 +16,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
+
+use super::names::{LinkId, MapId};
 
 /// Kernel-visible layout version; must equal MESHLANE_LAYOUT_VERSION in
 /// bpf/meshlane.h (checked against the object's .rodata at load).
@@ -80,16 +82,18 @@ impl PinLayout {
         self.version_dir().join("maps")
     }
 
-    pub fn map(&self, name: &str) -> PathBuf {
-        self.maps_dir().join(name)
+    /// Where the shared map `id` is pinned.
+    pub fn map(&self, id: MapId) -> PathBuf {
+        self.maps_dir().join(id.pin_name())
     }
 
     pub fn links_dir(&self) -> PathBuf {
         self.version_dir().join("links")
     }
 
-    pub fn link(&self, name: &str) -> PathBuf {
-        self.links_dir().join(name)
+    /// Where the node-wide link `id` is pinned.
+    pub fn link(&self, id: LinkId) -> PathBuf {
+        self.links_dir().join(id.pin_name())
     }
 
     pub fn pod_links_dir(&self) -> PathBuf {

@@ -1,6 +1,9 @@
 //! The kernel-visible structs, as libbpf-cargo generated them from
 //! bpf/meshlane.h, plus conversions between them and Rust values.
-//! There is no second definition of any of these in Rust.
+//! There is no second definition of any of these in Rust: the sizes user
+//! space checks against (list capacities, the name field, the counter
+//! slots) are read off the generated types, and the `#define`s that BTF
+//! does not carry are checked against the header by the unit tests below.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -9,6 +12,39 @@ pub use crate::skel::splice::types::{
     ml_addr, ml_cidr, ml_cidr_list, ml_counter, ml_endpoint, ml_pod, ml_pod_flag, ml_port_list,
     ml_preset, ml_sock_key,
 };
+
+/// Most ports a per-pod port list holds (ML_MAX_PORTS).
+pub const MAX_PORTS: usize = {
+    // SAFETY: a generated struct of integers; all zeroes is valid.
+    let l: ml_port_list = unsafe { std::mem::zeroed() };
+    l.port.len()
+};
+
+/// Most prefixes a per-pod CIDR list holds (ML_MAX_CIDRS).
+pub const MAX_CIDRS: usize = {
+    // SAFETY: as above.
+    let l: ml_cidr_list = unsafe { std::mem::zeroed() };
+    l.cidr.len()
+};
+
+/// Bytes of `ml_pod.name` (ML_POD_NAME_LEN), the terminating NUL included.
+pub const POD_NAME_LEN: usize = {
+    // SAFETY: as above.
+    let p: ml_pod = unsafe { std::mem::zeroed() };
+    p.name.len()
+};
+
+/// Longest pod name the kernel record keeps (the NUL takes one byte).
+pub const POD_NAME_MAX: usize = POD_NAME_LEN - 1;
+
+/// Counter slots the programs use (ML_CNT__MAX).
+pub const COUNTER_COUNT: usize = ml_counter::ML_CNT__MAX.0 as usize;
+
+/// Slots of the per-CPU counter array (ML_COUNTER_SLOTS): room for
+/// counters added later without a layout change.
+pub const COUNTER_SLOTS: usize = 32;
+
+const _: () = assert!(COUNTER_COUNT <= COUNTER_SLOTS);
 
 /// Plain-old-data structs shared with BPF: safe to view as bytes.
 ///
@@ -108,6 +144,47 @@ mod tests {
         assert_eq!(ip_from_addr(&a), ip);
         let v6: IpAddr = "fd00::5".parse().unwrap();
         assert_eq!(ip_from_addr(&addr_from_ip(v6)), v6);
+    }
+
+    /// The value of `#define NAME value` in bpf/meshlane.h.
+    fn header_define(name: &str) -> usize {
+        include_str!("../../bpf/meshlane.h")
+            .lines()
+            .find_map(|l| {
+                let mut w = l.split_whitespace();
+                (w.next() == Some("#define") && w.next() == Some(name))
+                    .then(|| w.next())
+                    .flatten()
+            })
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("bpf/meshlane.h defines no number {name}"))
+    }
+
+    #[test]
+    fn constants_match_the_header() {
+        assert_eq!(MAX_PORTS, header_define("ML_MAX_PORTS"));
+        assert_eq!(MAX_CIDRS, header_define("ML_MAX_CIDRS"));
+        assert_eq!(POD_NAME_LEN, header_define("ML_POD_NAME_LEN"));
+        assert_eq!(COUNTER_SLOTS, header_define("ML_COUNTER_SLOTS"));
+        assert_eq!(
+            crate::datapath::layout::LAYOUT_VERSION as usize,
+            header_define("MESHLANE_LAYOUT_VERSION")
+        );
+    }
+
+    #[test]
+    fn objects_carry_the_header_values() {
+        use libbpf_rs::skel::SkelBuilder;
+        let mut obj = std::mem::MaybeUninit::uninit();
+        let open = crate::datapath::skel::splice::SpliceSkelBuilder::default()
+            .open(&mut obj)
+            .unwrap();
+        let ro = open.maps.rodata_data.as_deref().unwrap();
+        assert_eq!(
+            ro.ml_layout_version,
+            crate::datapath::layout::LAYOUT_VERSION
+        );
+        assert_eq!(open.maps.ml_counters.max_entries() as usize, COUNTER_SLOTS);
     }
 
     #[test]

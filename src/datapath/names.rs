@@ -1,0 +1,257 @@
+//! Every pinned object's name, in one place: the shared maps ([`MapId`])
+//! and the node-wide links ([`LinkId`]). A pin's file name is the BPF
+//! object's own name (the map's, or the attached program's), so these are
+//! the names bpftool shows too. Nothing outside `datapath` spells them;
+//! the rest of the crate says `MapId::Pods`, never `"ml_pods"`.
+//!
+//! Adding a map (the bypass's service map, for one) is a variant here, its
+//! name, and a typed handle in `maps`; the unit test below fails until
+//! every `ml_` map of the objects has a variant.
+
+/// A shared map, pinned at `<pin root>/v<N>/maps/<name>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum MapId {
+    /// netns cookie -> `ml_pod`: the pod registry.
+    Pods,
+    /// pod address -> netns cookie of its pod.
+    PodIps,
+    /// The sockhash of spliced sockets.
+    Socks,
+    /// socket -> its peer's key (splicing).
+    Peers,
+    /// Active ends waiting for their passive end.
+    Active,
+    /// Directions handed to TCP by backpressure.
+    Throttled,
+    /// Per-socket addresses for backpressure bookkeeping.
+    SockAddrs,
+    /// Per-socket cursor of the stream verdict.
+    RcvCursor,
+    /// The per-CPU counter array.
+    Counters,
+    /// Proxy inbound listeners (a sockhash sk_lookup assigns from).
+    Listeners,
+    /// An app socket's original destination (socket storage).
+    AppOrig,
+    /// A proxy socket's original destination (socket storage).
+    ProxyOrig,
+    /// Original destinations waiting for the proxy's socket.
+    OrigPending,
+}
+
+impl MapId {
+    /// Every shared map.
+    pub const ALL: [MapId; 13] = [
+        MapId::Pods,
+        MapId::PodIps,
+        MapId::Socks,
+        MapId::Peers,
+        MapId::Active,
+        MapId::Throttled,
+        MapId::SockAddrs,
+        MapId::RcvCursor,
+        MapId::Counters,
+        MapId::Listeners,
+        MapId::AppOrig,
+        MapId::ProxyOrig,
+        MapId::OrigPending,
+    ];
+
+    /// Maps whose entries can be counted by walking their keys (socket
+    /// storage cannot be walked), in the order `status` lists them.
+    pub const WALKABLE: [MapId; 10] = [
+        MapId::Throttled,
+        MapId::RcvCursor,
+        MapId::SockAddrs,
+        MapId::Pods,
+        MapId::PodIps,
+        MapId::Socks,
+        MapId::Peers,
+        MapId::Active,
+        MapId::Listeners,
+        MapId::OrigPending,
+    ];
+
+    /// The map's name in the BPF objects, and its pin's file name.
+    pub const fn pin_name(self) -> &'static str {
+        match self {
+            MapId::Pods => "ml_pods",
+            MapId::PodIps => "ml_pod_ips",
+            MapId::Socks => "ml_socks",
+            MapId::Peers => "ml_peers",
+            MapId::Active => "ml_active",
+            MapId::Throttled => "ml_throttled",
+            MapId::SockAddrs => "ml_sock_addrs",
+            MapId::RcvCursor => "ml_rcv_cursor",
+            MapId::Counters => "ml_counters",
+            MapId::Listeners => "ml_listeners",
+            MapId::AppOrig => "ml_app_orig",
+            MapId::ProxyOrig => "ml_proxy_orig",
+            MapId::OrigPending => "ml_orig_pending",
+        }
+    }
+
+    /// The map named `name` in the BPF objects (None: not a shared map).
+    pub fn from_pin_name(name: &str) -> Option<MapId> {
+        MapId::ALL.into_iter().find(|m| m.pin_name() == name)
+    }
+
+    /// Whether the install sizes it with `sockhash_size` (one entry per
+    /// socket at most), rather than the size the object gives it.
+    pub const fn sized_by_sockhash(self) -> bool {
+        matches!(
+            self,
+            MapId::Socks
+                | MapId::RcvCursor
+                | MapId::Peers
+                | MapId::Active
+                | MapId::Throttled
+                | MapId::SockAddrs
+                | MapId::OrigPending
+        )
+    }
+}
+
+impl std::fmt::Display for MapId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.pin_name())
+    }
+}
+
+/// A node-wide attachment, pinned at `<pin root>/v<N>/links/<program>`
+/// (a bpf_link; before Linux 6.10 the socket-map programs are pinned
+/// there themselves, see `loader`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LinkId {
+    /// Splicing's sockops on the cgroup.
+    SpliceSockops,
+    /// sk_msg on the sockhash.
+    SpliceMsg,
+    /// The stream verdict on the sockhash (when the plan attaches it).
+    SpliceVerdict,
+    /// Interception's sockops on the cgroup.
+    InterceptSockops,
+    Connect4,
+    Connect6,
+    Getsockopt,
+    Getpeername4,
+    Getpeername6,
+    Getsockname6,
+    Sendmsg4,
+    Sendmsg6,
+    Recvmsg4,
+    Recvmsg6,
+}
+
+impl LinkId {
+    /// The interception hooks on the cgroup.
+    pub const INTERCEPT: [LinkId; 11] = [
+        LinkId::InterceptSockops,
+        LinkId::Connect4,
+        LinkId::Connect6,
+        LinkId::Getsockopt,
+        LinkId::Getpeername4,
+        LinkId::Getpeername6,
+        LinkId::Getsockname6,
+        LinkId::Sendmsg4,
+        LinkId::Sendmsg6,
+        LinkId::Recvmsg4,
+        LinkId::Recvmsg6,
+    ];
+
+    /// The attached program's name, and the pin's file name.
+    pub const fn pin_name(self) -> &'static str {
+        match self {
+            LinkId::SpliceSockops => "ml_splice_sockops",
+            LinkId::SpliceMsg => "ml_splice_msg",
+            LinkId::SpliceVerdict => "ml_splice_verdict",
+            LinkId::InterceptSockops => "ml_intercept_sockops",
+            LinkId::Connect4 => "ml_connect4",
+            LinkId::Connect6 => "ml_connect6",
+            LinkId::Getsockopt => "ml_getsockopt",
+            LinkId::Getpeername4 => "ml_getpeername4",
+            LinkId::Getpeername6 => "ml_getpeername6",
+            LinkId::Getsockname6 => "ml_getsockname6",
+            LinkId::Sendmsg4 => "ml_sendmsg4",
+            LinkId::Sendmsg6 => "ml_sendmsg6",
+            LinkId::Recvmsg4 => "ml_recvmsg4",
+            LinkId::Recvmsg6 => "ml_recvmsg6",
+        }
+    }
+}
+
+impl std::fmt::Display for LinkId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.pin_name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::mem::MaybeUninit;
+
+    use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+    use libbpf_rs::OpenObject;
+
+    use super::*;
+    use crate::datapath::skel::{inbound, intercept, splice};
+
+    /// Names of the `ml_` maps and programs of one opened (not loaded) object.
+    fn names(obj: &OpenObject) -> (BTreeSet<String>, BTreeSet<String>) {
+        let maps = obj
+            .maps()
+            .map(|m| m.name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("ml_"))
+            .collect();
+        let progs = obj
+            .progs()
+            .map(|p| p.name().to_string_lossy().into_owned())
+            .collect();
+        (maps, progs)
+    }
+
+    fn object_names() -> (BTreeSet<String>, BTreeSet<String>) {
+        let (mut maps, mut progs) = (BTreeSet::new(), BTreeSet::new());
+        let mut a = MaybeUninit::uninit();
+        let s = splice::SpliceSkelBuilder::default().open(&mut a).unwrap();
+        let (m, p) = names(s.open_object());
+        maps.extend(m);
+        progs.extend(p);
+        let mut b = MaybeUninit::uninit();
+        let s = intercept::InterceptSkelBuilder::default()
+            .open(&mut b)
+            .unwrap();
+        let (m, p) = names(s.open_object());
+        maps.extend(m);
+        progs.extend(p);
+        let mut c = MaybeUninit::uninit();
+        let s = inbound::InboundSkelBuilder::default().open(&mut c).unwrap();
+        maps.extend(names(s.open_object()).0);
+        (maps, progs)
+    }
+
+    #[test]
+    fn every_shared_map_of_the_objects_has_an_id_and_back() {
+        let (maps, _) = object_names();
+        let ids: BTreeSet<String> = MapId::ALL.iter().map(|m| m.pin_name().into()).collect();
+        assert_eq!(maps, ids);
+        for m in MapId::ALL {
+            assert_eq!(MapId::from_pin_name(m.pin_name()), Some(m));
+        }
+        assert_eq!(MapId::from_pin_name("ml_nope"), None);
+    }
+
+    #[test]
+    fn every_link_names_a_program_of_the_objects() {
+        let (_, progs) = object_names();
+        let all = [
+            LinkId::SpliceSockops,
+            LinkId::SpliceMsg,
+            LinkId::SpliceVerdict,
+        ];
+        for l in all.iter().chain(LinkId::INTERCEPT.iter()) {
+            assert!(progs.contains(l.pin_name()), "{l} is no program: {progs:?}");
+        }
+    }
+}
