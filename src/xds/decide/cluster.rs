@@ -272,22 +272,7 @@ fn settings(c: &Cluster, res: &ProxyResources, policy: &BypassPolicy, out: &mut 
 }
 
 fn lb_name(p: i32) -> String {
-    dump_lb_names()
-        .get(p as usize)
-        .map_or_else(|| p.to_string(), |s| s.to_string())
-}
-
-fn dump_lb_names() -> &'static [&'static str] {
-    &[
-        "ROUND_ROBIN",
-        "LEAST_REQUEST",
-        "RING_HASH",
-        "RANDOM",
-        "ORIGINAL_DST_LB",
-        "MAGLEV",
-        "CLUSTER_PROVIDED",
-        "LOAD_BALANCING_POLICY_CONFIG",
-    ]
+    cluster::LbPolicy::try_from(p).map_or_else(|_| p.to_string(), |l| l.as_str_name().to_string())
 }
 
 fn is_tls(ts: &TransportSocket) -> bool {
