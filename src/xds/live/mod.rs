@@ -48,8 +48,9 @@ pub enum ExplainError {
     NotSynced { pod: PodKey, state: &'static str },
 }
 
-/// A pod's latest decisions and their summary (counted in the metrics).
-type Latest = Arc<Mutex<Option<(Arc<Decisions>, Summary)>>>;
+/// A pod's latest decisions, their summary (counted in the metrics) and
+/// the resources they were decided from.
+type Latest = Arc<Mutex<Option<(Arc<Decisions>, Summary, Arc<ProxyResources>)>>>;
 
 struct Tracked {
     node_id: String,
@@ -97,7 +98,7 @@ impl LiveDecisions {
             if let Some(t) = tracked.remove(&k) {
                 t.task.abort();
                 let old = lock(&t.latest).take();
-                self.metrics.replace(old.as_ref().map(|(_, s)| s), None);
+                self.metrics.replace(old.as_ref().map(|(_, s, _)| s), None);
             }
         }
         for k in self.client.pods() {
@@ -129,7 +130,17 @@ impl LiveDecisions {
     pub fn decisions(&self, pod: &PodKey) -> Option<Arc<Decisions>> {
         let t = self.tracked();
         let latest = lock(&t.get(pod)?.latest);
-        latest.as_ref().map(|(d, _)| Arc::clone(d))
+        latest.as_ref().map(|(d, _, _)| Arc::clone(d))
+    }
+
+    /// The latest decisions of `pod` if they were decided from `current`.
+    fn decided_from(&self, pod: &PodKey, current: &Arc<ProxyResources>) -> Option<Arc<Decisions>> {
+        let t = self.tracked();
+        let latest = lock(&t.get(pod)?.latest);
+        latest
+            .as_ref()
+            .filter(|(_, _, from)| Arc::ptr_eq(from, current))
+            .map(|(d, _, _)| Arc::clone(d))
     }
 
     /// `explain --pod`: the pod's decisions and its stream's state.
@@ -149,7 +160,11 @@ impl LiveDecisions {
         if !view.synced {
             return Err(not_synced());
         }
-        let decisions = self.decisions(pod).ok_or_else(not_synced)?;
+        // Decisions of an earlier (partial) snapshot are not the answer:
+        // until the held resources are decided, the pod is not synced yet.
+        let decisions = self
+            .decided_from(pod, &view.resources)
+            .ok_or_else(not_synced)?;
         Ok(PodExplained {
             pod: pod.clone(),
             node_id: view.node_id,
@@ -180,7 +195,7 @@ impl LiveDecisions {
         for t in all.into_values() {
             t.task.abort();
             let old = lock(&t.latest).take();
-            self.metrics.replace(old.as_ref().map(|(_, s)| s), None);
+            self.metrics.replace(old.as_ref().map(|(_, s, _)| s), None);
         }
     }
 }
@@ -245,6 +260,7 @@ async fn follow(
         if !new.is_empty() {
             let Some(mut p) = pod.take() else { return };
             let policy = policy.clone();
+            let from = Arc::clone(&new);
             let work = tokio::task::spawn_blocking(move || {
                 let started = Instant::now();
                 let kind = p.update(new, &policy);
@@ -260,11 +276,19 @@ async fn follow(
                 return; // aborted: the pod is gone
             };
             pod = Some(p);
-            if let (Some(kind), Some(decided)) = (kind, decided) {
-                metrics.observe(kind, took.as_secs_f64());
-                let mut slot = lock(&latest);
-                metrics.replace(slot.as_ref().map(|(_, s)| s), Some(&decided.1));
-                *slot = Some(decided);
+            let mut slot = lock(&latest);
+            match (kind, decided) {
+                (Some(kind), Some((decisions, summary))) => {
+                    metrics.observe(kind, took.as_secs_f64());
+                    metrics.replace(slot.as_ref().map(|(_, s, _)| s), Some(&summary));
+                    *slot = Some((decisions, summary, from));
+                }
+                // Nothing to re-decide: the decisions hold for `from` too.
+                _ => {
+                    if let Some(held) = slot.as_mut() {
+                        held.2 = from;
+                    }
+                }
             }
         }
         if rx.changed().await.is_err() {
