@@ -277,11 +277,7 @@ fn start_agent_pod(r: &NodeRender) -> AgentProcess {
 
 /// The pod's stop: SIGTERM, exit 0 within the grace period, pins kept.
 fn stop_agent_pod(mut agent: AgentProcess, root: &Path) {
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(agent.pid()),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .expect("SIGTERM");
+    agent.sigterm();
     let st = agent
         .wait_exit(Duration::from_secs(30))
         .expect("the agent exits within the grace period");

@@ -181,11 +181,7 @@ fn agent_sigkill_restart_adopts_and_uninstall_removes_everything() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(agent2.pid()),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .expect("SIGTERM");
+    agent2.sigterm();
     let st = agent2
         .wait_exit(Duration::from_secs(30))
         .expect("agent exits on SIGTERM after uninstall");
@@ -247,11 +243,7 @@ fn data_path_needs_no_running_agent_and_sigterm_keeps_it() {
     let conv = EchoConversation::start(connect_from(&client, srv_addr), 9);
     conv.wait_progress(64 * 1024, Duration::from_secs(60))
         .expect("conversation before SIGTERM");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(agent.pid()),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .expect("SIGTERM");
+    agent.sigterm();
     let st = agent
         .wait_exit(Duration::from_secs(30))
         .expect("agent exits on SIGTERM");

@@ -148,11 +148,7 @@ fn agent_cleans_up(root: &Path, cgroup: &Path, step: &str) {
         || registry_is_empty(root),
     );
     eprintln!("{step}: swept {took:?} after the agent started");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(agent.pid()),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .expect("SIGTERM");
+    agent.sigterm();
     assert!(agent
         .wait_exit(Duration::from_secs(30))
         .is_some_and(|s| s.success()));

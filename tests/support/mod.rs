@@ -348,6 +348,15 @@ impl AgentProcess {
         self.child.wait().expect("reaping the agent")
     }
 
+    /// Sends the agent SIGTERM (a drain, as a kubelet stopping its pod).
+    pub fn sigterm(&self) {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid()),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .expect("SIGTERM to the agent");
+    }
+
     /// Waits up to `limit` for the agent to exit by itself.
     pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
         let end = Instant::now() + limit;
