@@ -202,6 +202,18 @@ fn parse_body(resp: &[u8]) -> Option<(std::net::IpAddr, SocketAddr)> {
     Some((peer?, local?))
 }
 
+/// A connection the peer closed or reset before answering. FIN or RST
+/// depends on whether the request reached the closing proxy first, a race
+/// each run loses differently, so the two read the same.
+const NO_ANSWER: &str = "closed without an answer";
+
+fn closed_by_peer(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::ConnectionReset | ErrorKind::BrokenPipe | ErrorKind::ConnectionAborted
+    )
+}
+
 /// Connects from inside `pod` to `to` and does one request.
 pub fn probe(pod: &Pod, to: SocketAddr, who: As) -> Seen {
     pod.run(move || {
@@ -222,6 +234,9 @@ pub fn probe(pod: &Pod, to: SocketAddr, who: As) -> Seen {
         };
         let _ = s.set_read_timeout(Some(Duration::from_secs(20)));
         if let Err(e) = s.write_all(b"GET / HTTP/1.1\r\nHost: probe\r\nConnection: close\r\n\r\n") {
+            if closed_by_peer(&e) {
+                return Seen::Failed(NO_ANSWER.into());
+            }
             return Seen::Failed(format!("write: {e}"));
         }
         let start = Instant::now();
@@ -239,11 +254,15 @@ pub fn probe(pod: &Pod, to: SocketAddr, who: As) -> Seen {
                     }
                     std::thread::sleep(Duration::from_millis(1));
                 }
+                Err(e) if resp.is_empty() && closed_by_peer(&e) => {
+                    return Seen::Failed(NO_ANSWER.into())
+                }
                 Err(e) if resp.is_empty() => return Seen::Failed(format!("read: {e}")),
                 Err(_) => break,
             }
         }
         match parse_body(&resp) {
+            None if resp.is_empty() => Seen::Failed(NO_ANSWER.into()),
             Some((server_peer, server_local)) => Seen::Served {
                 server_peer,
                 server_local,
