@@ -47,6 +47,7 @@ use meshlane::pods::source::{MemoryCatalog, MeshDecision, PodCatalog, PodInfo, P
 use meshlane::pods::PodSpec;
 use meshlane::sim::xds::{sidecar_snapshot, AdsServer, Protocol, Service, Snapshot};
 use meshlane::sim::{unique_tag, SidecarMode};
+use meshlane::xds::assignment::Host;
 use meshlane::xds::client::{
     Address, ClientSettings, MeshSettings, Transport, XdsClient, XdsMetrics,
 };
@@ -242,11 +243,12 @@ fn client_main(socket: PathBuf, identities: u32) -> Result<()> {
                     let cpu0 = cpu_ns();
                     println!("ready");
                     loop {
+                        let want = Host::Ip(ip.parse()?);
                         let has = {
                             let r = watch.borrow_and_update();
                             r.endpoints
                                 .get(*cluster)
-                                .is_some_and(|c| format!("{c:?}").contains(&format!("\"{ip}\"")))
+                                .is_some_and(|c| c.endpoints().any(|(_, e)| e.host == want))
                         };
                         if has {
                             println!("seen {} {}", monotonic_ns(), cpu_ns() - cpu0);

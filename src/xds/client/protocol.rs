@@ -22,16 +22,15 @@ use std::sync::Arc;
 use envoy_types::pb::envoy::config::cluster::v3::{cluster::ClusterDiscoveryType, Cluster};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
-use envoy_types::pb::envoy::config::listener::v3::{filter::ConfigType, Listener};
+use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
-use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
-    http_connection_manager::RouteSpecifier, HttpConnectionManager,
-};
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use envoy_types::pb::google::rpc::Status;
 use prost::{Message, Name};
 
 use super::intern::{Interner, Pool};
+use crate::xds::assignment::Assignment;
+use crate::xds::held::{peek_name, HeldCluster, HeldError, HeldListener};
 use crate::xds::ProxyResources;
 
 /// The four resource types a sidecar takes, in Envoy's subscription order.
@@ -211,10 +210,10 @@ impl AdsCore {
         };
         self.types[t.index()].nonce = resp.nonce.clone();
         let applied = match t {
-            XdsType::Cluster => self.apply_clusters(resp, &pools.clusters),
-            XdsType::Endpoint => self.apply_endpoints(resp, &pools.endpoints),
-            XdsType::Listener => self.apply_listeners(resp, &pools.listeners),
-            XdsType::Route => self.apply_routes(resp, &pools.routes),
+            XdsType::Cluster => self.apply_clusters(resp, pools),
+            XdsType::Endpoint => self.apply_endpoints(resp, pools),
+            XdsType::Listener => self.apply_listeners(resp, pools),
+            XdsType::Route => self.apply_routes(resp, pools),
         };
         match applied {
             Err(message) => {
@@ -285,12 +284,8 @@ impl AdsCore {
         out.requests.push(self.request(t, None));
     }
 
-    fn apply_clusters(
-        &mut self,
-        r: &DiscoveryResponse,
-        pool: &Pool<Cluster>,
-    ) -> Result<bool, String> {
-        let got = decode_all(r, pool)?;
+    fn apply_clusters(&mut self, r: &DiscoveryResponse, pools: &Interner) -> Result<bool, String> {
+        let got = decode_all(r, &self.held.clusters, &pools.clusters)?;
         let Some(all) = new_set(&self.held.clusters, got) else {
             return Ok(false);
         };
@@ -298,12 +293,8 @@ impl AdsCore {
         Ok(true)
     }
 
-    fn apply_listeners(
-        &mut self,
-        r: &DiscoveryResponse,
-        pool: &Pool<Listener>,
-    ) -> Result<bool, String> {
-        let got = decode_all(r, pool)?;
+    fn apply_listeners(&mut self, r: &DiscoveryResponse, pools: &Interner) -> Result<bool, String> {
+        let got = decode_all(r, &self.held.listeners, &pools.listeners)?;
         let Some(all) = new_set(&self.held.listeners, got) else {
             return Ok(false);
         };
@@ -311,12 +302,8 @@ impl AdsCore {
         Ok(true)
     }
 
-    fn apply_endpoints(
-        &mut self,
-        r: &DiscoveryResponse,
-        pool: &Pool<ClusterLoadAssignment>,
-    ) -> Result<bool, String> {
-        let got = decode_all(r, pool)?;
+    fn apply_endpoints(&mut self, r: &DiscoveryResponse, pools: &Interner) -> Result<bool, String> {
+        let got = decode_all(r, &self.held.endpoints, &pools.endpoints)?;
         let names = &self.types[XdsType::Endpoint.index()].names;
         let new = changed_named(&self.held.endpoints, got, names);
         let changed = !new.is_empty();
@@ -326,12 +313,8 @@ impl AdsCore {
         Ok(changed)
     }
 
-    fn apply_routes(
-        &mut self,
-        r: &DiscoveryResponse,
-        pool: &Pool<RouteConfiguration>,
-    ) -> Result<bool, String> {
-        let got = decode_all(r, pool)?;
+    fn apply_routes(&mut self, r: &DiscoveryResponse, pools: &Interner) -> Result<bool, String> {
+        let got = decode_all(r, &self.held.routes, &pools.routes)?;
         let names = &self.types[XdsType::Route.index()].names;
         let new = changed_named(&self.held.routes, got, names);
         let changed = !new.is_empty();
@@ -342,38 +325,57 @@ impl AdsCore {
     }
 }
 
-/// A resource type as the client validates it.
-trait Resource: Message + Name + Default {
+/// A resource type in the form it is held, as the client validates it.
+trait Resource: Sized {
     /// How errors call it.
     const WHAT: &'static str;
     fn xds_name(&self) -> &str;
-    /// What Envoy would refuse beyond a missing name.
-    fn check(&self) -> Result<(), String> {
-        Ok(())
-    }
+    /// The bytes it was received as, when kept.
+    fn wire(&self) -> Option<&[u8]>;
+    /// Decodes and validates (a name; what Envoy would refuse).
+    fn from_wire(bytes: &[u8]) -> Result<Self, HeldError>;
 }
 
-impl Resource for Cluster {
+impl Resource for HeldCluster {
     const WHAT: &'static str = "cluster";
     fn xds_name(&self) -> &str {
         &self.name
     }
-    fn check(&self) -> Result<(), String> {
-        check_cluster(self)
+    fn wire(&self) -> Option<&[u8]> {
+        Some(HeldCluster::wire(self))
+    }
+    fn from_wire(bytes: &[u8]) -> Result<Self, HeldError> {
+        HeldCluster::decode_checked(bytes, check_cluster)
     }
 }
 
-impl Resource for ClusterLoadAssignment {
+impl Resource for Assignment {
     const WHAT: &'static str = "endpoints";
     fn xds_name(&self) -> &str {
         &self.cluster_name
     }
+    fn wire(&self) -> Option<&[u8]> {
+        Some(Assignment::wire(self))
+    }
+    fn from_wire(bytes: &[u8]) -> Result<Self, HeldError> {
+        let a = Assignment::decode(bytes).map_err(HeldError::Decode)?;
+        if a.cluster_name.is_empty() {
+            return Err(HeldError::NoName);
+        }
+        Ok(a)
+    }
 }
 
-impl Resource for Listener {
+impl Resource for HeldListener {
     const WHAT: &'static str = "listener";
     fn xds_name(&self) -> &str {
         &self.name
+    }
+    fn wire(&self) -> Option<&[u8]> {
+        Some(HeldListener::wire(self))
+    }
+    fn from_wire(bytes: &[u8]) -> Result<Self, HeldError> {
+        HeldListener::decode_checked(bytes)
     }
 }
 
@@ -382,16 +384,33 @@ impl Resource for RouteConfiguration {
     fn xds_name(&self) -> &str {
         &self.name
     }
+    fn wire(&self) -> Option<&[u8]> {
+        None
+    }
+    fn from_wire(bytes: &[u8]) -> Result<Self, HeldError> {
+        let rc = RouteConfiguration::decode(bytes).map_err(HeldError::Decode)?;
+        if rc.name.is_empty() {
+            return Err(HeldError::NoName);
+        }
+        Ok(rc)
+    }
 }
 
 fn names_empty(ts: &TypeState) -> bool {
     ts.names.is_empty()
 }
 
-/// Decodes (or finds interned) every resource of a response, checking each
-/// is of the response's type, has a name, passes its check and appears
-/// once. The error names every bad resource.
-fn decode_all<M: Resource>(r: &DiscoveryResponse, pool: &Pool<M>) -> Result<Vec<Arc<M>>, String> {
+/// Takes every resource of a response: the copy held when its bytes are
+/// the same (a state-of-the-world response repeats unchanged resources:
+/// recognised by name and a byte compare, without hashing or decoding),
+/// else the interned copy, decoded only when new. Checks each is of the
+/// response's type, has a name, passes its check and appears once. The
+/// error names every bad resource.
+fn decode_all<M: Resource>(
+    r: &DiscoveryResponse,
+    held: &BTreeMap<String, Arc<M>>,
+    pool: &Pool<M>,
+) -> Result<Vec<Arc<M>>, String> {
     let what = M::WHAT;
     let mut out = Vec::with_capacity(r.resources.len());
     let mut bad = Vec::new();
@@ -403,23 +422,19 @@ fn decode_all<M: Resource>(r: &DiscoveryResponse, pool: &Pool<M>) -> Result<Vec<
             ));
             continue;
         }
-        let msg = match pool.intern(&any.value) {
-            Ok(m) => m,
-            Err(e) => {
-                bad.push(format!("{what} #{i} does not decode: {e}"));
-                continue;
-            }
-        };
-        let name = msg.xds_name();
-        if name.is_empty() {
-            bad.push(format!("{what} #{i} has no name"));
+        let same = peek_name(&any.value)
+            .and_then(|n| held.get(n))
+            .filter(|h| h.wire() == Some(any.value.as_slice()));
+        if let Some(h) = same {
+            out.push(Arc::clone(h));
             continue;
         }
-        if let Err(why) = msg.check() {
-            bad.push(format!("{what} {name}: {why}"));
-            continue;
+        match pool.intern(&any.value, M::from_wire) {
+            Ok(m) => out.push(m),
+            Err(HeldError::Decode(e)) => bad.push(format!("{what} #{i} does not decode: {e}")),
+            Err(HeldError::NoName) => bad.push(format!("{what} #{i} has no name")),
+            Err(HeldError::Invalid(name, why)) => bad.push(format!("{what} {name}: {why}")),
         }
-        out.push(msg);
     }
     let mut seen = std::collections::HashSet::with_capacity(out.len());
     for m in &out {
@@ -490,42 +505,20 @@ fn changed_named<M: Resource>(
 }
 
 /// The EDS names of the clusters that take endpoints over EDS.
-fn eds_names(clusters: &BTreeMap<String, Arc<Cluster>>) -> BTreeSet<String> {
+fn eds_names(clusters: &BTreeMap<String, Arc<HeldCluster>>) -> BTreeSet<String> {
     clusters
         .values()
-        .filter(|c| is_eds(c))
-        .map(|c| match &c.eds_cluster_config {
-            Some(e) if !e.service_name.is_empty() => e.service_name.clone(),
-            _ => c.name.clone(),
-        })
+        .filter_map(|c| c.eds_service.clone())
         .collect()
 }
 
 /// The route configuration names the listeners' HTTP connection managers
 /// take over RDS.
-fn route_names(listeners: &BTreeMap<String, Arc<Listener>>) -> BTreeSet<String> {
-    let hcm_url = HttpConnectionManager::type_url();
-    let mut names = BTreeSet::new();
-    for l in listeners.values() {
-        let chains = l.filter_chains.iter().chain(l.default_filter_chain.iter());
-        for f in chains.flat_map(|c| c.filters.iter()) {
-            let Some(ConfigType::TypedConfig(any)) = &f.config_type else {
-                continue;
-            };
-            if any.type_url != hcm_url {
-                continue;
-            }
-            // A connection manager that does not decode names no route; the
-            // decision engine sees the listener and judges it.
-            let Ok(hcm) = HttpConnectionManager::decode(any.value.as_slice()) else {
-                continue;
-            };
-            if let Some(RouteSpecifier::Rds(rds)) = hcm.route_specifier {
-                names.insert(rds.route_config_name);
-            }
-        }
-    }
-    names
+fn route_names(listeners: &BTreeMap<String, Arc<HeldListener>>) -> BTreeSet<String> {
+    listeners
+        .values()
+        .flat_map(|l| l.rds_names.iter().cloned())
+        .collect()
 }
 
 #[cfg(test)]

@@ -49,7 +49,8 @@ pub fn candidates(
     policy: &BypassPolicy,
 ) -> BTreeMap<DestKey, Vec<Candidate>> {
     let mut out: BTreeMap<DestKey, Vec<Candidate>> = BTreeMap::new();
-    for l in res.listeners.values() {
+    for held in res.listeners.values() {
+        let l = &held.decode();
         let Some((ip, port)) = socket(l.address.as_ref()) else {
             continue;
         };

@@ -8,10 +8,9 @@
 //! unchanged resource is almost always the same pointer; content equality
 //! is the fallback.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
 use std::sync::Arc;
-
-use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 
 use crate::xds::ProxyResources;
 
@@ -20,9 +19,13 @@ use crate::xds::ProxyResources;
 pub enum Recompute {
     /// Nothing the engine reads changed.
     Nothing,
-    /// Re-judge these clusters (by cluster name) and the destinations
-    /// that use them: `Engine::clusters_changed`.
-    Clusters(Vec<String>),
+    /// Re-judge these clusters (CDS changes, by cluster name) and the
+    /// clusters reading these assignments (EDS changes, by EDS resource
+    /// name), and the destinations that use them: `Engine::changed`.
+    Changed {
+        clusters: Vec<String>,
+        assignments: Vec<String>,
+    },
     /// Decide everything again: `Engine::new`.
     Full,
 }
@@ -36,38 +39,16 @@ pub fn plan(old: &ProxyResources, new: &ProxyResources) -> Recompute {
     {
         return Recompute::Full;
     }
-    let mut changed: BTreeSet<String> = changed_keys(&old.clusters, &new.clusters);
-    let eds = changed_keys(&old.endpoints, &new.endpoints);
-    if !eds.is_empty() {
-        let mut claimed = BTreeSet::new();
-        for clusters in [&old.clusters, &new.clusters] {
-            for (name, c) in clusters {
-                let service = eds_service(name, c);
-                if eds.contains(service) {
-                    changed.insert(name.clone());
-                    claimed.insert(service.to_string());
-                }
-            }
-        }
-        // An assignment no held cluster reads: by its own name (a cluster
-        // referenced but not held).
-        changed.extend(eds.into_iter().filter(|n| !claimed.contains(n)));
-    }
-    if changed.is_empty() {
+    let clusters = changed_keys(&old.clusters, &new.clusters);
+    let assignments = changed_keys(&old.endpoints, &new.endpoints);
+    if clusters.is_empty() && assignments.is_empty() {
         Recompute::Nothing
     } else {
-        Recompute::Clusters(changed.into_iter().collect())
+        Recompute::Changed {
+            clusters,
+            assignments,
+        }
     }
-}
-
-/// The EDS resource name a cluster reads: its `service_name`, else its
-/// own name.
-fn eds_service<'a>(name: &'a str, c: &'a Cluster) -> &'a str {
-    c.eds_cluster_config
-        .as_ref()
-        .map(|e| e.service_name.as_str())
-        .filter(|s| !s.is_empty())
-        .unwrap_or(name)
 }
 
 fn same<T: PartialEq>(a: &Arc<T>, b: &Arc<T>) -> bool {
@@ -81,47 +62,73 @@ fn same_map<T: PartialEq>(a: &BTreeMap<String, Arc<T>>, b: &BTreeMap<String, Arc
             .all(|((ka, va), (kb, vb))| ka == kb && same(va, vb))
 }
 
-/// Names added, removed or whose resource differs.
+/// Names added, removed or whose resource differs, in order: one merged
+/// walk of the two sorted maps.
 fn changed_keys<T: PartialEq>(
     a: &BTreeMap<String, Arc<T>>,
     b: &BTreeMap<String, Arc<T>>,
-) -> BTreeSet<String> {
-    let mut out: BTreeSet<String> = a
-        .iter()
-        .filter(|(k, v)| b.get(*k).map_or(true, |w| !same(v, w)))
-        .map(|(k, _)| k.clone())
-        .collect();
-    out.extend(b.keys().filter(|k| !a.contains_key(*k)).cloned());
+) -> Vec<String> {
+    let mut out = Vec::new();
+    let (mut ia, mut ib) = (a.iter().peekable(), b.iter().peekable());
+    loop {
+        let step = match (ia.peek(), ib.peek()) {
+            (None, None) => break,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some((ka, _)), Some((kb, _))) => ka.cmp(kb),
+        };
+        match step {
+            Ordering::Less => out.extend(ia.next().map(|(k, _)| k.clone())),
+            Ordering::Greater => out.extend(ib.next().map(|(k, _)| k.clone())),
+            Ordering::Equal => {
+                if let (Some((k, va)), Some((_, vb))) = (ia.next(), ib.next()) {
+                    if !same(va, vb) {
+                        out.push(k.clone());
+                    }
+                }
+            }
+        }
+    }
     out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::xds::assignment::Assignment;
+    use crate::xds::held::{HeldCluster, HeldListener};
     use envoy_types::pb::envoy::config::cluster::v3::cluster::EdsClusterConfig;
+    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
     use envoy_types::pb::envoy::config::core::v3::TypedExtensionConfig;
     use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
     use envoy_types::pb::envoy::config::listener::v3::Listener;
     use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 
-    fn cluster(name: &str, service: &str) -> Arc<Cluster> {
-        Arc::new(Cluster {
+    fn cluster(name: &str, service: &str) -> Arc<HeldCluster> {
+        Arc::new(HeldCluster::new(&Cluster {
             name: name.into(),
             eds_cluster_config: Some(EdsClusterConfig {
                 eds_config: None,
                 service_name: service.into(),
             }),
             ..Default::default()
-        })
+        }))
     }
 
-    fn cla(name: &str, marker: u32) -> Arc<ClusterLoadAssignment> {
-        Arc::new(ClusterLoadAssignment {
+    fn cla(name: &str, marker: u32) -> Arc<Assignment> {
+        Arc::new(Assignment::from_proto(&ClusterLoadAssignment {
             cluster_name: name.into(),
             named_endpoints: Default::default(),
             endpoints: vec![Default::default(); marker as usize],
             policy: None,
-        })
+        }))
+    }
+
+    fn changed(clusters: &[&str], assignments: &[&str]) -> Recompute {
+        Recompute::Changed {
+            clusters: clusters.iter().map(|s| s.to_string()).collect(),
+            assignments: assignments.iter().map(|s| s.to_string()).collect(),
+        }
     }
 
     fn base() -> ProxyResources {
@@ -135,10 +142,10 @@ mod tests {
         r.endpoints.insert("svc-b".into(), cla("svc-b", 1));
         r.listeners.insert(
             "l".into(),
-            Arc::new(Listener {
+            Arc::new(HeldListener::new(&Listener {
                 name: "l".into(),
                 ..Default::default()
-            }),
+            })),
         );
         r.routes.insert(
             "80".into(),
@@ -160,16 +167,14 @@ mod tests {
     }
 
     #[test]
-    fn an_eds_change_re_judges_the_cluster_reading_it() {
+    fn an_eds_change_names_the_assignment() {
         let old = base();
         let mut new = base();
         new.endpoints.insert("svc-b".into(), cla("svc-b", 2));
-        assert_eq!(plan(&old, &new), Recompute::Clusters(vec!["b".into()]));
+        assert_eq!(plan(&old, &new), changed(&[], &["svc-b"]));
         new.endpoints.remove("a");
-        assert_eq!(
-            plan(&old, &new),
-            Recompute::Clusters(vec!["a".into(), "b".into()])
-        );
+        new.endpoints.insert("z".into(), cla("z", 1));
+        assert_eq!(plan(&old, &new), changed(&[], &["a", "svc-b", "z"]));
     }
 
     #[test]
@@ -179,10 +184,7 @@ mod tests {
         new.clusters.insert("c".into(), cluster("c", ""));
         new.clusters.remove("a");
         new.clusters.insert("b".into(), cluster("b", "svc-b2"));
-        assert_eq!(
-            plan(&old, &new),
-            Recompute::Clusters(vec!["a".into(), "b".into(), "c".into()])
-        );
+        assert_eq!(plan(&old, &new), changed(&["a", "b", "c"], &[]));
     }
 
     #[test]
@@ -191,11 +193,11 @@ mod tests {
         let mut new = base();
         new.listeners.insert(
             "l".into(),
-            Arc::new(Listener {
+            Arc::new(HeldListener::new(&Listener {
                 name: "l".into(),
                 stat_prefix: "x".into(),
                 ..Default::default()
-            }),
+            })),
         );
         assert_eq!(plan(&old, &new), Recompute::Full);
         let mut new = base();

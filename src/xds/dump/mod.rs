@@ -24,6 +24,8 @@ use serde::Serialize;
 use serde_json::Value;
 use thiserror::Error;
 
+use super::assignment::Assignment;
+use super::held::{HeldCluster, HeldListener};
 use super::ProxyResources;
 
 /// `filter_metadata` key under which a dump-read resource lists the JSON
@@ -186,7 +188,9 @@ fn listeners(section: &Value, out: &mut ParsedDump) -> Result<(), DumpError> {
 fn add_listener(v: &Value, out: &mut ParsedDump) -> Result<(), DumpError> {
     refuse_v2(v.get("@type").and_then(Value::as_str).unwrap_or_default())?;
     let l = listener::listener(v)?;
-    out.resources.listeners.insert(l.name.clone(), Arc::new(l));
+    out.resources
+        .listeners
+        .insert(l.name.clone(), Arc::new(HeldListener::new(&l)));
     Ok(())
 }
 
@@ -213,7 +217,9 @@ fn clusters(section: &Value, out: &mut ParsedDump) -> Result<(), DumpError> {
         if let Some(v) = json::field(c, "cluster") {
             refuse_v2(v.get("@type").and_then(Value::as_str).unwrap_or_default())?;
             let c = cluster::cluster(v)?;
-            out.resources.clusters.insert(c.name.clone(), Arc::new(c));
+            out.resources
+                .clusters
+                .insert(c.name.clone(), Arc::new(HeldCluster::new(&c)));
         }
     }
     Ok(())
@@ -227,9 +233,10 @@ fn endpoints(section: &Value, out: &mut ParsedDump) {
     for e in all {
         if let Some(v) = json::field(e, "endpoint_config") {
             let cla = cluster::load_assignment(v);
-            out.resources
-                .endpoints
-                .insert(cla.cluster_name.clone(), Arc::new(cla));
+            out.resources.endpoints.insert(
+                cla.cluster_name.clone(),
+                Arc::new(Assignment::from_proto(&cla)),
+            );
         }
     }
 }
