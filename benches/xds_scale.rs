@@ -21,8 +21,8 @@
 //! - the client process's resident memory (VmRSS, VmHWM) before the client
 //!   starts and once synced;
 //! - the decisions (the agent's `LiveDecisions` following identity 0): the
-//!   full snapshot decided (wall time from following the synced pod to
-//!   its first complete decisions, and the CPU time of one `Engine::new`
+//!   full snapshot decided (wall time from following the synced pods to
+//!   every identity's first complete decisions, and the CPU time of one `Engine::new`
 //!   on the held resources), and per single-service EDS change the time
 //!   from the update to the new decision holding the moved endpoint (the
 //!   client polls the decisions every 0.5 ms, so up to that much is
@@ -216,13 +216,23 @@ fn client_main(socket: PathBuf, identities: u32) -> Result<()> {
         );
         let t0 = monotonic_ns();
         live.reconcile();
+        // Every identity decided (pods with the same reached inputs share
+        // one decision state).
+        let keys: Vec<PodKey> = (0..identities).map(|n| pod_info(n).key).collect();
         let full = loop {
-            if let Some(d) = live.decisions(&key) {
-                break d;
+            if keys.iter().all(|k| live.decisions(k).is_some()) {
+                if let Some(d) = live.decisions(&key) {
+                    break d;
+                }
             }
             tokio::time::sleep(Duration::from_micros(500)).await;
         };
         let full_wall = monotonic_ns() - t0;
+        eprintln!(
+            "client: {} identities decided, {} distinct decision states",
+            keys.len(),
+            live.distinct_states()
+        );
         let held = client
             .pod(&key)
             .context("identity 0 has a stream")?
@@ -357,7 +367,7 @@ struct RunResult {
     /// Client CPU time per change (from its `watch` to the update held).
     eds_change_cpu_p50_ms: f64,
     eds_change_cpu_p99_ms: f64,
-    /// Identity 0's first complete decisions, from following it synced.
+    /// Every identity's first complete decisions, from following them synced.
     full_decide_ms: f64,
     /// CPU time of one `Engine::new` on the synced resources.
     full_decide_cpu_ms: f64,

@@ -66,6 +66,10 @@ pub struct AgentConfig {
     pub log_interval_seconds: u64,
     /// Seconds the agent waits for its components after SIGTERM/SIGINT.
     pub drain_seconds: u64,
+    /// The file this config was read from (not a config field): the agent
+    /// re-reads `bypass.policies` from it on SIGHUP.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
     /// Where the agent learns which pods are meshed (src/pods/source_config.rs).
     pub pod_source: crate::pods::source_config::PodSourceConfig,
     /// The kernel fast path past the sidecar (off unless enabled).
@@ -192,6 +196,7 @@ impl Default for AgentConfig {
             log_format: LogFormat::Text,
             log_interval_seconds: 30,
             drain_seconds: 5,
+            source: None,
             xds: XdsConfig::default(),
             pod_source: Default::default(),
             bypass: BypassConfig::default(),
@@ -210,10 +215,12 @@ impl AgentConfig {
             path: path.into(),
             source: e,
         })?;
-        Self::from_yaml(&text).map_err(|message| ConfigError::Parse {
+        let mut cfg = Self::from_yaml(&text).map_err(|message| ConfigError::Parse {
             path: path.into(),
             message,
-        })
+        })?;
+        cfg.source = Some(path.into());
+        Ok(cfg)
     }
 
     /// Parses YAML text; an empty document is the defaults.

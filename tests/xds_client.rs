@@ -309,7 +309,7 @@ async fn a_malformed_cluster_is_nacked_by_name_and_the_last_good_state_kept() {
     assert!(message.contains("EDS"), "{message}");
     let r = resources(&w, &a);
     assert_eq!(r.clusters.len(), good.clusters.len());
-    assert!(!r.clusters.contains_key(&broken.name));
+    assert!(!r.clusters.contains_key(broken.name.as_str()));
 
     // Bytes that do not decode are NACKed too.
     let mut garbage = snapshot("3", &services);
@@ -401,7 +401,9 @@ async fn removed_resources_go_and_their_endpoints_with_them() {
         .find(|s| s.host.starts_with("kube-dns") && s.port == 53)
         .expect("kube-dns in the dump")
         .clone();
-    assert!(resources(&w, &a).listeners.contains_key(&dns.listener()));
+    assert!(resources(&w, &a)
+        .listeners
+        .contains_key(dns.listener().as_str()));
     let fewer: Vec<Service> = services
         .iter()
         .filter(|s| s.cluster() != dns.cluster())
@@ -410,9 +412,9 @@ async fn removed_resources_go_and_their_endpoints_with_them() {
     w.server.update(snapshot("2", &fewer));
     until("ACK of version 2", || acked(&w, &node, "2")).await;
     let r = resources(&w, &a);
-    assert!(!r.clusters.contains_key(&dns.cluster()));
-    assert!(!r.endpoints.contains_key(&dns.cluster()));
-    assert!(!r.listeners.contains_key(&dns.listener()));
+    assert!(!r.clusters.contains_key(dns.cluster().as_str()));
+    assert!(!r.endpoints.contains_key(dns.cluster().as_str()));
+    assert!(!r.listeners.contains_key(dns.listener().as_str()));
     assert_eq!(r.endpoints.len(), fewer.len());
     w.client.stop_all().await;
 }

@@ -30,6 +30,7 @@
 mod admin;
 mod api_server;
 mod pod_source;
+pub mod policy_reload;
 mod readiness;
 
 use std::sync::Arc;
@@ -328,6 +329,9 @@ async fn serve(
             agent_metrics.decisions.clone(),
         );
         tasks.spawn(live.clone().run(XDS_RECONCILE_INTERVAL, stop_rx.clone()));
+        if let Some(path) = cfg.source.clone() {
+            tasks.spawn(policy_reload::run(path, live.clone(), stop_rx.clone()));
+        }
         live
     });
     tasks.spawn(api_server::serve(

@@ -25,7 +25,8 @@ pub const TRANSPORT_SOCKET_MATCH: &str = "envoy.transport_socket_match";
 /// One EDS resource (or a static cluster's `load_assignment`), compact.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Assignment {
-    pub cluster_name: String,
+    /// Also the key it is held under.
+    pub cluster_name: Arc<str>,
     pub groups: Vec<LocalityGroup>,
     /// The encoded resource as received (empty when built from a decoded
     /// or dump-read assignment).
@@ -101,7 +102,7 @@ impl Assignment {
             })
             .collect();
         Self {
-            cluster_name: cla.cluster_name.clone(),
+            cluster_name: Arc::from(cla.cluster_name.as_str()),
             groups,
             wire: Box::default(),
         }
@@ -219,7 +220,7 @@ mod tests {
         let wire = cla.encode_to_vec();
         let a = Assignment::decode(&wire).unwrap();
         assert_eq!(a.wire(), wire.as_slice());
-        assert_eq!(a.cluster_name, "outbound|80||a");
+        assert_eq!(&*a.cluster_name, "outbound|80||a");
         let g = &a.groups[0];
         assert_eq!((g.locality.as_deref(), g.priority), (Some("r/z/"), 1));
         assert_eq!(g.endpoints.len(), 3, "the endpoint without address goes");

@@ -12,13 +12,15 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
     http_connection_manager::RouteSpecifier, HttpConnectionManager,
 };
 use prost::{Message, Name};
+use std::sync::Arc;
 
 const EDS: i32 = envoy_types::pb::envoy::config::cluster::v3::cluster::DiscoveryType::Eds as i32;
 
 /// A cluster: wire bytes, name and (EDS clusters) the EDS resource name.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HeldCluster {
-    pub name: String,
+    /// Also the key it is held under (one allocation for every holder).
+    pub name: Arc<str>,
     /// The EDS resource it takes (`service_name`, else its name); None
     /// when it does not take endpoints over EDS.
     pub eds_service: Option<String>,
@@ -41,7 +43,7 @@ impl HeldCluster {
             _ => c.name.clone(),
         });
         Self {
-            name: c.name.clone(),
+            name: Arc::from(c.name.as_str()),
             eds_service,
             wire,
         }
@@ -75,7 +77,7 @@ impl HeldCluster {
 /// A listener: wire bytes, name and the RDS route names it references.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HeldListener {
-    pub name: String,
+    pub name: Arc<str>,
     pub rds_names: Vec<String>,
     wire: Box<[u8]>,
 }
@@ -88,7 +90,7 @@ impl HeldListener {
 
     fn with_wire(l: &Listener, wire: Box<[u8]>) -> Self {
         Self {
-            name: l.name.clone(),
+            name: Arc::from(l.name.as_str()),
             rds_names: route_names(l),
             wire,
         }

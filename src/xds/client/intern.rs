@@ -7,7 +7,7 @@
 //! resource). Entries are weak: a resource no stream holds any more is
 //! freed.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex, Weak};
 
@@ -15,6 +15,7 @@ use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 
 use crate::xds::assignment::Assignment;
 use crate::xds::held::{HeldCluster, HeldListener};
+use crate::xds::resources::Named;
 
 /// A 128-bit content hash (two SipHash passes with different prefixes).
 fn content_hash(bytes: &[u8]) -> u128 {
@@ -82,13 +83,64 @@ impl<M> Pool<M> {
     }
 }
 
-/// The node's pools, one per resource type, shared by every stream.
+/// Interned maps of one type: identities whose whole set of a type is
+/// the same (same names, same shared resources) hold one map. Keyed by a
+/// hash of names and resource pointers, confirmed by comparing entries
+/// (pointers of live resources: the map holds them, so none is reused).
+#[derive(Debug)]
+pub struct SetPool<T> {
+    entries: Mutex<HashMap<u64, Vec<Weak<BTreeMap<Arc<str>, Arc<T>>>>>>,
+}
+
+impl<T> Default for SetPool<T> {
+    fn default() -> Self {
+        Self {
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl<T> SetPool<T> {
+    /// The shared map equal to `m` (`m` itself when it is the first).
+    pub fn share(&self, m: Named<T>) -> Named<T> {
+        let mut h = DefaultHasher::new();
+        for (k, v) in m.iter() {
+            (k, Arc::as_ptr(v) as usize).hash(&mut h);
+        }
+        let key = h.finish();
+        let mut e = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let slot = e.entry(key).or_default();
+        slot.retain(|w| w.strong_count() > 0);
+        let same = |o: &Named<T>| {
+            Arc::ptr_eq(o, &m)
+                || (o.len() == m.len()
+                    && o.iter()
+                        .zip(m.iter())
+                        .all(|((ka, va), (kb, vb))| ka == kb && Arc::ptr_eq(va, vb)))
+        };
+        if let Some(found) = slot.iter().filter_map(Weak::upgrade).find(same) {
+            return found;
+        }
+        slot.push(Arc::downgrade(&m));
+        if e.len() > 64 {
+            e.retain(|_, v| v.iter().any(|w| w.strong_count() > 0));
+        }
+        m
+    }
+}
+
+/// The node's pools, one per resource type (resources and whole sets),
+/// shared by every stream.
 #[derive(Debug, Default)]
 pub struct Interner {
     pub clusters: Pool<HeldCluster>,
     pub endpoints: Pool<Assignment>,
     pub listeners: Pool<HeldListener>,
     pub routes: Pool<RouteConfiguration>,
+    pub cluster_sets: SetPool<HeldCluster>,
+    pub endpoint_sets: SetPool<Assignment>,
+    pub listener_sets: SetPool<HeldListener>,
+    pub route_sets: SetPool<RouteConfiguration>,
 }
 
 #[cfg(test)]

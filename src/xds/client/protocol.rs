@@ -31,6 +31,7 @@ use prost::{Message, Name};
 use super::intern::{Interner, Pool};
 use crate::xds::assignment::Assignment;
 use crate::xds::held::{peek_name, HeldCluster, HeldError, HeldListener};
+use crate::xds::resources::named_mut;
 use crate::xds::ProxyResources;
 
 /// The four resource types a sidecar takes, in Envoy's subscription order.
@@ -269,15 +270,17 @@ impl AdsCore {
         ts.subscribed = true;
         let names = ts.names.clone();
         let stale = match t {
-            XdsType::Endpoint => self.held.endpoints.keys().any(|n| !names.contains(n)),
-            XdsType::Route => self.held.routes.keys().any(|n| !names.contains(n)),
+            XdsType::Endpoint => self.held.endpoints.keys().any(|n| !names.contains(&**n)),
+            XdsType::Route => self.held.routes.keys().any(|n| !names.contains(&**n)),
             _ => false,
         };
         if stale {
             let held = self.held_mut();
             match t {
-                XdsType::Endpoint => held.endpoints.retain(|n, _| names.contains(n)),
-                _ => held.routes.retain(|n, _| names.contains(n)),
+                XdsType::Endpoint => {
+                    named_mut(&mut held.endpoints).retain(|n, _| names.contains(&**n))
+                }
+                _ => named_mut(&mut held.routes).retain(|n, _| names.contains(&**n)),
             }
             out.changed = true;
         }
@@ -289,7 +292,7 @@ impl AdsCore {
         let Some(all) = new_set(&self.held.clusters, got) else {
             return Ok(false);
         };
-        self.held_mut().clusters = all;
+        self.held_mut().clusters = pools.cluster_sets.share(Arc::new(all));
         Ok(true)
     }
 
@@ -298,7 +301,7 @@ impl AdsCore {
         let Some(all) = new_set(&self.held.listeners, got) else {
             return Ok(false);
         };
-        self.held_mut().listeners = all;
+        self.held_mut().listeners = pools.listener_sets.share(Arc::new(all));
         Ok(true)
     }
 
@@ -308,7 +311,9 @@ impl AdsCore {
         let new = changed_named(&self.held.endpoints, got, names);
         let changed = !new.is_empty();
         if changed {
-            self.held_mut().endpoints.extend(new);
+            let held = self.held_mut();
+            named_mut(&mut held.endpoints).extend(new);
+            held.endpoints = pools.endpoint_sets.share(Arc::clone(&held.endpoints));
         }
         Ok(changed)
     }
@@ -319,7 +324,9 @@ impl AdsCore {
         let new = changed_named(&self.held.routes, got, names);
         let changed = !new.is_empty();
         if changed {
-            self.held_mut().routes.extend(new);
+            let held = self.held_mut();
+            named_mut(&mut held.routes).extend(new);
+            held.routes = pools.route_sets.share(Arc::clone(&held.routes));
         }
         Ok(changed)
     }
@@ -330,6 +337,8 @@ trait Resource: Sized {
     /// How errors call it.
     const WHAT: &'static str;
     fn xds_name(&self) -> &str;
+    /// The name as the key it is held under.
+    fn key(&self) -> Arc<str>;
     /// The bytes it was received as, when kept.
     fn wire(&self) -> Option<&[u8]>;
     /// Decodes and validates (a name; what Envoy would refuse).
@@ -340,6 +349,9 @@ impl Resource for HeldCluster {
     const WHAT: &'static str = "cluster";
     fn xds_name(&self) -> &str {
         &self.name
+    }
+    fn key(&self) -> Arc<str> {
+        Arc::clone(&self.name)
     }
     fn wire(&self) -> Option<&[u8]> {
         Some(HeldCluster::wire(self))
@@ -353,6 +365,9 @@ impl Resource for Assignment {
     const WHAT: &'static str = "endpoints";
     fn xds_name(&self) -> &str {
         &self.cluster_name
+    }
+    fn key(&self) -> Arc<str> {
+        Arc::clone(&self.cluster_name)
     }
     fn wire(&self) -> Option<&[u8]> {
         Some(Assignment::wire(self))
@@ -371,6 +386,9 @@ impl Resource for HeldListener {
     fn xds_name(&self) -> &str {
         &self.name
     }
+    fn key(&self) -> Arc<str> {
+        Arc::clone(&self.name)
+    }
     fn wire(&self) -> Option<&[u8]> {
         Some(HeldListener::wire(self))
     }
@@ -383,6 +401,9 @@ impl Resource for RouteConfiguration {
     const WHAT: &'static str = "route configuration";
     fn xds_name(&self) -> &str {
         &self.name
+    }
+    fn key(&self) -> Arc<str> {
+        self.name.as_str().into()
     }
     fn wire(&self) -> Option<&[u8]> {
         None
@@ -408,7 +429,7 @@ fn names_empty(ts: &TypeState) -> bool {
 /// error names every bad resource.
 fn decode_all<M: Resource>(
     r: &DiscoveryResponse,
-    held: &BTreeMap<String, Arc<M>>,
+    held: &BTreeMap<Arc<str>, Arc<M>>,
     pool: &Pool<M>,
 ) -> Result<Vec<Arc<M>>, String> {
     let what = M::WHAT;
@@ -474,38 +495,34 @@ fn check_cluster(c: &Cluster) -> Result<(), String> {
 /// A wildcard type's new set, or None when it is the one held (same
 /// names, same shared copies).
 fn new_set<M: Resource>(
-    held: &BTreeMap<String, Arc<M>>,
+    held: &BTreeMap<Arc<str>, Arc<M>>,
     got: Vec<Arc<M>>,
-) -> Option<BTreeMap<String, Arc<M>>> {
+) -> Option<BTreeMap<Arc<str>, Arc<M>>> {
     let same = held.len() == got.len()
         && got
             .iter()
             .all(|r| held.get(r.xds_name()).is_some_and(|h| Arc::ptr_eq(h, r)));
-    (!same).then(|| {
-        got.into_iter()
-            .map(|r| (r.xds_name().to_string(), r))
-            .collect()
-    })
+    (!same).then(|| got.into_iter().map(|r| (r.key(), r)).collect())
 }
 
 /// The resources of a response that are asked for and differ from those
 /// held.
 fn changed_named<M: Resource>(
-    held: &BTreeMap<String, Arc<M>>,
+    held: &BTreeMap<Arc<str>, Arc<M>>,
     got: Vec<Arc<M>>,
     names: &BTreeSet<String>,
-) -> Vec<(String, Arc<M>)> {
+) -> Vec<(Arc<str>, Arc<M>)> {
     got.into_iter()
         .filter(|r| {
             let n = r.xds_name();
             names.contains(n) && !held.get(n).is_some_and(|h| Arc::ptr_eq(h, r))
         })
-        .map(|r| (r.xds_name().to_string(), r))
+        .map(|r| (r.key(), r))
         .collect()
 }
 
 /// The EDS names of the clusters that take endpoints over EDS.
-fn eds_names(clusters: &BTreeMap<String, Arc<HeldCluster>>) -> BTreeSet<String> {
+fn eds_names(clusters: &BTreeMap<Arc<str>, Arc<HeldCluster>>) -> BTreeSet<String> {
     clusters
         .values()
         .filter_map(|c| c.eds_service.clone())
@@ -514,7 +531,7 @@ fn eds_names(clusters: &BTreeMap<String, Arc<HeldCluster>>) -> BTreeSet<String> 
 
 /// The route configuration names the listeners' HTTP connection managers
 /// take over RDS.
-fn route_names(listeners: &BTreeMap<String, Arc<HeldListener>>) -> BTreeSet<String> {
+fn route_names(listeners: &BTreeMap<Arc<str>, Arc<HeldListener>>) -> BTreeSet<String> {
     listeners
         .values()
         .flat_map(|l| l.rds_names.iter().cloned())
@@ -630,7 +647,14 @@ mod tests {
         assert_eq!(nack.response_nonce, "b");
         let msg = &nack.error_detail.as_ref().unwrap().message;
         assert!(msg.contains("cluster #1 has no name"), "{msg}");
-        assert_eq!(core.resources().clusters.keys().collect::<Vec<_>>(), ["c1"]);
+        assert_eq!(
+            core.resources()
+                .clusters
+                .keys()
+                .map(|k| &**k)
+                .collect::<Vec<_>>(),
+            ["c1"]
+        );
         let garbage = Any {
             type_url: Cluster::type_url(),
             value: vec![0xff, 0xff, 0xff],
@@ -643,7 +667,14 @@ mod tests {
             &pools,
         );
         assert!(out.changed);
-        assert_eq!(core.resources().clusters.keys().collect::<Vec<_>>(), ["c2"]);
+        assert_eq!(
+            core.resources()
+                .clusters
+                .keys()
+                .map(|k| &**k)
+                .collect::<Vec<_>>(),
+            ["c2"]
+        );
         assert_eq!(core.names(XdsType::Endpoint), ["c2"]);
     }
 }

@@ -175,7 +175,7 @@ pub fn candidates(
             let resolved = cfg.cloned().or_else(|| {
                 ecds.then(|| {
                     res.extension_configs
-                        .get(&last.name)
+                        .get(last.name.as_str())
                         .and_then(|c| c.typed_config.clone())
                 })
                 .flatten()
@@ -404,7 +404,7 @@ fn http(
         )),
     }
     let rc: Option<RouteConfiguration> = match &hcm.route_specifier {
-        Some(RouteSpecifier::Rds(r)) => match res.routes.get(&r.route_config_name) {
+        Some(RouteSpecifier::Rds(r)) => match res.routes.get(r.route_config_name.as_str()) {
             Some(rc) => Some(rc.as_ref().clone()),
             None => {
                 base.reasons.push(Reason::new(

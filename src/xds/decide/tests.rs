@@ -316,7 +316,7 @@ fn an_eds_change_re_decides_only_the_destinations_of_that_cluster() {
     cla.groups[0].endpoints[0].labels = Some(std::sync::Arc::new(
         crate::xds::dump::json::to_struct(&json!({"tlsMode": "istio"})),
     ));
-    res.endpoints
+    crate::xds::resources::named_mut(&mut res.endpoints)
         .insert(cla.cluster_name.clone(), std::sync::Arc::new(cla));
     let unrelated = engine.changed(&res, &[], &["no-such-assignment".to_string()]);
     assert!(unrelated.is_empty());

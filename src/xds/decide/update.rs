@@ -9,9 +9,9 @@
 //! is the fallback.
 
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use crate::xds::resources::Named;
 use crate::xds::ProxyResources;
 
 /// The work one update needs.
@@ -55,20 +55,21 @@ fn same<T: PartialEq>(a: &Arc<T>, b: &Arc<T>) -> bool {
     Arc::ptr_eq(a, b) || a == b
 }
 
-fn same_map<T: PartialEq>(a: &BTreeMap<String, Arc<T>>, b: &BTreeMap<String, Arc<T>>) -> bool {
-    a.len() == b.len()
-        && a.iter()
-            .zip(b.iter())
-            .all(|((ka, va), (kb, vb))| ka == kb && same(va, vb))
+fn same_map<T: PartialEq>(a: &Named<T>, b: &Named<T>) -> bool {
+    Arc::ptr_eq(a, b)
+        || a.len() == b.len()
+            && a.iter()
+                .zip(b.iter())
+                .all(|((ka, va), (kb, vb))| ka == kb && same(va, vb))
 }
 
 /// Names added, removed or whose resource differs, in order: one merged
 /// walk of the two sorted maps.
-fn changed_keys<T: PartialEq>(
-    a: &BTreeMap<String, Arc<T>>,
-    b: &BTreeMap<String, Arc<T>>,
-) -> Vec<String> {
+fn changed_keys<T: PartialEq>(a: &Named<T>, b: &Named<T>) -> Vec<String> {
     let mut out = Vec::new();
+    if Arc::ptr_eq(a, b) {
+        return out;
+    }
     let (mut ia, mut ib) = (a.iter().peekable(), b.iter().peekable());
     loop {
         let step = match (ia.peek(), ib.peek()) {
@@ -78,12 +79,12 @@ fn changed_keys<T: PartialEq>(
             (Some((ka, _)), Some((kb, _))) => ka.cmp(kb),
         };
         match step {
-            Ordering::Less => out.extend(ia.next().map(|(k, _)| k.clone())),
-            Ordering::Greater => out.extend(ib.next().map(|(k, _)| k.clone())),
+            Ordering::Less => out.extend(ia.next().map(|(k, _)| k.to_string())),
+            Ordering::Greater => out.extend(ib.next().map(|(k, _)| k.to_string())),
             Ordering::Equal => {
                 if let (Some((k, va)), Some((_, vb))) = (ia.next(), ib.next()) {
                     if !same(va, vb) {
-                        out.push(k.clone());
+                        out.push(k.to_string());
                     }
                 }
             }
@@ -136,18 +137,18 @@ mod tests {
             has_eds: true,
             ..Default::default()
         };
-        r.clusters.insert("a".into(), cluster("a", ""));
-        r.clusters.insert("b".into(), cluster("b", "svc-b"));
-        r.endpoints.insert("a".into(), cla("a", 1));
-        r.endpoints.insert("svc-b".into(), cla("svc-b", 1));
-        r.listeners.insert(
+        crate::xds::resources::named_mut(&mut r.clusters).insert("a".into(), cluster("a", ""));
+        crate::xds::resources::named_mut(&mut r.clusters).insert("b".into(), cluster("b", "svc-b"));
+        crate::xds::resources::named_mut(&mut r.endpoints).insert("a".into(), cla("a", 1));
+        crate::xds::resources::named_mut(&mut r.endpoints).insert("svc-b".into(), cla("svc-b", 1));
+        crate::xds::resources::named_mut(&mut r.listeners).insert(
             "l".into(),
             Arc::new(HeldListener::new(&Listener {
                 name: "l".into(),
                 ..Default::default()
             })),
         );
-        r.routes.insert(
+        crate::xds::resources::named_mut(&mut r.routes).insert(
             "80".into(),
             Arc::new(RouteConfiguration {
                 name: "80".into(),
@@ -170,10 +171,11 @@ mod tests {
     fn an_eds_change_names_the_assignment() {
         let old = base();
         let mut new = base();
-        new.endpoints.insert("svc-b".into(), cla("svc-b", 2));
+        crate::xds::resources::named_mut(&mut new.endpoints)
+            .insert("svc-b".into(), cla("svc-b", 2));
         assert_eq!(plan(&old, &new), changed(&[], &["svc-b"]));
-        new.endpoints.remove("a");
-        new.endpoints.insert("z".into(), cla("z", 1));
+        crate::xds::resources::named_mut(&mut new.endpoints).remove("a");
+        crate::xds::resources::named_mut(&mut new.endpoints).insert("z".into(), cla("z", 1));
         assert_eq!(plan(&old, &new), changed(&[], &["a", "svc-b", "z"]));
     }
 
@@ -181,9 +183,10 @@ mod tests {
     fn a_cluster_added_removed_or_changed_is_re_judged() {
         let old = base();
         let mut new = base();
-        new.clusters.insert("c".into(), cluster("c", ""));
-        new.clusters.remove("a");
-        new.clusters.insert("b".into(), cluster("b", "svc-b2"));
+        crate::xds::resources::named_mut(&mut new.clusters).insert("c".into(), cluster("c", ""));
+        crate::xds::resources::named_mut(&mut new.clusters).remove("a");
+        crate::xds::resources::named_mut(&mut new.clusters)
+            .insert("b".into(), cluster("b", "svc-b2"));
         assert_eq!(plan(&old, &new), changed(&["a", "b", "c"], &[]));
     }
 
@@ -191,7 +194,7 @@ mod tests {
     fn listener_route_ecds_and_eds_presence_changes_rebuild() {
         let old = base();
         let mut new = base();
-        new.listeners.insert(
+        crate::xds::resources::named_mut(&mut new.listeners).insert(
             "l".into(),
             Arc::new(HeldListener::new(&Listener {
                 name: "l".into(),
@@ -201,10 +204,10 @@ mod tests {
         );
         assert_eq!(plan(&old, &new), Recompute::Full);
         let mut new = base();
-        new.routes.remove("80");
+        crate::xds::resources::named_mut(&mut new.routes).remove("80");
         assert_eq!(plan(&old, &new), Recompute::Full);
         let mut new = base();
-        new.extension_configs
+        crate::xds::resources::named_mut(&mut new.extension_configs)
             .insert("f".into(), Arc::new(TypedExtensionConfig::default()));
         assert_eq!(plan(&old, &new), Recompute::Full);
         let mut new = base();

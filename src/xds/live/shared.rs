@@ -169,13 +169,13 @@ fn listener_key(res: &ProxyResources, policy: &BypassPolicy) -> u64 {
     let mut h = DefaultHasher::new();
     format!("{policy:?}").hash(&mut h);
     res.has_eds.hash(&mut h);
-    for (n, l) in &res.listeners {
+    for (n, l) in res.listeners.iter() {
         (n, Arc::as_ptr(l) as usize).hash(&mut h);
     }
-    for (n, r) in &res.routes {
+    for (n, r) in res.routes.iter() {
         (n, Arc::as_ptr(r) as usize).hash(&mut h);
     }
-    for (n, e) in &res.extension_configs {
+    for (n, e) in res.extension_configs.iter() {
         (n, Arc::as_ptr(e) as usize).hash(&mut h);
     }
     h.finish()
@@ -206,7 +206,7 @@ mod tests {
             name: "only-b".into(),
             ..Default::default()
         };
-        b.clusters.insert(
+        crate::xds::resources::named_mut(&mut b.clusters).insert(
             "only-b".into(),
             Arc::new(crate::xds::held::HeldCluster::new(&extra)),
         );
