@@ -155,6 +155,7 @@ fn pod_info(n: u32) -> PodInfo {
         labels: [("app".to_string(), name.clone())].into(),
         service_account: "bench".into(),
         annotations: Default::default(),
+        workload: Default::default(),
         mesh: MeshDecision::Meshed {
             spec: PodSpec::istio(name),
         },

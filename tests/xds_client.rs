@@ -98,6 +98,7 @@ fn pod(name: &str, ip: [u8; 4]) -> PodInfo {
         labels: [("app".to_string(), name.to_string())].into(),
         service_account: format!("bookinfo-{name}"),
         annotations: BTreeMap::new(),
+        workload: Default::default(),
         mesh: MeshDecision::Meshed {
             spec: PodSpec::istio(name),
         },
