@@ -115,6 +115,15 @@ fn rss_kib() -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
+/// VmRSS after `malloc_trim(0)` returns the allocator's free memory to
+/// the kernel: live data (plus what the allocator cannot return), where
+/// VmRSS alone also counts freed-but-kept memory (fragmentation).
+fn trimmed_rss_kib() -> u64 {
+    // SAFETY: malloc_trim only releases free heap memory.
+    unsafe { libc::malloc_trim(0) };
+    rss_kib().0
+}
+
 fn ip(n: u32, base: [u8; 2]) -> IpAddr {
     IpAddr::from([base[0], base[1], (n >> 8) as u8, n as u8])
 }
@@ -208,7 +217,8 @@ fn client_main(socket: PathBuf, identities: u32) -> Result<()> {
         }
         let synced = monotonic_ns();
         let (rss, hwm) = rss_kib();
-        println!("synced {} {rss0} {rss} {hwm}", synced - start);
+        let trimmed = trimmed_rss_kib();
+        println!("synced {} {rss0} {rss} {hwm} {trimmed}", synced - start);
         let key = pod_info(0).key;
         let live = LiveDecisions::new(
             Arc::clone(&client),
@@ -288,7 +298,7 @@ fn client_main(socket: PathBuf, identities: u32) -> Result<()> {
                 }
                 ["rss"] => {
                     let (rss, hwm) = rss_kib();
-                    println!("rss {rss} {hwm}");
+                    println!("rss {rss} {hwm} {}", trimmed_rss_kib());
                 }
                 _ => break,
             }
@@ -361,7 +371,10 @@ struct RunResult {
     rss_before_kib: u64,
     rss_synced_kib: u64,
     hwm_synced_kib: u64,
+    /// VmRSS after malloc_trim(0) (live data without freed-but-kept memory).
+    rss_synced_trimmed_kib: u64,
     rss_after_changes_kib: u64,
+    rss_after_changes_trimmed_kib: u64,
     eds_change_p50_ms: f64,
     eds_change_p99_ms: f64,
     eds_change_max_ms: f64,
@@ -404,7 +417,7 @@ fn run(cli: &Cli, base: &Snapshot, services: &[Service], identities: u32) -> Res
     }
     let mut client = ClientProc::spawn(server.socket(), identities)?;
     let synced = client.line()?;
-    let [tag, ns, rss0, rss, hwm] = synced.as_slice() else {
+    let [tag, ns, rss0, rss, hwm, trimmed] = synced.as_slice() else {
         bail!("client said {synced:?}");
     };
     if tag != "synced" {
@@ -488,6 +501,8 @@ fn run(cli: &Cli, base: &Snapshot, services: &[Service], identities: u32) -> Res
         rss_synced_kib: num(rss),
         hwm_synced_kib: num(hwm),
         rss_after_changes_kib: after.get(1).map_or(0, |v| num(v)),
+        rss_synced_trimmed_kib: num(trimmed),
+        rss_after_changes_trimmed_kib: after.get(3).map_or(0, |v| num(v)),
         eds_change_p50_ms: percentile(&lat, 0.5),
         eds_change_p99_ms: percentile(&lat, 0.99),
         eds_change_max_ms: lat.last().copied().unwrap_or(f64::NAN),
@@ -539,8 +554,8 @@ fn bench(cli: &Cli) -> Result<()> {
     for n in [1, cli.identities] {
         let r = run(cli, &base, &services, n)?;
         eprintln!(
-            "{n} identities: synced in {:.0} ms, RSS {} -> {} KiB (peak {}), after changes {} KiB; EDS change p50 {:.2} ms p99 {:.2} ms max {:.2} ms, client CPU p50 {:.2} ms p99 {:.2} ms",
-            r.sync_ms, r.rss_before_kib, r.rss_synced_kib, r.hwm_synced_kib, r.rss_after_changes_kib,
+            "{n} identities: synced in {:.0} ms, RSS {} -> {} KiB (peak {}, trimmed {}), after changes {} KiB (trimmed {}); EDS change p50 {:.2} ms p99 {:.2} ms max {:.2} ms, client CPU p50 {:.2} ms p99 {:.2} ms",
+            r.sync_ms, r.rss_before_kib, r.rss_synced_kib, r.hwm_synced_kib, r.rss_synced_trimmed_kib, r.rss_after_changes_kib, r.rss_after_changes_trimmed_kib,
             r.eds_change_p50_ms, r.eds_change_p99_ms, r.eds_change_max_ms,
             r.eds_change_cpu_p50_ms, r.eds_change_cpu_p99_ms
         );

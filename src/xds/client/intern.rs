@@ -85,7 +85,7 @@ impl<M> Pool<M> {
 
 /// Interned maps of one type: identities whose whole set of a type is
 /// the same (same names, same shared resources) hold one map. Keyed by a
-/// hash of names and resource pointers, confirmed by comparing entries
+/// hash of the resource pointers, confirmed by comparing entries
 /// (pointers of live resources: the map holds them, so none is reused).
 #[derive(Debug)]
 pub struct SetPool<T> {
@@ -104,8 +104,9 @@ impl<T> SetPool<T> {
     /// The shared map equal to `m` (`m` itself when it is the first).
     pub fn share(&self, m: Named<T>) -> Named<T> {
         let mut h = DefaultHasher::new();
-        for (k, v) in m.iter() {
-            (k, Arc::as_ptr(v) as usize).hash(&mut h);
+        for v in m.values() {
+            // A resource determines its name: its pointer suffices.
+            (Arc::as_ptr(v) as usize).hash(&mut h);
         }
         let key = h.finish();
         let mut e = self.entries.lock().unwrap_or_else(|p| p.into_inner());

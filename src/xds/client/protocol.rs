@@ -421,6 +421,13 @@ fn names_empty(ts: &TypeState) -> bool {
     ts.names.is_empty()
 }
 
+/// A response's resources: those it repeats unchanged (the held copies)
+/// and the others.
+struct Got<M> {
+    reused: Vec<Arc<M>>,
+    fresh: Vec<Arc<M>>,
+}
+
 /// Takes every resource of a response: the copy held when its bytes are
 /// the same (a state-of-the-world response repeats unchanged resources:
 /// recognised by name and a byte compare, without hashing or decoding),
@@ -431,9 +438,12 @@ fn decode_all<M: Resource>(
     r: &DiscoveryResponse,
     held: &BTreeMap<Arc<str>, Arc<M>>,
     pool: &Pool<M>,
-) -> Result<Vec<Arc<M>>, String> {
+) -> Result<Got<M>, String> {
     let what = M::WHAT;
-    let mut out = Vec::with_capacity(r.resources.len());
+    let mut got = Got {
+        reused: Vec::with_capacity(r.resources.len()),
+        fresh: Vec::new(),
+    };
     let mut bad = Vec::new();
     for (i, any) in r.resources.iter().enumerate() {
         if any.type_url != r.type_url {
@@ -447,27 +457,56 @@ fn decode_all<M: Resource>(
             .and_then(|n| held.get(n))
             .filter(|h| h.wire() == Some(any.value.as_slice()));
         if let Some(h) = same {
-            out.push(Arc::clone(h));
+            got.reused.push(Arc::clone(h));
             continue;
         }
         match pool.intern(&any.value, M::from_wire) {
-            Ok(m) => out.push(m),
+            Ok(m) => got.fresh.push(m),
             Err(HeldError::Decode(e)) => bad.push(format!("{what} #{i} does not decode: {e}")),
             Err(HeldError::NoName) => bad.push(format!("{what} #{i} has no name")),
             Err(HeldError::Invalid(name, why)) => bad.push(format!("{what} {name}: {why}")),
         }
     }
-    let mut seen = std::collections::HashSet::with_capacity(out.len());
-    for m in &out {
-        if !seen.insert(m.xds_name()) {
-            bad.push(format!("{what} {} appears twice", m.xds_name()));
-        }
+    for name in twice(&got, held) {
+        bad.push(format!("{what} {name} appears twice"));
     }
     if bad.is_empty() {
-        Ok(out)
+        Ok(got)
     } else {
         Err(bad.join("; "))
     }
+}
+
+/// Names that appear more than once. Repeated held resources are one
+/// pointer per name (compared as sorted pointers, no string hashing);
+/// only the fresh ones' names are hashed.
+fn twice<M: Resource>(got: &Got<M>, held: &BTreeMap<Arc<str>, Arc<M>>) -> Vec<String> {
+    let mut ptrs: Vec<*const M> = got.reused.iter().map(Arc::as_ptr).collect();
+    ptrs.sort_unstable();
+    let mut out: Vec<String> = Vec::new();
+    for w in ptrs.windows(2) {
+        if w[0] == w[1] {
+            out.extend(
+                got.reused
+                    .iter()
+                    .find(|r| Arc::as_ptr(r) == w[0])
+                    .map(|r| r.xds_name().to_string()),
+            );
+        }
+    }
+    let mut fresh = std::collections::HashSet::with_capacity(got.fresh.len());
+    for m in &got.fresh {
+        let name = m.xds_name();
+        let also_reused = held
+            .get(name)
+            .is_some_and(|h| ptrs.binary_search(&Arc::as_ptr(h)).is_ok());
+        if !fresh.insert(name) || also_reused {
+            out.push(name.to_string());
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
 }
 
 const EDS: i32 = envoy_types::pb::envoy::config::cluster::v3::cluster::DiscoveryType::Eds as i32;
@@ -496,23 +535,29 @@ fn check_cluster(c: &Cluster) -> Result<(), String> {
 /// names, same shared copies).
 fn new_set<M: Resource>(
     held: &BTreeMap<Arc<str>, Arc<M>>,
-    got: Vec<Arc<M>>,
+    got: Got<M>,
 ) -> Option<BTreeMap<Arc<str>, Arc<M>>> {
-    let same = held.len() == got.len()
-        && got
-            .iter()
-            .all(|r| held.get(r.xds_name()).is_some_and(|h| Arc::ptr_eq(h, r)));
-    (!same).then(|| got.into_iter().map(|r| (r.key(), r)).collect())
+    // The repeated ones are distinct held resources (checked): the same
+    // set when they are all of them and nothing else came.
+    let same = got.fresh.is_empty() && got.reused.len() == held.len();
+    (!same).then(|| {
+        got.reused
+            .into_iter()
+            .chain(got.fresh)
+            .map(|r| (r.key(), r))
+            .collect()
+    })
 }
 
 /// The resources of a response that are asked for and differ from those
 /// held.
 fn changed_named<M: Resource>(
     held: &BTreeMap<Arc<str>, Arc<M>>,
-    got: Vec<Arc<M>>,
+    got: Got<M>,
     names: &BTreeSet<String>,
 ) -> Vec<(Arc<str>, Arc<M>)> {
-    got.into_iter()
+    got.fresh
+        .into_iter()
         .filter(|r| {
             let n = r.xds_name();
             names.contains(n) && !held.get(n).is_some_and(|h| Arc::ptr_eq(h, r))
@@ -661,6 +706,22 @@ mod tests {
         };
         let out = core.on_response(&resp(XdsType::Cluster, "3", "c", vec![garbage]), &pools);
         assert!(matches!(&out.verdict, Some(Err(m)) if m.contains("does not decode")));
+        // A name twice: repeated unchanged, or repeated and changed.
+        let c1 = any(&eds_cluster("c1"));
+        let mut c1_changed = eds_cluster("c1");
+        c1_changed.connect_timeout = Some(Default::default());
+        for twice in [
+            vec![c1.clone(), c1.clone()],
+            vec![c1.clone(), any(&c1_changed)],
+        ] {
+            let out = core.on_response(&resp(XdsType::Cluster, "3b", "c2", twice), &pools);
+            assert!(
+                matches!(&out.verdict, Some(Err(m)) if m == "cluster c1 appears twice"),
+                "{:?}",
+                out.verdict
+            );
+        }
+        assert_eq!(core.version(XdsType::Cluster), "1");
         // Removal: a CDS response without c1 removes it and its endpoints.
         let out = core.on_response(
             &resp(XdsType::Cluster, "4", "d", vec![any(&eds_cluster("c2"))]),

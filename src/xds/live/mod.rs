@@ -257,13 +257,14 @@ async fn follow(
         if !new.is_empty() {
             let states = Arc::clone(&states);
             let from = Arc::clone(&new);
-            let before = current.clone();
+            // Taken, so that a state no other pod shares is changed in place.
+            let before = current.take();
             let work = tokio::task::spawn_blocking(move || {
                 let started = Instant::now();
                 // One pod at a time: a pod whose inputs another pod has
                 // just decided takes that state instead of deciding again.
                 let mut states = lock(&states);
-                let (state, work) = states.advance(before.as_ref(), &new, &policy);
+                let (state, work) = states.advance(before, &new, &policy);
                 (state, work, started.elapsed())
             })
             .await;

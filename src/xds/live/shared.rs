@@ -99,17 +99,39 @@ pub struct States {
 const TRIED_PER_KEY: usize = 4;
 
 impl States {
-    /// The state for `res` under `policy`, starting from the pod's `current`.
+    /// The state for `res` under `policy`, starting from the pod's
+    /// `current` (taken: when no other pod shares it, its engine is
+    /// changed in place instead of copied).
     pub fn advance(
         &mut self,
-        current: Option<&Arc<Decided>>,
+        current: Option<Arc<Decided>>,
         res: &Arc<ProxyResources>,
         policy: &Arc<BypassPolicy>,
     ) -> (Arc<Decided>, Work) {
-        if let Some(cur) = current.filter(|c| c.fits(res, policy)) {
-            return (Arc::clone(cur), Work::Nothing);
+        // What changed since the pod's state, when only clusters did.
+        let mut since_current = None;
+        if let Some(cur) = &current {
+            if Arc::ptr_eq(&cur.policy, policy) || *cur.policy == **policy {
+                match plan(&cur.from, res) {
+                    Recompute::Nothing => return (Arc::clone(cur), Work::Nothing),
+                    Recompute::Changed {
+                        clusters,
+                        assignments,
+                    } => {
+                        if !cur.engine.reads_any(&clusters, &assignments) {
+                            return (Arc::clone(cur), Work::Nothing);
+                        }
+                        since_current = Some((clusters, assignments));
+                    }
+                    Recompute::Full => {}
+                }
+            }
         }
-        let key = listener_key(res, policy);
+        // Listeners, routes and filters unchanged: the same key.
+        let key = match (&current, &since_current) {
+            (Some(cur), Some(_)) => cur.key,
+            _ => listener_key(res, policy),
+        };
         let live: Vec<Arc<Decided>> = self
             .by_key
             .get(&key)
@@ -117,6 +139,7 @@ impl States {
                 v.iter()
                     .rev()
                     .filter_map(Weak::upgrade)
+                    .filter(|d| !current.as_ref().is_some_and(|c| Arc::ptr_eq(c, d)))
                     .take(TRIED_PER_KEY)
                     .collect()
             })
@@ -124,18 +147,16 @@ impl States {
         if let Some(hit) = live.iter().find(|d| d.fits(res, policy)) {
             return (Arc::clone(hit), Work::Shared);
         }
-        let (engine, work) = match current {
-            Some(cur) if cur.key == key && *cur.policy == **policy => match plan(&cur.from, res) {
-                Recompute::Changed {
-                    clusters,
-                    assignments,
-                } => {
-                    let mut e = cur.engine.clone();
-                    e.changed(res, &clusters, &assignments);
-                    (e, Work::Clusters)
-                }
-                _ => (Engine::new(res, (**policy).clone()), Work::Full),
-            },
+        drop(live);
+        let (engine, work) = match (current, since_current) {
+            (Some(cur), Some((clusters, assignments))) => {
+                let mut e = match Arc::try_unwrap(cur) {
+                    Ok(only_mine) => only_mine.engine,
+                    Err(shared) => shared.engine.clone(),
+                };
+                e.changed(res, &clusters, &assignments);
+                (e, Work::Clusters)
+            }
             _ => (Engine::new(res, (**policy).clone()), Work::Full),
         };
         let state = Arc::new(Decided::new(
@@ -215,7 +236,7 @@ mod tests {
         assert_eq!(work, Work::Shared);
         assert!(Arc::ptr_eq(&sa, &sb));
         // Still fits: nothing to do.
-        let (again, work) = states.advance(Some(&sb), &b, &policy);
+        let (again, work) = states.advance(Some(Arc::clone(&sb)), &b, &policy);
         assert_eq!(work, Work::Nothing);
         assert!(Arc::ptr_eq(&again, &sb));
         // Another policy: decided again, not shared.
@@ -223,7 +244,7 @@ mod tests {
             bypass_passthrough: true,
             ..Default::default()
         });
-        let (sc, work) = states.advance(Some(&sa), &a, &other);
+        let (sc, work) = states.advance(Some(Arc::clone(&sa)), &a, &other);
         assert_eq!(work, Work::Full);
         assert!(!Arc::ptr_eq(&sc, &sa));
         assert_eq!(states.live(), 2);
