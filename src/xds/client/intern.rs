@@ -89,8 +89,10 @@ impl<M> Pool<M> {
 /// (pointers of live resources: the map holds them, so none is reused).
 #[derive(Debug)]
 pub struct SetPool<T> {
-    entries: Mutex<HashMap<u64, Vec<Weak<BTreeMap<Arc<str>, Arc<T>>>>>>,
+    entries: Mutex<HashMap<u64, Vec<WeakSet<T>>>>,
 }
+
+type WeakSet<T> = Weak<BTreeMap<Arc<str>, Arc<T>>>;
 
 impl<T> Default for SetPool<T> {
     fn default() -> Self {
