@@ -537,6 +537,82 @@ impl Report {
                 met: r.map(|r| r <= 0.75),
             });
         }
+        t.extend(self.issue14_targets());
+        t
+    }
+
+    /// Issue 14: never slower than iptables (rates), fixed-rate HTTP added
+    /// latency, and the hooks' cost per connection.
+    fn issue14_targets(&self) -> Vec<Target> {
+        let mut t = Vec::new();
+        let fmt = |x: Option<f64>| x.map_or("not measured".to_string(), |r| format!("{r:.2}x"));
+        let rate = |s: &Summary| s.gbit_per_s.or(s.ops_per_s);
+        for (w, p, goal) in [
+            (Workload::Connect, Placement::SameNode, 1.0),
+            (Workload::Connect, Placement::CrossNode, 1.0),
+            (Workload::Bulk1, Placement::SameNode, 1.5),
+            (Workload::Bulk4, Placement::SameNode, 1.5),
+            (Workload::Bulk1, Placement::CrossNode, 1.0),
+            (Workload::Bulk4, Placement::CrossNode, 1.0),
+        ] {
+            if self.summary(w, p, Mode::Iptables).is_none() {
+                continue;
+            }
+            for m in [Mode::Accelerate, Mode::Intercept] {
+                if self.summary(w, p, m).is_none() {
+                    continue;
+                }
+                let r = self.ratio(w, p, m, Mode::Iptables, rate);
+                t.push(Target {
+                    issue: 14,
+                    what: format!("{m} vs iptables, {w} {p} rate"),
+                    goal: format!(">= {goal:.1}x"),
+                    measured: fmt(r),
+                    met: r.map(|r| r >= goal),
+                });
+            }
+        }
+        for w in [Workload::Http16, Workload::Http64] {
+            if self
+                .summary(w, Placement::SameNode, Mode::Iptables)
+                .is_none()
+            {
+                continue;
+            }
+            for (q, f) in [
+                (
+                    "p50",
+                    (|s: &Summary| s.added_p50_us) as fn(&Summary) -> Option<Stat>,
+                ),
+                ("p99", |s: &Summary| s.added_p99_us),
+            ] {
+                let r = self.ratio(w, Placement::SameNode, Mode::Intercept, Mode::Iptables, f);
+                t.push(Target {
+                    issue: 14,
+                    what: format!("latency intercept adds vs iptables, {q}, {w}, same node"),
+                    goal: "<= 0.60x".into(),
+                    measured: fmt(r),
+                    met: r.map(|r| (0.0..=0.60).contains(&r)),
+                });
+            }
+        }
+        for p in [Placement::SameNode, Placement::CrossNode] {
+            let Some(ns) = self
+                .summary(Workload::Connect, p, Mode::Intercept)
+                .and_then(|s| s.hook_ns_per_op)
+            else {
+                continue;
+            };
+            t.push(Target {
+                issue: 14,
+                what: format!(
+                    "BPF run time of all programs per application connection, intercept, {p}"
+                ),
+                goal: "<= 1000 ns".into(),
+                measured: format!("{:.0} ns", ns.median),
+                met: Some(ns.median <= 1000.0),
+            });
+        }
         t
     }
 
