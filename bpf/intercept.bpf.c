@@ -533,6 +533,17 @@ static __always_inline void want_close_cb(struct bpf_sock_ops *skops)
 						 BPF_SOCK_OPS_STATE_CB_FLAG);
 }
 
+/* Is this an app socket whose connect was sent to the proxy? */
+static __always_inline int was_redirected(struct bpf_sock_ops *skops)
+{
+	struct ml_orig_dst *o;
+
+	if (!skops->sk)
+		return 0;
+	o = bpf_sk_storage_get(&ml_app_orig, skops->sk, 0, 0);
+	return o && (o->flags & ML_ORIG_REDIRECTED);
+}
+
 /* A redirected app socket is established: its connection waits in
  * ml_orig_pending, keyed as the proxy's accepted socket will see it (our
  * mirror in our netns), until that socket exists. */
@@ -581,7 +592,9 @@ static __always_inline void passive_established(struct bpf_sock_ops *skops)
 	struct bpf_sock *sk = skops->sk;
 	struct ml_sock_key k;
 
-	if (!sk)
+	/* Only an intercepted pod's proxy has a pending connection or a
+	 * steered one: every other passive socket stops at one pod lookup. */
+	if (!sk || !ml_intercepted_pod(netns))
 		return;
 	tuple_key_from_ops(skops, netns, 0, &k);
 	o = bpf_map_lookup_elem(&ml_orig_pending, &k);
@@ -637,8 +650,10 @@ int ml_intercept_sockops(struct bpf_sock_ops *skops)
 		passive_established(skops);
 		break;
 	case BPF_SOCK_OPS_STATE_CB:
-		/* A redirected app socket closing before the proxy accepted. */
-		if (skops->args[1] != BPF_TCP_CLOSE)
+		/* A redirected app socket closing before the proxy accepted.
+		 * Other sockets get here when splicing asked for state
+		 * changes: they never had a pending entry. */
+		if (skops->args[1] != BPF_TCP_CLOSE || !was_redirected(skops))
 			return 1;
 		tuple_key_from_ops(skops, bpf_get_netns_cookie(skops), 1, &k);
 		bpf_map_delete_elem(&ml_orig_pending, &k);
