@@ -519,7 +519,7 @@ fn run(cli: &Cli, base: &Snapshot, services: &[Service], identities: u32) -> Res
     })
 }
 
-fn main() -> ExitCode {
+pub fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(socket) = cli.client.clone() {
         return match client_main(socket, cli.client_identities) {
