@@ -15,7 +15,7 @@ pub mod snapshot;
 pub mod stream;
 
 pub use istio::{sidecar_snapshot, Protocol, Service};
-pub use server::{AdsEvent, AdsServer, EventKind};
+pub use server::{AdsEvent, AdsServer, EventKind, TlsServing};
 pub use snapshot::Snapshot;
 
 /// What can go wrong starting or running the control plane.
