@@ -227,11 +227,27 @@ static __always_inline void ml_bypass_opened(struct bpf_sock_ops *skops,
 						 BPF_SOCK_OPS_STATE_CB_FLAG);
 }
 
+/* Payload bytes out of the socket's sequence counters at CLOSE: bytes_acked
+ * counts our SYN and an acknowledged FIN, bytes_received the peer's FIN.
+ * From the state the socket closes from: FIN_WAIT2 (their FIN arrived,
+ * ours was acked), CLOSING and LAST_ACK (ours acked, theirs in) are an
+ * orderly close; CLOSE_WAIT (theirs in) an abort after their FIN; any other
+ * an abort (a reset or timeout). Exact for orderly closes; an abort may be
+ * one byte off. */
+static __always_inline __u64 ml_sub(__u64 a, __u64 b)
+{
+	return a > b ? a - b : 0;
+}
+
 /* sockops, a socket moves to CLOSE: for a bypassed app socket, add its
  * bytes and the close. */
 static __always_inline void ml_bypass_closed(struct bpf_sock_ops *skops,
 					     const struct ml_orig_dst *o)
 {
+	__u32 from = skops->args[0];
+	int orderly = from == BPF_TCP_FIN_WAIT2 || from == BPF_TCP_CLOSING ||
+		      from == BPF_TCP_LAST_ACK;
+	int fin_in = orderly || from == BPF_TCP_CLOSE_WAIT;
 	struct ml_bypass_stats *s;
 	struct ml_bypass_key k;
 
@@ -240,8 +256,10 @@ static __always_inline void ml_bypass_closed(struct bpf_sock_ops *skops,
 	if (!s)
 		return;
 	__sync_fetch_and_add(&s->closed, 1);
-	__sync_fetch_and_add(&s->sent_bytes, skops->bytes_acked);
-	__sync_fetch_and_add(&s->received_bytes, skops->bytes_received);
+	__sync_fetch_and_add(&s->sent_bytes,
+			     ml_sub(skops->bytes_acked, orderly ? 2 : 1));
+	__sync_fetch_and_add(&s->received_bytes,
+			     ml_sub(skops->bytes_received, fin_in ? 1 : 0));
 }
 
 #endif /* MESHLANE_BYPASS_H */

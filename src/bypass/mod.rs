@@ -19,4 +19,4 @@ pub mod telemetry;
 
 pub use metrics::BypassMetrics;
 pub use sync::{clear_kernel_state, BypassSync};
-pub use telemetry::{IstioTcpCollector, Labels, LabelBook};
+pub use telemetry::{IstioTcpCollector, LabelBook, Labels};

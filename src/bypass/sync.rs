@@ -164,7 +164,12 @@ impl BypassSync {
             );
         }
         *kept.entry("map_write_failed").or_default() += applied.failed.len() as i64;
-        for reason in ["map_write_failed", "no_endpoints", "too_many_endpoints", "stream_stale"] {
+        for reason in [
+            "map_write_failed",
+            "no_endpoints",
+            "too_many_endpoints",
+            "stream_stale",
+        ] {
             self.metrics
                 .kept_sidecar
                 .get_or_create(&ReasonLabel {
@@ -195,17 +200,18 @@ impl BypassSync {
 
     /// Istio's labels for every BYPASS service of a pod.
     fn record_labels(&self, pod: &PodKey, cookie: u64, decisions: &Decisions) {
-        let workload = self
-            .catalog
-            .get(pod)
-            .map_or_else(|| pod.name.clone(), |p| crate::xds::client::identity::workload_name(&p));
+        let workload = self.catalog.get(pod).map_or_else(
+            || pod.name.clone(),
+            |p| crate::xds::client::identity::workload_name(&p),
+        );
         for d in &decisions.destinations {
             if let DestKey::Service { address, port } = d.destination {
                 let key = ServiceKey {
                     netns: cookie,
                     dest: std::net::SocketAddr::new(address, port),
                 };
-                self.book.set(key, Labels::new(&workload, &pod.namespace, d));
+                self.book
+                    .set(key, Labels::new(&workload, &pod.namespace, d));
             }
         }
     }

@@ -72,7 +72,9 @@ pub fn endpoint_set(dest: SocketAddr, endpoints: &[Endpoint]) -> Result<Vec<Bypa
     };
     let mut merged: BTreeMap<SocketAddr, u64> = BTreeMap::new();
     for e in usable.iter().filter(|e| e.priority == priority) {
-        let w = merged.entry(SocketAddr::new(e.address, e.port)).or_default();
+        let w = merged
+            .entry(SocketAddr::new(e.address, e.port))
+            .or_default();
         *w = w.saturating_add(e.weight);
     }
     if merged.len() > BYPASS_MAX_ENDPOINTS {
@@ -88,7 +90,11 @@ fn scale_weights(merged: BTreeMap<SocketAddr, u64>) -> Vec<BypassEndpoint> {
     let total: u64 = merged.values().map(|w| w / g).sum();
     // At most 64 endpoints: a sum below 2^31 leaves room for rounding up.
     let limit = 1u64 << 31;
-    let div = if total > limit { total.div_ceil(limit) } else { 1 };
+    let div = if total > limit {
+        total.div_ceil(limit)
+    } else {
+        1
+    };
     merged
         .into_iter()
         .map(|(addr, w)| BypassEndpoint {
@@ -207,7 +213,10 @@ impl Table {
             .and_then(|id| kernel.put_service(key, id).map(|()| id));
         match result {
             Ok(id) => {
-                self.sets.entry(id).or_insert_with(|| (endpoints.to_vec(), 0)).1 += 1;
+                self.sets
+                    .entry(id)
+                    .or_insert_with(|| (endpoints.to_vec(), 0))
+                    .1 += 1;
                 if let Some(old) = self.services.insert(key, id) {
                     self.release(old);
                 }

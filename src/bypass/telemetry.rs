@@ -139,7 +139,9 @@ pub fn aggregate(
 ) -> BTreeMap<Labels, BypassStats> {
     let mut out: BTreeMap<Labels, BypassStats> = BTreeMap::new();
     for (k, s) in entries {
-        let t = out.entry(book.get(&k).unwrap_or_else(Labels::unknown)).or_default();
+        let t = out
+            .entry(book.get(&k).unwrap_or_else(Labels::unknown))
+            .or_default();
         t.opened += s.opened;
         t.closed += s.closed;
         t.sent_bytes += s.sent_bytes;
@@ -233,7 +235,13 @@ mod tests {
         assert_eq!(l.destination_service, "db.data.svc.cluster.local");
         assert_eq!(l.destination_service_name, "db");
         assert_eq!(l.destination_service_namespace, "data");
-        assert_eq!((l.source_workload.as_str(), l.source_workload_namespace.as_str()), ("web", "shop"));
+        assert_eq!(
+            (
+                l.source_workload.as_str(),
+                l.source_workload_namespace.as_str()
+            ),
+            ("web", "shop")
+        );
         let l = Labels::new("web", "shop", &dest(&[], &["api.example.com"]));
         assert_eq!(l.destination_service, "api.example.com");
         assert_eq!(l.destination_service_namespace, "unknown");
@@ -260,7 +268,10 @@ mod tests {
         let out = aggregate([(k(1), s(1)), (k(2), s(2)), (k(3), s(4))], &book);
         assert_eq!(out.len(), 2);
         let web = &out[&Labels::new("web", "default", &d)];
-        assert_eq!((web.opened, web.sent_bytes, web.received_bytes), (3, 30, 300));
+        assert_eq!(
+            (web.opened, web.sent_bytes, web.received_bytes),
+            (3, 30, 300)
+        );
         assert_eq!(out[&Labels::unknown()].opened, 4);
     }
 }

@@ -105,8 +105,16 @@ fn only_bypass_services_of_the_lowest_priority_and_the_vip_family() {
                     ep("[fd00::1]:80", 1, 0),
                 ],
             ),
-            dest("10.96.0.2:80", Verdict::Sidecar, vec![ep("10.1.0.9:80", 1, 0)]),
-            dest("10.96.0.3:80", Verdict::Bypass, vec![ep("10.1.0.9:80", 0, 0)]),
+            dest(
+                "10.96.0.2:80",
+                Verdict::Sidecar,
+                vec![ep("10.1.0.9:80", 1, 0)],
+            ),
+            dest(
+                "10.96.0.3:80",
+                Verdict::Bypass,
+                vec![ep("10.1.0.9:80", 0, 0)],
+            ),
         ],
     };
     let e = wanted_for_pod(7, &d);
@@ -147,14 +155,25 @@ fn the_same_address_twice_merges_and_huge_weights_keep_their_ratio() {
 fn apply_writes_only_differences_and_shares_sets() {
     let d = Decisions {
         destinations: vec![
-            dest("10.96.0.1:80", Verdict::Bypass, vec![ep("10.1.0.1:80", 1, 0)]),
-            dest("10.96.0.2:80", Verdict::Bypass, vec![ep("10.1.0.2:80", 1, 0)]),
+            dest(
+                "10.96.0.1:80",
+                Verdict::Bypass,
+                vec![ep("10.1.0.1:80", 1, 0)],
+            ),
+            dest(
+                "10.96.0.2:80",
+                Verdict::Bypass,
+                vec![ep("10.1.0.2:80", 1, 0)],
+            ),
         ],
     };
     let mut t = Table::new();
     let mut k = Mem::default();
     let r = t.apply(&wanted(&[(1, &d), (2, &d)]), &mut k);
-    assert_eq!((r.added, r.changed, r.removed, r.failed.len()), (4, 0, 0, 0));
+    assert_eq!(
+        (r.added, r.changed, r.removed, r.failed.len()),
+        (4, 0, 0, 0)
+    );
     // Two pods, two destinations, but only two distinct sets.
     assert_eq!(k.sets.len(), 2);
     assert_eq!(t.len(), (4, 2));
@@ -168,8 +187,16 @@ fn apply_writes_only_differences_and_shares_sets() {
     // Pod 1 sees an endpoint change; pod 2 is gone.
     let d2 = Decisions {
         destinations: vec![
-            dest("10.96.0.1:80", Verdict::Bypass, vec![ep("10.1.0.3:80", 1, 0)]),
-            dest("10.96.0.2:80", Verdict::Bypass, vec![ep("10.1.0.2:80", 1, 0)]),
+            dest(
+                "10.96.0.1:80",
+                Verdict::Bypass,
+                vec![ep("10.1.0.3:80", 1, 0)],
+            ),
+            dest(
+                "10.96.0.2:80",
+                Verdict::Bypass,
+                vec![ep("10.1.0.2:80", 1, 0)],
+            ),
         ],
     };
     let r = t.apply(&wanted(&[(1, &d2)]), &mut k);

@@ -342,6 +342,8 @@ mod tests {
     #[test]
     fn the_endpoint_capacity_matches_the_header() {
         let h = include_str!("../../../bpf/bypass.h");
-        assert!(h.contains(&format!("#define ML_BYPASS_MAX_EPS {BYPASS_MAX_ENDPOINTS}\n")));
+        assert!(h.contains(&format!(
+            "#define ML_BYPASS_MAX_EPS {BYPASS_MAX_ENDPOINTS}\n"
+        )));
     }
 }
