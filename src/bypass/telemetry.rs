@@ -174,12 +174,12 @@ const FAMILIES: [(&str, &str, Pick); 4] = [
     (
         "istio_tcp_sent_bytes",
         "Bytes sent to the app during response on bypassed TCP connections (meshlane, counted at close)",
-        |s| s.sent_bytes,
+        |s| s.received_bytes,
     ),
     (
         "istio_tcp_received_bytes",
         "Bytes received from the app during request on bypassed TCP connections (meshlane, counted at close)",
-        |s| s.received_bytes,
+        |s| s.sent_bytes,
     ),
 ];
 
