@@ -309,3 +309,23 @@ fn weighted_endpoints_get_their_share_over_ten_thousand_connections() {
     assert_eq!(counts[2], 0, "no connection took the sidecar");
     assert!((share - 0.75).abs() <= TOLERANCE, "share {share}");
 }
+
+/// Issue 12 item 3, the default: a bypassed flow to a meshed pod arrives
+/// at that pod's IP and is steered to its inbound sidecar, never straight
+/// to its app.
+#[test]
+fn a_bypassed_flow_to_a_meshed_pod_still_meets_its_inbound_sidecar() {
+    let w = world();
+    // c's app on 8080 answers 'C'; its stand-in inbound sidecar 'I'.
+    id_server(&w.c, 8080, b'C');
+    id_server(&w.c, 15006, b'I');
+    let c_app = SocketAddr::new(IpAddr::V4(w.c.ip4), 8080);
+    let vip: SocketAddr = "10.96.7.5:80".parse().unwrap();
+    w.bypass(w.a_cookie, vip, 30, &[(c_app, 1)]);
+    w.maps().2.beat(GRACE).expect("heartbeat");
+    let before = w.counters()[0];
+    let (id, peer) = talk(&w.a, vip, 10);
+    assert_eq!(w.counters()[0], before + 1, "bypassed at a's connect");
+    assert_eq!(peer, vip);
+    assert_eq!(id, b'I', "steered to c's inbound sidecar");
+}
