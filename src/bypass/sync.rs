@@ -145,11 +145,7 @@ impl BypassSync {
             wanted.extend(entries.services);
         }
 
-        let mut maps = Writer {
-            services: BypassServicesMap::open(&self.layout)?,
-            sets: BypassEndpointsMap::open(&self.layout)?,
-            metrics: &self.metrics,
-        };
+        let mut maps = PinnedMaps::open(&self.layout, &self.metrics)?;
         let applied = state.table.apply(&wanted, &mut maps);
         for (key, e) in &applied.failed {
             tracing::debug!(pod = key.netns, dest = %key.dest, error = %e, "bypass: kept on the sidecar");
@@ -237,14 +233,22 @@ fn pod_key(name: &str) -> Option<PodKey> {
     })
 }
 
-/// The core's writes on the pinned maps, counted.
-struct Writer<'a> {
+/// The core's writes on the pinned maps, counted in `metrics`.
+pub struct PinnedMaps<'a> {
     services: BypassServicesMap,
     sets: BypassEndpointsMap,
     metrics: &'a BypassMetrics,
 }
 
-impl Writer<'_> {
+impl<'a> PinnedMaps<'a> {
+    pub fn open(layout: &PinLayout, metrics: &'a BypassMetrics) -> Result<Self, MapError> {
+        Ok(Self {
+            services: BypassServicesMap::open(layout)?,
+            sets: BypassEndpointsMap::open(layout)?,
+            metrics,
+        })
+    }
+
     fn count<T>(&self, r: Result<T, MapError>) -> Result<(), String> {
         let result = if r.is_ok() { "ok" } else { "failed" };
         self.metrics
@@ -257,7 +261,7 @@ impl Writer<'_> {
     }
 }
 
-impl KernelMaps for Writer<'_> {
+impl KernelMaps for PinnedMaps<'_> {
     fn put_set(&mut self, id: u32, endpoints: &[BypassEndpoint]) -> Result<(), String> {
         self.count(self.sets.insert(id, endpoints))
     }

@@ -199,32 +199,6 @@ mod tests {
         }
     }
 
-    /// What a sidecar holding `snap` holds.
-    fn resources(snap: &Snapshot) -> crate::xds::ProxyResources {
-        use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
-        use std::sync::Arc;
-        fn all<M: Message + Name + Default>(snap: &Snapshot) -> Vec<(String, Arc<M>)> {
-            snap.names(&M::type_url())
-                .into_iter()
-                .map(|n| {
-                    let a = &snap.select(&M::type_url(), &[n.to_string()])[0];
-                    (
-                        n.to_string(),
-                        Arc::new(M::decode(a.value.as_slice()).unwrap()),
-                    )
-                })
-                .collect()
-        }
-        crate::xds::ProxyResources {
-            listeners: all::<Listener>(snap).into_iter().collect(),
-            routes: all::<RouteConfiguration>(snap).into_iter().collect(),
-            clusters: all::<Cluster>(snap).into_iter().collect(),
-            endpoints: all::<ClusterLoadAssignment>(snap).into_iter().collect(),
-            has_eds: true,
-            extension_configs: Default::default(),
-        }
-    }
-
     /// The engine reads the shapes as it reads istiod's.
     #[test]
     fn the_engine_keeps_meshed_and_rbac_services_on_the_sidecar_and_reads_weights() {
@@ -244,7 +218,7 @@ mod tests {
         set_weights(&mut snap, &plain, &[1, 3]).unwrap();
         assert!(set_weights(&mut snap, &plain, &[1]).is_err());
         assert!(mark_meshed(&mut snap, &svc([10, 96, 0, 9], 99)).is_err());
-        let res = resources(&snap);
+        let res = snap.proxy_resources();
         let d = decide(&res, &BypassPolicy::default());
         let get = |s: &Service| {
             d.destinations

@@ -6,6 +6,7 @@
 //! endpoint change is pushed as EDS alone.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
@@ -136,6 +137,33 @@ impl Snapshot {
             .filter(|r| all || named.contains(r.name.as_str()))
             .map(|r| r.body.clone())
             .collect()
+    }
+
+    /// What a sidecar that accepted this snapshot holds (every listener,
+    /// route, cluster and endpoint assignment that decodes): the decision
+    /// engine's input, without a stream.
+    pub fn proxy_resources(&self) -> crate::xds::ProxyResources {
+        fn all<M: Message + Name + Default>(snap: &Snapshot) -> BTreeMap<String, Arc<M>> {
+            snap.by_type
+                .get(&M::type_url())
+                .into_iter()
+                .flatten()
+                .filter_map(|r| {
+                    Some((
+                        r.name.clone(),
+                        Arc::new(M::decode(r.body.value.as_slice()).ok()?),
+                    ))
+                })
+                .collect()
+        }
+        crate::xds::ProxyResources {
+            listeners: all::<Listener>(self),
+            routes: all::<RouteConfiguration>(self),
+            clusters: all::<Cluster>(self),
+            endpoints: all::<ClusterLoadAssignment>(self),
+            has_eds: true,
+            extension_configs: BTreeMap::new(),
+        }
     }
 }
 
