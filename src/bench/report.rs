@@ -505,7 +505,14 @@ impl Report {
     /// Issue 12's targets: bypass against `direct` (no mesh at all).
     fn bypass_targets(&self) -> Vec<Target> {
         type Pick = fn(&Summary) -> Option<Stat>;
-        type Row = (Workload, Placement, &'static str, &'static str, Pick, fn(f64) -> bool);
+        type Row = (
+            Workload,
+            Placement,
+            &'static str,
+            &'static str,
+            Pick,
+            fn(f64) -> bool,
+        );
         let rows: [Row; 4] = [
             (
                 Workload::Rtt64,

@@ -126,6 +126,10 @@ impl BypassSync {
                 state.cache.remove(cookie);
                 continue;
             };
+            // Decisions of a partial first snapshot are not written.
+            if !view.synced {
+                continue;
+            }
             let entries = match state.cache.get(cookie) {
                 Some((d, e)) if Arc::ptr_eq(d, &decisions) => e.clone(),
                 _ => {
