@@ -346,6 +346,13 @@ impl Report {
                 Workload::Rtt16k,
                 Workload::Http,
             ] {
+                if self.summary(w, p, Mode::Bypass).is_some() {
+                    v.push(Ratio {
+                        what: format!("bypass/direct p50, {w} {p}"),
+                        value: self.ratio(w, p, Mode::Bypass, Mode::Direct, |s| s.p50_us),
+                        note: "absolute p50 latency (bypass to a plain backend)".into(),
+                    });
+                }
                 if self.summary(w, p, Mode::Iptables).is_none() {
                     continue;
                 }
@@ -366,11 +373,6 @@ impl Report {
                     what: format!("intercept/iptables p50, {w} {p}"),
                     value: self.ratio(w, p, Mode::Intercept, Mode::Iptables, |s| s.p50_us),
                     note: "absolute p50 latency".into(),
-                });
-                v.push(Ratio {
-                    what: format!("bypass/direct p50, {w} {p}"),
-                    value: self.ratio(w, p, Mode::Bypass, Mode::Direct, |s| s.p50_us),
-                    note: "absolute p50 latency (bypass to a plain backend)".into(),
                 });
             }
         }
