@@ -361,3 +361,29 @@ fn bypass_reaches_an_endpoint_on_another_node() {
     drop(remote);
     drop(peer);
 }
+
+/// The sim's Services without a mesh: an unregistered pod reaches a
+/// ClusterIP through kube-proxy-style DNAT rules in its own netns, both
+/// endpoints in turn; the bypass maps play no part.
+#[test]
+fn an_unmeshed_pod_reaches_a_cluster_ip_through_kube_proxy_rules() {
+    let w = world();
+    let vip: SocketAddr = "10.96.7.7:80".parse().unwrap();
+    let svc = meshlane::sim::xds::Service {
+        host: "both.default.svc.cluster.local".into(),
+        vip: vip.ip(),
+        port: vip.port(),
+        protocol: meshlane::sim::xds::Protocol::Tcp,
+        endpoints: vec![w.b1, w.b2],
+    };
+    meshlane::sim::kube_proxy::install(&w.d, &[svc]).expect("kube-proxy rules in d");
+    let before = w.counters()[0];
+    let mut seen = [0usize; 2];
+    for _ in 0..40 {
+        let (id, peer) = talk(&w.d, vip, 10);
+        assert_eq!(peer, vip, "conntrack shows the ClusterIP");
+        seen[usize::from(id == b'2')] += 1;
+    }
+    assert!(seen[0] > 0 && seen[1] > 0, "{seen:?}");
+    assert_eq!(w.counters()[0], before, "not the bypass");
+}
