@@ -327,6 +327,17 @@ fn plain_services_bypass_the_sidecar_and_the_rest_keep_it() {
     // Only plain is BYPASS, and opt has no stream, so no entry.
     assert!(m.kernel_endpoints("default/web", secure_vip()).is_none());
     assert!(m.kernel_endpoints("default/web", guarded_vip()).is_none());
+    // Nothing else of web's is keyed: not the passthrough (or a
+    // REGISTRY_ONLY blackhole), not the mTLS or RBAC services.
+    let web = m.cookie("default/web").expect("web registered");
+    let keyed: Vec<SocketAddr> = BypassServicesMap::open(m.layout())
+        .expect("svc map")
+        .keys()
+        .into_iter()
+        .filter(|k| k.netns == web)
+        .map(|k| k.dest)
+        .collect();
+    assert_eq!(keyed, [plain_vip()]);
     assert!(m.cookie("default/opt").is_some(), "opt is registered");
     assert!(m.kernel_endpoints("default/opt", plain_vip()).is_none());
 
