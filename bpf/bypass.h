@@ -181,9 +181,7 @@ static __always_inline int ml_bypass_pick(__u64 netns,
 		if (r >= set->ep[i].cum_weight)
 			continue;
 		/* An AF_INET socket reaches IPv4 only. */
-		if (v4 && !(set->ep[i].addr.a[0] == 0 &&
-			    set->ep[i].addr.a[1] == 0 &&
-			    set->ep[i].addr.a[2] == bpf_htonl(0x0000ffff))) {
+		if (v4 && !ml_is_v4_mapped(&set->ep[i].addr)) {
 			ml_bypass_count(ML_BYP_FAMILY);
 			return 0;
 		}

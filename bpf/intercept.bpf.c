@@ -558,6 +558,15 @@ static __always_inline void want_close_cb(struct bpf_sock_ops *skops)
 						 BPF_SOCK_OPS_STATE_CB_FLAG);
 }
 
+/* The original destination kept on an app socket (redirected or
+ * bypassed), or NULL. */
+static __always_inline struct ml_orig_dst *app_orig(struct bpf_sock_ops *skops)
+{
+	if (!skops->sk)
+		return 0;
+	return bpf_sk_storage_get(&ml_app_orig, skops->sk, 0, 0);
+}
+
 /* A redirected app socket is established: its connection waits in
  * ml_orig_pending, keyed as the proxy's accepted socket will see it (our
  * mirror in our netns), until that socket exists. */
@@ -610,7 +619,9 @@ static __always_inline void passive_established(struct bpf_sock_ops *skops)
 	struct bpf_sock *sk = skops->sk;
 	struct ml_sock_key k;
 
-	if (!sk)
+	/* Only an intercepted pod's proxy has a pending connection or a
+	 * steered one: every other passive socket stops at one pod lookup. */
+	if (!sk || !ml_intercepted_pod(netns))
 		return;
 	tuple_key_from_ops(skops, netns, 0, &k);
 	o = bpf_map_lookup_elem(&ml_orig_pending, &k);
@@ -637,24 +648,11 @@ static __always_inline void passive_established(struct bpf_sock_ops *skops)
 		bpf_map_delete_elem(&ml_orig_pending, &k);
 }
 
-/* A bypassed app socket closing: its bytes go to the stats (bypass.h). */
-static __always_inline int bypassed_closed(struct bpf_sock_ops *skops)
-{
-	struct ml_orig_dst *o;
-
-	if (!skops->sk)
-		return 0;
-	o = bpf_sk_storage_get(&ml_app_orig, skops->sk, 0, 0);
-	if (!o || !(o->flags & ML_ORIG_BYPASSED))
-		return 0;
-	ml_bypass_closed(skops, o);
-	return 1;
-}
-
 SEC("sockops")
 int ml_intercept_sockops(struct bpf_sock_ops *skops)
 {
 	struct ml_sock_key k;
+	struct ml_orig_dst *o;
 	struct ml_endpoint e;
 	struct ml_pod *pod;
 	__u64 netns;
@@ -680,11 +678,19 @@ int ml_intercept_sockops(struct bpf_sock_ops *skops)
 		passive_established(skops);
 		break;
 	case BPF_SOCK_OPS_STATE_CB:
-		/* A redirected app socket closing before the proxy accepted. */
+		/* A redirected app socket closing before the proxy accepted;
+		 * a bypassed one, whose bytes are counted. Other sockets get
+		 * here when splicing asked for state changes: they never had a
+		 * pending entry. */
 		if (skops->args[1] != BPF_TCP_CLOSE)
 			return 1;
-		if (bypassed_closed(skops))
+		o = app_orig(skops);
+		if (o && (o->flags & ML_ORIG_BYPASSED)) {
+			ml_bypass_closed(skops, o); /* bypass.h */
 			break;
+		}
+		if (!o || !(o->flags & ML_ORIG_REDIRECTED))
+			return 1;
 		tuple_key_from_ops(skops, bpf_get_netns_cookie(skops), 1, &k);
 		bpf_map_delete_elem(&ml_orig_pending, &k);
 		break;

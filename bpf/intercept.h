@@ -96,20 +96,6 @@ struct task_struct___ml {
 	const struct cred___ml *cred;
 } __attribute__((preserve_access_index));
 
-static __always_inline int ml_is_v4_mapped(const struct ml_addr *a)
-{
-	return a->a[0] == 0 && a->a[1] == 0 && a->a[2] == bpf_htonl(0x0000ffff);
-}
-
-/* 127.0.0.6 (Envoy's InboundPassthroughBindIpv4) or ::6 */
-static __always_inline int ml_is_inbound_passthrough_src(const struct ml_addr *a)
-{
-	if (ml_is_v4_mapped(a))
-		return a->a[3] == bpf_htonl(0x7f000006);
-	return a->a[0] == 0 && a->a[1] == 0 && a->a[2] == 0 &&
-	       a->a[3] == bpf_htonl(6);
-}
-
 /* Loopback, or one of the addresses the pod was registered with. */
 static __always_inline int ml_is_pod_local(__u64 netns, const struct ml_addr *a)
 {

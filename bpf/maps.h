@@ -170,6 +170,20 @@ static __always_inline int ml_addr_is_loopback(const struct ml_addr *a)
 	return 0;
 }
 
+static __always_inline int ml_is_v4_mapped(const struct ml_addr *a)
+{
+	return a->a[0] == 0 && a->a[1] == 0 && a->a[2] == bpf_htonl(0x0000ffff);
+}
+
+/* 127.0.0.6 (Envoy's InboundPassthroughBindIpv4) or ::6 */
+static __always_inline int ml_is_inbound_passthrough_src(const struct ml_addr *a)
+{
+	if (ml_is_v4_mapped(a))
+		return a->a[3] == bpf_htonl(0x7f000006);
+	return a->a[0] == 0 && a->a[1] == 0 && a->a[2] == 0 &&
+	       a->a[3] == bpf_htonl(6);
+}
+
 static __always_inline int ml_port_listed(const struct ml_port_list *l,
 					  __u16 p)
 {

@@ -258,6 +258,19 @@ static __always_inline int spliceable(const struct ml_pod *pod,
 	return proxy || (pod->flags & ML_POD_SPLICE_APPS);
 }
 
+/* Is this a connection of the proxy's inbound passthrough (@src is its
+ * source, 127.0.0.6 or ::6) in a pod whose application sockets are not
+ * spliced? Such a connection always ends at the application, so neither
+ * end is ever spliced: deciding it at establish, from the address alone,
+ * spares the active end a trip into ml_socks and out again (a psock set
+ * up and torn down, and the pairing map writes and deletes). */
+static __always_inline int to_app_only(const struct ml_pod *pod,
+				       const struct ml_addr *src)
+{
+	return !(pod->flags & ML_POD_SPLICE_APPS) &&
+	       ml_is_inbound_passthrough_src(src);
+}
+
 /* Puts the socket in ml_socks; 0 on success. */
 static __always_inline int insert(struct bpf_sock_ops *skops,
 				  struct ml_sock_key *me)
@@ -303,7 +316,7 @@ static __always_inline void on_active(struct bpf_sock_ops *skops,
 	struct ml_sock_key mirror;
 	struct ml_endpoint self;
 
-	if (!spliceable(pod, me, proxy) ||
+	if (!spliceable(pod, me, proxy) || to_app_only(pod, &me->local) ||
 	    (!peer_netns && (proxy || !(pod->flags & ML_POD_IPTABLES)))) {
 		ml_count(ML_CNT_SOCK_NOT_SPLICED, 1);
 		return;
@@ -331,7 +344,8 @@ static __always_inline void on_passive(struct bpf_sock_ops *skops,
 	struct ml_sock_key partner;
 	int nat;
 
-	if (!find_partner(me, peer_netns, &partner, &nat)) {
+	if (to_app_only(pod, &me->remote) ||
+	    !find_partner(me, peer_netns, &partner, &nat)) {
 		ml_count(ML_CNT_SOCK_NOT_SPLICED, 1);
 		return;
 	}

@@ -19,7 +19,8 @@ pub struct BenchArgs {
     /// Comma-separated: direct,iptables,accelerate,intercept,intercept-nosplice,bypass.
     #[arg(long)]
     pub modes: Option<String>,
-    /// Comma-separated: rtt-64,rtt-1k,rtt-16k,connect,http,http-max,bulk-1,bulk-4.
+    /// Comma-separated: rtt-64,rtt-1k,rtt-16k,connect,http,http-max,bulk-1,bulk-4,
+    /// http-2,http-16,http-64,http-close.
     #[arg(long)]
     pub workloads: Option<String>,
     /// Comma-separated: same-node,cross-node,one-sidecar.
@@ -51,7 +52,10 @@ pub struct BenchArgs {
     /// Sidecar proxy: auto (Envoy where installed, else HAProxy), haproxy or envoy.
     #[arg(long, value_name = "PROXY")]
     pub sidecar: Option<String>,
-    /// Fail (non-zero exit) when intercept is slower than iptables at p50 RTT.
+    /// Fail (non-zero exit) when intercept is slower than iptables at p50 RTT,
+    /// or a meshlane mode is below iptables on connection rate or bulk
+    /// throughput by more than the run's noise (half the spread of the
+    /// per-round ratios).
     #[arg(long)]
     pub check: bool,
     /// Results directory (report.json, report.md, *.svg).

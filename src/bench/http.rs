@@ -94,6 +94,17 @@ pub fn request(body: &[u8]) -> Vec<u8> {
     r
 }
 
+/// A POST request with `body` that asks the server to close afterwards.
+pub fn request_closing(body: &[u8]) -> Vec<u8> {
+    let mut r = format!(
+        "POST /echo HTTP/1.1\r\nHost: server\r\nConnection: close\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    r.extend_from_slice(body);
+    r
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

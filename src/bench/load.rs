@@ -142,28 +142,7 @@ fn http_conn(
             }
         }
         Some((period, offset)) => {
-            let first = start + offset;
-            let mut k = 0u64;
-            loop {
-                let intended = first + period * k as u32;
-                if intended >= end {
-                    break;
-                }
-                let now = Instant::now();
-                if now < intended {
-                    std::thread::sleep(intended - now);
-                }
-                super::interrupt::check()?;
-                exchange(&mut s)?;
-                // From the intended send time: a late start counts as latency.
-                record(&mut h, intended.elapsed());
-                ops += 1;
-                // No catch-up: slots that already passed are skipped.
-                let next = ((Instant::now() - first).as_nanos() / period.as_nanos()) as u64;
-                let next = next.max(k + 1);
-                missed += next - (k + 1);
-                k = next;
-            }
+            (ops, missed) = paced(start + offset, end, period, &mut h, || exchange(&mut s))?;
         }
     }
     Ok(Measured {
@@ -173,6 +152,103 @@ fn http_conn(
         elapsed: start.elapsed(),
         missed,
     })
+}
+
+/// Runs `op` at `first`, `first + period`, ... until `end`, each timed
+/// from its intended start (a late start counts as latency) into `h`; no
+/// catch-up: slots that already passed are skipped. (ops, skipped slots).
+fn paced(
+    first: Instant,
+    end: Instant,
+    period: Duration,
+    h: &mut Histogram<u64>,
+    mut op: impl FnMut() -> Result<()>,
+) -> Result<(u64, u64)> {
+    let (mut ops, mut missed, mut k) = (0u64, 0u64, 0u64);
+    loop {
+        let intended = first + period * k as u32;
+        if intended >= end {
+            return Ok((ops, missed));
+        }
+        let now = Instant::now();
+        if now < intended {
+            std::thread::sleep(intended - now);
+        }
+        super::interrupt::check()?;
+        op()?;
+        record(h, intended.elapsed());
+        ops += 1;
+        let next = ((Instant::now() - first).as_nanos() / period.as_nanos()) as u64;
+        let next = next.max(k + 1);
+        missed += next - (k + 1);
+        k = next;
+    }
+}
+
+/// One worker of the connection-per-request workload: at its slots,
+/// connect, POST 1 KiB with `Connection: close`, read the response, close.
+fn http_close_worker(
+    to: SocketAddr,
+    dur: Duration,
+    period: Duration,
+    offset: Duration,
+    cpu: Option<usize>,
+) -> Result<Measured> {
+    net::pin_thread(cpu).map_err(io_err("pinning"))?;
+    net::fine_timer_slack();
+    let what = format!("HTTP/1.1 POST 1 KiB to {to}, one connection per request");
+    let req = http::request_closing(&net::payload(1024, 11));
+    let mut h = histogram();
+    let start = Instant::now();
+    let (ops, missed) = paced(start + offset, start + dur, period, &mut h, || {
+        let dl = Instant::now() + Duration::from_secs(5);
+        let mut s = net::connect(to, Duration::from_secs(3)).map_err(io_err(&what))?;
+        net::write_all(&mut s, &req, dl).map_err(io_err(&what))?;
+        match http::Conn::new()
+            .read_message(&mut s, dl)
+            .map_err(io_err(&what))?
+        {
+            200 => Ok(()),
+            code => Err(BenchError::workload(&what, format!("HTTP status {code}"))),
+        }
+    })?;
+    Ok(Measured {
+        hist: Some(h),
+        ops,
+        bytes: 0,
+        elapsed: start.elapsed(),
+        missed,
+    })
+}
+
+/// HTTP at `qps` with a new connection per request, paced over `workers`
+/// threads (each one request in flight at most).
+pub fn http_close_load(
+    to: SocketAddr,
+    qps: u32,
+    workers: u32,
+    dur: Duration,
+    cpu: Option<usize>,
+) -> Result<Measured> {
+    let period = Duration::from_nanos(1_000_000_000 * u64::from(workers) / u64::from(qps));
+    let parts: Vec<Result<Measured>> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..workers)
+            .map(|i| {
+                sc.spawn(move || http_close_worker(to, dur, period, period * i / workers, cpu))
+            })
+            .collect();
+        hs.into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(BenchError::workload(
+                        "HTTP load",
+                        "a client thread panicked",
+                    ))
+                })
+            })
+            .collect()
+    });
+    merge(parts)
 }
 
 fn merge(parts: Vec<Result<Measured>>) -> Result<Measured> {
@@ -291,7 +367,7 @@ pub fn port_for(w: super::Workload) -> u16 {
     use super::Workload::*;
     match w {
         Rtt64 | Rtt1k | Rtt16k | Connect => servers::ECHO_PORT,
-        Http | HttpMax => servers::HTTP_PORT,
+        Http | HttpMax | Http2 | Http16 | Http64 | HttpClose => servers::HTTP_PORT,
         Bulk1 | Bulk4 => servers::SINK_PORT,
     }
 }

@@ -26,10 +26,7 @@ fn signed(s: Option<Stat>) -> String {
 }
 
 fn is_latency(w: Workload) -> bool {
-    matches!(
-        w,
-        Workload::Rtt64 | Workload::Rtt1k | Workload::Rtt16k | Workload::Connect | Workload::Http
-    )
+    w.rtt_size().is_some() || w == Workload::Connect || w.fixed_rate()
 }
 
 fn row_ok(s: &Summary) -> bool {
@@ -87,10 +84,7 @@ pub fn render(r: &Report) -> String {
         .iter()
         .filter(|s| row_ok(s) && s.mode != Mode::Direct)
     {
-        if matches!(
-            s.workload,
-            Workload::Rtt64 | Workload::Rtt1k | Workload::Rtt16k | Workload::Http
-        ) {
+        if s.workload.rtt_size().is_some() || s.workload.fixed_rate() {
             let _ = writeln!(
                 o,
                 "| {} | {} | {} | {} | {} |",
@@ -146,16 +140,17 @@ pub fn render(r: &Report) -> String {
     if !thr.is_empty() {
         let _ = writeln!(
             o,
-            "\n### Throughput\n\n| workload | placement | mode | requests/s | Gbit/s |\n|---|---|---|---|---|"
+            "\n### Throughput\n\n`throttled / resumed`: how often the splice backpressure handed a direction to TCP and spliced it again (summed over rounds).\n\n| workload | placement | mode | requests/s | Gbit/s | throttled / resumed |\n|---|---|---|---|---|---|"
         );
         for s in thr {
             if !row_ok(s) {
                 failed_row(&mut o, s, 1);
                 continue;
             }
+            let c = |k: &str| s.counters.get(k).copied().unwrap_or(0);
             let _ = writeln!(
                 o,
-                "| {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} / {} |",
                 s.workload,
                 s.placement,
                 s.mode,
@@ -164,7 +159,9 @@ pub fn render(r: &Report) -> String {
                 } else {
                     "-".into()
                 },
-                st(s.gbit_per_s, 2)
+                st(s.gbit_per_s, 2),
+                c("splice_throttled"),
+                c("splice_resumed")
             );
         }
     }
@@ -198,6 +195,8 @@ pub fn render(r: &Report) -> String {
             );
         }
     }
+
+    hook_table(&mut o, r);
 
     let _ = writeln!(
         o,
@@ -244,6 +243,46 @@ pub fn render(r: &Report) -> String {
         );
     }
     o
+}
+
+/// What meshlane's programs cost per new connection, from the kernel's BPF
+/// run-time statistics (every program of both installs, all runs during
+/// the step, divided by the connections the step made).
+fn hook_table(o: &mut String, r: &Report) {
+    let rows: Vec<&Summary> = r
+        .summaries
+        .iter()
+        .filter(|s| row_ok(s) && s.hook_ns_per_op.is_some())
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        o,
+        "\n### BPF programs per connection (kernel BPF stats)\n\nAll runs of meshlane's programs during the step divided by the application connections it made (one application connection is up to three TCP connections through the sidecars: app-sidecar, sidecar-sidecar, sidecar-app). Median over rounds [min–max]; per program: median runs x ns per connection.\n"
+    );
+    let _ = writeln!(
+        o,
+        "| workload | placement | mode | ns / connection | runs / connection | per program (runs, ns) |\n|---|---|---|---|---|---|"
+    );
+    for s in rows {
+        let progs: Vec<String> = s
+            .hook_programs
+            .iter()
+            .filter(|(_, (runs, _))| *runs > 0.0)
+            .map(|(n, (runs, ns))| format!("{n} {runs:.1}, {ns:.0}"))
+            .collect();
+        let _ = writeln!(
+            o,
+            "| {} | {} | {} | {} | {} | {} |",
+            s.workload,
+            s.placement,
+            s.mode,
+            st(s.hook_ns_per_op, 0),
+            st(s.hook_runs_per_op, 1),
+            progs.join("; ")
+        );
+    }
 }
 
 /// A table row for a cell that failed: its first error, then `blanks`

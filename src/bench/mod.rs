@@ -10,11 +10,13 @@
 //! - [`servers`], [`load`], [`http`], [`net`]: apps and load generators
 //! - [`runner`]: the interleaved plan, CPU accounting, path evidence
 //! - [`stats`], [`report`], [`markdown`], [`svg`]: results
+//! - [`guard`]: `--check`'s never-below-iptables arithmetic (pure)
 //! - [`progress`], [`interrupt`]: progress bar, Ctrl-C
 //! - [`cli`]: `meshlane bench` / `meshlane demo`
 
 pub mod cli;
 pub mod error;
+pub mod guard;
 pub mod http;
 pub mod interrupt;
 pub mod load;
@@ -69,10 +71,7 @@ pub fn run(o: &Options, quiet: bool) -> Result<Report> {
             .collect::<Vec<_>>()
             .join(", ")
     ));
-    let l7 = o.http_l7
-        && o.workloads
-            .iter()
-            .any(|w| matches!(w, Workload::Http | Workload::HttpMax));
+    let l7 = o.http_l7 && o.workloads.iter().any(|w| w.is_http());
     let tb = testbed::Testbed::new(
         &build,
         o.placements.contains(&Placement::CrossNode),

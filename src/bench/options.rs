@@ -98,10 +98,18 @@ pub enum Workload {
     /// Bulk transfer, one and four streams.
     Bulk1,
     Bulk4,
+    /// The fixed-rate HTTP workload at 2, 16 and 64 connections (Istio
+    /// publishes its sidecar overhead this way), whatever --connections says.
+    Http2,
+    Http16,
+    Http64,
+    /// Fixed-rate HTTP with a new connection per request (no keep-alive):
+    /// connect, request, response, close.
+    HttpClose,
 }
 
 impl Workload {
-    pub const ALL: [Workload; 8] = [
+    pub const ALL: [Workload; 12] = [
         Workload::Rtt64,
         Workload::Rtt1k,
         Workload::Rtt16k,
@@ -110,6 +118,10 @@ impl Workload {
         Workload::HttpMax,
         Workload::Bulk1,
         Workload::Bulk4,
+        Workload::Http2,
+        Workload::Http16,
+        Workload::Http64,
+        Workload::HttpClose,
     ];
 
     pub fn name(self) -> &'static str {
@@ -122,7 +134,50 @@ impl Workload {
             Workload::HttpMax => "http-max",
             Workload::Bulk1 => "bulk-1",
             Workload::Bulk4 => "bulk-4",
+            Workload::Http2 => "http-2",
+            Workload::Http16 => "http-16",
+            Workload::Http64 => "http-64",
+            Workload::HttpClose => "http-close",
         }
+    }
+
+    /// The HTTP workloads (the http server, the HTTP sidecar set).
+    pub fn is_http(self) -> bool {
+        matches!(
+            self,
+            Workload::Http
+                | Workload::HttpMax
+                | Workload::Http2
+                | Workload::Http16
+                | Workload::Http64
+                | Workload::HttpClose
+        )
+    }
+
+    /// Fixed-rate HTTP workloads: latency from the intended send time.
+    pub fn fixed_rate(self) -> bool {
+        self.is_http() && self != Workload::HttpMax
+    }
+
+    /// Connections of a fixed-rate HTTP workload that sets its own.
+    pub fn own_connections(self) -> Option<u32> {
+        match self {
+            Workload::Http2 => Some(2),
+            Workload::Http16 => Some(16),
+            Workload::Http64 => Some(64),
+            _ => None,
+        }
+    }
+
+    /// Steps whose CPU per 1,000 requests is reported.
+    pub fn cpu_accounted(self) -> bool {
+        self.is_http()
+    }
+
+    /// Steps whose BPF run time per operation (per new connection) is
+    /// reported, from the kernel's run-time statistics.
+    pub fn hook_costed(self) -> bool {
+        matches!(self, Workload::Connect | Workload::HttpClose)
     }
 
     /// Message size of the ping-pong workloads.
@@ -137,9 +192,10 @@ impl Workload {
 
     /// Length of one step relative to the base step.
     pub fn step_factor(self) -> u32 {
-        match self {
-            Workload::Http => 3,
-            _ => 1,
+        if self.fixed_rate() {
+            3
+        } else {
+            1
         }
     }
 
@@ -367,11 +423,19 @@ impl Options {
                 self.qps
             ));
         }
-        let per_conn = self.qps.div_ceil(self.connections);
+        // The fixed-rate workload with the fewest connections paces fastest.
+        let fewest = self
+            .workloads
+            .iter()
+            .filter(|w| w.fixed_rate())
+            .map(|w| self.connections_of(*w))
+            .min()
+            .unwrap_or(self.connections);
+        let per_conn = self.qps.div_ceil(fewest);
         if per_conn > MAX_QPS_PER_CONNECTION {
             return usage(format!(
-                "--qps {} over {} connections is {per_conn} requests/s per connection, more than the {MAX_QPS_PER_CONNECTION} this machine can pace; add connections",
-                self.qps, self.connections
+                "--qps {} over {fewest} connections is {per_conn} requests/s per connection, more than the {MAX_QPS_PER_CONNECTION} this machine can pace; add connections",
+                self.qps
             ));
         }
         if let Some(cpu) = self.cpu {
@@ -383,20 +447,34 @@ impl Options {
             }
         }
         if self.check
-            && !(self.modes.contains(&Mode::Iptables) && self.modes.contains(&Mode::Intercept))
-        {
-            return usage("--check compares intercept with iptables: list both in --modes".into());
-        }
-        if self.check
-            && !(self.workloads.contains(&Workload::Rtt64)
-                && self.placements.contains(&Placement::SameNode))
+            && !(self.modes.contains(&Mode::Iptables)
+                && (self.modes.contains(&Mode::Intercept)
+                    || self.modes.contains(&Mode::Accelerate)))
         {
             return usage(
-                "--check compares the same-node rtt-64 p50: include workload rtt-64 and placement same-node"
+                "--check compares meshlane with iptables: list iptables and intercept or accelerate in --modes"
+                    .into(),
+            );
+        }
+        if self.check
+            && !self.workloads.iter().any(|w| {
+                matches!(
+                    w,
+                    Workload::Rtt64 | Workload::Connect | Workload::Bulk1 | Workload::Bulk4
+                )
+            })
+        {
+            return usage(
+                "--check needs a checked workload: rtt-64 (same-node p50), connect, bulk-1 or bulk-4"
                     .into(),
             );
         }
         Ok(())
+    }
+
+    /// Connections a fixed-rate or closed-loop HTTP workload opens.
+    pub fn connections_of(&self, w: Workload) -> u32 {
+        w.own_connections().unwrap_or(self.connections)
     }
 
     /// Modes that actually run (available ones), in the order given.

@@ -58,6 +58,35 @@ pub struct Summary {
     pub cpu_softirq_ms_per_1k: Option<Stat>,
     /// Counter deltas summed over the measured rounds.
     pub counters: BTreeMap<String, u64>,
+    /// meshlane's programs per operation (connection workloads): run time
+    /// (ns) and runs of all of them, from the kernel's BPF statistics.
+    pub hook_ns_per_op: Option<Stat>,
+    pub hook_runs_per_op: Option<Stat>,
+    /// Per program: median over rounds of (runs, ns) per operation.
+    pub hook_programs: BTreeMap<String, (f64, f64)>,
+}
+
+/// Median over rounds of each program's (runs, ns) per operation.
+fn program_medians(steps: &[&StepRecord]) -> BTreeMap<String, (f64, f64)> {
+    let mut names: Vec<&String> = steps
+        .iter()
+        .filter_map(|s| s.hooks.as_ref())
+        .flat_map(|h| h.programs.keys())
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+        .into_iter()
+        .filter_map(|n| {
+            let get = |f: fn(&(f64, f64)) -> f64| {
+                stat_of(steps, |s| {
+                    let h = s.hooks.as_ref()?;
+                    Some(h.programs.get(n).map_or(0.0, f))
+                })
+            };
+            Some((n.clone(), (get(|x| x.0)?.median, get(|x| x.1)?.median)))
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -241,6 +270,9 @@ fn summarize(o: &Options, data: &RunData) -> Vec<Summary> {
                 cpu_bpf_ms_per_1k: cpu(|c| Some(c.bpf_ms)),
                 cpu_softirq_ms_per_1k: cpu(|c| c.softirq_ms),
                 counters,
+                hook_ns_per_op: stat_of(&ok, |s| s.hooks.as_ref().map(|h| h.total_ns)),
+                hook_runs_per_op: stat_of(&ok, |s| s.hooks.as_ref().map(|h| h.total_runs)),
+                hook_programs: program_medians(&ok),
             });
         }
     }
@@ -501,6 +533,82 @@ impl Report {
                 met: r.map(|r| r <= 0.75),
             });
         }
+        t.extend(self.issue14_targets());
+        t
+    }
+
+    /// Issue 14: never slower than iptables (rates), fixed-rate HTTP added
+    /// latency, and the hooks' cost per connection.
+    fn issue14_targets(&self) -> Vec<Target> {
+        let mut t = Vec::new();
+        let fmt = |x: Option<f64>| x.map_or("not measured".to_string(), |r| format!("{r:.2}x"));
+        let rate = |s: &Summary| s.gbit_per_s.or(s.ops_per_s);
+        for (w, p, goal) in [
+            (Workload::Connect, Placement::SameNode, 1.0),
+            (Workload::Connect, Placement::CrossNode, 1.0),
+            (Workload::Bulk1, Placement::SameNode, 1.5),
+            (Workload::Bulk4, Placement::SameNode, 1.5),
+            (Workload::Bulk1, Placement::CrossNode, 1.0),
+            (Workload::Bulk4, Placement::CrossNode, 1.0),
+        ] {
+            if self.summary(w, p, Mode::Iptables).is_none() {
+                continue;
+            }
+            for m in [Mode::Accelerate, Mode::Intercept] {
+                if self.summary(w, p, m).is_none() {
+                    continue;
+                }
+                let r = self.ratio(w, p, m, Mode::Iptables, rate);
+                t.push(Target {
+                    issue: 14,
+                    what: format!("{m} vs iptables, {w} {p} rate"),
+                    goal: format!(">= {goal:.1}x"),
+                    measured: fmt(r),
+                    met: r.map(|r| r >= goal),
+                });
+            }
+        }
+        for w in [Workload::Http16, Workload::Http64] {
+            if self
+                .summary(w, Placement::SameNode, Mode::Iptables)
+                .is_none()
+            {
+                continue;
+            }
+            for (q, f) in [
+                (
+                    "p50",
+                    (|s: &Summary| s.added_p50_us) as fn(&Summary) -> Option<Stat>,
+                ),
+                ("p99", |s: &Summary| s.added_p99_us),
+            ] {
+                let r = self.ratio(w, Placement::SameNode, Mode::Intercept, Mode::Iptables, f);
+                t.push(Target {
+                    issue: 14,
+                    what: format!("latency intercept adds vs iptables, {q}, {w}, same node"),
+                    goal: "<= 0.60x".into(),
+                    measured: fmt(r),
+                    met: r.map(|r| (0.0..=0.60).contains(&r)),
+                });
+            }
+        }
+        for p in [Placement::SameNode, Placement::CrossNode] {
+            let Some(ns) = self
+                .summary(Workload::Connect, p, Mode::Intercept)
+                .and_then(|s| s.hook_ns_per_op)
+            else {
+                continue;
+            };
+            t.push(Target {
+                issue: 14,
+                what: format!(
+                    "BPF run time of all programs per application connection, intercept, {p}"
+                ),
+                goal: "<= 1000 ns".into(),
+                measured: format!("{:.0} ns", ns.median),
+                met: Some(ns.median <= 1000.0),
+            });
+        }
         t
     }
 
@@ -565,23 +673,111 @@ impl Report {
     }
 
     /// The `--check` guard: intercept not slower than iptables at p50 RTT
-    /// (same node, 64 B) in this run.
+    /// (same node, 64 B), and no meshlane mode below iptables on
+    /// connection rate or bulk throughput by more than the run's noise
+    /// ([`super::guard`]), for every such cell the run measured.
     pub fn check(&self) -> Result<String, String> {
+        let mut passed = Vec::new();
+        let mut failed = Vec::new();
+        match self.check_rtt() {
+            Some(Ok(m)) => passed.push(m),
+            Some(Err(m)) => failed.push(m),
+            None => {}
+        }
+        for (what, v) in self.guard_verdicts() {
+            let msg = format!(
+                "{what}: {:.2}x iptables over {} round(s), noise ±{:.2}",
+                v.ratio, v.rounds, v.noise
+            );
+            if v.below {
+                failed.push(format!("below iptables by more than the noise: {msg}"));
+            } else {
+                passed.push(msg);
+            }
+        }
+        if !failed.is_empty() {
+            return Err(failed.join("; "));
+        }
+        if passed.is_empty() {
+            return Err(
+                "nothing to check: the run has no rtt-64 same-node p50, connection rate or bulk cell with iptables and a meshlane mode that succeeded"
+                    .into(),
+            );
+        }
+        Ok(passed.join("; "))
+    }
+
+    fn check_rtt(&self) -> Option<Result<String, String>> {
         let (w, p) = (Workload::Rtt64, Placement::SameNode);
-        let get = |m: Mode| {
-            self.med(w, p, m, |s| s.p50_us)
-                .ok_or_else(|| format!("{m} has no {w} {p} p50 in this run (see its errors)"))
+        let i = self.med(w, p, Mode::Intercept, |s| s.p50_us);
+        let t = self.med(w, p, Mode::Iptables, |s| s.p50_us);
+        let (i, t) = match (i, t) {
+            (Some(i), Some(t)) => (i, t),
+            (None, None) => return None,
+            _ if !self.options_have(w, p) => return None,
+            _ => {
+                return Some(Err(format!(
+                    "intercept or iptables has no {w} {p} p50 in this run (see its errors)"
+                )))
+            }
         };
-        let (i, t) = (get(Mode::Intercept)?, get(Mode::Iptables)?);
         let msg = format!(
             "{w} {p} p50: intercept {i:.1} us, iptables {t:.1} us, ratio {:.2}",
             i / t
         );
-        if i > t {
+        Some(if i > t {
             Err(format!("intercept is slower than iptables: {msg}"))
         } else {
             Ok(msg)
+        })
+    }
+
+    fn options_have(&self, w: Workload, p: Placement) -> bool {
+        let o = &self.meta.options;
+        o.workloads.contains(&w)
+            && o.placements.contains(&p)
+            && o.modes.contains(&Mode::Intercept)
+            && o.modes.contains(&Mode::Iptables)
+    }
+
+    /// The guard's cells: (what, verdict) for every meshlane mode against
+    /// iptables on connection rate and bulk throughput, per placement.
+    pub fn guard_verdicts(&self) -> Vec<(String, super::guard::Verdict)> {
+        let mut out = Vec::new();
+        let measured: Vec<&StepRecord> = self
+            .steps
+            .iter()
+            .filter(|s| !s.warmup && s.error.is_none())
+            .collect();
+        let value = |s: &StepRecord| s.gbit_per_s.unwrap_or(s.ops_per_s);
+        for w in [Workload::Connect, Workload::Bulk1, Workload::Bulk4] {
+            for p in Placement::ALL {
+                for m in [Mode::Accelerate, Mode::Intercept] {
+                    let pairs: Vec<(f64, f64)> = measured
+                        .iter()
+                        .filter(|s| s.workload == w && s.placement == p && s.mode == m)
+                        .filter_map(|s| {
+                            let base = measured.iter().find(|b| {
+                                b.round == s.round
+                                    && b.workload == w
+                                    && b.placement == p
+                                    && b.mode == Mode::Iptables
+                            })?;
+                            Some((value(s), value(base)))
+                        })
+                        .collect();
+                    if let Some(v) = super::guard::judge(&pairs) {
+                        let unit = if w == Workload::Connect {
+                            "connections/s"
+                        } else {
+                            "Gbit/s"
+                        };
+                        out.push((format!("{m} {w} {p} {unit}"), v));
+                    }
+                }
+            }
         }
+        out
     }
 }
 
@@ -620,6 +816,7 @@ mod tests {
             missed_slots: 0,
             cpu_per_1k: None,
             counters: BTreeMap::new(),
+            hooks: None,
         }
     }
 
@@ -714,6 +911,57 @@ mod tests {
         let r = Report::build(&opts(), d);
         let e = r.check().unwrap_err();
         assert!(e.contains("slower"), "{e}");
+    }
+
+    /// Connection rates per round: iptables, then intercept.
+    fn connect_rounds(rates: &[(f64, f64)]) -> RunData {
+        let mut d = data();
+        for (i, (ipt, icp)) in rates.iter().enumerate() {
+            let round = i as u32 + 1;
+            for (m, r) in [(Mode::Iptables, *ipt), (Mode::Intercept, *icp)] {
+                d.steps.push(step(
+                    round,
+                    Workload::Connect,
+                    Placement::SameNode,
+                    m,
+                    1.0,
+                    1.0,
+                    r,
+                ));
+            }
+        }
+        d
+    }
+
+    fn connect_opts() -> Options {
+        Options {
+            workloads: vec![Workload::Rtt64, Workload::HttpMax, Workload::Connect],
+            ..opts()
+        }
+    }
+
+    #[test]
+    fn guard_fails_below_iptables_beyond_the_noise() {
+        // Per-round ratios 0.80, 0.84, 0.82: median 0.82, noise 0.02.
+        let d = connect_rounds(&[(1000.0, 800.0), (1000.0, 840.0), (1000.0, 820.0)]);
+        let r = Report::build(&connect_opts(), d);
+        let e = r.check().unwrap_err();
+        assert!(
+            e.contains("intercept connect same-node connections/s: 0.82x"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn guard_passes_within_the_noise() {
+        // Ratios 0.95, 1.05, 0.98: median 0.98, noise 0.05 -> not below.
+        let d = connect_rounds(&[(1000.0, 950.0), (1000.0, 1050.0), (1000.0, 980.0)]);
+        let r = Report::build(&connect_opts(), d);
+        let ok = r.check().unwrap();
+        assert!(
+            ok.contains("0.98x iptables over 3 round(s), noise ±0.05"),
+            "{ok}"
+        );
     }
 
     #[test]

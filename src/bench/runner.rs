@@ -54,6 +54,40 @@ pub struct StepRecord {
     pub cpu_per_1k: Option<CpuPer1k>,
     /// Deltas of data-path counters and sidecar sessions during the step.
     pub counters: BTreeMap<String, u64>,
+    /// Connection steps: what meshlane's programs cost per operation, from
+    /// the kernel's BPF run-time statistics (both nodes).
+    pub hooks: Option<HookCost>,
+}
+
+/// Run count and run time of meshlane's programs per operation of a step
+/// (per application connection in the `connect` workload).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct HookCost {
+    /// Every program together: ns per operation.
+    pub total_ns: f64,
+    /// Every program together: runs per operation.
+    pub total_runs: f64,
+    /// Per program name: (runs, ns) per operation.
+    pub programs: BTreeMap<String, (f64, f64)>,
+}
+
+impl HookCost {
+    fn between(before: &ProgramTimes, after: &ProgramTimes, ops: u64) -> Self {
+        let per = ops.max(1) as f64;
+        let mut c = Self::default();
+        for (name, (runs, ns)) in after {
+            let (r0, n0) = before.get(name).copied().unwrap_or_default();
+            let (runs, ns) = (runs.saturating_sub(r0), ns.saturating_sub(n0));
+            if runs == 0 {
+                continue;
+            }
+            c.total_runs += runs as f64 / per;
+            c.total_ns += ns as f64 / per;
+            c.programs
+                .insert(name.clone(), (runs as f64 / per, ns as f64 / per));
+        }
+        c
+    }
 }
 
 /// Everything a run measured.
@@ -63,12 +97,18 @@ pub struct RunData {
     pub hists: BTreeMap<(Workload, Placement, Mode), Histogram<u64>>,
 }
 
-const COUNTERS: [&str; 4] = [
+const COUNTERS: [&str; 6] = [
     "messages_spliced",
     "connects_redirected",
     "inbound_steered",
     "sockets_paired_across_nat",
+    "splice_throttled",
+    "splice_resumed",
 ];
+
+/// Run count and run time (ns) of every program by name, summed over the
+/// installs (the same program of both nodes counts once, together).
+type ProgramTimes = BTreeMap<String, (u64, u64)>;
 
 struct Snapshot {
     counters: Vec<u64>,
@@ -77,6 +117,7 @@ struct Snapshot {
     sidecars: Vec<CpuSample>,
     bpf_ns: u64,
     softirq: Option<CpuSample>,
+    programs: ProgramTimes,
 }
 
 fn bpf_run_ns(tb: &Testbed) -> u64 {
@@ -87,7 +128,28 @@ fn bpf_run_ns(tb: &Testbed) -> u64 {
         .sum()
 }
 
-fn snapshot(tb: &Testbed, mode: Mode, w: Workload, with_cpu: bool) -> Snapshot {
+fn program_times(tb: &Testbed) -> ProgramTimes {
+    let mut t = ProgramTimes::new();
+    for l in tb
+        .layouts()
+        .iter()
+        .filter_map(|l| crate::status::collect(l).ok())
+        .flat_map(|s| s.links)
+    {
+        // Per-pod sk_lookup links are pinned by netns cookie: one name.
+        let name = if l.program.chars().all(|c| c.is_ascii_digit()) {
+            "ml_inbound_lookup".to_string()
+        } else {
+            l.program
+        };
+        let e = t.entry(name).or_default();
+        e.0 += l.run_count;
+        e.1 += l.run_time_ns;
+    }
+    t
+}
+
+fn snapshot(tb: &Testbed, mode: Mode, w: Workload, with_cpu: bool, hooks: bool) -> Snapshot {
     let sessions = tb.set(mode, w).map_or(0, |s| {
         s.sidecars
             .iter()
@@ -115,6 +177,11 @@ fn snapshot(tb: &Testbed, mode: Mode, w: Workload, with_cpu: bool) -> Snapshot {
             .cpu
             .filter(|_| with_cpu)
             .map(|c| CpuSource::Softirq(c).sample()),
+        programs: if hooks {
+            program_times(tb)
+        } else {
+            ProgramTimes::new()
+        },
     }
 }
 
@@ -131,14 +198,17 @@ impl BpfStats {
 fn run_step(tb: &Testbed, o: &Options, w: Workload, p: Placement, m: Mode) -> Result<Measured> {
     let (pod, addr) = tb.route(m, w, p)?;
     let dur = o.step * w.step_factor();
-    let (cpu, qps, conns) = (o.cpu, o.qps, o.connections);
+    let (cpu, qps, conns) = (o.cpu, o.qps, o.connections_of(w));
     let r = pod.run(move || match w {
         Workload::Rtt64 | Workload::Rtt1k | Workload::Rtt16k => {
             load::rtt(addr, w.rtt_size().unwrap_or(64), dur, cpu)
         }
         Workload::Connect => load::connect_rate(addr, dur, cpu),
-        Workload::Http => load::http_load(addr, Some(qps), conns, dur, cpu),
+        Workload::Http | Workload::Http2 | Workload::Http16 | Workload::Http64 => {
+            load::http_load(addr, Some(qps), conns, dur, cpu)
+        }
         Workload::HttpMax => load::http_load(addr, None, conns, dur, cpu),
+        Workload::HttpClose => load::http_close_load(addr, qps, conns, dur, cpu),
         Workload::Bulk1 => load::bulk(addr, 1, dur, cpu),
         Workload::Bulk4 => load::bulk(addr, 4, dur, cpu),
     });
@@ -188,13 +258,14 @@ pub fn run(tb: &Testbed, o: &Options, progress: &mut Progress) -> Result<RunData
                     round + 1,
                     if warmup { " (warm-up)" } else { "" }
                 ));
-                let with_cpu = matches!(w, Workload::Http | Workload::HttpMax);
+                let with_cpu = w.cpu_accounted();
+                let hooks = w.hook_costed();
                 // BPF run-time stats cost two clock reads per program run:
-                // on only for the steps whose CPU is accounted.
-                let stats = with_cpu.then(BpfStats::enable);
-                let before = snapshot(tb, m, w, with_cpu);
+                // on only for the steps whose CPU or hook cost is reported.
+                let stats = (with_cpu || hooks).then(BpfStats::enable);
+                let before = snapshot(tb, m, w, with_cpu, hooks);
                 let res = run_step(tb, o, w, p, m);
-                let after = snapshot(tb, m, w, with_cpu);
+                let after = snapshot(tb, m, w, with_cpu, hooks);
                 drop(stats);
                 settle(tb);
                 if matches!(res, Err(BenchError::Interrupted)) || interrupt::requested() {
@@ -213,6 +284,7 @@ pub fn run(tb: &Testbed, o: &Options, progress: &mut Progress) -> Result<RunData
                     gbit_per_s: None,
                     missed_slots: 0,
                     cpu_per_1k: None,
+                    hooks: None,
                     counters: COUNTERS
                         .iter()
                         .zip(after.counters.iter().zip(&before.counters))
@@ -242,6 +314,13 @@ pub fn run(tb: &Testbed, o: &Options, progress: &mut Progress) -> Result<RunData
                                 let e = data.hists.entry((w, p, m)).or_insert_with(load::histogram);
                                 let _ = e.add(h);
                             }
+                        }
+                        if hooks && meas.ops > 0 {
+                            rec.hooks = Some(HookCost::between(
+                                &before.programs,
+                                &after.programs,
+                                meas.ops,
+                            ));
                         }
                         if with_cpu && meas.ops > 0 {
                             let per = meas.ops as f64 / 1000.0;

@@ -355,7 +355,7 @@ impl Testbed {
     /// The pods of `mode` that `w` uses: the http-mode set for the HTTP
     /// workloads when there is one.
     pub fn set(&self, mode: Mode, w: Workload) -> Option<&ModePods> {
-        let want_l7 = matches!(w, Workload::Http | Workload::HttpMax);
+        let want_l7 = w.is_http();
         self.sets
             .iter()
             .find(|s| s.mode == mode && s.l7 == want_l7)
