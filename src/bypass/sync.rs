@@ -18,7 +18,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::metrics::{BypassMetrics, ReasonLabel, ResultLabel};
-use super::table::{wanted_for_pod, KernelMaps, PodEntries, Table};
+use super::table::{wanted_for_pod, Applied, KernelMaps, PodEntries, Table};
 use super::telemetry::{LabelBook, Labels};
 use crate::datapath::{
     BypassClockMap, BypassEndpoint, BypassEndpointsMap, BypassServicesMap, BypassStatsMap,
@@ -117,9 +117,28 @@ impl BypassSync {
         let registered: HashSet<u64> = pods.iter().map(|(c, _)| *c).collect();
         state.cache.retain(|c, _| registered.contains(c));
 
-        let mut wanted: BTreeMap<ServiceKey, Vec<BypassEndpoint>> = BTreeMap::new();
+        let (wanted, mut kept) = self.wanted(state, &pods);
+        let mut maps = PinnedMaps::open(&self.layout, &self.metrics)?;
+        let applied = state.table.apply(&wanted, &mut maps);
+        log_applied(&applied);
+        *kept.entry("map_write_failed").or_default() += applied.failed.len() as i64;
+        self.publish(&state.table, &kept);
+
+        BypassClockMap::open(&self.layout)?.beat(self.grace)?;
+        self.metrics.heartbeats.inc();
+        self.forget_gone_pods(&registered)
+    }
+
+    /// Every registered pod's entries (from synced, fresh streams), and
+    /// the BYPASS destinations left out, by reason.
+    fn wanted(
+        &self,
+        state: &mut State,
+        pods: &[(u64, String)],
+    ) -> (Wanted, BTreeMap<&'static str, i64>) {
+        let mut wanted = Wanted::new();
         let mut kept: BTreeMap<&'static str, i64> = BTreeMap::new();
-        for (cookie, name) in &pods {
+        for (cookie, name) in pods {
             let Some(key) = pod_key(name) else { continue };
             let (Some(decisions), Some(view)) = (self.live.decisions(&key), self.client.pod(&key))
             else {
@@ -148,22 +167,11 @@ impl BypassSync {
             }
             wanted.extend(entries.services);
         }
+        (wanted, kept)
+    }
 
-        let mut maps = PinnedMaps::open(&self.layout, &self.metrics)?;
-        let applied = state.table.apply(&wanted, &mut maps);
-        for (key, e) in &applied.failed {
-            tracing::debug!(pod = key.netns, dest = %key.dest, error = %e, "bypass: kept on the sidecar");
-        }
-        if applied.added + applied.changed + applied.removed > 0 || !applied.failed.is_empty() {
-            tracing::info!(
-                added = applied.added,
-                changed = applied.changed,
-                removed = applied.removed,
-                failed = applied.failed.len(),
-                "bypass: service map updated"
-            );
-        }
-        *kept.entry("map_write_failed").or_default() += applied.failed.len() as i64;
+    /// The map's gauges.
+    fn publish(&self, table: &Table, kept: &BTreeMap<&'static str, i64>) {
         for reason in [
             "map_write_failed",
             "no_endpoints",
@@ -177,14 +185,13 @@ impl BypassSync {
                 })
                 .set(kept.get(reason).copied().unwrap_or(0));
         }
-        let (entries, sets) = state.table.len();
+        let (entries, sets) = table.len();
         self.metrics.entries.set(entries as i64);
         self.metrics.endpoint_sets.set(sets as i64);
+    }
 
-        BypassClockMap::open(&self.layout)?.beat(self.grace)?;
-        self.metrics.heartbeats.inc();
-
-        // Stats (and their labels) of pods no longer registered.
+    /// Stats (and their labels) of pods no longer registered.
+    fn forget_gone_pods(&self, registered: &HashSet<u64>) -> Result<(), MapError> {
         let stats = BypassStatsMap::open(&self.layout)?;
         let gone: Vec<ServiceKey> = stats
             .iter()
@@ -214,6 +221,25 @@ impl BypassSync {
                     .set(key, Labels::new(&workload, &pod.namespace, d));
             }
         }
+    }
+}
+
+/// Every pod's service map entries.
+type Wanted = BTreeMap<ServiceKey, Vec<BypassEndpoint>>;
+
+/// One line when the service map changed; each failure at debug.
+fn log_applied(applied: &Applied) {
+    for (key, e) in &applied.failed {
+        tracing::debug!(pod = key.netns, dest = %key.dest, error = %e, "bypass: kept on the sidecar");
+    }
+    if applied.added + applied.changed + applied.removed > 0 || !applied.failed.is_empty() {
+        tracing::info!(
+            added = applied.added,
+            changed = applied.changed,
+            removed = applied.removed,
+            failed = applied.failed.len(),
+            "bypass: service map updated"
+        );
     }
 }
 
