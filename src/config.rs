@@ -102,7 +102,9 @@ pub struct XdsConfig {
     /// Longest reconnect wait.
     pub max_backoff_seconds: u64,
     /// Seconds held config stays usable after the stream drops; then the
-    /// pod's destinations go back to the sidecar until it reconnects.
+    /// pod's destinations go back to the sidecar until it reconnects. The
+    /// kernel also stops bypassing this long after the agent's last
+    /// heartbeat (agent gone).
     pub stale_grace_seconds: u64,
 }
 
@@ -148,7 +150,15 @@ impl XdsConfig {
         if self.cluster_id.is_empty() {
             return bad("xds.clusterId", "must not be empty".into());
         }
+        if self.stale_grace_seconds == 0 {
+            return bad("xds.staleGraceSeconds", "must be at least 1".into());
+        }
         Ok(())
+    }
+
+    /// How long held config, and the agent's heartbeat, stay good.
+    pub fn stale_grace(&self) -> Duration {
+        Duration::from_secs(self.stale_grace_seconds)
     }
 
     /// The client's settings, or None when no address is configured.

@@ -6,10 +6,13 @@
 //! - [`snapshot`]: one version of every resource, by type and name;
 //! - [`stream`]: one stream's protocol state (nonces, ACK/NACK), no I/O;
 //! - [`istio`]: the resources istiod would generate for a set of services;
+//! - [`policy`]: per-service shapes on top (auto-mTLS endpoints with
+//!   `tlsMode: istio`, an RBAC filter, endpoint weights);
 //! - [`server`]: the tonic server, on its own thread and runtime, with a
 //!   log of what it sent and what each sidecar acknowledged.
 
 pub mod istio;
+pub mod policy;
 pub mod server;
 pub mod snapshot;
 pub mod stream;

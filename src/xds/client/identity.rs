@@ -70,7 +70,7 @@ fn string_map(m: &BTreeMap<String, String>) -> Value {
 
 /// The workload name Istio's injector would give: the canonical-name
 /// label, else `app`, else the pod name.
-fn workload_name(pod: &PodInfo) -> String {
+pub(crate) fn workload_name(pod: &PodInfo) -> String {
     [
         "service.istio.io/canonical-name",
         "app.kubernetes.io/name",
