@@ -13,7 +13,10 @@
 //! guarded and anything from opt take the sidecar; an EDS update removing
 //! an endpoint reaches every new connection while an open one keeps its
 //! endpoint; a full service map keeps the new destination on the sidecar,
-//! counted, with nothing refused; the agent killed: bypass until the grace,
+//! counted, with nothing refused, and so does a full endpoint-set map; a
+//! fault on an HTTP service's route (`faulty`) keeps it on the sidecar;
+//! under REGISTRY_ONLY an unknown destination is dropped by the sidecar,
+//! never bypassed, while `plain` still is; the agent killed: bypass until the grace,
 //! then the sidecar, back: bypass; the xDS stream down past the grace: the
 //! sidecar; bypass disabled: the sidecar at once. Needs root and Envoy.
 mod common;
@@ -25,8 +28,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::{envoy_available, listen, require_root_env};
-use meshlane::datapath::{BypassEndpointsMap, BypassServicesMap, PinLayout, PodsMap, ServiceKey};
-use meshlane::sim::xds::policy::{add_rbac, mark_meshed};
+use meshlane::datapath::{
+    BypassEndpoint, BypassEndpointsMap, BypassServicesMap, PinLayout, PodsMap, ServiceKey,
+};
+use meshlane::sim::xds::policy::{add_fault, add_rbac, mark_meshed, registry_only};
 use meshlane::sim::xds::{sidecar_snapshot, AdsServer, Protocol, Service, Snapshot};
 use meshlane::sim::{unique_tag, Node, Pod, Sidecar, SidecarMode, SidecarOptions, SidecarProxy};
 use support::{node_without_install, AgentProcess};
@@ -46,6 +51,10 @@ fn guarded_vip() -> SocketAddr {
 fn extra_vip() -> SocketAddr {
     "10.96.0.13:5432".parse().unwrap()
 }
+fn faulty_vip() -> SocketAddr {
+    "10.96.0.14:8000".parse().unwrap()
+}
+const FAULTY: &str = "faulty.default.svc.cluster.local";
 
 fn service(host: &str, vip: SocketAddr, endpoints: Vec<SocketAddr>) -> Service {
     Service {
@@ -73,6 +82,88 @@ fn snapshot(version: &str, plain_eps: &[SocketAddr], db1: IpAddr, extra: bool) -
     mark_meshed(&mut snap, &svcs[1]).expect("secure is meshed");
     add_rbac(&mut snap, &svcs[2]).expect("guarded has RBAC");
     snap
+}
+
+/// `plain` and the HTTP service `faulty` (db1:8000) with a fault delay
+/// on its route; `registry_only`: Istio's REGISTRY_ONLY outbound policy.
+fn fault_snapshot(version: &str, m: &Mesh, registry: bool) -> Snapshot {
+    let (db1, db2) = m.db(5432);
+    let faulty = Service {
+        protocol: Protocol::Http,
+        ..service("faulty", faulty_vip(), vec![m.db(8000).0])
+    };
+    let svcs = [service("plain", plain_vip(), vec![db1, db2]), faulty];
+    let mut snap = sidecar_snapshot(version, SidecarMode::Tcp, false, &svcs);
+    add_fault(&mut snap, &svcs[1], 20).expect("faulty has a fault");
+    if registry {
+        registry_only(&mut snap).expect("REGISTRY_ONLY");
+    }
+    snap
+}
+
+/// An HTTP/1.1 server in `pod` on `port`: every request gets 200 and the
+/// body `body`, then the connection closes.
+fn http_server(pod: &Pod, port: u16, body: &'static str) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    pod.thread(move || {
+        let l = listen(SocketAddr::from(([0, 0, 0, 0], port)));
+        tx.send(()).expect("report");
+        for s in l.incoming() {
+            let Ok(mut s) = s else { break };
+            std::thread::spawn(move || {
+                let mut req = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s.write_all(
+                    format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                    .as_bytes(),
+                );
+            });
+        }
+    })
+    .expect("server thread");
+    rx.recv_timeout(Duration::from_secs(5)).expect("server up");
+}
+
+/// One GET from `pod` to `to` (Host `host`): the whole response.
+fn get(pod: &Pod, to: SocketAddr, host: &'static str) -> String {
+    pod.run(move || {
+        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("connect {to}: {e}"));
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+        s.write_all(
+            format!("GET / HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n").as_bytes(),
+        )
+        .expect("request");
+        let mut back = String::new();
+        s.read_to_string(&mut back).expect("response");
+        back
+    })
+    .expect("entering the pod")
+}
+
+/// Connects from `pod` (the connect must succeed) and reads one byte:
+/// None when the peer closes without a byte (Envoy's blackhole).
+fn first_byte(pod: &Pod, to: SocketAddr) -> Option<u8> {
+    pod.run(move || {
+        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("connect {to} refused: {e}"));
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+        let mut id = [0u8; 1];
+        match s.read(&mut id) {
+            Ok(1) => Some(id[0]),
+            _ => None,
+        }
+    })
+    .expect("entering the pod")
 }
 
 /// A server in `pod` on `port`: each connection gets `id`, then an echo.
@@ -293,6 +384,22 @@ impl Mesh {
             std::thread::sleep(Duration::from_millis(50));
         }
         t.elapsed()
+    }
+
+    /// The destinations web has entries for in the service map.
+    fn web_keys(&self) -> Vec<SocketAddr> {
+        let web = self.cookie("default/web").expect("web registered");
+        BypassServicesMap::open(self.layout())
+            .expect("svc map")
+            .keys()
+            .into_iter()
+            .filter(|k| k.netns == web)
+            .map(|k| k.dest)
+            .collect()
+    }
+
+    fn web_stat(&self, name: &str) -> u64 {
+        self.web_envoy.envoy_stat(name).unwrap_or(0)
     }
 
     /// Upstream connections web's Envoy opened for service `name`.
@@ -553,4 +660,122 @@ fn bypass_stops_when_the_agent_or_its_stream_is_gone_and_when_disabled() {
     });
     assert!(!bypassed(&m), "bypass disabled");
     let _ = &m.db2;
+}
+
+/// A fault on `faulty`'s route keeps it on the sidecar (not in web's map;
+/// web's Envoy delays and forwards each request); REGISTRY_ONLY then
+/// blackholes an unknown destination in the sidecar (never bypassed),
+/// while `plain` is still bypassed.
+#[test]
+fn a_fault_route_and_a_registry_only_blackhole_keep_the_sidecar() {
+    let Some(m) = Mesh::start() else { return };
+    http_server(&m.db1, 8000, "1");
+    m.ads().update(fault_snapshot("2", &m, false));
+    let cluster = format!("cluster.outbound|8000||{FAULTY}.upstream_cx_total");
+    m.wait("web's Envoy has faulty", Duration::from_secs(10), || {
+        m.web_envoy.envoy_stat(&cluster).is_some()
+    });
+    let _agent = m.agent(&m.config);
+    m.wait("web's service map entry", Duration::from_secs(30), || {
+        m.kernel_endpoints("default/web", plain_vip()).is_some()
+    });
+    assert_eq!(m.web_keys(), [plain_vip()], "faulty is not keyed");
+
+    // web -> faulty: through web's Envoy, delayed by the fault.
+    let delays = "http.outbound_0.0.0.0_8000.fault.delays_injected";
+    let (before_cx, before_delays) = (m.web_stat(&cluster), m.web_stat(delays));
+    let started = Instant::now();
+    let response = get(&m.web, faulty_vip(), FAULTY);
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.ends_with("\r\n\r\n1"), "{response}");
+    assert!(started.elapsed() >= Duration::from_millis(20), "delayed");
+    assert_eq!(
+        m.web_stat(&cluster),
+        before_cx + 1,
+        "the sidecar carried it"
+    );
+    assert_eq!(
+        m.web_stat(delays),
+        before_delays + 1,
+        "the fault delayed it"
+    );
+
+    // ALLOW_ANY: an unknown destination (db2's own address) passes through
+    // web's Envoy to db2.
+    let unknown = m.db(5432).1;
+    let passthrough = "cluster.PassthroughCluster.upstream_cx_total";
+    let before = m.web_stat(passthrough);
+    assert_eq!(first_byte(&m.web, unknown), Some(b'2'));
+    assert_eq!(m.web_stat(passthrough), before + 1, "passed through");
+
+    // REGISTRY_ONLY: the sidecar drops it (connect accepted, no byte),
+    // nothing new is keyed, and plain still bypasses.
+    m.ads().update(fault_snapshot("3", &m, true));
+    m.wait("the blackhole", Duration::from_secs(10), || {
+        first_byte(&m.web, unknown).is_none()
+    });
+    let blackholed = "cluster.BlackHoleCluster.upstream_cx_none_healthy";
+    let before = m.web_stat(blackholed);
+    assert_eq!(first_byte(&m.web, unknown), None, "never bypassed to db2");
+    assert_eq!(m.web_stat(blackholed), before + 1, "Envoy's blackhole");
+    assert_eq!(m.web_keys(), [plain_vip()], "nothing else keyed");
+    let before = m.web_cx("plain");
+    assert_eq!(talk(&m.web, plain_vip(), 10).1, plain_vip());
+    assert_eq!(m.web_cx("plain"), before, "plain still bypassed");
+}
+
+/// A full endpoint-set map: a destination that needs a new set keeps the
+/// sidecar, counted, with nothing refused; once there is room it is
+/// bypassed.
+#[test]
+fn a_full_endpoint_set_map_keeps_the_sidecar_until_there_is_room() {
+    let Some(m) = Mesh::start() else { return };
+    let _agent = m.agent(&m.config);
+    m.wait("web's service map entry", Duration::from_secs(30), || {
+        m.kernel_endpoints("default/web", plain_vip()).is_some()
+    });
+    let sets = BypassEndpointsMap::open(m.layout()).expect("eps map");
+    let filler = [BypassEndpoint {
+        addr: "192.0.2.1:1".parse().unwrap(),
+        weight: 1,
+    }];
+    let mut fillers = Vec::new();
+    for id in (1..=u32::MAX).rev() {
+        if sets.insert(id, &filler).is_err() {
+            break;
+        }
+        fillers.push(id);
+    }
+    assert!(
+        !fillers.is_empty() && fillers.len() < 16384,
+        "{}",
+        fillers.len()
+    );
+    let (db1, db2) = m.db(5432);
+    m.ads()
+        .update(snapshot("2", &[db1, db2], IpAddr::V4(m.db1.ip4), true));
+    m.wait("the write failure counted", Duration::from_secs(10), || {
+        series(
+            &scrape(m.admin),
+            "meshlane_bypass_kept_sidecar{reason=\"map_write_failed\"}",
+        )
+        .unwrap_or(0.0)
+            >= 1.0
+    });
+    assert!(m.kernel_endpoints("default/web", extra_vip()).is_none());
+    let before = m.web_cx("extra");
+    assert_eq!(talk(&m.web, extra_vip(), 10).0, b'1', "not refused");
+    assert_eq!(m.web_cx("extra"), before + 1, "the sidecar carried it");
+    let before = m.web_cx("plain");
+    talk(&m.web, plain_vip(), 10);
+    assert_eq!(m.web_cx("plain"), before, "plain still bypassed");
+    for id in fillers {
+        sets.remove(id).expect("room");
+    }
+    m.wait("retried once there is room", Duration::from_secs(5), || {
+        m.kernel_endpoints("default/web", extra_vip()).is_some()
+    });
+    let before = m.web_cx("extra");
+    assert_eq!(talk(&m.web, extra_vip(), 10), (b'1', extra_vip()));
+    assert_eq!(m.web_cx("extra"), before, "bypassed once written");
 }

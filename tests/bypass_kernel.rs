@@ -11,12 +11,14 @@
 //! or `d`; a stale or stopped heartbeat sends `a` to its sidecar again; a
 //! changed set is used by every new connection while an open one keeps
 //! its endpoint; weighted endpoints get their share over 10,000
-//! connections; sockops counts connections and bytes per (pod, service).
+//! connections; sockops counts connections and bytes per (pod, service);
+//! IPv6 VIPs and endpoints bypass as IPv4 ones do, and an AF_INET socket
+//! never gets an IPv6 endpoint (the sidecar, counted).
 //! Needs root.
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use common::{listen, require_root_env};
@@ -32,11 +34,17 @@ const OUTBOUND: u16 = 15001;
 const GRACE: Duration = Duration::from_secs(30);
 
 /// A server in `pod` on `port`: each connection gets `id` (one byte),
-/// then an echo of what it sends until EOF.
+/// then an echo of what it sends until EOF. Dual stack when the pod has
+/// an IPv6 address.
 fn id_server(pod: &Pod, port: u16, id: u8) {
     let (tx, rx) = std::sync::mpsc::channel();
+    let any: IpAddr = if pod.ip6.is_some() {
+        Ipv6Addr::UNSPECIFIED.into()
+    } else {
+        Ipv4Addr::UNSPECIFIED.into()
+    };
     pod.thread(move || {
-        let l = listen(SocketAddr::from(([0, 0, 0, 0], port)));
+        let l = listen(SocketAddr::new(any, port));
         tx.send(()).expect("report");
         for s in l.incoming() {
             let Ok(mut s) = s else { break };
@@ -99,12 +107,21 @@ struct World {
     b2: SocketAddr,
     a_cookie: u64,
     c_cookie: u64,
-    _backends: Vec<Pod>,
+    backends: Vec<Pod>,
 }
 
 fn world() -> World {
+    world_with(false)
+}
+
+/// The world on a node whose pods also have IPv6 addresses (`ipv6`).
+fn world_with(ipv6: bool) -> World {
     require_root_env();
-    let mut node = Node::new(NodeOptions::default()).expect("node");
+    let mut node = Node::new(NodeOptions {
+        ipv6,
+        ..Default::default()
+    })
+    .expect("node");
     let a = node.pod("a").expect("pod a");
     let c = node.pod("c").expect("pod c");
     let d = node.pod("d").expect("pod d");
@@ -125,7 +142,7 @@ fn world() -> World {
     let b1 = SocketAddr::new(IpAddr::V4(p1.ip4), 8080);
     let b2 = SocketAddr::new(IpAddr::V4(p2.ip4), 8080);
     World {
-        _backends: vec![p1, p2],
+        backends: vec![p1, p2],
         node,
         a,
         c,
@@ -386,4 +403,57 @@ fn an_unmeshed_pod_reaches_a_cluster_ip_through_kube_proxy_rules() {
     }
     assert!(seen[0] > 0 && seen[1] > 0, "{seen:?}");
     assert_eq!(w.counters()[0], before, "not the bypass");
+}
+
+/// IPv6: an AF_INET6 connect to a v6 VIP goes straight to a v6 endpoint
+/// and getpeername shows the v6 VIP; an AF_INET socket to a v4 VIP whose
+/// endpoints are all v6 keeps the sidecar (counted as a family mismatch).
+#[test]
+fn ipv6_vips_bypass_to_ipv6_endpoints_and_a_family_mismatch_keeps_the_sidecar() {
+    let w = world_with(true);
+    let v6 = |p: &Pod| IpAddr::V6(p.ip6.expect("the pod's IPv6 address"));
+    let (b1, b2) = (
+        SocketAddr::new(v6(&w.backends[0]), 8080),
+        SocketAddr::new(v6(&w.backends[1]), 8080),
+    );
+    let vip6: SocketAddr = "[fd00:96::7]:80".parse().unwrap();
+    w.bypass(w.a_cookie, vip6, 50, &[(b1, 1)]);
+    w.maps().2.beat(GRACE).expect("heartbeat");
+    let before = w.counters();
+    assert_eq!(talk(&w.a, vip6, 100), (b'1', vip6), "bypassed over IPv6");
+    assert_eq!(w.counters()[0], before[0] + 1, "counted rewritten");
+    // Another pod's v6 socket: nothing of a's.
+    assert_eq!(talk(&w.c, vip6, 10).0, b'S');
+
+    // v4 VIP, v6 endpoints only: the sidecar, counted as family.
+    let vip4: SocketAddr = "10.96.7.8:80".parse().unwrap();
+    w.bypass(w.a_cookie, vip4, 51, &[(b1, 1), (b2, 1)]);
+    let before = w.counters();
+    for _ in 0..5 {
+        assert_eq!(talk(&w.a, vip4, 10), (b'S', vip4), "v4 socket, v6 set");
+    }
+    let after = w.counters();
+    assert_eq!(after[0], before[0], "nothing rewritten");
+    assert_eq!(after[3], before[3] + 5, "counted as a family mismatch");
+
+    // The stats count only the bypassed v6 connection.
+    let key = ServiceKey {
+        netns: w.a_cookie,
+        dest: vip6,
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let stats = loop {
+        let s = BypassStatsMap::open(&w.node.layout)
+            .expect("stats map")
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, s)| s)
+            .unwrap_or_default();
+        if s.closed == 1 || Instant::now() > deadline {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!((stats.opened, stats.closed), (1, 1), "{stats:?}");
+    assert_eq!(stats.sent_bytes, 100, "{stats:?}");
 }
