@@ -16,9 +16,11 @@
 //! counted, with nothing refused, and so does a full endpoint-set map; a
 //! fault on an HTTP service's route (`faulty`) keeps it on the sidecar;
 //! under REGISTRY_ONLY an unknown destination is dropped by the sidecar,
-//! never bypassed, while `plain` still is; the agent killed: bypass until the grace,
-//! then the sidecar, back: bypass; the xDS stream down past the grace: the
-//! sidecar; bypass disabled: the sidecar at once. Needs root and Envoy.
+//! never bypassed (TCP: accepted and closed; HTTP: istiod's `block_all`
+//! 502), while `plain` still is; the agent killed: bypass until the grace,
+//! then the sidecar, back: bypass; the xDS stream down past the grace:
+//! the sidecar; bypass disabled: the sidecar at once. Needs root and
+//! Envoy.
 mod common;
 mod support;
 
@@ -672,8 +674,13 @@ fn a_fault_route_and_a_registry_only_blackhole_keep_the_sidecar() {
     http_server(&m.db1, 8000, "1");
     m.ads().update(fault_snapshot("2", &m, false));
     let cluster = format!("cluster.outbound|8000||{FAULTY}.upstream_cx_total");
+    let delays = "http.outbound_0.0.0.0_8000.fault.delays_injected";
     m.wait("web's Envoy has faulty", Duration::from_secs(10), || {
         m.web_envoy.envoy_stat(&cluster).is_some()
+            && m.web_envoy.envoy_stat(delays).is_some()
+            && m.web_envoy
+                .envoy_stat("listener_manager.total_listeners_warming")
+                == Some(0)
     });
     let _agent = m.agent(&m.config);
     m.wait("web's service map entry", Duration::from_secs(30), || {
@@ -682,7 +689,6 @@ fn a_fault_route_and_a_registry_only_blackhole_keep_the_sidecar() {
     assert_eq!(m.web_keys(), [plain_vip()], "faulty is not keyed");
 
     // web -> faulty: through web's Envoy, delayed by the fault.
-    let delays = "http.outbound_0.0.0.0_8000.fault.delays_injected";
     let (before_cx, before_delays) = (m.web_stat(&cluster), m.web_stat(delays));
     let started = Instant::now();
     let response = get(&m.web, faulty_vip(), FAULTY);
@@ -707,17 +713,33 @@ fn a_fault_route_and_a_registry_only_blackhole_keep_the_sidecar() {
     let before = m.web_stat(passthrough);
     assert_eq!(first_byte(&m.web, unknown), Some(b'2'));
     assert_eq!(m.web_stat(passthrough), before + 1, "passed through");
+    // The same on an HTTP port: allow_any sends it on (nothing listens on
+    // db2:8000, so Envoy answers 503).
+    let r = get(
+        &m.web,
+        SocketAddr::new(unknown.ip(), 8000),
+        "unknown.example",
+    );
+    assert!(r.starts_with("HTTP/1.1 503"), "{r}");
 
     // REGISTRY_ONLY: the sidecar drops it (connect accepted, no byte),
     // nothing new is keyed, and plain still bypasses.
     m.ads().update(fault_snapshot("3", &m, true));
-    m.wait("the blackhole", Duration::from_secs(10), || {
-        first_byte(&m.web, unknown).is_none()
-    });
+    let unknown_http = SocketAddr::new(unknown.ip(), 8000);
+    m.wait(
+        "the blackhole and block_all",
+        Duration::from_secs(10),
+        || {
+            first_byte(&m.web, unknown).is_none()
+                && get(&m.web, unknown_http, "unknown.example").starts_with("HTTP/1.1 502")
+        },
+    );
     let blackholed = "cluster.BlackHoleCluster.upstream_cx_none_healthy";
     let before = m.web_stat(blackholed);
     assert_eq!(first_byte(&m.web, unknown), None, "never bypassed to db2");
     assert_eq!(m.web_stat(blackholed), before + 1, "Envoy's blackhole");
+    let r = get(&m.web, unknown_http, "unknown.example");
+    assert!(r.starts_with("HTTP/1.1 502"), "block_all: {r}");
     assert_eq!(m.web_keys(), [plain_vip()], "nothing else keyed");
     let before = m.web_cx("plain");
     assert_eq!(talk(&m.web, plain_vip(), 10).1, plain_vip());

@@ -14,8 +14,9 @@
 //!   port's connection manager, and the active delay on the service's
 //!   route (`typed_per_filter_config`);
 //! - [`registry_only`]: `outboundTrafficPolicy: REGISTRY_ONLY`: the
-//!   `virtualOutbound` pass-through chain goes to `BlackHoleCluster`, so
-//!   a destination no service names is dropped.
+//!   `virtualOutbound` pass-through chain goes to `BlackHoleCluster` and
+//!   each HTTP route's `allow_any` virtual host becomes `block_all` (a 502
+//!   direct response), so a destination no service names is dropped.
 //!
 //! [`sidecar_snapshot`]: super::sidecar_snapshot
 
@@ -29,7 +30,9 @@ use envoy_types::pb::envoy::config::listener::v3::{filter, Filter, Listener};
 use envoy_types::pb::envoy::config::rbac::v3::{
     permission, principal, Permission, Policy, Principal, Rbac as RbacRules,
 };
-use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::config::route::v3::{
+    route, route_match::PathSpecifier, DirectResponseAction, Route, RouteConfiguration, RouteMatch,
+};
 use envoy_types::pb::envoy::extensions::filters::common::fault::v3::{fault_delay, FaultDelay};
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
@@ -250,8 +253,47 @@ pub fn add_fault(snap: &mut Snapshot, s: &Service, delay_ms: u32) -> Result<(), 
 }
 
 /// `outboundTrafficPolicy: REGISTRY_ONLY`: `virtualOutbound`'s tcp_proxy
-/// chains that went to `PassthroughCluster` go to `BlackHoleCluster`.
+/// chains that went to `PassthroughCluster` go to `BlackHoleCluster`, and
+/// every route's `allow_any` virtual host is istiod's `block_all` (any
+/// path answered 502 by the sidecar itself).
 pub fn registry_only(snap: &mut Snapshot) -> Result<(), PolicyError> {
+    blackhole_outbound_chain(snap)?;
+    let names: Vec<String> = snap
+        .names(&RouteConfiguration::type_url())
+        .into_iter()
+        .map(String::from)
+        .collect();
+    for name in names {
+        let mut routes: RouteConfiguration = held(snap, "route", &name)?;
+        for vh in routes
+            .virtual_hosts
+            .iter_mut()
+            .filter(|v| v.name == "allow_any")
+        {
+            vh.name = "block_all".into();
+            vh.routes = vec![block_all_route()];
+        }
+        snap.add(name, &routes);
+    }
+    Ok(())
+}
+
+fn block_all_route() -> Route {
+    Route {
+        name: "block_all".into(),
+        r#match: Some(RouteMatch {
+            path_specifier: Some(PathSpecifier::Prefix("/".into())),
+            ..Default::default()
+        }),
+        action: Some(route::Action::DirectResponse(DirectResponseAction {
+            status: 502,
+            ..Default::default()
+        })),
+        ..Default::default()
+    }
+}
+
+fn blackhole_outbound_chain(snap: &mut Snapshot) -> Result<(), PolicyError> {
     let mut listener: Listener = held(snap, "listener", OUTBOUND_LISTENER)?;
     let mut changed = 0;
     for chain in &mut listener.filter_chains {
