@@ -152,7 +152,7 @@ static __always_inline int ml_bypass_fresh(void)
  * the endpoint to connect to instead, into @out; 1 when there is one. */
 static __always_inline int ml_bypass_pick(__u64 netns,
 					  const struct ml_addr *dst,
-					  __u16 port, int v4,
+					  __u16 port,
 					  struct ml_bypass_ep *out)
 {
 	struct ml_bypass_key k = {};
@@ -180,8 +180,12 @@ static __always_inline int ml_bypass_pick(__u64 netns,
 			break;
 		if (r >= set->ep[i].cum_weight)
 			continue;
-		/* An AF_INET socket reaches IPv4 only. */
-		if (v4 && !ml_is_v4_mapped(&set->ep[i].addr)) {
+		/* Only an endpoint of the family dialled: an AF_INET socket
+		 * reaches IPv4 only, and an AF_INET6 one that dialled a native
+		 * IPv6 address may be IPV6_V6ONLY, where an IPv4 endpoint
+		 * refuses the connect (ENETUNREACH). The agent writes only
+		 * the VIP's family; this keeps any other set harmless. */
+		if (ml_is_v4_mapped(&set->ep[i].addr) != ml_is_v4_mapped(dst)) {
 			ml_bypass_count(ML_BYP_FAMILY);
 			return 0;
 		}

@@ -250,7 +250,7 @@ static __always_inline int redirect_port(struct bpf_sock_addr *ctx,
 	/* Bypass (bypass.h): a BYPASS destination of this pod goes straight
 	 * to an endpoint instead of the proxy; @ep says where. */
 	if (v == TO_PROXY &&
-	    ml_bypass_pick(netns, dst, port, ctx->family == AF_INET, ep)) {
+	    ml_bypass_pick(netns, dst, port, ep)) {
 		if (remember(ctx, netns, dst, port,
 			     ML_ORIG_BYPASSED |
 				     (ctx->family == AF_INET6 ? ML_ORIG_IPV6 : 0))) {

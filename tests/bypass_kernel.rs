@@ -98,6 +98,31 @@ fn talk(pod: &Pod, to: SocketAddr, payload: usize) -> (u8, SocketAddr) {
     .expect("entering the pod")
 }
 
+/// An IPV6_V6ONLY socket's connect to `to` and the first byte read (the
+/// connect's error if it fails).
+fn v6only_first_byte(to: SocketAddr) -> Result<u8, String> {
+    use nix::sys::socket::{connect, setsockopt, socket, sockopt};
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn6};
+    use std::os::fd::AsRawFd;
+    let SocketAddr::V6(to) = to else {
+        return Err(format!("{to} is not IPv6"));
+    };
+    let fd = socket(
+        AddressFamily::Inet6,
+        SockType::Stream,
+        SockFlag::empty(),
+        None,
+    )
+    .map_err(|e| e.to_string())?;
+    setsockopt(&fd, sockopt::Ipv6V6Only, &true).map_err(|e| e.to_string())?;
+    connect(fd.as_raw_fd(), &SockaddrIn6::from(to)).map_err(|e| format!("connect: {e}"))?;
+    let mut s = TcpStream::from(fd);
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    let mut id = [0u8; 1];
+    s.read_exact(&mut id).map_err(|e| e.to_string())?;
+    Ok(id[0])
+}
+
 struct World {
     node: Node,
     a: Pod,
@@ -407,7 +432,9 @@ fn an_unmeshed_pod_reaches_a_cluster_ip_through_kube_proxy_rules() {
 
 /// IPv6: an AF_INET6 connect to a v6 VIP goes straight to a v6 endpoint
 /// and getpeername shows the v6 VIP; an AF_INET socket to a v4 VIP whose
-/// endpoints are all v6 keeps the sidecar (counted as a family mismatch).
+/// endpoints are all v6 keeps the sidecar (counted as a family mismatch),
+/// and so does an AF_INET6 one to a v6 VIP whose endpoints are all v4
+/// (an IPV6_V6ONLY socket would be refused there).
 #[test]
 fn ipv6_vips_bypass_to_ipv6_endpoints_and_a_family_mismatch_keeps_the_sidecar() {
     let w = world_with(true);
@@ -435,6 +462,20 @@ fn ipv6_vips_bypass_to_ipv6_endpoints_and_a_family_mismatch_keeps_the_sidecar() 
     let after = w.counters();
     assert_eq!(after[0], before[0], "nothing rewritten");
     assert_eq!(after[3], before[3] + 5, "counted as a family mismatch");
+
+    // v6 VIP, v4 endpoints only: an IPV6_V6ONLY socket could not reach
+    // them (ENETUNREACH), so the sidecar, counted as family; not refused.
+    let vip6_to_v4: SocketAddr = "[fd00:96::8]:80".parse().unwrap();
+    w.bypass(w.a_cookie, vip6_to_v4, 52, &[(w.b1, 1)]);
+    let before = w.counters();
+    let id =
+        w.a.run(move || v6only_first_byte(vip6_to_v4))
+            .expect("pod a");
+    assert_eq!(id, Ok(b'S'), "a V6ONLY socket with a v4 set: the sidecar");
+    assert_eq!(talk(&w.a, vip6_to_v4, 10).0, b'S', "dual stack: the same");
+    let after = w.counters();
+    assert_eq!(after[0], before[0], "nothing rewritten");
+    assert_eq!(after[3], before[3] + 2, "counted as a family mismatch");
 
     // The stats count only the bypassed v6 connection.
     let key = ServiceKey {
