@@ -231,18 +231,23 @@ static __always_inline int find_partner(const struct ml_sock_key *me,
 	return 0;
 }
 
-/* Remembers the socket's kernel address for the backpressure check. */
-static __always_inline void record_addr(struct bpf_sock_ops *skops,
-					const struct ml_sock_key *me)
+/* Remembers the socket's kernel address for the backpressure check. The
+ * entry is also what says "splice tracks this socket" at close: 0 when
+ * recorded. */
+static __always_inline int record_addr(struct bpf_sock_ops *skops,
+				       const struct ml_sock_key *me)
 {
 	struct bpf_sock *sk = skops->sk;
 	__u64 addr;
 
 	if (!sk)
-		return;
+		return -1;
 	addr = (__u64)sk;
-	if (bpf_map_update_elem(&ml_sock_addrs, me, &addr, BPF_ANY))
+	if (bpf_map_update_elem(&ml_sock_addrs, me, &addr, BPF_ANY)) {
 		ml_count(ML_CNT_STATE_FULL, 1);
+		return -1;
+	}
+	return 0;
 }
 
 /* May this socket be spliced at all (see "Scope" above)? @proxy: it is
@@ -280,8 +285,13 @@ static __always_inline int insert(struct bpf_sock_ops *skops,
 		ml_count(ML_CNT_SOCK_INSERT_FAILED, 1);
 		return -1;
 	}
+	if (record_addr(skops, me)) {
+		/* Untracked, it could not be cleaned up at close: TCP it is. */
+		bpf_map_delete_elem(&ml_socks, me);
+		ml_count(ML_CNT_SOCK_INSERT_FAILED, 1);
+		return -1;
+	}
 	ml_count(ML_CNT_SOCK_INSERTED, 1);
-	record_addr(skops, me);
 	/* Ask for state changes so the bookkeeping is removed at close. */
 	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags |
 						 BPF_SOCK_OPS_STATE_CB_FLAG);
@@ -421,6 +431,12 @@ static __always_inline void on_close(struct bpf_sock_ops *skops)
 		return;
 	netns = bpf_get_netns_cookie(skops);
 	sock_key_from_ops(skops, netns, &me);
+	/* Only sockets splice tracks have state to remove: every one of them
+	 * has its ml_sock_addrs entry from insert() until here (evict() takes
+	 * all of it out at once). Others asked for state changes for another
+	 * reason (interception's redirected app sockets): one lookup, done. */
+	if (!bpf_map_lookup_elem(&ml_sock_addrs, &me))
+		return;
 	if (disconnected(skops) && !bpf_map_delete_elem(&ml_socks, &me))
 		ml_count(ML_CNT_DISCONNECT_PURGED, 1);
 	bpf_map_delete_elem(&ml_peers, &me);
