@@ -231,23 +231,18 @@ static __always_inline int find_partner(const struct ml_sock_key *me,
 	return 0;
 }
 
-/* Remembers the socket's kernel address for the backpressure check. The
- * entry is also what says "splice tracks this socket" at close: 0 when
- * recorded. */
-static __always_inline int record_addr(struct bpf_sock_ops *skops,
-				       const struct ml_sock_key *me)
+/* Remembers the socket's kernel address for the backpressure check. */
+static __always_inline void record_addr(struct bpf_sock_ops *skops,
+					const struct ml_sock_key *me)
 {
 	struct bpf_sock *sk = skops->sk;
 	__u64 addr;
 
 	if (!sk)
-		return -1;
+		return;
 	addr = (__u64)sk;
-	if (bpf_map_update_elem(&ml_sock_addrs, me, &addr, BPF_ANY)) {
+	if (bpf_map_update_elem(&ml_sock_addrs, me, &addr, BPF_ANY))
 		ml_count(ML_CNT_STATE_FULL, 1);
-		return -1;
-	}
-	return 0;
 }
 
 /* May this socket be spliced at all (see "Scope" above)? @proxy: it is
@@ -285,13 +280,8 @@ static __always_inline int insert(struct bpf_sock_ops *skops,
 		ml_count(ML_CNT_SOCK_INSERT_FAILED, 1);
 		return -1;
 	}
-	if (record_addr(skops, me)) {
-		/* Untracked, it could not be cleaned up at close: TCP it is. */
-		bpf_map_delete_elem(&ml_socks, me);
-		ml_count(ML_CNT_SOCK_INSERT_FAILED, 1);
-		return -1;
-	}
 	ml_count(ML_CNT_SOCK_INSERTED, 1);
+	record_addr(skops, me);
 	/* Ask for state changes so the bookkeeping is removed at close. */
 	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags |
 						 BPF_SOCK_OPS_STATE_CB_FLAG);
@@ -420,6 +410,27 @@ static __always_inline int disconnected(struct bpf_sock_ops *skops)
 	return sk && !sk->sk_err;
 }
 
+/* Is this a socket splice can never have taken, so its close has nothing
+ * to remove? An application socket (not the proxy's uid) of a pod that does
+ * not splice application sockets is never inserted (spliceable()); such
+ * sockets reach the close path only because interception asked for state
+ * changes on its redirected app sockets. The ml_sock_addrs lookup first
+ * (lockless, hits for every tracked socket unless its LRU entry was
+ * evicted) keeps a socket inserted before the pod's flags changed on the
+ * full cleanup. */
+static __always_inline int never_tracked(struct bpf_sock_ops *skops,
+					 __u64 netns,
+					 const struct ml_sock_key *me)
+{
+	struct ml_pod *pod;
+
+	if (bpf_map_lookup_elem(&ml_sock_addrs, me))
+		return 0;
+	pod = bpf_map_lookup_elem(&ml_pods, &netns);
+	return pod && !(pod->flags & ML_POD_SPLICE_APPS) &&
+	       sock_owner_uid(skops) != pod->proxy_uid;
+}
+
 static __always_inline void on_close(struct bpf_sock_ops *skops)
 {
 	struct ml_sock_key me;
@@ -431,11 +442,7 @@ static __always_inline void on_close(struct bpf_sock_ops *skops)
 		return;
 	netns = bpf_get_netns_cookie(skops);
 	sock_key_from_ops(skops, netns, &me);
-	/* Only sockets splice tracks have state to remove: every one of them
-	 * has its ml_sock_addrs entry from insert() until here (evict() takes
-	 * all of it out at once). Others asked for state changes for another
-	 * reason (interception's redirected app sockets): one lookup, done. */
-	if (!bpf_map_lookup_elem(&ml_sock_addrs, &me))
+	if (never_tracked(skops, netns, &me))
 		return;
 	if (disconnected(skops) && !bpf_map_delete_elem(&ml_socks, &me))
 		ml_count(ML_CNT_DISCONNECT_PURGED, 1);
