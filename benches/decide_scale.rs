@@ -18,7 +18,10 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{tcp_pr
 use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
 
+use meshlane::xds::assignment::Assignment;
 use meshlane::xds::decide::{BypassPolicy, Engine, Verdict};
+use meshlane::xds::held::{HeldCluster, HeldListener};
+use meshlane::xds::resources::named_mut;
 use meshlane::xds::{typeurl, ProxyResources};
 
 const SERVICES: u32 = 10_000;
@@ -101,11 +104,15 @@ fn mesh() -> ProxyResources {
             }),
             ..Default::default()
         };
-        res.listeners
-            .insert(listener.name.clone(), Arc::new(listener));
-        res.endpoints
-            .insert(name.clone(), Arc::new(cla(&name, s, 0)));
-        res.clusters.insert(name, Arc::new(cluster));
+        named_mut(&mut res.listeners).insert(
+            listener.name.as_str().into(),
+            Arc::new(HeldListener::new(&listener)),
+        );
+        named_mut(&mut res.endpoints).insert(
+            name.as_str().into(),
+            Arc::new(Assignment::from_proto(&cla(&name, s, 0))),
+        );
+        named_mut(&mut res.clusters).insert(name.into(), Arc::new(HeldCluster::new(&cluster)));
     }
     res
 }
@@ -133,10 +140,13 @@ fn main() {
     for i in 0..CHANGES {
         let s = (i as u32 * 7919) % SERVICES;
         let name = format!("outbound|8080||svc{s}.ns.svc.cluster.local");
-        res.endpoints
-            .insert(name.clone(), Arc::new(cla(&name, s, i as u32 + 1)));
+        named_mut(&mut res.endpoints).insert(
+            name.as_str().into(),
+            Arc::new(Assignment::from_proto(&cla(&name, s, i as u32 + 1))),
+        );
         let t = Instant::now();
-        let changed = engine.clusters_changed(&res, &[name]);
+        // The EDS resource name is the cluster name here.
+        let changed = engine.changed(&res, &[], &[name]);
         times.push(t.elapsed());
         assert_eq!(changed.len(), 1);
     }

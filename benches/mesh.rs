@@ -1,5 +1,5 @@
 //! `cargo bench --bench mesh`: the full harness run (issue 4): direct,
-//! iptables, accelerate, intercept (bypass reported as not available),
+//! iptables, accelerate, intercept, intercept-nosplice, bypass,
 //! same-node, cross-node and one-sidecar, every workload, modes interleaved.
 //! Takes the same options as `meshlane bench` (`cargo bench --bench mesh --
 //! --quick`). Needs root. Results: target/meshlane-bench/mesh/.

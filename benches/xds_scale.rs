@@ -21,8 +21,8 @@
 //! - the client process's resident memory (VmRSS, VmHWM) before the client
 //!   starts and once synced;
 //! - the decisions (the agent's `LiveDecisions` following identity 0): the
-//!   full snapshot decided (wall time from following the synced pod to
-//!   its first complete decisions, and the CPU time of one `Engine::new`
+//!   full snapshot decided (wall time from following the synced pods to
+//!   every identity's first complete decisions, and the CPU time of one `Engine::new`
 //!   on the held resources), and per single-service EDS change the time
 //!   from the update to the new decision holding the moved endpoint (the
 //!   client polls the decisions every 0.5 ms, so up to that much is
@@ -47,6 +47,7 @@ use meshlane::pods::source::{MemoryCatalog, MeshDecision, PodCatalog, PodInfo, P
 use meshlane::pods::PodSpec;
 use meshlane::sim::xds::{sidecar_snapshot, AdsServer, Protocol, Service, Snapshot};
 use meshlane::sim::{unique_tag, SidecarMode};
+use meshlane::xds::assignment::Host;
 use meshlane::xds::client::{
     Address, ClientSettings, MeshSettings, Transport, XdsClient, XdsMetrics,
 };
@@ -114,6 +115,15 @@ fn rss_kib() -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
+/// VmRSS after `malloc_trim(0)` returns the allocator's free memory to
+/// the kernel: live data (plus what the allocator cannot return), where
+/// VmRSS alone also counts freed-but-kept memory (fragmentation).
+fn trimmed_rss_kib() -> u64 {
+    // SAFETY: malloc_trim only releases free heap memory.
+    unsafe { libc::malloc_trim(0) };
+    rss_kib().0
+}
+
 fn ip(n: u32, base: [u8; 2]) -> IpAddr {
     IpAddr::from([base[0], base[1], (n >> 8) as u8, n as u8])
 }
@@ -154,6 +164,7 @@ fn pod_info(n: u32) -> PodInfo {
         labels: [("app".to_string(), name.clone())].into(),
         service_account: "bench".into(),
         annotations: Default::default(),
+        workload: Default::default(),
         mesh: MeshDecision::Meshed {
             spec: PodSpec::istio(name),
         },
@@ -206,7 +217,8 @@ fn client_main(socket: PathBuf, identities: u32) -> Result<()> {
         }
         let synced = monotonic_ns();
         let (rss, hwm) = rss_kib();
-        println!("synced {} {rss0} {rss} {hwm}", synced - start);
+        let trimmed = trimmed_rss_kib();
+        println!("synced {} {rss0} {rss} {hwm} {trimmed}", synced - start);
         let key = pod_info(0).key;
         let live = LiveDecisions::new(
             Arc::clone(&client),
@@ -215,13 +227,23 @@ fn client_main(socket: PathBuf, identities: u32) -> Result<()> {
         );
         let t0 = monotonic_ns();
         live.reconcile();
+        // Every identity decided (pods with the same reached inputs share
+        // one decision state).
+        let keys: Vec<PodKey> = (0..identities).map(|n| pod_info(n).key).collect();
         let full = loop {
-            if let Some(d) = live.decisions(&key) {
-                break d;
+            if keys.iter().all(|k| live.decisions(k).is_some()) {
+                if let Some(d) = live.decisions(&key) {
+                    break d;
+                }
             }
             tokio::time::sleep(Duration::from_micros(500)).await;
         };
         let full_wall = monotonic_ns() - t0;
+        eprintln!(
+            "client: {} identities decided, {} distinct decision states",
+            keys.len(),
+            live.distinct_states()
+        );
         let held = client
             .pod(&key)
             .context("identity 0 has a stream")?
@@ -242,11 +264,12 @@ fn client_main(socket: PathBuf, identities: u32) -> Result<()> {
                     let cpu0 = cpu_ns();
                     println!("ready");
                     loop {
+                        let want = Host::Ip(ip.parse()?);
                         let has = {
                             let r = watch.borrow_and_update();
                             r.endpoints
                                 .get(*cluster)
-                                .is_some_and(|c| format!("{c:?}").contains(&format!("\"{ip}\"")))
+                                .is_some_and(|c| c.endpoints().any(|(_, e)| e.host == want))
                         };
                         if has {
                             println!("seen {} {}", monotonic_ns(), cpu_ns() - cpu0);
@@ -275,7 +298,7 @@ fn client_main(socket: PathBuf, identities: u32) -> Result<()> {
                 }
                 ["rss"] => {
                     let (rss, hwm) = rss_kib();
-                    println!("rss {rss} {hwm}");
+                    println!("rss {rss} {hwm} {}", trimmed_rss_kib());
                 }
                 _ => break,
             }
@@ -348,14 +371,17 @@ struct RunResult {
     rss_before_kib: u64,
     rss_synced_kib: u64,
     hwm_synced_kib: u64,
+    /// VmRSS after malloc_trim(0) (live data without freed-but-kept memory).
+    rss_synced_trimmed_kib: u64,
     rss_after_changes_kib: u64,
+    rss_after_changes_trimmed_kib: u64,
     eds_change_p50_ms: f64,
     eds_change_p99_ms: f64,
     eds_change_max_ms: f64,
     /// Client CPU time per change (from its `watch` to the update held).
     eds_change_cpu_p50_ms: f64,
     eds_change_cpu_p99_ms: f64,
-    /// Identity 0's first complete decisions, from following it synced.
+    /// Every identity's first complete decisions, from following them synced.
     full_decide_ms: f64,
     /// CPU time of one `Engine::new` on the synced resources.
     full_decide_cpu_ms: f64,
@@ -391,7 +417,7 @@ fn run(cli: &Cli, base: &Snapshot, services: &[Service], identities: u32) -> Res
     }
     let mut client = ClientProc::spawn(server.socket(), identities)?;
     let synced = client.line()?;
-    let [tag, ns, rss0, rss, hwm] = synced.as_slice() else {
+    let [tag, ns, rss0, rss, hwm, trimmed] = synced.as_slice() else {
         bail!("client said {synced:?}");
     };
     if tag != "synced" {
@@ -475,6 +501,8 @@ fn run(cli: &Cli, base: &Snapshot, services: &[Service], identities: u32) -> Res
         rss_synced_kib: num(rss),
         hwm_synced_kib: num(hwm),
         rss_after_changes_kib: after.get(1).map_or(0, |v| num(v)),
+        rss_synced_trimmed_kib: num(trimmed),
+        rss_after_changes_trimmed_kib: after.get(3).map_or(0, |v| num(v)),
         eds_change_p50_ms: percentile(&lat, 0.5),
         eds_change_p99_ms: percentile(&lat, 0.99),
         eds_change_max_ms: lat.last().copied().unwrap_or(f64::NAN),
@@ -491,7 +519,7 @@ fn run(cli: &Cli, base: &Snapshot, services: &[Service], identities: u32) -> Res
     })
 }
 
-fn main() -> ExitCode {
+pub fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(socket) = cli.client.clone() {
         return match client_main(socket, cli.client_identities) {
@@ -526,8 +554,8 @@ fn bench(cli: &Cli) -> Result<()> {
     for n in [1, cli.identities] {
         let r = run(cli, &base, &services, n)?;
         eprintln!(
-            "{n} identities: synced in {:.0} ms, RSS {} -> {} KiB (peak {}), after changes {} KiB; EDS change p50 {:.2} ms p99 {:.2} ms max {:.2} ms, client CPU p50 {:.2} ms p99 {:.2} ms",
-            r.sync_ms, r.rss_before_kib, r.rss_synced_kib, r.hwm_synced_kib, r.rss_after_changes_kib,
+            "{n} identities: synced in {:.0} ms, RSS {} -> {} KiB (peak {}, trimmed {}), after changes {} KiB (trimmed {}); EDS change p50 {:.2} ms p99 {:.2} ms max {:.2} ms, client CPU p50 {:.2} ms p99 {:.2} ms",
+            r.sync_ms, r.rss_before_kib, r.rss_synced_kib, r.hwm_synced_kib, r.rss_synced_trimmed_kib, r.rss_after_changes_kib, r.rss_after_changes_trimmed_kib,
             r.eds_change_p50_ms, r.eds_change_p99_ms, r.eds_change_max_ms,
             r.eds_change_cpu_p50_ms, r.eds_change_cpu_p99_ms
         );

@@ -32,6 +32,7 @@
  * runs each golden in fixtures/istio/iptables against these programs.
  */
 #include "intercept.h"
+#include "bypass.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -218,7 +219,8 @@ static __always_inline int remember(struct bpf_sock_addr *ctx, __u64 netns,
  * instead of reaching the proxy with no destination, or going around it). */
 static __always_inline int redirect_port(struct bpf_sock_addr *ctx,
 					 const struct ml_addr *dst,
-					 const struct ml_addr *src)
+					 const struct ml_addr *src,
+					 struct ml_bypass_ep *ep)
 {
 	__u64 netns = bpf_get_netns_cookie(ctx);
 	struct ml_pod *pod = ml_intercepted_pod(netns);
@@ -244,6 +246,18 @@ static __always_inline int redirect_port(struct bpf_sock_addr *ctx,
 		if (tcp)
 			ml_count(ML_CNT_CONNECT_EXEMPT, 1);
 		return 0;
+	}
+	/* Bypass (bypass.h): a BYPASS destination of this pod goes straight
+	 * to an endpoint instead of the proxy; @ep says where. */
+	if (v == TO_PROXY &&
+	    ml_bypass_pick(netns, dst, port, ctx->family == AF_INET, ep)) {
+		if (remember(ctx, netns, dst, port,
+			     ML_ORIG_BYPASSED |
+				     (ctx->family == AF_INET6 ? ML_ORIG_IPV6 : 0))) {
+			ml_count(ML_CNT_STATE_FULL, 1);
+			return REFUSE;
+		}
+		return ep->port;
 	}
 	if (remember(ctx, netns, dst, port,
 		     (v == TO_DNS ? ML_ORIG_DNS : ML_ORIG_REDIRECTED) |
@@ -296,15 +310,19 @@ static __always_inline void sock_src(struct bpf_sock_addr *ctx,
 /* Returns the hook's verdict: 1 = go on, 0 = the call fails (EPERM). */
 static __always_inline int do_addr4(struct bpf_sock_addr *ctx)
 {
+	struct ml_bypass_ep ep = {};
 	struct ml_addr dst, src;
 	int to;
 
 	ml_addr_from_v4(&dst, ctx->user_ip4);
 	sock_src(ctx, &src);
-	to = redirect_port(ctx, &dst, &src);
+	to = redirect_port(ctx, &dst, &src, &ep);
 	if (to == REFUSE)
 		return 0;
-	if (to) {
+	if (to && ep.port) {
+		ctx->user_ip4 = ep.addr.a[3];
+		ctx->user_port = bpf_htons(ep.port);
+	} else if (to) {
 		ctx->user_ip4 = bpf_htonl(0x7f000001);
 		ctx->user_port = bpf_htons(to);
 	}
@@ -313,6 +331,7 @@ static __always_inline int do_addr4(struct bpf_sock_addr *ctx)
 
 static __always_inline int do_addr6(struct bpf_sock_addr *ctx)
 {
+	struct ml_bypass_ep ep = {};
 	struct ml_addr dst, src;
 	int to;
 
@@ -321,10 +340,16 @@ static __always_inline int do_addr6(struct bpf_sock_addr *ctx)
 	dst.a[2] = ctx->user_ip6[2];
 	dst.a[3] = ctx->user_ip6[3];
 	sock_src(ctx, &src);
-	to = redirect_port(ctx, &dst, &src);
+	to = redirect_port(ctx, &dst, &src, &ep);
 	if (to == REFUSE)
 		return 0;
-	if (to) {
+	if (to && ep.port) {
+		ctx->user_ip6[0] = ep.addr.a[0];
+		ctx->user_ip6[1] = ep.addr.a[1];
+		ctx->user_ip6[2] = ep.addr.a[2];
+		ctx->user_ip6[3] = ep.addr.a[3];
+		ctx->user_port = bpf_htons(ep.port);
+	} else if (to) {
 		if (ml_is_v4_mapped(&dst)) {
 			ctx->user_ip6[3] = bpf_htonl(0x7f000001);
 		} else {
@@ -533,15 +558,13 @@ static __always_inline void want_close_cb(struct bpf_sock_ops *skops)
 						 BPF_SOCK_OPS_STATE_CB_FLAG);
 }
 
-/* Is this an app socket whose connect was sent to the proxy? */
-static __always_inline int was_redirected(struct bpf_sock_ops *skops)
+/* The original destination kept on an app socket (redirected or
+ * bypassed), or NULL. */
+static __always_inline struct ml_orig_dst *app_orig(struct bpf_sock_ops *skops)
 {
-	struct ml_orig_dst *o;
-
 	if (!skops->sk)
 		return 0;
-	o = bpf_sk_storage_get(&ml_app_orig, skops->sk, 0, 0);
-	return o && (o->flags & ML_ORIG_REDIRECTED);
+	return bpf_sk_storage_get(&ml_app_orig, skops->sk, 0, 0);
 }
 
 /* A redirected app socket is established: its connection waits in
@@ -556,6 +579,10 @@ static __always_inline void app_established(struct bpf_sock_ops *skops)
 	if (!sk)
 		return;
 	o = bpf_sk_storage_get(&ml_app_orig, sk, 0, 0);
+	if (o && (o->flags & ML_ORIG_BYPASSED)) {
+		ml_bypass_opened(skops, o); /* bypass.h */
+		return;
+	}
 	if (!o || !(o->flags & ML_ORIG_REDIRECTED))
 		return;
 	tuple_key_from_ops(skops, bpf_get_netns_cookie(skops), 1, &k);
@@ -625,6 +652,7 @@ SEC("sockops")
 int ml_intercept_sockops(struct bpf_sock_ops *skops)
 {
 	struct ml_sock_key k;
+	struct ml_orig_dst *o;
 	struct ml_endpoint e;
 	struct ml_pod *pod;
 	__u64 netns;
@@ -650,10 +678,18 @@ int ml_intercept_sockops(struct bpf_sock_ops *skops)
 		passive_established(skops);
 		break;
 	case BPF_SOCK_OPS_STATE_CB:
-		/* A redirected app socket closing before the proxy accepted.
-		 * Other sockets get here when splicing asked for state
-		 * changes: they never had a pending entry. */
-		if (skops->args[1] != BPF_TCP_CLOSE || !was_redirected(skops))
+		/* A redirected app socket closing before the proxy accepted;
+		 * a bypassed one, whose bytes are counted. Other sockets get
+		 * here when splicing asked for state changes: they never had a
+		 * pending entry. */
+		if (skops->args[1] != BPF_TCP_CLOSE)
+			return 1;
+		o = app_orig(skops);
+		if (o && (o->flags & ML_ORIG_BYPASSED)) {
+			ml_bypass_closed(skops, o); /* bypass.h */
+			break;
+		}
+		if (!o || !(o->flags & ML_ORIG_REDIRECTED))
 			return 1;
 		tuple_key_from_ops(skops, bpf_get_netns_cookie(skops), 1, &k);
 		bpf_map_delete_elem(&ml_orig_pending, &k);

@@ -15,7 +15,7 @@
 
 #include <linux/types.h>
 
-#define MESHLANE_LAYOUT_VERSION 3
+#define MESHLANE_LAYOUT_VERSION 4
 
 /* Capacity of the per-pod lists. Bigger lists are refused by user space
  * with an error naming the pod and the list, never truncated. */
@@ -126,6 +126,8 @@ enum ml_orig_flag {
 	ML_ORIG_STEERED = 1 << 1,    /* inbound, assigned by sk_lookup */
 	ML_ORIG_DNS = 1 << 2,        /* port 53 sent to the DNS proxy */
 	ML_ORIG_IPV6 = 1 << 3,       /* the app used AF_INET6 */
+	ML_ORIG_BYPASSED = 1 << 4,   /* outbound connect sent straight to an
+				      * endpoint (bypass.h) */
 };
 
 /* The destination an app asked for before meshlane rewrote it. */

@@ -413,8 +413,9 @@ static __always_inline int disconnected(struct bpf_sock_ops *skops)
 /* Is this a socket splice can never have taken, so its close has nothing
  * to remove? An application socket (not the proxy's uid) of a pod that does
  * not splice application sockets is never inserted (spliceable()); such
- * sockets reach the close path only because interception asked for state
- * changes on its redirected app sockets. The ml_sock_addrs lookup first
+ * sockets reach the close path only because interception (redirected app
+ * sockets) or bypass telemetry (bypassed ones) asked for state changes.
+ * The ml_sock_addrs lookup first
  * (lockless, hits for every tracked socket unless its LRU entry was
  * evicted) keeps a socket inserted before the pod's flags changed on the
  * full cleanup. */

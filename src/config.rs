@@ -66,6 +66,10 @@ pub struct AgentConfig {
     pub log_interval_seconds: u64,
     /// Seconds the agent waits for its components after SIGTERM/SIGINT.
     pub drain_seconds: u64,
+    /// The file this config was read from (not a config field): the agent
+    /// re-reads `bypass.policies` from it on SIGHUP.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
     /// Where the agent learns which pods are meshed (src/pods/source_config.rs).
     pub pod_source: crate::pods::source_config::PodSourceConfig,
     /// The kernel fast path past the sidecar (off unless enabled).
@@ -98,7 +102,9 @@ pub struct XdsConfig {
     /// Longest reconnect wait.
     pub max_backoff_seconds: u64,
     /// Seconds held config stays usable after the stream drops; then the
-    /// pod's destinations go back to the sidecar until it reconnects.
+    /// pod's destinations go back to the sidecar until it reconnects. The
+    /// kernel also stops bypassing this long after the agent's last
+    /// heartbeat (agent gone).
     pub stale_grace_seconds: u64,
 }
 
@@ -144,7 +150,15 @@ impl XdsConfig {
         if self.cluster_id.is_empty() {
             return bad("xds.clusterId", "must not be empty".into());
         }
+        if self.stale_grace_seconds == 0 {
+            return bad("xds.staleGraceSeconds", "must be at least 1".into());
+        }
         Ok(())
+    }
+
+    /// How long held config, and the agent's heartbeat, stay good.
+    pub fn stale_grace(&self) -> Duration {
+        Duration::from_secs(self.stale_grace_seconds)
     }
 
     /// The client's settings, or None when no address is configured.
@@ -192,6 +206,7 @@ impl Default for AgentConfig {
             log_format: LogFormat::Text,
             log_interval_seconds: 30,
             drain_seconds: 5,
+            source: None,
             xds: XdsConfig::default(),
             pod_source: Default::default(),
             bypass: BypassConfig::default(),
@@ -210,10 +225,12 @@ impl AgentConfig {
             path: path.into(),
             source: e,
         })?;
-        Self::from_yaml(&text).map_err(|message| ConfigError::Parse {
+        let mut cfg = Self::from_yaml(&text).map_err(|message| ConfigError::Parse {
             path: path.into(),
             message,
-        })
+        })?;
+        cfg.source = Some(path.into());
+        Ok(cfg)
     }
 
     /// Parses YAML text; an empty document is the defaults.

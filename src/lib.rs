@@ -24,6 +24,7 @@ pub mod agent;
 pub mod api;
 #[cfg(feature = "sim")]
 pub mod bench;
+pub mod bypass;
 pub mod cgroup;
 pub mod cni;
 pub mod config;

@@ -48,6 +48,10 @@ pub struct AgentMetrics {
     pub released: Family<ReasonLabel, Counter>,
     /// Failed watches of the Kubernetes pod source (src/pods/kube_source.rs).
     pub pod_source_errors: Counter,
+    /// The kernel bypass's service map (src/bypass).
+    pub bypass: crate::bypass::BypassMetrics,
+    /// Istio labels of bypassed destinations (src/bypass/telemetry.rs).
+    pub bypass_labels: crate::bypass::LabelBook,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -116,9 +120,11 @@ impl Collector for DataPathCollector {
     }
 }
 
-/// The registry the admin server encodes.
+/// The registry the admin server encodes, and Istio's series for
+/// bypassed flows (a registry without the `meshlane_` prefix).
 pub struct Metrics {
     registry: Registry,
+    istio: Registry,
     layout: PinLayout,
 }
 
@@ -160,8 +166,18 @@ impl Metrics {
         registry.register_collector(Box::new(DataPathCollector {
             layout: layout.clone(),
         }));
+        agent.bypass.register(&mut registry);
+        registry.register_collector(Box::new(crate::bypass::metrics::KernelCountersCollector {
+            layout: layout.clone(),
+        }));
+        let mut istio = Registry::default();
+        istio.register_collector(Box::new(crate::bypass::IstioTcpCollector {
+            layout: layout.clone(),
+            book: agent.bypass_labels.clone(),
+        }));
         Self {
             registry,
+            istio,
             layout: layout.clone(),
         }
     }
@@ -169,8 +185,11 @@ impl Metrics {
     /// The text exposition format, or why the data path cannot be read.
     pub fn encode(&self) -> Result<String, MetricsError> {
         status::try_read_counters(&self.layout)?;
+        use prometheus_client::encoding::text;
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        text::encode_registry(&mut out, &self.registry)?;
+        text::encode_registry(&mut out, &self.istio)?;
+        text::encode_eof(&mut out)?;
         Ok(out)
     }
 }

@@ -242,7 +242,7 @@ fn quick_run_on_two_nodes_leaves_nothing_behind() {
     let stdout = String::from_utf8_lossy(&o.stdout);
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "bench failed:\n{stderr}");
-    assert!(stdout.contains("| bypass | not available"), "{stdout}");
+    assert!(stdout.contains("| bypass | measured"), "{stdout}");
     for f in [
         "report.json",
         "report.md",
@@ -257,11 +257,21 @@ fn quick_run_on_two_nodes_leaves_nothing_behind() {
         serde_json::from_slice(&std::fs::read(dir.path().join("report.json")).unwrap()).unwrap();
     for m in r["modes"].as_array().unwrap() {
         let status = m["status"].as_str().unwrap();
-        if m["mode"] == "bypass" {
-            assert!(status.starts_with("not available"), "{status}");
-        } else {
-            assert_eq!(status, "measured", "mode {}", m["mode"]);
-        }
+        assert_eq!(status, "measured", "mode {}", m["mode"]);
+    }
+    // Bypass went past the sidecar: no session, no redirected connect.
+    for placement in ["same-node", "cross-node"] {
+        let bypass = r["summaries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| {
+                s["workload"] == "rtt-64" && s["placement"] == placement && s["mode"] == "bypass"
+            })
+            .expect("bypass summary");
+        assert_eq!(bypass["counters"]["sidecar_sessions"], 0, "{bypass}");
+        assert_eq!(bypass["counters"]["connects_redirected"], 0, "{bypass}");
+        assert!(bypass["rounds_ok"].as_u64().unwrap() >= 1, "{bypass}");
     }
     let cross_iptables = r["summaries"]
         .as_array()

@@ -4,8 +4,9 @@
 //! plaintext service and an mTLS one; `meshlane explain --pod` shows
 //! BYPASS for the first and SIDECAR for the second with the stream state,
 //! an EDS change (an endpoint removed) shows up within a bounded time,
-//! the metrics count the decisions, and the errors (no agent, unknown
-//! pod) are one line. Needs root (the agent installs the data path).
+//! the metrics count the decisions, the errors (no agent, unknown pod)
+//! are one line, and a SIGHUP re-reads `bypass.policies` (a bad file is
+//! refused with one line, the old policies kept). Needs root (the agent installs the data path).
 mod common;
 mod support;
 
@@ -164,16 +165,16 @@ fn explain_pod_shows_live_decisions_that_follow_eds() {
     .expect("pod file");
     let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let config = dir.path().join("agent.yaml");
-    std::fs::write(
-        &config,
+    // The agent's config with these lines under `bypass:`.
+    let agent_yaml = |bypass: &str| {
         format!(
-            "adminAddr: {admin}\npodSource:\n  kind: static\n  staticFile: {}\nbypass:\n  enabled: true\nxds:\n  address: unix:{}\n  initialBackoffMillis: 50\n",
+            "adminAddr: {admin}\npodSource:\n  kind: static\n  staticFile: {}\nbypass:\n  enabled: true\n{bypass}xds:\n  address: unix:{}\n  initialBackoffMillis: 50\n",
             pods.display(),
             ads.socket().display()
-        ),
-    )
-    .expect("agent config");
-    let _agent = AgentProcess::start_with(
+        )
+    };
+    std::fs::write(&config, agent_yaml("")).expect("agent config");
+    let agent = AgentProcess::start_with(
         &root,
         node.cgroup.path(),
         &["--config", &config.to_string_lossy()],
@@ -275,4 +276,56 @@ fn explain_pod_shows_live_decisions_that_follow_eds() {
         "{m}"
     );
     assert!(m.contains("meshlane_bypass_sidecar_reasons{reason="), "{m}");
+
+    // The policies change without a restart: SIGHUP re-reads them, and
+    // every pod is decided again (the sim's clusters balance by least
+    // request, which leastRequestAsWeightedRandom off keeps on the sidecar).
+    let sighup = || {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(agent.pid()),
+            nix::sys::signal::Signal::SIGHUP,
+        )
+        .expect("SIGHUP to the agent")
+    };
+    std::fs::write(
+        &config,
+        agent_yaml("  policies:\n    leastRequestAsWeightedRandom: false\n"),
+    )
+    .expect("agent config");
+    sighup();
+    let changed = Instant::now();
+    loop {
+        let out = explain(&root, &["--json", "--pod", "default/web"]).expect("explain");
+        let live: Value = serde_json::from_str(&out).expect("explain JSON");
+        let plain = destination(&live, "10.96.0.10:5432");
+        if plain["decision"] == "SIDECAR" {
+            assert!(
+                plain["reasons"].to_string().contains("lb_policy"),
+                "{plain}"
+            );
+            break;
+        }
+        assert!(
+            changed.elapsed() < EDS_LIMIT,
+            "policy change not decided: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A bad file changes nothing: one warning, the old policies stay.
+    std::fs::write(
+        &config,
+        agent_yaml("  policies:\n    bypassEverything: true\n"),
+    )
+    .expect("agent config");
+    sighup();
+    let refused = |l: &String| l.contains("not reloaded") && l.contains("bypassEverything");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !agent.log_lines().iter().any(refused) {
+        assert!(Instant::now() < deadline, "{:#?}", agent.log_lines());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(agent.log_lines().iter().filter(|l| refused(l)).count(), 1);
+    let out = explain(&root, &["--json", "--pod", "default/web"]).expect("explain");
+    let live: Value = serde_json::from_str(&out).expect("explain JSON");
+    assert_eq!(destination(&live, "10.96.0.10:5432")["decision"], "SIDECAR");
 }

@@ -3,8 +3,9 @@
 //! services of a real Istio config dump (the `outbound|<port>||<host>`
 //! clusters of tests/fixtures/istio/configdumps/...bookinfo-details-v1).
 //! Versions and nonces, ACK and NACK with detail, stream reset and resume,
-//! resource removal, two pods with different configs on one node, and
-//! sharing of identical resources. No root needed.
+//! resource removal, two pods with different configs on one node,
+//! sharing of identical resources, and the TLS transport (a test CA, the
+//! server requiring a bearer token). No root needed.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -24,7 +25,7 @@ use meshlane::pods::PodSpec;
 use meshlane::sim::unique_tag;
 use meshlane::sim::xds::stream::Verdict;
 use meshlane::sim::xds::{
-    sidecar_snapshot, AdsEvent, AdsServer, EventKind, Protocol, Service, Snapshot,
+    sidecar_snapshot, AdsEvent, AdsServer, EventKind, Protocol, Service, Snapshot, TlsServing,
 };
 use meshlane::sim::SidecarMode;
 use meshlane::xds::client::{
@@ -98,6 +99,7 @@ fn pod(name: &str, ip: [u8; 4]) -> PodInfo {
         labels: [("app".to_string(), name.to_string())].into(),
         service_account: format!("bookinfo-{name}"),
         annotations: BTreeMap::new(),
+        workload: Default::default(),
         mesh: MeshDecision::Meshed {
             spec: PodSpec::istio(name),
         },
@@ -309,7 +311,7 @@ async fn a_malformed_cluster_is_nacked_by_name_and_the_last_good_state_kept() {
     assert!(message.contains("EDS"), "{message}");
     let r = resources(&w, &a);
     assert_eq!(r.clusters.len(), good.clusters.len());
-    assert!(!r.clusters.contains_key(&broken.name));
+    assert!(!r.clusters.contains_key(broken.name.as_str()));
 
     // Bytes that do not decode are NACKed too.
     let mut garbage = snapshot("3", &services);
@@ -401,7 +403,9 @@ async fn removed_resources_go_and_their_endpoints_with_them() {
         .find(|s| s.host.starts_with("kube-dns") && s.port == 53)
         .expect("kube-dns in the dump")
         .clone();
-    assert!(resources(&w, &a).listeners.contains_key(&dns.listener()));
+    assert!(resources(&w, &a)
+        .listeners
+        .contains_key(dns.listener().as_str()));
     let fewer: Vec<Service> = services
         .iter()
         .filter(|s| s.cluster() != dns.cluster())
@@ -410,9 +414,9 @@ async fn removed_resources_go_and_their_endpoints_with_them() {
     w.server.update(snapshot("2", &fewer));
     until("ACK of version 2", || acked(&w, &node, "2")).await;
     let r = resources(&w, &a);
-    assert!(!r.clusters.contains_key(&dns.cluster()));
-    assert!(!r.endpoints.contains_key(&dns.cluster()));
-    assert!(!r.listeners.contains_key(&dns.listener()));
+    assert!(!r.clusters.contains_key(dns.cluster().as_str()));
+    assert!(!r.endpoints.contains_key(dns.cluster().as_str()));
+    assert!(!r.listeners.contains_key(dns.listener().as_str()));
     assert_eq!(r.endpoints.len(), fewer.len());
     w.client.stop_all().await;
 }
@@ -478,4 +482,118 @@ async fn two_pods_get_their_own_config_and_share_identical_resources() {
     w.client.stop_all().await;
     assert_eq!(w.metrics.held.get_or_create(&cds).get(), 0);
     assert_eq!(w.metrics.streams.get(), 0);
+}
+
+/// A CA and a server certificate for `localhost` signed by it (PEM).
+fn test_pki() -> (String, TlsServing) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().expect("CA key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).expect("CA certificate");
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().expect("server key");
+    let cert = CertificateParams::new(vec!["localhost".to_string()])
+        .expect("server params")
+        .signed_by(&key, &issuer)
+        .expect("server certificate");
+    let serving = TlsServing {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+        token: "projected-sa-token".into(),
+    };
+    (ca_cert.pem(), serving)
+}
+
+fn tls_client(addr: SocketAddr, ca: &std::path::Path, token: &std::path::Path) -> Arc<XdsClient> {
+    let settings = ClientSettings {
+        transport: Transport {
+            address: Address::Tcp(format!("localhost:{}", addr.port())),
+            tls_root_ca: Some(ca.to_path_buf()),
+            token: Some(token.to_path_buf()),
+        },
+        mesh: MeshSettings {
+            cluster_id: "Kubernetes".into(),
+            mesh_id: "cluster.local".into(),
+            istio_version: "1.10.0".into(),
+        },
+        initial_backoff: Duration::from_millis(50),
+        max_backoff: Duration::from_millis(200),
+        stale_grace: Duration::from_secs(30),
+    };
+    XdsClient::new(settings, XdsMetrics::default())
+}
+
+#[tokio::test]
+async fn tls_with_the_mesh_ca_and_a_bearer_token_syncs_and_a_wrong_token_or_ca_does_not() {
+    let services = dump_services();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ca_pem, serving) = test_pki();
+    let server = AdsServer::start_tls(
+        &dir.path().join(unique_tag("ads-")),
+        snapshot("1", &services),
+        serving.clone(),
+    )
+    .expect("TLS ADS server");
+    let addr = server.tcp_addr().expect("TLS address");
+    let ca = dir.path().join("root-cert.pem");
+    std::fs::write(&ca, &ca_pem).expect("CA file");
+    let token = dir.path().join("token");
+    std::fs::write(&token, "wrong-token\n").expect("token file");
+    let a = pod("productpage", [10, 244, 1, 10]);
+
+    // A wrong token: refused by the server, never synced.
+    let client = tls_client(addr, &ca, &token);
+    client.reconcile(std::slice::from_ref(&a));
+    until("a refused stream", || {
+        server.refused_tokens() >= 1 && client.pod(&a.key).is_some_and(|v| v.last_error.is_some())
+    })
+    .await;
+    let view = client.pod(&a.key).expect("stream");
+    assert!(!view.synced, "synced with a wrong token");
+    assert!(
+        view.last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("token")
+            || view
+                .last_error
+                .as_deref()
+                .unwrap_or_default()
+                .contains("nauthenticated"),
+        "{:?}",
+        view.last_error
+    );
+    // The kubelet rotates the token: the next stream reads the new one.
+    std::fs::write(&token, format!("{}\n", serving.token)).expect("token file");
+    until("synced over TLS", || client.synced()).await;
+    let r = client.pod(&a.key).expect("stream").resources;
+    assert!(r
+        .clusters
+        .contains_key("outbound|9080||details.default.svc.cluster.local"));
+    assert!(server.acked(&node_id(&a), &Cluster::type_url(), "1"));
+    client.stop_all().await;
+
+    // Another CA: the server's certificate is not trusted, nothing flows.
+    let (other_ca, _) = test_pki();
+    let other = dir.path().join("other-root.pem");
+    std::fs::write(&other, other_ca).expect("CA file");
+    let refused_before = server.refused_tokens();
+    let untrusting = tls_client(addr, &other, &token);
+    untrusting.reconcile(std::slice::from_ref(&a));
+    until("a TLS failure", || {
+        untrusting
+            .pod(&a.key)
+            .is_some_and(|v| v.last_error.is_some())
+    })
+    .await;
+    let view = untrusting.pod(&a.key).expect("stream");
+    assert!(!view.connected && !view.synced, "{view:?}");
+    assert!(view.last_error.is_some());
+    assert_eq!(
+        server.refused_tokens(),
+        refused_before,
+        "no request got through"
+    );
+    untrusting.stop_all().await;
 }

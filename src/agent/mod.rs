@@ -30,6 +30,7 @@
 mod admin;
 mod api_server;
 mod pod_source;
+pub mod policy_reload;
 mod readiness;
 
 use std::sync::Arc;
@@ -317,19 +318,40 @@ async fn serve(
         tracing::info!(address = ?cfg.xds.address, tls = cfg.xds.tls, "xDS client");
         let catalog: Arc<dyn PodCatalog> = catalog.clone();
         tasks.spawn(client.clone().run(
-            catalog,
+            catalog.clone(),
             XDS_RECONCILE_INTERVAL,
             move |synced| r.set_xds_synced(synced),
             stop_rx.clone(),
         ));
         let live = LiveDecisions::new(
-            client,
+            client.clone(),
             cfg.bypass.policies.clone(),
             agent_metrics.decisions.clone(),
         );
         tasks.spawn(live.clone().run(XDS_RECONCILE_INTERVAL, stop_rx.clone()));
+        if let Some(path) = cfg.source.clone() {
+            tasks.spawn(policy_reload::run(path, live.clone(), stop_rx.clone()));
+        }
+        tasks.spawn(
+            crate::bypass::BypassSync {
+                layout: layout.clone(),
+                live: live.clone(),
+                client,
+                catalog: catalog.clone(),
+                grace: cfg.xds.stale_grace(),
+                metrics: agent_metrics.bypass.clone(),
+                book: agent_metrics.bypass_labels.clone(),
+            }
+            .run(crate::bypass::sync::SYNC_INTERVAL, stop_rx.clone()),
+        );
         live
     });
+    if decisions.is_none() {
+        // Bypass off: nothing an earlier agent wrote may keep bypassing.
+        if let Err(e) = crate::bypass::clear_kernel_state(&layout) {
+            tracing::warn!(error = %e, "bypass off: clearing the service map");
+        }
+    }
     tasks.spawn(api_server::serve(
         api,
         api_path.clone(),

@@ -16,7 +16,7 @@ pub struct BenchArgs {
     /// About a minute: same node, RTT 64 B / 1 KiB, connection rate, fixed-rate HTTP.
     #[arg(long)]
     pub quick: bool,
-    /// Comma-separated: direct,iptables,accelerate,intercept,bypass (bypass is reported as not available).
+    /// Comma-separated: direct,iptables,accelerate,intercept,intercept-nosplice,bypass.
     #[arg(long)]
     pub modes: Option<String>,
     /// Comma-separated: rtt-64,rtt-1k,rtt-16k,connect,http,http-max,bulk-1,bulk-4,

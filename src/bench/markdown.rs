@@ -96,9 +96,6 @@ pub fn render(r: &Report) -> String {
             );
         }
     }
-    if r.modes.iter().any(|m| m.mode == Mode::Bypass) {
-        let _ = writeln!(o, "| all | all | bypass | not available | not available |");
-    }
 
     let _ = writeln!(o, "\n### Ratios\n\n| ratio | value | note |\n|---|---|---|");
     for x in &r.ratios {

@@ -1,6 +1,5 @@
 //! The benchmark harness (issue 4): no mesh vs Istio's iptables vs meshlane
-//! accelerate vs meshlane intercept (vs bypass, reported "not available"
-//! until it exists), side by side on a simulated two-node cluster, with
+//! accelerate vs meshlane intercept vs meshlane bypass (issue 12), side by side on a simulated two-node cluster, with
 //! modes interleaved round-robin, medians with min-max, JSON + markdown +
 //! SVG output, and a `--check` regression guard. Also issue 2's splice
 //! benchmark ([`splice`]).

@@ -28,7 +28,10 @@ pub enum Mode {
     /// (a side install whose sk_msg link is unpinned). Only the one-sidecar
     /// and same-node RTT and connection-rate cells.
     InterceptNoSplice,
-    /// Kernel fast path past the sidecar: not built yet, reported as such.
+    /// Kernel bypass: the client pod is meshed (intercept, its sidecar
+    /// running) and its service map sends every connection to a service
+    /// VIP straight to the plain (unmeshed) server pod; the sidecar is
+    /// never on the path.
     Bypass,
 }
 
@@ -53,19 +56,21 @@ impl Mode {
         }
     }
 
-    /// Why a mode cannot run in this build, if it cannot.
+    /// Why a mode cannot run in this build, if it cannot (every mode can
+    /// now; kept for modes added before they are built).
     pub fn unavailable(self) -> Option<&'static str> {
-        match self {
-            Mode::Bypass => Some(
-                "not available: the xDS-driven kernel fast path (bypass) is not implemented yet",
-            ),
-            _ => None,
-        }
+        None
     }
 
     /// Pods of this mode run sidecars.
     pub fn has_sidecars(self) -> bool {
-        !matches!(self, Mode::Direct | Mode::Bypass)
+        !matches!(self, Mode::Direct)
+    }
+
+    /// The mode's server pods are plain backends (no sidecar, not
+    /// registered): only its client is meshed.
+    pub fn plain_servers(self) -> bool {
+        matches!(self, Mode::Bypass)
     }
 
     /// Whether this mode runs the (workload, placement) cell.

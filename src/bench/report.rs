@@ -378,6 +378,13 @@ impl Report {
                 Workload::Rtt16k,
                 Workload::Http,
             ] {
+                if self.summary(w, p, Mode::Bypass).is_some() {
+                    v.push(Ratio {
+                        what: format!("bypass/direct p50, {w} {p}"),
+                        value: self.ratio(w, p, Mode::Bypass, Mode::Direct, |s| s.p50_us),
+                        note: "absolute p50 latency (bypass to a plain backend)".into(),
+                    });
+                }
                 if self.summary(w, p, Mode::Iptables).is_none() {
                     continue;
                 }
@@ -398,11 +405,6 @@ impl Report {
                     what: format!("intercept/iptables p50, {w} {p}"),
                     value: self.ratio(w, p, Mode::Intercept, Mode::Iptables, |s| s.p50_us),
                     note: "absolute p50 latency".into(),
-                });
-                v.push(Ratio {
-                    what: format!("bypass/direct p50, {w} {p}"),
-                    value: None,
-                    note: "bypass: not available".into(),
                 });
             }
         }
@@ -487,13 +489,7 @@ impl Report {
                 });
             }
         }
-        t.push(Target {
-            issue: 4,
-            what: "bypass same-node p50 <= direct".into(),
-            goal: "<= 1.00x".into(),
-            measured: "not available (bypass is not implemented)".into(),
-            met: None,
-        });
+        t.extend(self.bypass_targets());
         if self
             .summary(Workload::HttpMax, Placement::SameNode, Mode::Iptables)
             .is_some()
@@ -614,6 +610,66 @@ impl Report {
             });
         }
         t
+    }
+
+    /// Issue 12's targets: bypass against `direct` (no mesh at all).
+    fn bypass_targets(&self) -> Vec<Target> {
+        type Pick = fn(&Summary) -> Option<Stat>;
+        type Row = (
+            Workload,
+            Placement,
+            &'static str,
+            &'static str,
+            Pick,
+            fn(f64) -> bool,
+        );
+        let rows: [Row; 4] = [
+            (
+                Workload::Rtt64,
+                Placement::SameNode,
+                "bypass same-node p50 RTT vs direct",
+                "<= 1.00x",
+                |s| s.p50_us,
+                |r| r <= 1.0,
+            ),
+            (
+                Workload::Rtt64,
+                Placement::CrossNode,
+                "bypass cross-node p50 RTT vs direct",
+                "<= 1.03x",
+                |s| s.p50_us,
+                |r| r <= 1.03,
+            ),
+            (
+                Workload::Connect,
+                Placement::SameNode,
+                "bypass connection setup rate vs direct, same node",
+                ">= 0.95x",
+                |s| s.ops_per_s,
+                |r| r >= 0.95,
+            ),
+            (
+                Workload::Http,
+                Placement::SameNode,
+                "bypass CPU per 1,000 requests vs direct, same node",
+                "<= 1.10x",
+                |s| s.cpu_total_ms_per_1k,
+                |r| r <= 1.10,
+            ),
+        ];
+        rows.into_iter()
+            .filter(|(w, p, ..)| self.summary(*w, *p, Mode::Direct).is_some())
+            .map(|(w, p, what, goal, pick, ok)| {
+                let r = self.ratio(w, p, Mode::Bypass, Mode::Direct, pick);
+                Target {
+                    issue: 12,
+                    what: what.into(),
+                    goal: goal.into(),
+                    measured: r.map_or("not measured".to_string(), |r| format!("{r:.2}x")),
+                    met: r.map(ok),
+                }
+            })
+            .collect()
     }
 
     /// The `--check` guard: intercept not slower than iptables at p50 RTT
@@ -784,6 +840,7 @@ mod tests {
             steps.push(step(round, w, p, Mode::Direct, 10.0 + noise, 20.0, 0.0));
             steps.push(step(round, w, p, Mode::Iptables, 50.0 + noise, 100.0, 0.0));
             steps.push(step(round, w, p, Mode::Intercept, 30.0 + noise, 50.0, 0.0));
+            steps.push(step(round, w, p, Mode::Bypass, 9.0 + noise, 18.0, 0.0));
             for (m, rate) in [
                 (Mode::Direct, 5000.0),
                 (Mode::Iptables, 1000.0),
@@ -827,11 +884,19 @@ mod tests {
             .unwrap();
         assert_eq!(rate.met, Some(true), "{}", rate.measured);
         let bypass = r.modes.iter().find(|m| m.mode == Mode::Bypass).unwrap();
-        assert!(bypass.status.starts_with("not available"));
-        assert!(r
+        assert_eq!(bypass.status, "measured");
+        let same = r
             .targets
             .iter()
-            .any(|t| t.what.contains("bypass") && t.met.is_none()));
+            .find(|t| t.what == "bypass same-node p50 RTT vs direct")
+            .unwrap();
+        assert_eq!(same.met, Some(true), "{}", same.measured);
+        let ratio = r
+            .ratios
+            .iter()
+            .find(|x| x.what == "bypass/direct p50, rtt-64 same-node")
+            .unwrap();
+        assert_eq!(ratio.value, Some(11.0 / 12.0));
         assert!(r.check().is_ok());
     }
 

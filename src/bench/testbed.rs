@@ -12,20 +12,34 @@
 //!   are registered with meshlane (in their own node's registry).
 //!
 //! The one-sidecar placement sends a mode's client to the `direct` mode's
-//! node-A server pod (no sidecar, not registered). Everything is removed on
+//! node-A server pod (no sidecar, not registered).
+//!
+//! `bypass` pods: the client is registered (intercept) with its sidecar
+//! running; its servers are plain backends (no sidecar, not registered).
+//! The client dials a service VIP per placement, and the kernel's service
+//! map (written through the agent's table core from the engine's decisions
+//! on the control plane's config) sends it straight to the server. Everything is removed on
 //! drop, in reverse order of creation, panics and Ctrl-C included.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
 
 use super::error::{BenchError, Result};
 use super::options::{Mode, Placement, Workload};
 use super::servers::ServerSet;
 use super::{interrupt, net};
+use crate::bypass::sync::PinnedMaps;
+use crate::bypass::table::{wanted_for_pod, Table};
+use crate::bypass::BypassMetrics;
+use crate::datapath::{BypassClockMap, BypassEndpoint, ServiceKey};
 use crate::pods::{PodMode, PodSpec};
+use crate::sim::xds::{sidecar_snapshot, Protocol, Service};
 use crate::sim::{
     self, Node, NodeOptions, PeerNode, Pod, SideInstall, Sidecar, SidecarMode, SidecarOptions,
     SidecarProxy,
 };
+use crate::xds::decide::{decide, BypassPolicy};
 
 /// The golden istio-init rule set every iptables-mode pod gets.
 pub const ISTIO_RULES: &str = "cni-plugin_basic.txt.golden";
@@ -46,6 +60,9 @@ pub struct ModePods {
 
 /// Node A, node B and every mode's pods. Field order is drop order.
 pub struct Testbed {
+    /// The bypass mode's service map entries (every set's), as the agent's
+    /// table core wrote them.
+    bypass: Option<(Table, BTreeMap<ServiceKey, Vec<BypassEndpoint>>)>,
     pub sets: Vec<ModePods>,
     /// The splice-less install of `intercept-nosplice` (node A only).
     pub side: Option<SideInstall>,
@@ -54,6 +71,16 @@ pub struct Testbed {
     pub cpu: Option<usize>,
     /// The proxy every sidecar runs.
     pub sidecar: SidecarProxy,
+}
+
+/// The service VIP the bypass mode's client dials for a placement (no
+/// route exists for it: only the kernel's rewrite reaches the server).
+fn bypass_vip(p: Placement) -> Ipv4Addr {
+    match p {
+        Placement::SameNode => Ipv4Addr::new(10, 96, 200, 1),
+        Placement::CrossNode => Ipv4Addr::new(10, 96, 200, 2),
+        Placement::OneSidecar => Ipv4Addr::new(10, 96, 200, 3),
+    }
 }
 
 /// Runs `f` on a short-lived thread pinned to `cpu`, so processes it starts
@@ -115,6 +142,7 @@ impl Testbed {
             "node A (cgroup, pin root, data path)",
         ))?;
         let mut tb = Testbed {
+            bypass: None,
             sets: Vec::new(),
             side: None,
             peer: None,
@@ -182,6 +210,7 @@ impl Testbed {
             server,
             remote,
         };
+        let mut client_cookie = None;
         let pods: Vec<(&Pod, bool)> = std::iter::once((&set.client, false))
             .chain(std::iter::once((&set.server, false)))
             .chain(set.remote.iter().map(|p| (p, true)))
@@ -201,9 +230,11 @@ impl Testbed {
                 }
                 _ => {}
             }
+            let is_client = std::ptr::eq(pod, &set.client);
             let pod_mode = match mode {
                 Mode::Accelerate => Some(PodMode::Accelerate),
                 Mode::Intercept | Mode::InterceptNoSplice => Some(PodMode::Intercept),
+                Mode::Bypass if is_client => Some(PodMode::Intercept),
                 _ => None,
             };
             if let Some(pm) = pod_mode {
@@ -222,15 +253,19 @@ impl Testbed {
                 } else {
                     self.node.register(pod, &spec)
                 };
-                reg.map_err(BenchError::setup_anyhow(format!(
+                let rec = reg.map_err(BenchError::setup_anyhow(format!(
                     "registering {}",
                     pod.name
                 )))?;
+                if mode == Mode::Bypass {
+                    client_cookie = Some(rec.netns_cookie);
+                }
             }
         }
         let cpu = self.cpu;
         for &(pod, _) in &pods {
-            if mode.has_sidecars() {
+            let plain = mode.plain_servers() && !std::ptr::eq(pod, &set.client);
+            if mode.has_sidecars() && !plain {
                 let sidecar_mode = if l7 {
                     SidecarMode::Http
                 } else {
@@ -250,7 +285,71 @@ impl Testbed {
         for pod in [&set.server].into_iter().chain(set.remote.iter()) {
             set.servers.push(ServerSet::start(pod, cpu)?);
         }
+        if let Some(cookie) = client_cookie {
+            self.bypass_to(&set, cookie)?;
+        }
         Ok(set)
+    }
+
+    /// The bypass mode's service map: for the client pod, a TCP service
+    /// per placement VIP and workload port whose one endpoint is that
+    /// placement's plain server; decided by the engine from the control
+    /// plane's Istio-shaped config and written by the agent's table core
+    /// (so every entry is one the agent would write). The heartbeat is
+    /// written once with a week's grace: no agent runs during a benchmark.
+    fn bypass_to(&mut self, set: &ModePods, cookie: u64) -> Result<()> {
+        let direct = self
+            .set(Mode::Direct, Workload::Rtt64)
+            .map(|s| s.server.ip4);
+        let targets = [
+            (Placement::SameNode, Some(set.server.ip4)),
+            (Placement::CrossNode, set.remote.as_ref().map(|p| p.ip4)),
+            (Placement::OneSidecar, direct),
+        ];
+        let mut ports: Vec<u16> = Workload::ALL
+            .iter()
+            .map(|w| super::load::port_for(*w))
+            .collect();
+        ports.sort_unstable();
+        ports.dedup();
+        let services: Vec<Service> = targets
+            .iter()
+            .filter_map(|(p, ip)| Some((*p, (*ip)?)))
+            .flat_map(|(p, ip)| {
+                ports.iter().map(move |&port| Service {
+                    host: format!("{}-{port}.bench.svc.cluster.local", p.name()),
+                    vip: IpAddr::V4(bypass_vip(p)),
+                    port,
+                    protocol: Protocol::Tcp,
+                    endpoints: vec![SocketAddr::new(IpAddr::V4(ip), port)],
+                })
+            })
+            .collect();
+        let snap = sidecar_snapshot("1", SidecarMode::Tcp, false, &services);
+        let decisions = decide(&snap.proxy_resources(), &BypassPolicy::default());
+        let entries = wanted_for_pod(cookie, &decisions);
+        if entries.services.len() != services.len() {
+            return Err(BenchError::setup(
+                "bypass",
+                format!(
+                    "the decision engine bypasses {} of {} services",
+                    entries.services.len(),
+                    services.len()
+                ),
+            ));
+        }
+        let (table, wanted) = self.bypass.get_or_insert_with(Default::default);
+        wanted.extend(entries.services);
+        let metrics = BypassMetrics::default();
+        let mut maps = PinnedMaps::open(&self.node.layout, &metrics)
+            .map_err(|e| BenchError::setup("bypass", e.to_string()))?;
+        let applied = table.apply(wanted, &mut maps);
+        if let Some((key, e)) = applied.failed.first() {
+            return Err(BenchError::setup("bypass", format!("{}: {e}", key.dest)));
+        }
+        BypassClockMap::open(&self.node.layout)
+            .and_then(|c| c.beat(Duration::from_secs(7 * 24 * 3600)))
+            .map_err(|e| BenchError::setup("bypass heartbeat", e.to_string()))
     }
 
     /// The pods of `mode` that `w` uses: the http-mode set for the HTTP
@@ -274,6 +373,12 @@ impl Testbed {
         let set = self
             .set(mode, w)
             .ok_or_else(|| BenchError::setup(mode.name(), "no pods for this mode"))?;
+        if mode == Mode::Bypass {
+            if placement == Placement::CrossNode && set.remote.is_none() {
+                return Err(BenchError::setup("cross-node", "node B was not built"));
+            }
+            return Ok((&set.client, SocketAddr::from((bypass_vip(placement), port))));
+        }
         let ip: Ipv4Addr = match placement {
             Placement::SameNode => set.server.ip4,
             Placement::CrossNode => {

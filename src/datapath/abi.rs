@@ -7,7 +7,10 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-pub use crate::skel::intercept::types::{ml_orig_dst, ml_orig_flag};
+pub use crate::skel::intercept::types::{
+    ml_bypass_clock, ml_bypass_counter, ml_bypass_ep, ml_bypass_key, ml_bypass_set,
+    ml_bypass_stats, ml_orig_dst, ml_orig_flag,
+};
 pub use crate::skel::splice::types::{
     ml_addr, ml_cidr, ml_cidr_list, ml_counter, ml_endpoint, ml_pod, ml_pod_flag, ml_port_list,
     ml_preset, ml_sock_key,
@@ -78,6 +81,21 @@ unsafe impl Pod for ml_sock_key {}
 unsafe impl Pod for ml_endpoint {}
 unsafe impl Pod for ml_orig_dst {}
 unsafe impl Pod for u64 {}
+unsafe impl Pod for u32 {}
+unsafe impl Pod for ml_bypass_key {}
+unsafe impl Pod for ml_bypass_set {}
+unsafe impl Pod for ml_bypass_clock {}
+unsafe impl Pod for ml_bypass_stats {}
+
+/// Most endpoints one bypass endpoint set holds (ML_BYPASS_MAX_EPS).
+pub const BYPASS_MAX_ENDPOINTS: usize = {
+    // SAFETY: a generated struct of integers; all zeroes is valid.
+    let s: ml_bypass_set = unsafe { std::mem::zeroed() };
+    s.ep.len()
+};
+
+/// Bypass counter slots the programs use (ML_BYP__MAX).
+pub const BYPASS_COUNTER_COUNT: usize = ml_bypass_counter::ML_BYP__MAX.0 as usize;
 
 /// An IP as the kernel stores it (IPv4 v4-mapped, network order).
 pub fn addr_from_ip(ip: IpAddr) -> ml_addr {

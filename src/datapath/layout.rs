@@ -21,7 +21,7 @@ use super::names::{LinkId, MapId};
 
 /// Kernel-visible layout version; must equal MESHLANE_LAYOUT_VERSION in
 /// bpf/meshlane.h (checked against the object's .rodata at load).
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// Default pin root on a node.
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/meshlane";

@@ -7,7 +7,9 @@
 //! - [`PodIpsMap`] (`ml_pod_ips`): address -> the netns cookie of its pod;
 //! - [`ListenersMap`] (`ml_listeners`): a proxy's inbound listeners;
 //! - [`CountersMap`] (`ml_counters`): the per-CPU counter array;
-//! - [`fill`]: entries and capacity of any walkable map (`status`).
+//! - [`fill`]: entries and capacity of any walkable map (`status`);
+//! - the bypass maps ([`bypass`]): services, endpoint sets, the
+//!   heartbeat, per-service stats and the feature's counters.
 
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -20,6 +22,12 @@ use thiserror::Error;
 use super::abi::{self, ml_counter, ml_endpoint, ml_pod, Pod, COUNTER_COUNT};
 use super::layout::PinLayout;
 use super::names::MapId;
+
+pub mod bypass;
+pub use bypass::{
+    BypassClockMap, BypassCountersMap, BypassEndpoint, BypassEndpointsMap, BypassServicesMap,
+    BypassStats, BypassStatsMap, ServiceKey,
+};
 
 #[derive(Debug, Error)]
 pub enum MapError {
@@ -36,18 +44,20 @@ pub enum MapError {
         op: &'static str,
         source: libbpf_rs::Error,
     },
+    #[error("map {map}: {what}")]
+    Invalid { map: MapId, what: String },
 }
 
 /// One opened pinned map and where it was found (for errors).
 #[derive(Debug)]
-struct Pinned {
+pub(super) struct Pinned {
     id: MapId,
     path: PathBuf,
-    map: MapHandle,
+    pub(super) map: MapHandle,
 }
 
 impl Pinned {
-    fn open(layout: &PinLayout, id: MapId) -> Result<Self, MapError> {
+    pub(super) fn open(layout: &PinLayout, id: MapId) -> Result<Self, MapError> {
         let path = layout.map(id);
         let map = MapHandle::from_pinned_path(&path).map_err(|source| MapError::Open {
             map: id,
@@ -57,7 +67,7 @@ impl Pinned {
         Ok(Self { id, path, map })
     }
 
-    fn err(&self, op: &'static str) -> impl FnOnce(libbpf_rs::Error) -> MapError + '_ {
+    pub(super) fn err(&self, op: &'static str) -> impl FnOnce(libbpf_rs::Error) -> MapError + '_ {
         move |source| MapError::Op {
             map: self.id,
             path: self.path.clone(),
@@ -66,20 +76,20 @@ impl Pinned {
         }
     }
 
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, MapError> {
+    pub(super) fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, MapError> {
         self.map
             .lookup(key, MapFlags::ANY)
             .map_err(self.err("lookup"))
     }
 
-    fn put(&self, key: &[u8], value: &[u8]) -> Result<(), MapError> {
+    pub(super) fn put(&self, key: &[u8], value: &[u8]) -> Result<(), MapError> {
         self.map
             .update(key, value, MapFlags::ANY)
             .map_err(self.err("update"))
     }
 
     /// Deletes `key`; whether it was there.
-    fn delete(&self, key: &[u8]) -> Result<bool, MapError> {
+    pub(super) fn delete(&self, key: &[u8]) -> Result<bool, MapError> {
         match self.map.delete(key) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => Ok(false),
@@ -89,7 +99,7 @@ impl Pinned {
 
     /// Every (key, value) present while walking, one at a time (entries
     /// deleted meanwhile are skipped).
-    fn entries(&self) -> impl Iterator<Item = (Vec<u8>, Vec<u8>)> + '_ {
+    pub(super) fn entries(&self) -> impl Iterator<Item = (Vec<u8>, Vec<u8>)> + '_ {
         self.map.keys().filter_map(|k| {
             let v = self.map.lookup(&k, MapFlags::ANY).ok().flatten()?;
             Some((k, v))

@@ -10,7 +10,7 @@
 //! - [`layout`]: the pin root, its layout version and its locks;
 //! - [`names`]: every pinned map ([`MapId`]) and node-wide link ([`LinkId`]);
 //! - [`maps`]: typed handles on the maps (pods, pod IPs, listeners,
-//!   counters) and map fill;
+//!   counters, the bypass maps) and map fill;
 //! - [`links`]: pinned links read back (run stats, a pod link's netns);
 //! - [`loader`]: load, attach or adopt, pin; uninstall;
 //! - [`probe`]: kernel feature and behaviour checks.
@@ -42,5 +42,9 @@ pub fn route_libbpf_log() {
 }
 
 pub use layout::PinLayout;
-pub use maps::{CountersMap, ListenersMap, MapError, MapFill, PodIpsMap, PodsMap};
+pub use maps::{
+    BypassClockMap, BypassCountersMap, BypassEndpoint, BypassEndpointsMap, BypassServicesMap,
+    BypassStats, BypassStatsMap, CountersMap, ListenersMap, MapError, MapFill, PodIpsMap, PodsMap,
+    ServiceKey,
+};
 pub use names::{LinkId, MapId};

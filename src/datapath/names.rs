@@ -4,9 +4,9 @@
 //! the names bpftool shows too. Nothing outside `datapath` spells them;
 //! the rest of the crate says `MapId::Pods`, never `"ml_pods"`.
 //!
-//! Adding a map (the bypass's service map, for one) is a variant here, its
-//! name, and a typed handle in `maps`; the unit test below fails until
-//! every `ml_` map of the objects has a variant.
+//! Adding a map is a variant here, its name, and a typed handle in `maps`;
+//! the unit test below fails until every `ml_` map of the objects has a
+//! variant.
 
 /// A shared map, pinned at `<pin root>/v<N>/maps/<name>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -37,11 +37,21 @@ pub enum MapId {
     ProxyOrig,
     /// Original destinations waiting for the proxy's socket.
     OrigPending,
+    /// Bypass: (source pod, VIP, port) -> endpoint set id.
+    BypassServices,
+    /// Bypass: endpoint set id -> weighted endpoints.
+    BypassEndpoints,
+    /// Bypass: the agent's heartbeat and the stale grace.
+    BypassClock,
+    /// Bypass: connections and bytes per (source pod, service).
+    BypassStats,
+    /// Bypass: the feature's per-CPU counters.
+    BypassCounters,
 }
 
 impl MapId {
     /// Every shared map.
-    pub const ALL: [MapId; 13] = [
+    pub const ALL: [MapId; 18] = [
         MapId::Pods,
         MapId::PodIps,
         MapId::Socks,
@@ -55,11 +65,16 @@ impl MapId {
         MapId::AppOrig,
         MapId::ProxyOrig,
         MapId::OrigPending,
+        MapId::BypassServices,
+        MapId::BypassEndpoints,
+        MapId::BypassClock,
+        MapId::BypassStats,
+        MapId::BypassCounters,
     ];
 
     /// Maps whose entries can be counted by walking their keys (socket
     /// storage cannot be walked), in the order `status` lists them.
-    pub const WALKABLE: [MapId; 10] = [
+    pub const WALKABLE: [MapId; 13] = [
         MapId::Throttled,
         MapId::RcvCursor,
         MapId::SockAddrs,
@@ -70,6 +85,9 @@ impl MapId {
         MapId::Active,
         MapId::Listeners,
         MapId::OrigPending,
+        MapId::BypassServices,
+        MapId::BypassEndpoints,
+        MapId::BypassStats,
     ];
 
     /// The map's name in the BPF objects, and its pin's file name.
@@ -88,6 +106,11 @@ impl MapId {
             MapId::AppOrig => "ml_app_orig",
             MapId::ProxyOrig => "ml_proxy_orig",
             MapId::OrigPending => "ml_orig_pending",
+            MapId::BypassServices => "ml_bypass_svc",
+            MapId::BypassEndpoints => "ml_bypass_eps",
+            MapId::BypassClock => "ml_bypass_clock",
+            MapId::BypassStats => "ml_bypass_stats",
+            MapId::BypassCounters => "ml_bypass_cnt",
         }
     }
 

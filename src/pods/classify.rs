@@ -31,7 +31,9 @@ use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::{Container, Pod};
 
-use super::source::{MeshDecision, PodInfo, PodKey};
+use super::source::{
+    AppContainer, ContainerPort, MeshDecision, OwnerRef, PodInfo, PodKey, WorkloadFacts,
+};
 use super::{PodMode, PodSpec, Preset};
 
 /// Istio's proxy container.
@@ -85,7 +87,9 @@ pub fn classify(pod: &Pod, cfg: &ClassifyConfig) -> Option<PodInfo> {
     let labels = meta.labels.clone().unwrap_or_default();
     let annotations = meta.annotations.clone().unwrap_or_default();
     let mesh = decide(pod, &key, &labels, &annotations, cfg);
+    let workload = workload_facts(pod);
     Some(PodInfo {
+        workload,
         annotations,
         uid: meta.uid.clone().unwrap_or_default(),
         ips: pod_ips(pod),
@@ -98,6 +102,46 @@ pub fn classify(pod: &Pod, cfg: &ClassifyConfig) -> Option<PodInfo> {
         key,
         mesh,
     })
+}
+
+/// Owner, app containers with their ports and node, for the node metadata.
+fn workload_facts(pod: &Pod) -> WorkloadFacts {
+    let owner = pod
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))
+        .map(|o| OwnerRef {
+            api_version: o.api_version.clone(),
+            kind: o.kind.clone(),
+            name: o.name.clone(),
+        });
+    let spec = pod.spec.as_ref();
+    let app_containers = spec
+        .map(|s| s.containers.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .filter(|c| c.name != ISTIO_PROXY)
+        .map(|c| AppContainer {
+            name: c.name.clone(),
+            ports: c
+                .ports
+                .iter()
+                .flatten()
+                .map(|p| ContainerPort {
+                    name: p.name.clone().unwrap_or_default(),
+                    container_port: p.container_port,
+                    protocol: p.protocol.clone().unwrap_or_default(),
+                })
+                .collect(),
+        })
+        .collect();
+    WorkloadFacts {
+        owner,
+        app_containers,
+        node_name: spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
+    }
 }
 
 /// status.podIPs (or status.podIP), parsed; unparsable entries skipped.
@@ -424,6 +468,48 @@ mod tests {
         assert_eq!(info.service_account, "hello-sa");
         assert_eq!(info.labels.get("app").map(String::as_str), Some("hello"));
         assert!(info.annotations.contains_key("sidecar.istio.io/status"));
+    }
+
+    #[test]
+    fn owner_app_containers_ports_and_node_are_carried() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+        let mut pod = hello_cni_pod();
+        pod.metadata.owner_references = Some(vec![
+            OwnerReference {
+                api_version: "v1".into(),
+                kind: "Other".into(),
+                name: "not-the-controller".into(),
+                ..Default::default()
+            },
+            OwnerReference {
+                api_version: "apps/v1".into(),
+                kind: "ReplicaSet".into(),
+                name: "hello-5d9c".into(),
+                controller: Some(true),
+                ..Default::default()
+            },
+        ]);
+        if let Some(s) = pod.spec.as_mut() {
+            s.node_name = Some("node-1".into());
+            if let Some(app) = s.containers.iter_mut().find(|c| c.name != ISTIO_PROXY) {
+                app.ports = Some(vec![k8s_openapi::api::core::v1::ContainerPort {
+                    container_port: 8080,
+                    name: Some("http".into()),
+                    protocol: Some("TCP".into()),
+                    ..Default::default()
+                }]);
+            }
+        }
+        let w = classify(&pod, &ClassifyConfig::default()).unwrap().workload;
+        assert_eq!(w.owner.map(|o| o.name).as_deref(), Some("hello-5d9c"));
+        assert_eq!(w.node_name, "node-1");
+        assert!(w.app_containers.iter().all(|c| c.name != ISTIO_PROXY));
+        let ports: Vec<i32> = w
+            .app_containers
+            .iter()
+            .flat_map(|c| c.ports.iter().map(|p| p.container_port))
+            .collect();
+        assert_eq!(ports, [8080]);
     }
 
     #[test]

@@ -310,6 +310,7 @@ mod tests {
             labels: BTreeMap::new(),
             service_account: String::new(),
             annotations: BTreeMap::new(),
+            workload: Default::default(),
         }
     }
 

@@ -47,6 +47,51 @@ pub struct PodInfo {
     pub annotations: BTreeMap<String, String>,
     /// Whether and how the pod is meshed.
     pub mesh: MeshDecision,
+    /// What else the pod object says that the sidecar's node metadata
+    /// carries (owner, app containers and their ports, node).
+    #[serde(default)]
+    pub workload: WorkloadFacts,
+}
+
+/// Facts from the pod object that Istio's injector puts into the sidecar's
+/// node metadata (OWNER, APP_CONTAINERS, POD_PORTS, NODE_NAME).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkloadFacts {
+    /// The controller owner reference (apiVersion, kind, name), if any.
+    #[serde(default)]
+    pub owner: Option<OwnerRef>,
+    /// The containers other than the proxy, with their declared ports.
+    #[serde(default)]
+    pub app_containers: Vec<AppContainer>,
+    /// spec.nodeName, empty when unknown.
+    #[serde(default)]
+    pub node_name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OwnerRef {
+    pub api_version: String,
+    pub kind: String,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppContainer {
+    pub name: String,
+    #[serde(default)]
+    pub ports: Vec<ContainerPort>,
+}
+
+/// A container port as the pod spec declares it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerPort {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    pub container_port: i32,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub protocol: String,
 }
 
 /// Whether a pod is meshed, decided from its containers, annotations and
@@ -156,6 +201,7 @@ mod tests {
             mesh: MeshDecision::NotMeshed {
                 reason: "no proxy container".into(),
             },
+            workload: Default::default(),
         }
     }
 

@@ -15,6 +15,9 @@
 //!
 //! - [`kube_api::KubeApi`]: a Kubernetes API server stand-in (pods, list
 //!   and watch) for the Kubernetes pod source's tests.
+//! - [`xds`]: the control plane (an ADS server with Istio-shaped config
+//!   for the node's Services) and [`kube_proxy`]: ClusterIP DNAT rules in
+//!   unmeshed pods' own netns, as kube-proxy's iptables mode writes them.
 //!
 //! Each test process owns one cgroup, so run root tests one per process
 //! (cargo-nextest) or with `--test-threads=1`.
@@ -63,6 +66,7 @@ pub fn can_run_root_tests() -> Result<(), String> {
 }
 
 pub mod kube_api;
+pub mod kube_proxy;
 pub mod sidecar;
 pub mod xds;
 pub use sidecar::{Sidecar, SidecarMode, SidecarOptions, SidecarProxy};

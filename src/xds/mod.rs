@@ -4,6 +4,9 @@
 //! - [`resources`]: one proxy's listeners, routes, clusters and endpoints
 //!   (the decision engine's input, whether from a live ADS stream or from
 //!   an Envoy config dump).
+//! - [`held`], [`assignment`]: the compact forms resources are held in
+//!   (clusters and listeners as wire bytes, endpoints as what the engine
+//!   reads).
 //! - [`client`]: the ADS client that receives them from istiod, one stream
 //!   per meshed pod's proxy identity.
 //! - [`dump`]: Envoy config dump JSON -> [`ProxyResources`].
@@ -14,9 +17,11 @@
 //! Synchronous cores (resources, the decision engine, config dump parsing)
 //! live beside the async shell (the ADS client) that feeds them.
 
+pub mod assignment;
 pub mod client;
 pub mod decide;
 pub mod dump;
+pub mod held;
 pub mod live;
 pub mod resources;
 pub mod typeurl;

@@ -200,6 +200,7 @@ pub fn pod_info(ns: &str, name: &str, mesh: MeshDecision) -> PodInfo {
         ips: vec![],
         labels: BTreeMap::new(),
         annotations: BTreeMap::new(),
+        workload: Default::default(),
         service_account: String::new(),
         mesh,
     }

@@ -168,7 +168,7 @@ fn table(d: &Decisions) -> String {
         for r in &x.reasons {
             out.push_str(&format!("    {}: {}\n", r.code.name(), r.text));
         }
-        for e in &x.endpoints {
+        for e in x.endpoints.iter() {
             out.push_str(&format!(
                 "    endpoint {}:{} weight {} priority {}{}\n",
                 e.address,

@@ -6,16 +6,19 @@
 //! - [`snapshot`]: one version of every resource, by type and name;
 //! - [`stream`]: one stream's protocol state (nonces, ACK/NACK), no I/O;
 //! - [`istio`]: the resources istiod would generate for a set of services;
+//! - [`policy`]: per-service shapes on top (auto-mTLS endpoints with
+//!   `tlsMode: istio`, an RBAC filter, endpoint weights);
 //! - [`server`]: the tonic server, on its own thread and runtime, with a
 //!   log of what it sent and what each sidecar acknowledged.
 
 pub mod istio;
+pub mod policy;
 pub mod server;
 pub mod snapshot;
 pub mod stream;
 
 pub use istio::{sidecar_snapshot, Protocol, Service};
-pub use server::{AdsEvent, AdsServer, EventKind};
+pub use server::{AdsEvent, AdsServer, EventKind, TlsServing};
 pub use snapshot::Snapshot;
 
 /// What can go wrong starting or running the control plane.

@@ -1,14 +1,18 @@
 //! The ADS server: envoy-types' generated `AggregatedDiscoveryService` on
-//! tonic, serving a unix socket from a thread with its own single-threaded
-//! tokio runtime (the rest of the sim is synchronous). Each stream runs
+//! tonic, serving a unix socket (or, like istiod's :15012, TCP with TLS
+//! and a required bearer token: [`AdsServer::start_tls`]) from a thread
+//! with its own single-threaded tokio runtime (the rest of the sim is
+//! synchronous). Each stream runs
 //! [`StreamState`] against the current [`Snapshot`]; [`AdsServer::update`]
 //! pushes a new one to every stream. What was sent and every ACK/NACK is
 //! logged (tracing) and kept in [`AdsServer::events`] for tests. Dropping
 //! the server stops it (streams are cut) and removes its socket.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,8 +22,11 @@ use envoy_types::pb::envoy::service::discovery::v3::{
     },
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
+use futures::FutureExt;
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream, UnixListenerStream};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Identity, ServerTlsConfig};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::snapshot::{short_type, Snapshot};
@@ -62,6 +69,8 @@ impl Snapshots {
 }
 
 struct Shared {
+    /// Streams refused by the bearer check.
+    refused: AtomicUsize,
     snapshot: watch::Sender<Snapshots>,
     /// Bumped to cut every open stream (a control-plane restart).
     resets: watch::Sender<u64>,
@@ -187,10 +196,54 @@ impl AggregatedDiscoveryService for Ads {
     }
 }
 
+/// TLS serving, as istiod's :15012: the server's certificate chain and
+/// key (PEM), and the bearer token every stream must carry.
+#[derive(Clone)]
+pub struct TlsServing {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub token: String,
+}
+
+/// Where the server listens.
+enum Listener {
+    Unix(std::os::unix::net::UnixListener),
+    Tls(std::net::TcpListener, ServerTlsConfig),
+}
+
+/// The generated service behind the bearer check.
+type Service = InterceptedService<AggregatedDiscoveryServiceServer<Ads>, BearerCheck>;
+
+/// Refuses a stream whose `authorization` is not `want` (None: no check).
+#[derive(Clone)]
+struct BearerCheck {
+    want: Option<Arc<str>>,
+    shared: Arc<Shared>,
+}
+
+impl tonic::service::Interceptor for BearerCheck {
+    fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
+        let Some(want) = &self.want else {
+            return Ok(req);
+        };
+        let got = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        if got == Some(&**want) {
+            Ok(req)
+        } else {
+            self.shared.refused.fetch_add(1, Ordering::Relaxed);
+            Err(Status::unauthenticated("missing or wrong bearer token"))
+        }
+    }
+}
+
 /// A running control plane.
 pub struct AdsServer {
     dir: PathBuf,
     socket: PathBuf,
+    tcp: Option<SocketAddr>,
     shared: Arc<Shared>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -213,6 +266,40 @@ impl AdsServer {
         listener.set_nonblocking(true).map_err(sock_err)?;
         std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666))
             .map_err(sock_err)?;
+        Self::start_on(dir, socket, Listener::Unix(listener), None, snapshot)
+    }
+
+    /// Serves `snapshot` on 127.0.0.1 (a free port: [`Self::tcp_addr`])
+    /// over TLS with `tls`'s certificate; a stream without
+    /// `authorization: Bearer <tls.token>` is refused (UNAUTHENTICATED,
+    /// counted by [`Self::refused_tokens`]). `dir` as for [`Self::start`].
+    pub fn start_tls(dir: &Path, snapshot: Snapshot, tls: TlsServing) -> Result<Self, XdsError> {
+        let sock_err = |source| XdsError::Socket {
+            path: "127.0.0.1:0".into(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(sock_err)?;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(sock_err)?;
+        listener.set_nonblocking(true).map_err(sock_err)?;
+        let addr = listener.local_addr().map_err(sock_err)?;
+        let config =
+            ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert_pem, &tls.key_pem));
+        Self::start_on(
+            dir,
+            dir.join("xds.sock"),
+            Listener::Tls(listener, config),
+            Some((addr, tls.token)),
+            snapshot,
+        )
+    }
+
+    fn start_on(
+        dir: &Path,
+        socket: PathBuf,
+        listener: Listener,
+        tcp: Option<(SocketAddr, String)>,
+        snapshot: Snapshot,
+    ) -> Result<Self, XdsError> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -224,11 +311,21 @@ impl AdsServer {
             }),
             resets: watch::Sender::new(0),
             events: Mutex::new(Vec::new()),
+            refused: AtomicUsize::new(0),
         });
         let (stop, stopped) = oneshot::channel();
-        let service = AggregatedDiscoveryServiceServer::new(Ads {
+        let check = BearerCheck {
+            want: tcp
+                .as_ref()
+                .map(|(_, token)| format!("Bearer {token}").into()),
             shared: Arc::clone(&shared),
-        });
+        };
+        let service = InterceptedService::new(
+            AggregatedDiscoveryServiceServer::new(Ads {
+                shared: Arc::clone(&shared),
+            }),
+            check,
+        );
         let thread = std::thread::Builder::new()
             .name("meshlane-ads".into())
             .spawn(move || serve(runtime, listener, service, stopped))
@@ -236,15 +333,26 @@ impl AdsServer {
         Ok(Self {
             dir: dir.to_path_buf(),
             socket,
+            tcp: tcp.map(|(addr, _)| addr),
             shared,
             stop: Some(stop),
             thread: Some(thread),
         })
     }
 
-    /// The unix socket sidecars connect to.
+    /// The unix socket sidecars connect to (not served by a TLS server).
     pub fn socket(&self) -> &Path {
         &self.socket
+    }
+
+    /// The TLS server's address.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp
+    }
+
+    /// Streams refused for a missing or wrong bearer token.
+    pub fn refused_tokens(&self) -> usize {
+        self.shared.refused.load(Ordering::Relaxed)
     }
 
     /// Makes `snapshot` current and pushes it to every stream.
@@ -305,21 +413,44 @@ impl AdsServer {
 /// dropped); dropping the runtime then cuts every stream.
 fn serve(
     runtime: tokio::runtime::Runtime,
-    listener: std::os::unix::net::UnixListener,
-    service: AggregatedDiscoveryServiceServer<Ads>,
+    listener: Listener,
+    service: Service,
     stopped: oneshot::Receiver<()>,
 ) {
     runtime.block_on(async move {
-        let listener = match tokio::net::UnixListener::from_std(listener) {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::error!("ADS server: {e}");
-                return;
+        let server = match listener {
+            Listener::Unix(l) => match tokio::net::UnixListener::from_std(l) {
+                Ok(l) => tonic::transport::Server::builder()
+                    .add_service(service)
+                    .serve_with_incoming(UnixListenerStream::new(l))
+                    .boxed(),
+                Err(e) => {
+                    tracing::error!("ADS server: {e}");
+                    return;
+                }
+            },
+            Listener::Tls(l, config) => {
+                let listener = match tokio::net::TcpListener::from_std(l) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::error!("ADS server: {e}");
+                        return;
+                    }
+                };
+                let builder = match tonic::transport::Server::builder().tls_config(config) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::error!("ADS server TLS: {e}");
+                        return;
+                    }
+                };
+                let mut builder = builder;
+                builder
+                    .add_service(service)
+                    .serve_with_incoming(TcpListenerStream::new(listener))
+                    .boxed()
             }
         };
-        let server = tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming(UnixListenerStream::new(listener));
         tokio::select! {
             r = server => {
                 if let Err(e) = r {

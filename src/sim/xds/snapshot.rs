@@ -6,6 +6,7 @@
 //! endpoint change is pushed as EDS alone.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
@@ -136,6 +137,37 @@ impl Snapshot {
             .filter(|r| all || named.contains(r.name.as_str()))
             .map(|r| r.body.clone())
             .collect()
+    }
+
+    /// What a sidecar that accepted this snapshot holds (every listener,
+    /// route, cluster and endpoint assignment that decodes): the decision
+    /// engine's input, without a stream.
+    pub fn proxy_resources(&self) -> crate::xds::ProxyResources {
+        use crate::xds::{assignment::Assignment, held::HeldCluster, held::HeldListener};
+        fn all<M: Message + Name + Default, H>(
+            snap: &Snapshot,
+            hold: impl Fn(&M) -> H,
+        ) -> Arc<BTreeMap<Arc<str>, Arc<H>>> {
+            let held = snap
+                .by_type
+                .get(&M::type_url())
+                .into_iter()
+                .flatten()
+                .filter_map(|r| {
+                    let m = M::decode(r.body.value.as_slice()).ok()?;
+                    Some((Arc::from(r.name.as_str()), Arc::new(hold(&m))))
+                })
+                .collect();
+            Arc::new(held)
+        }
+        crate::xds::ProxyResources {
+            listeners: all(self, HeldListener::new),
+            routes: all(self, |r: &RouteConfiguration| r.clone()),
+            clusters: all(self, HeldCluster::new),
+            endpoints: all(self, Assignment::from_proto),
+            has_eds: true,
+            extension_configs: Arc::default(),
+        }
     }
 }
 

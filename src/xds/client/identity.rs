@@ -2,14 +2,24 @@
 //! `sidecar~<podIP>~<pod>.<ns>~<ns>.svc.cluster.local` and the node
 //! metadata istiod reads to generate that sidecar's config (the keys and
 //! encodings of Istio's `NodeMetadata`: strings, comma-joined lists, string
-//! maps as structs). Pure: built from a [`PodInfo`] and the mesh settings.
+//! maps as structs, POD_PORTS as the JSON text of the app containers'
+//! ports, OWNER as the controller's `kubernetes://apis/...` path, as the
+//! injector writes them). Pure: built from a [`PodInfo`] and the mesh
+//! settings.
+//!
+//! Not sent: PROXY_CONFIG. The injector sends the mesh's default proxy
+//! config merged with the pod's `proxy.istio.io/config` annotation; the
+//! agent does not know the mesh default, and a partial one would replace
+//! it in istiod (which uses its own mesh default when none is sent: the
+//! same config as the pod's unless the pod overrides it; see
+//! docs/bypass.md).
 
 use std::collections::{BTreeMap, HashMap};
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
 
-use crate::pods::source::{MeshDecision, PodInfo};
+use crate::pods::source::{MeshDecision, OwnerRef, PodInfo};
 
 /// The annotation that opts a pod out of bypass (`"false"`).
 pub const BYPASS_ANNOTATION: &str = "meshlane.io/bypass";
@@ -60,7 +70,7 @@ fn string_map(m: &BTreeMap<String, String>) -> Value {
 
 /// The workload name Istio's injector would give: the canonical-name
 /// label, else `app`, else the pod name.
-fn workload_name(pod: &PodInfo) -> String {
+pub(crate) fn workload_name(pod: &PodInfo) -> String {
     [
         "service.istio.io/canonical-name",
         "app.kubernetes.io/name",
@@ -69,6 +79,46 @@ fn workload_name(pod: &PodInfo) -> String {
     .iter()
     .find_map(|l| pod.labels.get(*l).cloned())
     .unwrap_or_else(|| pod.key.name.clone())
+}
+
+/// OWNER as Istio's injector writes it: the controller's API path, a
+/// ReplicaSet made by a Deployment (it carries `pod-template-hash`) named
+/// as that Deployment; a pod without controller names itself.
+fn owner(pod: &PodInfo) -> String {
+    let ns = &pod.key.namespace;
+    let Some(o) = &pod.workload.owner else {
+        return format!("kubernetes://apis/v1/namespaces/{ns}/pods/{}", pod.key.name);
+    };
+    let deployment = pod
+        .labels
+        .get("pod-template-hash")
+        .filter(|_| o.kind == "ReplicaSet")
+        .and_then(|hash| o.name.strip_suffix(&format!("-{hash}")));
+    if let Some(name) = deployment {
+        return format!("kubernetes://apis/apps/v1/namespaces/{ns}/deployments/{name}");
+    }
+    let OwnerRef {
+        api_version,
+        kind,
+        name,
+    } = o;
+    let plural = format!("{}s", kind.to_ascii_lowercase());
+    format!("kubernetes://apis/{api_version}/namespaces/{ns}/{plural}/{name}")
+}
+
+/// POD_PORTS: every app container's declared ports as a JSON list (empty
+/// when none is declared: not sent).
+fn pod_ports(pod: &PodInfo) -> Option<String> {
+    let ports: Vec<_> = pod
+        .workload
+        .app_containers
+        .iter()
+        .flat_map(|c| c.ports.iter())
+        .collect();
+    if ports.is_empty() {
+        return None;
+    }
+    serde_json::to_string(&ports).ok()
 }
 
 impl ProxyIdentity {
@@ -105,6 +155,22 @@ impl ProxyIdentity {
         if !mesh.istio_version.is_empty() {
             md.insert("ISTIO_VERSION".into(), string(&mesh.istio_version));
         }
+        md.insert("OWNER".into(), string(owner(pod)));
+        if let Some(ports) = pod_ports(pod) {
+            md.insert("POD_PORTS".into(), string(ports));
+        }
+        let apps: Vec<&str> = pod
+            .workload
+            .app_containers
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        if !apps.is_empty() {
+            md.insert("APP_CONTAINERS".into(), string(apps.join(",")));
+        }
+        if !pod.workload.node_name.is_empty() {
+            md.insert("NODE_NAME".into(), string(&pod.workload.node_name));
+        }
         let node = Node {
             id: node_id.clone(),
             cluster: format!("{workload}.{ns}"),
@@ -133,6 +199,7 @@ mod tests {
             labels: [("app".to_string(), "cart".to_string())].into(),
             service_account: "cart-sa".into(),
             annotations: BTreeMap::new(),
+            workload: Default::default(),
             mesh: MeshDecision::Meshed {
                 spec: PodSpec::istio(name),
             },
@@ -179,6 +246,71 @@ mod tests {
             Some(Kind::StringValue("cart".into()))
         );
         assert_eq!(id.node.cluster, "cart.shop");
+    }
+
+    #[test]
+    fn owner_ports_containers_and_node_are_encoded_as_the_injector_does() {
+        use crate::pods::source::{AppContainer, ContainerPort};
+        let mut p = pod("cart-7d4f9-x2x", "10.1.0.7");
+        let text = |id: &ProxyIdentity, key: &str| match md(id, key) {
+            Some(Kind::StringValue(s)) => Some(s),
+            _ => None,
+        };
+        let id = ProxyIdentity::for_pod(&p, &mesh()).unwrap();
+        assert_eq!(
+            text(&id, "OWNER").as_deref(),
+            Some("kubernetes://apis/v1/namespaces/shop/pods/cart-7d4f9-x2x")
+        );
+        assert_eq!(text(&id, "POD_PORTS"), None);
+        assert_eq!(text(&id, "APP_CONTAINERS"), None);
+        p.labels.insert("pod-template-hash".into(), "7d4f9".into());
+        p.workload.owner = Some(OwnerRef {
+            api_version: "apps/v1".into(),
+            kind: "ReplicaSet".into(),
+            name: "cart-7d4f9".into(),
+        });
+        p.workload.node_name = "node-a".into();
+        p.workload.app_containers = vec![
+            AppContainer {
+                name: "cart".into(),
+                ports: vec![ContainerPort {
+                    name: "http".into(),
+                    container_port: 8080,
+                    protocol: "TCP".into(),
+                }],
+            },
+            AppContainer {
+                name: "cache".into(),
+                ports: vec![ContainerPort {
+                    name: String::new(),
+                    container_port: 6379,
+                    protocol: String::new(),
+                }],
+            },
+        ];
+        let id = ProxyIdentity::for_pod(&p, &mesh()).unwrap();
+        assert_eq!(
+            text(&id, "OWNER").as_deref(),
+            Some("kubernetes://apis/apps/v1/namespaces/shop/deployments/cart")
+        );
+        assert_eq!(
+            text(&id, "POD_PORTS").as_deref(),
+            Some(
+                r#"[{"name":"http","containerPort":8080,"protocol":"TCP"},{"containerPort":6379}]"#
+            )
+        );
+        assert_eq!(text(&id, "APP_CONTAINERS").as_deref(), Some("cart,cache"));
+        assert_eq!(text(&id, "NODE_NAME").as_deref(), Some("node-a"));
+        p.workload.owner = Some(OwnerRef {
+            api_version: "apps/v1".into(),
+            kind: "StatefulSet".into(),
+            name: "db".into(),
+        });
+        let id = ProxyIdentity::for_pod(&p, &mesh()).unwrap();
+        assert_eq!(
+            text(&id, "OWNER").as_deref(),
+            Some("kubernetes://apis/apps/v1/namespaces/shop/statefulsets/db")
+        );
     }
 
     #[test]

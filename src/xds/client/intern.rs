@@ -1,19 +1,21 @@
 //! Sharing of identical resources between the node's proxy identities:
 //! a resource is interned by (type, 128-bit hash of its encoded bytes), so
-//! twenty identities that receive the same cluster hold one decoded copy
-//! (`Arc`), and a resource already held is not decoded again (a
-//! state-of-the-world response repeats every unchanged resource). Entries
-//! are weak: a resource no stream holds any more is freed.
+//! twenty identities that receive the same cluster hold one copy (`Arc`,
+//! in its held form: see [`crate::xds::held`] and
+//! [`crate::xds::assignment`]), and a resource already held is not
+//! decoded again (a state-of-the-world response repeats every unchanged
+//! resource). Entries are weak: a resource no stream holds any more is
+//! freed.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex, Weak};
 
-use envoy_types::pb::envoy::config::cluster::v3::Cluster;
-use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
-use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
-use prost::Message;
+
+use crate::xds::assignment::Assignment;
+use crate::xds::held::{HeldCluster, HeldListener};
+use crate::xds::resources::Named;
 
 /// A 128-bit content hash (two SipHash passes with different prefixes).
 fn content_hash(bytes: &[u8]) -> u128 {
@@ -50,16 +52,20 @@ impl<M> Default for Pool<M> {
     }
 }
 
-impl<M: Message + Default> Pool<M> {
-    /// The shared copy of the resource encoded as `bytes`, decoding it only
-    /// when no live copy exists.
-    pub fn intern(&self, bytes: &[u8]) -> Result<Arc<M>, prost::DecodeError> {
+impl<M> Pool<M> {
+    /// The shared copy of the resource encoded as `bytes`, made by
+    /// `decode` only when no live copy exists (errors are not kept).
+    pub fn intern<E>(
+        &self,
+        bytes: &[u8],
+        decode: impl FnOnce(&[u8]) -> Result<M, E>,
+    ) -> Result<Arc<M>, E> {
         let key = content_hash(bytes);
         let mut e = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(live) = e.map.get(&key).and_then(Weak::upgrade) {
             return Ok(live);
         }
-        let fresh = Arc::new(M::decode(bytes)?);
+        let fresh = Arc::new(decode(bytes)?);
         e.map.insert(key, Arc::downgrade(&fresh));
         if e.map.len() > 2 * e.purged_at.max(64) {
             e.map.retain(|_, w| w.strong_count() > 0);
@@ -77,18 +83,74 @@ impl<M: Message + Default> Pool<M> {
     }
 }
 
-/// The node's pools, one per resource type, shared by every stream.
+/// Interned maps of one type: identities whose whole set of a type is
+/// the same (same names, same shared resources) hold one map. Keyed by a
+/// hash of the resource pointers, confirmed by comparing entries
+/// (pointers of live resources: the map holds them, so none is reused).
+#[derive(Debug)]
+pub struct SetPool<T> {
+    entries: Mutex<HashMap<u64, Vec<WeakSet<T>>>>,
+}
+
+type WeakSet<T> = Weak<BTreeMap<Arc<str>, Arc<T>>>;
+
+impl<T> Default for SetPool<T> {
+    fn default() -> Self {
+        Self {
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl<T> SetPool<T> {
+    /// The shared map equal to `m` (`m` itself when it is the first).
+    pub fn share(&self, m: Named<T>) -> Named<T> {
+        let mut h = DefaultHasher::new();
+        for v in m.values() {
+            // A resource determines its name: its pointer suffices.
+            (Arc::as_ptr(v) as usize).hash(&mut h);
+        }
+        let key = h.finish();
+        let mut e = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let slot = e.entry(key).or_default();
+        slot.retain(|w| w.strong_count() > 0);
+        let same = |o: &Named<T>| {
+            Arc::ptr_eq(o, &m)
+                || (o.len() == m.len()
+                    && o.iter()
+                        .zip(m.iter())
+                        .all(|((ka, va), (kb, vb))| ka == kb && Arc::ptr_eq(va, vb)))
+        };
+        if let Some(found) = slot.iter().filter_map(Weak::upgrade).find(same) {
+            return found;
+        }
+        slot.push(Arc::downgrade(&m));
+        if e.len() > 64 {
+            e.retain(|_, v| v.iter().any(|w| w.strong_count() > 0));
+        }
+        m
+    }
+}
+
+/// The node's pools, one per resource type (resources and whole sets),
+/// shared by every stream.
 #[derive(Debug, Default)]
 pub struct Interner {
-    pub clusters: Pool<Cluster>,
-    pub endpoints: Pool<ClusterLoadAssignment>,
-    pub listeners: Pool<Listener>,
+    pub clusters: Pool<HeldCluster>,
+    pub endpoints: Pool<Assignment>,
+    pub listeners: Pool<HeldListener>,
     pub routes: Pool<RouteConfiguration>,
+    pub cluster_sets: SetPool<HeldCluster>,
+    pub endpoint_sets: SetPool<Assignment>,
+    pub listener_sets: SetPool<HeldListener>,
+    pub route_sets: SetPool<RouteConfiguration>,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+    use prost::Message;
 
     fn bytes(name: &str, timeout: i64) -> Vec<u8> {
         Cluster {
@@ -105,14 +167,15 @@ mod tests {
     #[test]
     fn identical_resources_share_one_copy_until_dropped() {
         let pool: Pool<Cluster> = Pool::default();
-        let a = pool.intern(&bytes("c", 1)).unwrap();
-        let b = pool.intern(&bytes("c", 1)).unwrap();
+        let decode = |b: &[u8]| Cluster::decode(b);
+        let a = pool.intern(&bytes("c", 1), decode).unwrap();
+        let b = pool.intern(&bytes("c", 1), decode).unwrap();
         assert!(Arc::ptr_eq(&a, &b));
-        let other = pool.intern(&bytes("c", 2)).unwrap();
+        let other = pool.intern(&bytes("c", 2), decode).unwrap();
         assert!(!Arc::ptr_eq(&a, &other));
         assert_eq!(pool.live(), 2);
         drop((a, b));
         assert_eq!(pool.live(), 1);
-        assert!(pool.intern(b"\xff\xff").is_err());
+        assert!(pool.intern(b"\xff\xff", decode).is_err());
     }
 }

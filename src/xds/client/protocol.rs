@@ -22,16 +22,16 @@ use std::sync::Arc;
 use envoy_types::pb::envoy::config::cluster::v3::{cluster::ClusterDiscoveryType, Cluster};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
-use envoy_types::pb::envoy::config::listener::v3::{filter::ConfigType, Listener};
+use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
-use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
-    http_connection_manager::RouteSpecifier, HttpConnectionManager,
-};
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use envoy_types::pb::google::rpc::Status;
 use prost::{Message, Name};
 
 use super::intern::{Interner, Pool};
+use crate::xds::assignment::Assignment;
+use crate::xds::held::{peek_name, HeldCluster, HeldError, HeldListener};
+use crate::xds::resources::named_mut;
 use crate::xds::ProxyResources;
 
 /// The four resource types a sidecar takes, in Envoy's subscription order.
@@ -211,10 +211,10 @@ impl AdsCore {
         };
         self.types[t.index()].nonce = resp.nonce.clone();
         let applied = match t {
-            XdsType::Cluster => self.apply_clusters(resp, &pools.clusters),
-            XdsType::Endpoint => self.apply_endpoints(resp, &pools.endpoints),
-            XdsType::Listener => self.apply_listeners(resp, &pools.listeners),
-            XdsType::Route => self.apply_routes(resp, &pools.routes),
+            XdsType::Cluster => self.apply_clusters(resp, pools),
+            XdsType::Endpoint => self.apply_endpoints(resp, pools),
+            XdsType::Listener => self.apply_listeners(resp, pools),
+            XdsType::Route => self.apply_routes(resp, pools),
         };
         match applied {
             Err(message) => {
@@ -270,110 +270,130 @@ impl AdsCore {
         ts.subscribed = true;
         let names = ts.names.clone();
         let stale = match t {
-            XdsType::Endpoint => self.held.endpoints.keys().any(|n| !names.contains(n)),
-            XdsType::Route => self.held.routes.keys().any(|n| !names.contains(n)),
+            XdsType::Endpoint => self.held.endpoints.keys().any(|n| !names.contains(&**n)),
+            XdsType::Route => self.held.routes.keys().any(|n| !names.contains(&**n)),
             _ => false,
         };
         if stale {
             let held = self.held_mut();
             match t {
-                XdsType::Endpoint => held.endpoints.retain(|n, _| names.contains(n)),
-                _ => held.routes.retain(|n, _| names.contains(n)),
+                XdsType::Endpoint => {
+                    named_mut(&mut held.endpoints).retain(|n, _| names.contains(&**n))
+                }
+                _ => named_mut(&mut held.routes).retain(|n, _| names.contains(&**n)),
             }
             out.changed = true;
         }
         out.requests.push(self.request(t, None));
     }
 
-    fn apply_clusters(
-        &mut self,
-        r: &DiscoveryResponse,
-        pool: &Pool<Cluster>,
-    ) -> Result<bool, String> {
-        let got = decode_all(r, pool)?;
+    fn apply_clusters(&mut self, r: &DiscoveryResponse, pools: &Interner) -> Result<bool, String> {
+        let got = decode_all(r, &self.held.clusters, &pools.clusters)?;
         let Some(all) = new_set(&self.held.clusters, got) else {
             return Ok(false);
         };
-        self.held_mut().clusters = all;
+        self.held_mut().clusters = pools.cluster_sets.share(Arc::new(all));
         Ok(true)
     }
 
-    fn apply_listeners(
-        &mut self,
-        r: &DiscoveryResponse,
-        pool: &Pool<Listener>,
-    ) -> Result<bool, String> {
-        let got = decode_all(r, pool)?;
+    fn apply_listeners(&mut self, r: &DiscoveryResponse, pools: &Interner) -> Result<bool, String> {
+        let got = decode_all(r, &self.held.listeners, &pools.listeners)?;
         let Some(all) = new_set(&self.held.listeners, got) else {
             return Ok(false);
         };
-        self.held_mut().listeners = all;
+        self.held_mut().listeners = pools.listener_sets.share(Arc::new(all));
         Ok(true)
     }
 
-    fn apply_endpoints(
-        &mut self,
-        r: &DiscoveryResponse,
-        pool: &Pool<ClusterLoadAssignment>,
-    ) -> Result<bool, String> {
-        let got = decode_all(r, pool)?;
+    fn apply_endpoints(&mut self, r: &DiscoveryResponse, pools: &Interner) -> Result<bool, String> {
+        let got = decode_all(r, &self.held.endpoints, &pools.endpoints)?;
         let names = &self.types[XdsType::Endpoint.index()].names;
         let new = changed_named(&self.held.endpoints, got, names);
         let changed = !new.is_empty();
         if changed {
-            self.held_mut().endpoints.extend(new);
+            let held = self.held_mut();
+            named_mut(&mut held.endpoints).extend(new);
+            held.endpoints = pools.endpoint_sets.share(Arc::clone(&held.endpoints));
         }
         Ok(changed)
     }
 
-    fn apply_routes(
-        &mut self,
-        r: &DiscoveryResponse,
-        pool: &Pool<RouteConfiguration>,
-    ) -> Result<bool, String> {
-        let got = decode_all(r, pool)?;
+    fn apply_routes(&mut self, r: &DiscoveryResponse, pools: &Interner) -> Result<bool, String> {
+        let got = decode_all(r, &self.held.routes, &pools.routes)?;
         let names = &self.types[XdsType::Route.index()].names;
         let new = changed_named(&self.held.routes, got, names);
         let changed = !new.is_empty();
         if changed {
-            self.held_mut().routes.extend(new);
+            let held = self.held_mut();
+            named_mut(&mut held.routes).extend(new);
+            held.routes = pools.route_sets.share(Arc::clone(&held.routes));
         }
         Ok(changed)
     }
 }
 
-/// A resource type as the client validates it.
-trait Resource: Message + Name + Default {
+/// A resource type in the form it is held, as the client validates it.
+trait Resource: Sized {
     /// How errors call it.
     const WHAT: &'static str;
     fn xds_name(&self) -> &str;
-    /// What Envoy would refuse beyond a missing name.
-    fn check(&self) -> Result<(), String> {
-        Ok(())
-    }
+    /// The name as the key it is held under.
+    fn key(&self) -> Arc<str>;
+    /// The bytes it was received as, when kept.
+    fn wire(&self) -> Option<&[u8]>;
+    /// Decodes and validates (a name; what Envoy would refuse).
+    fn from_wire(bytes: &[u8]) -> Result<Self, HeldError>;
 }
 
-impl Resource for Cluster {
+impl Resource for HeldCluster {
     const WHAT: &'static str = "cluster";
     fn xds_name(&self) -> &str {
         &self.name
     }
-    fn check(&self) -> Result<(), String> {
-        check_cluster(self)
+    fn key(&self) -> Arc<str> {
+        Arc::clone(&self.name)
+    }
+    fn wire(&self) -> Option<&[u8]> {
+        Some(HeldCluster::wire(self))
+    }
+    fn from_wire(bytes: &[u8]) -> Result<Self, HeldError> {
+        HeldCluster::decode_checked(bytes, check_cluster)
     }
 }
 
-impl Resource for ClusterLoadAssignment {
+impl Resource for Assignment {
     const WHAT: &'static str = "endpoints";
     fn xds_name(&self) -> &str {
         &self.cluster_name
     }
+    fn key(&self) -> Arc<str> {
+        Arc::clone(&self.cluster_name)
+    }
+    fn wire(&self) -> Option<&[u8]> {
+        Some(Assignment::wire(self))
+    }
+    fn from_wire(bytes: &[u8]) -> Result<Self, HeldError> {
+        let a = Assignment::decode(bytes).map_err(HeldError::Decode)?;
+        if a.cluster_name.is_empty() {
+            return Err(HeldError::NoName);
+        }
+        Ok(a)
+    }
 }
 
-impl Resource for Listener {
+impl Resource for HeldListener {
     const WHAT: &'static str = "listener";
     fn xds_name(&self) -> &str {
         &self.name
+    }
+    fn key(&self) -> Arc<str> {
+        Arc::clone(&self.name)
+    }
+    fn wire(&self) -> Option<&[u8]> {
+        Some(HeldListener::wire(self))
+    }
+    fn from_wire(bytes: &[u8]) -> Result<Self, HeldError> {
+        HeldListener::decode_checked(bytes)
     }
 }
 
@@ -382,18 +402,48 @@ impl Resource for RouteConfiguration {
     fn xds_name(&self) -> &str {
         &self.name
     }
+    fn key(&self) -> Arc<str> {
+        self.name.as_str().into()
+    }
+    fn wire(&self) -> Option<&[u8]> {
+        None
+    }
+    fn from_wire(bytes: &[u8]) -> Result<Self, HeldError> {
+        let rc = RouteConfiguration::decode(bytes).map_err(HeldError::Decode)?;
+        if rc.name.is_empty() {
+            return Err(HeldError::NoName);
+        }
+        Ok(rc)
+    }
 }
 
 fn names_empty(ts: &TypeState) -> bool {
     ts.names.is_empty()
 }
 
-/// Decodes (or finds interned) every resource of a response, checking each
-/// is of the response's type, has a name, passes its check and appears
-/// once. The error names every bad resource.
-fn decode_all<M: Resource>(r: &DiscoveryResponse, pool: &Pool<M>) -> Result<Vec<Arc<M>>, String> {
+/// A response's resources: those it repeats unchanged (the held copies)
+/// and the others.
+struct Got<M> {
+    reused: Vec<Arc<M>>,
+    fresh: Vec<Arc<M>>,
+}
+
+/// Takes every resource of a response: the copy held when its bytes are
+/// the same (a state-of-the-world response repeats unchanged resources:
+/// recognised by name and a byte compare, without hashing or decoding),
+/// else the interned copy, decoded only when new. Checks each is of the
+/// response's type, has a name, passes its check and appears once. The
+/// error names every bad resource.
+fn decode_all<M: Resource>(
+    r: &DiscoveryResponse,
+    held: &BTreeMap<Arc<str>, Arc<M>>,
+    pool: &Pool<M>,
+) -> Result<Got<M>, String> {
     let what = M::WHAT;
-    let mut out = Vec::with_capacity(r.resources.len());
+    let mut got = Got {
+        reused: Vec::with_capacity(r.resources.len()),
+        fresh: Vec::new(),
+    };
     let mut bad = Vec::new();
     for (i, any) in r.resources.iter().enumerate() {
         if any.type_url != r.type_url {
@@ -403,35 +453,60 @@ fn decode_all<M: Resource>(r: &DiscoveryResponse, pool: &Pool<M>) -> Result<Vec<
             ));
             continue;
         }
-        let msg = match pool.intern(&any.value) {
-            Ok(m) => m,
-            Err(e) => {
-                bad.push(format!("{what} #{i} does not decode: {e}"));
-                continue;
-            }
-        };
-        let name = msg.xds_name();
-        if name.is_empty() {
-            bad.push(format!("{what} #{i} has no name"));
+        let same = peek_name(&any.value)
+            .and_then(|n| held.get(n))
+            .filter(|h| h.wire() == Some(any.value.as_slice()));
+        if let Some(h) = same {
+            got.reused.push(Arc::clone(h));
             continue;
         }
-        if let Err(why) = msg.check() {
-            bad.push(format!("{what} {name}: {why}"));
-            continue;
+        match pool.intern(&any.value, M::from_wire) {
+            Ok(m) => got.fresh.push(m),
+            Err(HeldError::Decode(e)) => bad.push(format!("{what} #{i} does not decode: {e}")),
+            Err(HeldError::NoName) => bad.push(format!("{what} #{i} has no name")),
+            Err(HeldError::Invalid(name, why)) => bad.push(format!("{what} {name}: {why}")),
         }
-        out.push(msg);
     }
-    let mut seen = std::collections::HashSet::with_capacity(out.len());
-    for m in &out {
-        if !seen.insert(m.xds_name()) {
-            bad.push(format!("{what} {} appears twice", m.xds_name()));
-        }
+    for name in twice(&got, held) {
+        bad.push(format!("{what} {name} appears twice"));
     }
     if bad.is_empty() {
-        Ok(out)
+        Ok(got)
     } else {
         Err(bad.join("; "))
     }
+}
+
+/// Names that appear more than once. Repeated held resources are one
+/// pointer per name (compared as sorted pointers, no string hashing);
+/// only the fresh ones' names are hashed.
+fn twice<M: Resource>(got: &Got<M>, held: &BTreeMap<Arc<str>, Arc<M>>) -> Vec<String> {
+    let mut ptrs: Vec<*const M> = got.reused.iter().map(Arc::as_ptr).collect();
+    ptrs.sort_unstable();
+    let mut out: Vec<String> = Vec::new();
+    for w in ptrs.windows(2) {
+        if w[0] == w[1] {
+            out.extend(
+                got.reused
+                    .iter()
+                    .find(|r| Arc::as_ptr(r) == w[0])
+                    .map(|r| r.xds_name().to_string()),
+            );
+        }
+    }
+    let mut fresh = std::collections::HashSet::with_capacity(got.fresh.len());
+    for m in &got.fresh {
+        let name = m.xds_name();
+        let also_reused = held
+            .get(name)
+            .is_some_and(|h| ptrs.binary_search(&Arc::as_ptr(h)).is_ok());
+        if !fresh.insert(name) || also_reused {
+            out.push(name.to_string());
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
 }
 
 const EDS: i32 = envoy_types::pb::envoy::config::cluster::v3::cluster::DiscoveryType::Eds as i32;
@@ -459,16 +534,17 @@ fn check_cluster(c: &Cluster) -> Result<(), String> {
 /// A wildcard type's new set, or None when it is the one held (same
 /// names, same shared copies).
 fn new_set<M: Resource>(
-    held: &BTreeMap<String, Arc<M>>,
-    got: Vec<Arc<M>>,
-) -> Option<BTreeMap<String, Arc<M>>> {
-    let same = held.len() == got.len()
-        && got
-            .iter()
-            .all(|r| held.get(r.xds_name()).is_some_and(|h| Arc::ptr_eq(h, r)));
+    held: &BTreeMap<Arc<str>, Arc<M>>,
+    got: Got<M>,
+) -> Option<BTreeMap<Arc<str>, Arc<M>>> {
+    // The repeated ones are distinct held resources (checked): the same
+    // set when they are all of them and nothing else came.
+    let same = got.fresh.is_empty() && got.reused.len() == held.len();
     (!same).then(|| {
-        got.into_iter()
-            .map(|r| (r.xds_name().to_string(), r))
+        got.reused
+            .into_iter()
+            .chain(got.fresh)
+            .map(|r| (r.key(), r))
             .collect()
     })
 }
@@ -476,56 +552,35 @@ fn new_set<M: Resource>(
 /// The resources of a response that are asked for and differ from those
 /// held.
 fn changed_named<M: Resource>(
-    held: &BTreeMap<String, Arc<M>>,
-    got: Vec<Arc<M>>,
+    held: &BTreeMap<Arc<str>, Arc<M>>,
+    got: Got<M>,
     names: &BTreeSet<String>,
-) -> Vec<(String, Arc<M>)> {
-    got.into_iter()
+) -> Vec<(Arc<str>, Arc<M>)> {
+    got.fresh
+        .into_iter()
         .filter(|r| {
             let n = r.xds_name();
             names.contains(n) && !held.get(n).is_some_and(|h| Arc::ptr_eq(h, r))
         })
-        .map(|r| (r.xds_name().to_string(), r))
+        .map(|r| (r.key(), r))
         .collect()
 }
 
 /// The EDS names of the clusters that take endpoints over EDS.
-fn eds_names(clusters: &BTreeMap<String, Arc<Cluster>>) -> BTreeSet<String> {
+fn eds_names(clusters: &BTreeMap<Arc<str>, Arc<HeldCluster>>) -> BTreeSet<String> {
     clusters
         .values()
-        .filter(|c| is_eds(c))
-        .map(|c| match &c.eds_cluster_config {
-            Some(e) if !e.service_name.is_empty() => e.service_name.clone(),
-            _ => c.name.clone(),
-        })
+        .filter_map(|c| c.eds_service.clone())
         .collect()
 }
 
 /// The route configuration names the listeners' HTTP connection managers
 /// take over RDS.
-fn route_names(listeners: &BTreeMap<String, Arc<Listener>>) -> BTreeSet<String> {
-    let hcm_url = HttpConnectionManager::type_url();
-    let mut names = BTreeSet::new();
-    for l in listeners.values() {
-        let chains = l.filter_chains.iter().chain(l.default_filter_chain.iter());
-        for f in chains.flat_map(|c| c.filters.iter()) {
-            let Some(ConfigType::TypedConfig(any)) = &f.config_type else {
-                continue;
-            };
-            if any.type_url != hcm_url {
-                continue;
-            }
-            // A connection manager that does not decode names no route; the
-            // decision engine sees the listener and judges it.
-            let Ok(hcm) = HttpConnectionManager::decode(any.value.as_slice()) else {
-                continue;
-            };
-            if let Some(RouteSpecifier::Rds(rds)) = hcm.route_specifier {
-                names.insert(rds.route_config_name);
-            }
-        }
-    }
-    names
+fn route_names(listeners: &BTreeMap<Arc<str>, Arc<HeldListener>>) -> BTreeSet<String> {
+    listeners
+        .values()
+        .flat_map(|l| l.rds_names.iter().cloned())
+        .collect()
 }
 
 #[cfg(test)]
@@ -637,20 +692,50 @@ mod tests {
         assert_eq!(nack.response_nonce, "b");
         let msg = &nack.error_detail.as_ref().unwrap().message;
         assert!(msg.contains("cluster #1 has no name"), "{msg}");
-        assert_eq!(core.resources().clusters.keys().collect::<Vec<_>>(), ["c1"]);
+        assert_eq!(
+            core.resources()
+                .clusters
+                .keys()
+                .map(|k| &**k)
+                .collect::<Vec<_>>(),
+            ["c1"]
+        );
         let garbage = Any {
             type_url: Cluster::type_url(),
             value: vec![0xff, 0xff, 0xff],
         };
         let out = core.on_response(&resp(XdsType::Cluster, "3", "c", vec![garbage]), &pools);
         assert!(matches!(&out.verdict, Some(Err(m)) if m.contains("does not decode")));
+        // A name twice: repeated unchanged, or repeated and changed.
+        let c1 = any(&eds_cluster("c1"));
+        let mut c1_changed = eds_cluster("c1");
+        c1_changed.connect_timeout = Some(Default::default());
+        for twice in [
+            vec![c1.clone(), c1.clone()],
+            vec![c1.clone(), any(&c1_changed)],
+        ] {
+            let out = core.on_response(&resp(XdsType::Cluster, "3b", "c2", twice), &pools);
+            assert!(
+                matches!(&out.verdict, Some(Err(m)) if m == "cluster c1 appears twice"),
+                "{:?}",
+                out.verdict
+            );
+        }
+        assert_eq!(core.version(XdsType::Cluster), "1");
         // Removal: a CDS response without c1 removes it and its endpoints.
         let out = core.on_response(
             &resp(XdsType::Cluster, "4", "d", vec![any(&eds_cluster("c2"))]),
             &pools,
         );
         assert!(out.changed);
-        assert_eq!(core.resources().clusters.keys().collect::<Vec<_>>(), ["c2"]);
+        assert_eq!(
+            core.resources()
+                .clusters
+                .keys()
+                .map(|k| &**k)
+                .collect::<Vec<_>>(),
+            ["c2"]
+        );
         assert_eq!(core.names(XdsType::Endpoint), ["c2"]);
     }
 }

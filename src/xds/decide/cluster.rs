@@ -5,12 +5,10 @@
 //! can honour, IP endpoints known from EDS or a static assignment.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::cluster::v3::{cluster, Cluster};
-use envoy_types::pb::envoy::config::core::v3::{
-    address, socket_address, transport_socket, TransportSocket,
-};
-use envoy_types::pb::envoy::config::endpoint::v3::{lb_endpoint, ClusterLoadAssignment};
+use envoy_types::pb::envoy::config::core::v3::{transport_socket, TransportSocket};
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
     http_protocol_options, HttpProtocolOptions,
 };
@@ -21,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use super::filters::{self, Place};
 use super::reason::{Loss, Reason, ReasonCode as R};
 use super::BypassPolicy;
+use crate::xds::assignment::{Assignment, Host};
 use crate::xds::typeurl::{self as t};
 use crate::xds::{dump, ProxyResources};
 
@@ -34,8 +33,9 @@ pub struct Endpoint {
     /// Envoy priority (0 first; higher only when lower ones are unhealthy).
     pub priority: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub locality: Option<String>,
-    pub cluster: String,
+    pub locality: Option<Arc<str>>,
+    /// Shared by every endpoint of the cluster.
+    pub cluster: Arc<str>,
 }
 
 /// A cluster's judgement, independent of which listener reaches it.
@@ -45,7 +45,8 @@ pub struct ClusterJudged {
     /// Reasons that apply only when the cluster is reached over HTTP.
     pub http_reasons: Vec<Reason>,
     pub losses: Vec<Loss>,
-    pub endpoints: Vec<Endpoint>,
+    /// Sorted; shared with the destinations that reach only this cluster.
+    pub endpoints: Arc<[Endpoint]>,
     /// ORIGINAL_DST: the passthrough (connects where the app dialled).
     pub original_dst: bool,
     /// Service hostnames Istio records in the cluster's metadata.
@@ -63,13 +64,14 @@ const HEALTH_UNHEALTHY_OR_WORSE: [i32; 3] = [2, 3, 4];
 
 pub fn judge(name: &str, res: &ProxyResources, policy: &BypassPolicy) -> ClusterJudged {
     let mut out = ClusterJudged::default();
-    let Some(c) = res.clusters.get(name) else {
+    let Some(held) = res.clusters.get(name) else {
         out.reasons.push(Reason::new(
             R::ClusterMissing,
             format!("cluster {name} is not known"),
         ));
         return out;
     };
+    let c = &held.decode();
     out.hosts = istio_hosts(c);
     if let Some(path) = dump::first_unparsed(c.metadata.as_ref()) {
         out.reasons.push(Reason::new(
@@ -110,15 +112,12 @@ pub fn judge(name: &str, res: &ProxyResources, policy: &BypassPolicy) -> Cluster
         return out;
     }
     settings(c, res, policy, &mut out);
+    let static_assignment;
     let cla = if kind == DISCOVERY_STATIC {
-        c.load_assignment.as_ref()
+        static_assignment = c.load_assignment.as_ref().map(Assignment::from_proto);
+        static_assignment.as_ref()
     } else {
-        let service = c
-            .eds_cluster_config
-            .as_ref()
-            .map(|e| e.service_name.as_str())
-            .filter(|s| !s.is_empty())
-            .unwrap_or(name);
+        let service = held.eds_service.as_deref().unwrap_or(name);
         if !res.has_eds {
             let may_tls = may_use_tls(c);
             if policy.assume_mtls_without_endpoints && may_tls {
@@ -133,7 +132,7 @@ pub fn judge(name: &str, res: &ProxyResources, policy: &BypassPolicy) -> Cluster
         }
         res.endpoints.get(service).map(|a| a.as_ref())
     };
-    endpoints(c, cla, &mut out);
+    out.endpoints = endpoints(c, cla, &mut out.reasons).into();
     if out.endpoints.is_empty()
         && !out
             .reasons
@@ -308,74 +307,61 @@ fn socket_for<'a>(c: &'a Cluster, labels: Option<&Struct>) -> Option<&'a Transpo
     c.transport_socket.as_ref()
 }
 
-fn endpoints(c: &Cluster, cla: Option<&ClusterLoadAssignment>, out: &mut ClusterJudged) {
-    let Some(cla) = cla else { return };
+/// The endpoints a bypass may pick, sorted; an endpoint that gets TLS or
+/// is no IP address adds its reason.
+fn endpoints(c: &Cluster, cla: Option<&Assignment>, reasons: &mut Vec<Reason>) -> Vec<Endpoint> {
+    let Some(cla) = cla else {
+        return Vec::new();
+    };
+    let cluster: Arc<str> = Arc::from(c.name.as_str());
+    let mut out = Vec::new();
     let mut tls_noted = false;
-    for loc in &cla.endpoints {
-        let locality = loc
-            .locality
-            .as_ref()
-            .map(|l| format!("{}/{}/{}", l.region, l.zone, l.sub_zone));
-        for lb in &loc.lb_endpoints {
-            if HEALTH_UNHEALTHY_OR_WORSE.contains(&lb.health_status) {
-                continue;
-            }
-            let Some(lb_endpoint::HostIdentifier::Endpoint(e)) = &lb.host_identifier else {
-                continue;
-            };
-            let Some(address::Address::SocketAddress(sa)) =
-                e.address.as_ref().and_then(|a| a.address.as_ref())
-            else {
-                continue;
-            };
-            let labels = lb
-                .metadata
-                .as_ref()
-                .and_then(|m| m.filter_metadata.get("envoy.transport_socket_match"));
-            if socket_for(c, labels).is_some_and(is_tls) {
-                if !tls_noted {
-                    let mode = labels
-                        .and_then(|l| l.fields.get("tlsMode"))
-                        .and_then(|v| match &v.kind {
-                            Some(Kind::StringValue(s)) => Some(s.clone()),
-                            _ => None,
-                        })
-                        .unwrap_or_default();
-                    out.reasons.push(Reason::new(
-                        R::MtlsEndpoint,
-                        format!(
-                            "cluster {}: endpoint {} gets TLS (tlsMode: {mode})",
-                            c.name, sa.address
-                        ),
-                    ));
-                    tls_noted = true;
-                }
-                continue;
-            }
-            let Ok(ip) = sa.address.parse::<IpAddr>() else {
-                out.reasons.push(Reason::new(
-                    R::DnsCluster,
+    for (group, e) in cla.endpoints() {
+        if HEALTH_UNHEALTHY_OR_WORSE.contains(&e.health) {
+            continue;
+        }
+        let labels = e.labels.as_deref();
+        if socket_for(c, labels).is_some_and(is_tls) {
+            if !tls_noted {
+                let mode = labels
+                    .and_then(|l| l.fields.get("tlsMode"))
+                    .and_then(|v| match &v.kind {
+                        Some(Kind::StringValue(s)) => Some(s.clone()),
+                        _ => None,
+                    })
+                    .unwrap_or_default();
+                reasons.push(Reason::new(
+                    R::MtlsEndpoint,
                     format!(
-                        "cluster {}: endpoint {} is not an IP address",
-                        c.name, sa.address
+                        "cluster {}: endpoint {} gets TLS (tlsMode: {mode})",
+                        c.name, e.host
                     ),
                 ));
-                continue;
-            };
-            let port = match sa.port_specifier {
-                Some(socket_address::PortSpecifier::PortValue(p)) => u16::try_from(p).unwrap_or(0),
-                _ => 0,
-            };
-            out.endpoints.push(Endpoint {
-                address: ip,
-                port,
-                weight: u64::from(lb.load_balancing_weight.map_or(1, |w| w.value.max(1))),
-                priority: loc.priority,
-                locality: locality.clone(),
-                cluster: c.name.clone(),
-            });
+                tls_noted = true;
+            }
+            continue;
         }
+        let Host::Ip(ip) = e.host else {
+            reasons.push(Reason::new(
+                R::DnsCluster,
+                format!(
+                    "cluster {}: endpoint {} is not an IP address",
+                    c.name, e.host
+                ),
+            ));
+            continue;
+        };
+        out.push(Endpoint {
+            address: ip,
+            port: e.port,
+            weight: u64::from(e.weight),
+            priority: group.priority,
+            locality: group.locality.clone(),
+            cluster: Arc::clone(&cluster),
+        });
     }
+    out.sort();
+    out
 }
 
 /// `metadata.filter_metadata.istio.services[].host` (what istiod writes).

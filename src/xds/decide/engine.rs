@@ -4,24 +4,44 @@
 //! re-merges only the destinations that use them.
 //!
 //! Which call for which change: EDS, or a CDS change of clusters already
-//! referenced (including one that was missing) -> `clusters_changed`;
+//! referenced (including one that was missing) -> `changed`;
 //! LDS, RDS, ECDS or a policy change -> `Engine::new` (a full decide:
-//! about 0.3 s for 10,000 services, see docs/benchmarks.md).
+//! about 0.2 s of CPU for 10,000 services, see docs/benchmarks.md).
+//!
+//! Decisions are held as `Arc<Destination>`s and handed out without
+//! copying ([`Engine::decisions`] clones pointers); a destination that
+//! reaches one cluster shares that cluster's endpoint list; the summary is
+//! kept as destinations change.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use super::cluster::{self, ClusterJudged, Endpoint};
 use super::listeners::{self, Candidate};
 use super::reason::{Reason, ReasonCode as R};
-use super::{BypassPolicy, Decisions, DestKey, Destination, Verdict};
+use super::{BypassPolicy, Decisions, DestKey, Destination, Summary, Verdict};
 use crate::xds::ProxyResources;
 
+/// The listener- and route-level half of a decide (candidates per
+/// destination key, and which keys each cluster serves): rebuilt only on
+/// an LDS, RDS or ECDS change, shared by every copy of the engine.
+struct Outbound {
+    candidates: BTreeMap<DestKey, Vec<Candidate>>,
+    keys_by_cluster: HashMap<String, Vec<DestKey>>,
+}
+
+/// One proxy's decisions. Cloning is cheap (maps of `Arc`s): a copy is how
+/// a decision state shared by several pods is changed for one of them.
+#[derive(Clone)]
 pub struct Engine {
     policy: BypassPolicy,
-    candidates: BTreeMap<DestKey, Vec<Candidate>>,
-    clusters: HashMap<String, ClusterJudged>,
-    keys_by_cluster: HashMap<String, Vec<DestKey>>,
-    decided: BTreeMap<DestKey, Destination>,
+    outbound: Arc<Outbound>,
+    clusters: HashMap<String, Arc<ClusterJudged>>,
+    /// EDS resource name -> the referenced clusters that read it.
+    by_eds: HashMap<String, Vec<String>>,
+    decided: BTreeMap<DestKey, Arc<Destination>>,
+    /// Kept as destinations change (not re-counted per change).
+    summary: Summary,
 }
 
 impl Engine {
@@ -43,18 +63,28 @@ impl Engine {
         }
         let clusters = keys_by_cluster
             .keys()
-            .map(|n| (n.clone(), cluster::judge(n, res, &policy)))
+            .map(|n| (n.clone(), Arc::new(cluster::judge(n, res, &policy))))
             .collect();
+        let mut by_eds: HashMap<String, Vec<String>> = HashMap::new();
+        for n in keys_by_cluster.keys() {
+            if let Some(service) = eds_name(res, n) {
+                by_eds.entry(service).or_default().push(n.clone());
+            }
+        }
         let mut e = Self {
             policy,
-            candidates,
+            outbound: Arc::new(Outbound {
+                candidates,
+                keys_by_cluster,
+            }),
             clusters,
-            keys_by_cluster,
+            by_eds,
             decided: BTreeMap::new(),
+            summary: Summary::default(),
         };
-        let keys: Vec<DestKey> = e.candidates.keys().cloned().collect();
-        for k in keys {
-            e.redecide(&k);
+        let outbound = Arc::clone(&e.outbound);
+        for k in outbound.candidates.keys() {
+            e.redecide(k);
         }
         e
     }
@@ -63,20 +93,69 @@ impl Engine {
     /// clusters and re-decides the destinations that use them. Returns
     /// the destinations whose decision or endpoints changed.
     pub fn clusters_changed(&mut self, res: &ProxyResources, changed: &[String]) -> Vec<DestKey> {
+        self.changed(res, changed, &[])
+    }
+
+    /// After CDS changes of `clusters` and EDS changes of `assignments`
+    /// (by EDS resource name): re-judges the clusters they concern and
+    /// re-decides the destinations that use them. Returns the
+    /// destinations whose decision or endpoints changed.
+    pub fn changed(
+        &mut self,
+        res: &ProxyResources,
+        clusters: &[String],
+        assignments: &[String],
+    ) -> Vec<DestKey> {
+        let mut judge: BTreeSet<&str> = BTreeSet::new();
+        for name in clusters {
+            if !self.outbound.keys_by_cluster.contains_key(name) {
+                continue;
+            }
+            for readers in self.by_eds.values_mut() {
+                readers.retain(|n| n != name);
+            }
+            if let Some(service) = eds_name(res, name) {
+                self.by_eds.entry(service).or_default().push(name.clone());
+            }
+            judge.insert(name);
+        }
+        self.by_eds.retain(|_, readers| !readers.is_empty());
+        for a in assignments {
+            if let Some(readers) = self.by_eds.get(a) {
+                judge.extend(readers.iter().map(String::as_str));
+            }
+        }
+        let outbound = Arc::clone(&self.outbound);
         let mut touched = BTreeSet::new();
-        for name in changed {
-            let Some(keys) = self.keys_by_cluster.get(name) else {
+        for name in judge {
+            let Some(keys) = outbound.keys_by_cluster.get(name) else {
                 continue;
             };
-            self.clusters
-                .insert(name.clone(), cluster::judge(name, res, &self.policy));
-            touched.extend(keys.iter().cloned());
+            self.clusters.insert(
+                name.to_string(),
+                Arc::new(cluster::judge(name, res, &self.policy)),
+            );
+            touched.extend(keys.iter());
         }
-        touched.into_iter().filter(|k| self.redecide(k)).collect()
+        touched
+            .into_iter()
+            .filter(|k| self.redecide(k))
+            .cloned()
+            .collect()
+    }
+
+    /// True when a change of these clusters (by name) or assignments (by
+    /// EDS resource name) would touch a decision: a cluster the listeners
+    /// reach, or the endpoints one of those reads.
+    pub fn reads_any(&self, clusters: &[String], assignments: &[String]) -> bool {
+        clusters
+            .iter()
+            .any(|c| self.outbound.keys_by_cluster.contains_key(c))
+            || assignments.iter().any(|a| self.by_eds.contains_key(a))
     }
 
     /// The decision for one destination.
-    pub fn get(&self, key: &DestKey) -> Option<&Destination> {
+    pub fn get(&self, key: &DestKey) -> Option<&Arc<Destination>> {
         self.decided.get(key)
     }
 
@@ -88,23 +167,39 @@ impl Engine {
         self.decided.is_empty()
     }
 
-    /// Every decision, ordered by destination.
+    /// Every decision, ordered by destination (shared, not copied).
     pub fn decisions(&self) -> Decisions {
         Decisions {
             destinations: self.decided.values().cloned().collect(),
         }
     }
 
+    /// Counts by decision and reason, kept current by every change.
+    pub fn summary(&self) -> Summary {
+        self.summary.clone()
+    }
+
     /// Re-merges one key; true when its decision changed.
     fn redecide(&mut self, key: &DestKey) -> bool {
-        let Some(cands) = self.candidates.get(key) else {
+        let Some(cands) = self.outbound.candidates.get(key) else {
             return false;
         };
         let d = merge(key, cands, &self.clusters, &self.policy);
-        let changed = self.decided.get(key) != Some(&d);
-        self.decided.insert(key.clone(), d);
-        changed
+        if self.decided.get(key).is_some_and(|old| **old == d) {
+            return false;
+        }
+        if let Some(old) = self.decided.get(key) {
+            self.summary.remove(old);
+        }
+        self.summary.add(&d);
+        self.decided.insert(key.clone(), Arc::new(d));
+        true
     }
+}
+
+/// The EDS resource a held EDS cluster reads (None: not EDS, or not held).
+fn eds_name(res: &ProxyResources, cluster: &str) -> Option<String> {
+    res.clusters.get(cluster)?.eds_service.clone()
 }
 
 /// One destination from its candidates (the most specific rank only) and
@@ -112,7 +207,7 @@ impl Engine {
 fn merge(
     key: &DestKey,
     all: &[Candidate],
-    clusters: &HashMap<String, ClusterJudged>,
+    clusters: &HashMap<String, Arc<ClusterJudged>>,
     policy: &BypassPolicy,
 ) -> Destination {
     let top = all.iter().map(|c| c.rank).max().unwrap_or(0);
@@ -182,6 +277,8 @@ fn merge(
             .iter()
             .any(|c| c.losses.contains(&super::Loss::AddedHeaders));
     let mut endpoints = Vec::new();
+    // One cluster reached: its (sorted) endpoint list, shared.
+    let mut only: Option<Arc<[Endpoint]>> = None;
     let total_weight: u64 = targets.iter().map(|(_, w)| u64::from(*w)).sum();
     for (name, w) in &targets {
         let Some(j) = clusters.get(name) else {
@@ -204,12 +301,11 @@ fn merge(
             }
             continue;
         }
-        endpoints.extend(share(
-            &j.endpoints,
-            u64::from(*w),
-            total_weight,
-            targets.len(),
-        ));
+        if targets.len() == 1 {
+            only = Some(Arc::clone(&j.endpoints));
+        } else {
+            endpoints.extend(share(&j.endpoints, u64::from(*w), total_weight));
+        }
     }
     if targets.is_empty() && !reasons.iter().any(|r| r.code.blocks()) {
         reasons.insert(Reason::new(
@@ -223,7 +319,14 @@ fn merge(
     } else {
         reasons.into_iter().collect()
     };
-    endpoints.sort();
+    let endpoints: Arc<[Endpoint]> = match only {
+        _ if blocked => Arc::default(),
+        Some(shared) => shared,
+        None => {
+            endpoints.sort();
+            endpoints.into()
+        }
+    };
     Destination {
         destination: key.clone(),
         decision: if blocked {
@@ -236,15 +339,13 @@ fn merge(
         clusters: targets,
         reasons,
         losses: losses.into_iter().collect(),
-        endpoints: if blocked { Vec::new() } else { endpoints },
+        endpoints,
     }
 }
 
-/// A cluster's endpoints with weights scaled by its route weight share.
-fn share(eps: &[Endpoint], weight: u64, total: u64, clusters: usize) -> Vec<Endpoint> {
-    if clusters <= 1 {
-        return eps.to_vec();
-    }
+/// A cluster's endpoints with weights scaled by its route weight share
+/// (one of several weighted clusters).
+fn share(eps: &[Endpoint], weight: u64, total: u64) -> Vec<Endpoint> {
     let sum: u64 = eps.iter().map(|e| e.weight).sum::<u64>().max(1);
     eps.iter()
         .map(|e| Endpoint {

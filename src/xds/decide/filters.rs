@@ -46,7 +46,7 @@ pub fn judge(
     ecds: bool,
     place: Place,
     policy: &BypassPolicy,
-    ecds_configs: &BTreeMap<String, Arc<TypedExtensionConfig>>,
+    ecds_configs: &BTreeMap<Arc<str>, Arc<TypedExtensionConfig>>,
 ) -> Judged {
     let mut out = Judged::default();
     let resolved;

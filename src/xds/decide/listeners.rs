@@ -49,7 +49,8 @@ pub fn candidates(
     policy: &BypassPolicy,
 ) -> BTreeMap<DestKey, Vec<Candidate>> {
     let mut out: BTreeMap<DestKey, Vec<Candidate>> = BTreeMap::new();
-    for l in res.listeners.values() {
+    for held in res.listeners.values() {
+        let l = &held.decode();
         let Some((ip, port)) = socket(l.address.as_ref()) else {
             continue;
         };
@@ -174,7 +175,7 @@ pub fn candidates(
             let resolved = cfg.cloned().or_else(|| {
                 ecds.then(|| {
                     res.extension_configs
-                        .get(&last.name)
+                        .get(last.name.as_str())
                         .and_then(|c| c.typed_config.clone())
                 })
                 .flatten()
@@ -403,7 +404,7 @@ fn http(
         )),
     }
     let rc: Option<RouteConfiguration> = match &hcm.route_specifier {
-        Some(RouteSpecifier::Rds(r)) => match res.routes.get(&r.route_config_name) {
+        Some(RouteSpecifier::Rds(r)) => match res.routes.get(r.route_config_name.as_str()) {
             Some(rc) => Some(rc.as_ref().clone()),
             None => {
                 base.reasons.push(Reason::new(

@@ -30,6 +30,7 @@ pub mod update;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -159,14 +160,17 @@ pub struct Destination {
     pub reasons: Vec<Reason>,
     /// What a bypass of this destination loses.
     pub losses: Vec<Loss>,
-    /// Endpoints a bypass may pick (BYPASS only).
-    pub endpoints: Vec<Endpoint>,
+    /// Endpoints a bypass may pick (BYPASS only), sorted; shared with the
+    /// cluster's judgement when the destination reaches one cluster.
+    pub endpoints: Arc<[Endpoint]>,
 }
 
-/// Every destination of one proxy.
+/// Every destination of one proxy, ordered by destination. Destinations
+/// are shared (`Arc`) between successive decisions and between pods whose
+/// decisions are the same.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Decisions {
-    pub destinations: Vec<Destination>,
+    pub destinations: Vec<Arc<Destination>>,
 }
 
 impl Decisions {
@@ -178,7 +182,7 @@ impl Decisions {
             .filter(|d| d.decision == Verdict::Bypass)
             .filter_map(|d| match d.destination {
                 DestKey::Service { address, port } => {
-                    Some((SocketAddr::new(address, port), d.endpoints.as_slice()))
+                    Some((SocketAddr::new(address, port), &d.endpoints[..]))
                 }
                 _ => None,
             })
@@ -189,30 +193,23 @@ impl Decisions {
     pub fn summary(&self) -> Summary {
         let mut s = Summary::default();
         for d in &self.destinations {
-            match d.decision {
-                Verdict::Bypass => s.bypass += 1,
-                Verdict::Sidecar => s.sidecar += 1,
-            }
-            let mut codes: Vec<ReasonCode> = d
-                .reasons
-                .iter()
-                .map(|r| r.code)
-                .filter(|c| c.blocks())
-                .collect();
-            codes.sort();
-            codes.dedup();
-            for c in codes {
-                *s.sidecar_reasons.entry(c.name()).or_default() += 1;
-            }
+            s.add(d);
         }
-        s.total = s.bypass + s.sidecar;
-        s.bypass_share = if s.total == 0 {
-            0.0
-        } else {
-            s.bypass as f64 / s.total as f64
-        };
         s
     }
+}
+
+/// The distinct blocking reason codes of a destination.
+fn blocking_codes(d: &Destination) -> Vec<ReasonCode> {
+    let mut codes: Vec<ReasonCode> = d
+        .reasons
+        .iter()
+        .map(|r| r.code)
+        .filter(|c| c.blocks())
+        .collect();
+    codes.sort();
+    codes.dedup();
+    codes
 }
 
 /// `explain --summary`: counts and the share that can be bypassed.
@@ -225,6 +222,46 @@ pub struct Summary {
     /// Destinations kept on the sidecar per reason (one destination counts
     /// once per distinct reason code).
     pub sidecar_reasons: BTreeMap<String, usize>,
+}
+
+impl Summary {
+    /// Counts one more destination.
+    pub fn add(&mut self, d: &Destination) {
+        match d.decision {
+            Verdict::Bypass => self.bypass += 1,
+            Verdict::Sidecar => self.sidecar += 1,
+        }
+        for c in blocking_codes(d) {
+            *self.sidecar_reasons.entry(c.name()).or_default() += 1;
+        }
+        self.totals();
+    }
+
+    /// Stops counting a destination counted before.
+    pub fn remove(&mut self, d: &Destination) {
+        match d.decision {
+            Verdict::Bypass => self.bypass = self.bypass.saturating_sub(1),
+            Verdict::Sidecar => self.sidecar = self.sidecar.saturating_sub(1),
+        }
+        for c in blocking_codes(d) {
+            if let Some(n) = self.sidecar_reasons.get_mut(&c.name()) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.sidecar_reasons.remove(&c.name());
+                }
+            }
+        }
+        self.totals();
+    }
+
+    fn totals(&mut self) {
+        self.total = self.bypass + self.sidecar;
+        self.bypass_share = if self.total == 0 {
+            0.0
+        } else {
+            self.bypass as f64 / self.total as f64
+        };
+    }
 }
 
 /// Decides every destination of one proxy (see [`Engine`] for updates).

@@ -313,16 +313,22 @@ fn an_eds_change_re_decides_only_the_destinations_of_that_cluster() {
     };
     assert_eq!(engine.get(&key).unwrap().decision, Verdict::Bypass);
     let mut cla = res.endpoints["outbound|5432||db"].as_ref().clone();
-    let mut md = envoy_types::pb::envoy::config::core::v3::Metadata::default();
-    md.filter_metadata.insert(
-        "envoy.transport_socket_match".into(),
+    cla.groups[0].endpoints[0].labels = Some(std::sync::Arc::new(
         crate::xds::dump::json::to_struct(&json!({"tlsMode": "istio"})),
-    );
-    cla.endpoints[0].lb_endpoints[0].metadata = Some(md);
-    res.endpoints
+    ));
+    crate::xds::resources::named_mut(&mut res.endpoints)
         .insert(cla.cluster_name.clone(), std::sync::Arc::new(cla));
-    let changed = engine.clusters_changed(&res, &["outbound|5432||db".to_string()]);
+    let unrelated = engine.changed(&res, &[], &["no-such-assignment".to_string()]);
+    assert!(unrelated.is_empty());
+    let before = engine.summary();
+    let changed = engine.changed(&res, &[], &["outbound|5432||db".to_string()]);
     assert_eq!(changed, vec![key.clone()]);
+    assert_eq!(before.bypass, engine.summary().bypass + 1);
+    assert_eq!(
+        engine.summary(),
+        engine.decisions().summary(),
+        "kept = recounted"
+    );
     assert_eq!(engine.get(&key).unwrap().decision, Verdict::Sidecar);
     let web = DestKey::Service {
         address: "10.0.0.20".parse().unwrap(),

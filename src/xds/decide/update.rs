@@ -8,11 +8,10 @@
 //! unchanged resource is almost always the same pointer; content equality
 //! is the fallback.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::cmp::Ordering;
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::config::cluster::v3::Cluster;
-
+use crate::xds::resources::Named;
 use crate::xds::ProxyResources;
 
 /// The work one update needs.
@@ -20,9 +19,13 @@ use crate::xds::ProxyResources;
 pub enum Recompute {
     /// Nothing the engine reads changed.
     Nothing,
-    /// Re-judge these clusters (by cluster name) and the destinations
-    /// that use them: `Engine::clusters_changed`.
-    Clusters(Vec<String>),
+    /// Re-judge these clusters (CDS changes, by cluster name) and the
+    /// clusters reading these assignments (EDS changes, by EDS resource
+    /// name), and the destinations that use them: `Engine::changed`.
+    Changed {
+        clusters: Vec<String>,
+        assignments: Vec<String>,
+    },
     /// Decide everything again: `Engine::new`.
     Full,
 }
@@ -36,92 +39,97 @@ pub fn plan(old: &ProxyResources, new: &ProxyResources) -> Recompute {
     {
         return Recompute::Full;
     }
-    let mut changed: BTreeSet<String> = changed_keys(&old.clusters, &new.clusters);
-    let eds = changed_keys(&old.endpoints, &new.endpoints);
-    if !eds.is_empty() {
-        let mut claimed = BTreeSet::new();
-        for clusters in [&old.clusters, &new.clusters] {
-            for (name, c) in clusters {
-                let service = eds_service(name, c);
-                if eds.contains(service) {
-                    changed.insert(name.clone());
-                    claimed.insert(service.to_string());
-                }
-            }
-        }
-        // An assignment no held cluster reads: by its own name (a cluster
-        // referenced but not held).
-        changed.extend(eds.into_iter().filter(|n| !claimed.contains(n)));
-    }
-    if changed.is_empty() {
+    let clusters = changed_keys(&old.clusters, &new.clusters);
+    let assignments = changed_keys(&old.endpoints, &new.endpoints);
+    if clusters.is_empty() && assignments.is_empty() {
         Recompute::Nothing
     } else {
-        Recompute::Clusters(changed.into_iter().collect())
+        Recompute::Changed {
+            clusters,
+            assignments,
+        }
     }
-}
-
-/// The EDS resource name a cluster reads: its `service_name`, else its
-/// own name.
-fn eds_service<'a>(name: &'a str, c: &'a Cluster) -> &'a str {
-    c.eds_cluster_config
-        .as_ref()
-        .map(|e| e.service_name.as_str())
-        .filter(|s| !s.is_empty())
-        .unwrap_or(name)
 }
 
 fn same<T: PartialEq>(a: &Arc<T>, b: &Arc<T>) -> bool {
     Arc::ptr_eq(a, b) || a == b
 }
 
-fn same_map<T: PartialEq>(a: &BTreeMap<String, Arc<T>>, b: &BTreeMap<String, Arc<T>>) -> bool {
-    a.len() == b.len()
-        && a.iter()
-            .zip(b.iter())
-            .all(|((ka, va), (kb, vb))| ka == kb && same(va, vb))
+fn same_map<T: PartialEq>(a: &Named<T>, b: &Named<T>) -> bool {
+    Arc::ptr_eq(a, b)
+        || a.len() == b.len()
+            && a.iter()
+                .zip(b.iter())
+                .all(|((ka, va), (kb, vb))| ka == kb && same(va, vb))
 }
 
-/// Names added, removed or whose resource differs.
-fn changed_keys<T: PartialEq>(
-    a: &BTreeMap<String, Arc<T>>,
-    b: &BTreeMap<String, Arc<T>>,
-) -> BTreeSet<String> {
-    let mut out: BTreeSet<String> = a
-        .iter()
-        .filter(|(k, v)| b.get(*k).map_or(true, |w| !same(v, w)))
-        .map(|(k, _)| k.clone())
-        .collect();
-    out.extend(b.keys().filter(|k| !a.contains_key(*k)).cloned());
+/// Names added, removed or whose resource differs, in order: one merged
+/// walk of the two sorted maps.
+fn changed_keys<T: PartialEq>(a: &Named<T>, b: &Named<T>) -> Vec<String> {
+    let mut out = Vec::new();
+    if Arc::ptr_eq(a, b) {
+        return out;
+    }
+    let (mut ia, mut ib) = (a.iter().peekable(), b.iter().peekable());
+    loop {
+        let step = match (ia.peek(), ib.peek()) {
+            (None, None) => break,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some((ka, _)), Some((kb, _))) => ka.cmp(kb),
+        };
+        match step {
+            Ordering::Less => out.extend(ia.next().map(|(k, _)| k.to_string())),
+            Ordering::Greater => out.extend(ib.next().map(|(k, _)| k.to_string())),
+            Ordering::Equal => {
+                if let (Some((k, va)), Some((_, vb))) = (ia.next(), ib.next()) {
+                    if !same(va, vb) {
+                        out.push(k.to_string());
+                    }
+                }
+            }
+        }
+    }
     out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::xds::assignment::Assignment;
+    use crate::xds::held::{HeldCluster, HeldListener};
     use envoy_types::pb::envoy::config::cluster::v3::cluster::EdsClusterConfig;
+    use envoy_types::pb::envoy::config::cluster::v3::Cluster;
     use envoy_types::pb::envoy::config::core::v3::TypedExtensionConfig;
     use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
     use envoy_types::pb::envoy::config::listener::v3::Listener;
     use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 
-    fn cluster(name: &str, service: &str) -> Arc<Cluster> {
-        Arc::new(Cluster {
+    fn cluster(name: &str, service: &str) -> Arc<HeldCluster> {
+        Arc::new(HeldCluster::new(&Cluster {
             name: name.into(),
             eds_cluster_config: Some(EdsClusterConfig {
                 eds_config: None,
                 service_name: service.into(),
             }),
             ..Default::default()
-        })
+        }))
     }
 
-    fn cla(name: &str, marker: u32) -> Arc<ClusterLoadAssignment> {
-        Arc::new(ClusterLoadAssignment {
+    fn cla(name: &str, marker: u32) -> Arc<Assignment> {
+        Arc::new(Assignment::from_proto(&ClusterLoadAssignment {
             cluster_name: name.into(),
             named_endpoints: Default::default(),
             endpoints: vec![Default::default(); marker as usize],
             policy: None,
-        })
+        }))
+    }
+
+    fn changed(clusters: &[&str], assignments: &[&str]) -> Recompute {
+        Recompute::Changed {
+            clusters: clusters.iter().map(|s| s.to_string()).collect(),
+            assignments: assignments.iter().map(|s| s.to_string()).collect(),
+        }
     }
 
     fn base() -> ProxyResources {
@@ -129,18 +137,18 @@ mod tests {
             has_eds: true,
             ..Default::default()
         };
-        r.clusters.insert("a".into(), cluster("a", ""));
-        r.clusters.insert("b".into(), cluster("b", "svc-b"));
-        r.endpoints.insert("a".into(), cla("a", 1));
-        r.endpoints.insert("svc-b".into(), cla("svc-b", 1));
-        r.listeners.insert(
+        crate::xds::resources::named_mut(&mut r.clusters).insert("a".into(), cluster("a", ""));
+        crate::xds::resources::named_mut(&mut r.clusters).insert("b".into(), cluster("b", "svc-b"));
+        crate::xds::resources::named_mut(&mut r.endpoints).insert("a".into(), cla("a", 1));
+        crate::xds::resources::named_mut(&mut r.endpoints).insert("svc-b".into(), cla("svc-b", 1));
+        crate::xds::resources::named_mut(&mut r.listeners).insert(
             "l".into(),
-            Arc::new(Listener {
+            Arc::new(HeldListener::new(&Listener {
                 name: "l".into(),
                 ..Default::default()
-            }),
+            })),
         );
-        r.routes.insert(
+        crate::xds::resources::named_mut(&mut r.routes).insert(
             "80".into(),
             Arc::new(RouteConfiguration {
                 name: "80".into(),
@@ -160,49 +168,46 @@ mod tests {
     }
 
     #[test]
-    fn an_eds_change_re_judges_the_cluster_reading_it() {
+    fn an_eds_change_names_the_assignment() {
         let old = base();
         let mut new = base();
-        new.endpoints.insert("svc-b".into(), cla("svc-b", 2));
-        assert_eq!(plan(&old, &new), Recompute::Clusters(vec!["b".into()]));
-        new.endpoints.remove("a");
-        assert_eq!(
-            plan(&old, &new),
-            Recompute::Clusters(vec!["a".into(), "b".into()])
-        );
+        crate::xds::resources::named_mut(&mut new.endpoints)
+            .insert("svc-b".into(), cla("svc-b", 2));
+        assert_eq!(plan(&old, &new), changed(&[], &["svc-b"]));
+        crate::xds::resources::named_mut(&mut new.endpoints).remove("a");
+        crate::xds::resources::named_mut(&mut new.endpoints).insert("z".into(), cla("z", 1));
+        assert_eq!(plan(&old, &new), changed(&[], &["a", "svc-b", "z"]));
     }
 
     #[test]
     fn a_cluster_added_removed_or_changed_is_re_judged() {
         let old = base();
         let mut new = base();
-        new.clusters.insert("c".into(), cluster("c", ""));
-        new.clusters.remove("a");
-        new.clusters.insert("b".into(), cluster("b", "svc-b2"));
-        assert_eq!(
-            plan(&old, &new),
-            Recompute::Clusters(vec!["a".into(), "b".into(), "c".into()])
-        );
+        crate::xds::resources::named_mut(&mut new.clusters).insert("c".into(), cluster("c", ""));
+        crate::xds::resources::named_mut(&mut new.clusters).remove("a");
+        crate::xds::resources::named_mut(&mut new.clusters)
+            .insert("b".into(), cluster("b", "svc-b2"));
+        assert_eq!(plan(&old, &new), changed(&["a", "b", "c"], &[]));
     }
 
     #[test]
     fn listener_route_ecds_and_eds_presence_changes_rebuild() {
         let old = base();
         let mut new = base();
-        new.listeners.insert(
+        crate::xds::resources::named_mut(&mut new.listeners).insert(
             "l".into(),
-            Arc::new(Listener {
+            Arc::new(HeldListener::new(&Listener {
                 name: "l".into(),
                 stat_prefix: "x".into(),
                 ..Default::default()
-            }),
+            })),
         );
         assert_eq!(plan(&old, &new), Recompute::Full);
         let mut new = base();
-        new.routes.remove("80");
+        crate::xds::resources::named_mut(&mut new.routes).remove("80");
         assert_eq!(plan(&old, &new), Recompute::Full);
         let mut new = base();
-        new.extension_configs
+        crate::xds::resources::named_mut(&mut new.extension_configs)
             .insert("f".into(), Arc::new(TypedExtensionConfig::default()));
         assert_eq!(plan(&old, &new), Recompute::Full);
         let mut new = base();

@@ -24,6 +24,9 @@ use serde::Serialize;
 use serde_json::Value;
 use thiserror::Error;
 
+use super::assignment::Assignment;
+use super::held::{HeldCluster, HeldListener};
+use super::resources::named_mut;
 use super::ProxyResources;
 
 /// `filter_metadata` key under which a dump-read resource lists the JSON
@@ -186,7 +189,8 @@ fn listeners(section: &Value, out: &mut ParsedDump) -> Result<(), DumpError> {
 fn add_listener(v: &Value, out: &mut ParsedDump) -> Result<(), DumpError> {
     refuse_v2(v.get("@type").and_then(Value::as_str).unwrap_or_default())?;
     let l = listener::listener(v)?;
-    out.resources.listeners.insert(l.name.clone(), Arc::new(l));
+    let held = HeldListener::new(&l);
+    named_mut(&mut out.resources.listeners).insert(Arc::clone(&held.name), Arc::new(held));
     Ok(())
 }
 
@@ -198,7 +202,7 @@ fn routes(section: &Value, out: &mut ParsedDump) -> Result<(), DumpError> {
         if let Some(rc) = json::field(r, "route_config") {
             refuse_v2(rc.get("@type").and_then(Value::as_str).unwrap_or_default())?;
             let rc = route::route_configuration(rc, "")?;
-            out.resources.routes.insert(rc.name.clone(), Arc::new(rc));
+            named_mut(&mut out.resources.routes).insert(rc.name.as_str().into(), Arc::new(rc));
         }
     }
     Ok(())
@@ -213,7 +217,8 @@ fn clusters(section: &Value, out: &mut ParsedDump) -> Result<(), DumpError> {
         if let Some(v) = json::field(c, "cluster") {
             refuse_v2(v.get("@type").and_then(Value::as_str).unwrap_or_default())?;
             let c = cluster::cluster(v)?;
-            out.resources.clusters.insert(c.name.clone(), Arc::new(c));
+            let held = HeldCluster::new(&c);
+            named_mut(&mut out.resources.clusters).insert(Arc::clone(&held.name), Arc::new(held));
         }
     }
     Ok(())
@@ -227,9 +232,9 @@ fn endpoints(section: &Value, out: &mut ParsedDump) {
     for e in all {
         if let Some(v) = json::field(e, "endpoint_config") {
             let cla = cluster::load_assignment(v);
-            out.resources
-                .endpoints
-                .insert(cla.cluster_name.clone(), Arc::new(cla));
+            let a = Assignment::from_proto(&cla);
+            named_mut(&mut out.resources.endpoints)
+                .insert(Arc::clone(&a.cluster_name), Arc::new(a));
         }
     }
 }
@@ -240,8 +245,8 @@ fn ecds(section: &Value, out: &mut ParsedDump) -> Result<(), DumpError> {
             let name = json::string(v, "name");
             let mut ignored = Vec::new();
             let typed_config = typed::any_field(v, "typed_config", &name, &mut ignored)?;
-            out.resources.extension_configs.insert(
-                name.clone(),
+            named_mut(&mut out.resources.extension_configs).insert(
+                name.as_str().into(),
                 Arc::new(TypedExtensionConfig { name, typed_config }),
             );
         }

@@ -83,7 +83,7 @@ impl DecisionMetrics {
         );
         r.register(
             "redecides",
-            "Re-decides after an xDS change, by kind (full: listeners/routes/filters changed; clusters: only CDS/EDS of some clusters)",
+            "Re-decides after an xDS change, by kind (full: listeners/routes/filters or the policy changed; clusters: only CDS/EDS of some clusters; shared: another pod with the same inputs had decided them already)",
             self.redecides.clone(),
         );
         r.register_with_unit(

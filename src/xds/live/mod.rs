@@ -1,13 +1,17 @@
 //! Live decisions: the async shell that keeps every pod's bypass
-//! decisions current as its xDS resources change. Per pod with an ADS
-//! stream it holds an [`Engine`] and, on each change the stream
-//! publishes, asks [`update::plan`](crate::xds::decide::update::plan)
-//! what to recompute: only the changed clusters (EDS, CDS) or everything
-//! (LDS, RDS, ECDS). The work runs on a blocking thread; the latest
-//! [`Decisions`] per pod is kept for the kernel's service map and for
-//! `meshlane explain --pod` (served through the local API).
+//! decisions current as its xDS resources change (and when the bypass
+//! policy is replaced: [`LiveDecisions::set_policy`]). Per pod with an ADS
+//! stream it follows the stream and, on each change, moves the pod to the
+//! [`shared::Decided`] state for its new resources: one another pod with
+//! the same inputs already has, or its own re-decided for only the
+//! changed clusters (EDS, CDS) or everything (LDS, RDS, ECDS, policy).
+//! The work runs on a blocking thread, one pod at a time (so twenty pods
+//! of one config are decided once). The latest [`Decisions`] per pod is
+//! kept for the kernel's service map and for `meshlane explain --pod`
+//! (served through the local API).
 
 pub mod metrics;
+pub mod shared;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -21,9 +25,9 @@ pub use metrics::DecisionMetrics;
 
 use crate::pods::source::PodKey;
 use crate::xds::client::XdsClient;
-use crate::xds::decide::update::{plan, Recompute};
-use crate::xds::decide::{BypassPolicy, Decisions, Engine, Summary};
+use crate::xds::decide::{BypassPolicy, Decisions, Summary};
 use crate::xds::ProxyResources;
+use shared::{Decided, States};
 
 /// What `explain --pod` shows: the pod's decisions and its stream state.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -61,7 +65,8 @@ struct Tracked {
 /// Every pod's latest decisions, following an [`XdsClient`].
 pub struct LiveDecisions {
     client: Arc<XdsClient>,
-    policy: BypassPolicy,
+    policy: watch::Sender<Arc<BypassPolicy>>,
+    states: Arc<Mutex<States>>,
     metrics: DecisionMetrics,
     pods: Mutex<BTreeMap<PodKey, Tracked>>,
 }
@@ -74,10 +79,33 @@ impl LiveDecisions {
     ) -> Arc<Self> {
         Arc::new(Self {
             client,
-            policy,
+            policy: watch::Sender::new(Arc::new(policy)),
+            states: Arc::new(Mutex::new(States::default())),
             metrics,
             pods: Mutex::new(BTreeMap::new()),
         })
+    }
+
+    /// Replaces the bypass policy: every pod is decided again under it.
+    pub fn set_policy(&self, policy: BypassPolicy) {
+        self.policy.send_if_modified(|p| {
+            let changed = **p != policy;
+            if changed {
+                *p = Arc::new(policy);
+            }
+            changed
+        });
+    }
+
+    /// The policy decisions are made under.
+    pub fn policy(&self) -> BypassPolicy {
+        (**self.policy.borrow()).clone()
+    }
+
+    /// Decision states alive on the node (pods with the same inputs share
+    /// one).
+    pub fn distinct_states(&self) -> usize {
+        lock(&self.states).live()
     }
 
     fn tracked(&self) -> std::sync::MutexGuard<'_, BTreeMap<PodKey, Tracked>> {
@@ -111,7 +139,8 @@ impl LiveDecisions {
             let latest = Arc::new(Mutex::new(None));
             let task = tokio::spawn(follow(
                 rx,
-                self.policy.clone(),
+                self.policy.subscribe(),
+                Arc::clone(&self.states),
                 self.metrics.clone(),
                 Arc::clone(&latest),
             ));
@@ -212,87 +241,58 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// One pod's engine and what it last decided from.
-struct PodEngine {
-    engine: Option<Engine>,
-    held: Arc<ProxyResources>,
-}
-
-impl PodEngine {
-    /// Brings the decisions up to `new`; the kind of work done, if any.
-    fn update(&mut self, new: Arc<ProxyResources>, policy: &BypassPolicy) -> Option<&'static str> {
-        let work = match &self.engine {
-            None => Recompute::Full,
-            Some(_) => plan(&self.held, &new),
-        };
-        let kind = match work {
-            Recompute::Nothing => None,
-            Recompute::Full => {
-                self.engine = Some(Engine::new(&new, policy.clone()));
-                Some("full")
-            }
-            Recompute::Clusters(names) => {
-                if let Some(e) = self.engine.as_mut() {
-                    e.clusters_changed(&new, &names);
-                }
-                Some("clusters")
-            }
-        };
-        self.held = new;
-        kind
-    }
-}
-
-/// Re-decides one pod on every change of its resources, until the stream
-/// goes away.
+/// Re-decides one pod on every change of its resources or of the policy,
+/// until the stream goes away.
 async fn follow(
     mut rx: watch::Receiver<Arc<ProxyResources>>,
-    policy: BypassPolicy,
+    mut policy_rx: watch::Receiver<Arc<BypassPolicy>>,
+    states: Arc<Mutex<States>>,
     metrics: DecisionMetrics,
     latest: Latest,
 ) {
-    let mut pod = Some(PodEngine {
-        engine: None,
-        held: Arc::new(ProxyResources::default()),
-    });
+    let mut current: Option<Arc<Decided>> = None;
     loop {
         let new = Arc::clone(&rx.borrow_and_update());
+        let policy = Arc::clone(&policy_rx.borrow_and_update());
         if !new.is_empty() {
-            let Some(mut p) = pod.take() else { return };
-            let policy = policy.clone();
+            let states = Arc::clone(&states);
             let from = Arc::clone(&new);
+            // Taken, so that a state no other pod shares is changed in place.
+            let before = current.take();
             let work = tokio::task::spawn_blocking(move || {
                 let started = Instant::now();
-                let kind = p.update(new, &policy);
-                let decided = kind.and(p.engine.as_ref()).map(|e| {
-                    let d = e.decisions();
-                    let s = d.summary();
-                    (Arc::new(d), s)
-                });
-                (p, kind, decided, started.elapsed())
+                // One pod at a time: a pod whose inputs another pod has
+                // just decided takes that state instead of deciding again.
+                let mut states = lock(&states);
+                let (state, work) = states.advance(before, &new, &policy);
+                (state, work, started.elapsed())
             })
             .await;
-            let Ok((p, kind, decided, took)) = work else {
+            let Ok((state, work, took)) = work else {
                 return; // aborted: the pod is gone
             };
-            pod = Some(p);
             let mut slot = lock(&latest);
-            match (kind, decided) {
-                (Some(kind), Some((decisions, summary))) => {
+            match work.kind() {
+                Some(kind) => {
                     metrics.observe(kind, took.as_secs_f64());
-                    metrics.replace(slot.as_ref().map(|(_, s, _)| s), Some(&summary));
-                    *slot = Some((decisions, summary, from));
+                    metrics.replace(slot.as_ref().map(|(_, s, _)| s), Some(&state.summary));
+                    *slot = Some((Arc::clone(&state.decisions), state.summary.clone(), from));
                 }
                 // Nothing to re-decide: the decisions hold for `from` too.
-                _ => {
-                    if let Some(held) = slot.as_mut() {
-                        held.2 = from;
+                None => match slot.as_mut() {
+                    Some(held) => held.2 = from,
+                    None => {
+                        metrics.replace(None, Some(&state.summary));
+                        *slot = Some((Arc::clone(&state.decisions), state.summary.clone(), from));
                     }
-                }
+                },
             }
+            drop(slot);
+            current = Some(state);
         }
-        if rx.changed().await.is_err() {
-            return;
+        tokio::select! {
+            r = rx.changed() => if r.is_err() { return },
+            r = policy_rx.changed() => if r.is_err() { return },
         }
     }
 }

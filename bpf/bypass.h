@@ -1,0 +1,263 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* Copyright (c) 2026 The meshlane authors */
+/*
+ * bypass.h - the kernel bypass feature: its maps and the two things the
+ * programs do with them.
+ *
+ *   ml_bypass_pick()    connect: a BYPASS destination of the connecting
+ *                       pod -> one endpoint, weighted random, per connection
+ *   ml_bypass_opened()  sockops, active established: count the connection
+ *   ml_bypass_closed()  sockops, state callback to CLOSE: its bytes
+ *
+ * Who writes what (see docs/bypass.md "Kernel half"):
+ *   ml_bypass_svc, ml_bypass_eps   the agent only (src/bypass), from each
+ *                                  pod's live decisions
+ *   ml_bypass_clock                the agent's heartbeat (and the grace)
+ *   ml_bypass_stats                sockops (per source pod and service)
+ *   ml_bypass_cnt                  every hunk here; the agent reads
+ *
+ * Everything here fails towards the sidecar: no heartbeat, a stale one, an
+ * unknown destination, a set gone between two lookups, a family mismatch
+ * -> no rewrite, and the caller redirects to the proxy as before.
+ */
+#ifndef MESHLANE_BYPASS_H
+#define MESHLANE_BYPASS_H
+
+#include "maps.h"
+
+/* Most endpoints one set holds; a destination with more keeps the sidecar
+ * (user space decides, counted as too_many_endpoints). */
+#define ML_BYPASS_MAX_EPS 64
+
+/* (source pod, VIP, port): one BYPASS destination of one pod. */
+struct ml_bypass_key {
+	__u64 netns;          /* the source pod's netns cookie */
+	struct ml_addr addr;  /* the VIP (or IP) the app dials */
+	__u16 port;           /* host byte order */
+	__u16 _pad[3];
+};
+
+/* One endpoint of a set; cum_weight is the running sum of the weights up
+ * to and including this one (a pick draws r < total and takes the first
+ * endpoint with r < cum_weight). */
+struct ml_bypass_ep {
+	struct ml_addr addr;
+	__u16 port; /* host byte order */
+	__u16 _pad;
+	__u32 cum_weight;
+};
+
+/* An endpoint set (shared by every destination with the same content). */
+struct ml_bypass_set {
+	__u32 count;
+	__u32 total_weight;
+	struct ml_bypass_ep ep[ML_BYPASS_MAX_EPS];
+};
+
+/* The agent's heartbeat: bypass only while now - heartbeat_ns <= grace_ns
+ * (bpf_ktime_get_ns, CLOCK_MONOTONIC). 0 = never written: no bypass. */
+struct ml_bypass_clock {
+	__u64 heartbeat_ns;
+	__u64 grace_ns;
+};
+
+/* Bypassed connections of one (source pod, service), for Istio's TCP
+ * metrics. sent_bytes / received_bytes are the app socket's own view
+ * (bytes_acked, bytes_received), summed at close. */
+struct ml_bypass_stats {
+	__u64 opened;
+	__u64 closed;
+	__u64 sent_bytes;
+	__u64 received_bytes;
+};
+
+/* Slots of ml_bypass_cnt. */
+enum ml_bypass_counter {
+	ML_BYP_REWRITTEN = 0,  /* connect sent straight to an endpoint */
+	ML_BYP_STALE,          /* a BYPASS destination kept on the sidecar:
+				* no or stale heartbeat */
+	ML_BYP_NO_SET,         /* destination found, its set was not */
+	ML_BYP_FAMILY,         /* endpoint of the other family: sidecar */
+	ML_BYP_STATS_FULL,     /* ml_bypass_stats full: connection not counted */
+	ML_BYP__MAX,
+};
+
+#define ML_BYPASS_COUNTER_SLOTS 8
+
+/* Writer: the agent. Reader: connect4/6. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 65536);
+	__type(key, struct ml_bypass_key);
+	__type(value, __u32); /* set id in ml_bypass_eps */
+} ml_bypass_svc SEC(".maps");
+
+/* Writer: the agent. Reader: connect4/6. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct ml_bypass_set);
+} ml_bypass_eps SEC(".maps");
+
+/* Writer: the agent (every second). Reader: connect4/6. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct ml_bypass_clock);
+} ml_bypass_clock SEC(".maps");
+
+/* Writer: intercept sockops. Reader: the agent (metrics); the agent
+ * deletes the entries of pods no longer registered. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct ml_bypass_key);
+	__type(value, struct ml_bypass_stats);
+} ml_bypass_stats SEC(".maps");
+
+/* Per-CPU counters, indexed by enum ml_bypass_counter. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, ML_BYPASS_COUNTER_SLOTS);
+	__type(key, __u32);
+	__type(value, __u64);
+} ml_bypass_cnt SEC(".maps");
+
+const volatile enum ml_bypass_counter ml_bypass_counter_seen = ML_BYP__MAX;
+
+static __always_inline void ml_bypass_count(__u32 slot)
+{
+	__u64 *v = bpf_map_lookup_elem(&ml_bypass_cnt, &slot);
+
+	if (v)
+		*v += 1;
+}
+
+/* Is the agent's view fresh enough to bypass. */
+static __always_inline int ml_bypass_fresh(void)
+{
+	__u32 zero = 0;
+	struct ml_bypass_clock *c = bpf_map_lookup_elem(&ml_bypass_clock, &zero);
+
+	if (!c || !c->heartbeat_ns)
+		return 0;
+	return bpf_ktime_get_ns() - c->heartbeat_ns <= c->grace_ns;
+}
+
+/* For a connect of pod @netns to @dst:@port that would go to the sidecar:
+ * the endpoint to connect to instead, into @out; 1 when there is one. */
+static __always_inline int ml_bypass_pick(__u64 netns,
+					  const struct ml_addr *dst,
+					  __u16 port, int v4,
+					  struct ml_bypass_ep *out)
+{
+	struct ml_bypass_key k = {};
+	struct ml_bypass_set *set;
+	__u32 *id, r;
+
+	k.netns = netns;
+	k.addr = *dst;
+	k.port = port;
+	id = bpf_map_lookup_elem(&ml_bypass_svc, &k);
+	if (!id)
+		return 0;
+	if (!ml_bypass_fresh()) {
+		ml_bypass_count(ML_BYP_STALE);
+		return 0;
+	}
+	set = bpf_map_lookup_elem(&ml_bypass_eps, id);
+	if (!set || !set->count || !set->total_weight) {
+		ml_bypass_count(ML_BYP_NO_SET);
+		return 0;
+	}
+	r = bpf_get_prandom_u32() % set->total_weight;
+	for (int i = 0; i < ML_BYPASS_MAX_EPS; i++) {
+		if (i >= set->count)
+			break;
+		if (r >= set->ep[i].cum_weight)
+			continue;
+		/* An AF_INET socket reaches IPv4 only. */
+		if (v4 && !ml_is_v4_mapped(&set->ep[i].addr)) {
+			ml_bypass_count(ML_BYP_FAMILY);
+			return 0;
+		}
+		*out = set->ep[i];
+		ml_bypass_count(ML_BYP_REWRITTEN);
+		return 1;
+	}
+	ml_bypass_count(ML_BYP_NO_SET);
+	return 0;
+}
+
+static __always_inline void ml_bypass_key_of(const struct ml_orig_dst *o,
+					     struct ml_bypass_key *k)
+{
+	__builtin_memset(k, 0, sizeof(*k));
+	k->netns = o->netns;
+	k->addr = o->addr;
+	k->port = o->port;
+}
+
+/* sockops, a bypassed app socket is established: count it and ask for
+ * its state callbacks (its bytes are added at close). */
+static __always_inline void ml_bypass_opened(struct bpf_sock_ops *skops,
+					     const struct ml_orig_dst *o)
+{
+	struct ml_bypass_stats fresh = {}, *s;
+	struct ml_bypass_key k;
+
+	ml_bypass_key_of(o, &k);
+	s = bpf_map_lookup_elem(&ml_bypass_stats, &k);
+	if (!s) {
+		bpf_map_update_elem(&ml_bypass_stats, &k, &fresh, BPF_NOEXIST);
+		s = bpf_map_lookup_elem(&ml_bypass_stats, &k);
+		if (!s) {
+			ml_bypass_count(ML_BYP_STATS_FULL);
+			return;
+		}
+	}
+	__sync_fetch_and_add(&s->opened, 1);
+	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags |
+						 BPF_SOCK_OPS_STATE_CB_FLAG);
+}
+
+/* Payload bytes out of the socket's sequence counters at CLOSE: bytes_acked
+ * counts our SYN and an acknowledged FIN, bytes_received the peer's FIN.
+ * From the state the socket closes from: FIN_WAIT2 (their FIN arrived,
+ * ours was acked), CLOSING and LAST_ACK (ours acked, theirs in) are an
+ * orderly close; CLOSE_WAIT (theirs in) an abort after their FIN; any other
+ * an abort (a reset or timeout). Exact for orderly closes; an abort may be
+ * one byte off. */
+static __always_inline __u64 ml_sub(__u64 a, __u64 b)
+{
+	return a > b ? a - b : 0;
+}
+
+/* sockops, a socket moves to CLOSE: for a bypassed app socket, add its
+ * bytes and the close. */
+static __always_inline void ml_bypass_closed(struct bpf_sock_ops *skops,
+					     const struct ml_orig_dst *o)
+{
+	__u32 from = skops->args[0];
+	int orderly = from == BPF_TCP_FIN_WAIT2 || from == BPF_TCP_CLOSING ||
+		      from == BPF_TCP_LAST_ACK;
+	int fin_in = orderly || from == BPF_TCP_CLOSE_WAIT;
+	struct ml_bypass_stats *s;
+	struct ml_bypass_key k;
+
+	ml_bypass_key_of(o, &k);
+	s = bpf_map_lookup_elem(&ml_bypass_stats, &k);
+	if (!s)
+		return;
+	__sync_fetch_and_add(&s->closed, 1);
+	__sync_fetch_and_add(&s->sent_bytes,
+			     ml_sub(skops->bytes_acked, orderly ? 2 : 1));
+	__sync_fetch_and_add(&s->received_bytes,
+			     ml_sub(skops->bytes_received, fin_in ? 1 : 0));
+}
+
+#endif /* MESHLANE_BYPASS_H */

@@ -1,0 +1,556 @@
+//! Issue 12 end to end: a real agent (simulated node, static pod source,
+//! bypass on) follows the sim's ADS server and writes the kernel's service
+//! map; Envoy sidecars fed by the same server carry what is not bypassed.
+//!
+//! Services: `plain` (TCP, two plaintext endpoints), `secure` (its pods
+//! meshed: `tlsMode: istio`, so mTLS) and `guarded` (an RBAC filter).
+//! Pods: `web` (meshed, bypass allowed) and `opt` (meshed, opted out with
+//! `meshlane.io/bypass: "false"`), each with its Envoy; backends `db1`,
+//! `db2` (not meshed) answer their id byte, then echo.
+//!
+//! Checked: web -> plain goes straight to an endpoint (web's Envoy never
+//! sees it, getpeername is the VIP, Istio's TCP metrics count it); secure,
+//! guarded and anything from opt take the sidecar; an EDS update removing
+//! an endpoint reaches every new connection while an open one keeps its
+//! endpoint; a full service map keeps the new destination on the sidecar,
+//! counted, with nothing refused; the agent killed: bypass until the grace,
+//! then the sidecar, back: bypass; the xDS stream down past the grace: the
+//! sidecar; bypass disabled: the sidecar at once. Needs root and Envoy.
+mod common;
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::{envoy_available, listen, require_root_env};
+use meshlane::datapath::{BypassEndpointsMap, BypassServicesMap, PinLayout, PodsMap, ServiceKey};
+use meshlane::sim::xds::policy::{add_rbac, mark_meshed};
+use meshlane::sim::xds::{sidecar_snapshot, AdsServer, Protocol, Service, Snapshot};
+use meshlane::sim::{unique_tag, Node, Pod, Sidecar, SidecarMode, SidecarOptions, SidecarProxy};
+use support::{node_without_install, AgentProcess};
+
+const PLAIN: &str = "plain.default.svc.cluster.local";
+const GRACE_SECONDS: u64 = 2;
+
+fn plain_vip() -> SocketAddr {
+    "10.96.0.10:5432".parse().unwrap()
+}
+fn secure_vip() -> SocketAddr {
+    "10.96.0.11:6379".parse().unwrap()
+}
+fn guarded_vip() -> SocketAddr {
+    "10.96.0.12:7000".parse().unwrap()
+}
+fn extra_vip() -> SocketAddr {
+    "10.96.0.13:5432".parse().unwrap()
+}
+
+fn service(host: &str, vip: SocketAddr, endpoints: Vec<SocketAddr>) -> Service {
+    Service {
+        host: format!("{host}.default.svc.cluster.local"),
+        vip: vip.ip(),
+        port: vip.port(),
+        protocol: Protocol::Tcp,
+        endpoints,
+    }
+}
+
+/// The control plane's config: `plain` with `plain_eps`, `secure`,
+/// `guarded`, and `extra` when asked.
+fn snapshot(version: &str, plain_eps: &[SocketAddr], db1: IpAddr, extra: bool) -> Snapshot {
+    let at = |port| SocketAddr::new(db1, port);
+    let mut svcs = vec![
+        service("plain", plain_vip(), plain_eps.to_vec()),
+        service("secure", secure_vip(), vec![at(6379)]),
+        service("guarded", guarded_vip(), vec![at(7000)]),
+    ];
+    if extra {
+        svcs.push(service("extra", extra_vip(), vec![at(5432)]));
+    }
+    let mut snap = sidecar_snapshot(version, SidecarMode::Tcp, false, &svcs);
+    mark_meshed(&mut snap, &svcs[1]).expect("secure is meshed");
+    add_rbac(&mut snap, &svcs[2]).expect("guarded has RBAC");
+    snap
+}
+
+/// A server in `pod` on `port`: each connection gets `id`, then an echo.
+fn id_server(pod: &Pod, port: u16, id: u8) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    pod.thread(move || {
+        let l = listen(SocketAddr::from(([0, 0, 0, 0], port)));
+        tx.send(()).expect("report");
+        for s in l.incoming() {
+            let Ok(mut s) = s else { break };
+            std::thread::spawn(move || {
+                if s.write_all(&[id]).is_err() {
+                    return;
+                }
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 || s.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                let _ = s.shutdown(Shutdown::Write);
+            });
+        }
+    })
+    .expect("server thread");
+    rx.recv_timeout(Duration::from_secs(5)).expect("server up");
+}
+
+fn dial(to: SocketAddr) -> (TcpStream, u8) {
+    let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("connect {to}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    let mut id = [0u8; 1];
+    s.read_exact(&mut id)
+        .unwrap_or_else(|e| panic!("id from {to}: {e}"));
+    (s, id[0])
+}
+
+/// One conversation from `pod`: the id that answered, getpeername, and
+/// the echo of `payload` bytes checked.
+fn talk(pod: &Pod, to: SocketAddr, payload: usize) -> (u8, SocketAddr) {
+    pod.run(move || {
+        let (mut s, id) = dial(to);
+        let peer = s.peer_addr().expect("getpeername");
+        s.write_all(&vec![3u8; payload]).expect("write");
+        s.shutdown(Shutdown::Write).expect("shutdown");
+        let mut back = Vec::new();
+        s.read_to_end(&mut back).expect("echo");
+        assert_eq!(back.len(), payload, "echo via {id}");
+        (id, peer)
+    })
+    .expect("entering the pod")
+}
+
+/// Upstream connections `envoy` opened for the TCP service `name` (its
+/// cluster `outbound|<port>||<name>.default.svc.cluster.local`).
+fn cluster_cx(envoy: &Sidecar, name: &str) -> u64 {
+    let port = match name {
+        "plain" | "extra" => 5432,
+        "secure" => 6379,
+        _ => 7000,
+    };
+    envoy
+        .envoy_stat(&format!(
+            "cluster.outbound|{port}||{name}.default.svc.cluster.local.upstream_cx_total"
+        ))
+        .unwrap_or(0)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn scrape(addr: SocketAddr) -> String {
+    support::admin_get(addr, "/metrics")
+        .map(|(_, body)| body)
+        .unwrap_or_default()
+}
+
+/// The value of the first series starting with `prefix` (labels included).
+fn series(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix)?.trim().parse().ok())
+}
+
+struct Mesh {
+    node: Node,
+    dir: tempfile::TempDir,
+    web: Pod,
+    opt: Pod,
+    db1: Pod,
+    db2: Pod,
+    web_envoy: Sidecar,
+    opt_envoy: Sidecar,
+    ads: Option<AdsServer>,
+    admin: SocketAddr,
+    config: PathBuf,
+}
+
+impl Mesh {
+    fn start() -> Option<Self> {
+        require_root_env();
+        if !envoy_available("bypass_agent") {
+            return None;
+        }
+        let mut node = node_without_install();
+        let web = node.pod("web").expect("pod");
+        let opt = node.pod("opt").expect("pod");
+        let db1 = node.pod("db1").expect("pod");
+        let db2 = node.pod("db2").expect("pod");
+        for port in [5432, 6379, 7000] {
+            id_server(&db1, port, b'1');
+        }
+        id_server(&db2, 5432, b'2');
+        let dir = tempfile::tempdir().expect("tempdir");
+        let eps = [
+            SocketAddr::new(IpAddr::V4(db1.ip4), 5432),
+            SocketAddr::new(IpAddr::V4(db2.ip4), 5432),
+        ];
+        let ads = AdsServer::start(
+            &PathBuf::from("/run/meshlane-test").join(unique_tag("ads-")),
+            snapshot("1", &eps, IpAddr::V4(db1.ip4), false),
+        )
+        .expect("control plane");
+        let pods = dir.path().join("pods.yaml");
+        std::fs::write(
+            &pods,
+            format!(
+                "pods:\n- namespace: default\n  name: web\n  netns: {}\n  ips: [{}]\n- namespace: default\n  name: opt\n  netns: {}\n  ips: [{}]\n  annotations:\n    meshlane.io/bypass: \"false\"\n",
+                web.netns.display(),
+                web.ip4,
+                opt.netns.display(),
+                opt.ip4
+            ),
+        )
+        .expect("pod file");
+        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let config = dir.path().join("agent.yaml");
+        let mesh_config = |bypass: bool| {
+            format!(
+                "adminAddr: {admin}\npodSource:\n  kind: static\n  staticFile: {}\nbypass:\n  enabled: {bypass}\nxds:\n  address: unix:{}\n  initialBackoffMillis: 50\n  maxBackoffSeconds: 1\n  staleGraceSeconds: {GRACE_SECONDS}\n",
+                pods.display(),
+                ads.socket().display()
+            )
+        };
+        std::fs::write(&config, mesh_config(true)).expect("agent config");
+        std::fs::write(dir.path().join("agent-off.yaml"), mesh_config(false)).expect("config");
+        let options = SidecarOptions::istio(SidecarProxy::Envoy, SidecarMode::Tcp);
+        let web_envoy = Sidecar::launch_ads(&web, &options, ads.socket()).expect("Envoy in web");
+        let opt_envoy = Sidecar::launch_ads(&opt, &options, ads.socket()).expect("Envoy in opt");
+        Some(Self {
+            node,
+            dir,
+            web,
+            opt,
+            db1,
+            db2,
+            web_envoy,
+            opt_envoy,
+            ads: Some(ads),
+            admin,
+            config,
+        })
+    }
+
+    fn root(&self) -> &Path {
+        self.node.layout.root()
+    }
+
+    fn agent(&self, config: &Path) -> AgentProcess {
+        AgentProcess::start_with(
+            self.root(),
+            self.node.cgroup.path(),
+            &["--config", &config.to_string_lossy()],
+        )
+        .expect("agent")
+    }
+
+    fn layout(&self) -> &PinLayout {
+        &self.node.layout
+    }
+
+    fn cookie(&self, name: &str) -> Option<u64> {
+        PodsMap::open(self.layout())
+            .ok()?
+            .iter()
+            .find_map(|(c, p)| {
+                let n: Vec<u8> = p
+                    .name
+                    .iter()
+                    .take_while(|b| **b != 0)
+                    .map(|b| *b as u8)
+                    .collect();
+                (n == name.as_bytes()).then_some(c)
+            })
+    }
+
+    /// The endpoints the kernel holds for (pod, dest); None: no entry.
+    fn kernel_endpoints(&self, pod: &str, dest: SocketAddr) -> Option<Vec<SocketAddr>> {
+        let netns = self.cookie(pod)?;
+        let svc = BypassServicesMap::open(self.layout()).ok()?;
+        let id = svc.get(ServiceKey { netns, dest }).ok()??;
+        let eps = BypassEndpointsMap::open(self.layout())
+            .ok()?
+            .get(id)
+            .ok()??;
+        Some(eps.iter().map(|e| e.addr).collect())
+    }
+
+    /// Waits until `f` holds (or panics naming `what`).
+    fn wait(&self, what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
+        let t = Instant::now();
+        while !f() {
+            assert!(t.elapsed() < limit, "{what}: not within {limit:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        t.elapsed()
+    }
+
+    /// Upstream connections web's Envoy opened for service `name`.
+    fn web_cx(&self, name: &str) -> u64 {
+        cluster_cx(&self.web_envoy, name)
+    }
+
+    fn db(&self, port: u16) -> (SocketAddr, SocketAddr) {
+        (
+            SocketAddr::new(IpAddr::V4(self.db1.ip4), port),
+            SocketAddr::new(IpAddr::V4(self.db2.ip4), port),
+        )
+    }
+
+    fn ads(&self) -> &AdsServer {
+        self.ads.as_ref().expect("control plane running")
+    }
+}
+
+#[test]
+fn plain_services_bypass_the_sidecar_and_the_rest_keep_it() {
+    let Some(m) = Mesh::start() else { return };
+    let _agent = m.agent(&m.config);
+    let (db1, db2) = m.db(5432);
+    m.wait("web's service map entry", Duration::from_secs(30), || {
+        m.kernel_endpoints("default/web", plain_vip()).is_some()
+    });
+    assert_eq!(
+        m.kernel_endpoints("default/web", plain_vip()).unwrap(),
+        [db1, db2]
+    );
+    // Only plain is BYPASS, and opt has no stream, so no entry.
+    assert!(m.kernel_endpoints("default/web", secure_vip()).is_none());
+    assert!(m.kernel_endpoints("default/web", guarded_vip()).is_none());
+    // Nothing else of web's is keyed: not the passthrough (or a
+    // REGISTRY_ONLY blackhole), not the mTLS or RBAC services.
+    let web = m.cookie("default/web").expect("web registered");
+    let keyed: Vec<SocketAddr> = BypassServicesMap::open(m.layout())
+        .expect("svc map")
+        .keys()
+        .into_iter()
+        .filter(|k| k.netns == web)
+        .map(|k| k.dest)
+        .collect();
+    assert_eq!(keyed, [plain_vip()]);
+    assert!(m.cookie("default/opt").is_some(), "opt is registered");
+    assert!(m.kernel_endpoints("default/opt", plain_vip()).is_none());
+
+    // web -> plain: straight to an endpoint, 20 times.
+    let before = m.web_cx("plain");
+    let mut seen = [0usize; 2];
+    for _ in 0..20 {
+        let (id, peer) = talk(&m.web, plain_vip(), 100);
+        assert_eq!(peer, plain_vip(), "getpeername is the VIP");
+        seen[usize::from(id == b'2')] += 1;
+    }
+    assert_eq!(m.web_cx("plain"), before, "web's sidecar saw nothing");
+    assert!(
+        seen[0] > 0 && seen[1] > 0,
+        "both endpoints chosen: {seen:?}"
+    );
+
+    // SIDECAR destinations: through web's Envoy.
+    let before = m.web_cx("guarded");
+    assert_eq!(talk(&m.web, guarded_vip(), 10).0, b'1');
+    assert_eq!(m.web_cx("guarded"), before + 1, "RBAC: the sidecar");
+    let conn = m
+        .web
+        .run(move || TcpStream::connect_timeout(&secure_vip(), Duration::from_secs(5)))
+        .expect("pod");
+    let _conn = conn.expect("connect to secure");
+    m.wait("mTLS: the sidecar dials it", Duration::from_secs(5), || {
+        m.web_cx("secure") >= 1
+    });
+    // The opted-out pod: its own sidecar.
+    let before = cluster_cx(&m.opt_envoy, "plain");
+    let (id, peer) = talk(&m.opt, plain_vip(), 10);
+    assert!(id == b'1' || id == b'2');
+    assert_eq!(peer, plain_vip());
+    assert_eq!(
+        cluster_cx(&m.opt_envoy, "plain"),
+        before + 1,
+        "opt: the sidecar"
+    );
+
+    // Istio's TCP metrics for web's 20 bypassed connections.
+    let labels = format!(
+        "{{reporter=\"source\",source_workload=\"web\",source_workload_namespace=\"default\",source_principal=\"unknown\",destination_service=\"{PLAIN}\",destination_service_name=\"plain\",destination_service_namespace=\"default\",destination_workload=\"unknown\",request_protocol=\"tcp\",connection_security_policy=\"none\"}}"
+    );
+    let mut text = String::new();
+    m.wait("closes counted", Duration::from_secs(5), || {
+        text = scrape(m.admin);
+        series(
+            &text,
+            &format!("istio_tcp_connections_closed_total{labels}"),
+        ) == Some(20.0)
+    });
+    assert_eq!(
+        series(
+            &text,
+            &format!("istio_tcp_connections_opened_total{labels}")
+        ),
+        Some(20.0),
+        "{text}"
+    );
+    assert_eq!(
+        series(&text, &format!("istio_tcp_received_bytes_total{labels}")),
+        Some(2000.0),
+        "{text}"
+    );
+    assert_eq!(
+        series(&text, &format!("istio_tcp_sent_bytes_total{labels}")),
+        Some(2020.0),
+        "{text}"
+    );
+    assert!(text.contains("# HELP istio_tcp_sent_bytes "), "{text}");
+    assert!(
+        series(&text, "meshlane_bypass_connections_rewritten_total").unwrap_or(0.0) >= 20.0,
+        "{text}"
+    );
+    assert!(
+        series(&text, "meshlane_bypass_map_entries").unwrap_or(0.0) >= 1.0,
+        "{text}"
+    );
+
+    // EDS removes db2. An open connection to db2 keeps it; every new one
+    // after the update is applied reaches db1 only.
+    let (mut old, _) = m
+        .web
+        .run(move || loop {
+            let (s, id) = dial(plain_vip());
+            if id == b'2' {
+                break (s, id);
+            }
+        })
+        .expect("pod");
+    let changed = Instant::now();
+    m.ads()
+        .update(snapshot("2", &[db1], IpAddr::V4(m.db1.ip4), false));
+    let took = m.wait("the update applied", Duration::from_secs(10), || {
+        m.kernel_endpoints("default/web", plain_vip()) == Some(vec![db1])
+    });
+    eprintln!(
+        "EDS update reached the kernel in {took:?} ({:?} since the push)",
+        changed.elapsed()
+    );
+    for _ in 0..200 {
+        assert_eq!(
+            talk(&m.web, plain_vip(), 1).0,
+            b'1',
+            "removed endpoint chosen"
+        );
+    }
+    old.write_all(b"old").expect("old connection");
+    let mut back = [0u8; 3];
+    old.read_exact(&mut back).expect("old connection echoes");
+    assert_eq!(&back, b"old");
+
+    // A full service map: the new destination keeps the sidecar, counted;
+    // nothing is refused. Room back: it is bypassed.
+    let svc = BypassServicesMap::open(m.layout()).expect("svc map");
+    let mut fillers = Vec::new();
+    for i in 0.. {
+        let k = ServiceKey {
+            netns: u64::MAX - i,
+            dest: "192.0.2.1:1".parse().unwrap(),
+        };
+        if svc.insert(k, 1).is_err() {
+            break;
+        }
+        fillers.push(k);
+    }
+    assert!(fillers.len() < svc.capacity() as usize);
+    m.ads()
+        .update(snapshot("3", &[db1], IpAddr::V4(m.db1.ip4), true));
+    m.wait("the write failure counted", Duration::from_secs(10), || {
+        series(
+            &scrape(m.admin),
+            "meshlane_bypass_kept_sidecar{reason=\"map_write_failed\"}",
+        )
+        .unwrap_or(0.0)
+            >= 1.0
+    });
+    let before = m.web_cx("extra");
+    assert_eq!(talk(&m.web, extra_vip(), 10).0, b'1', "not refused");
+    assert_eq!(m.web_cx("extra"), before + 1, "the sidecar carried it");
+    assert!(
+        m.kernel_endpoints("default/web", plain_vip()).is_some(),
+        "others kept"
+    );
+    for k in fillers {
+        svc.remove(k).expect("room");
+    }
+    m.wait("retried once there is room", Duration::from_secs(5), || {
+        m.kernel_endpoints("default/web", extra_vip()).is_some()
+    });
+    let before = m.web_cx("extra");
+    assert_eq!(talk(&m.web, extra_vip(), 10), (b'1', extra_vip()));
+    assert_eq!(m.web_cx("extra"), before, "bypassed once written");
+}
+
+#[test]
+fn bypass_stops_when_the_agent_or_its_stream_is_gone_and_when_disabled() {
+    let Some(mut m) = Mesh::start() else { return };
+    let mut agent = m.agent(&m.config);
+    m.wait("web's service map entry", Duration::from_secs(30), || {
+        m.kernel_endpoints("default/web", plain_vip()).is_some()
+    });
+    let bypassed = |m: &Mesh| {
+        let before = m.web_cx("plain");
+        let (_, peer) = talk(&m.web, plain_vip(), 10);
+        assert_eq!(peer, plain_vip());
+        m.web_cx("plain") == before
+    };
+    assert!(bypassed(&m));
+
+    // Killed: bypass goes on within the grace, then the sidecar.
+    agent.kill9();
+    let killed = Instant::now();
+    assert!(bypassed(&m), "within the grace");
+    let until = m.wait(
+        "the sidecar after the grace",
+        Duration::from_secs(GRACE_SECONDS + 5),
+        || !bypassed(&m),
+    );
+    assert!(
+        killed.elapsed() >= Duration::from_secs(GRACE_SECONDS) - Duration::from_millis(300),
+        "stopped bypassing before the grace: {until:?}"
+    );
+    // Back: bypass resumes.
+    let agent = m.agent(&m.config);
+    m.wait("bypass resumes", Duration::from_secs(30), || bypassed(&m));
+
+    // The stream down past the grace: the sidecar (the agent is alive).
+    drop(m.ads.take());
+    m.wait(
+        "the sidecar once the stream is stale",
+        Duration::from_secs(GRACE_SECONDS + 10),
+        || !bypassed(&m),
+    );
+    let text = scrape(m.admin);
+    assert!(
+        series(
+            &text,
+            "meshlane_bypass_kept_sidecar{reason=\"stream_stale\"}"
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
+        "{text}"
+    );
+
+    // Bypass disabled: the next agent clears the map at once.
+    drop(agent);
+    let off = m.dir.path().join("agent-off.yaml");
+    let _agent = m.agent(&off);
+    m.wait("the map cleared", Duration::from_secs(10), || {
+        BypassServicesMap::open(m.layout()).is_ok_and(|s| s.keys().is_empty())
+    });
+    assert!(!bypassed(&m), "bypass disabled");
+    let _ = &m.db2;
+}

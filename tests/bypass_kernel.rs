@@ -1,0 +1,389 @@
+//! Issue 12, the kernel half alone: the connect hook and the bypass maps
+//! on a simulated node, with the maps written through the same typed
+//! handles the agent uses (no agent: each rule is driven directly).
+//!
+//! Pod `a` is registered (Istio, intercept) and has service map entries;
+//! `c` is registered with none; `d` is not registered. Each registered
+//! pod has a stand-in sidecar on its outbound port that answers `S`;
+//! backends `b1` and `b2` (not meshed) answer `1` and `2`, then echo.
+//! Checked: a BYPASS destination of `a` goes straight to its endpoint and
+//! getpeername shows the address dialled; nothing of `a`'s applies to `c`
+//! or `d`; a stale or stopped heartbeat sends `a` to its sidecar again; a
+//! changed set is used by every new connection while an open one keeps
+//! its endpoint; weighted endpoints get their share over 10,000
+//! connections; sockops counts connections and bytes per (pod, service).
+//! Needs root.
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use common::{listen, require_root_env};
+use meshlane::datapath::{
+    BypassClockMap, BypassCountersMap, BypassEndpoint, BypassEndpointsMap, BypassServicesMap,
+    BypassStatsMap, ServiceKey,
+};
+use meshlane::pods::PodSpec;
+use meshlane::sim::{Node, NodeOptions, PeerNode, Pod};
+
+/// The Istio preset's outbound port (where the stand-in sidecars listen).
+const OUTBOUND: u16 = 15001;
+const GRACE: Duration = Duration::from_secs(30);
+
+/// A server in `pod` on `port`: each connection gets `id` (one byte),
+/// then an echo of what it sends until EOF.
+fn id_server(pod: &Pod, port: u16, id: u8) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    pod.thread(move || {
+        let l = listen(SocketAddr::from(([0, 0, 0, 0], port)));
+        tx.send(()).expect("report");
+        for s in l.incoming() {
+            let Ok(mut s) = s else { break };
+            std::thread::spawn(move || {
+                if s.write_all(&[id]).is_err() {
+                    return;
+                }
+                let mut buf = [0u8; 4096];
+                loop {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if s.write_all(&buf[..n]).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+                let _ = s.shutdown(Shutdown::Write);
+            });
+        }
+    })
+    .expect("server thread");
+    rx.recv_timeout(Duration::from_secs(5)).expect("server up");
+}
+
+/// Connects (on the calling thread, inside a pod) and reads who answered.
+fn dial(to: SocketAddr) -> (TcpStream, u8) {
+    let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("connect {to}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    let mut id = [0u8; 1];
+    s.read_exact(&mut id).expect("the server's id");
+    (s, id[0])
+}
+
+/// One short conversation from inside `pod`: who answered, what
+/// getpeername said, and the echo of `payload` (then a clean close).
+fn talk(pod: &Pod, to: SocketAddr, payload: usize) -> (u8, SocketAddr) {
+    pod.run(move || {
+        let (mut s, id) = dial(to);
+        let peer = s.peer_addr().expect("getpeername");
+        let data = vec![7u8; payload];
+        s.write_all(&data).expect("write");
+        s.shutdown(Shutdown::Write).expect("shutdown");
+        let mut back = Vec::new();
+        s.read_to_end(&mut back).expect("echo");
+        assert_eq!(back.len(), payload, "echo from {id}");
+        (id, peer)
+    })
+    .expect("entering the pod")
+}
+
+struct World {
+    node: Node,
+    a: Pod,
+    c: Pod,
+    d: Pod,
+    b1: SocketAddr,
+    b2: SocketAddr,
+    a_cookie: u64,
+    c_cookie: u64,
+    _backends: Vec<Pod>,
+}
+
+fn world() -> World {
+    require_root_env();
+    let mut node = Node::new(NodeOptions::default()).expect("node");
+    let a = node.pod("a").expect("pod a");
+    let c = node.pod("c").expect("pod c");
+    let d = node.pod("d").expect("pod d");
+    let p1 = node.pod("b1").expect("pod b1");
+    let p2 = node.pod("b2").expect("pod b2");
+    let a_cookie = node
+        .register(&a, &PodSpec::istio("default/a"))
+        .expect("register a")
+        .netns_cookie;
+    let c_cookie = node
+        .register(&c, &PodSpec::istio("default/c"))
+        .expect("register c")
+        .netns_cookie;
+    id_server(&a, OUTBOUND, b'S');
+    id_server(&c, OUTBOUND, b'S');
+    id_server(&p1, 8080, b'1');
+    id_server(&p2, 8080, b'2');
+    let b1 = SocketAddr::new(IpAddr::V4(p1.ip4), 8080);
+    let b2 = SocketAddr::new(IpAddr::V4(p2.ip4), 8080);
+    World {
+        _backends: vec![p1, p2],
+        node,
+        a,
+        c,
+        d,
+        b1,
+        b2,
+        a_cookie,
+        c_cookie,
+    }
+}
+
+impl World {
+    fn maps(&self) -> (BypassServicesMap, BypassEndpointsMap, BypassClockMap) {
+        let l = &self.node.layout;
+        (
+            BypassServicesMap::open(l).expect("svc map"),
+            BypassEndpointsMap::open(l).expect("eps map"),
+            BypassClockMap::open(l).expect("clock map"),
+        )
+    }
+
+    /// Points (pod, dest) at set `id` holding `eps`.
+    fn bypass(&self, netns: u64, dest: SocketAddr, id: u32, eps: &[(SocketAddr, u32)]) {
+        let (svc, sets, _) = self.maps();
+        let eps: Vec<BypassEndpoint> = eps
+            .iter()
+            .map(|(addr, weight)| BypassEndpoint {
+                addr: *addr,
+                weight: *weight,
+            })
+            .collect();
+        sets.insert(id, &eps).expect("write set");
+        svc.insert(ServiceKey { netns, dest }, id)
+            .expect("write entry");
+    }
+
+    fn counters(&self) -> [u64; 5] {
+        BypassCountersMap::open(&self.node.layout)
+            .and_then(|m| m.sums())
+            .expect("bypass counters")
+    }
+}
+
+#[test]
+fn bypass_is_per_pod_keeps_the_dialled_address_and_follows_the_heartbeat() {
+    let w = world();
+    let vip: SocketAddr = "10.96.7.1:80".parse().unwrap();
+    // b2's own address as a destination of `a` that bypasses to b1: the
+    // other pods reach b2 itself if nothing rewrites them.
+    w.bypass(w.a_cookie, vip, 1, &[(w.b1, 1)]);
+    w.bypass(w.a_cookie, w.b2, 1, &[(w.b1, 1)]);
+
+    // No heartbeat yet: the sidecar.
+    let before = w.counters();
+    assert_eq!(talk(&w.a, vip, 10).0, b'S');
+    assert_eq!(w.counters()[1], before[1] + 1, "counted stale");
+
+    let (_, _, clock) = w.maps();
+    clock.beat(GRACE).expect("heartbeat");
+    let before = w.counters();
+    let (id, peer) = talk(&w.a, vip, 100);
+    assert_eq!(id, b'1', "bypassed to b1");
+    assert_eq!(peer, vip, "getpeername shows the VIP the app dialled");
+    assert_eq!(talk(&w.a, w.b2, 10), (b'1', w.b2));
+    assert_eq!(w.counters()[0], before[0] + 2, "counted rewritten");
+    // A destination without an entry: the sidecar, as before.
+    assert_eq!(talk(&w.a, "10.96.7.2:80".parse().unwrap(), 10).0, b'S');
+
+    // a's entries never apply to c (registered) or d (not registered).
+    assert_eq!(talk(&w.c, vip, 10).0, b'S');
+    assert_eq!(talk(&w.c, w.b2, 10).0, b'S');
+    assert_eq!(talk(&w.d, w.b2, 10), (b'2', w.b2), "d reaches b2 itself");
+    assert_eq!(w.counters()[0], before[0] + 2, "nothing else rewritten");
+
+    // The heartbeat grows stale: the sidecar; a fresh one: bypass again.
+    clock.beat(Duration::from_millis(300)).expect("short grace");
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(talk(&w.a, vip, 10).0, b'S', "stale heartbeat");
+    clock.beat(GRACE).expect("heartbeat");
+    assert_eq!(talk(&w.a, vip, 10).0, b'1', "fresh again");
+    clock.stop().expect("stop");
+    assert_eq!(talk(&w.a, vip, 10).0, b'S', "stopped");
+
+    // Stats for (a, vip): every bypassed connection opened and closed,
+    // bytes as the app socket saw them (1 id byte + the echo back).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let key = ServiceKey {
+        netns: w.a_cookie,
+        dest: vip,
+    };
+    let stats = loop {
+        let s = BypassStatsMap::open(&w.node.layout)
+            .expect("stats map")
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, s)| s)
+            .unwrap_or_default();
+        if s.closed == s.opened || Instant::now() > deadline {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!((stats.opened, stats.closed), (2, 2), "{stats:?}");
+    assert_eq!(stats.sent_bytes, 110, "{stats:?}");
+    assert_eq!(stats.received_bytes, 112, "{stats:?}");
+    let all = BypassStatsMap::open(&w.node.layout)
+        .expect("stats")
+        .iter()
+        .count();
+    assert_eq!(all, 2, "only a's two destinations are counted");
+    let _ = w.c_cookie;
+}
+
+#[test]
+fn an_update_reaches_new_connections_while_open_ones_keep_their_endpoint() {
+    let w = world();
+    let vip: SocketAddr = "10.96.7.3:80".parse().unwrap();
+    w.bypass(w.a_cookie, vip, 10, &[(w.b1, 1)]);
+    w.maps().2.beat(GRACE).expect("heartbeat");
+    let (mut old, id) = w.a.run(move || dial(vip)).expect("pod a");
+    assert_eq!(id, b'1');
+
+    // The agent's order: the new set first, then the entry, then the old
+    // set goes.
+    w.bypass(w.a_cookie, vip, 11, &[(w.b2, 1)]);
+    w.maps().1.remove(10).expect("old set");
+    for _ in 0..200 {
+        assert_eq!(talk(&w.a, vip, 1).0, b'2', "the removed endpoint chosen");
+    }
+    old.write_all(b"still here").expect("old connection writes");
+    let mut back = [0u8; 10];
+    old.read_exact(&mut back).expect("old connection reads");
+    assert_eq!(&back, b"still here");
+    assert_eq!(old.peer_addr().expect("peer"), vip);
+
+    // The entry removed: the sidecar.
+    w.maps()
+        .0
+        .remove(ServiceKey {
+            netns: w.a_cookie,
+            dest: vip,
+        })
+        .expect("remove entry");
+    assert_eq!(talk(&w.a, vip, 1).0, b'S');
+}
+
+/// Share of b2 for weights 1:3 over 10,000 connections: binomial standard
+/// deviation 0.43 points; the tolerance is 2 points (4.6 sigma).
+#[test]
+fn weighted_endpoints_get_their_share_over_ten_thousand_connections() {
+    const N: usize = 10_000;
+    const TOLERANCE: f64 = 0.02;
+    let w = world();
+    let vip: SocketAddr = "10.96.7.4:80".parse().unwrap();
+    w.bypass(w.a_cookie, vip, 20, &[(w.b1, 1), (w.b2, 3)]);
+    // One beat for the whole run (an emulated guest takes minutes).
+    w.maps()
+        .2
+        .beat(Duration::from_secs(3600))
+        .expect("heartbeat");
+    let started = Instant::now();
+    let counts =
+        w.a.run(move || {
+            let mut counts = [0usize; 3];
+            for _ in 0..N {
+                let (s, id) = dial(vip);
+                counts[match id {
+                    b'1' => 0,
+                    b'2' => 1,
+                    _ => 2,
+                }] += 1;
+                drop(s);
+            }
+            counts
+        })
+        .expect("pod a");
+    let share = counts[1] as f64 / N as f64;
+    eprintln!(
+        "b1 {} b2 {} sidecar {} (b2 share {share:.4}, want 0.75 +- {TOLERANCE}) in {:?}",
+        counts[0],
+        counts[1],
+        counts[2],
+        started.elapsed()
+    );
+    assert_eq!(counts[2], 0, "no connection took the sidecar");
+    assert!((share - 0.75).abs() <= TOLERANCE, "share {share}");
+}
+
+/// Issue 12 item 3, the default: a bypassed flow to a meshed pod arrives
+/// at that pod's IP and is steered to its inbound sidecar, never straight
+/// to its app.
+#[test]
+fn a_bypassed_flow_to_a_meshed_pod_still_meets_its_inbound_sidecar() {
+    let w = world();
+    // c's app on 8080 answers 'C'; its stand-in inbound sidecar 'I'.
+    id_server(&w.c, 8080, b'C');
+    id_server(&w.c, 15006, b'I');
+    let c_app = SocketAddr::new(IpAddr::V4(w.c.ip4), 8080);
+    let vip: SocketAddr = "10.96.7.5:80".parse().unwrap();
+    w.bypass(w.a_cookie, vip, 30, &[(c_app, 1)]);
+    w.maps().2.beat(GRACE).expect("heartbeat");
+    let before = w.counters()[0];
+    let (id, peer) = talk(&w.a, vip, 10);
+    assert_eq!(w.counters()[0], before + 1, "bypassed at a's connect");
+    assert_eq!(peer, vip);
+    assert_eq!(id, b'I', "steered to c's inbound sidecar");
+}
+
+/// Cross node: `a` bypasses to a backend on node B (its own host netns and
+/// data path, behind a veth "wire"); getpeername still shows the VIP.
+#[test]
+fn bypass_reaches_an_endpoint_on_another_node() {
+    let w = world();
+    let mut peer = PeerNode::new(&w.node).expect("node B");
+    let remote = peer.pod("r").expect("pod on node B");
+    id_server(&remote, 8080, b'R');
+    // As the benchmark's pods: each side reaches the other through its
+    // own bridge gateway.
+    let gw = w.node.subnet.v4_gateway().to_string();
+    w.a.exec(&["ip", "route", "add", "10.201.0.0/16", "via", &gw])
+        .expect("route to node B");
+    let gw_b = peer.subnet.v4_gateway().to_string();
+    remote
+        .exec(&["ip", "route", "add", "10.201.0.0/16", "via", &gw_b])
+        .expect("route back to node A");
+    let far = SocketAddr::new(IpAddr::V4(remote.ip4), 8080);
+    let vip: SocketAddr = "10.96.7.6:80".parse().unwrap();
+    w.bypass(w.a_cookie, vip, 40, &[(far, 1)]);
+    w.maps().2.beat(GRACE).expect("heartbeat");
+    let before = w.counters()[0];
+    assert_eq!(talk(&w.a, vip, 1000), (b'R', vip));
+    assert_eq!(w.counters()[0], before + 1);
+    drop(remote);
+    drop(peer);
+}
+
+/// The sim's Services without a mesh: an unregistered pod reaches a
+/// ClusterIP through kube-proxy-style DNAT rules in its own netns, both
+/// endpoints in turn; the bypass maps play no part.
+#[test]
+fn an_unmeshed_pod_reaches_a_cluster_ip_through_kube_proxy_rules() {
+    let w = world();
+    let vip: SocketAddr = "10.96.7.7:80".parse().unwrap();
+    let svc = meshlane::sim::xds::Service {
+        host: "both.default.svc.cluster.local".into(),
+        vip: vip.ip(),
+        port: vip.port(),
+        protocol: meshlane::sim::xds::Protocol::Tcp,
+        endpoints: vec![w.b1, w.b2],
+    };
+    meshlane::sim::kube_proxy::install(&w.d, &[svc]).expect("kube-proxy rules in d");
+    let before = w.counters()[0];
+    let mut seen = [0usize; 2];
+    for _ in 0..40 {
+        let (id, peer) = talk(&w.d, vip, 10);
+        assert_eq!(peer, vip, "conntrack shows the ClusterIP");
+        seen[usize::from(id == b'2')] += 1;
+    }
+    assert!(seen[0] > 0 && seen[1] > 0, "{seen:?}");
+    assert_eq!(w.counters()[0], before, "not the bypass");
+}
