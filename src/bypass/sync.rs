@@ -100,9 +100,10 @@ impl BypassSync {
                 }
             }
         }
-        // Exiting leaves the maps: the kernel keeps bypassing until the
-        // grace after the last heartbeat (an agent restart in between
-        // changes nothing for traffic).
+        // Exiting leaves the maps: the kernel keeps bypassing with what
+        // was written until the grace after the last heartbeat. A new
+        // agent clears them when it starts (new connections take the
+        // sidecar) and writes them again once its streams are synced.
     }
 
     /// One round: decisions -> service map, heartbeat, stats cleanup.
