@@ -410,28 +410,6 @@ static __always_inline int disconnected(struct bpf_sock_ops *skops)
 	return sk && !sk->sk_err;
 }
 
-/* Is this a socket splice can never have taken, so its close has nothing
- * to remove? An application socket (not the proxy's uid) of a pod that does
- * not splice application sockets is never inserted (spliceable()); such
- * sockets reach the close path only because interception (redirected app
- * sockets) or bypass telemetry (bypassed ones) asked for state changes.
- * The ml_sock_addrs lookup first
- * (lockless, hits for every tracked socket unless its LRU entry was
- * evicted) keeps a socket inserted before the pod's flags changed on the
- * full cleanup. */
-static __always_inline int never_tracked(struct bpf_sock_ops *skops,
-					 __u64 netns,
-					 const struct ml_sock_key *me)
-{
-	struct ml_pod *pod;
-
-	if (bpf_map_lookup_elem(&ml_sock_addrs, me))
-		return 0;
-	pod = bpf_map_lookup_elem(&ml_pods, &netns);
-	return pod && !(pod->flags & ML_POD_SPLICE_APPS) &&
-	       sock_owner_uid(skops) != pod->proxy_uid;
-}
-
 static __always_inline void on_close(struct bpf_sock_ops *skops)
 {
 	struct ml_sock_key me;
@@ -443,8 +421,6 @@ static __always_inline void on_close(struct bpf_sock_ops *skops)
 		return;
 	netns = bpf_get_netns_cookie(skops);
 	sock_key_from_ops(skops, netns, &me);
-	if (never_tracked(skops, netns, &me))
-		return;
 	if (disconnected(skops) && !bpf_map_delete_elem(&ml_socks, &me))
 		ml_count(ML_CNT_DISCONNECT_PURGED, 1);
 	bpf_map_delete_elem(&ml_peers, &me);

@@ -29,6 +29,7 @@ use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use common::backend_id::{dial, id_server};
 use common::{envoy_available, listen, require_root_env};
 use meshlane::datapath::{
     BypassEndpoint, BypassEndpointsMap, BypassServicesMap, PinLayout, PodsMap, ServiceKey,
@@ -166,42 +167,6 @@ fn first_byte(pod: &Pod, to: SocketAddr) -> Option<u8> {
         }
     })
     .expect("entering the pod")
-}
-
-/// A server in `pod` on `port`: each connection gets `id`, then an echo.
-fn id_server(pod: &Pod, port: u16, id: u8) {
-    let (tx, rx) = std::sync::mpsc::channel();
-    pod.thread(move || {
-        let l = listen(SocketAddr::from(([0, 0, 0, 0], port)));
-        tx.send(()).expect("report");
-        for s in l.incoming() {
-            let Ok(mut s) = s else { break };
-            std::thread::spawn(move || {
-                if s.write_all(&[id]).is_err() {
-                    return;
-                }
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = s.read(&mut buf) {
-                    if n == 0 || s.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-                let _ = s.shutdown(Shutdown::Write);
-            });
-        }
-    })
-    .expect("server thread");
-    rx.recv_timeout(Duration::from_secs(5)).expect("server up");
-}
-
-fn dial(to: SocketAddr) -> (TcpStream, u8) {
-    let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(5))
-        .unwrap_or_else(|e| panic!("connect {to}: {e}"));
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
-    let mut id = [0u8; 1];
-    s.read_exact(&mut id)
-        .unwrap_or_else(|e| panic!("id from {to}: {e}"));
-    (s, id[0])
 }
 
 /// One conversation from `pod`: the id that answered, getpeername, and

@@ -18,10 +18,11 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpStream};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::{listen, require_root_env};
+use common::backend_id::{dial, id_server};
+use common::require_root_env;
 use meshlane::datapath::{
     BypassClockMap, BypassCountersMap, BypassEndpoint, BypassEndpointsMap, BypassServicesMap,
     BypassStatsMap, ServiceKey,
@@ -32,54 +33,6 @@ use meshlane::sim::{Node, NodeOptions, PeerNode, Pod};
 /// The Istio preset's outbound port (where the stand-in sidecars listen).
 const OUTBOUND: u16 = 15001;
 const GRACE: Duration = Duration::from_secs(30);
-
-/// A server in `pod` on `port`: each connection gets `id` (one byte),
-/// then an echo of what it sends until EOF. Dual stack when the pod has
-/// an IPv6 address.
-fn id_server(pod: &Pod, port: u16, id: u8) {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let any: IpAddr = if pod.ip6.is_some() {
-        Ipv6Addr::UNSPECIFIED.into()
-    } else {
-        Ipv4Addr::UNSPECIFIED.into()
-    };
-    pod.thread(move || {
-        let l = listen(SocketAddr::new(any, port));
-        tx.send(()).expect("report");
-        for s in l.incoming() {
-            let Ok(mut s) = s else { break };
-            std::thread::spawn(move || {
-                if s.write_all(&[id]).is_err() {
-                    return;
-                }
-                let mut buf = [0u8; 4096];
-                loop {
-                    match s.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            if s.write_all(&buf[..n]).is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-                let _ = s.shutdown(Shutdown::Write);
-            });
-        }
-    })
-    .expect("server thread");
-    rx.recv_timeout(Duration::from_secs(5)).expect("server up");
-}
-
-/// Connects (on the calling thread, inside a pod) and reads who answered.
-fn dial(to: SocketAddr) -> (TcpStream, u8) {
-    let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(5))
-        .unwrap_or_else(|e| panic!("connect {to}: {e}"));
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
-    let mut id = [0u8; 1];
-    s.read_exact(&mut id).expect("the server's id");
-    (s, id[0])
-}
 
 /// One short conversation from inside `pod`: who answered, what
 /// getpeername said, and the echo of `payload` (then a clean close).

@@ -4,6 +4,7 @@
 //! counter snapshots, the map leak check and environment checks.
 #![allow(dead_code)]
 
+pub mod backend_id;
 pub mod cni;
 
 use std::io::{ErrorKind, Read, Write};

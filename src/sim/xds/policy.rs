@@ -355,7 +355,7 @@ mod tests {
     use super::*;
     use crate::sim::xds::sidecar_snapshot;
     use crate::sim::SidecarMode;
-    use crate::xds::decide::{decide, BypassPolicy, DestKey, Verdict};
+    use crate::xds::decide::{decide, BypassPolicy, Decisions, DestKey, Destination, Verdict};
 
     fn svc(vip: [u8; 4], port: u16) -> Service {
         Service {
@@ -368,6 +368,20 @@ mod tests {
                 format!("10.244.1.2:{port}").parse().unwrap(),
             ],
         }
+    }
+
+    /// The decision for `s`'s VIP and port in `d`.
+    fn decided<'a>(d: &'a Decisions, s: &Service) -> &'a Destination {
+        d.destinations
+            .iter()
+            .find(|x| {
+                x.destination
+                    == DestKey::Service {
+                        address: s.vip,
+                        port: s.port,
+                    }
+            })
+            .unwrap_or_else(|| panic!("{} not decided", s.host))
     }
 
     /// The engine reads the shapes as it reads istiod's.
@@ -391,18 +405,7 @@ mod tests {
         assert!(mark_meshed(&mut snap, &svc([10, 96, 0, 9], 99)).is_err());
         let res = snap.proxy_resources();
         let d = decide(&res, &BypassPolicy::default());
-        let get = |s: &Service| {
-            d.destinations
-                .iter()
-                .find(|x| {
-                    x.destination
-                        == DestKey::Service {
-                            address: s.vip,
-                            port: s.port,
-                        }
-                })
-                .unwrap_or_else(|| panic!("{} not decided", s.host))
-        };
+        let get = |s: &Service| decided(&d, s);
         assert_eq!(get(&plain).decision, Verdict::Bypass);
         let weights: Vec<u64> = get(&plain).endpoints.iter().map(|e| e.weight).collect();
         assert_eq!(weights[1], 3 * weights[0], "{weights:?}");
@@ -449,18 +452,7 @@ mod tests {
         assert!(add_fault(&mut snap, &tcp, 50).is_err(), "TCP has no route");
         registry_only(&mut snap).unwrap();
         let d = decide(&snap.proxy_resources(), &BypassPolicy::default());
-        let get = |s: &Service| {
-            d.destinations
-                .iter()
-                .find(|x| {
-                    x.destination
-                        == DestKey::Service {
-                            address: s.vip,
-                            port: s.port,
-                        }
-                })
-                .unwrap_or_else(|| panic!("{} not decided", s.host))
-        };
+        let get = |s: &Service| decided(&d, s);
         let f = get(&faulty);
         assert_eq!(f.decision, Verdict::Sidecar, "{:?}", f.reasons);
         assert!(
