@@ -4,7 +4,7 @@
 //! ([`LiveDecisions::set_policy`]). A file that does not read, parse or
 //! validate changes nothing: one warning line names what is wrong and the
 //! old policies stay. Only the policies are reloaded; every other field
-//! needs a restart (the line says so when one differs).
+//! needs a restart.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
