@@ -237,18 +237,26 @@ pub fn http_close_load(
                 sc.spawn(move || http_close_worker(to, dur, period, period * i / workers, cpu))
             })
             .collect();
-        hs.into_iter()
-            .map(|h| {
-                h.join().unwrap_or_else(|_| {
-                    Err(BenchError::workload(
-                        "HTTP load",
-                        "a client thread panicked",
-                    ))
-                })
-            })
-            .collect()
+        joined(hs)
     });
     merge(parts)
+}
+
+/// Every HTTP client thread's result; a panicked thread is an error.
+fn joined(
+    handles: Vec<std::thread::ScopedJoinHandle<'_, Result<Measured>>>,
+) -> Vec<Result<Measured>> {
+    handles
+        .into_iter()
+        .map(|h| {
+            h.join().unwrap_or_else(|_| {
+                Err(BenchError::workload(
+                    "HTTP load",
+                    "a client thread panicked",
+                ))
+            })
+        })
+        .collect()
 }
 
 fn merge(parts: Vec<Result<Measured>>) -> Result<Measured> {
@@ -294,17 +302,7 @@ pub fn http_load(
                 sc.spawn(move || http_conn(to, dur, pace, cpu))
             })
             .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join().unwrap_or_else(|_| {
-                    Err(BenchError::workload(
-                        "HTTP load",
-                        "a client thread panicked",
-                    ))
-                })
-            })
-            .collect()
+        joined(handles)
     });
     merge(parts)
 }
