@@ -393,7 +393,7 @@ pub fn connect_from(pod: &Pod, to: SocketAddr) -> TcpStream {
     pod.run(move || connect(to)).expect("entering pod")
 }
 
-/// Connects from inside `pod` and waits (up to a second) until both ends
+/// Connects from inside `pod` and waits (up to five seconds) until both ends
 /// are in ml_socks. A client's first bytes take TCP while its passive end
 /// is not established yet, by design (tests/splice_ordering.rs); a slow
 /// machine or an emulated guest (the kernel matrix) widens that window, so
@@ -401,7 +401,7 @@ pub fn connect_from(pod: &Pod, to: SocketAddr) -> TcpStream {
 pub fn connect_spliced(node: &Node, pod: &Pod, to: SocketAddr) -> TcpStream {
     let before = node.map_entries("ml_socks");
     let s = connect_from(pod, to);
-    let deadline = Instant::now() + Duration::from_secs(1);
+    let deadline = Instant::now() + Duration::from_secs(5);
     while node.map_entries("ml_socks") < before + 2 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
     }
