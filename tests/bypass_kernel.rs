@@ -25,7 +25,7 @@ use common::backend_id::{dial, id_server};
 use common::require_root_env;
 use meshlane::datapath::{
     BypassClockMap, BypassCountersMap, BypassEndpoint, BypassEndpointsMap, BypassServicesMap,
-    BypassStatsMap, ServiceKey,
+    BypassStats, BypassStatsMap, ServiceKey,
 };
 use meshlane::pods::PodSpec;
 use meshlane::sim::{Node, NodeOptions, PeerNode, Pod};
@@ -36,6 +36,17 @@ const GRACE: Duration = Duration::from_secs(30);
 
 /// One short conversation from inside `pod`: who answered, what
 /// getpeername said, and the echo of `payload` (then a clean close).
+
+/// The kernel's bypass stats for `key` (zero until the first connection).
+fn stats_of(node: &Node, key: ServiceKey) -> BypassStats {
+    BypassStatsMap::open(&node.layout)
+        .expect("stats map")
+        .iter()
+        .find(|(k, _)| *k == key)
+        .map(|(_, s)| s)
+        .unwrap_or_default()
+}
+
 fn talk(pod: &Pod, to: SocketAddr, payload: usize) -> (u8, SocketAddr) {
     pod.run(move || {
         let (mut s, id) = dial(to);
@@ -212,12 +223,7 @@ fn bypass_is_per_pod_keeps_the_dialled_address_and_follows_the_heartbeat() {
         dest: vip,
     };
     let stats = loop {
-        let s = BypassStatsMap::open(&w.node.layout)
-            .expect("stats map")
-            .iter()
-            .find(|(k, _)| *k == key)
-            .map(|(_, s)| s)
-            .unwrap_or_default();
+        let s = stats_of(&w.node, key);
         if s.closed == s.opened || Instant::now() > deadline {
             break s;
         }
@@ -437,12 +443,7 @@ fn ipv6_vips_bypass_to_ipv6_endpoints_and_a_family_mismatch_keeps_the_sidecar() 
     };
     let deadline = Instant::now() + Duration::from_secs(5);
     let stats = loop {
-        let s = BypassStatsMap::open(&w.node.layout)
-            .expect("stats map")
-            .iter()
-            .find(|(k, _)| *k == key)
-            .map(|(_, s)| s)
-            .unwrap_or_default();
+        let s = stats_of(&w.node, key);
         if s.closed == 1 || Instant::now() > deadline {
             break s;
         }
