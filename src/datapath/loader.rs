@@ -16,7 +16,7 @@ use thiserror::Error;
 
 use super::layout::{LayoutError, PinLayout, PinRootLock, LAYOUT_VERSION};
 use super::names::{LinkId, MapId};
-use super::{links, maps};
+use super::{links, lru, maps};
 use crate::cgroup::{self, CgroupError};
 use crate::integrity::{self, Finding, KernelFacts, Plan, PolicyError};
 use crate::overlap::OverlapKind;
@@ -61,11 +61,12 @@ pub enum LoadError {
     },
     #[error("splice-only install asked, but interception is installed ({link}); pods may rely on it: run `meshlane uninstall` first")]
     InterceptInstalled { link: PathBuf },
-    #[error("pinned map {map} holds {pinned} entries but the sockhash size asked for is {wanted}: use --sockhash-size {pinned}, or run `meshlane uninstall` first")]
+    #[error("pinned map {map} has room for {pinned} entries but sockhash size {sockhash_size} needs {wanted} on this machine: use the --sockhash-size it was installed with, or run `meshlane uninstall` first")]
     PinnedSize {
         map: String,
         pinned: u32,
         wanted: u32,
+        sockhash_size: u32,
     },
 }
 
@@ -195,8 +196,8 @@ fn prepare_maps(obj: &mut OpenObject, layout: &PinLayout, size: u32) -> Result<(
             continue; // .rodata and friends stay private to the object
         }
         let id = MapId::from_pin_name(&name).ok_or(LoadError::UnnamedMap(name))?;
-        if id.sized_by_sockhash() {
-            m.set_max_entries(size)
+        if let Some(entries) = lru::install_capacity(id, size, lru::possible_cpus()) {
+            m.set_max_entries(entries)
                 .map_err(bpf(format!("sizing {id}")))?;
         }
         m.set_pin_path(layout.map(id))
@@ -266,13 +267,18 @@ fn check_same_cgroup(layout: &PinLayout, cg_path: &Path) -> Result<(), LoadError
 /// A pinned map sized by `sockhash_size` must keep its size: libbpf would
 /// refuse to reuse it anyway, with less to say about why.
 fn check_pinned_sizes(layout: &PinLayout, size: u32) -> Result<(), LoadError> {
-    for id in MapId::ALL.into_iter().filter(|m| m.sized_by_sockhash()) {
+    let cpus = lru::possible_cpus();
+    for id in MapId::ALL {
+        let Some(wanted) = lru::install_capacity(id, size, cpus) else {
+            continue;
+        };
         match maps::pinned_capacity(layout, id)? {
-            Some(pinned) if pinned != size => {
+            Some(pinned) if pinned != wanted => {
                 return Err(LoadError::PinnedSize {
                     map: id.pin_name().into(),
                     pinned,
-                    wanted: size,
+                    wanted,
+                    sockhash_size: size,
                 })
             }
             _ => {}

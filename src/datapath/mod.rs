@@ -13,6 +13,8 @@
 //!   counters, the bypass maps) and map fill;
 //! - [`links`]: pinned links read back (run stats, a pod link's netns);
 //! - [`loader`]: load, attach or adopt, pin; uninstall;
+//! - [`lru`]: how big the per-socket LRU maps must be so that no live
+//!   entry is evicted;
 //! - [`probe`]: kernel feature and behaviour checks.
 //!
 //! Synchronous throughout: callers in async code run it on tokio's
@@ -22,6 +24,7 @@ pub mod abi;
 pub mod layout;
 pub mod links;
 pub mod loader;
+pub mod lru;
 pub mod maps;
 pub mod names;
 pub mod probe;

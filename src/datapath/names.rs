@@ -119,6 +119,14 @@ impl MapId {
         MapId::ALL.into_iter().find(|m| m.pin_name() == name)
     }
 
+    /// Whether it is an LRU hash (see [`super::lru`] for what that costs).
+    pub const fn is_lru(self) -> bool {
+        matches!(
+            self,
+            MapId::Peers | MapId::Active | MapId::Throttled | MapId::SockAddrs
+        )
+    }
+
     /// Whether the install sizes it with `sockhash_size` (one entry per
     /// socket at most), rather than the size the object gives it.
     pub const fn sized_by_sockhash(self) -> bool {
