@@ -19,7 +19,10 @@
 //! - the client's CPU time for each such change (CLOCK_PROCESS_CPUTIME_ID
 //!   of the client process: robust to other load on the machine);
 //! - the client process's resident memory (VmRSS, VmHWM) before the client
-//!   starts and once synced;
+//!   starts, once synced and after the changes, each read after the
+//!   client was left idle `--settle-ms` (the agent trims its heap once a
+//!   burst of responses is over), with glibc's live heap (mallinfo2) and
+//!   the RSS `malloc_trim(0)` would leave;
 //! - the decisions (the agent's `LiveDecisions` following identity 0): the
 //!   full snapshot decided (wall time from following the synced pods to
 //!   every identity's first complete decisions, and the CPU time of one `Engine::new`
@@ -30,7 +33,7 @@
 //!   the same work (re-decide wall time inside the blocking thread).
 //!
 //! Options: `-- --services N --endpoints-per-service N --identities N
-//! --changes N --json`. No root needed.
+//! --changes N --settle-ms N --json`. No root needed.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, SocketAddr};
@@ -53,7 +56,8 @@ use meshlane::xds::client::{
 };
 use meshlane::xds::decide::{BypassPolicy, DestKey, Engine};
 use meshlane::xds::live::{DecisionMetrics, LiveDecisions};
-use prost::Name;
+use meshlane::xds::ProxyResources;
+use prost::{Message, Name};
 use serde::Serialize;
 
 #[derive(Parser)]
@@ -69,6 +73,11 @@ struct Cli {
     /// Single-service EDS changes timed per run.
     #[arg(long, default_value_t = 200)]
     changes: u32,
+    /// How long the client is left idle before its resident memory is
+    /// read (synced, after the changes): the agent's heap trim runs once
+    /// a burst of responses is over.
+    #[arg(long, default_value_t = 500)]
+    settle_ms: u64,
     #[arg(long)]
     json: bool,
     /// Hidden: run as the client process on this socket.
@@ -122,6 +131,42 @@ fn trimmed_rss_kib() -> u64 {
     // SAFETY: malloc_trim only releases free heap memory.
     unsafe { libc::malloc_trim(0) };
     rss_kib().0
+}
+
+/// glibc's view of the heap (KiB): bytes in use by live allocations, free
+/// bytes malloc keeps (fragmentation, until trimmed) and bytes in their
+/// own mappings (large allocations).
+fn heap_kib() -> (u64, u64, u64) {
+    // SAFETY: mallinfo2 only reads the allocator's counters.
+    let m = unsafe { libc::mallinfo2() };
+    (
+        m.uordblks as u64 / 1024,
+        m.fordblks as u64 / 1024,
+        m.hblkhd as u64 / 1024,
+    )
+}
+
+/// What the held resources take, by kind (KiB, estimated from their
+/// sizes: wire bytes kept, compact endpoints, decoded routes).
+fn held_kib(r: &ProxyResources) -> (u64, u64, u64) {
+    let wire: usize = r.clusters.values().map(|c| c.wire().len()).sum::<usize>()
+        + r.listeners.values().map(|l| l.wire().len()).sum::<usize>()
+        + r.routes.values().map(|x| x.encoded_len()).sum::<usize>();
+    let eds_wire: usize = r.endpoints.values().map(|a| a.wire().len()).sum();
+    let endpoints: usize = r
+        .endpoints
+        .values()
+        .map(|a| {
+            a.groups.len() * std::mem::size_of::<meshlane::xds::assignment::LocalityGroup>()
+                + a.endpoints().count()
+                    * std::mem::size_of::<meshlane::xds::assignment::AssignedEndpoint>()
+        })
+        .sum();
+    (
+        wire as u64 / 1024,
+        eds_wire as u64 / 1024,
+        endpoints as u64 / 1024,
+    )
 }
 
 fn ip(n: u32, base: [u8; 2]) -> IpAddr {
@@ -186,7 +231,7 @@ fn node_id(n: u32) -> String {
 /// and `decided <ns> <cpu ns>` once its decision for vip:port lists it),
 /// `rss`, `quit`. Once synced it says `synced ...`, then `full <wall ns>
 /// <engine cpu ns> <destinations>`.
-fn client_main(socket: PathBuf, identities: u32) -> Result<()> {
+fn client_main(socket: PathBuf, identities: u32, settle: Duration) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -216,9 +261,20 @@ fn client_main(socket: PathBuf, identities: u32) -> Result<()> {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         let synced = monotonic_ns();
+        tokio::time::sleep(settle).await;
         let (rss, hwm) = rss_kib();
+        let (inuse, free, mapped) = heap_kib();
         let trimmed = trimmed_rss_kib();
-        println!("synced {} {rss0} {rss} {hwm} {trimmed}", synced - start);
+        let view = client.pod(&pod_info(0).key).context("identity 0 has a stream")?;
+        let (wire, eds_wire, endpoints) = held_kib(&view.resources);
+        drop(view);
+        eprintln!(
+            "client synced: heap in use {inuse} KiB, free {free} KiB, own mappings {mapped} KiB; identity 0 holds {wire} KiB of cluster/listener/route bytes, {eds_wire} KiB of EDS bytes, {endpoints} KiB of compact endpoints"
+        );
+        println!(
+            "synced {} {rss0} {rss} {hwm} {trimmed} {inuse}",
+            synced - start
+        );
         let key = pod_info(0).key;
         let live = LiveDecisions::new(
             Arc::clone(&client),
@@ -252,8 +308,11 @@ fn client_main(socket: PathBuf, identities: u32) -> Result<()> {
         let engine = Engine::new(&held, BypassPolicy::default());
         let engine_cpu = cpu_ns() - cpu0;
         drop(engine);
-        println!("full {full_wall} {engine_cpu} {}", full.destinations.len());
+        let destinations = full.destinations.len();
         drop(full);
+        let (decided_rss, _) = rss_kib();
+        let (decided_inuse, _, _) = heap_kib();
+        println!("full {full_wall} {engine_cpu} {destinations} {decided_rss} {decided_inuse}");
         let mut watch = client.watch(&key).context("identity 0 has a stream")?;
         let mut stdin = BufReader::new(std::io::stdin()).lines();
         while let Some(Ok(line)) = stdin.next() {
@@ -297,8 +356,11 @@ fn client_main(socket: PathBuf, identities: u32) -> Result<()> {
                     }
                 }
                 ["rss"] => {
+                    tokio::time::sleep(settle).await;
                     let (rss, hwm) = rss_kib();
-                    println!("rss {rss} {hwm} {}", trimmed_rss_kib());
+                    let (inuse, free, mapped) = heap_kib();
+                    eprintln!("client after changes: heap in use {inuse} KiB, free {free} KiB, own mappings {mapped} KiB");
+                    println!("rss {rss} {hwm} {} {inuse}", trimmed_rss_kib());
                 }
                 _ => break,
             }
@@ -318,11 +380,13 @@ struct ClientProc {
 }
 
 impl ClientProc {
-    fn spawn(socket: &std::path::Path, identities: u32) -> Result<Self> {
+    fn spawn(socket: &std::path::Path, identities: u32, settle_ms: u64) -> Result<Self> {
         let exe = std::env::current_exe()?;
         let mut child = Command::new(exe)
             .arg("--client")
             .arg(socket)
+            .arg("--settle-ms")
+            .arg(settle_ms.to_string())
             .arg("--client-identities")
             .arg(identities.to_string())
             .stdin(Stdio::piped())
@@ -373,6 +437,12 @@ struct RunResult {
     hwm_synced_kib: u64,
     /// VmRSS after malloc_trim(0) (live data without freed-but-kept memory).
     rss_synced_trimmed_kib: u64,
+    /// Bytes of live heap allocations (mallinfo2 `uordblks`), synced.
+    heap_synced_kib: u64,
+    /// VmRSS and live heap once every identity is decided.
+    rss_decided_kib: u64,
+    heap_decided_kib: u64,
+    heap_after_changes_kib: u64,
     rss_after_changes_kib: u64,
     rss_after_changes_trimmed_kib: u64,
     eds_change_p50_ms: f64,
@@ -415,22 +485,23 @@ fn run(cli: &Cli, base: &Snapshot, services: &[Service], identities: u32) -> Res
         own.add(c.name.clone(), &c);
         server.update_node(&node_id(n), own);
     }
-    let mut client = ClientProc::spawn(server.socket(), identities)?;
+    let mut client = ClientProc::spawn(server.socket(), identities, cli.settle_ms)?;
     let synced = client.line()?;
-    let [tag, ns, rss0, rss, hwm, trimmed] = synced.as_slice() else {
+    let [tag, ns, rss0, rss, hwm, trimmed, inuse] = synced.as_slice() else {
         bail!("client said {synced:?}");
     };
     if tag != "synced" {
         bail!("client said {synced:?}");
     }
     let full = client.line()?;
-    let [ftag, full_wall, full_cpu, dests] = full.as_slice() else {
+    let [ftag, full_wall, full_cpu, dests, decided_rss, decided_inuse] = full.as_slice() else {
         bail!("client said {full:?}");
     };
     if ftag != "full" {
         bail!("client said {full:?}");
     }
     let (full_wall, full_cpu, dests) = (full_wall.clone(), full_cpu.clone(), dests.clone());
+    let (decided_rss, decided_inuse) = (decided_rss.clone(), decided_inuse.clone());
     let mut dlat = Vec::new();
     let mut dcpu = Vec::new();
     let mut current = base.clone();
@@ -502,6 +573,10 @@ fn run(cli: &Cli, base: &Snapshot, services: &[Service], identities: u32) -> Res
         hwm_synced_kib: num(hwm),
         rss_after_changes_kib: after.get(1).map_or(0, |v| num(v)),
         rss_synced_trimmed_kib: num(trimmed),
+        heap_synced_kib: num(inuse),
+        rss_decided_kib: num(&decided_rss),
+        heap_decided_kib: num(&decided_inuse),
+        heap_after_changes_kib: after.get(4).map_or(0, |v| num(v)),
         rss_after_changes_trimmed_kib: after.get(3).map_or(0, |v| num(v)),
         eds_change_p50_ms: percentile(&lat, 0.5),
         eds_change_p99_ms: percentile(&lat, 0.99),
@@ -522,7 +597,11 @@ fn run(cli: &Cli, base: &Snapshot, services: &[Service], identities: u32) -> Res
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(socket) = cli.client.clone() {
-        return match client_main(socket, cli.client_identities) {
+        return match client_main(
+            socket,
+            cli.client_identities,
+            Duration::from_millis(cli.settle_ms),
+        ) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("xds-scale client: {e:#}");
@@ -554,8 +633,10 @@ fn bench(cli: &Cli) -> Result<()> {
     for n in [1, cli.identities] {
         let r = run(cli, &base, &services, n)?;
         eprintln!(
-            "{n} identities: synced in {:.0} ms, RSS {} -> {} KiB (peak {}, trimmed {}), after changes {} KiB (trimmed {}); EDS change p50 {:.2} ms p99 {:.2} ms max {:.2} ms, client CPU p50 {:.2} ms p99 {:.2} ms",
-            r.sync_ms, r.rss_before_kib, r.rss_synced_kib, r.hwm_synced_kib, r.rss_synced_trimmed_kib, r.rss_after_changes_kib, r.rss_after_changes_trimmed_kib,
+            "{n} identities: synced in {:.0} ms, RSS {} -> {} KiB (peak {}, trimmed {}, heap in use {}), decided {} KiB (heap in use {}), after changes {} KiB (trimmed {}, heap in use {}); EDS change p50 {:.2} ms p99 {:.2} ms max {:.2} ms, client CPU p50 {:.2} ms p99 {:.2} ms",
+            r.sync_ms, r.rss_before_kib, r.rss_synced_kib, r.hwm_synced_kib, r.rss_synced_trimmed_kib, r.heap_synced_kib,
+            r.rss_decided_kib, r.heap_decided_kib,
+            r.rss_after_changes_kib, r.rss_after_changes_trimmed_kib, r.heap_after_changes_kib,
             r.eds_change_p50_ms, r.eds_change_p99_ms, r.eds_change_max_ms,
             r.eds_change_cpu_p50_ms, r.eds_change_cpu_p99_ms
         );
