@@ -22,8 +22,9 @@ pub struct HeldCluster {
     /// Also the key it is held under (one allocation for every holder).
     pub name: Arc<str>,
     /// The EDS resource it takes (`service_name`, else its name); None
-    /// when it does not take endpoints over EDS.
-    pub eds_service: Option<String>,
+    /// when it does not take endpoints over EDS. Shared with the EDS
+    /// subscription's names.
+    pub eds_service: Option<Arc<str>>,
     wire: Box<[u8]>,
 }
 
@@ -38,12 +39,13 @@ impl HeldCluster {
             c.cluster_discovery_type,
             Some(ClusterDiscoveryType::Type(EDS))
         );
+        let name: Arc<str> = Arc::from(c.name.as_str());
         let eds_service = is_eds.then(|| match &c.eds_cluster_config {
-            Some(e) if !e.service_name.is_empty() => e.service_name.clone(),
-            _ => c.name.clone(),
+            Some(e) if !e.service_name.is_empty() => Arc::from(e.service_name.as_str()),
+            _ => Arc::clone(&name),
         });
         Self {
-            name: Arc::from(c.name.as_str()),
+            name,
             eds_service,
             wire,
         }

@@ -1,7 +1,7 @@
 //! The xDS client's Prometheus metrics: streams (identities, connected,
 //! synced), responses accepted and rejected per type, when each type was
 //! last ACKed or NACKed, resources held (summed over identities) and
-//! distinct copies in memory per type, reconnects.
+//! distinct copies in memory per type, reconnects, heap trims.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -40,6 +40,7 @@ pub struct XdsMetrics {
     pub held: Family<TypeLabel, Gauge>,
     pub distinct: Family<TypeLabel, Gauge>,
     pub reconnects: Counter,
+    pub heap_trims: Counter,
 }
 
 fn now_seconds() -> i64 {
@@ -104,6 +105,11 @@ impl XdsMetrics {
             "reconnects",
             "ADS streams re-opened after an error or a closed stream",
             self.reconnects.clone(),
+        );
+        r.register(
+            "heap_trims",
+            "Times the allocator's free memory was given back to the kernel after a burst of large ADS responses",
+            self.heap_trims.clone(),
         );
     }
 

@@ -15,6 +15,7 @@ use super::intern::Interner;
 use super::metrics::XdsMetrics;
 use super::stream::{run_identity, IdentityState, StreamContext};
 use super::transport::Transport;
+use super::trim::Trimmer;
 use crate::pods::source::{PodCatalog, PodInfo, PodKey};
 use crate::xds::ProxyResources;
 
@@ -51,6 +52,9 @@ pub struct PodView {
 pub struct XdsClient {
     settings: ClientSettings,
     pools: Arc<Interner>,
+    trimmer: Arc<Trimmer>,
+    /// The trimmer's task, started with the first stream.
+    trim_task: Mutex<Option<JoinHandle<()>>>,
     metrics: XdsMetrics,
     streams: Mutex<BTreeMap<PodKey, Entry>>,
 }
@@ -60,6 +64,8 @@ impl XdsClient {
         Arc::new(Self {
             settings,
             pools: Arc::new(Interner::default()),
+            trimmer: Arc::new(Trimmer::new(metrics.heap_trims.clone())),
+            trim_task: Mutex::new(None),
             metrics,
             streams: Mutex::new(BTreeMap::new()),
         })
@@ -69,6 +75,7 @@ impl XdsClient {
         StreamContext {
             transport: self.settings.transport.clone(),
             pools: Arc::clone(&self.pools),
+            trimmer: Arc::clone(&self.trimmer),
             metrics: self.metrics.clone(),
             initial_backoff: self.settings.initial_backoff,
             max_backoff: self.settings.max_backoff,
@@ -91,6 +98,10 @@ impl XdsClient {
                     .map(|id| (p.key.clone(), id))
             })
             .collect();
+        self.trim_task
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert_with(|| tokio::spawn(Arc::clone(&self.trimmer).run()));
         let mut streams = self.entries();
         let gone: Vec<PodKey> = streams
             .iter()
@@ -130,6 +141,12 @@ impl XdsClient {
         }
     }
 
+    /// The node's heap trimmer (told of other bursts of work, e.g. a
+    /// full decide).
+    pub fn trimmer(&self) -> Arc<Trimmer> {
+        Arc::clone(&self.trimmer)
+    }
+
     /// What is held for `pod`; None when it has no stream.
     pub fn pod(&self, pod: &PodKey) -> Option<PodView> {
         let streams = self.entries();
@@ -162,6 +179,14 @@ impl XdsClient {
     /// Stops every stream and waits for them.
     pub async fn stop_all(&self) {
         let entries: Vec<Entry> = std::mem::take(&mut *self.entries()).into_values().collect();
+        if let Some(t) = self
+            .trim_task
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            t.abort();
+        }
         for e in &entries {
             let _ = e.stop.send(true);
         }

@@ -24,11 +24,12 @@ use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
-use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use envoy_types::pb::google::rpc::Status;
 use prost::{Message, Name};
 
 use super::intern::{Interner, Pool};
+use super::request::{Names, Request};
+use super::wire::ResponseView;
 use crate::xds::assignment::Assignment;
 use crate::xds::held::{peek_name, HeldCluster, HeldError, HeldListener};
 use crate::xds::resources::named_mut;
@@ -88,8 +89,10 @@ impl fmt::Display for XdsType {
 #[derive(Debug, Default, Clone)]
 struct TypeState {
     subscribed: bool,
-    /// Names asked for (empty for the wildcard types).
-    names: BTreeSet<String>,
+    /// Names asked for (empty for the wildcard types), shared with the
+    /// requests that carry them; EDS names are the held clusters' own
+    /// allocations.
+    names: Names,
     /// Last accepted version ("" before any).
     version: String,
     /// Nonce of the last response seen.
@@ -102,7 +105,7 @@ struct TypeState {
 #[derive(Debug, Default)]
 pub struct Outcome {
     /// Requests to send, in order (the ACK/NACK first).
-    pub requests: Vec<DiscoveryRequest>,
+    pub requests: Vec<Request>,
     /// The held resources changed.
     pub changed: bool,
     /// The response was accepted (ACK) or rejected with this message (NACK).
@@ -153,7 +156,11 @@ impl AdsCore {
 
     /// Subscribed names of a type.
     pub fn names(&self, t: XdsType) -> Vec<String> {
-        self.types[t.index()].names.iter().cloned().collect()
+        self.types[t.index()]
+            .names
+            .iter()
+            .map(|n| n.to_string())
+            .collect()
     }
 
     /// True once every type the config needs has been answered: CDS and
@@ -167,7 +174,7 @@ impl AdsCore {
 
     /// The requests that open a stream: every subscribed type with the
     /// version and names held (resume), or CDS alone on the first stream.
-    pub fn start_stream(&mut self) -> Vec<DiscoveryRequest> {
+    pub fn start_stream(&mut self) -> Vec<Request> {
         self.node_sent = false;
         for ts in &mut self.types {
             ts.nonce.clear();
@@ -180,28 +187,27 @@ impl AdsCore {
         open.into_iter().map(|t| self.request(t, None)).collect()
     }
 
-    fn request(&mut self, t: XdsType, error: Option<String>) -> DiscoveryRequest {
+    fn request(&mut self, t: XdsType, error: Option<String>) -> Request {
         let ts = &self.types[t.index()];
         let node = (!self.node_sent).then(|| self.node.clone());
         self.node_sent = true;
-        DiscoveryRequest {
+        Request {
+            type_: t,
             version_info: ts.version.clone(),
             node,
-            resource_names: ts.names.iter().cloned().collect(),
-            type_url: t.type_url(),
+            resource_names: Arc::clone(&ts.names),
             response_nonce: ts.nonce.clone(),
             error_detail: error.map(|message| Status {
                 code: 3, // INVALID_ARGUMENT, as Envoy sends
                 message,
                 details: vec![],
             }),
-            ..Default::default()
         }
     }
 
     /// Applies (or rejects) one response; returns what to send.
-    pub fn on_response(&mut self, resp: &DiscoveryResponse, pools: &Interner) -> Outcome {
-        let Some(t) = XdsType::from_url(&resp.type_url) else {
+    pub fn on_response(&mut self, resp: &ResponseView<'_>, pools: &Interner) -> Outcome {
+        let Some(t) = XdsType::from_url(resp.type_url) else {
             // Not a type this client asked for: nothing to answer.
             return Outcome::default();
         };
@@ -209,7 +215,7 @@ impl AdsCore {
             type_: Some(t),
             ..Default::default()
         };
-        self.types[t.index()].nonce = resp.nonce.clone();
+        resp.nonce.clone_into(&mut self.types[t.index()].nonce);
         let applied = match t {
             XdsType::Cluster => self.apply_clusters(resp, pools),
             XdsType::Endpoint => self.apply_endpoints(resp, pools),
@@ -223,7 +229,7 @@ impl AdsCore {
             }
             Ok(changed) => {
                 let ts = &mut self.types[t.index()];
-                ts.version = resp.version_info.clone();
+                resp.version_info.clone_into(&mut ts.version);
                 ts.answered = true;
                 out.changed = changed;
                 out.requests.push(self.request(t, None));
@@ -261,14 +267,14 @@ impl AdsCore {
     }
 
     /// Changes the names of a named type; a dropped name's resource goes.
-    fn resubscribe(&mut self, t: XdsType, names: BTreeSet<String>, out: &mut Outcome) {
+    fn resubscribe(&mut self, t: XdsType, names: BTreeSet<Arc<str>>, out: &mut Outcome) {
         let ts = &mut self.types[t.index()];
-        if ts.names == names && (ts.subscribed || names.is_empty()) {
+        if *ts.names == names && (ts.subscribed || names.is_empty()) {
             return;
         }
-        ts.names = names;
+        ts.names = Arc::new(names);
         ts.subscribed = true;
-        let names = ts.names.clone();
+        let names = Arc::clone(&ts.names);
         let stale = match t {
             XdsType::Endpoint => self.held.endpoints.keys().any(|n| !names.contains(&**n)),
             XdsType::Route => self.held.routes.keys().any(|n| !names.contains(&**n)),
@@ -287,7 +293,7 @@ impl AdsCore {
         out.requests.push(self.request(t, None));
     }
 
-    fn apply_clusters(&mut self, r: &DiscoveryResponse, pools: &Interner) -> Result<bool, String> {
+    fn apply_clusters(&mut self, r: &ResponseView<'_>, pools: &Interner) -> Result<bool, String> {
         let got = decode_all(r, &self.held.clusters, &pools.clusters)?;
         let Some(all) = new_set(&self.held.clusters, got) else {
             return Ok(false);
@@ -296,7 +302,7 @@ impl AdsCore {
         Ok(true)
     }
 
-    fn apply_listeners(&mut self, r: &DiscoveryResponse, pools: &Interner) -> Result<bool, String> {
+    fn apply_listeners(&mut self, r: &ResponseView<'_>, pools: &Interner) -> Result<bool, String> {
         let got = decode_all(r, &self.held.listeners, &pools.listeners)?;
         let Some(all) = new_set(&self.held.listeners, got) else {
             return Ok(false);
@@ -305,7 +311,7 @@ impl AdsCore {
         Ok(true)
     }
 
-    fn apply_endpoints(&mut self, r: &DiscoveryResponse, pools: &Interner) -> Result<bool, String> {
+    fn apply_endpoints(&mut self, r: &ResponseView<'_>, pools: &Interner) -> Result<bool, String> {
         let got = decode_all(r, &self.held.endpoints, &pools.endpoints)?;
         let names = &self.types[XdsType::Endpoint.index()].names;
         let new = changed_named(&self.held.endpoints, got, names);
@@ -318,7 +324,7 @@ impl AdsCore {
         Ok(changed)
     }
 
-    fn apply_routes(&mut self, r: &DiscoveryResponse, pools: &Interner) -> Result<bool, String> {
+    fn apply_routes(&mut self, r: &ResponseView<'_>, pools: &Interner) -> Result<bool, String> {
         let got = decode_all(r, &self.held.routes, &pools.routes)?;
         let names = &self.types[XdsType::Route.index()].names;
         let new = changed_named(&self.held.routes, got, names);
@@ -435,7 +441,7 @@ struct Got<M> {
 /// response's type, has a name, passes its check and appears once. The
 /// error names every bad resource.
 fn decode_all<M: Resource>(
-    r: &DiscoveryResponse,
+    r: &ResponseView<'_>,
     held: &BTreeMap<Arc<str>, Arc<M>>,
     pool: &Pool<M>,
 ) -> Result<Got<M>, String> {
@@ -453,14 +459,14 @@ fn decode_all<M: Resource>(
             ));
             continue;
         }
-        let same = peek_name(&any.value)
+        let same = peek_name(any.value)
             .and_then(|n| held.get(n))
-            .filter(|h| h.wire() == Some(any.value.as_slice()));
+            .filter(|h| h.wire() == Some(any.value));
         if let Some(h) = same {
             got.reused.push(Arc::clone(h));
             continue;
         }
-        match pool.intern(&any.value, M::from_wire) {
+        match pool.intern(any.value, M::from_wire) {
             Ok(m) => got.fresh.push(m),
             Err(HeldError::Decode(e)) => bad.push(format!("{what} #{i} does not decode: {e}")),
             Err(HeldError::NoName) => bad.push(format!("{what} #{i} has no name")),
@@ -554,7 +560,7 @@ fn new_set<M: Resource>(
 fn changed_named<M: Resource>(
     held: &BTreeMap<Arc<str>, Arc<M>>,
     got: Got<M>,
-    names: &BTreeSet<String>,
+    names: &Names,
 ) -> Vec<(Arc<str>, Arc<M>)> {
     got.fresh
         .into_iter()
@@ -567,7 +573,7 @@ fn changed_named<M: Resource>(
 }
 
 /// The EDS names of the clusters that take endpoints over EDS.
-fn eds_names(clusters: &BTreeMap<Arc<str>, Arc<HeldCluster>>) -> BTreeSet<String> {
+fn eds_names(clusters: &BTreeMap<Arc<str>, Arc<HeldCluster>>) -> BTreeSet<Arc<str>> {
     clusters
         .values()
         .filter_map(|c| c.eds_service.clone())
@@ -576,16 +582,17 @@ fn eds_names(clusters: &BTreeMap<Arc<str>, Arc<HeldCluster>>) -> BTreeSet<String
 
 /// The route configuration names the listeners' HTTP connection managers
 /// take over RDS.
-fn route_names(listeners: &BTreeMap<Arc<str>, Arc<HeldListener>>) -> BTreeSet<String> {
+fn route_names(listeners: &BTreeMap<Arc<str>, Arc<HeldListener>>) -> BTreeSet<Arc<str>> {
     listeners
         .values()
-        .flat_map(|l| l.rds_names.iter().cloned())
+        .flat_map(|l| l.rds_names.iter().map(|n| Arc::from(n.as_str())))
         .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use envoy_types::pb::envoy::config::cluster::v3::cluster::{DiscoveryType, EdsClusterConfig};
+    use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
     use envoy_types::pb::google::protobuf::Any;
 
     use super::*;
@@ -619,10 +626,12 @@ mod tests {
         }
     }
 
-    fn types(reqs: &[DiscoveryRequest]) -> Vec<XdsType> {
-        reqs.iter()
-            .filter_map(|r| XdsType::from_url(&r.type_url))
-            .collect()
+    fn on(core: &mut AdsCore, r: DiscoveryResponse, pools: &Interner) -> Outcome {
+        core.on_response(&ResponseView::of(&r), pools)
+    }
+
+    fn types(reqs: &[Request]) -> Vec<XdsType> {
+        reqs.iter().map(|r| r.type_).collect()
     }
 
     #[test]
@@ -635,8 +644,9 @@ mod tests {
         let first = core.start_stream();
         assert_eq!(types(&first), [XdsType::Cluster]);
         assert!(first[0].node.is_some() && first[0].resource_names.is_empty());
-        let out = core.on_response(
-            &resp(XdsType::Cluster, "1", "a", vec![any(&eds_cluster("c1"))]),
+        let out = on(
+            &mut core,
+            resp(XdsType::Cluster, "1", "a", vec![any(&eds_cluster("c1"))]),
             &pools,
         );
         assert_eq!(types(&out.requests), [XdsType::Cluster, XdsType::Endpoint]);
@@ -646,15 +656,19 @@ mod tests {
             out.requests[0].node.is_none(),
             "node goes on the first request only"
         );
-        assert_eq!(out.requests[1].resource_names, ["c1"]);
+        assert_eq!(out.requests[1].names(), ["c1"]);
         let cla = ClusterLoadAssignment {
             cluster_name: "c1".into(),
             ..Default::default()
         };
-        let out = core.on_response(&resp(XdsType::Endpoint, "1", "b", vec![any(&cla)]), &pools);
+        let out = on(
+            &mut core,
+            resp(XdsType::Endpoint, "1", "b", vec![any(&cla)]),
+            &pools,
+        );
         assert_eq!(types(&out.requests), [XdsType::Endpoint, XdsType::Listener]);
         assert!(!core.synced());
-        let out = core.on_response(&resp(XdsType::Listener, "1", "c", vec![]), &pools);
+        let out = on(&mut core, resp(XdsType::Listener, "1", "c", vec![]), &pools);
         assert_eq!(types(&out.requests), [XdsType::Listener]);
         assert!(core.synced(), "no listener names a route: RDS not needed");
         // Resume: every subscribed type with its version and names.
@@ -664,7 +678,7 @@ mod tests {
             [XdsType::Cluster, XdsType::Endpoint, XdsType::Listener]
         );
         assert_eq!(again[1].version_info, "1");
-        assert_eq!(again[1].resource_names, ["c1"]);
+        assert_eq!(again[1].names(), ["c1"]);
         assert!(again.iter().all(|r| r.response_nonce.is_empty()));
     }
 
@@ -673,13 +687,15 @@ mod tests {
         let pools = Interner::default();
         let mut core = AdsCore::new(Node::default());
         core.start_stream();
-        core.on_response(
-            &resp(XdsType::Cluster, "1", "a", vec![any(&eds_cluster("c1"))]),
+        on(
+            &mut core,
+            resp(XdsType::Cluster, "1", "a", vec![any(&eds_cluster("c1"))]),
             &pools,
         );
         let nameless = Cluster::default();
-        let out = core.on_response(
-            &resp(
+        let out = on(
+            &mut core,
+            resp(
                 XdsType::Cluster,
                 "2",
                 "b",
@@ -704,7 +720,11 @@ mod tests {
             type_url: Cluster::type_url(),
             value: vec![0xff, 0xff, 0xff],
         };
-        let out = core.on_response(&resp(XdsType::Cluster, "3", "c", vec![garbage]), &pools);
+        let out = on(
+            &mut core,
+            resp(XdsType::Cluster, "3", "c", vec![garbage]),
+            &pools,
+        );
         assert!(matches!(&out.verdict, Some(Err(m)) if m.contains("does not decode")));
         // A name twice: repeated unchanged, or repeated and changed.
         let c1 = any(&eds_cluster("c1"));
@@ -714,7 +734,7 @@ mod tests {
             vec![c1.clone(), c1.clone()],
             vec![c1.clone(), any(&c1_changed)],
         ] {
-            let out = core.on_response(&resp(XdsType::Cluster, "3b", "c2", twice), &pools);
+            let out = on(&mut core, resp(XdsType::Cluster, "3b", "c2", twice), &pools);
             assert!(
                 matches!(&out.verdict, Some(Err(m)) if m == "cluster c1 appears twice"),
                 "{:?}",
@@ -723,8 +743,9 @@ mod tests {
         }
         assert_eq!(core.version(XdsType::Cluster), "1");
         // Removal: a CDS response without c1 removes it and its endpoints.
-        let out = core.on_response(
-            &resp(XdsType::Cluster, "4", "d", vec![any(&eds_cluster("c2"))]),
+        let out = on(
+            &mut core,
+            resp(XdsType::Cluster, "4", "d", vec![any(&eds_cluster("c2"))]),
             &pools,
         );
         assert!(out.changed);

@@ -9,15 +9,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
 
 use super::backoff::Backoff;
+use super::grpc;
 use super::intern::Interner;
 use super::metrics::{TypeLabel, XdsMetrics};
-use super::protocol::{AdsCore, XdsType};
+use super::protocol::{AdsCore, Outcome, XdsType};
 use super::transport::{Transport, TransportError};
+use super::trim::Trimmer;
+use super::wire::{ResponseView, WireError};
 use crate::xds::ProxyResources;
 
 /// Largest response accepted (a whole mesh's clusters or endpoints).
@@ -31,6 +32,8 @@ pub enum StreamError {
     Status(#[from] tonic::Status),
     #[error("ADS stream closed by the control plane")]
     Closed,
+    #[error(transparent)]
+    Malformed(#[from] WireError),
 }
 
 /// What one identity's stream shows the rest of the agent.
@@ -108,6 +111,7 @@ impl IdentityState {
 pub struct StreamContext {
     pub transport: Transport,
     pub pools: Arc<Interner>,
+    pub trimmer: Arc<Trimmer>,
     pub metrics: XdsMetrics,
     pub initial_backoff: Duration,
     pub max_backoff: Duration,
@@ -197,40 +201,37 @@ async fn session(
         c = ctx.transport.connect() => c?,
         _ = stop.changed() => return Ok(()),
     };
-    let mut client = AggregatedDiscoveryServiceClient::new(channel)
-        .max_decoding_message_size(MAX_MESSAGE)
-        .max_encoding_message_size(MAX_MESSAGE);
     let (tx, rx) = mpsc::channel(16);
     for r in core.start_stream() {
-        tx.send(r).await.map_err(|_| StreamError::Closed)?;
+        tx.send(grpc::frame(r.encoded_len(), |b| r.encode(b)))
+            .await
+            .map_err(|_| StreamError::Closed)?;
     }
-    let mut request = tonic::Request::new(ReceiverStream::new(rx));
-    if let Some(bearer) = ctx.transport.bearer()? {
-        request.metadata_mut().insert("authorization", bearer);
-    }
+    let bearer = ctx.transport.bearer()?;
     let mut inbound = tokio::select! {
-        r = client.stream_aggregated_resources(request) => r?.into_inner(),
+        r = grpc::open(channel, rx, bearer, MAX_MESSAGE) => r?,
         _ = stop.changed() => return Ok(()),
     };
     state.set_connected(true, &ctx.metrics);
     tracing::info!(node = %state.node_id, address = %ctx.transport.address, "ADS stream open");
     loop {
-        let resp = tokio::select! {
+        let msg = tokio::select! {
             _ = stop.changed() => return Ok(()),
-            msg = inbound.message() => msg?.ok_or(StreamError::Closed)?,
+            msg = inbound.next() => msg?.ok_or(StreamError::Closed)?,
         };
         backoff.reset();
-        let out = core.on_response(&resp, &ctx.pools);
+        // The response is read in place and its bytes dropped once
+        // applied (before anything is sent).
+        let out = {
+            let resp = ResponseView::parse(&msg)?;
+            let out = core.on_response(&resp, &ctx.pools);
+            log_verdict(&state.node_id, core, &resp, &out);
+            out
+        };
+        ctx.trimmer.note(msg.len());
+        drop(msg);
         if let (Some(t), Some(verdict)) = (out.type_, &out.verdict) {
             ctx.metrics.verdict(t, verdict.is_ok());
-            match verdict {
-                Ok(()) => {
-                    tracing::debug!(node = %state.node_id, "ADS {t} ACK version {}", resp.version_info)
-                }
-                Err(e) => {
-                    tracing::warn!(node = %state.node_id, "ADS {t} NACK version {} (keeps {:?}): {e}", resp.version_info, core.version(t))
-                }
-            }
             let distinct = match t {
                 XdsType::Cluster => ctx.pools.clusters.live(),
                 XdsType::Endpoint => ctx.pools.endpoints.live(),
@@ -243,7 +244,9 @@ async fn session(
                 .set(distinct as i64);
         }
         for r in out.requests {
-            tx.send(r).await.map_err(|_| StreamError::Closed)?;
+            tx.send(grpc::frame(r.encoded_len(), |b| r.encode(b)))
+                .await
+                .map_err(|_| StreamError::Closed)?;
         }
         if out.changed {
             let held = Arc::clone(core.resources());
@@ -253,5 +256,20 @@ async fn session(
         if core.synced() {
             state.set_synced(&ctx.metrics);
         }
+    }
+}
+
+fn log_verdict(node: &str, core: &AdsCore, resp: &ResponseView<'_>, out: &Outcome) {
+    let (Some(t), Some(verdict)) = (out.type_, &out.verdict) else {
+        return;
+    };
+    match verdict {
+        Ok(()) => tracing::debug!(node, "ADS {t} ACK version {}", resp.version_info),
+        Err(e) => tracing::warn!(
+            node,
+            "ADS {t} NACK version {} (keeps {:?}): {e}",
+            resp.version_info,
+            core.version(t)
+        ),
     }
 }

@@ -36,9 +36,11 @@ struct Outbound {
 pub struct Engine {
     policy: BypassPolicy,
     outbound: Arc<Outbound>,
-    clusters: HashMap<String, Arc<ClusterJudged>>,
-    /// EDS resource name -> the referenced clusters that read it.
-    by_eds: HashMap<String, Vec<String>>,
+    /// Keyed by shared names: a copy of the engine copies pointers.
+    clusters: HashMap<Arc<str>, Arc<ClusterJudged>>,
+    /// EDS resource name -> the referenced clusters that read it; changed
+    /// (copied first when shared) only by a CDS change.
+    by_eds: Arc<HashMap<String, Vec<String>>>,
     decided: BTreeMap<DestKey, Arc<Destination>>,
     /// Kept as destinations change (not re-counted per change).
     summary: Summary,
@@ -63,7 +65,12 @@ impl Engine {
         }
         let clusters = keys_by_cluster
             .keys()
-            .map(|n| (n.clone(), Arc::new(cluster::judge(n, res, &policy))))
+            .map(|n| {
+                (
+                    Arc::from(n.as_str()),
+                    Arc::new(cluster::judge(n, res, &policy)),
+                )
+            })
             .collect();
         let mut by_eds: HashMap<String, Vec<String>> = HashMap::new();
         for n in keys_by_cluster.keys() {
@@ -78,7 +85,7 @@ impl Engine {
                 keys_by_cluster,
             }),
             clusters,
-            by_eds,
+            by_eds: Arc::new(by_eds),
             decided: BTreeMap::new(),
             summary: Summary::default(),
         };
@@ -111,15 +118,16 @@ impl Engine {
             if !self.outbound.keys_by_cluster.contains_key(name) {
                 continue;
             }
-            for readers in self.by_eds.values_mut() {
+            let by_eds = Arc::make_mut(&mut self.by_eds);
+            for readers in by_eds.values_mut() {
                 readers.retain(|n| n != name);
             }
             if let Some(service) = eds_name(res, name) {
-                self.by_eds.entry(service).or_default().push(name.clone());
+                by_eds.entry(service).or_default().push(name.clone());
             }
+            by_eds.retain(|_, readers| !readers.is_empty());
             judge.insert(name);
         }
-        self.by_eds.retain(|_, readers| !readers.is_empty());
         for a in assignments {
             if let Some(readers) = self.by_eds.get(a) {
                 judge.extend(readers.iter().map(String::as_str));
@@ -132,7 +140,7 @@ impl Engine {
                 continue;
             };
             self.clusters.insert(
-                name.to_string(),
+                Arc::from(name),
                 Arc::new(cluster::judge(name, res, &self.policy)),
             );
             touched.extend(keys.iter());
@@ -199,7 +207,11 @@ impl Engine {
 
 /// The EDS resource a held EDS cluster reads (None: not EDS, or not held).
 fn eds_name(res: &ProxyResources, cluster: &str) -> Option<String> {
-    res.clusters.get(cluster)?.eds_service.clone()
+    res.clusters
+        .get(cluster)?
+        .eds_service
+        .as_deref()
+        .map(String::from)
 }
 
 /// One destination from its candidates (the most specific rank only) and
@@ -207,7 +219,7 @@ fn eds_name(res: &ProxyResources, cluster: &str) -> Option<String> {
 fn merge(
     key: &DestKey,
     all: &[Candidate],
-    clusters: &HashMap<String, Arc<ClusterJudged>>,
+    clusters: &HashMap<Arc<str>, Arc<ClusterJudged>>,
     policy: &BypassPolicy,
 ) -> Destination {
     let top = all.iter().map(|c| c.rank).max().unwrap_or(0);
@@ -226,7 +238,7 @@ fn merge(
         !c.targets.is_empty()
             && c.targets
                 .iter()
-                .all(|(n, _)| clusters.get(n).is_some_and(|j| j.original_dst))
+                .all(|(n, _)| clusters.get(n.as_str()).is_some_and(|j| j.original_dst))
     };
     // Sniffed ports: every chain serving the key must reach the same clusters.
     let mut effective: Vec<&Candidate> = cands.clone();
@@ -281,7 +293,7 @@ fn merge(
     let mut only: Option<Arc<[Endpoint]>> = None;
     let total_weight: u64 = targets.iter().map(|(_, w)| u64::from(*w)).sum();
     for (name, w) in &targets {
-        let Some(j) = clusters.get(name) else {
+        let Some(j) = clusters.get(name.as_str()) else {
             continue;
         };
         reasons.extend(j.reasons.iter().cloned());

@@ -24,6 +24,7 @@ use tokio::task::JoinHandle;
 pub use metrics::DecisionMetrics;
 
 use crate::pods::source::PodKey;
+use crate::xds::client::trim::Trimmer;
 use crate::xds::client::XdsClient;
 use crate::xds::decide::{BypassPolicy, Decisions, Summary};
 use crate::xds::ProxyResources;
@@ -143,6 +144,7 @@ impl LiveDecisions {
                 Arc::clone(&self.states),
                 self.metrics.clone(),
                 Arc::clone(&latest),
+                self.client.trimmer(),
             ));
             tracked.insert(
                 k,
@@ -249,6 +251,7 @@ async fn follow(
     states: Arc<Mutex<States>>,
     metrics: DecisionMetrics,
     latest: Latest,
+    trimmer: Arc<Trimmer>,
 ) {
     let mut current: Option<Arc<Decided>> = None;
     loop {
@@ -271,6 +274,10 @@ async fn follow(
             let Ok((state, work, took)) = work else {
                 return; // aborted: the pod is gone
             };
+            if work == shared::Work::Full {
+                // A full decide frees about as much as it keeps.
+                trimmer.note_work();
+            }
             let mut slot = lock(&latest);
             match work.kind() {
                 Some(kind) => {
