@@ -20,9 +20,10 @@ pub const LARGE_RESPONSE: usize = 256 << 10;
 pub const QUIET: Duration = Duration::from_millis(200);
 
 /// Shared by every stream of the node.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Trimmer {
     worked: Notify,
+    quiet: Duration,
     /// Trims done (`meshlane_xds_heap_trims_total`).
     trims: Counter,
 }
@@ -32,6 +33,7 @@ impl Trimmer {
     pub fn new(trims: Counter) -> Self {
         Self {
             worked: Notify::new(),
+            quiet: QUIET,
             trims,
         }
     }
@@ -56,7 +58,7 @@ impl Trimmer {
             loop {
                 tokio::select! {
                     _ = self.worked.notified() => continue,
-                    _ = tokio::time::sleep(QUIET) => break,
+                    _ = tokio::time::sleep(self.quiet) => break,
                 }
             }
             if tokio::task::spawn_blocking(trim).await.is_ok() {
@@ -79,23 +81,31 @@ fn trim() {
 mod tests {
     use super::*;
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn one_trim_after_a_burst_none_for_small_responses() {
-        let t = Arc::new(Trimmer::default());
+        let quiet = Duration::from_millis(800);
+        let t = Arc::new(Trimmer {
+            quiet,
+            ..Trimmer::new(Counter::default())
+        });
         let task = tokio::spawn(Arc::clone(&t).run());
-        t.note(100);
-        tokio::time::sleep(QUIET * 3).await;
+        t.note(LARGE_RESPONSE - 1);
+        tokio::time::sleep(quiet * 2).await;
         assert_eq!(t.trims.get(), 0, "small responses are no burst");
         for _ in 0..5 {
             t.note(LARGE_RESPONSE);
-            tokio::time::sleep(QUIET / 4).await;
+            tokio::time::sleep(quiet / 16).await;
         }
         assert_eq!(t.trims.get(), 0, "not while the burst goes on");
-        for _ in 0..20 {
-            tokio::time::sleep(QUIET).await;
-            tokio::task::yield_now().await;
+        let deadline = tokio::time::Instant::now() + quiet * 10;
+        while t.trims.get() == 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(quiet / 8).await;
         }
-        assert_eq!(t.trims.get(), 1);
+        tokio::time::sleep(quiet * 2).await;
+        assert_eq!(t.trims.get(), 1, "one trim per burst");
+        t.note_work();
+        tokio::time::sleep(quiet * 3).await;
+        assert_eq!(t.trims.get(), 2, "a full decide is a burst too");
         task.abort();
     }
 }
