@@ -57,7 +57,7 @@ use meshlane::xds::client::{
 use meshlane::xds::decide::{BypassPolicy, DestKey, Engine};
 use meshlane::xds::live::{DecisionMetrics, LiveDecisions};
 use meshlane::xds::ProxyResources;
-use prost::{Message, Name};
+use prost::Name;
 use serde::Serialize;
 
 #[derive(Parser)]
@@ -147,11 +147,11 @@ fn heap_kib() -> (u64, u64, u64) {
 }
 
 /// What the held resources take, by kind (KiB, estimated from their
-/// sizes: wire bytes kept, compact endpoints, decoded routes).
+/// sizes: wire bytes kept, compact endpoints).
 fn held_kib(r: &ProxyResources) -> (u64, u64, u64) {
     let wire: usize = r.clusters.values().map(|c| c.wire().len()).sum::<usize>()
         + r.listeners.values().map(|l| l.wire().len()).sum::<usize>()
-        + r.routes.values().map(|x| x.encoded_len()).sum::<usize>();
+        + r.routes.values().map(|x| x.wire().len()).sum::<usize>();
     let eds_wire: usize = r.endpoints.values().map(|a| a.wire().len()).sum();
     let endpoints: usize = r
         .endpoints

@@ -1,13 +1,15 @@
-//! Clusters and listeners held as their wire bytes plus the few fields the
-//! client itself needs (name; a cluster's EDS service name; the route
-//! names a listener's HTTP connection managers take over RDS). A decoded
-//! `Cluster` is ~3 KB before its heap fields and a listener more, about 30
-//! times the wire size, while the decision engine reads each one only when
-//! it (re-)judges it: [`HeldCluster::decode`] and [`HeldListener::decode`]
-//! decode on demand.
+//! Clusters, listeners and route configurations held as their wire bytes
+//! plus the few fields the client itself needs (name; a cluster's EDS
+//! service name; the route names a listener's HTTP connection managers
+//! take over RDS). A decoded `Cluster` is ~3 KB before its heap fields and
+//! a listener or a route configuration more, about 30 times the wire size,
+//! while the decision engine reads each one only when it (re-)judges it:
+//! [`HeldCluster::decode`], [`HeldListener::decode`] and
+//! [`HeldRoute::decode`] decode on demand.
 
 use envoy_types::pb::envoy::config::cluster::v3::{cluster::ClusterDiscoveryType, Cluster};
 use envoy_types::pb::envoy::config::listener::v3::{filter::ConfigType, Listener};
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     http_connection_manager::RouteSpecifier, HttpConnectionManager,
 };
@@ -108,6 +110,42 @@ impl HeldListener {
 
     pub fn decode(&self) -> Listener {
         Listener::decode(&*self.wire).unwrap_or_default()
+    }
+
+    pub fn wire(&self) -> &[u8] {
+        &self.wire
+    }
+}
+
+/// A route configuration: wire bytes and name.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeldRoute {
+    pub name: Arc<str>,
+    wire: Box<[u8]>,
+}
+
+impl HeldRoute {
+    /// From a decoded route configuration (config dumps, tests).
+    pub fn new(rc: &RouteConfiguration) -> Self {
+        Self {
+            name: Arc::from(rc.name.as_str()),
+            wire: rc.encode_to_vec().into(),
+        }
+    }
+
+    pub fn decode_checked(wire: &[u8]) -> Result<Self, HeldError> {
+        let rc = RouteConfiguration::decode(wire).map_err(HeldError::Decode)?;
+        if rc.name.is_empty() {
+            return Err(HeldError::NoName);
+        }
+        Ok(Self {
+            name: Arc::from(rc.name.as_str()),
+            wire: wire.into(),
+        })
+    }
+
+    pub fn decode(&self) -> RouteConfiguration {
+        RouteConfiguration::decode(&*self.wire).unwrap_or_default()
     }
 
     pub fn wire(&self) -> &[u8] {

@@ -3,17 +3,16 @@
 //! or from an Envoy config dump (`meshlane explain --config-dump`).
 //! Resources are shared (`Arc`) so that many proxy identities on one node
 //! that receive identical resources hold them once, and held compactly:
-//! clusters and listeners as wire bytes decoded on demand
+//! clusters, listeners and routes as wire bytes decoded on demand
 //! ([`crate::xds::held`]), endpoints as [`Assignment`]s.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::TypedExtensionConfig;
-use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 
 use super::assignment::Assignment;
-use super::held::{HeldCluster, HeldListener};
+use super::held::{HeldCluster, HeldListener, HeldRoute};
 
 /// Resources of one type by name. The map itself is shared: identities
 /// whose set of a type is the same hold one map (the client interns
@@ -26,7 +25,7 @@ pub type Named<T> = Arc<BTreeMap<Arc<str>, Arc<T>>>;
 #[derive(Debug, Clone, Default)]
 pub struct ProxyResources {
     pub listeners: Named<HeldListener>,
-    pub routes: Named<RouteConfiguration>,
+    pub routes: Named<HeldRoute>,
     pub clusters: Named<HeldCluster>,
     /// ClusterLoadAssignments by their `cluster_name`; see `has_eds`.
     pub endpoints: Named<Assignment>,

@@ -143,7 +143,9 @@ impl Snapshot {
     /// route, cluster and endpoint assignment that decodes): the decision
     /// engine's input, without a stream.
     pub fn proxy_resources(&self) -> crate::xds::ProxyResources {
-        use crate::xds::{assignment::Assignment, held::HeldCluster, held::HeldListener};
+        use crate::xds::{
+            assignment::Assignment, held::HeldCluster, held::HeldListener, held::HeldRoute,
+        };
         fn all<M: Message + Name + Default, H>(
             snap: &Snapshot,
             hold: impl Fn(&M) -> H,
@@ -162,7 +164,7 @@ impl Snapshot {
         }
         crate::xds::ProxyResources {
             listeners: all(self, HeldListener::new),
-            routes: all(self, |r: &RouteConfiguration| r.clone()),
+            routes: all(self, HeldRoute::new),
             clusters: all(self, HeldCluster::new),
             endpoints: all(self, Assignment::from_proto),
             has_eds: true,

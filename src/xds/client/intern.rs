@@ -11,10 +11,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex, Weak};
 
-use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
-
 use crate::xds::assignment::Assignment;
-use crate::xds::held::{HeldCluster, HeldListener};
+use crate::xds::held::{HeldCluster, HeldListener, HeldRoute};
 use crate::xds::resources::Named;
 
 /// A 128-bit content hash (two SipHash passes with different prefixes).
@@ -139,11 +137,11 @@ pub struct Interner {
     pub clusters: Pool<HeldCluster>,
     pub endpoints: Pool<Assignment>,
     pub listeners: Pool<HeldListener>,
-    pub routes: Pool<RouteConfiguration>,
+    pub routes: Pool<HeldRoute>,
     pub cluster_sets: SetPool<HeldCluster>,
     pub endpoint_sets: SetPool<Assignment>,
     pub listener_sets: SetPool<HeldListener>,
-    pub route_sets: SetPool<RouteConfiguration>,
+    pub route_sets: SetPool<HeldRoute>,
 }
 
 #[cfg(test)]

@@ -25,13 +25,13 @@ use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::google::rpc::Status;
-use prost::{Message, Name};
+use prost::Name;
 
 use super::intern::{Interner, Pool};
 use super::request::{Names, Request};
 use super::wire::ResponseView;
 use crate::xds::assignment::Assignment;
-use crate::xds::held::{peek_name, HeldCluster, HeldError, HeldListener};
+use crate::xds::held::{peek_name, HeldCluster, HeldError, HeldListener, HeldRoute};
 use crate::xds::resources::named_mut;
 use crate::xds::ProxyResources;
 
@@ -403,23 +403,19 @@ impl Resource for HeldListener {
     }
 }
 
-impl Resource for RouteConfiguration {
+impl Resource for HeldRoute {
     const WHAT: &'static str = "route configuration";
     fn xds_name(&self) -> &str {
         &self.name
     }
     fn key(&self) -> Arc<str> {
-        self.name.as_str().into()
+        Arc::clone(&self.name)
     }
     fn wire(&self) -> Option<&[u8]> {
-        None
+        Some(HeldRoute::wire(self))
     }
     fn from_wire(bytes: &[u8]) -> Result<Self, HeldError> {
-        let rc = RouteConfiguration::decode(bytes).map_err(HeldError::Decode)?;
-        if rc.name.is_empty() {
-            return Err(HeldError::NoName);
-        }
-        Ok(rc)
+        HeldRoute::decode_checked(bytes)
     }
 }
 
@@ -594,6 +590,7 @@ mod tests {
     use envoy_types::pb::envoy::config::cluster::v3::cluster::{DiscoveryType, EdsClusterConfig};
     use envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
     use envoy_types::pb::google::protobuf::Any;
+    use prost::Message;
 
     use super::*;
 

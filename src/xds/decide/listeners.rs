@@ -405,7 +405,7 @@ fn http(
     }
     let rc: Option<RouteConfiguration> = match &hcm.route_specifier {
         Some(RouteSpecifier::Rds(r)) => match res.routes.get(r.route_config_name.as_str()) {
-            Some(rc) => Some(rc.as_ref().clone()),
+            Some(held) => Some(held.decode()),
             None => {
                 base.reasons.push(Reason::new(
                     R::RouteMissing,

@@ -97,7 +97,7 @@ fn changed_keys<T: PartialEq>(a: &Named<T>, b: &Named<T>) -> Vec<String> {
 mod tests {
     use super::*;
     use crate::xds::assignment::Assignment;
-    use crate::xds::held::{HeldCluster, HeldListener};
+    use crate::xds::held::{HeldCluster, HeldListener, HeldRoute};
     use envoy_types::pb::envoy::config::cluster::v3::cluster::EdsClusterConfig;
     use envoy_types::pb::envoy::config::cluster::v3::Cluster;
     use envoy_types::pb::envoy::config::core::v3::TypedExtensionConfig;
@@ -150,10 +150,10 @@ mod tests {
         );
         crate::xds::resources::named_mut(&mut r.routes).insert(
             "80".into(),
-            Arc::new(RouteConfiguration {
+            Arc::new(HeldRoute::new(&RouteConfiguration {
                 name: "80".into(),
                 ..Default::default()
-            }),
+            })),
         );
         r
     }

@@ -25,7 +25,7 @@ use serde_json::Value;
 use thiserror::Error;
 
 use super::assignment::Assignment;
-use super::held::{HeldCluster, HeldListener};
+use super::held::{HeldCluster, HeldListener, HeldRoute};
 use super::resources::named_mut;
 use super::ProxyResources;
 
@@ -202,7 +202,8 @@ fn routes(section: &Value, out: &mut ParsedDump) -> Result<(), DumpError> {
         if let Some(rc) = json::field(r, "route_config") {
             refuse_v2(rc.get("@type").and_then(Value::as_str).unwrap_or_default())?;
             let rc = route::route_configuration(rc, "")?;
-            named_mut(&mut out.resources.routes).insert(rc.name.as_str().into(), Arc::new(rc));
+            named_mut(&mut out.resources.routes)
+                .insert(rc.name.as_str().into(), Arc::new(HeldRoute::new(&rc)));
         }
     }
     Ok(())
