@@ -34,9 +34,6 @@ use meshlane::sim::{Node, NodeOptions, PeerNode, Pod};
 const OUTBOUND: u16 = 15001;
 const GRACE: Duration = Duration::from_secs(30);
 
-/// One short conversation from inside `pod`: who answered, what
-/// getpeername said, and the echo of `payload` (then a clean close).
-
 /// The kernel's bypass stats for `key` (zero until the first connection).
 fn stats_of(node: &Node, key: ServiceKey) -> BypassStats {
     BypassStatsMap::open(&node.layout)
@@ -47,6 +44,9 @@ fn stats_of(node: &Node, key: ServiceKey) -> BypassStats {
         .unwrap_or_default()
 }
 
+/// One short conversation from inside `pod`: who answered, what
+/// getpeername said, and the echo of `payload` (a half-close: the app
+/// shuts its sending side, reads to the end, then closes).
 fn talk(pod: &Pod, to: SocketAddr, payload: usize) -> (u8, SocketAddr) {
     pod.run(move || {
         let (mut s, id) = dial(to);
