@@ -32,8 +32,10 @@
 #include <bpf/bpf_core_read.h>
 
 /* Minimal CO-RE views of the kernel's socket (no vmlinux.h): what the
- * close accounting reads. sk_shutdown is a byte in recent kernels and a
- * 2-bit field in older ones: BPF_CORE_READ_BITFIELD_PROBED reads either. */
+ * close accounting reads, with plain loads through the BTF pointer
+ * bpf_skc_to_tcp_sock returns (no probe-read helper, which a locked-down
+ * kernel refuses). sk_shutdown is a byte (6.1, 6.18) and was a 2-bit field
+ * in old kernels: BPF_CORE_READ_BITFIELD reads either. */
 struct sock___mlbyp {
 	__u8 sk_shutdown;
 } __attribute__((preserve_access_index));
@@ -312,8 +314,8 @@ static __always_inline void ml_bypass_closing(struct bpf_sock_ops *skops,
 	if (!tp)
 		return;
 	if (to == BPF_TCP_FIN_WAIT1 && from == BPF_TCP_ESTABLISHED) {
-		if (!(BPF_CORE_READ_BITFIELD_PROBED((struct sock___mlbyp *)tp,
-						    sk_shutdown) &
+		if (!(BPF_CORE_READ_BITFIELD((struct sock___mlbyp *)tp,
+					     sk_shutdown) &
 		      ML_RCV_SHUTDOWN))
 			return;
 		received = skops->bytes_received;

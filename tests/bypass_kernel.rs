@@ -477,6 +477,36 @@ fn closing_server(pod: &Pod, port: u16, id: u8, reply: usize) {
     rx.recv_timeout(Duration::from_secs(5)).expect("server up");
 }
 
+/// A server in `pod` on `port` that never closes first: each connection
+/// gets `id`, then an echo until EOF, and its FIN only 3 s after that. A
+/// client that closes first is then counted before the server's FIN could
+/// arrive (as an orphan, its socket leaves for TIME_WAIT once its own FIN
+/// is acked).
+fn slow_closing_echo_server(pod: &Pod, port: u16, id: u8) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    pod.thread(move || {
+        let l = common::listen(SocketAddr::new(IpAddr::V4([0, 0, 0, 0].into()), port));
+        tx.send(()).expect("report");
+        for s in l.incoming() {
+            let Ok(mut s) = s else { break };
+            std::thread::spawn(move || {
+                if s.write_all(&[id]).is_err() {
+                    return;
+                }
+                let mut buf = [0u8; 4096];
+                while let Ok(n @ 1..) = s.read(&mut buf) {
+                    if s.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+                std::thread::sleep(Duration::from_secs(3));
+            });
+        }
+    })
+    .expect("server thread");
+    rx.recv_timeout(Duration::from_secs(5)).expect("server up");
+}
+
 /// (opened, closed, sent, received) of `key` once every opened
 /// connection is closed (or after 5 s).
 fn settled(node: &Node, key: ServiceKey) -> (u64, u64, u64, u64) {
@@ -496,14 +526,17 @@ fn every_close_order_counts_a_connection_once_with_its_exact_bytes() {
     let (_, _, clock) = w.maps();
     clock.beat(GRACE).expect("heartbeat");
     closing_server(&w.backends[1], 9090, b'2', 20);
+    slow_closing_echo_server(&w.backends[0], 9091, b'1');
     let closer = SocketAddr::new(w.b2.ip(), 9090);
+    let echo = SocketAddr::new(w.b1.ip(), 9091);
     let echo_vip: SocketAddr = "10.96.8.1:80".parse().unwrap();
     let closer_vip: SocketAddr = "10.96.8.2:80".parse().unwrap();
-    w.bypass(w.a_cookie, echo_vip, 1, &[(w.b1, 1)]);
+    w.bypass(w.a_cookie, echo_vip, 1, &[(echo, 1)]);
     w.bypass(w.a_cookie, closer_vip, 2, &[(closer, 1)]);
 
     // The app closes first, with close() (counted when its FIN is
-    // queued): 40 bytes each way after the id byte.
+    // queued), and its socket is gone before the server's FIN: 40 bytes
+    // each way after the id byte.
     for _ in 0..3 {
         let got = w.a.run(move || {
             let (mut s, id) = dial(echo_vip);
@@ -546,7 +579,7 @@ fn every_close_order_counts_a_connection_once_with_its_exact_bytes() {
     spec.splice_apps = true;
     let e_cookie = w.node.register(&e, &spec).expect("register e").netns_cookie;
     id_server(&e, OUTBOUND, b'S');
-    w.bypass(e_cookie, echo_vip, 1, &[(w.b1, 1)]);
+    w.bypass(e_cookie, echo_vip, 1, &[(echo, 1)]);
     for _ in 0..2 {
         let got = e.run(move || {
             let (mut s, id) = dial(echo_vip);
