@@ -7,7 +7,12 @@
  *   ml_bypass_pick()    connect: a BYPASS destination of the connecting
  *                       pod -> one endpoint, weighted random, per connection
  *   ml_bypass_opened()  sockops, active established: count the connection
- *   ml_bypass_closed()  sockops, state callback to CLOSE: its bytes
+ *   ml_bypass_closing() sockops, state callback when the app closes
+ *                       (to FIN_WAIT1 after close(), to LAST_ACK): its
+ *                       bytes and the close, final already; then the
+ *                       socket's state callbacks stop
+ *   ml_bypass_closed()  sockops, state callback to CLOSE: the same for a
+ *                       socket not counted yet (half-close, reset, abort)
  *
  * Who writes what (see docs/bypass.md "Kernel half"):
  *   ml_bypass_svc, ml_bypass_eps   the agent only (src/bypass), from each
@@ -24,6 +29,23 @@
 #define MESHLANE_BYPASS_H
 
 #include "maps.h"
+#include <bpf/bpf_core_read.h>
+
+/* Minimal CO-RE views of the kernel's socket (no vmlinux.h): what the
+ * close accounting reads, with plain loads through the BTF pointer
+ * bpf_skc_to_tcp_sock returns (no probe-read helper, which a locked-down
+ * kernel refuses). sk_shutdown is a byte (6.1, 6.18) and was a 2-bit field
+ * in old kernels: BPF_CORE_READ_BITFIELD reads either. */
+struct sock___mlbyp {
+	__u8 sk_shutdown;
+} __attribute__((preserve_access_index));
+
+struct tcp_sock___mlbyp {
+	__u32 write_seq;
+} __attribute__((preserve_access_index));
+
+/* sk_shutdown: the socket takes no more data (close(), SHUT_RD). */
+#define ML_RCV_SHUTDOWN 1
 
 /* Most endpoints one set holds; a destination with more keeps the sidecar
  * (user space decides, counted as too_many_endpoints). */
@@ -207,12 +229,17 @@ static __always_inline void ml_bypass_key_of(const struct ml_orig_dst *o,
 }
 
 /* sockops, a bypassed app socket is established: count it and ask for
- * its state callbacks (its bytes are added at close). */
+ * its state callbacks (its bytes are added when it closes). Splicing
+ * asks for the same callbacks for the sockets it holds, and only an
+ * app socket of a pod that splices app sockets can be one of them: any
+ * other is marked quiet, so its callbacks may stop once it is counted
+ * (decided now, from the pod record splicing reads at this callback). */
 static __always_inline void ml_bypass_opened(struct bpf_sock_ops *skops,
-					     const struct ml_orig_dst *o)
+					     struct ml_orig_dst *o)
 {
 	struct ml_bypass_stats fresh = {}, *s;
 	struct ml_bypass_key k;
+	struct ml_pod *pod;
 
 	ml_bypass_key_of(o, &k);
 	s = bpf_map_lookup_elem(&ml_bypass_stats, &k);
@@ -225,6 +252,9 @@ static __always_inline void ml_bypass_opened(struct bpf_sock_ops *skops,
 		}
 	}
 	__sync_fetch_and_add(&s->opened, 1);
+	pod = bpf_map_lookup_elem(&ml_pods, &o->netns);
+	if (pod && !(pod->flags & ML_POD_SPLICE_APPS))
+		o->flags |= ML_ORIG_BYPASS_QUIET;
 	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags |
 						 BPF_SOCK_OPS_STATE_CB_FLAG);
 }
@@ -241,8 +271,72 @@ static __always_inline __u64 ml_sub(__u64 a, __u64 b)
 	return a > b ? a - b : 0;
 }
 
-/* sockops, a socket moves to CLOSE: for a bypassed app socket, add its
- * bytes and the close. */
+/* Adds one closed connection and its bytes to @o's stats; 0 when counted. */
+static __always_inline int ml_bypass_count_close(const struct ml_orig_dst *o,
+						 __u64 sent, __u64 received)
+{
+	struct ml_bypass_stats *s;
+	struct ml_bypass_key k;
+
+	ml_bypass_key_of(o, &k);
+	s = bpf_map_lookup_elem(&ml_bypass_stats, &k);
+	if (!s)
+		return -1;
+	__sync_fetch_and_add(&s->closed, 1);
+	__sync_fetch_and_add(&s->sent_bytes, sent);
+	__sync_fetch_and_add(&s->received_bytes, received);
+	return 0;
+}
+
+/* sockops, a bypassed app socket's state moves to @to because its app
+ * closed it, at the moment both byte counts are final:
+ *   ESTABLISHED -> FIN_WAIT1 after close() or SHUT_RD (the socket takes
+ *     no more data: what arrives now resets it, uncounted), not after a
+ *     lone SHUT_WR (the app still reads: counted at CLOSE);
+ *   CLOSE_WAIT -> LAST_ACK (their FIN, counted in bytes_received, is in).
+ * Sent: every byte the app wrote, acknowledged or not (bytes_acked less
+ * our SYN, plus write_seq - snd_una: our FIN is queued only after this
+ * callback). Then, for a quiet socket, no more state callbacks: none of
+ * the programs has anything left to do for it, and each callback would
+ * run every sockops program of the cgroup. */
+static __always_inline void ml_bypass_closing(struct bpf_sock_ops *skops,
+					      struct ml_orig_dst *o)
+{
+	__u32 from = skops->args[0], to = skops->args[1];
+	struct bpf_sock *sk = skops->sk;
+	struct tcp_sock___mlbyp *tp;
+	__u64 sent, received;
+	__u32 unacked;
+
+	if ((o->flags & ML_ORIG_BYPASS_COUNTED) || !sk)
+		return;
+	tp = (struct tcp_sock___mlbyp *)bpf_skc_to_tcp_sock(sk);
+	if (!tp)
+		return;
+	if (to == BPF_TCP_FIN_WAIT1 && from == BPF_TCP_ESTABLISHED) {
+		if (!(BPF_CORE_READ_BITFIELD((struct sock___mlbyp *)tp,
+					     sk_shutdown) &
+		      ML_RCV_SHUTDOWN))
+			return;
+		received = skops->bytes_received;
+	} else if (to == BPF_TCP_LAST_ACK && from == BPF_TCP_CLOSE_WAIT) {
+		received = ml_sub(skops->bytes_received, 1);
+	} else {
+		return;
+	}
+	unacked = tp->write_seq - skops->snd_una;
+	sent = ml_sub(skops->bytes_acked, 1) + unacked;
+	if (ml_bypass_count_close(o, sent, received))
+		return;
+	o->flags |= ML_ORIG_BYPASS_COUNTED;
+	if (o->flags & ML_ORIG_BYPASS_QUIET)
+		bpf_sock_ops_cb_flags_set(skops,
+					  skops->bpf_sock_ops_cb_flags &
+						  ~BPF_SOCK_OPS_STATE_CB_FLAG);
+}
+
+/* sockops, a socket moves to CLOSE: for a bypassed app socket not counted
+ * yet, add its bytes and the close. */
 static __always_inline void ml_bypass_closed(struct bpf_sock_ops *skops,
 					     const struct ml_orig_dst *o)
 {
@@ -250,18 +344,11 @@ static __always_inline void ml_bypass_closed(struct bpf_sock_ops *skops,
 	int orderly = from == BPF_TCP_FIN_WAIT2 || from == BPF_TCP_CLOSING ||
 		      from == BPF_TCP_LAST_ACK;
 	int fin_in = orderly || from == BPF_TCP_CLOSE_WAIT;
-	struct ml_bypass_stats *s;
-	struct ml_bypass_key k;
 
-	ml_bypass_key_of(o, &k);
-	s = bpf_map_lookup_elem(&ml_bypass_stats, &k);
-	if (!s)
+	if (o->flags & ML_ORIG_BYPASS_COUNTED)
 		return;
-	__sync_fetch_and_add(&s->closed, 1);
-	__sync_fetch_and_add(&s->sent_bytes,
-			     ml_sub(skops->bytes_acked, orderly ? 2 : 1));
-	__sync_fetch_and_add(&s->received_bytes,
-			     ml_sub(skops->bytes_received, fin_in ? 1 : 0));
+	ml_bypass_count_close(o, ml_sub(skops->bytes_acked, orderly ? 2 : 1),
+			      ml_sub(skops->bytes_received, fin_in ? 1 : 0));
 }
 
 #endif /* MESHLANE_BYPASS_H */

@@ -678,10 +678,19 @@ int ml_intercept_sockops(struct bpf_sock_ops *skops)
 		passive_established(skops);
 		break;
 	case BPF_SOCK_OPS_STATE_CB:
+		/* A bypassed app socket its app closes: counted as soon as
+		 * its bytes are final (bypass.h). */
+		if (skops->args[1] == BPF_TCP_FIN_WAIT1 ||
+		    skops->args[1] == BPF_TCP_LAST_ACK) {
+			o = app_orig(skops);
+			if (o && (o->flags & ML_ORIG_BYPASSED))
+				ml_bypass_closing(skops, o); /* bypass.h */
+			return 1;
+		}
 		/* A redirected app socket closing before the proxy accepted;
-		 * a bypassed one, whose bytes are counted. Other sockets get
-		 * here when splicing asked for state changes: they never had a
-		 * pending entry. */
+		 * a bypassed one not counted yet. Other sockets get here when
+		 * splicing asked for state changes: they never had a pending
+		 * entry. */
 		if (skops->args[1] != BPF_TCP_CLOSE)
 			return 1;
 		o = app_orig(skops);

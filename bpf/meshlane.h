@@ -128,6 +128,11 @@ enum ml_orig_flag {
 	ML_ORIG_IPV6 = 1 << 3,       /* the app used AF_INET6 */
 	ML_ORIG_BYPASSED = 1 << 4,   /* outbound connect sent straight to an
 				      * endpoint (bypass.h) */
+	ML_ORIG_BYPASS_QUIET = 1 << 5, /* bypassed, and nothing else wants the
+					* socket's state callbacks (its pod
+					* does not splice app sockets): they
+					* stop once its close is counted */
+	ML_ORIG_BYPASS_COUNTED = 1 << 6, /* bypassed, its close is counted */
 };
 
 /* The destination an app asked for before meshlane rewrote it. */

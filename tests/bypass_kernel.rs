@@ -34,9 +34,6 @@ use meshlane::sim::{Node, NodeOptions, PeerNode, Pod};
 const OUTBOUND: u16 = 15001;
 const GRACE: Duration = Duration::from_secs(30);
 
-/// One short conversation from inside `pod`: who answered, what
-/// getpeername said, and the echo of `payload` (then a clean close).
-
 /// The kernel's bypass stats for `key` (zero until the first connection).
 fn stats_of(node: &Node, key: ServiceKey) -> BypassStats {
     BypassStatsMap::open(&node.layout)
@@ -47,6 +44,9 @@ fn stats_of(node: &Node, key: ServiceKey) -> BypassStats {
         .unwrap_or_default()
 }
 
+/// One short conversation from inside `pod`: who answered, what
+/// getpeername said, and the echo of `payload` (a half-close: the app
+/// shuts its sending side, reads to the end, then closes).
 fn talk(pod: &Pod, to: SocketAddr, payload: usize) -> (u8, SocketAddr) {
     pod.run(move || {
         let (mut s, id) = dial(to);
@@ -451,4 +451,148 @@ fn ipv6_vips_bypass_to_ipv6_endpoints_and_a_family_mismatch_keeps_the_sidecar() 
     };
     assert_eq!((stats.opened, stats.closed), (1, 1), "{stats:?}");
     assert_eq!(stats.sent_bytes, 100, "{stats:?}");
+}
+
+/// A server in `pod` on `port` that closes first: each connection gets
+/// `id` and `reply` more bytes, then its FIN; it then reads until the
+/// client's.
+fn closing_server(pod: &Pod, port: u16, id: u8, reply: usize) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    pod.thread(move || {
+        let l = common::listen(SocketAddr::new(IpAddr::V4([0, 0, 0, 0].into()), port));
+        tx.send(()).expect("report");
+        for s in l.incoming() {
+            let Ok(mut s) = s else { break };
+            std::thread::spawn(move || {
+                let mut out = vec![7u8; reply + 1];
+                out[0] = id;
+                if s.write_all(&out).is_err() || s.shutdown(Shutdown::Write).is_err() {
+                    return;
+                }
+                let _ = std::io::copy(&mut s, &mut std::io::sink());
+            });
+        }
+    })
+    .expect("server thread");
+    rx.recv_timeout(Duration::from_secs(5)).expect("server up");
+}
+
+/// A server in `pod` on `port` that never closes first: each connection
+/// gets `id`, then an echo until EOF, and its FIN only 3 s after that. A
+/// client that closes first is then counted before the server's FIN could
+/// arrive (as an orphan, its socket leaves for TIME_WAIT once its own FIN
+/// is acked).
+fn slow_closing_echo_server(pod: &Pod, port: u16, id: u8) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    pod.thread(move || {
+        let l = common::listen(SocketAddr::new(IpAddr::V4([0, 0, 0, 0].into()), port));
+        tx.send(()).expect("report");
+        for s in l.incoming() {
+            let Ok(mut s) = s else { break };
+            std::thread::spawn(move || {
+                if s.write_all(&[id]).is_err() {
+                    return;
+                }
+                let mut buf = [0u8; 4096];
+                while let Ok(n @ 1..) = s.read(&mut buf) {
+                    if s.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+                std::thread::sleep(Duration::from_secs(3));
+            });
+        }
+    })
+    .expect("server thread");
+    rx.recv_timeout(Duration::from_secs(5)).expect("server up");
+}
+
+/// (opened, closed, sent, received) of `key` once every opened
+/// connection is closed (or after 5 s).
+fn settled(node: &Node, key: ServiceKey) -> (u64, u64, u64, u64) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let s = stats_of(node, key);
+        if (s.opened > 0 && s.closed == s.opened) || Instant::now() > deadline {
+            return (s.opened, s.closed, s.sent_bytes, s.received_bytes);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn every_close_order_counts_a_connection_once_with_its_exact_bytes() {
+    let mut w = world();
+    let (_, _, clock) = w.maps();
+    clock.beat(GRACE).expect("heartbeat");
+    closing_server(&w.backends[1], 9090, b'2', 20);
+    slow_closing_echo_server(&w.backends[0], 9091, b'1');
+    let closer = SocketAddr::new(w.b2.ip(), 9090);
+    let echo = SocketAddr::new(w.b1.ip(), 9091);
+    let echo_vip: SocketAddr = "10.96.8.1:80".parse().unwrap();
+    let closer_vip: SocketAddr = "10.96.8.2:80".parse().unwrap();
+    w.bypass(w.a_cookie, echo_vip, 1, &[(echo, 1)]);
+    w.bypass(w.a_cookie, closer_vip, 2, &[(closer, 1)]);
+
+    // The app closes first, with close() (counted when its FIN is
+    // queued), and its socket is gone before the server's FIN: 40 bytes
+    // each way after the id byte.
+    for _ in 0..3 {
+        let got = w.a.run(move || {
+            let (mut s, id) = dial(echo_vip);
+            s.write_all(&[5u8; 40]).expect("write");
+            let mut back = [0u8; 40];
+            s.read_exact(&mut back).expect("echo");
+            id
+        });
+        assert_eq!(got.expect("pod a"), b'1');
+    }
+    let key = |netns, dest| ServiceKey { netns, dest };
+    assert_eq!(
+        settled(&w.node, key(w.a_cookie, echo_vip)),
+        (3, 3, 120, 123),
+        "app closed first: (opened, closed, sent, received)"
+    );
+
+    // The server closes first (counted when the app's close follows its
+    // FIN): the id and 20 bytes in, 30 bytes out after their FIN.
+    for _ in 0..3 {
+        let got = w.a.run(move || {
+            let (mut s, id) = dial(closer_vip);
+            let mut rest = Vec::new();
+            s.read_to_end(&mut rest).expect("their bytes and FIN");
+            s.write_all(&[5u8; 30]).expect("write after their FIN");
+            (id, rest.len())
+        });
+        assert_eq!(got.expect("pod a"), (b'2', 20));
+    }
+    assert_eq!(
+        settled(&w.node, key(w.a_cookie, closer_vip)),
+        (3, 3, 90, 63),
+        "server closed first: (opened, closed, sent, received)"
+    );
+
+    // A pod that splices app sockets keeps its state callbacks to CLOSE
+    // (splicing may hold the socket); its connections still count once.
+    let e = w.node.pod("e").expect("pod e");
+    let mut spec = PodSpec::istio("default/e");
+    spec.splice_apps = true;
+    let e_cookie = w.node.register(&e, &spec).expect("register e").netns_cookie;
+    id_server(&e, OUTBOUND, b'S');
+    w.bypass(e_cookie, echo_vip, 1, &[(echo, 1)]);
+    for _ in 0..2 {
+        let got = e.run(move || {
+            let (mut s, id) = dial(echo_vip);
+            s.write_all(&[5u8; 40]).expect("write");
+            let mut back = [0u8; 40];
+            s.read_exact(&mut back).expect("echo");
+            id
+        });
+        assert_eq!(got.expect("pod e"), b'1');
+    }
+    assert_eq!(
+        settled(&w.node, key(e_cookie, echo_vip)),
+        (2, 2, 80, 82),
+        "a pod splicing app sockets: (opened, closed, sent, received)"
+    );
 }
