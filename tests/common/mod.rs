@@ -530,16 +530,13 @@ pub fn assert_no_leak(node: &Node) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let left = connection_entries(node);
-        // The stream verdict's cursors are per spliced socket too (deleted
-        // by the close path only for sockets with an ml_sock_state entry).
-        let cursors = node.entries(MapId::RcvCursor);
-        if left == (0, 0, 0) && cursors == 0 {
+        if left == (0, 0, 0) {
             return;
         }
         assert!(
             Instant::now() < deadline,
             "entries left after every connection closed: ml_socks {}, ml_sock_state {}, \
-             ml_active {}, ml_rcv_cursor {cursors}",
+             ml_active {}",
             left.0,
             left.1,
             left.2
