@@ -61,7 +61,7 @@ pub enum LoadError {
     },
     #[error("splice-only install asked, but interception is installed ({link}); pods may rely on it: run `meshlane uninstall` first")]
     InterceptInstalled { link: PathBuf },
-    #[error("pinned map {map} has room for {pinned} entries but sockhash size {sockhash_size} needs {wanted} on this machine: use the --sockhash-size it was installed with, or run `meshlane uninstall` first")]
+    #[error("pinned map {map} has room for {pinned} entries, but sockhash size {sockhash_size} sizes it {wanted} on this machine: use the --sockhash-size it was installed with, or run `meshlane uninstall` first")]
     PinnedSize {
         map: String,
         pinned: u32,
