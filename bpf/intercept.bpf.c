@@ -9,9 +9,14 @@
  *                      proxy calling its own pod goes to its inbound port);
  *                      the original destination is kept by socket cookie.
  *                      Opt-in DNS capture sends port 53 to the DNS proxy.
- *   ml_intercept_sockops  moves a redirected socket's original destination
- *                      to the key the proxy's accepted socket has; registers
- *                      a pod's inbound listener (TCP_LISTEN_CB).
+ *   ml_sockops         the node's one sockops program when interception is
+ *                      installed: splicing's work (splice_sockops.h), then
+ *                      interception's: moves a redirected socket's original
+ *                      destination to the key the proxy's accepted socket
+ *                      has; registers a pod's inbound listener
+ *                      (TCP_LISTEN_CB). One program instead of one per
+ *                      feature: every sockops callback of every TCP socket
+ *                      of the cgroup runs it.
  *   ml_getsockopt      answers SO_ORIGINAL_DST / IP6T_SO_ORIGINAL_DST for
  *                      sockets meshlane redirected or steered; every other
  *                      call returns at once, optlen untouched.
@@ -22,7 +27,8 @@
  *
  * The inbound side is inbound.bpf.c (one sk_lookup program per pod netns).
  *
- * Maps (see intercept.h): writes ml_app_orig (connect, sendmsg),
+ * Maps (see intercept.h; splicing's in splice_sockops.h): writes
+ * ml_app_orig (connect, sendmsg),
  * ml_orig_pending and ml_proxy_orig (sockops; deletes ml_orig_pending) and
  * ml_listeners (sockops); reads ml_pods and ml_pod_ips (written by
  * `meshlane pod add/rm`), ml_counters is bumped everywhere.
@@ -33,6 +39,7 @@
  */
 #include "intercept.h"
 #include "bypass.h"
+#include "splice_sockops.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -648,8 +655,8 @@ static __always_inline void passive_established(struct bpf_sock_ops *skops)
 		bpf_map_delete_elem(&ml_orig_pending, &k);
 }
 
-SEC("sockops")
-int ml_intercept_sockops(struct bpf_sock_ops *skops)
+/* Interception's work for one sockops callback. */
+static __always_inline int intercept_sockops(struct bpf_sock_ops *skops)
 {
 	struct ml_sock_key k;
 	struct ml_orig_dst *o;
@@ -705,6 +712,16 @@ int ml_intercept_sockops(struct bpf_sock_ops *skops)
 		break;
 	}
 	return 1;
+}
+
+/* Both features' sockops, in the order they ran as two programs: splicing's
+ * (a no-op where the integrity plan turned splicing off), then
+ * interception's. */
+SEC("sockops")
+int ml_sockops(struct bpf_sock_ops *skops)
+{
+	ml_splice_sockops(skops);
+	return intercept_sockops(skops);
 }
 
 SEC("cgroup/getsockopt")

@@ -17,6 +17,7 @@
 #define MESHLANE_INTERCEPT_H
 
 #include "maps.h"
+#include "kernel_views.h"
 
 #define SOCK_STREAM 1
 #define SOCK_DGRAM 2
@@ -63,38 +64,6 @@ struct {
 	__type(key, struct ml_sock_key);
 	__type(value, struct ml_orig_dst);
 } ml_orig_pending SEC(".maps");
-
-/* Minimal CO-RE views of kernel structs (no vmlinux.h): the credentials
- * iptables' owner match reads (the socket file's fsuid/fsgid). libbpf
- * relocates each field to its offset in the running kernel's BTF. */
-typedef struct {
-	__u32 val;
-} kuid_t___ml;
-
-typedef struct {
-	__u32 val;
-} kgid_t___ml;
-
-struct cred___ml {
-	kuid_t___ml fsuid;
-	kgid_t___ml fsgid;
-} __attribute__((preserve_access_index));
-
-struct file___ml {
-	const struct cred___ml *f_cred;
-} __attribute__((preserve_access_index));
-
-struct socket___ml {
-	struct file___ml *file;
-} __attribute__((preserve_access_index));
-
-struct sock___ml {
-	struct socket___ml *sk_socket;
-} __attribute__((preserve_access_index));
-
-struct task_struct___ml {
-	const struct cred___ml *cred;
-} __attribute__((preserve_access_index));
 
 /* Loopback, or one of the addresses the pod was registered with. */
 static __always_inline int ml_is_pod_local(__u64 netns, const struct ml_addr *a)

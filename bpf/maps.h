@@ -54,19 +54,31 @@ struct {
 	__type(value, __u64);
 } ml_socks SEC(".maps");
 
-/* For each socket in ml_socks: the key of the socket its bytes go to
- * (size set by the loader to match ml_socks). Usually the mirror of its
- * own 4-tuple; across an iptables REDIRECT, the NATed partner.
- * Writer: sockops (established; deleted at close). Reader: sk_msg. */
+/* Splicing's state of each socket in ml_socks (struct ml_sock_state): the
+ * key of the socket its bytes go to (usually the mirror of its own 4-tuple;
+ * across an iptables REDIRECT, the NATed partner), both ends' kernel
+ * addresses for backpressure, and whether its direction is held on TCP.
+ * One entry per socket in ml_socks and only for those: written right after
+ * the socket enters ml_socks, deleted when it leaves (close, eviction,
+ * disconnect), so a miss at close means splicing never took the socket.
+ * An LRU hash sized by the loader so that no live entry is ever evicted
+ * (datapath::lru): a lost hold would let a direction splice while its
+ * bytes are still on TCP.
+ * Writers: sockops (establish; pairing writes the active end's peer
+ * address and hold; close clears its peer's peer_addr) and sk_msg (hold,
+ * in place). Reader: sk_msg (one lookup per message). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
 	__type(key, struct ml_sock_key);
-	__type(value, struct ml_sock_key);
-} ml_peers SEC(".maps");
+	__type(value, struct ml_sock_state);
+} ml_sock_state SEC(".maps");
 
-/* Active (client) sockets of meshed pods by their local endpoint, so the
- * passive socket at the far end of a NAT redirect finds its partner.
+/* Active (client) sockets by their local endpoint, so the passive socket at
+ * the far end of a NAT redirect finds its partner. Only sockets whose
+ * connection may cross istio-init's REDIRECT register (their pod, or the
+ * pod they connect to, has the rules: ML_POD_IPTABLES); everywhere else
+ * the partner is found by its mirror tuple.
  * Writer: sockops (active established; deleted when a passive end pairs
  * with it, or at close). Reader: sockops (passive established). */
 struct {
@@ -75,31 +87,6 @@ struct {
 	__type(key, struct ml_endpoint);
 	__type(value, struct ml_sock_key);
 } ml_active SEC(".maps");
-
-/* Directions of spliced connections that take TCP until nothing of them is
- * left on the TCP path (key: the sending socket's key; value: why,
- * ML_HOLD_* in splice.bpf.c): handed back because the reader fell behind,
- * or not yet started because bytes may have taken TCP before pairing.
- * Writers: sk_msg (backpressure; deletes when splicing resumes) and sockops
- * (at pairing; deletes at close). Reader: sk_msg (splice.bpf.c). */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
-	__type(key, struct ml_sock_key);
-	__type(value, __u8);
-} ml_throttled SEC(".maps");
-
-/* Kernel address of each socket in ml_socks, so sk_msg can read the
- * peer's queue for backpressure (sk_msg may not take socket references).
- * Only ever dereferenced with bpf_probe_read_kernel; never decides where
- * bytes go (the redirect looks the peer up in ml_socks).
- * Writer: sockops (established; deleted at close). Reader: sk_msg. */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
-	__type(key, struct ml_sock_key);
-	__type(value, __u64);
-} ml_sock_addrs SEC(".maps");
 
 /* Receive cursor of each socket in ml_socks that the stream verdict has
  * seen: the TCP sequence number up to which it has passed bytes to the

@@ -15,7 +15,7 @@
 
 #include <linux/types.h>
 
-#define MESHLANE_LAYOUT_VERSION 4
+#define MESHLANE_LAYOUT_VERSION 5
 
 /* Capacity of the per-pod lists. Bigger lists are refused by user space
  * with an error naming the pod and the list, never truncated. */
@@ -118,6 +118,34 @@ struct ml_endpoint {
 	struct ml_addr addr;
 	__u16 port;
 	__u16 _pad[3];
+};
+
+/* ml_sock_state.hold: why a direction takes TCP until nothing of it is left
+ * on the TCP path (see splice.bpf.c). */
+enum ml_sock_hold {
+	ML_HOLD_NONE = 0,
+	ML_HOLD_THROTTLED = 1,     /* backpressure: the reader fell behind */
+	ML_HOLD_UNTIL_DRAINED = 2, /* bytes may have taken TCP before pairing */
+};
+
+/* ml_sock_state.flags */
+enum ml_sock_flag {
+	/* The socket registered its local endpoint in ml_active (a NAT may
+	 * hide it from its passive end); cleared when that end consumed it. */
+	ML_SOCK_IN_ACTIVE = 1 << 0,
+};
+
+/* Splicing's state of one socket in ml_socks, keyed by its ml_sock_key:
+ * everything sk_msg needs for a message in one lookup. */
+struct ml_sock_state {
+	/* The socket its bytes go to; netns 0 until known (an active end
+	 * behind a REDIRECT learns it when its passive end pairs). */
+	struct ml_sock_key peer;
+	__u64 addr;      /* this socket's kernel address */
+	__u64 peer_addr; /* the peer's kernel address once paired, else 0 */
+	__u8 hold;       /* enum ml_sock_hold */
+	__u8 flags;      /* enum ml_sock_flag */
+	__u8 _pad[6];
 };
 
 /* ml_orig_dst.flags */

@@ -4,9 +4,12 @@
  * splice.bpf.c - move bytes between local sockets without the TCP/IP stack.
  *
  * Programs:
- *   ml_splice_sockops  (sockops, cgroup v2)  puts established TCP sockets of
- *                      meshed pods into ml_socks and records, in ml_peers,
- *                      which socket each one's bytes go to.
+ *   ml_sockops         (sockops, cgroup v2)  puts established TCP sockets of
+ *                      meshed pods into ml_socks and records, in
+ *                      ml_sock_state, which socket each one's bytes go to
+ *                      (splice_sockops.h). Attached only where interception
+ *                      is not installed: intercept.bpf.c's ml_sockops runs
+ *                      the same code besides its own.
  *   ml_splice_msg      (sk_msg, on ml_socks) redirects every message to the
  *                      peer socket's ingress queue, or passes it to TCP;
  *                      applies backpressure (see below).
@@ -19,16 +22,19 @@
  * Under istio-init's iptables REDIRECT the proxy's accepted socket
  * (127.0.0.1:15001 <- podIP:eph) does not mirror the app's socket
  * (podIP:eph -> VIP:80). The passive side then finds the active socket by its
- * source endpoint in ml_active and both peers are written explicitly.
+ * source endpoint in ml_active and both peers are written explicitly. Only
+ * sockets whose connection may cross such a REDIRECT (their pod or the pod
+ * they connect to has istio-init's rules) register in ml_active.
  *
  * Backpressure. A redirect to the peer's ingress queue is not bounded by the
  * peer's receive buffer: a fast sender and a slow reader would queue without
  * limit until the node's TCP memory is exhausted and sends fail with ENOMEM.
  * So before each redirect the program reads how much is queued at the peer
  * (psock->msg_tot_len and the TCP receive counters, at CO-RE offsets, with
- * bpf_probe_read_kernel from the address sockops recorded in ml_sock_addrs:
- * sk_msg cannot take a socket reference, and loading needs CAP_PERFMON). At ml_splice_queue_limit the
- * direction is handed to TCP, whose flow control bounds it. It is spliced
+ * bpf_probe_read_kernel from the peer's address sockops recorded in the
+ * sender's ml_sock_state entry: sk_msg cannot take a socket reference, and
+ * loading needs CAP_PERFMON). At ml_splice_queue_limit the direction is
+ * handed to TCP, whose flow control bounds it. It is spliced
  * again only when no byte of it is left on the TCP path (all acknowledged
  * by the peer and read by the reader) and the queue has drained to half,
  * so bytes are never reordered: the reader always drains the psock queue
@@ -66,8 +72,12 @@
  * end's splice target, sockops marks the active end ML_HOLD_UNTIL_DRAINED
  * (before the target is usable), and sk_msg starts splicing it only once
  * nothing of it is left on the TCP path, like a resumption.
+ *
+ * Per message, sk_msg does one ml_sock_state lookup (the peer's key and
+ * address and the direction's hold, all in the sender's entry); holds are
+ * set and cleared in place.
  */
-#include "maps.h"
+#include "splice_sockops.h"
 #include <bpf/bpf_core_read.h>
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
@@ -76,381 +86,18 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
  * backpressure off. Set by the loader (agent --splice-queue-limit). */
 const volatile __u32 ml_splice_queue_limit = 6 << 20;
 
-/* 0 when no configuration keeps every byte exact on this kernel (see
- * src/integrity.rs): sockets then stay out of ml_socks. Set by the loader. */
-const volatile __u32 ml_splice_enabled = 1;
-
-/* Values of ml_throttled: why a direction takes TCP until it is drained. */
-#define ML_HOLD_THROTTLED 1     /* backpressure: the reader fell behind */
-#define ML_HOLD_UNTIL_DRAINED 2 /* bytes may have taken TCP before pairing */
-
-/* Minimal CO-RE views of kernel structs (no vmlinux.h): libbpf relocates
- * each field to its offset in the running kernel's BTF. */
-typedef struct {
-	__u32 val;
-} kuid_t___ml;
-
-struct sock___ml {
-	void *sk_user_data;
-	kuid_t___ml sk_uid;
-	int sk_err;
-} __attribute__((preserve_access_index));
-
-/* The head of struct tcp_skb_cb, which TCP keeps in skb->cb. */
-struct sk_buff___ml {
-	char cb[48];
-} __attribute__((preserve_access_index));
-
 /* Kernel context of a program (6.3+); absent kernels keep the verdict a
  * pass-through and the loader does not offer it (see src/probe). */
 extern void *bpf_cast_to_kern_ctx(void *obj) __ksym __weak;
 
-struct tcp_sock___ml {
-	__u32 rcv_nxt;
-	__u32 copied_seq;
-	__u32 snd_una;
-	__u32 write_seq;
-} __attribute__((preserve_access_index));
-
-struct sk_psock___ml {
-	__u32 msg_tot_len;
-} __attribute__((preserve_access_index));
-
-/* The socket's owner as iptables' owner match sees it (sk_uid: the
- * creator's fsuid; an accepted socket inherits its listener's), or a uid
- * no pod uses when it cannot be read. */
-static __always_inline __u32 sock_owner_uid(struct bpf_sock_ops *skops)
-{
-	struct sock___ml *sk;
-
-	if (!skops->sk)
-		return (__u32)-1;
-	sk = (struct sock___ml *)bpf_skc_to_tcp_sock(skops->sk);
-	return sk ? sk->sk_uid.val : (__u32)-1;
-}
-
 /* sk_user_data keeps flags in its low bits (SK_USER_DATA_PTRMASK). */
 #define ML_SK_USER_DATA_PTRMASK (~7UL)
 
-static __always_inline void sock_key_from_ops(struct bpf_sock_ops *skops,
-					      __u64 netns,
-					      struct ml_sock_key *k)
-{
-	__builtin_memset(k, 0, sizeof(*k));
-	k->netns = netns;
-	ML_ADDRS_FROM_CTX(skops, &k->local, &k->remote);
-	k->local_port = (__u16)ML_RD(skops->local_port);
-	k->remote_port = (__u16)bpf_ntohl(ML_RD(skops->remote_port));
-}
-
-static __always_inline void mirror_key(const struct ml_sock_key *k,
-				       __u64 peer_netns,
-				       struct ml_sock_key *m)
-{
-	__builtin_memset(m, 0, sizeof(*m));
-	m->netns = peer_netns;
-	m->local = k->remote;
-	m->remote = k->local;
-	m->local_port = k->remote_port;
-	m->remote_port = k->local_port;
-}
-
-static __always_inline void endpoint_of(__u64 netns, const struct ml_addr *a,
-					__u16 port, struct ml_endpoint *e)
-{
-	__builtin_memset(e, 0, sizeof(*e));
-	e->netns = netns;
-	e->addr = *a;
-	e->port = port;
-}
-
-static __always_inline void set_peer(const struct ml_sock_key *k,
-				     const struct ml_sock_key *peer)
-{
-	if (bpf_map_update_elem(&ml_peers, k, peer, BPF_ANY))
-		ml_count(ML_CNT_STATE_FULL, 1);
-}
-
-/* @k (an active end) is about to get a splice target: whatever it already
- * sent went through TCP, so it must drain before splicing starts. An
- * existing backpressure mark is stricter and stays. */
-static __always_inline void hold_until_drained(const struct ml_sock_key *k)
-{
-	__u8 v = ML_HOLD_UNTIL_DRAINED;
-	int err = bpf_map_update_elem(&ml_throttled, k, &v, BPF_NOEXIST);
-
-	if (err && err != -17 /* EEXIST */)
-		ml_count(ML_CNT_STATE_FULL, 1);
-}
-
-/* The passive end of a connection under a NAT redirect: the active socket
- * that opened it, found by its source endpoint. Returns 1 and fills
- * @partner when one is in ml_socks. */
-static __always_inline int nat_partner(const struct ml_sock_key *me,
-				       __u64 peer_netns,
-				       struct ml_sock_key *partner)
-{
-	struct ml_endpoint src;
-	struct ml_sock_key *active;
-
-	endpoint_of(peer_netns, &me->remote, me->remote_port, &src);
-	active = bpf_map_lookup_elem(&ml_active, &src);
-	if (!active)
-		return 0;
-	*partner = *active;
-	/* Mirror tuples need no explicit pairing. */
-	if (ml_addr_eq(&partner->remote, &me->local) &&
-	    partner->remote_port == me->local_port)
-		return 0;
-	/* An active socket has one passive end: consume the entry, so a later
-	 * connection whose NATed source happens to equal this endpoint (a
-	 * port clash remapped by conntrack) can never be paired with it. */
-	bpf_map_delete_elem(&ml_active, &src);
-	return 1;
-}
-
-/* The passive end's partner: the active socket that opened the connection,
- * if it is in ml_socks. Sets *nat when it was found across a redirect. */
-static __always_inline int find_partner(const struct ml_sock_key *me,
-					__u64 peer_netns,
-					struct ml_sock_key *partner, int *nat)
-{
-	struct ml_sock_key *theirs;
-
-	*nat = 0;
-	if (!peer_netns)
-		return 0;
-	mirror_key(me, peer_netns, partner);
-	theirs = bpf_map_lookup_elem(&ml_peers, partner);
-	if (theirs && ml_sock_key_eq(theirs, me))
-		return 1;
-	if (nat_partner(me, peer_netns, partner)) {
-		*nat = 1;
-		return 1;
-	}
-	return 0;
-}
-
-/* Remembers the socket's kernel address for the backpressure check. */
-static __always_inline void record_addr(struct bpf_sock_ops *skops,
-					const struct ml_sock_key *me)
-{
-	struct bpf_sock *sk = skops->sk;
-	__u64 addr;
-
-	if (!sk)
-		return;
-	addr = (__u64)sk;
-	if (bpf_map_update_elem(&ml_sock_addrs, me, &addr, BPF_ANY))
-		ml_count(ML_CNT_STATE_FULL, 1);
-}
-
-/* May this socket be spliced at all (see "Scope" above)? @proxy: it is
- * the pod's proxy's. */
-static __always_inline int spliceable(const struct ml_pod *pod,
-				      const struct ml_sock_key *me, int proxy)
-{
-	if (pod->flags & ML_POD_NO_SPLICE)
-		return 0;
-	if (ml_port_listed(&pod->exclude_splice_ports, me->local_port) ||
-	    ml_port_listed(&pod->exclude_splice_ports, me->remote_port))
-		return 0;
-	return proxy || (pod->flags & ML_POD_SPLICE_APPS);
-}
-
-/* Is this a connection of the proxy's inbound passthrough (@src is its
- * source, 127.0.0.6 or ::6) in a pod whose application sockets are not
- * spliced? Such a connection always ends at the application, so neither
- * end is ever spliced: deciding it at establish, from the address alone,
- * spares the active end a trip into ml_socks and out again (a psock set
- * up and torn down, and the pairing map writes and deletes). */
-static __always_inline int to_app_only(const struct ml_pod *pod,
-				       const struct ml_addr *src)
-{
-	return !(pod->flags & ML_POD_SPLICE_APPS) &&
-	       ml_is_inbound_passthrough_src(src);
-}
-
-/* Puts the socket in ml_socks; 0 on success. */
-static __always_inline int insert(struct bpf_sock_ops *skops,
-				  struct ml_sock_key *me)
-{
-	if (bpf_sock_hash_update(skops, &ml_socks, me, BPF_NOEXIST)) {
-		/* Full map or clash: this connection uses the TCP stack. */
-		ml_count(ML_CNT_SOCK_INSERT_FAILED, 1);
-		return -1;
-	}
-	ml_count(ML_CNT_SOCK_INSERTED, 1);
-	record_addr(skops, me);
-	/* Ask for state changes so the bookkeeping is removed at close. */
-	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags |
-						 BPF_SOCK_OPS_STATE_CB_FLAG);
-	return 0;
-}
-
-/* An active end whose passive end will not be spliced: out of ml_socks
- * again. Nothing can have been spliced to or from it yet (its passive end
- * was never in the map), and its peer has not been able to send. */
-static __always_inline void evict(struct ml_sock_key *active)
-{
-	struct ml_endpoint src;
-
-	if (!bpf_map_delete_elem(&ml_socks, active))
-		ml_count(ML_CNT_SOCK_EVICTED, 1);
-	endpoint_of(active->netns, &active->local, active->local_port, &src);
-	bpf_map_delete_elem(&ml_active, &src);
-	bpf_map_delete_elem(&ml_peers, active);
-	bpf_map_delete_elem(&ml_throttled, active);
-	bpf_map_delete_elem(&ml_sock_addrs, active);
-}
-
-/* The active end: in ml_socks when it may be spliced and its peer may be
- * local: a local address or, for an application socket in a pod with
- * istio-init's iptables, any address (the REDIRECT to the local proxy is
- * invisible here; the proxy's own connects are never redirected). */
-static __always_inline void on_active(struct bpf_sock_ops *skops,
-				      const struct ml_pod *pod,
-				      struct ml_sock_key *me, __u64 peer_netns)
-{
-	int proxy = sock_owner_uid(skops) == pod->proxy_uid;
-	struct ml_sock_key mirror;
-	struct ml_endpoint self;
-
-	if (!spliceable(pod, me, proxy) || to_app_only(pod, &me->local) ||
-	    (!peer_netns && (proxy || !(pod->flags & ML_POD_IPTABLES)))) {
-		ml_count(ML_CNT_SOCK_NOT_SPLICED, 1);
-		return;
-	}
-	if (insert(skops, me))
-		return;
-	endpoint_of(me->netns, &me->local, me->local_port, &self);
-	if (bpf_map_update_elem(&ml_active, &self, me, BPF_ANY))
-		ml_count(ML_CNT_STATE_FULL, 1);
-	/* Under a REDIRECT the partner is only known when the proxy's side is
-	 * established and pairs with us: until then messages take TCP. */
-	if (!peer_netns)
-		return;
-	mirror_key(me, peer_netns, &mirror);
-	set_peer(me, &mirror);
-}
-
-/* The passive end: joins its active end in ml_socks, or, when it may not
- * be spliced, takes the active end out. */
-static __always_inline void on_passive(struct bpf_sock_ops *skops,
-				       const struct ml_pod *pod,
-				       struct ml_sock_key *me,
-				       __u64 peer_netns)
-{
-	struct ml_sock_key partner;
-	int nat;
-
-	if (to_app_only(pod, &me->remote) ||
-	    !find_partner(me, peer_netns, &partner, &nat)) {
-		ml_count(ML_CNT_SOCK_NOT_SPLICED, 1);
-		return;
-	}
-	if (!spliceable(pod, me, sock_owner_uid(skops) == pod->proxy_uid)) {
-		ml_count(ML_CNT_SOCK_NOT_SPLICED, 1);
-		evict(&partner);
-		return;
-	}
-	/* The active end becomes able to splice as soon as we are in
-	 * ml_socks: whatever it sent so far went through TCP, so it waits
-	 * until that is drained. */
-	hold_until_drained(&partner);
-	if (insert(skops, me)) {
-		evict(&partner);
-		return;
-	}
-	set_peer(me, &partner);
-	if (nat) {
-		set_peer(&partner, me);
-		ml_count(ML_CNT_PAIRED_NAT, 1);
-	}
-}
-
-static __always_inline void on_established(struct bpf_sock_ops *skops,
-					   int passive)
-{
-	struct ml_sock_key me;
-	struct ml_pod *pod;
-	__u64 netns;
-
-	if (skops->family != AF_INET && skops->family != AF_INET6)
-		return;
-	if (!ml_splice_enabled)
-		return;
-	netns = bpf_get_netns_cookie(skops);
-	pod = bpf_map_lookup_elem(&ml_pods, &netns);
-	if (!pod)
-		return;
-	sock_key_from_ops(skops, netns, &me);
-	if (passive)
-		on_passive(skops, pod, &me, ml_peer_netns(netns, &me.remote));
-	else
-		on_active(skops, pod, &me, ml_peer_netns(netns, &me.remote));
-}
-
-/* Is this move to CLOSE a disconnect (connect(AF_UNSPEC)), after which
- * TCP has dropped the unread bytes of the old connection? Straight from
- * ESTABLISHED or CLOSE_WAIT with no socket error: an RST or a timeout sets
- * sk_err first (unread bytes stay readable, as in TCP), a half-closed
- * socket reaches CLOSE from FIN_WAIT or CLOSING through TIME_WAIT, and a
- * socket closed by its owner has already left ml_socks. */
-static __always_inline int disconnected(struct bpf_sock_ops *skops)
-{
-	__u32 old = skops->args[0];
-	struct sock___ml *sk;
-
-	if (old != BPF_TCP_ESTABLISHED && old != BPF_TCP_CLOSE_WAIT)
-		return 0;
-	if (!skops->sk)
-		return 0;
-	sk = (struct sock___ml *)bpf_skc_to_tcp_sock(skops->sk);
-	return sk && !sk->sk_err;
-}
-
-static __always_inline void on_close(struct bpf_sock_ops *skops)
-{
-	struct ml_sock_key me;
-	struct ml_endpoint self;
-	struct ml_sock_key *active;
-	__u64 netns, cookie;
-
-	if (skops->family != AF_INET && skops->family != AF_INET6)
-		return;
-	netns = bpf_get_netns_cookie(skops);
-	sock_key_from_ops(skops, netns, &me);
-	if (disconnected(skops) && !bpf_map_delete_elem(&ml_socks, &me))
-		ml_count(ML_CNT_DISCONNECT_PURGED, 1);
-	bpf_map_delete_elem(&ml_peers, &me);
-	bpf_map_delete_elem(&ml_throttled, &me);
-	bpf_map_delete_elem(&ml_sock_addrs, &me);
-	cookie = bpf_get_socket_cookie(skops);
-	bpf_map_delete_elem(&ml_rcv_cursor, &cookie);
-	endpoint_of(netns, &me.local, me.local_port, &self);
-	active = bpf_map_lookup_elem(&ml_active, &self);
-	/* Only remove the entry if it is this socket's (ports are reused). */
-	if (active && ml_addr_eq(&active->remote, &me.remote) &&
-	    active->remote_port == me.remote_port)
-		bpf_map_delete_elem(&ml_active, &self);
-}
-
+/* Splicing's sockops, for installs without interception. */
 SEC("sockops")
-int ml_splice_sockops(struct bpf_sock_ops *skops)
+int ml_sockops(struct bpf_sock_ops *skops)
 {
-	switch (skops->op) {
-	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
-		on_established(skops, 0);
-		break;
-	case BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB:
-		on_established(skops, 1);
-		break;
-	case BPF_SOCK_OPS_STATE_CB:
-		if (skops->args[1] == BPF_TCP_CLOSE)
-			on_close(skops);
-		break;
-	}
+	ml_splice_sockops(skops);
 	return 1;
 }
 
@@ -471,21 +118,21 @@ struct peer_state {
 	__u32 unread_tcp; /* bytes its TCP receive path holds unread */
 };
 
-/* Reads the peer's state; 0 when the socket is unknown or unreadable.
- * queued needs a kernel whose psock counts its queue (else counted = 0:
- * no backpressure there). The TCP receive counters are only needed before
- * splicing a held direction (@held), so the common path reads two fields. */
-static __always_inline int read_peer(struct ml_sock_key *peer, int held,
+/* Reads the peer's state from its kernel address @addr; 0 when it is not
+ * known (not paired yet, or closed) or unreadable. queued needs a kernel
+ * whose psock counts its queue (else counted = 0: no backpressure there).
+ * The TCP receive counters are only needed before splicing a held
+ * direction (@held), so the common path reads two fields. */
+static __always_inline int read_peer(__u64 addr, int held,
 				     struct peer_state *st)
 {
 	__u32 rcv_nxt = 0, copied_seq = 0;
-	__u64 *addr, psock = 0;
+	__u64 psock = 0;
 	void *sk;
 
-	addr = bpf_map_lookup_elem(&ml_sock_addrs, peer);
-	if (!addr || !*addr)
+	if (!addr)
 		return 0;
-	sk = (void *)*addr;
+	sk = (void *)addr;
 	if (bpf_core_field_exists(struct sk_psock___ml, msg_tot_len)) {
 		if (bpf_probe_read_kernel(&psock, sizeof(psock),
 					  sk + bpf_core_field_offset(struct sock___ml,
@@ -525,57 +172,83 @@ static __always_inline int tcp_path_idle(struct sk_msg_md *msg)
 	return tp && tp->snd_una == tp->write_seq;
 }
 
-/* May this message be spliced, or must it take TCP (backpressure, or a
- * direction that has not drained since pairing)? */
-static __always_inline int may_splice(struct sk_msg_md *msg,
-				      struct ml_sock_key *me,
-				      struct ml_sock_key *peer)
+/* What may_splice() decided for one message. */
+enum splice_verdict {
+	TAKE_TCP = 0,
+	SPLICE = 1,        /* nothing held */
+	SPLICE_RELEASE = 2 /* held, and drained: release the hold once the
+			    * redirect succeeded */
+};
+
+/* May this message of the socket whose state is @me be spliced, or must it
+ * take TCP (not paired yet, backpressure, or a direction that has not
+ * drained since pairing)? The hold is set and cleared in place: the entry
+ * lives as long as the socket is in ml_socks, and nothing else writes it
+ * once paired.
+ *
+ * Paired means the peer's address is known: the passive end writes it,
+ * after the hold, before it enters ml_socks. Reading the address first
+ * (volatile: in that order) closes the window where a sender saw no hold,
+ * the pair formed, and its message was spliced ahead of bytes it had sent
+ * through TCP (on x86, whose stores and loads keep their order). A hold is
+ * released only by a message that was really spliced (see ml_splice_msg). */
+static __always_inline enum splice_verdict may_splice(struct sk_msg_md *msg,
+						      struct ml_sock_state *me)
 {
 	struct peer_state st = {};
 	__u32 limit = ml_splice_queue_limit;
-	__u8 throttled = ML_HOLD_THROTTLED, *hold;
+	__u64 peer = *(volatile __u64 *)&me->peer_addr;
+	__u8 hold;
 
-	hold = bpf_map_lookup_elem(&ml_throttled, me);
+	if (!peer)
+		return TAKE_TCP;
+	hold = *(volatile __u8 *)&me->hold;
 	if (!hold) {
 		if (!limit || !read_peer(peer, 0, &st) || !st.counted ||
 		    st.queued < limit)
-			return 1;
-		if (bpf_map_update_elem(&ml_throttled, me, &throttled, BPF_ANY)) {
-			ml_count(ML_CNT_STATE_FULL, 1);
-			return 1; /* cannot remember it: keep splicing */
-		}
+			return SPLICE;
+		me->hold = ML_HOLD_THROTTLED;
 		ml_count(ML_CNT_SPLICE_THROTTLED, 1);
-		return 0;
+		return TAKE_TCP;
 	}
 	/* Held: splice again only when no byte of this direction is left on
 	 * the TCP path (acknowledged by the peer and read by its reader) and,
 	 * after backpressure, the peer's queue has drained to half. */
 	if (!read_peer(peer, 1, &st) || st.unread_tcp || !tcp_path_idle(msg))
-		return 0;
-	if (*hold == ML_HOLD_THROTTLED) {
-		if (st.queued > limit / 2)
-			return 0;
-		ml_count(ML_CNT_SPLICE_RESUMED, 1);
-	}
-	bpf_map_delete_elem(&ml_throttled, me);
-	return 1;
+		return TAKE_TCP;
+	if (hold == ML_HOLD_THROTTLED && st.queued > limit / 2)
+		return TAKE_TCP;
+	return SPLICE_RELEASE;
 }
 
 SEC("sk_msg")
 int ml_splice_msg(struct sk_msg_md *msg)
 {
-	struct ml_sock_key me, *peer;
+	enum splice_verdict v;
+	struct ml_sock_state *st;
+	struct ml_sock_key me;
 	__u64 len = msg->size;
 
 	sock_key_from_msg(msg, &me);
-	peer = bpf_map_lookup_elem(&ml_peers, &me);
-	/* bpf_msg_redirect_hash() returns SK_DROP when the peer is not in the
-	 * map; we pass instead, so the message takes the TCP stack. */
-	if (peer && may_splice(msg, &me, peer) &&
-	    bpf_msg_redirect_hash(msg, &ml_socks, peer, BPF_F_INGRESS) == SK_PASS) {
-		ml_count(ML_CNT_MSG_SPLICED, 1);
-		ml_count(ML_CNT_BYTES_SPLICED, len);
-		return SK_PASS;
+	st = bpf_map_lookup_elem(&ml_sock_state, &me);
+	/* A peer not known yet (netns 0: across a REDIRECT, before pairing)
+	 * takes TCP. bpf_msg_redirect_hash() returns SK_DROP when the peer is
+	 * not in the map; we pass instead, so the message takes the TCP stack,
+	 * and a hold stays: those bytes must drain before the next splice. */
+	if (st && st->peer.netns) {
+		v = may_splice(msg, st);
+		if (v != TAKE_TCP &&
+		    bpf_msg_redirect_hash(msg, &ml_socks, &st->peer,
+					  BPF_F_INGRESS) == SK_PASS) {
+			if (v == SPLICE_RELEASE) {
+				if (st->hold == ML_HOLD_THROTTLED)
+					ml_count(ML_CNT_SPLICE_RESUMED, 1);
+				st->hold = ML_HOLD_NONE;
+			}
+			ml_count(ML_CNT_MSG_SPLICED, 1);
+			ml_count(ML_CNT_BYTES_SPLICED, len);
+			return SK_PASS;
+		}
 	}
 	ml_count(ML_CNT_MSG_FALLBACK, 1);
 	ml_count(ML_CNT_BYTES_FALLBACK, len);

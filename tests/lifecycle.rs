@@ -56,7 +56,7 @@ fn agent_sigkill_restart_adopts_and_uninstall_removes_everything() {
     assert!(pods.iter().all(|p| p["mode"] == "accelerate"), "{st}");
     let links_before = link_ids(&st);
     assert!(
-        links_before.iter().any(|(p, _)| p == "ml_splice_sockops")
+        links_before.iter().any(|(p, _)| p == "ml_sockops")
             && links_before.iter().any(|(p, _)| p == "ml_splice_msg"),
         "status lacks the splice links: {links_before:?}"
     );

@@ -10,9 +10,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::datapath::{LinkId, PinLayout};
 
-/// Node-wide links whose pins must be present (the splice core; the
-/// interception hooks are checked when installed with them).
-const CORE_LINKS: [LinkId; 2] = [LinkId::SpliceSockops, LinkId::SpliceMsg];
+/// Node-wide links whose pins must be present (the sockops program and
+/// splicing's sk_msg; the interception hooks are checked when installed
+/// with them).
+const CORE_LINKS: [LinkId; 2] = [LinkId::Sockops, LinkId::SpliceMsg];
 
 #[derive(Debug, Default)]
 pub struct Readiness {

@@ -21,7 +21,7 @@ use super::names::{LinkId, MapId};
 
 /// Kernel-visible layout version; must equal MESHLANE_LAYOUT_VERSION in
 /// bpf/meshlane.h (checked against the object's .rodata at load).
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// Default pin root on a node.
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/meshlane";
@@ -236,5 +236,23 @@ impl PinLayout {
             })?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pin root of the layout before this one (per-socket state in
+    /// three maps, two sockops programs) is refused, never reused.
+    #[test]
+    fn pin_root_of_the_previous_layout_is_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let previous = format!("v{}", LAYOUT_VERSION - 1);
+        fs::create_dir(dir.path().join(&previous)).expect("making the old layout");
+        match PinLayout::new(dir.path()).check_version() {
+            Err(LayoutError::OtherVersion { found, .. }) => assert_eq!(found, previous),
+            other => panic!("{previous} was not refused: {other:?}"),
+        }
     }
 }

@@ -250,7 +250,7 @@ fn find_cgroup(id: u64) -> Option<PathBuf> {
 /// Adopting links that sit on another cgroup would report success while
 /// the asked cgroup stays bare.
 fn check_same_cgroup(layout: &PinLayout, cg_path: &Path) -> Result<(), LoadError> {
-    let Some(pinned) = pinned_link_cgroup(&layout.link(LinkId::SpliceSockops)) else {
+    let Some(pinned) = pinned_link_cgroup(&layout.link(LinkId::Sockops)) else {
         return Ok(());
     };
     if pinned == cgroup_id(cg_path)? {
@@ -478,7 +478,9 @@ fn install_inner(
         }
     }
 
-    // --- splice.bpf.o: sockops + sk_msg (+ verdict remedy) ---
+    // --- splice.bpf.o: sk_msg (+ verdict remedy), and sockops when
+    // interception is not installed (intercept.bpf.o's sockops program
+    // runs splicing's work besides its own: one program per callback) ---
     let mut splice_obj = MaybeUninit::uninit();
     let mut open = SpliceSkelBuilder::default()
         .open(&mut splice_obj)
@@ -503,15 +505,11 @@ fn install_inner(
     let splice = open.load().map_err(|e| load_err("splice", e))?;
     let socks_fd = splice.maps.ml_socks.as_fd().as_raw_fd();
 
-    let p = &splice.progs.ml_splice_sockops;
-    report.attachments.push(attach_or_adopt(
-        &layout.link(LinkId::SpliceSockops),
-        p,
-        || {
-            p.attach_cgroup(cg_fd)
-                .map_err(bpf("attaching sockops to the cgroup"))
-        },
-    )?);
+    if !cfg.intercept {
+        report
+            .attachments
+            .push(attach_sockops(layout, &splice.progs.ml_sockops, cg_fd)?);
+    }
     let p = &splice.progs.ml_splice_msg;
     report.attachments.push(attach_to_socks(
         &layout.link(LinkId::SpliceMsg),
@@ -541,12 +539,21 @@ fn install_inner(
     let mut open = InterceptSkelBuilder::default()
         .open(&mut icpt_obj)
         .map_err(bpf("opening intercept.bpf.o"))?;
+    if let Some(ro) = open.maps.rodata_data.as_deref_mut() {
+        ro.ml_splice_enabled = u32::from(report.plan.splice);
+    }
     prepare_maps(open.open_object_mut(), layout, cfg.sockhash_size)?;
     let icpt = open.load().map_err(|e| load_err("intercept", e))?;
     let progs = &icpt.progs;
+    if cfg.intercept {
+        // Adopting a splice-only install swaps this program into its
+        // sockops link: never both programs, never neither.
+        report
+            .attachments
+            .push(attach_sockops(layout, &progs.ml_sockops, cg_fd)?);
+    }
     let cgroup_progs: Vec<(LinkId, &libbpf_rs::ProgramMut<'_>)> = if cfg.intercept {
         vec![
-            (LinkId::InterceptSockops, &progs.ml_intercept_sockops),
             (LinkId::Connect4, &progs.ml_connect4),
             (LinkId::Connect6, &progs.ml_connect6),
             (LinkId::Getsockopt, &progs.ml_getsockopt),
@@ -572,6 +579,18 @@ fn install_inner(
     // Every pod's sk_lookup link gets this build's program.
     refresh_pod_links(layout);
     Ok(())
+}
+
+/// Attaches (or swaps into the pinned link) the node's one sockops program.
+fn attach_sockops(
+    layout: &PinLayout,
+    p: &libbpf_rs::ProgramMut<'_>,
+    cg_fd: i32,
+) -> Result<Attachment, LoadError> {
+    attach_or_adopt(&layout.link(LinkId::Sockops), p, || {
+        p.attach_cgroup(cg_fd)
+            .map_err(bpf("attaching sockops to the cgroup"))
+    })
 }
 
 /// Swaps a freshly loaded inbound program into every pinned pod link (an

@@ -1,8 +1,8 @@
 //! How big the per-socket LRU maps must be so the kernel never evicts an
 //! entry of a live socket.
 //!
-//! `ml_peers`, `ml_active`, `ml_throttled` and `ml_sock_addrs` hold at most
-//! one entry per socket in `ml_socks`, so `sockhash_size` entries would be
+//! `ml_sock_state` and `ml_active` hold at most one entry per socket in
+//! `ml_socks`, so `sockhash_size` entries would be
 //! enough for a plain hash. They are LRU hashes (a missed delete ages out
 //! instead of filling the map), and the kernel's LRU does not wait for the
 //! map to be full before it evicts. Each CPU keeps a local list of free
@@ -11,9 +11,10 @@
 //! fewer, evicts the difference from the inactive list — while other CPUs'
 //! local lists may still hold free nodes. With exactly `sockhash_size`
 //! entries, a small map or one close to full loses entries of live
-//! connections: a lost `ml_peers` entry stops a pair splicing, and a lost
-//! `ml_throttled` hold would let a direction resume splicing while its
-//! bytes are still on the TCP path, out of order.
+//! connections: a lost `ml_sock_state` entry stops a pair splicing, or
+//! drops the hold of a direction, which would then splice while its bytes
+//! are still on the TCP path, out of order (and splicing's close path,
+//! which trusts the entry's presence, would skip the socket).
 //!
 //! The remedy is room the batches can never exhaust: one batch per possible
 //! CPU (the most that can sit in local lists) plus one for the CPU taking
@@ -62,11 +63,8 @@ mod tests {
     #[test]
     fn lru_maps_get_one_batch_per_cpu_and_one_more() {
         assert_eq!(lru_capacity(17, 2), 17 + 3 * 128);
-        assert_eq!(install_capacity(MapId::Peers, 17, 2), Some(17 + 384));
-        assert_eq!(
-            install_capacity(MapId::Throttled, 65536, 1),
-            Some(65536 + 256)
-        );
+        assert_eq!(install_capacity(MapId::SockState, 17, 2), Some(17 + 384));
+        assert_eq!(install_capacity(MapId::Active, 65536, 1), Some(65536 + 256));
     }
 
     #[test]

@@ -17,14 +17,11 @@ pub enum MapId {
     PodIps,
     /// The sockhash of spliced sockets.
     Socks,
-    /// socket -> its peer's key (splicing).
-    Peers,
-    /// Active ends waiting for their passive end.
+    /// Splicing's state of each socket in the sockhash: its peer's key,
+    /// both kernel addresses (backpressure), the direction's hold.
+    SockState,
+    /// Active ends that may be behind a NAT, waiting for their passive end.
     Active,
-    /// Directions handed to TCP by backpressure.
-    Throttled,
-    /// Per-socket addresses for backpressure bookkeeping.
-    SockAddrs,
     /// Per-socket cursor of the stream verdict.
     RcvCursor,
     /// The per-CPU counter array.
@@ -51,14 +48,12 @@ pub enum MapId {
 
 impl MapId {
     /// Every shared map.
-    pub const ALL: [MapId; 18] = [
+    pub const ALL: [MapId; 16] = [
         MapId::Pods,
         MapId::PodIps,
         MapId::Socks,
-        MapId::Peers,
+        MapId::SockState,
         MapId::Active,
-        MapId::Throttled,
-        MapId::SockAddrs,
         MapId::RcvCursor,
         MapId::Counters,
         MapId::Listeners,
@@ -74,14 +69,12 @@ impl MapId {
 
     /// Maps whose entries can be counted by walking their keys (socket
     /// storage cannot be walked), in the order `status` lists them.
-    pub const WALKABLE: [MapId; 13] = [
-        MapId::Throttled,
+    pub const WALKABLE: [MapId; 11] = [
         MapId::RcvCursor,
-        MapId::SockAddrs,
         MapId::Pods,
         MapId::PodIps,
         MapId::Socks,
-        MapId::Peers,
+        MapId::SockState,
         MapId::Active,
         MapId::Listeners,
         MapId::OrigPending,
@@ -96,10 +89,8 @@ impl MapId {
             MapId::Pods => "ml_pods",
             MapId::PodIps => "ml_pod_ips",
             MapId::Socks => "ml_socks",
-            MapId::Peers => "ml_peers",
+            MapId::SockState => "ml_sock_state",
             MapId::Active => "ml_active",
-            MapId::Throttled => "ml_throttled",
-            MapId::SockAddrs => "ml_sock_addrs",
             MapId::RcvCursor => "ml_rcv_cursor",
             MapId::Counters => "ml_counters",
             MapId::Listeners => "ml_listeners",
@@ -121,10 +112,7 @@ impl MapId {
 
     /// Whether it is an LRU hash (see [`super::lru`] for what that costs).
     pub const fn is_lru(self) -> bool {
-        matches!(
-            self,
-            MapId::Peers | MapId::Active | MapId::Throttled | MapId::SockAddrs
-        )
+        matches!(self, MapId::SockState | MapId::Active)
     }
 
     /// Whether the install sizes it with `sockhash_size` (one entry per
@@ -132,13 +120,7 @@ impl MapId {
     pub const fn sized_by_sockhash(self) -> bool {
         matches!(
             self,
-            MapId::Socks
-                | MapId::RcvCursor
-                | MapId::Peers
-                | MapId::Active
-                | MapId::Throttled
-                | MapId::SockAddrs
-                | MapId::OrigPending
+            MapId::Socks | MapId::RcvCursor | MapId::SockState | MapId::Active | MapId::OrigPending
         )
     }
 }
@@ -154,14 +136,13 @@ impl std::fmt::Display for MapId {
 /// there themselves, see `loader`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum LinkId {
-    /// Splicing's sockops on the cgroup.
-    SpliceSockops,
+    /// The one sockops program on the cgroup: splice.bpf.o's in a
+    /// splice-only install, intercept.bpf.o's (both features) otherwise.
+    Sockops,
     /// sk_msg on the sockhash.
     SpliceMsg,
     /// The stream verdict on the sockhash (when the plan attaches it).
     SpliceVerdict,
-    /// Interception's sockops on the cgroup.
-    InterceptSockops,
     Connect4,
     Connect6,
     Getsockopt,
@@ -175,9 +156,9 @@ pub enum LinkId {
 }
 
 impl LinkId {
-    /// The interception hooks on the cgroup.
-    pub const INTERCEPT: [LinkId; 11] = [
-        LinkId::InterceptSockops,
+    /// The interception hooks on the cgroup (its sockops work rides in the
+    /// one sockops program, [`LinkId::Sockops`]).
+    pub const INTERCEPT: [LinkId; 10] = [
         LinkId::Connect4,
         LinkId::Connect6,
         LinkId::Getsockopt,
@@ -193,10 +174,9 @@ impl LinkId {
     /// The attached program's name, and the pin's file name.
     pub const fn pin_name(self) -> &'static str {
         match self {
-            LinkId::SpliceSockops => "ml_splice_sockops",
+            LinkId::Sockops => "ml_sockops",
             LinkId::SpliceMsg => "ml_splice_msg",
             LinkId::SpliceVerdict => "ml_splice_verdict",
-            LinkId::InterceptSockops => "ml_intercept_sockops",
             LinkId::Connect4 => "ml_connect4",
             LinkId::Connect6 => "ml_connect6",
             LinkId::Getsockopt => "ml_getsockopt",
@@ -276,11 +256,7 @@ mod tests {
     #[test]
     fn every_link_names_a_program_of_the_objects() {
         let (_, progs) = object_names();
-        let all = [
-            LinkId::SpliceSockops,
-            LinkId::SpliceMsg,
-            LinkId::SpliceVerdict,
-        ];
+        let all = [LinkId::Sockops, LinkId::SpliceMsg, LinkId::SpliceVerdict];
         for l in all.iter().chain(LinkId::INTERCEPT.iter()) {
             assert!(progs.contains(l.pin_name()), "{l} is no program: {progs:?}");
         }

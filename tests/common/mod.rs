@@ -508,7 +508,7 @@ pub fn assert_spliced(node: &Node, d: &SpliceCounters, expected: u64, what: &str
     );
 }
 
-/// Entries of the per-connection maps: (ml_socks, ml_peers, ml_active).
+/// Entries of the per-connection maps: (ml_socks, ml_sock_state, ml_active).
 /// Panics when a map is missing (a missing map must not read as empty).
 pub fn connection_entries(node: &Node) -> (usize, usize, usize) {
     let entries = |map: MapId| {
@@ -518,7 +518,7 @@ pub fn connection_entries(node: &Node) -> (usize, usize, usize) {
     };
     (
         entries(MapId::Socks),
-        entries(MapId::Peers),
+        entries(MapId::SockState),
         entries(MapId::Active),
     )
 }
@@ -528,18 +528,15 @@ pub fn connection_entries(node: &Node) -> (usize, usize, usize) {
 /// The node's maps are private to the test, so zero means zero.
 pub fn assert_no_leak(node: &Node) {
     let deadline = Instant::now() + Duration::from_secs(10);
-    let per_socket = |map: MapId| node.entries(map);
     loop {
         let left = connection_entries(node);
-        // Backpressure bookkeeping is per socket too.
-        let (addrs, throttled) = (per_socket(MapId::SockAddrs), per_socket(MapId::Throttled));
-        if left == (0, 0, 0) && addrs == 0 && throttled == 0 {
+        if left == (0, 0, 0) {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "entries left after every connection closed: ml_socks {}, ml_peers {}, ml_active {}, \
-             ml_sock_addrs {addrs}, ml_throttled {throttled}",
+            "entries left after every connection closed: ml_socks {}, ml_sock_state {}, \
+             ml_active {}",
             left.0,
             left.1,
             left.2
