@@ -93,7 +93,8 @@ struct {
  * socket's reader (key: socket cookie). The verdict cuts any part of a
  * segment below it (see ml_splice_verdict). A plain hash, not an LRU: a
  * live cursor must never be evicted; ml_socks bounds how many exist.
- * Writer: stream verdict (splice.bpf.c). Deleted by sockops at close. */
+ * Writer: stream verdict (splice.bpf.c; never for a closed socket).
+ * Deleted by sockops at close. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);

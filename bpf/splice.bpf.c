@@ -285,6 +285,19 @@ static __always_inline int trim_head(struct __sk_buff *skb, __u32 n)
 	return n ? -1 : 0;
 }
 
+/* Is @skb's socket already in TCP_CLOSE? A socket that shut down its
+ * writing side and then gets its peer's FIN in FIN_WAIT2 closes (its state
+ * callback deletes its cursor) before that FIN's skb reaches the verdict,
+ * while its owner still holds it. No more segments can come for it, so
+ * its cursor must not be created again: nothing would delete it, and a
+ * full ml_rcv_cursor would leave later sockets without one. */
+static __always_inline int socket_closed(struct __sk_buff *skb)
+{
+	struct bpf_sock *sk = skb->sk;
+
+	return sk && sk->state == BPF_TCP_CLOSE;
+}
+
 /* Stream verdict: attached only when the data path needs TCP-path bytes
  * on the psock's queue (see src/loader.rs). It passes every byte to the
  * socket's own reader exactly once: the kernel hands it whole skbs from
@@ -313,7 +326,8 @@ int ml_splice_verdict(struct __sk_buff *skb)
 	end = (__s32)(seqs[1] - start) > 0 ? seqs[1] : start;
 	if (cursor)
 		*cursor = end;
-	else if (bpf_map_update_elem(&ml_rcv_cursor, &cookie, &end, BPF_ANY))
+	else if (!socket_closed(skb) &&
+		 bpf_map_update_elem(&ml_rcv_cursor, &cookie, &end, BPF_ANY))
 		ml_count(ML_CNT_STATE_FULL, 1);
 	if ((__s32)(start - seqs[0]) <= 0)
 		return SK_PASS;

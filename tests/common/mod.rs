@@ -508,9 +508,10 @@ pub fn assert_spliced(node: &Node, d: &SpliceCounters, expected: u64, what: &str
     );
 }
 
-/// Entries of the per-connection maps: (ml_socks, ml_sock_state, ml_active).
-/// Panics when a map is missing (a missing map must not read as empty).
-pub fn connection_entries(node: &Node) -> (usize, usize, usize) {
+/// Entries of the per-connection maps: (ml_socks, ml_sock_state, ml_active,
+/// ml_rcv_cursor). Panics when a map is missing (a missing map must not
+/// read as empty).
+pub fn connection_entries(node: &Node) -> (usize, usize, usize, usize) {
     let entries = |map: MapId| {
         meshlane::status::map_fill(&node.layout, map)
             .unwrap_or_else(|| panic!("map {map} is not pinned under the node's pin root"))
@@ -520,6 +521,7 @@ pub fn connection_entries(node: &Node) -> (usize, usize, usize) {
         entries(MapId::Socks),
         entries(MapId::SockState),
         entries(MapId::Active),
+        entries(MapId::RcvCursor),
     )
 }
 
@@ -530,16 +532,17 @@ pub fn assert_no_leak(node: &Node) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let left = connection_entries(node);
-        if left == (0, 0, 0) {
+        if left == (0, 0, 0, 0) {
             return;
         }
         assert!(
             Instant::now() < deadline,
             "entries left after every connection closed: ml_socks {}, ml_sock_state {}, \
-             ml_active {}",
+             ml_active {}, ml_rcv_cursor {}",
             left.0,
             left.1,
-            left.2
+            left.2,
+            left.3
         );
         std::thread::sleep(Duration::from_millis(50));
     }
