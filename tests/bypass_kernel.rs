@@ -21,7 +21,7 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::backend_id::{dial, id_server};
+use common::backend_id::{dial, echo_until_eof, id_server, serve_each};
 use common::require_root_env;
 use meshlane::datapath::{
     BypassClockMap, BypassCountersMap, BypassEndpoint, BypassEndpointsMap, BypassServicesMap,
@@ -457,24 +457,13 @@ fn ipv6_vips_bypass_to_ipv6_endpoints_and_a_family_mismatch_keeps_the_sidecar() 
 /// `id` and `reply` more bytes, then its FIN; it then reads until the
 /// client's.
 fn closing_server(pod: &Pod, port: u16, id: u8, reply: usize) {
-    let (tx, rx) = std::sync::mpsc::channel();
-    pod.thread(move || {
-        let l = common::listen(SocketAddr::new(IpAddr::V4([0, 0, 0, 0].into()), port));
-        tx.send(()).expect("report");
-        for s in l.incoming() {
-            let Ok(mut s) = s else { break };
-            std::thread::spawn(move || {
-                let mut out = vec![7u8; reply + 1];
-                out[0] = id;
-                if s.write_all(&out).is_err() || s.shutdown(Shutdown::Write).is_err() {
-                    return;
-                }
-                let _ = std::io::copy(&mut s, &mut std::io::sink());
-            });
+    serve_each(pod, any_v4(port), move |mut s| {
+        let mut out = vec![7u8; reply + 1];
+        out[0] = id;
+        if s.write_all(&out).is_ok() && s.shutdown(Shutdown::Write).is_ok() {
+            let _ = std::io::copy(&mut s, &mut std::io::sink());
         }
-    })
-    .expect("server thread");
-    rx.recv_timeout(Duration::from_secs(5)).expect("server up");
+    });
 }
 
 /// A server in `pod` on `port` that never closes first: each connection
@@ -483,28 +472,15 @@ fn closing_server(pod: &Pod, port: u16, id: u8, reply: usize) {
 /// arrive (as an orphan, its socket leaves for TIME_WAIT once its own FIN
 /// is acked).
 fn slow_closing_echo_server(pod: &Pod, port: u16, id: u8) {
-    let (tx, rx) = std::sync::mpsc::channel();
-    pod.thread(move || {
-        let l = common::listen(SocketAddr::new(IpAddr::V4([0, 0, 0, 0].into()), port));
-        tx.send(()).expect("report");
-        for s in l.incoming() {
-            let Ok(mut s) = s else { break };
-            std::thread::spawn(move || {
-                if s.write_all(&[id]).is_err() {
-                    return;
-                }
-                let mut buf = [0u8; 4096];
-                while let Ok(n @ 1..) = s.read(&mut buf) {
-                    if s.write_all(&buf[..n]).is_err() {
-                        return;
-                    }
-                }
-                std::thread::sleep(Duration::from_secs(3));
-            });
+    serve_each(pod, any_v4(port), move |mut s| {
+        if s.write_all(&[id]).is_ok() && echo_until_eof(&mut s) {
+            std::thread::sleep(Duration::from_secs(3));
         }
-    })
-    .expect("server thread");
-    rx.recv_timeout(Duration::from_secs(5)).expect("server up");
+    });
+}
+
+fn any_v4(port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4([0, 0, 0, 0].into()), port)
 }
 
 /// (opened, closed, sent, received) of `key` once every opened
