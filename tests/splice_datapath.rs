@@ -246,6 +246,19 @@ fn thousand_concurrent_connections_loopback() {
 
 // ----------------------------------------------------------------- leaks ---
 
+/// One 4 KiB echo on each stream (stream `i` sends bytes of value `i`).
+fn echo_once_each(streams: &mut [TcpStream]) {
+    let deadline = Instant::now() + LIMIT;
+    for (i, st) in streams.iter_mut().enumerate() {
+        let msg = payload(4096, i as u8);
+        write_all_by(st, &msg, deadline).expect("write");
+        assert!(
+            read_exact_by(st, msg.len(), deadline) == msg,
+            "echo {i} differs"
+        );
+    }
+}
+
 /// The leak check must see entries to mean anything: with connections
 /// open, every per-connection map holds them; after close, nothing.
 #[test]
@@ -261,25 +274,17 @@ fn no_entries_left_after_connections_close() {
             .expect("entering the client pod");
         streams.append(&mut some);
     }
-    let deadline = Instant::now() + LIMIT;
-    for (i, st) in streams.iter_mut().enumerate() {
-        let msg = payload(4096, i as u8);
-        write_all_by(st, &msg, deadline).expect("write");
-        assert!(
-            read_exact_by(st, msg.len(), deadline) == msg,
-            "echo {i} differs"
-        );
-    }
-    let (socks, peers, active, _) = connection_entries(&s.node);
+    echo_once_each(&mut streams);
+    let (socks, state, active, _) = connection_entries(&s.node);
     assert_eq!(
         socks,
         2 * OPEN,
         "ml_socks while {OPEN} connections are open"
     );
     assert_eq!(
-        peers,
+        state,
         2 * OPEN,
-        "ml_peers while {OPEN} connections are open"
+        "ml_sock_state while {OPEN} connections are open"
     );
     assert_eq!(active, OPEN, "ml_active while {OPEN} connections are open");
     // Half by a clean close, half by reset.
@@ -311,15 +316,7 @@ fn intercept_pods_pair_without_the_nat_registration() {
     let mut streams: Vec<TcpStream> = (0..OPEN)
         .map(|_| connect_spliced(&node, &pod, to))
         .collect();
-    let deadline = Instant::now() + LIMIT;
-    for (i, st) in streams.iter_mut().enumerate() {
-        let msg = payload(4096, i as u8);
-        write_all_by(st, &msg, deadline).expect("write");
-        assert!(
-            read_exact_by(st, msg.len(), deadline) == msg,
-            "echo {i} differs"
-        );
-    }
+    echo_once_each(&mut streams);
     let (socks, state, active, _) = connection_entries(&node);
     assert_eq!(
         (socks, state, active),
