@@ -414,6 +414,12 @@ static __always_inline void ml_splice_close(struct bpf_sock_ops *skops)
 	__u64 cookie, addr;
 	__u8 flags;
 
+	/* The cursor goes first and whatever the state says: a socket whose
+	 * owner closed it can linger (FIN_WAIT2, LAST_ACK) while new sockets
+	 * push ml_sock_state past the sockhash's size, and an evicted state
+	 * must not leave its cursor behind. */
+	cookie = bpf_get_socket_cookie(skops);
+	bpf_map_delete_elem(&ml_rcv_cursor, &cookie);
 	ml_sock_key_from_ops(skops, bpf_get_netns_cookie(skops), &me);
 	st = bpf_map_lookup_elem(&ml_sock_state, &me);
 	if (!st)
@@ -430,8 +436,6 @@ static __always_inline void ml_splice_close(struct bpf_sock_ops *skops)
 			peer->peer_addr = 0;
 	}
 	bpf_map_delete_elem(&ml_sock_state, &me);
-	cookie = bpf_get_socket_cookie(skops);
-	bpf_map_delete_elem(&ml_rcv_cursor, &cookie);
 	if (flags & ML_SOCK_IN_ACTIVE)
 		ml_forget_active(&me);
 }
