@@ -302,7 +302,16 @@ fn merge(
             reasons.extend(j.http_reasons.iter().cloned());
         }
         losses.extend(j.losses.iter().copied());
-        if j.original_dst && matches!(key, DestKey::Inbound { .. }) {
+        if matches!(key, DestKey::Inbound { .. }) {
+            if !j.original_dst {
+                // A fixed endpoint (a Sidecar ingress defaultEndpoint,
+                // 127.0.0.1 or another port): the flow as dialled would
+                // not reach what the sidecar reaches.
+                reasons.insert(Reason::new(
+                    R::InboundClusterNotOriginalDst,
+                    format!("{key}: cluster {name} is not the original destination (the pod at the address dialled)"),
+                ));
+            }
             continue; // inbound delivers to the address dialled: the app
         }
         if j.original_dst {
@@ -325,6 +334,13 @@ fn merge(
             format!("{key}: no cluster reached"),
         ));
     }
+    let inbound = matches!(key, DestKey::Inbound { .. });
+    if inbound && !policy.inbound_passthrough && !reasons.iter().any(|r| r.code.blocks()) {
+        reasons.insert(Reason::new(
+            R::InboundPassthroughPolicy,
+            format!("{key}: plain pass-through, but inboundPassthrough is off"),
+        ));
+    }
     let blocked = reasons.iter().any(|r| r.code.blocks());
     let reasons: Vec<Reason> = if blocked {
         reasons.into_iter().filter(|r| r.code.blocks()).collect()
@@ -341,10 +357,10 @@ fn merge(
     };
     Destination {
         destination: key.clone(),
-        decision: if blocked {
-            Verdict::Sidecar
-        } else {
-            Verdict::Bypass
+        decision: match (blocked, inbound) {
+            (true, _) => Verdict::Sidecar,
+            (false, true) => Verdict::Passthrough,
+            (false, false) => Verdict::Bypass,
         },
         listeners: listeners.into_iter().collect(),
         hostnames: hostnames.into_iter().collect(),
