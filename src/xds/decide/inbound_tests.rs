@@ -251,6 +251,25 @@ fn a_chain_chosen_by_source_keeps_the_sidecar() {
 }
 
 #[test]
+fn a_port_some_plaintext_flows_match_no_chain_of_keeps_the_sidecar() {
+    // Only HTTP (ALPN) flows match: the sidecar drops the others.
+    flips(9000, ReasonCode::ChainMatchNotKeyable, |v| {
+        chains(v)[1]["filterChainMatch"]["applicationProtocols"] = json!(["http/1.1", "h2c"]);
+    });
+    // Only IPv4 destinations: an IPv6 flow to the port matches nothing.
+    flips(9000, ReasonCode::ChainMatchNotKeyable, |v| {
+        chains(v)[1]["filterChainMatch"]["prefixRanges"] =
+            json!([{"addressPrefix": "0.0.0.0", "prefixLen": 0}]);
+    });
+    // Both families' any-address ranges: every flow.
+    let mut v = base();
+    chains(&mut v)[1]["filterChainMatch"]["prefixRanges"] = json!([
+        {"addressPrefix": "0.0.0.0", "prefixLen": 0}, {"addressPrefix": "::", "prefixLen": 0}]);
+    let d = decide_json(&v, &on());
+    assert_eq!(of(&d, "inbound:9000").decision, Verdict::Passthrough);
+}
+
+#[test]
 fn a_port_without_a_chain_of_its_own_is_only_the_wildcard() {
     let d = decide_json(&base(), &on());
     assert!(d

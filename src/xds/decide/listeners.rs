@@ -69,6 +69,10 @@ pub fn candidates(
         let mut tls_ports = BTreeSet::new();
         let mut own_ports = BTreeSet::new();
         let mut default_tls = false;
+        let mut default_plain = false;
+        // Per port, the families (IPv4, IPv6) a plaintext chain takes
+        // every flow of (no ALPN, SNI or source criteria).
+        let mut catch_all: BTreeMap<u16, (bool, bool)> = BTreeMap::new();
         let original_dst = l.use_original_dst.is_some_and(|b| b.value);
         let mut listener_reasons = Vec::new();
         if let Some(p) = dump::first_unparsed(l.metadata.as_ref()) {
@@ -107,6 +111,13 @@ pub fn candidates(
                     tls_ports.insert(inbound_port);
                 }
                 continue;
+            }
+            if inbound && is_default {
+                default_plain = true;
+            } else if inbound && inbound_port != 0 {
+                let (v4, v6) = plain_catch_all(&m);
+                let c = catch_all.entry(inbound_port).or_default();
+                *c = (c.0 || v4, c.1 || v6);
             }
             let mut base = Candidate {
                 listener: l.name.clone(),
@@ -240,6 +251,13 @@ pub fn candidates(
                 }
             }
         }
+        if !default_plain {
+            for p in &own_ports {
+                if catch_all.get(p) != Some(&(true, true)) {
+                    inbound_partial_port(&mut out, &l.name, *p);
+                }
+            }
+        }
         if default_tls {
             tls_ports.insert(0);
             tls_ports.extend(own_ports.iter().copied());
@@ -249,6 +267,63 @@ pub fn candidates(
         }
     }
     out
+}
+
+/// The families a plaintext inbound chain takes every flow of: none when
+/// it also matches on ALPN, SNI or the source (the sidecar drops what
+/// matches no chain), both without destination ranges, else those of its
+/// zero-length (any address) ranges.
+fn plain_catch_all(m: &envoy_types::pb::envoy::config::listener::v3::FilterChainMatch) -> (bool, bool) {
+    if !m.application_protocols.is_empty()
+        || !m.server_names.is_empty()
+        || !m.source_prefix_ranges.is_empty()
+        || !m.direct_source_prefix_ranges.is_empty()
+        || !m.source_ports.is_empty()
+        || m.source_type != 0
+    {
+        return (false, false);
+    }
+    if m.prefix_ranges.is_empty() {
+        return (true, true);
+    }
+    let any = |c: &CidrRange| c.prefix_len.map_or(0, |l| l.value) == 0;
+    let family = |v4: bool| {
+        m.prefix_ranges.iter().any(|c| {
+            any(c)
+                && c
+                    .address_prefix
+                    .parse::<IpAddr>()
+                    .is_ok_and(|ip| ip.is_ipv4() == v4)
+        })
+    };
+    (family(true), family(false))
+}
+
+/// An inbound port of `listener` some plaintext flows match no chain of
+/// (the sidecar would drop them): it keeps the sidecar.
+fn inbound_partial_port(out: &mut BTreeMap<DestKey, Vec<Candidate>>, listener: &str, port: u16) {
+    let key = DestKey::Inbound { port };
+    let why = Reason::new(
+        R::ChainMatchNotKeyable,
+        format!("listener {listener}: no plaintext chain takes every flow to {key} (ALPN, SNI, source or address criteria): the sidecar drops what matches none"),
+    );
+    let cands = out.entry(key).or_default();
+    let mut found = false;
+    for c in cands.iter_mut().filter(|c| c.listener == listener && c.rank == 1) {
+        c.reasons.push(why.clone());
+        found = true;
+    }
+    if !found {
+        cands.push(Candidate {
+            listener: listener.to_string(),
+            http: false,
+            rank: 1,
+            targets: Vec::new(),
+            reasons: vec![why],
+            losses: Vec::new(),
+            hostnames: Vec::new(),
+        });
+    }
 }
 
 /// An inbound port one of `listener`'s chains serves over TLS: with
