@@ -292,17 +292,23 @@ fn merge(
     // One cluster reached: its (sorted) endpoint list, shared.
     let mut only: Option<Arc<[Endpoint]>> = None;
     let total_weight: u64 = targets.iter().map(|(_, w)| u64::from(*w)).sum();
-    for (name, w) in &targets {
-        let Some(j) = clusters.get(name.as_str()) else {
-            continue;
-        };
-        reasons.extend(j.reasons.iter().cloned());
-        hostnames.extend(j.hosts.iter().cloned());
-        if http {
-            reasons.extend(j.http_reasons.iter().cloned());
-        }
-        losses.extend(j.losses.iter().copied());
-        if matches!(key, DestKey::Inbound { .. }) {
+    if matches!(key, DestKey::Inbound { .. }) {
+        // Every chain that can take the flow counts, not the first one's
+        // clusters only: each must deliver to the address dialled.
+        let all: BTreeSet<&String> = effective
+            .iter()
+            .flat_map(|c| c.targets.iter().map(|(n, _)| n))
+            .collect();
+        for name in all {
+            let Some(j) = clusters.get(name.as_str()) else {
+                continue;
+            };
+            reasons.extend(j.reasons.iter().cloned());
+            hostnames.extend(j.hosts.iter().cloned());
+            if http {
+                reasons.extend(j.http_reasons.iter().cloned());
+            }
+            losses.extend(j.losses.iter().copied());
             if !j.original_dst {
                 // A fixed endpoint (a Sidecar ingress defaultEndpoint,
                 // 127.0.0.1 or another port): the flow as dialled would
@@ -312,8 +318,18 @@ fn merge(
                     format!("{key}: cluster {name} is not the original destination (the pod at the address dialled)"),
                 ));
             }
-            continue; // inbound delivers to the address dialled: the app
         }
+    }
+    for (name, w) in targets.iter().filter(|_| !matches!(key, DestKey::Inbound { .. })) {
+        let Some(j) = clusters.get(name.as_str()) else {
+            continue;
+        };
+        reasons.extend(j.reasons.iter().cloned());
+        hostnames.extend(j.hosts.iter().cloned());
+        if http {
+            reasons.extend(j.http_reasons.iter().cloned());
+        }
+        losses.extend(j.losses.iter().copied());
         if j.original_dst {
             if matches!(key, DestKey::Service { .. } | DestKey::Hostname { .. })
                 || !policy.bypass_passthrough

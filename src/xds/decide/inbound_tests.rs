@@ -172,6 +172,20 @@ fn a_plaintext_default_chain_to_another_cluster_keeps_the_sidecar() {
 }
 
 #[test]
+fn every_chain_of_a_port_is_judged_not_only_the_first() {
+    // The default chain (also a candidate for 9000) reaches an
+    // original-destination cluster that speaks TLS to the app.
+    flips(9000, ReasonCode::TlsTransportSocket, |v| {
+        v["configs"][0]["dynamicListeners"][0]["activeState"]["listener"]["defaultFilterChain"] =
+            json!({"filters": [tcp_proxy("tls-to-app")]});
+        let mut c = inbound_cluster("tls-to-app");
+        c["cluster"]["transportSocket"] = json!({"name": "envoy.transport_sockets.tls", "typedConfig": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"}});
+        v["configs"][1]["dynamicActiveClusters"].as_array_mut().unwrap().push(c);
+    });
+}
+
+#[test]
 fn rbac_and_authz_keep_the_sidecar() {
     flips(9000, ReasonCode::NetworkFilterNotAllowed, |v| {
         tcp_filters(v).insert(0, json!({"name": "envoy.filters.network.rbac", "typedConfig": {
