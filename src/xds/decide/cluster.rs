@@ -92,7 +92,7 @@ pub fn judge(name: &str, res: &ProxyResources, policy: &BypassPolicy) -> Cluster
     };
     if kind == DISCOVERY_ORIGINAL_DST {
         out.original_dst = true;
-        if let Some(o) = &c.original_dst_lb_config {
+        if let Some(cluster::LbConfig::OriginalDstLbConfig(o)) = &c.lb_config {
             if o.use_http_header
                 || !o.http_header_name.is_empty()
                 || o.upstream_port_override.is_some()

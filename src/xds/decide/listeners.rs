@@ -300,29 +300,19 @@ fn plain_catch_all(m: &envoy_types::pb::envoy::config::listener::v3::FilterChain
 }
 
 /// An inbound port of `listener` some plaintext flows match no chain of
-/// (the sidecar would drop them): it keeps the sidecar.
+/// (the sidecar would drop them): its plaintext chains keep the sidecar.
 fn inbound_partial_port(out: &mut BTreeMap<DestKey, Vec<Candidate>>, listener: &str, port: u16) {
     let key = DestKey::Inbound { port };
     let why = Reason::new(
         R::ChainMatchNotKeyable,
         format!("listener {listener}: no plaintext chain takes every flow to {key} (ALPN, SNI, source or address criteria): the sidecar drops what matches none"),
     );
-    let cands = out.entry(key).or_default();
-    let mut found = false;
-    for c in cands.iter_mut().filter(|c| c.listener == listener && c.rank == 1) {
-        c.reasons.push(why.clone());
-        found = true;
-    }
-    if !found {
-        cands.push(Candidate {
-            listener: listener.to_string(),
-            http: false,
-            rank: 1,
-            targets: Vec::new(),
-            reasons: vec![why],
-            losses: Vec::new(),
-            hostnames: Vec::new(),
-        });
+    // A port with no plaintext chain at all is served by TLS chains only:
+    // `inbound_tls_port` says so.
+    for c in out.get_mut(&key).into_iter().flatten() {
+        if c.listener == listener && c.rank == 1 {
+            c.reasons.push(why.clone());
+        }
     }
 }
 
