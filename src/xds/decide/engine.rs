@@ -309,7 +309,8 @@ fn merge(
                 reasons.extend(j.http_reasons.iter().cloned());
             }
             losses.extend(j.losses.iter().copied());
-            if !j.original_dst {
+            let missing = j.reasons.iter().any(|r| r.code == R::ClusterMissing);
+            if !j.original_dst && !missing {
                 // A fixed endpoint (a Sidecar ingress defaultEndpoint,
                 // 127.0.0.1 or another port): the flow as dialled would
                 // not reach what the sidecar reaches.
