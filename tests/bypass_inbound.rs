@@ -139,8 +139,14 @@ impl Mesh {
         // other's own config (its Envoy's node id and the agent's for it).
         let scoped = snapshot_of(&[(9000, InboundShape::Rbac)]);
         for id in [
-            format!("sidecar~{}~{}.default~default.svc.cluster.local", other.ip4, other.name),
-            format!("sidecar~{}~other.default~default.svc.cluster.local", other.ip4),
+            format!(
+                "sidecar~{}~{}.default~default.svc.cluster.local",
+                other.ip4, other.name
+            ),
+            format!(
+                "sidecar~{}~other.default~default.svc.cluster.local",
+                other.ip4
+            ),
         ] {
             ads.update_node(&id, scoped.clone());
         }
@@ -203,15 +209,18 @@ impl Mesh {
     }
 
     fn cookie(&self, name: &str) -> Option<u64> {
-        PodsMap::open(self.layout()).ok()?.iter().find_map(|(c, p)| {
-            let n: Vec<u8> = p
-                .name
-                .iter()
-                .take_while(|b| **b != 0)
-                .map(|b| *b as u8)
-                .collect();
-            (n == name.as_bytes()).then_some(c)
-        })
+        PodsMap::open(self.layout())
+            .ok()?
+            .iter()
+            .find_map(|(c, p)| {
+                let n: Vec<u8> = p
+                    .name
+                    .iter()
+                    .take_while(|b| **b != 0)
+                    .map(|b| *b as u8)
+                    .collect();
+                (n == name.as_bytes()).then_some(c)
+            })
     }
 
     fn kernel_entries(&self) -> BTreeSet<InboundPassKey> {
@@ -274,8 +283,15 @@ impl Mesh {
         let passed = self.node.counter("inbound_passthrough");
         let listener_before = self.inbound_listener_cx(name);
         let (peer, via_sidecar) = self.route(name, port);
-        assert_eq!(peer, IpAddr::V4(self.cli.ip4), "{name}:{port}: the app saw the client");
-        assert!(!via_sidecar, "{name}:{port}: the sidecar opened no connection");
+        assert_eq!(
+            peer,
+            IpAddr::V4(self.cli.ip4),
+            "{name}:{port}: the app saw the client"
+        );
+        assert!(
+            !via_sidecar,
+            "{name}:{port}: the sidecar opened no connection"
+        );
         assert_eq!(
             self.inbound_listener_cx(name),
             listener_before,
@@ -287,7 +303,10 @@ impl Mesh {
     /// The flow went through the pod's sidecar.
     fn assert_sidecar(&self, name: &str, port: u16) {
         let (peer, via_sidecar) = self.route(name, port);
-        assert_eq!(peer, SIDECAR_SOURCE, "{name}:{port}: forwarded by the sidecar");
+        assert_eq!(
+            peer, SIDECAR_SOURCE,
+            "{name}:{port}: forwarded by the sidecar"
+        );
         assert!(via_sidecar, "{name}:{port}: counted by the sidecar");
     }
 
@@ -373,9 +392,11 @@ fn only_a_pods_own_plain_pass_through_ports_skip_its_sidecar() {
     // start) and writes it again once dst's stream is synced; its own
     // gauge says when.
     let _agent = m.agent(&m.config(true));
-    m.wait("dst:9000's entry from the new agent", Duration::from_secs(30), || {
-        m.metric("meshlane_bypass_inbound_passthrough_ports ") == Some(1.0)
-    });
+    m.wait(
+        "dst:9000's entry from the new agent",
+        Duration::from_secs(30),
+        || m.metric("meshlane_bypass_inbound_passthrough_ports ") == Some(1.0),
+    );
     assert_eq!(m.kernel_entries(), want);
     m.assert_direct("dst", 9000);
 

@@ -209,7 +209,11 @@ fn inbound_ports_show_their_decision_and_why() {
     let dump = fixtures().join("istio-1.10.0_sidecar_bookinfo-details-v1.json");
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("agent.yaml");
-    std::fs::write(&config, "bypass:\n  policies:\n    inboundPassthrough: true\n").unwrap();
+    std::fs::write(
+        &config,
+        "bypass:\n  policies:\n    inboundPassthrough: true\n",
+    )
+    .unwrap();
     let args = [
         "--config-dump",
         dump.to_str().unwrap(),
@@ -223,7 +227,10 @@ fn inbound_ports_show_their_decision_and_why() {
         .lines()
         .find(|l| l.starts_with("inbound:9080 "))
         .unwrap_or_else(|| panic!("no inbound:9080 line in {table}"));
-    assert!(line.contains("SIDECAR") && line.contains("inbound|9080||"), "{line}");
+    assert!(
+        line.contains("SIDECAR") && line.contains("inbound|9080||"),
+        "{line}"
+    );
     assert!(table.contains("inbound_mtls_permissive: "), "{table}");
     let mut json_args = args.to_vec();
     json_args.push("--json");

@@ -159,10 +159,7 @@ impl BypassSync {
 
     /// Brings `ml_inbound_pass` to `wanted` (walking what it holds, so
     /// entries of pods gone while no agent ran go too).
-    fn apply_inbound(
-        &self,
-        wanted: &BTreeSet<InboundPassKey>,
-    ) -> Result<InboundApplied, MapError> {
+    fn apply_inbound(&self, wanted: &BTreeSet<InboundPassKey>) -> Result<InboundApplied, MapError> {
         let map = InboundPassMap::open(&self.layout)?;
         let present: BTreeSet<InboundPassKey> = map.keys().into_iter().collect();
         let mut pinned = PinnedInbound {

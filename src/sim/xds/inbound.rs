@@ -73,9 +73,17 @@ pub fn add_inbound_port(
         ..Default::default()
     };
     if shape == InboundShape::Permissive {
-        listener.filter_chains.insert(0, chain(format!("0.0.0.0_{port}-tls"), "tls"));
-        listener.filter_chains.insert(0, chain(format!("0.0.0.0_{port}"), "raw_buffer"));
-        if !listener.listener_filters.iter().any(|f| f.name == TLS_INSPECTOR) {
+        listener
+            .filter_chains
+            .insert(0, chain(format!("0.0.0.0_{port}-tls"), "tls"));
+        listener
+            .filter_chains
+            .insert(0, chain(format!("0.0.0.0_{port}"), "raw_buffer"));
+        if !listener
+            .listener_filters
+            .iter()
+            .any(|f| f.name == TLS_INSPECTOR)
+        {
             listener.listener_filters.push(ListenerFilter {
                 name: TLS_INSPECTOR.into(),
                 config_type: Some(listener_filter::ConfigType::TypedConfig(any(
@@ -85,10 +93,15 @@ pub fn add_inbound_port(
             });
         }
     } else {
-        listener.filter_chains.insert(0, chain(format!("0.0.0.0_{port}"), ""));
+        listener
+            .filter_chains
+            .insert(0, chain(format!("0.0.0.0_{port}"), ""));
     }
     snap.add(INBOUND_LISTENER, &listener);
-    snap.add(cluster.clone(), &passthrough_cluster(&cluster, Some("127.0.0.6")));
+    snap.add(
+        cluster.clone(),
+        &passthrough_cluster(&cluster, Some("127.0.0.6")),
+    );
     Ok(())
 }
 
@@ -159,7 +172,12 @@ mod tests {
                 .map(|x| (x.decision, x.reasons.clone()))
                 .unwrap_or_else(|| panic!("no inbound:{port}"))
         };
-        assert_eq!(verdict(9000).0, Verdict::Passthrough, "{:#?}", verdict(9000).1);
+        assert_eq!(
+            verdict(9000).0,
+            Verdict::Passthrough,
+            "{:#?}",
+            verdict(9000).1
+        );
         assert_eq!(verdict(9001).0, Verdict::Sidecar);
         assert_eq!(verdict(9002).0, Verdict::Sidecar);
         assert_eq!(d.inbound_passthrough_ports(), vec![9000]);

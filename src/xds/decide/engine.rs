@@ -321,7 +321,10 @@ fn merge(
             }
         }
     }
-    for (name, w) in targets.iter().filter(|_| !matches!(key, DestKey::Inbound { .. })) {
+    for (name, w) in targets
+        .iter()
+        .filter(|_| !matches!(key, DestKey::Inbound { .. }))
+    {
         let Some(j) = clusters.get(name.as_str()) else {
             continue;
         };

@@ -97,8 +97,16 @@ fn flips(port: u16, code: ReasonCode, edit: impl FnOnce(&mut Value)) {
     edit(&mut v);
     let d = decide_json(&v, &on());
     let x = of(&d, &format!("inbound:{port}"));
-    assert_eq!(x.decision, Verdict::Sidecar, "inbound:{port} should keep the sidecar");
-    assert!(codes(x).contains(&code), "inbound:{port}: {code:?} not in {:#?}", x.reasons);
+    assert_eq!(
+        x.decision,
+        Verdict::Sidecar,
+        "inbound:{port} should keep the sidecar"
+    );
+    assert!(
+        codes(x).contains(&code),
+        "inbound:{port}: {code:?} not in {:#?}",
+        x.reasons
+    );
     assert!(!d.inbound_passthrough_ports().contains(&port));
 }
 
@@ -108,7 +116,10 @@ fn plain_pass_through_ports_are_passthrough_under_the_policy() {
     for port in [9000, 8080] {
         let x = of(&d, &format!("inbound:{port}"));
         assert_eq!(x.decision, Verdict::Passthrough, "{port}: {:#?}", x.reasons);
-        assert!(x.endpoints.is_empty(), "inbound decisions carry no endpoints");
+        assert!(
+            x.endpoints.is_empty(),
+            "inbound decisions carry no endpoints"
+        );
     }
     assert_eq!(d.inbound_passthrough_ports(), vec![8080, 9000]);
     // Outbound consumers never see inbound ports.
@@ -157,7 +168,8 @@ fn a_port_served_only_over_tls_keeps_the_sidecar() {
 fn a_tls_default_chain_can_serve_every_port_and_keeps_the_sidecar() {
     for port in [9000, 8080] {
         flips(port, ReasonCode::InboundMtlsPermissive, |v| {
-            v["configs"][0]["dynamicListeners"][0]["activeState"]["listener"]["defaultFilterChain"] = json!({
+            v["configs"][0]["dynamicListeners"][0]["activeState"]["listener"]
+                ["defaultFilterChain"] = json!({
                 "filterChainMatch": {"transportProtocol": "tls"}, "filters": [tcp_proxy("InboundPassthroughClusterIpv4")]});
         });
     }
@@ -181,7 +193,10 @@ fn every_chain_of_a_port_is_judged_not_only_the_first() {
         let mut c = inbound_cluster("tls-to-app");
         c["cluster"]["transportSocket"] = json!({"name": "envoy.transport_sockets.tls", "typedConfig": {
             "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"}});
-        v["configs"][1]["dynamicActiveClusters"].as_array_mut().unwrap().push(c);
+        v["configs"][1]["dynamicActiveClusters"]
+            .as_array_mut()
+            .unwrap()
+            .push(c);
     });
 }
 
@@ -202,7 +217,10 @@ fn rbac_and_authz_keep_the_sidecar() {
         "istio.envoy.config.filter.http.authn.v2alpha1.FilterConfig",
     ] {
         flips(8080, ReasonCode::HttpFilterNotAllowed, |v| {
-            http_filters(v).insert(0, json!({"name": "x", "typedConfig": {"@type": format!("type.googleapis.com/{ty}")}}));
+            http_filters(v).insert(
+                0,
+                json!({"name": "x", "typedConfig": {"@type": format!("type.googleapis.com/{ty}")}}),
+            );
         });
     }
 }
@@ -213,16 +231,25 @@ fn active_faults_other_wasm_ecds_and_unknown_filters_keep_the_sidecar() {
         http_filters(v)[0]["typedConfig"]["abort"] = json!({"httpStatus": 503});
     });
     flips(8080, ReasonCode::HttpFilterNotAllowed, |v| {
-        http_filters(v).insert(0, json!({"name": "acme.plugin", "typedConfig": {
+        http_filters(v).insert(
+            0,
+            json!({"name": "acme.plugin", "typedConfig": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
             "config": {"vmConfig": {"runtime": "envoy.wasm.runtime.v8",
-                "code": {"local": {"inlineString": "acme.authorize"}}}}}}));
+                "code": {"local": {"inlineString": "acme.authorize"}}}}}}),
+        );
     });
     flips(8080, ReasonCode::EcdsUnresolved, |v| {
-        http_filters(v).insert(0, json!({"name": "acme.ecds", "configDiscovery": {"configSource": {"ads": {}}}}));
+        http_filters(v).insert(
+            0,
+            json!({"name": "acme.ecds", "configDiscovery": {"configSource": {"ads": {}}}}),
+        );
     });
     flips(9000, ReasonCode::UnknownFilterType, |v| {
-        tcp_filters(v).insert(0, json!({"name": "x", "typedConfig": {"@type": "type.googleapis.com/acme.Mystery"}}));
+        tcp_filters(v).insert(
+            0,
+            json!({"name": "x", "typedConfig": {"@type": "type.googleapis.com/acme.Mystery"}}),
+        );
     });
 }
 
@@ -250,8 +277,7 @@ fn a_cluster_that_is_not_the_original_destination_keeps_the_sidecar() {
     });
     // A TLS transport socket towards the app.
     flips(9000, ReasonCode::TlsTransportSocket, |v| {
-        v["configs"][1]["dynamicActiveClusters"][0]["cluster"]["transportSocket"] =
-            json!({"name": "envoy.transport_sockets.tls", "typedConfig": {
+        v["configs"][1]["dynamicActiveClusters"][0]["cluster"]["transportSocket"] = json!({"name": "envoy.transport_sockets.tls", "typedConfig": {
                 "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"}});
     });
 }
@@ -296,7 +322,10 @@ fn a_port_without_a_chain_of_its_own_is_only_the_wildcard() {
 
 #[test]
 fn the_real_istio_dumps_keep_their_inbound_ports_on_the_sidecar() {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/istio/configdumps");
+    let dir = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/istio/configdumps"
+    );
     // istio 1.10, PERMISSIVE by default: an mTLS chain beside the
     // plaintext one, and Istio's authn filter.
     let text = std::fs::read_to_string(format!(
@@ -307,7 +336,11 @@ fn the_real_istio_dumps_keep_their_inbound_ports_on_the_sidecar() {
     let d = decide(&parsed.resources, &on());
     let x = of(&d, "inbound:9080");
     assert_eq!(x.decision, Verdict::Sidecar);
-    assert!(codes(x).contains(&ReasonCode::InboundMtlsPermissive), "{:#?}", x.reasons);
+    assert!(
+        codes(x).contains(&ReasonCode::InboundMtlsPermissive),
+        "{:#?}",
+        x.reasons
+    );
     // istioctl's authz test data: RBAC and ext_authz on its inbound ports.
     let text = std::fs::read_to_string(format!(
         "{dir}/partial_listeners-only_istioctl-authz-testdata_sidecar_rbac-extauthz.json"

@@ -273,7 +273,9 @@ pub fn candidates(
 /// it also matches on ALPN, SNI or the source (the sidecar drops what
 /// matches no chain), both without destination ranges, else those of its
 /// zero-length (any address) ranges.
-fn plain_catch_all(m: &envoy_types::pb::envoy::config::listener::v3::FilterChainMatch) -> (bool, bool) {
+fn plain_catch_all(
+    m: &envoy_types::pb::envoy::config::listener::v3::FilterChainMatch,
+) -> (bool, bool) {
     if !m.application_protocols.is_empty()
         || !m.server_names.is_empty()
         || !m.source_prefix_ranges.is_empty()
@@ -290,8 +292,7 @@ fn plain_catch_all(m: &envoy_types::pb::envoy::config::listener::v3::FilterChain
     let family = |v4: bool| {
         m.prefix_ranges.iter().any(|c| {
             any(c)
-                && c
-                    .address_prefix
+                && c.address_prefix
                     .parse::<IpAddr>()
                     .is_ok_and(|ip| ip.is_ipv4() == v4)
         })
