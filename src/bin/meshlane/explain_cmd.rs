@@ -155,7 +155,7 @@ fn table(d: &Decisions) -> String {
             Verdict::Bypass => "BYPASS",
             Verdict::Sidecar => "SIDECAR",
         };
-        let clusters: Vec<&str> = x.clusters.iter().map(|(c, _)| c.as_str()).collect();
+        let clusters: Vec<&str> = x.clusters.iter().map(|(c, _)| &**c).collect();
         out.push_str(&format!(
             "{:<28} {:<8} {}\n",
             x.destination.to_string(),

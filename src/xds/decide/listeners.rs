@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::{address, socket_address, Address, CidrRange};
 use envoy_types::pb::envoy::config::listener::v3::filter;
@@ -17,25 +18,46 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{tcp_pr
 use prost::Message;
 
 use super::filters::{self, Place};
-use super::reason::{Loss, Reason, ReasonCode as R};
-use super::route::{self, Targets};
+use super::reason::{Loss, Losses, Reason, ReasonCode as R};
+use super::route;
 use super::{BypassPolicy, DestKey};
 use crate::xds::typeurl::{self as t};
 use crate::xds::{dump, ProxyResources};
 
+/// Clusters reached, by their shared names, with their weights.
+pub type SharedTargets = Vec<(Arc<str>, u32)>;
+
 /// One way a destination key is served: a chain, or a virtual host of it.
+/// Held for the life of a decision state (re-merged on EDS changes), so
+/// names are shared and lists kept at their length.
 #[derive(Debug, Clone)]
 pub struct Candidate {
-    pub listener: String,
+    pub listener: Arc<str>,
     /// Chain matched only for sniffed HTTP (application_protocols set).
     pub http: bool,
     /// Envoy's precedence: 2 address listener, 1 prefix-range chain,
     /// 0 wildcard chain / Host-routed virtual host.
     pub rank: u8,
-    pub targets: Targets,
+    pub targets: SharedTargets,
     pub reasons: Vec<Reason>,
-    pub losses: Vec<Loss>,
-    pub hostnames: Vec<String>,
+    pub losses: Losses,
+    pub hostnames: Vec<Arc<str>>,
+}
+
+impl Candidate {
+    fn shrink(&mut self) {
+        self.targets.shrink_to_fit();
+        self.reasons.shrink_to_fit();
+        self.hostnames.shrink_to_fit();
+    }
+}
+
+/// The held cluster's own name (shared), or a new one for a cluster that
+/// is not held.
+fn shared_name(res: &ProxyResources, name: &str) -> Arc<str> {
+    res.clusters
+        .get_key_value(name)
+        .map_or_else(|| Arc::from(name), |(k, _)| Arc::clone(k))
 }
 
 const TRAFFIC_INBOUND: i32 = 1;
@@ -48,9 +70,22 @@ pub fn candidates(
     res: &ProxyResources,
     policy: &BypassPolicy,
 ) -> BTreeMap<DestKey, Vec<Candidate>> {
+    let mut out = all_candidates(res, policy);
+    for cands in out.values_mut() {
+        cands.shrink_to_fit();
+        cands.iter_mut().for_each(Candidate::shrink);
+    }
+    out
+}
+
+fn all_candidates(
+    res: &ProxyResources,
+    policy: &BypassPolicy,
+) -> BTreeMap<DestKey, Vec<Candidate>> {
     let mut out: BTreeMap<DestKey, Vec<Candidate>> = BTreeMap::new();
     for held in res.listeners.values() {
         let l = &held.decode();
+        let listener_name = Arc::clone(&held.name);
         let Some((ip, port)) = socket(l.address.as_ref()) else {
             continue;
         };
@@ -97,12 +132,12 @@ pub fn candidates(
                 plain_ports.insert(inbound_port);
             }
             let mut base = Candidate {
-                listener: l.name.clone(),
+                listener: Arc::clone(&listener_name),
                 http: !m.application_protocols.is_empty(),
                 rank: 0,
                 targets: Vec::new(),
                 reasons: listener_reasons.clone(),
-                losses: Vec::new(),
+                losses: Losses::default(),
                 hostnames: Vec::new(),
             };
             if !m.server_names.is_empty()
@@ -188,6 +223,7 @@ pub fn candidates(
                 (t::TCP_PROXY, Some(a)) => {
                     tcp(
                         &TcpProxy::decode(a.value.as_slice()).unwrap_or_default(),
+                        res,
                         &l.name,
                         &mut base,
                     );
@@ -232,12 +268,12 @@ pub fn candidates(
                 ),
             );
             out.entry(key).or_default().push(Candidate {
-                listener: l.name.clone(),
+                listener: Arc::clone(&listener_name),
                 http: false,
                 rank: 1,
                 targets: Vec::new(),
                 reasons: vec![why],
-                losses: Vec::new(),
+                losses: Losses::default(),
                 hostnames: Vec::new(),
             });
         }
@@ -297,9 +333,11 @@ fn cidr_key(c: &CidrRange, port: u16, base: &mut Candidate) -> (DestKey, u8) {
     }
 }
 
-fn tcp(p: &TcpProxy, listener: &str, c: &mut Candidate) {
+fn tcp(p: &TcpProxy, res: &ProxyResources, listener: &str, c: &mut Candidate) {
     match &p.cluster_specifier {
-        Some(tcp_proxy::ClusterSpecifier::Cluster(name)) => c.targets.push((name.clone(), 1)),
+        Some(tcp_proxy::ClusterSpecifier::Cluster(name)) => {
+            c.targets.push((shared_name(res, name), 1))
+        }
         Some(tcp_proxy::ClusterSpecifier::WeightedClusters(w)) => {
             for x in &w.clusters {
                 if x.metadata_match.is_some() {
@@ -311,7 +349,7 @@ fn tcp(p: &TcpProxy, listener: &str, c: &mut Candidate) {
                         ),
                     ));
                 }
-                c.targets.push((x.name.clone(), x.weight));
+                c.targets.push((shared_name(res, &x.name), x.weight));
             }
         }
         None => c.reasons.push(Reason::new(
@@ -468,7 +506,7 @@ fn http(
                 ));
             }
             for vh in chosen {
-                add_vhost(&mut c, &rc, vh, policy);
+                add_vhost(&mut c, res, &rc, vh, policy);
             }
             out.entry(key).or_default().push(c);
         }
@@ -483,11 +521,11 @@ fn http(
             .cloned()
             .collect();
         let mut c = base.clone();
-        add_vhost(&mut c, &rc, vh, policy);
+        add_vhost(&mut c, res, &rc, vh, policy);
         c.hostnames = names
             .iter()
             .filter(|d| !d.contains(':') && *d != "*")
-            .cloned()
+            .map(|d| Arc::from(d.as_str()))
             .collect();
         if !ips.is_empty() {
             if !policy.bypass_host_routed_listeners {
@@ -521,9 +559,16 @@ fn http(
     }
 }
 
-fn add_vhost(c: &mut Candidate, rc: &RouteConfiguration, vh: &VirtualHost, policy: &BypassPolicy) {
+fn add_vhost(
+    c: &mut Candidate,
+    res: &ProxyResources,
+    rc: &RouteConfiguration,
+    vh: &VirtualHost,
+    policy: &BypassPolicy,
+) {
     let j = route::judge(rc, vh, policy);
-    c.targets.extend(j.targets);
+    c.targets
+        .extend(j.targets.iter().map(|(n, w)| (shared_name(res, n), *w)));
     c.reasons.extend(j.reasons);
     c.losses.extend(j.losses);
 }
