@@ -136,8 +136,10 @@ impl<T> SetPool<T> {
 /// comparing the sets.
 #[derive(Debug, Default)]
 pub struct NameSetPool {
-    entries: Mutex<HashMap<u64, Vec<Weak<BTreeSet<Arc<str>>>>>>,
+    entries: Mutex<HashMap<u64, Vec<WeakNames>>>,
 }
+
+type WeakNames = Weak<BTreeSet<Arc<str>>>;
 
 impl NameSetPool {
     /// The shared set equal to `names` (a new one when it is the first).
