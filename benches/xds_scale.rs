@@ -30,7 +30,11 @@
 //!   from the update to the new decision holding the moved endpoint (the
 //!   client polls the decisions every 0.5 ms, so up to that much is
 //!   polling) with the `meshlane_bypass_redecide_duration_seconds` view of
-//!   the same work (re-decide wall time inside the blocking thread).
+//!   the same work (re-decide wall time inside the blocking thread);
+//! - the decision state's memory: RSS, live heap and peak RSS right after
+//!   every identity's first decisions (before the agent's heap trim), and
+//!   the live heap one decision state holds (an `Engine::new` on identity
+//!   0's resources, measured while it is alive, after those readings).
 //!
 //! Options: `-- --services N --endpoints-per-service N --identities N
 //! --changes N --settle-ms N --json`. No root needed.
@@ -304,15 +308,20 @@ fn client_main(socket: PathBuf, identities: u32, settle: Duration) -> Result<()>
             .pod(&key)
             .context("identity 0 has a stream")?
             .resources;
+        let destinations = full.destinations.len();
+        drop(full);
+        // Read before the bench's own engine below (which is not the
+        // agent's: its freed temporaries would count as the agent's).
+        let (decided_rss, decided_hwm) = rss_kib();
+        let (decided_inuse, _, _) = heap_kib();
+        let heap0 = heap_kib().0;
         let cpu0 = cpu_ns();
         let engine = Engine::new(&held, BypassPolicy::default());
         let engine_cpu = cpu_ns() - cpu0;
+        let engine_heap = heap_kib().0.saturating_sub(heap0);
         drop(engine);
-        let destinations = full.destinations.len();
-        drop(full);
-        let (decided_rss, _) = rss_kib();
-        let (decided_inuse, _, _) = heap_kib();
-        println!("full {full_wall} {engine_cpu} {destinations} {decided_rss} {decided_inuse}");
+        eprintln!("client: one decision state (Engine::new on identity 0's resources) holds {engine_heap} KiB of live heap");
+        println!("full {full_wall} {engine_cpu} {destinations} {decided_rss} {decided_inuse} {decided_hwm} {engine_heap}");
         let mut watch = client.watch(&key).context("identity 0 has a stream")?;
         let mut stdin = BufReader::new(std::io::stdin()).lines();
         while let Some(Ok(line)) = stdin.next() {
@@ -439,9 +448,14 @@ struct RunResult {
     rss_synced_trimmed_kib: u64,
     /// Bytes of live heap allocations (mallinfo2 `uordblks`), synced.
     heap_synced_kib: u64,
-    /// VmRSS and live heap once every identity is decided.
+    /// VmRSS and live heap once every identity is decided (before the
+    /// agent's heap trim), and the process's peak RSS until then.
     rss_decided_kib: u64,
     heap_decided_kib: u64,
+    hwm_decided_kib: u64,
+    /// Live heap of one decision state (an `Engine::new` on identity 0's
+    /// resources, measured while it is alive).
+    engine_heap_kib: u64,
     heap_after_changes_kib: u64,
     rss_after_changes_kib: u64,
     rss_after_changes_trimmed_kib: u64,
@@ -494,7 +508,9 @@ fn run(cli: &Cli, base: &Snapshot, services: &[Service], identities: u32) -> Res
         bail!("client said {synced:?}");
     }
     let full = client.line()?;
-    let [ftag, full_wall, full_cpu, dests, decided_rss, decided_inuse] = full.as_slice() else {
+    let [ftag, full_wall, full_cpu, dests, decided_rss, decided_inuse, decided_hwm, engine_heap] =
+        full.as_slice()
+    else {
         bail!("client said {full:?}");
     };
     if ftag != "full" {
@@ -502,6 +518,7 @@ fn run(cli: &Cli, base: &Snapshot, services: &[Service], identities: u32) -> Res
     }
     let (full_wall, full_cpu, dests) = (full_wall.clone(), full_cpu.clone(), dests.clone());
     let (decided_rss, decided_inuse) = (decided_rss.clone(), decided_inuse.clone());
+    let (decided_hwm, engine_heap) = (decided_hwm.clone(), engine_heap.clone());
     let mut dlat = Vec::new();
     let mut dcpu = Vec::new();
     let mut current = base.clone();
@@ -576,6 +593,8 @@ fn run(cli: &Cli, base: &Snapshot, services: &[Service], identities: u32) -> Res
         heap_synced_kib: num(inuse),
         rss_decided_kib: num(&decided_rss),
         heap_decided_kib: num(&decided_inuse),
+        hwm_decided_kib: num(&decided_hwm),
+        engine_heap_kib: num(&engine_heap),
         heap_after_changes_kib: after.get(4).map_or(0, |v| num(v)),
         rss_after_changes_trimmed_kib: after.get(3).map_or(0, |v| num(v)),
         eds_change_p50_ms: percentile(&lat, 0.5),
@@ -633,9 +652,9 @@ fn bench(cli: &Cli) -> Result<()> {
     for n in [1, cli.identities] {
         let r = run(cli, &base, &services, n)?;
         eprintln!(
-            "{n} identities: synced in {:.0} ms, RSS {} -> {} KiB (peak {}, trimmed {}, heap in use {}), decided {} KiB (heap in use {}), after changes {} KiB (trimmed {}, heap in use {}); EDS change p50 {:.2} ms p99 {:.2} ms max {:.2} ms, client CPU p50 {:.2} ms p99 {:.2} ms",
+            "{n} identities: synced in {:.0} ms, RSS {} -> {} KiB (peak {}, trimmed {}, heap in use {}), decided {} KiB (heap in use {}, peak so far {}, one decision state {}), after changes {} KiB (trimmed {}, heap in use {}); EDS change p50 {:.2} ms p99 {:.2} ms max {:.2} ms, client CPU p50 {:.2} ms p99 {:.2} ms",
             r.sync_ms, r.rss_before_kib, r.rss_synced_kib, r.hwm_synced_kib, r.rss_synced_trimmed_kib, r.heap_synced_kib,
-            r.rss_decided_kib, r.heap_decided_kib,
+            r.rss_decided_kib, r.heap_decided_kib, r.hwm_decided_kib, r.engine_heap_kib,
             r.rss_after_changes_kib, r.rss_after_changes_trimmed_kib, r.heap_after_changes_kib,
             r.eds_change_p50_ms, r.eds_change_p99_ms, r.eds_change_max_ms,
             r.eds_change_cpu_p50_ms, r.eds_change_cpu_p99_ms

@@ -102,7 +102,8 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::xds::decide::{DestKey, Destination, Verdict};
+    use crate::xds::decide::reason::Losses;
+    use crate::xds::decide::{DestKey, Destination, EndpointList, Verdict};
 
     fn dest(port: u16, decision: Verdict) -> Arc<Destination> {
         Arc::new(Destination {
@@ -112,8 +113,8 @@ mod tests {
             hostnames: Vec::new(),
             clusters: Vec::new(),
             reasons: Vec::new(),
-            losses: Vec::new(),
-            endpoints: Arc::default(),
+            losses: Losses::default(),
+            endpoints: EndpointList::default(),
         })
     }
 

@@ -49,7 +49,7 @@ pub fn wanted_for_pod(netns: u64, decisions: &Decisions) -> PodEntries {
     let mut out = PodEntries::default();
     for (dest, endpoints) in decisions.service_map() {
         let key = ServiceKey { netns, dest };
-        match endpoint_set(dest, endpoints) {
+        match endpoint_set(dest, endpoints.iter()) {
             Ok(set) => {
                 out.services.insert(key, set);
             }
@@ -62,9 +62,12 @@ pub fn wanted_for_pod(netns: u64, decisions: &Decisions) -> PodEntries {
 /// The kernel's endpoint set for a destination: Envoy uses the lowest
 /// priority that has (healthy) endpoints; the kernel knows no health, so
 /// that is the lowest priority present.
-pub fn endpoint_set(dest: SocketAddr, endpoints: &[Endpoint]) -> Result<Vec<BypassEndpoint>, Skip> {
-    let usable: Vec<&Endpoint> = endpoints
-        .iter()
+pub fn endpoint_set(
+    dest: SocketAddr,
+    endpoints: impl IntoIterator<Item = Endpoint>,
+) -> Result<Vec<BypassEndpoint>, Skip> {
+    let usable: Vec<Endpoint> = endpoints
+        .into_iter()
         .filter(|e| e.weight > 0 && e.port != 0 && e.address.is_ipv4() == dest.is_ipv4())
         .collect();
     let Some(priority) = usable.iter().map(|e| e.priority).min() else {

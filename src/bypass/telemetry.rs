@@ -47,7 +47,7 @@ impl Labels {
             .clusters
             .iter()
             .find_map(|(c, _)| c.split('|').nth(3).filter(|h| !h.is_empty()))
-            .or_else(|| dest.hostnames.first().map(String::as_str))
+            .or_else(|| dest.hostnames.first().map(|h| &**h))
             .unwrap_or("unknown");
         let mut parts = host.split('.');
         let name = parts.next().filter(|n| !n.is_empty()).unwrap_or("unknown");
@@ -217,11 +217,11 @@ mod tests {
             },
             decision: Verdict::Bypass,
             listeners: vec![],
-            hostnames: hostnames.iter().map(|s| s.to_string()).collect(),
-            clusters: clusters.iter().map(|s| (s.to_string(), 100)).collect(),
+            hostnames: hostnames.iter().map(|s| Arc::from(*s)).collect(),
+            clusters: clusters.iter().map(|s| (Arc::from(*s), 100)).collect(),
             reasons: vec![],
-            losses: vec![],
-            endpoints: Vec::new().into(),
+            losses: Default::default(),
+            endpoints: Default::default(),
         }
     }
 

@@ -153,7 +153,7 @@ fn table(d: &Decisions) -> String {
     let mut out = String::new();
     for x in &d.destinations {
         let verdict = x.decision.as_str();
-        let clusters: Vec<&str> = x.clusters.iter().map(|(c, _)| c.as_str()).collect();
+        let clusters: Vec<&str> = x.clusters.iter().map(|(c, _)| &**c).collect();
         out.push_str(&format!(
             "{:<28} {:<11} {}\n",
             x.destination.to_string(),

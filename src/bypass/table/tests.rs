@@ -74,7 +74,7 @@ fn dest(vip: &str, verdict: Verdict, endpoints: Vec<Endpoint>) -> Arc<Destinatio
         hostnames: vec![],
         clusters: vec![],
         reasons: vec![],
-        losses: vec![],
+        losses: Default::default(),
         endpoints: endpoints.into(),
     })
 }
@@ -131,7 +131,7 @@ fn only_bypass_services_of_the_lowest_priority_and_the_vip_family() {
 fn the_same_address_twice_merges_and_huge_weights_keep_their_ratio() {
     let set = endpoint_set(
         "10.96.0.1:80".parse().unwrap(),
-        &[
+        [
             ep("10.1.0.1:80", 3 << 40, 0),
             ep("10.1.0.2:80", (1 << 40) + 1, 0),
             ep("10.1.0.1:80", 1 << 40, 0),
@@ -147,7 +147,7 @@ fn the_same_address_twice_merges_and_huge_weights_keep_their_ratio() {
         .map(|i| ep(&format!("10.1.{}.{}:80", i / 200, i % 200 + 1), 1, 0))
         .collect();
     assert_eq!(
-        endpoint_set("10.96.0.1:80".parse().unwrap(), &many),
+        endpoint_set("10.96.0.1:80".parse().unwrap(), many),
         Err(Skip::TooManyEndpoints)
     );
 }

@@ -7,7 +7,7 @@
 //! resource). Entries are weak: a resource no stream holds any more is
 //! freed.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex, Weak};
 
@@ -130,6 +130,40 @@ impl<T> SetPool<T> {
     }
 }
 
+/// Interned subscriptions: identities that ask for the same names (the
+/// EDS names of the same clusters: twenty pods of one namespace, 10,000
+/// names each) hold one set. Keyed by a hash of the names, confirmed by
+/// comparing the sets.
+#[derive(Debug, Default)]
+pub struct NameSetPool {
+    entries: Mutex<HashMap<u64, Vec<WeakNames>>>,
+}
+
+type WeakNames = Weak<BTreeSet<Arc<str>>>;
+
+impl NameSetPool {
+    /// The shared set equal to `names` (a new one when it is the first).
+    pub fn share(&self, names: BTreeSet<Arc<str>>) -> Arc<BTreeSet<Arc<str>>> {
+        let mut h = DefaultHasher::new();
+        for n in &names {
+            n.hash(&mut h);
+        }
+        let key = h.finish();
+        let mut e = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let slot = e.entry(key).or_default();
+        slot.retain(|w| w.strong_count() > 0);
+        if let Some(found) = slot.iter().filter_map(Weak::upgrade).find(|o| **o == names) {
+            return found;
+        }
+        let fresh = Arc::new(names);
+        slot.push(Arc::downgrade(&fresh));
+        if e.len() > 64 {
+            e.retain(|_, v| v.iter().any(|w| w.strong_count() > 0));
+        }
+        fresh
+    }
+}
+
 /// The node's pools, one per resource type (resources and whole sets),
 /// shared by every stream.
 #[derive(Debug, Default)]
@@ -142,6 +176,8 @@ pub struct Interner {
     pub endpoint_sets: SetPool<Assignment>,
     pub listener_sets: SetPool<HeldListener>,
     pub route_sets: SetPool<HeldRoute>,
+    /// Subscribed names (EDS, RDS).
+    pub name_sets: NameSetPool,
 }
 
 #[cfg(test)]
@@ -160,6 +196,22 @@ mod tests {
             ..Default::default()
         }
         .encode_to_vec()
+    }
+
+    #[test]
+    fn identical_name_sets_are_held_once() {
+        let pool = NameSetPool::default();
+        let set = |names: &[&str]| -> BTreeSet<Arc<str>> {
+            names.iter().map(|n| Arc::from(*n)).collect()
+        };
+        let a = pool.share(set(&["x", "y"]));
+        let b = pool.share(set(&["x", "y"]));
+        assert!(Arc::ptr_eq(&a, &b));
+        let c = pool.share(set(&["x"]));
+        assert!(!Arc::ptr_eq(&a, &c));
+        drop((a, b));
+        let d = pool.share(set(&["x", "y"]));
+        assert_eq!(*d, set(&["x", "y"]), "a new set once the old one is gone");
     }
 
     #[test]

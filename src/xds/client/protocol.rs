@@ -234,18 +234,18 @@ impl AdsCore {
                 out.changed = changed;
                 out.requests.push(self.request(t, None));
                 out.verdict = Some(Ok(()));
-                self.follow_up(t, &mut out);
+                self.follow_up(t, &mut out, pools);
             }
         }
         out
     }
 
     /// The subscriptions an accepted response of `t` leads to.
-    fn follow_up(&mut self, t: XdsType, out: &mut Outcome) {
+    fn follow_up(&mut self, t: XdsType, out: &mut Outcome, pools: &Interner) {
         match t {
             XdsType::Cluster => {
                 let names = eds_names(&self.held.clusters);
-                self.resubscribe(XdsType::Endpoint, names, out);
+                self.resubscribe(XdsType::Endpoint, names, out, pools);
                 if names_empty(&self.types[XdsType::Endpoint.index()]) {
                     self.subscribe_once(XdsType::Listener, out);
                 }
@@ -253,7 +253,7 @@ impl AdsCore {
             XdsType::Endpoint => self.subscribe_once(XdsType::Listener, out),
             XdsType::Listener => {
                 let names = route_names(&self.held.listeners);
-                self.resubscribe(XdsType::Route, names, out);
+                self.resubscribe(XdsType::Route, names, out, pools);
             }
             XdsType::Route => {}
         }
@@ -267,12 +267,19 @@ impl AdsCore {
     }
 
     /// Changes the names of a named type; a dropped name's resource goes.
-    fn resubscribe(&mut self, t: XdsType, names: BTreeSet<Arc<str>>, out: &mut Outcome) {
+    /// The names are shared with other identities that ask for the same.
+    fn resubscribe(
+        &mut self,
+        t: XdsType,
+        names: BTreeSet<Arc<str>>,
+        out: &mut Outcome,
+        pools: &Interner,
+    ) {
         let ts = &mut self.types[t.index()];
         if *ts.names == names && (ts.subscribed || names.is_empty()) {
             return;
         }
-        ts.names = Arc::new(names);
+        ts.names = pools.name_sets.share(names);
         ts.subscribed = true;
         let names = Arc::clone(&ts.names);
         let stale = match t {

@@ -16,8 +16,9 @@ use envoy_types::pb::google::protobuf::{value::Kind, Struct};
 use prost::Message;
 use serde::{Deserialize, Serialize};
 
+use super::endpoints::EndpointList;
 use super::filters::{self, Place};
-use super::reason::{Loss, Reason, ReasonCode as R};
+use super::reason::{Loss, Losses, Reason, ReasonCode as R};
 use super::BypassPolicy;
 use crate::xds::assignment::{Assignment, Host};
 use crate::xds::typeurl::{self as t};
@@ -39,18 +40,20 @@ pub struct Endpoint {
 }
 
 /// A cluster's judgement, independent of which listener reaches it.
+/// Held for every cluster a listener reaches, so its lists are kept at
+/// their length (no spare capacity).
 #[derive(Debug, Clone, Default)]
 pub struct ClusterJudged {
     pub reasons: Vec<Reason>,
     /// Reasons that apply only when the cluster is reached over HTTP.
     pub http_reasons: Vec<Reason>,
-    pub losses: Vec<Loss>,
+    pub losses: Losses,
     /// Sorted; shared with the destinations that reach only this cluster.
-    pub endpoints: Arc<[Endpoint]>,
+    pub endpoints: EndpointList,
     /// ORIGINAL_DST: the passthrough (connects where the app dialled).
     pub original_dst: bool,
     /// Service hostnames Istio records in the cluster's metadata.
-    pub hosts: Vec<String>,
+    pub hosts: Vec<Arc<str>>,
 }
 
 const DISCOVERY_STATIC: i32 = 0;
@@ -62,7 +65,16 @@ const LB_RANDOM: i32 = 3;
 const LB_CLUSTER_PROVIDED: i32 = 6;
 const HEALTH_UNHEALTHY_OR_WORSE: [i32; 3] = [2, 3, 4];
 
+/// Judges the cluster `name` as held in `res`.
 pub fn judge(name: &str, res: &ProxyResources, policy: &BypassPolicy) -> ClusterJudged {
+    let mut out = judge_unshrunk(name, res, policy);
+    out.reasons.shrink_to_fit();
+    out.http_reasons.shrink_to_fit();
+    out.hosts.shrink_to_fit();
+    out
+}
+
+fn judge_unshrunk(name: &str, res: &ProxyResources, policy: &BypassPolicy) -> ClusterJudged {
     let mut out = ClusterJudged::default();
     let Some(held) = res.clusters.get(name) else {
         out.reasons.push(Reason::new(
@@ -144,7 +156,7 @@ pub fn judge(name: &str, res: &ProxyResources, policy: &BypassPolicy) -> Cluster
         }
         res.endpoints.get(service).map(|a| a.as_ref())
     };
-    out.endpoints = endpoints(c, cla, &mut out.reasons).into();
+    out.endpoints = endpoints(c, &held.name, cla, &mut out.reasons).into();
     if out.endpoints.is_empty()
         && !out
             .reasons
@@ -322,11 +334,15 @@ fn socket_for<'a>(c: &'a Cluster, labels: Option<&Struct>) -> Option<&'a Transpo
 
 /// The endpoints a bypass may pick, sorted; an endpoint that gets TLS or
 /// is no IP address adds its reason.
-fn endpoints(c: &Cluster, cla: Option<&Assignment>, reasons: &mut Vec<Reason>) -> Vec<Endpoint> {
+fn endpoints(
+    c: &Cluster,
+    cluster: &Arc<str>,
+    cla: Option<&Assignment>,
+    reasons: &mut Vec<Reason>,
+) -> Vec<Endpoint> {
     let Some(cla) = cla else {
         return Vec::new();
     };
-    let cluster: Arc<str> = Arc::from(c.name.as_str());
     let mut out = Vec::new();
     let mut tls_noted = false;
     for (group, e) in cla.endpoints() {
@@ -370,7 +386,7 @@ fn endpoints(c: &Cluster, cla: Option<&Assignment>, reasons: &mut Vec<Reason>) -
             weight: u64::from(e.weight),
             priority: group.priority,
             locality: group.locality.clone(),
-            cluster: Arc::clone(&cluster),
+            cluster: Arc::clone(cluster),
         });
     }
     out.sort();
@@ -378,7 +394,7 @@ fn endpoints(c: &Cluster, cla: Option<&Assignment>, reasons: &mut Vec<Reason>) -
 }
 
 /// `metadata.filter_metadata.istio.services[].host` (what istiod writes).
-fn istio_hosts(c: &Cluster) -> Vec<String> {
+fn istio_hosts(c: &Cluster) -> Vec<Arc<str>> {
     let Some(istio) = c
         .metadata
         .as_ref()
@@ -396,7 +412,7 @@ fn istio_hosts(c: &Cluster) -> Vec<String> {
         .iter()
         .filter_map(|s| match s.kind.as_ref()? {
             Kind::StructValue(st) => match st.fields.get("host")?.kind.as_ref()? {
-                Kind::StringValue(h) => Some(h.clone()),
+                Kind::StringValue(h) => Some(Arc::from(h.as_str())),
                 _ => None,
             },
             _ => None,

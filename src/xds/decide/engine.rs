@@ -12,13 +12,20 @@
 //! copying ([`Engine::decisions`] clones pointers); a destination that
 //! reaches one cluster shares that cluster's endpoint list; the summary is
 //! kept as destinations change.
+//!
+//! Held compactly (a state for 10,000 services lives as long as its pods):
+//! cluster and listener names are the held resources' shared strings (one
+//! allocation per name, whoever refers to it), reason sentences shared
+//! between a cluster's judgement and its destinations, losses one byte,
+//! endpoints packed ([`EndpointList`]), and every held list at its length.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use super::cluster::{self, ClusterJudged, Endpoint};
+use super::endpoints::EndpointList;
 use super::listeners::{self, Candidate};
-use super::reason::{Reason, ReasonCode as R};
+use super::reason::{Losses, Reason, ReasonCode as R};
 use super::{BypassPolicy, Decisions, DestKey, Destination, Summary, Verdict};
 use crate::xds::ProxyResources;
 
@@ -27,7 +34,8 @@ use crate::xds::ProxyResources;
 /// an LDS, RDS or ECDS change, shared by every copy of the engine.
 struct Outbound {
     candidates: BTreeMap<DestKey, Vec<Candidate>>,
-    keys_by_cluster: HashMap<String, Vec<DestKey>>,
+    /// Keyed by the candidates' shared cluster names.
+    keys_by_cluster: HashMap<Arc<str>, Vec<DestKey>>,
 }
 
 /// One proxy's decisions. Cloning is cheap (maps of `Arc`s): a copy is how
@@ -39,8 +47,8 @@ pub struct Engine {
     /// Keyed by shared names: a copy of the engine copies pointers.
     clusters: HashMap<Arc<str>, Arc<ClusterJudged>>,
     /// EDS resource name -> the referenced clusters that read it; changed
-    /// (copied first when shared) only by a CDS change.
-    by_eds: Arc<HashMap<String, Vec<String>>>,
+    /// (copied first when shared) only by a CDS change. Shared names.
+    by_eds: Arc<HashMap<Arc<str>, Vec<Arc<str>>>>,
     decided: BTreeMap<DestKey, Arc<Destination>>,
     /// Kept as destinations change (not re-counted per change).
     summary: Summary,
@@ -50,34 +58,31 @@ impl Engine {
     /// Decides every destination from scratch.
     pub fn new(res: &ProxyResources, policy: BypassPolicy) -> Self {
         let candidates = listeners::candidates(res, &policy);
-        let mut keys_by_cluster: HashMap<String, Vec<DestKey>> = HashMap::new();
+        let mut keys_by_cluster: HashMap<Arc<str>, Vec<DestKey>> = HashMap::new();
         for (k, cands) in &candidates {
-            let names: BTreeSet<&String> = cands
+            let names: BTreeSet<&Arc<str>> = cands
                 .iter()
                 .flat_map(|c| c.targets.iter().map(|(n, _)| n))
                 .collect();
             for n in names {
                 keys_by_cluster
-                    .entry(n.clone())
+                    .entry(Arc::clone(n))
                     .or_default()
                     .push(k.clone());
             }
         }
+        keys_by_cluster.values_mut().for_each(Vec::shrink_to_fit);
         let clusters = keys_by_cluster
             .keys()
-            .map(|n| {
-                (
-                    Arc::from(n.as_str()),
-                    Arc::new(cluster::judge(n, res, &policy)),
-                )
-            })
+            .map(|n| (Arc::clone(n), Arc::new(cluster::judge(n, res, &policy))))
             .collect();
-        let mut by_eds: HashMap<String, Vec<String>> = HashMap::new();
+        let mut by_eds: HashMap<Arc<str>, Vec<Arc<str>>> = HashMap::new();
         for n in keys_by_cluster.keys() {
             if let Some(service) = eds_name(res, n) {
-                by_eds.entry(service).or_default().push(n.clone());
+                by_eds.entry(service).or_default().push(Arc::clone(n));
             }
         }
+        by_eds.values_mut().for_each(Vec::shrink_to_fit);
         let mut e = Self {
             policy,
             outbound: Arc::new(Outbound {
@@ -113,36 +118,36 @@ impl Engine {
         clusters: &[String],
         assignments: &[String],
     ) -> Vec<DestKey> {
-        let mut judge: BTreeSet<&str> = BTreeSet::new();
+        let mut judge: BTreeSet<Arc<str>> = BTreeSet::new();
         for name in clusters {
-            if !self.outbound.keys_by_cluster.contains_key(name) {
+            let Some((shared, _)) = self.outbound.keys_by_cluster.get_key_value(name.as_str())
+            else {
                 continue;
-            }
+            };
+            let shared = Arc::clone(shared);
             let by_eds = Arc::make_mut(&mut self.by_eds);
             for readers in by_eds.values_mut() {
-                readers.retain(|n| n != name);
+                readers.retain(|n| *n != shared);
             }
-            if let Some(service) = eds_name(res, name) {
-                by_eds.entry(service).or_default().push(name.clone());
+            if let Some(service) = eds_name(res, &shared) {
+                by_eds.entry(service).or_default().push(Arc::clone(&shared));
             }
             by_eds.retain(|_, readers| !readers.is_empty());
-            judge.insert(name);
+            judge.insert(shared);
         }
         for a in assignments {
-            if let Some(readers) = self.by_eds.get(a) {
-                judge.extend(readers.iter().map(String::as_str));
+            if let Some(readers) = self.by_eds.get(a.as_str()) {
+                judge.extend(readers.iter().cloned());
             }
         }
         let outbound = Arc::clone(&self.outbound);
         let mut touched = BTreeSet::new();
         for name in judge {
-            let Some(keys) = outbound.keys_by_cluster.get(name) else {
+            let Some(keys) = outbound.keys_by_cluster.get(&name) else {
                 continue;
             };
-            self.clusters.insert(
-                Arc::from(name),
-                Arc::new(cluster::judge(name, res, &self.policy)),
-            );
+            let judged = Arc::new(cluster::judge(&name, res, &self.policy));
+            self.clusters.insert(name, judged);
             touched.extend(keys.iter());
         }
         touched
@@ -158,8 +163,10 @@ impl Engine {
     pub fn reads_any(&self, clusters: &[String], assignments: &[String]) -> bool {
         clusters
             .iter()
-            .any(|c| self.outbound.keys_by_cluster.contains_key(c))
-            || assignments.iter().any(|a| self.by_eds.contains_key(a))
+            .any(|c| self.outbound.keys_by_cluster.contains_key(c.as_str()))
+            || assignments
+                .iter()
+                .any(|a| self.by_eds.contains_key(a.as_str()))
     }
 
     /// The decision for one destination.
@@ -205,13 +212,10 @@ impl Engine {
     }
 }
 
-/// The EDS resource a held EDS cluster reads (None: not EDS, or not held).
-fn eds_name(res: &ProxyResources, cluster: &str) -> Option<String> {
-    res.clusters
-        .get(cluster)?
-        .eds_service
-        .as_deref()
-        .map(String::from)
+/// The EDS resource a held EDS cluster reads (None: not EDS, or not
+/// held), as the held cluster's shared name.
+fn eds_name(res: &ProxyResources, cluster: &str) -> Option<Arc<str>> {
+    res.clusters.get(cluster)?.eds_service.clone()
 }
 
 /// One destination from its candidates (the most specific rank only) and
@@ -225,20 +229,20 @@ fn merge(
     let top = all.iter().map(|c| c.rank).max().unwrap_or(0);
     let cands: Vec<&Candidate> = all.iter().filter(|c| c.rank == top).collect();
     let mut reasons: BTreeSet<Reason> = BTreeSet::new();
-    let mut losses = BTreeSet::new();
+    let mut losses = Losses::default();
     let mut listeners = BTreeSet::new();
     let mut hostnames = BTreeSet::new();
     for c in &cands {
         reasons.extend(c.reasons.iter().cloned());
-        losses.extend(c.losses.iter().copied());
-        listeners.insert(c.listener.clone());
+        losses.extend(c.losses);
+        listeners.insert(Arc::clone(&c.listener));
         hostnames.extend(c.hostnames.iter().cloned());
     }
     let is_passthrough = |c: &Candidate| {
         !c.targets.is_empty()
             && c.targets
                 .iter()
-                .all(|(n, _)| clusters.get(n.as_str()).is_some_and(|j| j.original_dst))
+                .all(|(n, _)| clusters.get(&**n).is_some_and(|j| j.original_dst))
     };
     // Sniffed ports: every chain serving the key must reach the same clusters.
     let mut effective: Vec<&Candidate> = cands.clone();
@@ -266,9 +270,9 @@ fn merge(
         let inbound = matches!(key, DestKey::Inbound { .. });
         let mut sets = effective.iter().map(|c| {
             if inbound && is_passthrough(c) {
-                return vec![("original destination".to_string(), 1)];
+                return vec![(Arc::<str>::from("original destination"), 1)];
             }
-            let mut s: Vec<(String, u32)> = c.targets.clone();
+            let mut s: Vec<(Arc<str>, u32)> = c.targets.clone();
             s.sort();
             s
         });
@@ -280,7 +284,7 @@ fn merge(
             ));
         }
     }
-    let targets: Vec<(String, u32)> = effective
+    let targets: Vec<(Arc<str>, u32)> = effective
         .first()
         .map(|c| c.targets.clone())
         .unwrap_or_default();
@@ -290,17 +294,17 @@ fn merge(
             .any(|c| c.losses.contains(&super::Loss::AddedHeaders));
     let mut endpoints = Vec::new();
     // One cluster reached: its (sorted) endpoint list, shared.
-    let mut only: Option<Arc<[Endpoint]>> = None;
+    let mut only: Option<EndpointList> = None;
     let total_weight: u64 = targets.iter().map(|(_, w)| u64::from(*w)).sum();
     if matches!(key, DestKey::Inbound { .. }) {
         // Every chain that can take the flow counts, not the first one's
         // clusters only: each must deliver to the address dialled.
-        let all: BTreeSet<&String> = effective
+        let all: BTreeSet<&Arc<str>> = effective
             .iter()
             .flat_map(|c| c.targets.iter().map(|(n, _)| n))
             .collect();
         for name in all {
-            let Some(j) = clusters.get(name.as_str()) else {
+            let Some(j) = clusters.get(&**name) else {
                 continue;
             };
             reasons.extend(j.reasons.iter().cloned());
@@ -308,7 +312,7 @@ fn merge(
             if http {
                 reasons.extend(j.http_reasons.iter().cloned());
             }
-            losses.extend(j.losses.iter().copied());
+            losses.extend(j.losses);
             let missing = j.reasons.iter().any(|r| r.code == R::ClusterMissing);
             if !j.original_dst && !missing {
                 // A fixed endpoint (a Sidecar ingress defaultEndpoint,
@@ -325,7 +329,7 @@ fn merge(
         .iter()
         .filter(|_| !matches!(key, DestKey::Inbound { .. }))
     {
-        let Some(j) = clusters.get(name.as_str()) else {
+        let Some(j) = clusters.get(&**name) else {
             continue;
         };
         reasons.extend(j.reasons.iter().cloned());
@@ -333,7 +337,7 @@ fn merge(
         if http {
             reasons.extend(j.http_reasons.iter().cloned());
         }
-        losses.extend(j.losses.iter().copied());
+        losses.extend(j.losses);
         if j.original_dst {
             if matches!(key, DestKey::Service { .. } | DestKey::Hostname { .. })
                 || !policy.bypass_passthrough
@@ -343,7 +347,7 @@ fn merge(
             continue;
         }
         if targets.len() == 1 {
-            only = Some(Arc::clone(&j.endpoints));
+            only = Some(j.endpoints.clone());
         } else {
             endpoints.extend(share(&j.endpoints, u64::from(*w), total_weight));
         }
@@ -362,13 +366,14 @@ fn merge(
         ));
     }
     let blocked = reasons.iter().any(|r| r.code.blocks());
-    let reasons: Vec<Reason> = if blocked {
+    let mut reasons: Vec<Reason> = if blocked {
         reasons.into_iter().filter(|r| r.code.blocks()).collect()
     } else {
         reasons.into_iter().collect()
     };
-    let endpoints: Arc<[Endpoint]> = match only {
-        _ if blocked => Arc::default(),
+    reasons.shrink_to_fit();
+    let endpoints = match only {
+        _ if blocked => EndpointList::default(),
         Some(shared) => shared,
         None => {
             endpoints.sort();
@@ -386,19 +391,19 @@ fn merge(
         hostnames: hostnames.into_iter().collect(),
         clusters: targets,
         reasons,
-        losses: losses.into_iter().collect(),
+        losses,
         endpoints,
     }
 }
 
 /// A cluster's endpoints with weights scaled by its route weight share
 /// (one of several weighted clusters).
-fn share(eps: &[Endpoint], weight: u64, total: u64) -> Vec<Endpoint> {
+fn share(eps: &EndpointList, weight: u64, total: u64) -> Vec<Endpoint> {
     let sum: u64 = eps.iter().map(|e| e.weight).sum::<u64>().max(1);
     eps.iter()
         .map(|e| Endpoint {
             weight: (e.weight * weight * 1_000_000 / sum / total.max(1)).max(u64::from(weight > 0)),
-            ..e.clone()
+            ..e
         })
         .collect()
 }

@@ -15,7 +15,7 @@ use envoy_types::pb::envoy::extensions::wasm::v3::plugin_config::Vm;
 use envoy_types::pb::google::protobuf::{value::Kind, Any, Struct};
 use prost::Message;
 
-use super::reason::{Loss, Reason, ReasonCode as R};
+use super::reason::{Loss, Losses, Reason, ReasonCode as R};
 use super::BypassPolicy;
 use crate::xds::typeurl::{self as t, unwrap_typed_struct};
 
@@ -31,7 +31,7 @@ pub enum Place {
 #[derive(Debug, Default)]
 pub struct Judged {
     pub reasons: Vec<Reason>,
-    pub losses: Vec<Loss>,
+    pub losses: Losses,
 }
 
 /// Wasm plugins Istio builds in (null VM, inline code name) that only

@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::{address, socket_address, Address, CidrRange};
 use envoy_types::pb::envoy::config::listener::v3::filter;
@@ -20,25 +21,46 @@ use prost::Message;
 
 use super::cluster;
 use super::filters::{self, Place};
-use super::reason::{Loss, Reason, ReasonCode as R};
-use super::route::{self, Targets};
+use super::reason::{Loss, Losses, Reason, ReasonCode as R};
+use super::route;
 use super::{BypassPolicy, DestKey};
 use crate::xds::typeurl::{self as t};
 use crate::xds::{dump, ProxyResources};
 
+/// Clusters reached, by their shared names, with their weights.
+pub type SharedTargets = Vec<(Arc<str>, u32)>;
+
 /// One way a destination key is served: a chain, or a virtual host of it.
+/// Held for the life of a decision state (re-merged on EDS changes), so
+/// names are shared and lists kept at their length.
 #[derive(Debug, Clone)]
 pub struct Candidate {
-    pub listener: String,
+    pub listener: Arc<str>,
     /// Chain matched only for sniffed HTTP (application_protocols set).
     pub http: bool,
     /// Envoy's precedence: 2 address listener, 1 prefix-range chain,
     /// 0 wildcard chain / Host-routed virtual host.
     pub rank: u8,
-    pub targets: Targets,
+    pub targets: SharedTargets,
     pub reasons: Vec<Reason>,
-    pub losses: Vec<Loss>,
-    pub hostnames: Vec<String>,
+    pub losses: Losses,
+    pub hostnames: Vec<Arc<str>>,
+}
+
+impl Candidate {
+    fn shrink(&mut self) {
+        self.targets.shrink_to_fit();
+        self.reasons.shrink_to_fit();
+        self.hostnames.shrink_to_fit();
+    }
+}
+
+/// The held cluster's own name (shared), or a new one for a cluster that
+/// is not held.
+fn shared_name(res: &ProxyResources, name: &str) -> Arc<str> {
+    res.clusters
+        .get_key_value(name)
+        .map_or_else(|| Arc::from(name), |(k, _)| Arc::clone(k))
 }
 
 const TRAFFIC_INBOUND: i32 = 1;
@@ -51,9 +73,22 @@ pub fn candidates(
     res: &ProxyResources,
     policy: &BypassPolicy,
 ) -> BTreeMap<DestKey, Vec<Candidate>> {
+    let mut out = all_candidates(res, policy);
+    for cands in out.values_mut() {
+        cands.shrink_to_fit();
+        cands.iter_mut().for_each(Candidate::shrink);
+    }
+    out
+}
+
+fn all_candidates(
+    res: &ProxyResources,
+    policy: &BypassPolicy,
+) -> BTreeMap<DestKey, Vec<Candidate>> {
     let mut out: BTreeMap<DestKey, Vec<Candidate>> = BTreeMap::new();
     for held in res.listeners.values() {
         let l = &held.decode();
+        let listener_name = Arc::clone(&held.name);
         let Some((ip, port)) = socket(l.address.as_ref()) else {
             continue;
         };
@@ -120,12 +155,12 @@ pub fn candidates(
                 *c = (c.0 || v4, c.1 || v6);
             }
             let mut base = Candidate {
-                listener: l.name.clone(),
+                listener: Arc::clone(&listener_name),
                 http: !m.application_protocols.is_empty(),
                 rank: 0,
                 targets: Vec::new(),
                 reasons: listener_reasons.clone(),
-                losses: Vec::new(),
+                losses: Losses::default(),
                 hostnames: Vec::new(),
             };
             if !m.server_names.is_empty()
@@ -217,6 +252,7 @@ pub fn candidates(
                 (t::TCP_PROXY, Some(a)) => {
                     tcp(
                         &TcpProxy::decode(a.value.as_slice()).unwrap_or_default(),
+                        res,
                         &l.name,
                         &mut base,
                     );
@@ -254,7 +290,7 @@ pub fn candidates(
         if !default_plain {
             for p in &own_ports {
                 if catch_all.get(p) != Some(&(true, true)) {
-                    inbound_partial_port(&mut out, &l.name, *p);
+                    inbound_partial_port(&mut out, &listener_name, *p);
                 }
             }
         }
@@ -263,7 +299,7 @@ pub fn candidates(
             tls_ports.extend(own_ports.iter().copied());
         }
         for p in tls_ports {
-            inbound_tls_port(&mut out, &l.name, p);
+            inbound_tls_port(&mut out, &listener_name, p);
         }
     }
     out
@@ -302,7 +338,11 @@ fn plain_catch_all(
 
 /// An inbound port of `listener` some plaintext flows match no chain of
 /// (the sidecar would drop them): its plaintext chains keep the sidecar.
-fn inbound_partial_port(out: &mut BTreeMap<DestKey, Vec<Candidate>>, listener: &str, port: u16) {
+fn inbound_partial_port(
+    out: &mut BTreeMap<DestKey, Vec<Candidate>>,
+    listener: &Arc<str>,
+    port: u16,
+) {
     let key = DestKey::Inbound { port };
     let why = Reason::new(
         R::ChainMatchNotKeyable,
@@ -311,7 +351,7 @@ fn inbound_partial_port(out: &mut BTreeMap<DestKey, Vec<Candidate>>, listener: &
     // A port with no plaintext chain at all is served by TLS chains only:
     // `inbound_tls_port` says so.
     for c in out.get_mut(&key).into_iter().flatten() {
-        if c.listener == listener && c.rank == 1 {
+        if c.listener == *listener && c.rank == 1 {
             c.reasons.push(why.clone());
         }
     }
@@ -322,10 +362,10 @@ fn inbound_partial_port(out: &mut BTreeMap<DestKey, Vec<Candidate>>, listener: &
 /// else (STRICT) a candidate that says only TLS serves it. Either way the
 /// port keeps the sidecar: its node's kernel sees addresses and ports, not
 /// whether a flow is another sidecar's mTLS or a bypassed plaintext one.
-fn inbound_tls_port(out: &mut BTreeMap<DestKey, Vec<Candidate>>, listener: &str, port: u16) {
+fn inbound_tls_port(out: &mut BTreeMap<DestKey, Vec<Candidate>>, listener: &Arc<str>, port: u16) {
     let key = DestKey::Inbound { port };
     let rank = u8::from(port != 0);
-    let mine = |c: &Candidate| c.listener == listener && c.rank == rank;
+    let mine = |c: &Candidate| c.listener == *listener && c.rank == rank;
     if out.get(&key).is_some_and(|cs| cs.iter().any(mine)) {
         let why = Reason::new(
             R::InboundMtlsPermissive,
@@ -343,12 +383,12 @@ fn inbound_tls_port(out: &mut BTreeMap<DestKey, Vec<Candidate>>, listener: &str,
         format!("listener {listener}: only TLS chains serve {key} (mTLS required)"),
     );
     out.entry(key).or_default().push(Candidate {
-        listener: listener.to_string(),
+        listener: Arc::clone(listener),
         http: false,
         rank,
         targets: Vec::new(),
         reasons: vec![why],
-        losses: Vec::new(),
+        losses: Losses::default(),
         hostnames: Vec::new(),
     });
 }
@@ -405,9 +445,11 @@ fn cidr_key(c: &CidrRange, port: u16, base: &mut Candidate) -> (DestKey, u8) {
     }
 }
 
-fn tcp(p: &TcpProxy, listener: &str, c: &mut Candidate) {
+fn tcp(p: &TcpProxy, res: &ProxyResources, listener: &str, c: &mut Candidate) {
     match &p.cluster_specifier {
-        Some(tcp_proxy::ClusterSpecifier::Cluster(name)) => c.targets.push((name.clone(), 1)),
+        Some(tcp_proxy::ClusterSpecifier::Cluster(name)) => {
+            c.targets.push((shared_name(res, name), 1))
+        }
         Some(tcp_proxy::ClusterSpecifier::WeightedClusters(w)) => {
             for x in &w.clusters {
                 if x.metadata_match.is_some() {
@@ -419,7 +461,7 @@ fn tcp(p: &TcpProxy, listener: &str, c: &mut Candidate) {
                         ),
                     ));
                 }
-                c.targets.push((x.name.clone(), x.weight));
+                c.targets.push((shared_name(res, &x.name), x.weight));
             }
         }
         None => c.reasons.push(Reason::new(
@@ -576,7 +618,7 @@ fn http(
                 ));
             }
             for vh in chosen {
-                add_vhost(&mut c, &rc, vh, policy);
+                add_vhost(&mut c, res, &rc, vh, policy);
             }
             out.entry(key).or_default().push(c);
         }
@@ -591,11 +633,11 @@ fn http(
             .cloned()
             .collect();
         let mut c = base.clone();
-        add_vhost(&mut c, &rc, vh, policy);
+        add_vhost(&mut c, res, &rc, vh, policy);
         c.hostnames = names
             .iter()
             .filter(|d| !d.contains(':') && *d != "*")
-            .cloned()
+            .map(|d| Arc::from(d.as_str()))
             .collect();
         if !ips.is_empty() {
             if !policy.bypass_host_routed_listeners {
@@ -629,9 +671,16 @@ fn http(
     }
 }
 
-fn add_vhost(c: &mut Candidate, rc: &RouteConfiguration, vh: &VirtualHost, policy: &BypassPolicy) {
+fn add_vhost(
+    c: &mut Candidate,
+    res: &ProxyResources,
+    rc: &RouteConfiguration,
+    vh: &VirtualHost,
+    policy: &BypassPolicy,
+) {
     let j = route::judge(rc, vh, policy);
-    c.targets.extend(j.targets);
+    c.targets
+        .extend(j.targets.iter().map(|(n, w)| (shared_name(res, n), *w)));
     c.reasons.extend(j.reasons);
     c.losses.extend(j.losses);
 }

@@ -27,6 +27,7 @@
 //! weighted endpoint set, BYPASS destinations only.
 
 pub mod cluster;
+pub mod endpoints;
 pub mod engine;
 pub mod filters;
 pub mod listeners;
@@ -41,8 +42,9 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 pub use cluster::Endpoint;
+pub use endpoints::EndpointList;
 pub use engine::Engine;
-pub use reason::{Loss, Reason, ReasonCode};
+pub use reason::{Loss, Losses, Reason, ReasonCode};
 pub use update::Recompute;
 
 use super::ProxyResources;
@@ -174,23 +176,25 @@ impl std::fmt::Display for DestKey {
     }
 }
 
-/// The decision for one destination.
+/// The decision for one destination. Names are shared strings (the held
+/// resources' own, where held): a decision state for 10,000 services holds
+/// each listener and cluster name once, not once per destination.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Destination {
     pub destination: DestKey,
     pub decision: Verdict,
     /// Listeners whose chains reach this destination.
-    pub listeners: Vec<String>,
-    pub hostnames: Vec<String>,
+    pub listeners: Vec<Arc<str>>,
+    pub hostnames: Vec<Arc<str>>,
     /// Clusters and their route weights.
-    pub clusters: Vec<(String, u32)>,
+    pub clusters: Vec<(Arc<str>, u32)>,
     /// Blocking reasons (SIDECAR) and the policies a BYPASS relied on.
     pub reasons: Vec<Reason>,
     /// What a bypass of this destination loses.
-    pub losses: Vec<Loss>,
+    pub losses: Losses,
     /// Endpoints a bypass may pick (BYPASS only), sorted; shared with the
     /// cluster's judgement when the destination reaches one cluster.
-    pub endpoints: Arc<[Endpoint]>,
+    pub endpoints: EndpointList,
 }
 
 /// Every destination of one proxy, ordered by destination. Destinations
@@ -204,13 +208,13 @@ pub struct Decisions {
 impl Decisions {
     /// What the kernel's service map holds for this proxy: (address, port)
     /// of every BYPASS service destination -> its endpoints.
-    pub fn service_map(&self) -> BTreeMap<SocketAddr, &[Endpoint]> {
+    pub fn service_map(&self) -> BTreeMap<SocketAddr, &EndpointList> {
         self.destinations
             .iter()
             .filter(|d| d.decision == Verdict::Bypass)
             .filter_map(|d| match d.destination {
                 DestKey::Service { address, port } => {
-                    Some((SocketAddr::new(address, port), &d.endpoints[..]))
+                    Some((SocketAddr::new(address, port), &d.endpoints))
                 }
                 _ => None,
             })

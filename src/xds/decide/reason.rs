@@ -2,6 +2,8 @@
 //! reasons with stable snake_case codes (metrics labels, `--json`) and a
 //! human sentence naming the resource at fault.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -93,15 +95,17 @@ impl ReasonCode {
     }
 }
 
-/// One reason, with the sentence that names what was found.
+/// One reason, with the sentence that names what was found. The sentence
+/// is shared: a cluster's reasons are copied into every destination that
+/// reaches it as pointers, not as new strings.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Reason {
     pub code: ReasonCode,
-    pub text: String,
+    pub text: Arc<str>,
 }
 
 impl Reason {
-    pub fn new(code: ReasonCode, text: impl Into<String>) -> Self {
+    pub fn new(code: ReasonCode, text: impl Into<Arc<str>>) -> Self {
         Self {
             code,
             text: text.into(),
@@ -126,4 +130,109 @@ pub enum Loss {
     ConnectTimeout,
     /// The TCP proxy's idle timeout.
     IdleTimeout,
+}
+
+impl Loss {
+    /// Every loss, in declaration (and so sort) order.
+    pub const ALL: [Loss; 7] = [
+        Loss::EnvoyStats,
+        Loss::AccessLogs,
+        Loss::TraceSpans,
+        Loss::AddedHeaders,
+        Loss::DefaultRetries,
+        Loss::ConnectTimeout,
+        Loss::IdleTimeout,
+    ];
+
+    fn bit(self) -> u8 {
+        1 << (self as u8)
+    }
+}
+
+/// A set of [`Loss`]es in one byte (held per destination, candidate and
+/// cluster: a list would be an allocation each). Iterates and serialises
+/// in sort order, as the sorted list it stands for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Losses(u8);
+
+impl Losses {
+    pub fn push(&mut self, l: Loss) {
+        self.0 |= l.bit();
+    }
+
+    pub fn contains(&self, l: &Loss) -> bool {
+        self.0 & l.bit() != 0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0 == 0
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.count_ones() as usize
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = Loss> {
+        let bits = self.0;
+        Loss::ALL.into_iter().filter(move |l| bits & l.bit() != 0)
+    }
+}
+
+impl Extend<Loss> for Losses {
+    fn extend<I: IntoIterator<Item = Loss>>(&mut self, iter: I) {
+        iter.into_iter().for_each(|l| self.push(l));
+    }
+}
+
+impl FromIterator<Loss> for Losses {
+    fn from_iter<I: IntoIterator<Item = Loss>>(iter: I) -> Self {
+        let mut s = Self::default();
+        s.extend(iter);
+        s
+    }
+}
+
+impl IntoIterator for Losses {
+    type Item = Loss;
+    type IntoIter = std::vec::IntoIter<Loss>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter().collect::<Vec<_>>().into_iter()
+    }
+}
+
+impl Serialize for Losses {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for Losses {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Vec::<Loss>::deserialize(d)?.into_iter().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn losses_hold_each_loss_once_in_sort_order() {
+        for (i, l) in Loss::ALL.iter().enumerate() {
+            assert_eq!(*l as usize, i, "ALL is in declaration order");
+        }
+        let mut sorted = Loss::ALL.to_vec();
+        sorted.sort();
+        assert_eq!(sorted, Loss::ALL);
+        let mut s: Losses = [Loss::IdleTimeout, Loss::EnvoyStats].into_iter().collect();
+        s.push(Loss::EnvoyStats);
+        assert!(s.contains(&Loss::IdleTimeout) && !s.contains(&Loss::TraceSpans));
+        assert_eq!(s.len(), 2);
+        let json = serde_json::to_string(&s).unwrap();
+        assert_eq!(json, r#"["envoy_stats","idle_timeout"]"#);
+        let back: Losses = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, s);
+        assert!(Losses::default().is_empty());
+    }
 }

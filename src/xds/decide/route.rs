@@ -11,7 +11,7 @@ use envoy_types::pb::envoy::config::route::v3::{
 };
 use envoy_types::pb::google::protobuf::Duration;
 
-use super::reason::{Loss, Reason, ReasonCode as R};
+use super::reason::{Loss, Losses, Reason, ReasonCode as R};
 use super::BypassPolicy;
 use crate::xds::dump;
 
@@ -22,7 +22,7 @@ pub type Targets = Vec<(String, u32)>;
 pub struct VhostJudged {
     pub targets: Targets,
     pub reasons: Vec<Reason>,
-    pub losses: Vec<Loss>,
+    pub losses: Losses,
 }
 
 pub fn judge(rc: &RouteConfiguration, vh: &VirtualHost, policy: &BypassPolicy) -> VhostJudged {
@@ -294,7 +294,7 @@ fn retry(
     r: &RetryPolicy,
     policy: &BypassPolicy,
     reasons: &mut Vec<Reason>,
-    losses: &mut Vec<Loss>,
+    losses: &mut Losses,
     at: &str,
 ) {
     let none = r.num_retries.is_some_and(|n| n.value == 0) || r.retry_on.is_empty();

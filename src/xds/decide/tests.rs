@@ -84,13 +84,17 @@ fn the_base_config_bypasses_both_services_with_their_endpoints() {
         let x = of(&d, addr);
         assert_eq!(x.decision, Verdict::Bypass, "{addr}: {:#?}", x.reasons);
         assert_eq!(x.endpoints.len(), 1);
-        assert_eq!(x.endpoints[0].weight, 3);
-        assert_eq!(x.endpoints[0].locality.as_deref(), Some("r/z/"));
+        let e = x.endpoints.get(0).unwrap();
+        assert_eq!(e.weight, 3);
+        assert_eq!(e.locality.as_deref(), Some("r/z/"));
     }
     let map = d.service_map();
     assert_eq!(map.len(), 2);
     assert!(codes(of(&d, "10.0.0.20:8080")).contains(&ReasonCode::IstioDefaultRetryIgnored));
-    assert_eq!(of(&d, "10.0.0.20:8080").hostnames, vec!["web".to_string()]);
+    assert_eq!(
+        of(&d, "10.0.0.20:8080").hostnames,
+        vec![std::sync::Arc::<str>::from("web")]
+    );
 }
 
 /// Applies `edit` to the base and expects `addr` SIDECAR with `code`.
@@ -366,7 +370,10 @@ fn the_real_istio_dump_with_endpoints_splits_meshed_and_plain_backends() {
     );
     let dns = of(&d, "10.96.0.10:53");
     assert_eq!(dns.decision, Verdict::Bypass, "{:#?}", dns.reasons);
-    assert_eq!(dns.endpoints[0].address.to_string(), "10.244.0.2");
+    assert_eq!(
+        dns.endpoints.get(0).unwrap().address.to_string(),
+        "10.244.0.2"
+    );
     assert_eq!(of(&d, "passthrough").decision, Verdict::Sidecar);
 }
 
