@@ -181,7 +181,8 @@ fn alone(serve: Option<bool>) -> Alone {
     };
     let (ads, socket) = match serve {
         Some(rbac) => {
-            let mut snap = sidecar_snapshot("1", SidecarMode::Tcp, false, &[svc.clone()]);
+            let mut snap =
+                sidecar_snapshot("1", SidecarMode::Tcp, false, std::slice::from_ref(&svc));
             if rbac {
                 add_rbac(&mut snap, &svc).expect("RBAC");
             }
