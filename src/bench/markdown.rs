@@ -262,7 +262,7 @@ fn hook_table(o: &mut String, r: &Report) {
     }
     let _ = writeln!(
         o,
-        "\n### BPF programs per connection (kernel BPF stats)\n\nAll runs of meshlane's programs during the step divided by the application connections it made (one application connection is up to three TCP connections through the sidecars: app-sidecar, sidecar-sidecar, sidecar-app). Median over rounds [min–max]; per program: median runs x ns per connection.\n"
+        "\n### BPF programs per connection (kernel BPF stats)\n\nAll runs of meshlane's programs during the step divided by the application connections it made (one application connection is up to three TCP connections through the sidecars: app-sidecar, sidecar-sidecar, sidecar-app). Same-node and one-sidecar cells count node A's install only; cross-node cells count both nodes' installs, and there every socket also runs the other node's programs (a pod-lookup miss each), because the simulation attaches both installs to one cgroup. Median over rounds [min–max]; per program: median runs x ns per connection.\n"
     );
     let _ = writeln!(
         o,

@@ -110,7 +110,8 @@ const COUNTERS: [&str; 6] = [
 ];
 
 /// Run count and run time (ns) of every program by name, summed over the
-/// installs (the same program of both nodes counts once, together).
+/// installs that serve the cell's placement (`Testbed::layouts`; the same
+/// program of both nodes counts once, together).
 type ProgramTimes = BTreeMap<String, (u64, u64)>;
 
 struct Snapshot {
@@ -123,18 +124,18 @@ struct Snapshot {
     programs: ProgramTimes,
 }
 
-fn bpf_run_ns(tb: &Testbed) -> u64 {
-    tb.layouts()
+fn bpf_run_ns(tb: &Testbed, p: Placement) -> u64 {
+    tb.layouts(p)
         .iter()
         .filter_map(|l| crate::status::collect(l).ok())
         .flat_map(|s| s.links.into_iter().map(|l| l.run_time_ns))
         .sum()
 }
 
-fn program_times(tb: &Testbed) -> ProgramTimes {
+fn program_times(tb: &Testbed, p: Placement) -> ProgramTimes {
     let mut t = ProgramTimes::new();
     for l in tb
-        .layouts()
+        .layouts(p)
         .iter()
         .filter_map(|l| crate::status::collect(l).ok())
         .flat_map(|s| s.links)
@@ -152,7 +153,13 @@ fn program_times(tb: &Testbed) -> ProgramTimes {
     t
 }
 
-fn snapshot(tb: &Testbed, mode: Mode, w: Workload, with_cpu: bool, hooks: bool) -> Snapshot {
+fn snapshot(
+    tb: &Testbed,
+    cell: (Mode, Workload, Placement),
+    with_cpu: bool,
+    hooks: bool,
+) -> Snapshot {
+    let (mode, w, p) = cell;
     let sessions = tb.set(mode, w).map_or(0, |s| {
         s.sidecars
             .iter()
@@ -175,13 +182,13 @@ fn snapshot(tb: &Testbed, mode: Mode, w: Workload, with_cpu: bool, hooks: bool) 
         } else {
             Vec::new()
         },
-        bpf_ns: if with_cpu { bpf_run_ns(tb) } else { 0 },
+        bpf_ns: if with_cpu { bpf_run_ns(tb, p) } else { 0 },
         softirq: tb
             .cpu
             .filter(|_| with_cpu)
             .map(|c| CpuSource::Softirq(c).sample()),
         programs: if hooks {
-            program_times(tb)
+            program_times(tb, p)
         } else {
             ProgramTimes::new()
         },
@@ -267,9 +274,9 @@ pub fn run(tb: &Testbed, o: &Options, progress: &mut Progress) -> Result<RunData
                 // BPF run-time stats cost two clock reads per program run:
                 // on only for the steps whose CPU or hook cost is reported.
                 let stats = (with_cpu || hooks).then(BpfStats::enable);
-                let before = snapshot(tb, m, w, with_cpu, hooks);
+                let before = snapshot(tb, (m, w, p), with_cpu, hooks);
                 let res = run_step(tb, o, w, p, m);
-                let after = snapshot(tb, m, w, with_cpu, hooks);
+                let after = snapshot(tb, (m, w, p), with_cpu, hooks);
                 drop(stats);
                 settle(tb);
                 if matches!(res, Err(BenchError::Interrupted)) || interrupt::requested() {
