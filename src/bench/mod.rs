@@ -49,6 +49,8 @@ use error::Result;
 pub fn run(o: &Options, quiet: bool) -> Result<Report> {
     o.validate()?;
     interrupt::install();
+    // Dropped last: the testbed's sockets are gone before SIGPIPE kills again.
+    let _sigpipe = interrupt::SigpipeIgnored::new();
     let per_round: u64 = o
         .cells()
         .iter()
