@@ -17,7 +17,9 @@
  * Who writes what (see docs/bypass.md "Kernel half"):
  *   ml_bypass_svc, ml_bypass_eps   the agent only (src/bypass), from each
  *                                  pod's live decisions
- *   ml_bypass_clock                the agent's heartbeat (and the grace)
+ *   ml_bypass_clock                the agent's heartbeat (and the grace);
+ *                                  declared in maps.h: inbound.bpf.c
+ *                                  reads it too (ml_inbound_pass)
  *   ml_bypass_stats                sockops (per source pod and service)
  *   ml_bypass_cnt                  every hunk here; the agent reads
  *
@@ -76,13 +78,6 @@ struct ml_bypass_set {
 	struct ml_bypass_ep ep[ML_BYPASS_MAX_EPS];
 };
 
-/* The agent's heartbeat: bypass only while now - heartbeat_ns <= grace_ns
- * (bpf_ktime_get_ns, CLOCK_MONOTONIC). 0 = never written: no bypass. */
-struct ml_bypass_clock {
-	__u64 heartbeat_ns;
-	__u64 grace_ns;
-};
-
 /* Bypassed connections of one (source pod, service), for Istio's TCP
  * metrics. sent_bytes / received_bytes are the app socket's own view
  * (bytes_acked, bytes_received), summed at close. */
@@ -124,14 +119,6 @@ struct {
 	__type(value, struct ml_bypass_set);
 } ml_bypass_eps SEC(".maps");
 
-/* Writer: the agent (every second). Reader: connect4/6. */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct ml_bypass_clock);
-} ml_bypass_clock SEC(".maps");
-
 /* Writer: intercept sockops. Reader: the agent (metrics); the agent
  * deletes the entries of pods no longer registered. */
 struct {
@@ -157,17 +144,6 @@ static __always_inline void ml_bypass_count(__u32 slot)
 
 	if (v)
 		*v += 1;
-}
-
-/* Is the agent's view fresh enough to bypass. */
-static __always_inline int ml_bypass_fresh(void)
-{
-	__u32 zero = 0;
-	struct ml_bypass_clock *c = bpf_map_lookup_elem(&ml_bypass_clock, &zero);
-
-	if (!c || !c->heartbeat_ns)
-		return 0;
-	return bpf_ktime_get_ns() - c->heartbeat_ns <= c->grace_ns;
 }
 
 /* For a connect of pod @netns to @dst:@port that would go to the sidecar:

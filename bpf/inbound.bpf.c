@@ -15,10 +15,17 @@
  * accelerate mode (then it steers nothing): the agent reads from it whether
  * the pod's netns still exists.
  *
- * Maps (see intercept.h): reads ml_pods, ml_pod_ips (own-traffic check)
- * and ml_listeners (written by intercept.bpf.c's sockops); bumps
- * ml_counters. Writes no per-connection state: the proxy's accepted socket
- * gets its SO_ORIGINAL_DST answer from sockops (intercept.bpf.c).
+ * One exception (docs/bypass.md, "Inbound at a meshed destination"): a
+ * port the agent wrote into ml_inbound_pass for this pod, because the
+ * pod's own inbound config for it is plain pass-through and the
+ * inboundPassthrough policy is on, is left to the normal socket lookup
+ * (the app's own listener), while the agent's heartbeat is fresh.
+ *
+ * Maps (see intercept.h, maps.h): reads ml_pods, ml_pod_ips (own-traffic
+ * check), ml_bypass_clock and ml_inbound_pass (written by the agent), and
+ * ml_listeners (written by intercept.bpf.c's sockops); bumps ml_counters.
+ * Writes no per-connection state: the proxy's accepted socket gets its
+ * SO_ORIGINAL_DST answer from sockops (intercept.bpf.c).
  */
 #include "intercept.h"
 
@@ -39,6 +46,22 @@ static __always_inline int own_traffic(struct bpf_sk_lookup *ctx, __u64 netns,
 	return ML_RD(ctx->ingress_ifindex) == LOOPBACK_IFINDEX ||
 	       ml_addr_eq(local, remote) || ml_is_pod_local(netns, remote) ||
 	       ml_is_inbound_passthrough_src(remote);
+}
+
+/* Is @port of this pod pass-through (its own inbound config, the agent's
+ * entry) and the agent's view fresh? The heartbeat is an array slot read
+ * first, so a node without bypass pays no hash lookup; with bypass on,
+ * one hash lookup per SYN. Any doubt (no entry, no or stale heartbeat):
+ * 0, the sidecar. */
+static __always_inline int inbound_passthrough(__u64 netns, __u16 port)
+{
+	struct ml_inbound_key k = {};
+
+	if (!ml_bypass_fresh())
+		return 0;
+	k.netns = netns;
+	k.port = port;
+	return bpf_map_lookup_elem(&ml_inbound_pass, &k) != 0;
 }
 
 SEC("sk_lookup")
@@ -62,6 +85,10 @@ int ml_inbound_lookup(struct bpf_sk_lookup *ctx)
 	    ml_inbound_exempt_port(pod, (__u16)ctx->local_port) ||
 	    own_traffic(ctx, netns, &local, &remote))
 		return SK_PASS;
+	if (inbound_passthrough(netns, (__u16)ctx->local_port)) {
+		ml_count(ML_CNT_INBOUND_PASSTHROUGH, 1);
+		return SK_PASS; /* the normal lookup: the app's own listener */
+	}
 
 	ml_listener_key(netns, pod->inbound_port, v6, &e);
 	sk = bpf_map_lookup_elem(&ml_listeners, &e);

@@ -121,6 +121,37 @@ struct {
 	__type(value, __u64);
 } ml_listeners SEC(".maps");
 
+/* The agent's bypass heartbeat (struct ml_bypass_clock), one slot.
+ * Declared here, not in bypass.h, because every object's install must
+ * create it: the per-pod sk_lookup program reads it (inbound pass-through)
+ * in splice-only installs too.
+ * Writer: the agent (src/bypass/sync.rs, every 250 ms; zeroed when bypass
+ * stops). Readers: connect4/6 (bypass.h), sk_lookup (inbound.bpf.c). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct ml_bypass_clock);
+} ml_bypass_clock SEC(".maps");
+
+/* Inbound ports whose destination pod's own inbound config is plain
+ * pass-through (no TLS chain, no RBAC/authz, only inert filters, to the
+ * pod itself), keyed by (that pod's netns cookie, port); the value is
+ * unused (1). A hit lets sk_lookup leave the connection to the normal
+ * socket lookup (the app's own listener) instead of the pod's inbound
+ * sidecar, and only while the heartbeat in ml_bypass_clock is fresh.
+ * Writer: the agent only (src/bypass/inbound.rs through sync.rs), from
+ * each registered pod's own live decisions with the inboundPassthrough
+ * policy on; entries go when the pod, its stream or its decision goes.
+ * Reader: sk_lookup (inbound.bpf.c), in the pod's own netns only. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 16384);
+	__type(key, struct ml_inbound_key);
+	__type(value, __u32);
+} ml_inbound_pass SEC(".maps");
+
 /* Read-only settings the loader writes before load (.rodata). */
 const volatile __u32 ml_layout_version = MESHLANE_LAYOUT_VERSION;
 /* Make the shared enums visible in BTF, and so to Rust's generated types. */
@@ -135,6 +166,17 @@ static __always_inline void ml_count(__u32 slot, __u64 n)
 
 	if (v)
 		*v += n;
+}
+
+/* Is the agent's bypass view fresh (heartbeat within the grace). */
+static __always_inline int ml_bypass_fresh(void)
+{
+	__u32 zero = 0;
+	struct ml_bypass_clock *c = bpf_map_lookup_elem(&ml_bypass_clock, &zero);
+
+	if (!c || !c->heartbeat_ns)
+		return 0;
+	return bpf_ktime_get_ns() - c->heartbeat_ns <= c->grace_ns;
 }
 
 static __always_inline void ml_addr_from_v4(struct ml_addr *a, __u32 ip4)

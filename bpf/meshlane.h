@@ -15,7 +15,7 @@
 
 #include <linux/types.h>
 
-#define MESHLANE_LAYOUT_VERSION 5
+#define MESHLANE_LAYOUT_VERSION 6
 
 /* Capacity of the per-pod lists. Bigger lists are refused by user space
  * with an error naming the pod and the list, never truncated. */
@@ -172,6 +172,22 @@ struct ml_orig_dst {
 	__u64 netns; /* the pod that made the connection */
 };
 
+/* The agent's bypass heartbeat: the kernel bypasses (outbound, and
+ * inbound pass-through) only while now - heartbeat_ns <= grace_ns
+ * (bpf_ktime_get_ns, CLOCK_MONOTONIC). 0 = never written: no bypass. */
+struct ml_bypass_clock {
+	__u64 heartbeat_ns;
+	__u64 grace_ns;
+};
+
+/* (destination pod, port): one inbound port of one pod whose own inbound
+ * config is plain pass-through (see ml_inbound_pass in maps.h). */
+struct ml_inbound_key {
+	__u64 netns; /* the destination pod's netns cookie */
+	__u16 port;  /* host byte order, the port the flow arrives at */
+	__u16 _pad[3];
+};
+
 /* Slots of the per-CPU counter array ml_counters. */
 enum ml_counter {
 	ML_CNT_MSG_SPLICED = 0,     /* sk_msg redirected to the peer socket */
@@ -203,6 +219,10 @@ enum ml_counter {
 	ML_CNT_OVERLAP_UNTRIMMED,   /* verdict: an overlap it could not cut */
 	ML_CNT_DISCONNECT_PURGED,   /* a socket left ml_socks at disconnect:
 				     * unread spliced bytes dropped like TCP's */
+	ML_CNT_INBOUND_PASSTHROUGH, /* sk_lookup let a connection reach the
+				     * app's own listener: its pod's inbound
+				     * config for the port is pass-through
+				     * (ml_inbound_pass) */
 	ML_CNT__MAX,
 };
 

@@ -200,3 +200,44 @@ fn mtls_clusters_without_endpoints_keep_the_sidecar_in_the_real_dump() {
         .unwrap();
     assert!(reason_codes(reviews).contains(&"endpoints_unknown_assume_mtls".to_string()));
 }
+
+/// Inbound ports in the table and in --json: the 1.10 sidecar's 9080 is
+/// PERMISSIVE (an mTLS chain beside the plaintext one), so SIDECAR even
+/// with `inboundPassthrough` on, and says why.
+#[test]
+fn inbound_ports_show_their_decision_and_why() {
+    let dump = fixtures().join("istio-1.10.0_sidecar_bookinfo-details-v1.json");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agent.yaml");
+    std::fs::write(
+        &config,
+        "bypass:\n  policies:\n    inboundPassthrough: true\n",
+    )
+    .unwrap();
+    let args = [
+        "--config-dump",
+        dump.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+    ];
+    let o = explain(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table = String::from_utf8_lossy(&o.stdout);
+    let line = table
+        .lines()
+        .find(|l| l.starts_with("inbound:9080 "))
+        .unwrap_or_else(|| panic!("no inbound:9080 line in {table}"));
+    assert!(
+        line.contains("SIDECAR") && line.contains("inbound|9080||"),
+        "{line}"
+    );
+    assert!(table.contains("inbound_mtls_permissive: "), "{table}");
+    let mut json_args = args.to_vec();
+    json_args.push("--json");
+    let o = explain(&json_args);
+    let d: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let x = find(&d, "inbound", 9080);
+    assert_eq!(x["decision"], "SIDECAR");
+    assert!(reason_codes(x).contains(&"inbound_mtls_permissive".to_string()));
+    assert!(!reason_codes(x).contains(&"inbound_passthrough_policy".to_string()));
+}

@@ -20,7 +20,7 @@ pub struct ResultLabel {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
     /// `map_write_failed`, `no_endpoints`, `too_many_endpoints`,
-    /// `stream_stale`.
+    /// `stream_stale`, `inbound_map_write_failed`.
     pub reason: String,
 }
 
@@ -37,6 +37,9 @@ pub struct BypassMetrics {
     pub kept_sidecar: Family<ReasonLabel, Gauge>,
     /// Heartbeats written.
     pub heartbeats: Counter,
+    /// Inbound ports (destination pod, port) the kernel leaves to the
+    /// app's own listener now (`ml_inbound_pass` entries).
+    pub inbound_ports: Gauge,
 }
 
 impl BypassMetrics {
@@ -53,13 +56,18 @@ impl BypassMetrics {
         );
         r.register(
             "bypass_map_writes",
-            "Service map writes (entries and endpoint sets, updates and deletes) by result",
+            "Service map writes (entries and endpoint sets, updates and deletes) and inbound pass-through map writes, by result",
             self.writes.clone(),
         );
         r.register(
             "bypass_kept_sidecar",
-            "BYPASS destinations with no service map entry (they take the sidecar), by reason",
+            "BYPASS destinations with no service map entry, and PASSTHROUGH inbound ports with no entry (inbound_map_write_failed): they take the sidecar, by reason",
             self.kept_sidecar.clone(),
+        );
+        r.register(
+            "bypass_inbound_passthrough_ports",
+            "Inbound ports (destination pod, port) whose own inbound config is plain pass-through and that the kernel leaves to the app's own listener, not the pod's sidecar (inboundPassthrough policy)",
+            self.inbound_ports.clone(),
         );
         r.register(
             "bypass_heartbeats",

@@ -3,26 +3,31 @@
 //! (`ml_pods`, registrations named `namespace/name`), takes each one's
 //! latest decisions from [`LiveDecisions::decisions`] unless its xDS
 //! stream is stale, lets [`Table`] write the differences into the service
-//! map, beats the heartbeat, and forgets the stats of pods that are gone.
+//! map and each pod's own PASSTHROUGH inbound ports into
+//! `ml_inbound_pass` ([`super::inbound`]), beats the heartbeat, and
+//! forgets the stats of pods that are gone.
 //!
 //! A pod is bypassed only while it is registered and has a stream (so a
 //! pod that opted out with `meshlane.io/bypass: "false"`, or any pod when
 //! bypass is disabled, has no entry), its stream is not stale, and the
-//! heartbeat is within the grace. The agent clears the maps when it
-//! starts (and, with bypass disabled, stops the heartbeat).
+//! heartbeat is within the grace. The same holds for a pod's inbound
+//! pass-through entries, which come from that pod's own decisions only
+//! and are keyed by its own netns cookie. The agent clears the maps when
+//! it starts (and, with bypass disabled, stops the heartbeat).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::watch;
 
+use super::inbound::{self, InboundApplied, InboundMaps};
 use super::metrics::{BypassMetrics, ReasonLabel, ResultLabel};
 use super::table::{wanted_for_pod, Applied, KernelMaps, PodEntries, Table};
 use super::telemetry::{LabelBook, Labels};
 use crate::datapath::{
     BypassClockMap, BypassEndpoint, BypassEndpointsMap, BypassServicesMap, BypassStatsMap,
-    MapError, PinLayout, PodsMap, ServiceKey,
+    InboundPassKey, InboundPassMap, MapError, PinLayout, PodsMap, ServiceKey,
 };
 use crate::pods::source::{PodCatalog, PodKey};
 use crate::xds::client::XdsClient;
@@ -33,10 +38,15 @@ use crate::xds::live::LiveDecisions;
 /// written.
 pub const SYNC_INTERVAL: Duration = Duration::from_millis(250);
 
-/// Removes every service map entry and endpoint set and stops the
-/// heartbeat: nothing is bypassed until an agent writes them again.
+/// Removes every service map entry, endpoint set and inbound
+/// pass-through entry and stops the heartbeat: nothing is bypassed until
+/// an agent writes them again.
 pub fn clear_kernel_state(layout: &PinLayout) -> Result<(), MapError> {
     BypassClockMap::open(layout)?.stop()?;
+    let inbound = InboundPassMap::open(layout)?;
+    for k in inbound.keys() {
+        inbound.remove(k)?;
+    }
     let services = BypassServicesMap::open(layout)?;
     for k in services.keys() {
         services.remove(k)?;
@@ -64,8 +74,18 @@ pub struct BypassSync {
 #[derive(Default)]
 struct State {
     table: Table,
-    /// Per pod cookie: the decisions last turned into entries, and them.
-    cache: HashMap<u64, (Arc<Decisions>, PodEntries)>,
+    /// Per pod cookie: the decisions last turned into entries, and them
+    /// (service map entries, inbound pass-through entries).
+    cache: HashMap<u64, (Arc<Decisions>, PodEntries, BTreeSet<InboundPassKey>)>,
+}
+
+/// What one round wants in the kernel.
+#[derive(Default)]
+struct WantedRound {
+    services: Wanted,
+    inbound: BTreeSet<InboundPassKey>,
+    /// BYPASS destinations (and PASSTHROUGH ports) left out, by reason.
+    kept: BTreeMap<&'static str, i64>,
 }
 
 impl BypassSync {
@@ -118,11 +138,18 @@ impl BypassSync {
         let registered: HashSet<u64> = pods.iter().map(|(c, _)| *c).collect();
         state.cache.retain(|c, _| registered.contains(c));
 
-        let (wanted, mut kept) = self.wanted(state, &pods);
+        let WantedRound {
+            services,
+            inbound,
+            mut kept,
+        } = self.wanted(state, &pods);
         let mut maps = PinnedMaps::open(&self.layout, &self.metrics)?;
-        let applied = state.table.apply(&wanted, &mut maps);
+        let applied = state.table.apply(&services, &mut maps);
         log_applied(&applied);
         *kept.entry("map_write_failed").or_default() += applied.failed.len() as i64;
+        let inbound = self.apply_inbound(&inbound)?;
+        *kept.entry("inbound_map_write_failed").or_default() += inbound.add_failed.len() as i64;
+        self.metrics.inbound_ports.set(inbound.held as i64);
         self.publish(&state.table, &kept);
 
         BypassClockMap::open(&self.layout)?.beat(self.grace)?;
@@ -130,15 +157,38 @@ impl BypassSync {
         self.forget_gone_pods(&registered)
     }
 
+    /// Brings `ml_inbound_pass` to `wanted` (walking what it holds, so
+    /// entries of pods gone while no agent ran go too).
+    fn apply_inbound(&self, wanted: &BTreeSet<InboundPassKey>) -> Result<InboundApplied, MapError> {
+        let map = InboundPassMap::open(&self.layout)?;
+        let present: BTreeSet<InboundPassKey> = map.keys().into_iter().collect();
+        let mut pinned = PinnedInbound {
+            map,
+            metrics: &self.metrics,
+        };
+        let applied = inbound::apply(wanted, &present, &mut pinned);
+        for (key, e) in &applied.add_failed {
+            tracing::debug!(pod = key.netns, port = key.port, error = %e, "inbound pass-through: kept on the sidecar");
+        }
+        for (key, e) in &applied.remove_failed {
+            tracing::warn!(pod = key.netns, port = key.port, error = %e, "inbound pass-through: an entry that should go could not be removed (retried)");
+        }
+        if applied.added + applied.removed > 0 || !applied.add_failed.is_empty() {
+            tracing::info!(
+                added = applied.added,
+                removed = applied.removed,
+                failed = applied.add_failed.len(),
+                held = applied.held,
+                "bypass: inbound pass-through ports updated"
+            );
+        }
+        Ok(applied)
+    }
+
     /// Every registered pod's entries (from synced, fresh streams), and
     /// the BYPASS destinations left out, by reason.
-    fn wanted(
-        &self,
-        state: &mut State,
-        pods: &[(u64, String)],
-    ) -> (Wanted, BTreeMap<&'static str, i64>) {
-        let mut wanted = Wanted::new();
-        let mut kept: BTreeMap<&'static str, i64> = BTreeMap::new();
+    fn wanted(&self, state: &mut State, pods: &[(u64, String)]) -> WantedRound {
+        let mut round = WantedRound::default();
         for (cookie, name) in pods {
             let Some(key) = pod_key(name) else { continue };
             let (Some(decisions), Some(view)) = (self.live.decisions(&key), self.client.pod(&key))
@@ -150,25 +200,30 @@ impl BypassSync {
             if !view.synced {
                 continue;
             }
-            let entries = match state.cache.get(cookie) {
-                Some((d, e)) if Arc::ptr_eq(d, &decisions) => e.clone(),
+            let (entries, inbound) = match state.cache.get(cookie) {
+                Some((d, e, i)) if Arc::ptr_eq(d, &decisions) => (e.clone(), i.clone()),
                 _ => {
                     let e = wanted_for_pod(*cookie, &decisions);
+                    let i = inbound::wanted_for_pod(*cookie, &decisions);
                     self.record_labels(&key, *cookie, &decisions);
-                    state.cache.insert(*cookie, (decisions, e.clone()));
-                    e
+                    state
+                        .cache
+                        .insert(*cookie, (decisions, e.clone(), i.clone()));
+                    (e, i)
                 }
             };
             if view.stale {
-                *kept.entry("stream_stale").or_default() += entries.services.len() as i64;
+                *round.kept.entry("stream_stale").or_default() +=
+                    (entries.services.len() + inbound.len()) as i64;
                 continue;
             }
             for (_, skip) in &entries.skipped {
-                *kept.entry(skip.code()).or_default() += 1;
+                *round.kept.entry(skip.code()).or_default() += 1;
             }
-            wanted.extend(entries.services);
+            round.services.extend(entries.services);
+            round.inbound.extend(inbound);
         }
-        (wanted, kept)
+        round
     }
 
     /// The map's gauges.
@@ -178,6 +233,7 @@ impl BypassSync {
             "no_endpoints",
             "too_many_endpoints",
             "stream_stale",
+            "inbound_map_write_failed",
         ] {
             self.metrics
                 .kept_sidecar
@@ -304,6 +360,34 @@ impl KernelMaps for PinnedMaps<'_> {
     }
     fn delete_service(&mut self, key: ServiceKey) -> Result<(), String> {
         self.count(self.services.remove(key))
+    }
+}
+
+/// The inbound core's writes on `ml_inbound_pass`, counted in `metrics`.
+struct PinnedInbound<'a> {
+    map: InboundPassMap,
+    metrics: &'a BypassMetrics,
+}
+
+impl PinnedInbound<'_> {
+    fn count<T>(&self, r: Result<T, MapError>) -> Result<(), String> {
+        let result = if r.is_ok() { "ok" } else { "failed" };
+        self.metrics
+            .writes
+            .get_or_create(&ResultLabel {
+                result: result.into(),
+            })
+            .inc();
+        r.map(|_| ()).map_err(|e| e.to_string())
+    }
+}
+
+impl InboundMaps for PinnedInbound<'_> {
+    fn put(&mut self, key: InboundPassKey) -> Result<(), String> {
+        self.count(self.map.insert(key))
+    }
+    fn delete(&mut self, key: InboundPassKey) -> Result<(), String> {
+        self.count(self.map.remove(key))
     }
 }
 

@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 pub use crate::skel::intercept::types::{
     ml_bypass_clock, ml_bypass_counter, ml_bypass_ep, ml_bypass_key, ml_bypass_set,
-    ml_bypass_stats, ml_orig_dst, ml_orig_flag,
+    ml_bypass_stats, ml_inbound_key, ml_orig_dst, ml_orig_flag,
 };
 pub use crate::skel::splice::types::{
     ml_addr, ml_cidr, ml_cidr_list, ml_counter, ml_endpoint, ml_pod, ml_pod_flag, ml_port_list,
@@ -86,6 +86,7 @@ unsafe impl Pod for ml_bypass_key {}
 unsafe impl Pod for ml_bypass_set {}
 unsafe impl Pod for ml_bypass_clock {}
 unsafe impl Pod for ml_bypass_stats {}
+unsafe impl Pod for ml_inbound_key {}
 
 /// Most endpoints one bypass endpoint set holds (ML_BYPASS_MAX_EPS).
 pub const BYPASS_MAX_ENDPOINTS: usize = {

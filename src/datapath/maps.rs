@@ -9,7 +9,8 @@
 //! - [`CountersMap`] (`ml_counters`): the per-CPU counter array;
 //! - [`fill`]: entries and capacity of any walkable map (`status`);
 //! - the bypass maps ([`bypass`]): services, endpoint sets, the
-//!   heartbeat, per-service stats and the feature's counters.
+//!   heartbeat, per-service stats, the feature's counters and the
+//!   inbound pass-through ports.
 
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -26,7 +27,7 @@ use super::names::MapId;
 pub mod bypass;
 pub use bypass::{
     BypassClockMap, BypassCountersMap, BypassEndpoint, BypassEndpointsMap, BypassServicesMap,
-    BypassStats, BypassStatsMap, ServiceKey,
+    BypassStats, BypassStatsMap, InboundPassKey, InboundPassMap, ServiceKey,
 };
 
 #[derive(Debug, Error)]

@@ -47,7 +47,7 @@ pub fn route_libbpf_log() {
 pub use layout::PinLayout;
 pub use maps::{
     BypassClockMap, BypassCountersMap, BypassEndpoint, BypassEndpointsMap, BypassServicesMap,
-    BypassStats, BypassStatsMap, CountersMap, ListenersMap, MapError, MapFill, PodIpsMap, PodsMap,
-    ServiceKey,
+    BypassStats, BypassStatsMap, CountersMap, InboundPassKey, InboundPassMap, ListenersMap,
+    MapError, MapFill, PodIpsMap, PodsMap, ServiceKey,
 };
 pub use names::{LinkId, MapId};

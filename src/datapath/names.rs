@@ -44,11 +44,14 @@ pub enum MapId {
     BypassStats,
     /// Bypass: the feature's per-CPU counters.
     BypassCounters,
+    /// Inbound pass-through: (destination pod, port) whose own inbound
+    /// config is plain pass-through; sk_lookup leaves those to the app.
+    InboundPass,
 }
 
 impl MapId {
     /// Every shared map.
-    pub const ALL: [MapId; 16] = [
+    pub const ALL: [MapId; 17] = [
         MapId::Pods,
         MapId::PodIps,
         MapId::Socks,
@@ -65,11 +68,12 @@ impl MapId {
         MapId::BypassClock,
         MapId::BypassStats,
         MapId::BypassCounters,
+        MapId::InboundPass,
     ];
 
     /// Maps whose entries can be counted by walking their keys (socket
     /// storage cannot be walked), in the order `status` lists them.
-    pub const WALKABLE: [MapId; 11] = [
+    pub const WALKABLE: [MapId; 12] = [
         MapId::RcvCursor,
         MapId::Pods,
         MapId::PodIps,
@@ -81,6 +85,7 @@ impl MapId {
         MapId::BypassServices,
         MapId::BypassEndpoints,
         MapId::BypassStats,
+        MapId::InboundPass,
     ];
 
     /// The map's name in the BPF objects, and its pin's file name.
@@ -102,6 +107,7 @@ impl MapId {
             MapId::BypassClock => "ml_bypass_clock",
             MapId::BypassStats => "ml_bypass_stats",
             MapId::BypassCounters => "ml_bypass_cnt",
+            MapId::InboundPass => "ml_inbound_pass",
         }
     }
 

@@ -13,7 +13,7 @@ use clap::Args;
 use meshlane::api::{self, ApiError, Reply, Request};
 use meshlane::config::AgentConfig;
 use meshlane::pods::source::PodKey;
-use meshlane::xds::decide::{self, Decisions, Verdict};
+use meshlane::xds::decide::{self, Decisions};
 use meshlane::xds::dump;
 use meshlane::xds::live::PodExplained;
 
@@ -128,10 +128,11 @@ fn print_decisions(decisions: &Decisions, summary: bool, json: bool) -> Result<(
             return crate::print_json(&s);
         }
         println!(
-            "{} destinations: {} BYPASS, {} SIDECAR ({:.1}% can be bypassed)",
+            "{} destinations: {} BYPASS, {} SIDECAR, {} PASSTHROUGH ({:.1}% can be bypassed)",
             s.total,
             s.bypass,
             s.sidecar,
+            s.passthrough,
             s.bypass_share * 100.0
         );
         let mut reasons: Vec<_> = s.sidecar_reasons.iter().collect();
@@ -151,13 +152,10 @@ fn print_decisions(decisions: &Decisions, summary: bool, json: bool) -> Result<(
 fn table(d: &Decisions) -> String {
     let mut out = String::new();
     for x in &d.destinations {
-        let verdict = match x.decision {
-            Verdict::Bypass => "BYPASS",
-            Verdict::Sidecar => "SIDECAR",
-        };
+        let verdict = x.decision.as_str();
         let clusters: Vec<&str> = x.clusters.iter().map(|(c, _)| c.as_str()).collect();
         out.push_str(&format!(
-            "{:<28} {:<8} {}\n",
+            "{:<28} {:<11} {}\n",
             x.destination.to_string(),
             verdict,
             clusters.join(", ")

@@ -8,7 +8,10 @@
 //!   stale grace;
 //! - [`BypassStatsMap`] (`ml_bypass_stats`): connections and bytes per
 //!   (source pod, service), written by sockops;
-//! - [`BypassCountersMap`] (`ml_bypass_cnt`): the feature's counters.
+//! - [`BypassCountersMap`] (`ml_bypass_cnt`): the feature's counters;
+//! - [`InboundPassMap`] (`ml_inbound_pass`): (destination pod netns
+//!   cookie, port) whose own inbound config is plain pass-through;
+//!   written by the agent only, read by the pod's sk_lookup program.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -17,7 +20,7 @@ use libbpf_rs::{MapCore, MapFlags};
 
 use super::{MapError, Pinned};
 use crate::datapath::abi::{
-    self, ml_bypass_clock, ml_bypass_key, ml_bypass_set, ml_bypass_stats, Pod,
+    self, ml_bypass_clock, ml_bypass_key, ml_bypass_set, ml_bypass_stats, ml_inbound_key, Pod,
     BYPASS_COUNTER_COUNT, BYPASS_MAX_ENDPOINTS,
 };
 use crate::datapath::layout::PinLayout;
@@ -308,6 +311,63 @@ impl BypassCountersMap {
                 .sum();
         }
         Ok(out)
+    }
+}
+
+/// One inbound port of one destination pod that sk_lookup leaves to the
+/// app's own listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct InboundPassKey {
+    /// The destination pod's netns cookie (its sk_lookup instance's).
+    pub netns: u64,
+    /// The port a flow arrives at.
+    pub port: u16,
+}
+
+impl InboundPassKey {
+    fn to_abi(self) -> ml_inbound_key {
+        let mut k = ml_inbound_key::zeroed();
+        k.netns = self.netns;
+        k.port = self.port;
+        k
+    }
+}
+
+/// `ml_inbound_pass`.
+#[derive(Debug)]
+pub struct InboundPassMap(Pinned);
+
+impl InboundPassMap {
+    pub fn open(layout: &PinLayout) -> Result<Self, MapError> {
+        Pinned::open(layout, MapId::InboundPass).map(Self)
+    }
+
+    pub fn insert(&self, key: InboundPassKey) -> Result<(), MapError> {
+        self.0.put(key.to_abi().as_bytes(), &1u32.to_ne_bytes())
+    }
+
+    pub fn contains(&self, key: InboundPassKey) -> Result<bool, MapError> {
+        Ok(self.0.get(key.to_abi().as_bytes())?.is_some())
+    }
+
+    /// Removes `key`; whether it was there.
+    pub fn remove(&self, key: InboundPassKey) -> Result<bool, MapError> {
+        self.0.delete(key.to_abi().as_bytes())
+    }
+
+    /// Every key present while walking.
+    pub fn keys(&self) -> Vec<InboundPassKey> {
+        self.0
+            .map
+            .keys()
+            .filter_map(|k| {
+                let k = ml_inbound_key::from_bytes(&k)?;
+                Some(InboundPassKey {
+                    netns: k.netns,
+                    port: k.port,
+                })
+            })
+            .collect()
     }
 }
 

@@ -318,7 +318,7 @@ fn inbound_listener(p: &BootstrapParams<'_>) -> Listener {
 
 /// An ORIGINAL_DST cluster (upstream = the connection's original
 /// destination), with Istio's unlimited circuit breakers.
-fn passthrough_cluster(name: &str, bind: Option<&str>) -> Cluster {
+pub(crate) fn passthrough_cluster(name: &str, bind: Option<&str>) -> Cluster {
     let unlimited = Some(UInt32Value { value: u32::MAX });
     Cluster {
         name: name.into(),

@@ -8,9 +8,12 @@
 //! - [`istio`]: the resources istiod would generate for a set of services;
 //! - [`policy`]: per-service shapes on top (auto-mTLS endpoints with
 //!   `tlsMode: istio`, an RBAC filter, endpoint weights);
+//! - [`inbound`]: a pod's own inbound ports (`virtualInbound` chains by
+//!   port and `inbound|<port>||` clusters: plain, RBAC, PERMISSIVE);
 //! - [`server`]: the tonic server, on its own thread and runtime, with a
 //!   log of what it sent and what each sidecar acknowledged.
 
+pub mod inbound;
 pub mod istio;
 pub mod policy;
 pub mod server;

@@ -75,7 +75,7 @@ pub enum PolicyError {
     },
 }
 
-fn held<M: Message + Name + Default>(
+pub(super) fn held<M: Message + Name + Default>(
     snap: &Snapshot,
     kind: &'static str,
     name: &str,

@@ -92,6 +92,18 @@ pub fn judge(name: &str, res: &ProxyResources, policy: &BypassPolicy) -> Cluster
     };
     if kind == DISCOVERY_ORIGINAL_DST {
         out.original_dst = true;
+        if let Some(cluster::LbConfig::OriginalDstLbConfig(o)) = &c.lb_config {
+            if o.use_http_header
+                || !o.http_header_name.is_empty()
+                || o.upstream_port_override.is_some()
+                || o.metadata_key.is_some()
+            {
+                out.reasons.push(Reason::new(
+                    R::LbPolicy,
+                    format!("original-destination cluster {name} takes its address from a header or metadata, or overrides the port"),
+                ));
+            }
+        }
         if c.lb_policy != LB_CLUSTER_PROVIDED && c.lb_policy != 4 {
             out.reasons.push(Reason::new(
                 R::LbPolicy,
@@ -274,7 +286,8 @@ fn lb_name(p: i32) -> String {
     cluster::LbPolicy::try_from(p).map_or_else(|_| p.to_string(), |l| l.as_str_name().to_string())
 }
 
-fn is_tls(ts: &TransportSocket) -> bool {
+/// True when the transport socket is anything but plaintext (raw_buffer).
+pub fn is_tls(ts: &TransportSocket) -> bool {
     let ty = match &ts.config_type {
         Some(transport_socket::ConfigType::TypedConfig(a)) => t::type_name(a).to_string(),
         None => String::new(),

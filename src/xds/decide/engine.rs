@@ -292,7 +292,39 @@ fn merge(
     // One cluster reached: its (sorted) endpoint list, shared.
     let mut only: Option<Arc<[Endpoint]>> = None;
     let total_weight: u64 = targets.iter().map(|(_, w)| u64::from(*w)).sum();
-    for (name, w) in &targets {
+    if matches!(key, DestKey::Inbound { .. }) {
+        // Every chain that can take the flow counts, not the first one's
+        // clusters only: each must deliver to the address dialled.
+        let all: BTreeSet<&String> = effective
+            .iter()
+            .flat_map(|c| c.targets.iter().map(|(n, _)| n))
+            .collect();
+        for name in all {
+            let Some(j) = clusters.get(name.as_str()) else {
+                continue;
+            };
+            reasons.extend(j.reasons.iter().cloned());
+            hostnames.extend(j.hosts.iter().cloned());
+            if http {
+                reasons.extend(j.http_reasons.iter().cloned());
+            }
+            losses.extend(j.losses.iter().copied());
+            let missing = j.reasons.iter().any(|r| r.code == R::ClusterMissing);
+            if !j.original_dst && !missing {
+                // A fixed endpoint (a Sidecar ingress defaultEndpoint,
+                // 127.0.0.1 or another port): the flow as dialled would
+                // not reach what the sidecar reaches.
+                reasons.insert(Reason::new(
+                    R::InboundClusterNotOriginalDst,
+                    format!("{key}: cluster {name} is not the original destination (the pod at the address dialled)"),
+                ));
+            }
+        }
+    }
+    for (name, w) in targets
+        .iter()
+        .filter(|_| !matches!(key, DestKey::Inbound { .. }))
+    {
         let Some(j) = clusters.get(name.as_str()) else {
             continue;
         };
@@ -302,9 +334,6 @@ fn merge(
             reasons.extend(j.http_reasons.iter().cloned());
         }
         losses.extend(j.losses.iter().copied());
-        if j.original_dst && matches!(key, DestKey::Inbound { .. }) {
-            continue; // inbound delivers to the address dialled: the app
-        }
         if j.original_dst {
             if matches!(key, DestKey::Service { .. } | DestKey::Hostname { .. })
                 || !policy.bypass_passthrough
@@ -325,6 +354,13 @@ fn merge(
             format!("{key}: no cluster reached"),
         ));
     }
+    let inbound = matches!(key, DestKey::Inbound { .. });
+    if inbound && !policy.inbound_passthrough && !reasons.iter().any(|r| r.code.blocks()) {
+        reasons.insert(Reason::new(
+            R::InboundPassthroughPolicy,
+            format!("{key}: plain pass-through, but inboundPassthrough is off"),
+        ));
+    }
     let blocked = reasons.iter().any(|r| r.code.blocks());
     let reasons: Vec<Reason> = if blocked {
         reasons.into_iter().filter(|r| r.code.blocks()).collect()
@@ -341,10 +377,10 @@ fn merge(
     };
     Destination {
         destination: key.clone(),
-        decision: if blocked {
-            Verdict::Sidecar
-        } else {
-            Verdict::Bypass
+        decision: match (blocked, inbound) {
+            (true, _) => Verdict::Sidecar,
+            (false, true) => Verdict::Passthrough,
+            (false, false) => Verdict::Bypass,
         },
         listeners: listeners.into_iter().collect(),
         hostnames: hostnames.into_iter().collect(),

@@ -1,10 +1,12 @@
-//! Outbound listeners and their filter chains turned into candidates: for
-//! each destination key a chain (or virtual host) can serve, what it
+//! Listeners and their filter chains turned into candidates (outbound
+//! destinations, and this proxy's own inbound ports as
+//! `inbound:<port>`): for each destination key a chain (or virtual host)
+//! can serve, what it
 //! reaches and every listener-, filter- and route-level reason. Cluster
 //! judgements are joined later (see `engine`), so an EDS change never
 //! walks listeners again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use envoy_types::pb::envoy::config::core::v3::{address, socket_address, Address, CidrRange};
@@ -16,6 +18,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{tcp_proxy, TcpProxy};
 use prost::Message;
 
+use super::cluster;
 use super::filters::{self, Place};
 use super::reason::{Loss, Reason, ReasonCode as R};
 use super::route::{self, Targets};
@@ -60,8 +63,16 @@ pub fn candidates(
         let inbound = l.traffic_direction == TRAFFIC_INBOUND
             || port == NOT_OUTBOUND_PORTS[0]
             || l.name == "virtualInbound";
-        let mut tls_only_ports = std::collections::BTreeSet::new();
-        let mut plain_ports = std::collections::BTreeSet::new();
+        // Inbound: ports with a TLS chain, and every port with chains of
+        // its own (Envoy never falls back from a port's chains to the
+        // wildcard ones, only to the default chain).
+        let mut tls_ports = BTreeSet::new();
+        let mut own_ports = BTreeSet::new();
+        let mut default_tls = false;
+        let mut default_plain = false;
+        // Per port, the families (IPv4, IPv6) a plaintext chain takes
+        // every flow of (no ALPN, SNI or source criteria).
+        let mut catch_all: BTreeMap<u16, (bool, bool)> = BTreeMap::new();
         let original_dst = l.use_original_dst.is_some_and(|b| b.value);
         let mut listener_reasons = Vec::new();
         if let Some(p) = dump::first_unparsed(l.metadata.as_ref()) {
@@ -76,11 +87,8 @@ pub fn candidates(
                 format!("listener {} selects chains with a matcher", l.name),
             ));
         }
-        for chain in l
-            .filter_chains
-            .iter()
-            .chain(l.default_filter_chain.as_ref())
-        {
+        let chains = l.filter_chains.iter().map(|c| (c, false));
+        for (chain, is_default) in chains.chain(l.default_filter_chain.iter().map(|c| (c, true))) {
             let m = chain.filter_chain_match.clone().unwrap_or_default();
             let chain_port = m
                 .destination_port
@@ -89,12 +97,27 @@ pub fn candidates(
                 continue; // Istio's loop guard (traffic to 15001/15006 itself).
             }
             let inbound_port = m.destination_port.map_or(0, |_| chain_port);
-            if inbound && m.transport_protocol == "tls" {
-                tls_only_ports.insert(inbound_port);
-                continue; // a plaintext flow never matches a TLS chain
+            if inbound && !is_default && inbound_port != 0 {
+                own_ports.insert(inbound_port);
             }
-            if inbound {
-                plain_ports.insert(inbound_port);
+            let tls_chain = m.transport_protocol == "tls"
+                || chain.transport_socket.as_ref().is_some_and(cluster::is_tls);
+            if inbound && tls_chain {
+                // Judged per port below: a TLS chain on a port keeps it on
+                // the sidecar whatever its plaintext chains do.
+                if is_default {
+                    default_tls = true;
+                } else {
+                    tls_ports.insert(inbound_port);
+                }
+                continue;
+            }
+            if inbound && is_default {
+                default_plain = true;
+            } else if inbound && inbound_port != 0 {
+                let (v4, v6) = plain_catch_all(&m);
+                let c = catch_all.entry(inbound_port).or_default();
+                *c = (c.0 || v4, c.1 || v6);
             }
             let mut base = Candidate {
                 listener: l.name.clone(),
@@ -120,13 +143,19 @@ pub fn candidates(
                     ),
                 ));
             }
-            if chain.transport_socket.is_some() {
+            if tls_chain {
                 base.reasons.push(Reason::new(
                     R::DownstreamTls,
                     format!("listener {}: chain {} terminates TLS", l.name, chain.name),
                 ));
             }
-            let keys: Vec<(DestKey, u8)> = if inbound {
+            let keys: Vec<(DestKey, u8)> = if inbound && is_default {
+                // The default chain takes what no chain of a port (or no
+                // wildcard chain) matches: it can serve every port.
+                std::iter::once((DestKey::Inbound { port: 0 }, 0))
+                    .chain(own_ports.iter().map(|p| (DestKey::Inbound { port: *p }, 1)))
+                    .collect()
+            } else if inbound {
                 vec![(
                     DestKey::Inbound { port: inbound_port },
                     u8::from(inbound_port != 0),
@@ -222,27 +251,106 @@ pub fn candidates(
                 }
             }
         }
-        for p in tls_only_ports.difference(&plain_ports) {
-            let key = DestKey::Inbound { port: *p };
-            let why = Reason::new(
-                R::InboundMtlsRequired,
-                format!(
-                    "listener {}: only TLS chains serve {key} (mTLS required)",
-                    l.name
-                ),
-            );
-            out.entry(key).or_default().push(Candidate {
-                listener: l.name.clone(),
-                http: false,
-                rank: 1,
-                targets: Vec::new(),
-                reasons: vec![why],
-                losses: Vec::new(),
-                hostnames: Vec::new(),
-            });
+        if !default_plain {
+            for p in &own_ports {
+                if catch_all.get(p) != Some(&(true, true)) {
+                    inbound_partial_port(&mut out, &l.name, *p);
+                }
+            }
+        }
+        if default_tls {
+            tls_ports.insert(0);
+            tls_ports.extend(own_ports.iter().copied());
+        }
+        for p in tls_ports {
+            inbound_tls_port(&mut out, &l.name, p);
         }
     }
     out
+}
+
+/// The families a plaintext inbound chain takes every flow of: none when
+/// it also matches on ALPN, SNI or the source (the sidecar drops what
+/// matches no chain), both without destination ranges, else those of its
+/// zero-length (any address) ranges.
+fn plain_catch_all(
+    m: &envoy_types::pb::envoy::config::listener::v3::FilterChainMatch,
+) -> (bool, bool) {
+    if !m.application_protocols.is_empty()
+        || !m.server_names.is_empty()
+        || !m.source_prefix_ranges.is_empty()
+        || !m.direct_source_prefix_ranges.is_empty()
+        || !m.source_ports.is_empty()
+        || m.source_type != 0
+    {
+        return (false, false);
+    }
+    if m.prefix_ranges.is_empty() {
+        return (true, true);
+    }
+    let any = |c: &CidrRange| c.prefix_len.map_or(0, |l| l.value) == 0;
+    let family = |v4: bool| {
+        m.prefix_ranges.iter().any(|c| {
+            any(c)
+                && c.address_prefix
+                    .parse::<IpAddr>()
+                    .is_ok_and(|ip| ip.is_ipv4() == v4)
+        })
+    };
+    (family(true), family(false))
+}
+
+/// An inbound port of `listener` some plaintext flows match no chain of
+/// (the sidecar would drop them): its plaintext chains keep the sidecar.
+fn inbound_partial_port(out: &mut BTreeMap<DestKey, Vec<Candidate>>, listener: &str, port: u16) {
+    let key = DestKey::Inbound { port };
+    let why = Reason::new(
+        R::ChainMatchNotKeyable,
+        format!("listener {listener}: no plaintext chain takes every flow to {key} (ALPN, SNI, source or address criteria): the sidecar drops what matches none"),
+    );
+    // A port with no plaintext chain at all is served by TLS chains only:
+    // `inbound_tls_port` says so.
+    for c in out.get_mut(&key).into_iter().flatten() {
+        if c.listener == listener && c.rank == 1 {
+            c.reasons.push(why.clone());
+        }
+    }
+}
+
+/// An inbound port one of `listener`'s chains serves over TLS: with
+/// plaintext chains too (mTLS PERMISSIVE) each of them gets the reason,
+/// else (STRICT) a candidate that says only TLS serves it. Either way the
+/// port keeps the sidecar: its node's kernel sees addresses and ports, not
+/// whether a flow is another sidecar's mTLS or a bypassed plaintext one.
+fn inbound_tls_port(out: &mut BTreeMap<DestKey, Vec<Candidate>>, listener: &str, port: u16) {
+    let key = DestKey::Inbound { port };
+    let rank = u8::from(port != 0);
+    let mine = |c: &Candidate| c.listener == listener && c.rank == rank;
+    if out.get(&key).is_some_and(|cs| cs.iter().any(mine)) {
+        let why = Reason::new(
+            R::InboundMtlsPermissive,
+            format!("listener {listener}: a TLS chain also serves {key} (mTLS PERMISSIVE): the kernel cannot tell a plaintext flow from an mTLS one"),
+        );
+        for c in out.get_mut(&key).into_iter().flatten() {
+            if mine(&*c) {
+                c.reasons.push(why.clone());
+            }
+        }
+        return;
+    }
+    let why = Reason::new(
+        R::InboundMtlsRequired,
+        format!("listener {listener}: only TLS chains serve {key} (mTLS required)"),
+    );
+    out.entry(key).or_default().push(Candidate {
+        listener: listener.to_string(),
+        http: false,
+        rank,
+        targets: Vec::new(),
+        reasons: vec![why],
+        losses: Vec::new(),
+        hostnames: Vec::new(),
+    });
 }
 
 fn push_all(

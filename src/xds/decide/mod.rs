@@ -4,9 +4,15 @@
 //! listener port's remainder, the passthrough) is BYPASS or SIDECAR, with
 //! every reason and the endpoints a bypass may pick.
 //!
-//! Inbound decisions (the proxy's own inbound chains for each port, as a
-//! plaintext flow meets them) tell the kernel where a bypassed flow may
-//! skip the destination's sidecar too.
+//! Inbound decisions (`inbound:<port>`, from the proxy's own inbound
+//! chains for each port) are PASSTHROUGH or SIDECAR: PASSTHROUGH only when
+//! every chain that can match the port is plaintext (no TLS transport
+//! socket, no `transport_protocol: tls` match: the destination's kernel
+//! sees addresses and ports only, so it cannot tell a bypassed plaintext
+//! flow from another sidecar's mTLS flow), ends in a TCP proxy or an HTTP
+//! connection manager with only inert filters and one catch-all route,
+//! and reaches an original-destination cluster (the pod itself), under
+//! the `inboundPassthrough` policy (default off).
 //!
 //! - [`listeners`]: listeners and filter chains -> candidates per
 //!   destination key (cluster-independent).
@@ -87,6 +93,12 @@ pub struct BypassPolicy {
     /// listener and virtual host on its port) may be bypassed. Default
     /// false: unknown destinations keep the sidecar.
     pub bypass_passthrough: bool,
+    /// A flow arriving at this proxy's pod on a port whose inbound config
+    /// is plain pass-through (no TLS chain, only inert filters, to the pod
+    /// itself) may reach the app without this sidecar (PASSTHROUGH).
+    /// Default false: the sidecar keeps every inbound flow, and loses
+    /// nothing (its inbound telemetry and access logs stay).
+    pub inbound_passthrough: bool,
 }
 
 impl Default for BypassPolicy {
@@ -103,6 +115,7 @@ impl Default for BypassPolicy {
             bypass_host_routed_listeners: true,
             least_request_as_weighted_random: true,
             bypass_passthrough: false,
+            inbound_passthrough: false,
         }
     }
 }
@@ -110,8 +123,23 @@ impl Default for BypassPolicy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Verdict {
+    /// Outbound: the kernel may connect straight to an endpoint.
     Bypass,
     Sidecar,
+    /// Inbound (`inbound:<port>` only): a flow to this pod's port may
+    /// reach the app without this sidecar.
+    Passthrough,
+}
+
+impl Verdict {
+    /// As `explain` prints it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Bypass => "BYPASS",
+            Verdict::Sidecar => "SIDECAR",
+            Verdict::Passthrough => "PASSTHROUGH",
+        }
+    }
 }
 
 /// What a destination is keyed by.
@@ -189,6 +217,20 @@ impl Decisions {
             .collect()
     }
 
+    /// The inbound ports (never the `inbound:*` remainder) decided
+    /// PASSTHROUGH: what the kernel's `ml_inbound_pass` holds for this
+    /// proxy's pod.
+    pub fn inbound_passthrough_ports(&self) -> Vec<u16> {
+        self.destinations
+            .iter()
+            .filter(|d| d.decision == Verdict::Passthrough)
+            .filter_map(|d| match d.destination {
+                DestKey::Inbound { port } if port != 0 => Some(port),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Counts by decision and by blocking reason code.
     pub fn summary(&self) -> Summary {
         let mut s = Summary::default();
@@ -218,6 +260,9 @@ pub struct Summary {
     pub total: usize,
     pub bypass: usize,
     pub sidecar: usize,
+    /// Inbound ports a flow may reach without this sidecar.
+    #[serde(default)]
+    pub passthrough: usize,
     pub bypass_share: f64,
     /// Destinations kept on the sidecar per reason (one destination counts
     /// once per distinct reason code).
@@ -230,6 +275,7 @@ impl Summary {
         match d.decision {
             Verdict::Bypass => self.bypass += 1,
             Verdict::Sidecar => self.sidecar += 1,
+            Verdict::Passthrough => self.passthrough += 1,
         }
         for c in blocking_codes(d) {
             *self.sidecar_reasons.entry(c.name()).or_default() += 1;
@@ -242,6 +288,7 @@ impl Summary {
         match d.decision {
             Verdict::Bypass => self.bypass = self.bypass.saturating_sub(1),
             Verdict::Sidecar => self.sidecar = self.sidecar.saturating_sub(1),
+            Verdict::Passthrough => self.passthrough = self.passthrough.saturating_sub(1),
         }
         for c in blocking_codes(d) {
             if let Some(n) = self.sidecar_reasons.get_mut(&c.name()) {
@@ -255,7 +302,7 @@ impl Summary {
     }
 
     fn totals(&mut self) {
-        self.total = self.bypass + self.sidecar;
+        self.total = self.bypass + self.sidecar + self.passthrough;
         self.bypass_share = if self.total == 0 {
             0.0
         } else {
@@ -269,5 +316,7 @@ pub fn decide(res: &ProxyResources, policy: &BypassPolicy) -> Decisions {
     Engine::new(res, policy.clone()).decisions()
 }
 
+#[cfg(test)]
+mod inbound_tests;
 #[cfg(test)]
 mod tests;

@@ -37,6 +37,14 @@ pub enum ReasonCode {
     TcpProxyFeature,
     /// Inbound: only TLS chains serve the port (mTLS STRICT).
     InboundMtlsRequired,
+    /// Inbound: a TLS chain also serves the port (mTLS PERMISSIVE): the
+    /// kernel cannot tell a bypassed plaintext flow from an mTLS one.
+    InboundMtlsPermissive,
+    /// Inbound: the chain delivers to a cluster other than the original
+    /// destination (the address the flow arrived at: the pod itself).
+    InboundClusterNotOriginalDst,
+    /// Inbound: plain pass-through, but `inboundPassthrough` is off.
+    InboundPassthroughPolicy,
     // Clusters and endpoints.
     ClusterMissing,
     ClusterType,

@@ -177,6 +177,17 @@ pub fn cluster(v: &Value) -> Result<Cluster, DumpError> {
             });
         }
     }
+    if let Some(o) = field(v, "original_dst_lb_config") {
+        // What decides where an original-destination cluster connects.
+        out.lb_config = Some(cluster::LbConfig::OriginalDstLbConfig(
+            cluster::OriginalDstLbConfig {
+                use_http_header: json::bool_field(o, "use_http_header"),
+                http_header_name: json::string(o, "http_header_name"),
+                upstream_port_override: json::u32_wrapper(o, "upstream_port_override"),
+                metadata_key: field(o, "metadata_key").map(|_| Default::default()),
+            },
+        ));
+    }
     let mut md = out.metadata.take().unwrap_or_default();
     if let Some(marker) = super::unparsed_marker(unparsed) {
         md.filter_metadata.extend(marker.filter_metadata);

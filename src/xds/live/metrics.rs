@@ -73,7 +73,7 @@ impl DecisionMetrics {
         );
         r.register(
             "destinations",
-            "Outbound destinations of the node's pods by decision (bypass, sidecar), summed over pods",
+            "Destinations of the node's pods by decision (outbound: bypass, sidecar; inbound ports: passthrough, sidecar), summed over pods",
             self.destinations.clone(),
         );
         r.register(
@@ -107,7 +107,11 @@ impl DecisionMetrics {
     }
 
     fn add(&self, s: &Summary, sign: i64) {
-        for (result, n) in [("bypass", s.bypass), ("sidecar", s.sidecar)] {
+        for (result, n) in [
+            ("bypass", s.bypass),
+            ("sidecar", s.sidecar),
+            ("passthrough", s.passthrough),
+        ] {
             self.destinations
                 .get_or_create(&ResultLabel {
                     result: result.into(),
