@@ -243,6 +243,12 @@ fn quick_run_on_two_nodes_leaves_nothing_behind() {
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "bench failed:\n{stderr}");
     assert!(stdout.contains("| bypass | measured"), "{stdout}");
+    // The bypass mode's entries came from the live path (ADS, the agent's
+    // chain), still live at the end of the run.
+    assert!(
+        stdout.contains("- bypass: decided live over ADS"),
+        "{stdout}"
+    );
     for f in [
         "report.json",
         "report.md",

@@ -21,7 +21,10 @@
 //!   readiness then waits for every stream's first complete snapshot;
 //!   with it, the live decisions ([`crate::xds::live`]): each pod's bypass
 //!   decisions re-decided on every xDS change, served to
-//!   `meshlane explain --pod` through the local API.
+//!   `meshlane explain --pod` through the local API, and the service-map
+//!   sync that writes them into the kernel; the three are started together
+//!   by [`crate::bypass::BypassChain`] (which the benchmark's testbed also
+//!   runs, in process).
 //!
 //! The agent holds no BPF object after install (everything lives in pins),
 //! so killing it never touches traffic, and a restarted agent adopts the
@@ -45,10 +48,7 @@ use crate::config::{AgentConfig, ConfigError};
 use crate::layout::{PinLayout, PinRootLock};
 use crate::loader::{self, InstallReport, LoadError};
 use crate::metrics::{AgentMetrics, Metrics, ReasonLabel};
-use crate::pods::source::PodCatalog;
 use crate::probe::{self, ProbeError};
-use crate::xds::client::XdsClient;
-use crate::xds::live::LiveDecisions;
 use readiness::Readiness;
 
 #[derive(Debug, Error)]
@@ -79,10 +79,6 @@ pub enum AgentError {
 
 /// How often the agent looks for registrations whose netns is gone.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
-
-/// How often the xDS client follows the pod catalog (streams for new
-/// pods, none for pods gone).
-pub const XDS_RECONCILE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Probes and installs; the part of `run` that tests and `--once` use.
 pub fn start(cfg: &AgentConfig) -> Result<InstallReport, AgentError> {
@@ -312,39 +308,29 @@ async fn serve(
         tracing::warn!("bypass.enabled without xds.address: no xDS client, nothing is bypassed");
     }
     let decisions = xds_settings.map(|settings| {
-        let client = XdsClient::new(settings, agent_metrics.xds.clone());
         readiness.require_xds();
         let r = readiness.clone();
         tracing::info!(address = ?cfg.xds.address, tls = cfg.xds.tls, "xDS client");
-        let catalog: Arc<dyn PodCatalog> = catalog.clone();
-        tasks.spawn(client.clone().run(
-            catalog.clone(),
-            XDS_RECONCILE_INTERVAL,
-            move |synced| r.set_xds_synced(synced),
-            stop_rx.clone(),
-        ));
-        let live = LiveDecisions::new(
-            client.clone(),
-            cfg.bypass.policies.clone(),
-            agent_metrics.decisions.clone(),
-        );
-        tasks.spawn(live.clone().run(XDS_RECONCILE_INTERVAL, stop_rx.clone()));
-        if let Some(path) = cfg.source.clone() {
-            tasks.spawn(policy_reload::run(path, live.clone(), stop_rx.clone()));
-        }
-        tasks.spawn(
-            crate::bypass::BypassSync {
+        let chain = crate::bypass::BypassChain::spawn(
+            crate::bypass::ChainConfig {
+                client: settings,
+                policy: cfg.bypass.policies.clone(),
                 layout: layout.clone(),
-                live: live.clone(),
-                client,
-                catalog: catalog.clone(),
-                grace: cfg.xds.stale_grace(),
-                metrics: agent_metrics.bypass.clone(),
-                book: agent_metrics.bypass_labels.clone(),
-            }
-            .run(crate::bypass::sync::SYNC_INTERVAL, stop_rx.clone()),
+            },
+            catalog.clone(),
+            &agent_metrics,
+            move |synced| r.set_xds_synced(synced),
+            &mut tasks,
+            &stop_rx,
         );
-        live
+        if let Some(path) = cfg.source.clone() {
+            tasks.spawn(policy_reload::run(
+                path,
+                chain.live.clone(),
+                stop_rx.clone(),
+            ));
+        }
+        chain.live
     });
     if decisions.is_none() {
         // Bypass off: nothing an earlier agent wrote may keep bypassing.

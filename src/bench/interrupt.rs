@@ -1,5 +1,6 @@
 //! Ctrl-C / SIGTERM: set a flag that every loop of the harness checks, so a
 //! run unwinds through its destructors and removes everything it made.
+//! SIGPIPE: ignored while a run lasts ([`SigpipeIgnored`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
@@ -22,6 +23,38 @@ pub fn install() {
 
 pub fn requested() -> bool {
     STOP.load(Ordering::Relaxed)
+}
+
+/// While alive, SIGPIPE is ignored (the disposition before is restored on
+/// drop). A run's own sockets must fail a write with EPIPE instead of
+/// killing the harness before it cleans up: the control plane's ADS
+/// streams to sidecars that exit, the in-process agent's stream, load
+/// connections. The binary's `main` sets the default disposition (a Unix
+/// filter's, for `| head`), which the report printed after the run keeps.
+pub struct SigpipeIgnored(libc::sighandler_t);
+
+impl SigpipeIgnored {
+    pub fn new() -> Self {
+        // SAFETY: changes a process-wide disposition; no handler code runs.
+        Self(unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) })
+    }
+}
+
+impl Default for SigpipeIgnored {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for SigpipeIgnored {
+    fn drop(&mut self) {
+        if self.0 != libc::SIG_ERR {
+            // SAFETY: as in `new`, restoring what was there.
+            unsafe {
+                libc::signal(libc::SIGPIPE, self.0);
+            }
+        }
+    }
 }
 
 /// Err(Interrupted) once a stop was requested.

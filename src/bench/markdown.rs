@@ -64,6 +64,9 @@ pub fn render(r: &Report) -> String {
         "- sidecar: {}; iptables: Istio `{}`",
         m.sidecar, m.istio_rules
     );
+    if let Some(b) = &m.bypass {
+        let _ = writeln!(o, "- bypass: {b}");
+    }
     let _ = writeln!(o, "- cells: median over rounds [min–max]\n");
 
     let _ = writeln!(o, "### Modes\n\n| mode | status |\n|---|---|");

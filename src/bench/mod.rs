@@ -6,7 +6,9 @@
 //!
 //! Modules, one concern each:
 //! - [`options`]: modes, workloads, placements, validation
-//! - [`testbed`]: nodes, pods, sidecars, rules, registrations
+//! - [`testbed`]: nodes, pods, sidecars, rules, registrations, the control
+//!   plane (ADS)
+//! - [`live`]: the agent's bypass chain in process, for the `bypass` mode
 //! - [`servers`], [`load`], [`http`], [`net`]: apps and load generators
 //! - [`runner`]: the interleaved plan, CPU accounting, path evidence
 //! - [`stats`], [`report`], [`markdown`], [`svg`]: results
@@ -19,6 +21,7 @@ pub mod error;
 pub mod guard;
 pub mod http;
 pub mod interrupt;
+pub mod live;
 pub mod load;
 pub mod markdown;
 pub mod net;
@@ -46,6 +49,8 @@ use error::Result;
 pub fn run(o: &Options, quiet: bool) -> Result<Report> {
     o.validate()?;
     interrupt::install();
+    // Dropped last: the testbed's sockets are gone before SIGPIPE kills again.
+    let _sigpipe = interrupt::SigpipeIgnored::new();
     let per_round: u64 = o
         .cells()
         .iter()
@@ -79,7 +84,8 @@ pub fn run(o: &Options, quiet: bool) -> Result<Report> {
         l7,
         o.sidecar,
     )?;
-    let data = runner::run(&tb, o, &mut progress)?;
+    let mut data = runner::run(&tb, o, &mut progress)?;
+    data.bypass = tb.bypass_provenance();
     drop(tb);
     Ok(Report::build(o, data))
 }

@@ -22,6 +22,10 @@ pub struct Meta {
     pub meshlane_version: &'static str,
     pub sidecar: String,
     pub istio_rules: &'static str,
+    /// Where the bypass mode's decisions came from (the live path over
+    /// ADS), checked at the end of the run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bypass: Option<String>,
     pub options: Options,
 }
 
@@ -188,15 +192,22 @@ pub fn meta(o: &Options) -> Meta {
         cpu_model: cpu_model(),
         meshlane_version: env!("CARGO_PKG_VERSION"),
         sidecar: format!(
-            "{}, {} mode, uid 1337, original-destination listeners on 15001/15006",
+            "{}, {} mode, uid 1337, original-destination listeners on 15001/15006{}",
             o.sidecar.describe(),
             if o.http_l7 {
                 "tcp (http workloads: http)"
             } else {
                 "tcp"
+            },
+            match o.sidecar {
+                crate::sim::SidecarProxy::Envoy => {
+                    ", listeners and clusters over ADS from the testbed's control plane"
+                }
+                crate::sim::SidecarProxy::Haproxy => ", static config",
             }
         ),
         istio_rules: super::testbed::ISTIO_RULES,
+        bypass: None,
         options: o.clone(),
     }
 }
@@ -324,7 +335,10 @@ impl Report {
             })
             .collect();
         let mut r = Report {
-            meta: meta(o),
+            meta: Meta {
+                bypass: data.bypass.clone(),
+                ..meta(o)
+            },
             modes,
             summaries,
             ratios: Vec::new(),
@@ -853,7 +867,11 @@ mod tests {
         let mut h = load::histogram();
         h.record(10_000).unwrap();
         hists.insert((w, p, Mode::Direct), h);
-        RunData { steps, hists }
+        RunData {
+            steps,
+            hists,
+            bypass: None,
+        }
     }
 
     #[test]
@@ -898,6 +916,23 @@ mod tests {
             .unwrap();
         assert_eq!(ratio.value, Some(11.0 / 12.0));
         assert!(r.check().is_ok());
+    }
+
+    #[test]
+    fn where_bypass_decisions_came_from_is_reported() {
+        let r = Report::build(&opts(), data());
+        assert!(r.meta.bypass.is_none());
+        assert!(!super::super::markdown::render(&r).contains("- bypass:"));
+        let mut d = data();
+        d.bypass = Some("decided live over ADS (test)".into());
+        let r = Report::build(&opts(), d);
+        assert_eq!(
+            r.meta.bypass.as_deref(),
+            Some("decided live over ADS (test)")
+        );
+        assert!(
+            super::super::markdown::render(&r).contains("- bypass: decided live over ADS (test)\n")
+        );
     }
 
     #[test]

@@ -95,6 +95,9 @@ pub struct RunData {
     pub steps: Vec<StepRecord>,
     /// Merged latency histograms of the measured rounds per cell and mode.
     pub hists: BTreeMap<(Workload, Placement, Mode), Histogram<u64>>,
+    /// Where the bypass mode's decisions came from, checked at the end
+    /// of the run (None: the mode was not built).
+    pub bypass: Option<String>,
 }
 
 const COUNTERS: [&str; 6] = [
@@ -254,6 +257,7 @@ pub fn run(tb: &Testbed, o: &Options, progress: &mut Progress) -> Result<RunData
     let mut data = RunData {
         steps: Vec::new(),
         hists: BTreeMap::new(),
+        bypass: None,
     };
     for round in 0..o.warmup_rounds + o.rounds {
         let warmup = round < o.warmup_rounds;

@@ -16,33 +16,77 @@
 //!
 //! `bypass` pods: the client is registered (intercept) with its sidecar
 //! running; its servers are plain backends (no sidecar, not registered).
-//! The client dials a service VIP per placement, and the kernel's service
-//! map (written through the agent's table core from the engine's decisions
-//! on the control plane's config) sends it straight to the server. Everything is removed on
-//! drop, in reverse order of creation, panics and Ctrl-C included.
+//! The client dials a service VIP per placement. The testbed's control
+//! plane (the sim's ADS server) serves the client's Istio-shaped config
+//! (a TCP service per VIP and port, its one endpoint that placement's
+//! server) under the client's node id, and the agent's own bypass chain,
+//! running in this process ([`super::live`]), streams it, decides and
+//! writes the kernel's service map, which sends the client straight to
+//! the server. Setup waits until the chain has every destination BYPASS
+//! in the kernel, and fails with the reason otherwise.
+//!
+//! Envoy sidecars (every mode's) take their listeners and clusters over
+//! ADS from the same control plane, each under its own node id (the
+//! pass-through resources for its mode, plus the services for the bypass
+//! client). HAProxy sidecars have a static original-destination config.
+//! Everything is removed on drop, in reverse order of creation, panics
+//! and Ctrl-C included.
 
-use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use super::error::{BenchError, Result};
+use super::live::{self, LiveAgent, LiveStatus, NAMESPACE};
 use super::options::{Mode, Placement, Workload};
 use super::servers::ServerSet;
 use super::{interrupt, net};
-use crate::bypass::sync::PinnedMaps;
-use crate::bypass::table::{wanted_for_pod, Table};
-use crate::bypass::BypassMetrics;
-use crate::datapath::{BypassClockMap, BypassEndpoint, ServiceKey};
+use crate::pods::source::PodInfo;
 use crate::pods::{PodMode, PodSpec};
-use crate::sim::xds::{sidecar_snapshot, Protocol, Service};
+use crate::sim::xds::{sidecar_snapshot, AdsServer, Protocol, Service, Snapshot};
 use crate::sim::{
     self, Node, NodeOptions, PeerNode, Pod, SideInstall, Sidecar, SidecarMode, SidecarOptions,
     SidecarProxy,
 };
-use crate::xds::decide::{decide, BypassPolicy};
 
 /// The golden istio-init rule set every iptables-mode pod gets.
 pub const ISTIO_RULES: &str = "cni-plugin_basic.txt.golden";
+
+/// How long the bypass mode's live path may take to stream, decide and
+/// write a client's service map entries.
+pub const LIVE_LIMIT: Duration = Duration::from_secs(30);
+
+/// The bypass mode's client, as its live path is asked about it.
+#[derive(Debug, Clone)]
+pub struct BypassClient {
+    /// Its pod catalog entry (what the agent's pod source would hold).
+    pub info: PodInfo,
+    /// Its registration's netns cookie (the service map's key).
+    pub cookie: u64,
+    /// The node ids its config is served under (the agent's stream, its
+    /// Envoy sidecar's).
+    pub node_ids: Vec<String>,
+    /// The services served to it (one per placement VIP and port).
+    pub services: Vec<Service>,
+    /// Its sidecar's mode (the pass-through resources of its config).
+    pub sidecar_mode: SidecarMode,
+    pub ipv6: bool,
+}
+
+impl BypassClient {
+    /// The VIP:port of every service: what must be bypassed.
+    pub fn destinations(&self) -> Vec<SocketAddr> {
+        self.services
+            .iter()
+            .map(|s| SocketAddr::new(s.vip, s.port))
+            .collect()
+    }
+
+    /// The Istio-shaped config served to the client (version `version`).
+    pub fn snapshot(&self, version: &str) -> Snapshot {
+        sidecar_snapshot(version, self.sidecar_mode, self.ipv6, &self.services)
+    }
+}
 
 /// The pods of one mode. Field order is drop order: processes and server
 /// threads first, then the network namespaces.
@@ -56,14 +100,18 @@ pub struct ModePods {
     pub client: Pod,
     pub server: Pod,
     pub remote: Option<Pod>,
+    /// The bypass mode's client.
+    pub bypass: Option<BypassClient>,
 }
 
 /// Node A, node B and every mode's pods. Field order is drop order.
 pub struct Testbed {
-    /// The bypass mode's service map entries (every set's), as the agent's
-    /// table core wrote them.
-    bypass: Option<(Table, BTreeMap<ServiceKey, Vec<BypassEndpoint>>)>,
+    /// The agent's bypass chain in process (bypass mode), stopped first.
+    live: Option<LiveAgent>,
     pub sets: Vec<ModePods>,
+    /// The control plane: the bypass client's config and every Envoy
+    /// sidecar's, over ADS.
+    pub control_plane: Option<AdsServer>,
     /// The splice-less install of `intercept-nosplice` (node A only).
     pub side: Option<SideInstall>,
     pub peer: Option<PeerNode>,
@@ -81,6 +129,15 @@ fn bypass_vip(p: Placement) -> Ipv4Addr {
         Placement::CrossNode => Ipv4Addr::new(10, 96, 200, 2),
         Placement::OneSidecar => Ipv4Addr::new(10, 96, 200, 3),
     }
+}
+
+/// The testbed's control plane, on a unix socket under /run/meshlane-test
+/// (removed on drop); pods without a config of their own get the
+/// pass-through resources only.
+fn control_plane() -> Result<AdsServer> {
+    let dir = PathBuf::from("/run/meshlane-test").join(sim::unique_tag("bench-ads-"));
+    AdsServer::start(&dir, sidecar_snapshot("1", SidecarMode::Tcp, false, &[]))
+        .map_err(|e| BenchError::setup("the control plane (ADS server)", e.to_string()))
 }
 
 /// Runs `f` on a short-lived thread pinned to `cpu`, so processes it starts
@@ -141,9 +198,17 @@ impl Testbed {
         let node = Node::new(NodeOptions::default()).map_err(BenchError::setup_anyhow(
             "node A (cgroup, pin root, data path)",
         ))?;
+        let needs_ads = modes.contains(&Mode::Bypass)
+            || (sidecar == SidecarProxy::Envoy && modes.iter().any(|m| m.has_sidecars()));
+        let control_plane = if needs_ads {
+            Some(control_plane()?)
+        } else {
+            None
+        };
         let mut tb = Testbed {
-            bypass: None,
+            live: None,
             sets: Vec::new(),
+            control_plane,
             side: None,
             peer: None,
             node,
@@ -209,6 +274,12 @@ impl Testbed {
             client,
             server,
             remote,
+            bypass: None,
+        };
+        let sidecar_mode = if l7 {
+            SidecarMode::Http
+        } else {
+            SidecarMode::Tcp
         };
         let mut client_cookie = None;
         let pods: Vec<(&Pod, bool)> = std::iter::once((&set.client, false))
@@ -238,7 +309,8 @@ impl Testbed {
                 _ => None,
             };
             if let Some(pm) = pod_mode {
-                let mut spec = PodSpec::istio(pod.name.clone());
+                // Named as the pod source names registrations.
+                let mut spec = PodSpec::istio(format!("{NAMESPACE}/{}", pod.name));
                 spec.mode = pm;
                 let reg = if mode == Mode::InterceptNoSplice {
                     self.side
@@ -258,46 +330,66 @@ impl Testbed {
                     pod.name
                 )))?;
                 if mode == Mode::Bypass {
-                    client_cookie = Some(rec.netns_cookie);
+                    client_cookie = Some((rec.netns_cookie, spec));
                 }
             }
         }
+        let bypass = match client_cookie {
+            Some((cookie, spec)) => Some(self.bypass_client(&set, cookie, &spec, sidecar_mode)?),
+            None => None,
+        };
         let cpu = self.cpu;
         for &(pod, _) in &pods {
             let plain = mode.plain_servers() && !std::ptr::eq(pod, &set.client);
             if mode.has_sidecars() && !plain {
-                let sidecar_mode = if l7 {
-                    SidecarMode::Http
-                } else {
-                    SidecarMode::Tcp
-                };
                 let options = SidecarOptions::istio(self.sidecar, sidecar_mode);
-                let sc = pinned(cpu, || Sidecar::launch(pod, &options))?.map_err(
-                    BenchError::setup_anyhow(format!(
-                        "{} sidecar in {}",
-                        self.sidecar.name(),
-                        pod.name
-                    )),
-                )?;
+                let sc = match (self.sidecar, &self.control_plane) {
+                    (SidecarProxy::Envoy, Some(ads)) => {
+                        let id = sim::sidecar::node_id(pod);
+                        let services = bypass
+                            .as_ref()
+                            .filter(|b| b.node_ids.contains(&id))
+                            .map_or(&[][..], |b| &b.services[..]);
+                        let snap = sidecar_snapshot("1", sidecar_mode, pod.ip6.is_some(), services);
+                        ads.update_node(&id, snap);
+                        let socket = ads.socket().to_path_buf();
+                        pinned(cpu, || Sidecar::launch_ads(pod, &options, &socket))?
+                    }
+                    _ => pinned(cpu, || Sidecar::launch(pod, &options))?,
+                }
+                .map_err(BenchError::setup_anyhow(format!(
+                    "{} sidecar in {}",
+                    self.sidecar.name(),
+                    pod.name
+                )))?;
                 set.sidecars.push(sc);
             }
         }
         for pod in [&set.server].into_iter().chain(set.remote.iter()) {
             set.servers.push(ServerSet::start(pod, cpu)?);
         }
-        if let Some(cookie) = client_cookie {
-            self.bypass_to(&set, cookie)?;
+        if let Some(b) = bypass {
+            self.go_live(&b)?;
+            set.bypass = Some(b);
         }
         Ok(set)
     }
 
-    /// The bypass mode's service map: for the client pod, a TCP service
-    /// per placement VIP and workload port whose one endpoint is that
-    /// placement's plain server; decided by the engine from the control
-    /// plane's Istio-shaped config and written by the agent's table core
-    /// (so every entry is one the agent would write). The heartbeat is
-    /// written once with a week's grace: no agent runs during a benchmark.
-    fn bypass_to(&mut self, set: &ModePods, cookie: u64) -> Result<()> {
+    /// The bypass mode's client: a TCP service per placement VIP and
+    /// workload port whose one endpoint is that placement's plain server,
+    /// served by the control plane under the client's node ids (before
+    /// anything streams it).
+    fn bypass_client(
+        &self,
+        set: &ModePods,
+        cookie: u64,
+        spec: &PodSpec,
+        sidecar_mode: SidecarMode,
+    ) -> Result<BypassClient> {
+        let ads = self
+            .control_plane
+            .as_ref()
+            .ok_or_else(|| BenchError::setup("bypass", "no control plane"))?;
         let direct = self
             .set(Mode::Direct, Workload::Rtt64)
             .map(|s| s.server.ip4);
@@ -325,31 +417,87 @@ impl Testbed {
                 })
             })
             .collect();
-        let snap = sidecar_snapshot("1", SidecarMode::Tcp, false, &services);
-        let decisions = decide(&snap.proxy_resources(), &BypassPolicy::default());
-        let entries = wanted_for_pod(cookie, &decisions);
-        if entries.services.len() != services.len() {
-            return Err(BenchError::setup(
-                "bypass",
-                format!(
-                    "the decision engine bypasses {} of {} services",
-                    entries.services.len(),
-                    services.len()
-                ),
-            ));
-        }
-        let (table, wanted) = self.bypass.get_or_insert_with(Default::default);
-        wanted.extend(entries.services);
-        let metrics = BypassMetrics::default();
-        let mut maps = PinnedMaps::open(&self.node.layout, &metrics)
+        let info = live::pod_info(&set.client, spec);
+        let agent_id = live::node_id(&info, ads.socket())
             .map_err(|e| BenchError::setup("bypass", e.to_string()))?;
-        let applied = table.apply(wanted, &mut maps);
-        if let Some((key, e)) = applied.failed.first() {
-            return Err(BenchError::setup("bypass", format!("{}: {e}", key.dest)));
+        let mut node_ids = vec![agent_id, sim::sidecar::node_id(&set.client)];
+        node_ids.dedup();
+        let client = BypassClient {
+            info,
+            cookie,
+            node_ids,
+            services,
+            sidecar_mode,
+            ipv6: set.client.ip6.is_some(),
+        };
+        for id in &client.node_ids {
+            ads.update_node(id, client.snapshot("1"));
         }
-        BypassClockMap::open(&self.node.layout)
-            .and_then(|c| c.beat(Duration::from_secs(7 * 24 * 3600)))
-            .map_err(|e| BenchError::setup("bypass heartbeat", e.to_string()))
+        Ok(client)
+    }
+
+    /// Starts the agent's bypass chain (once), gives it the client, and
+    /// waits until every service is BYPASS in the kernel's service map.
+    fn go_live(&mut self, b: &BypassClient) -> Result<LiveStatus> {
+        let (Some(ads), layout) = (&self.control_plane, &self.node.layout) else {
+            return Err(BenchError::setup("bypass", "no control plane"));
+        };
+        if self.live.is_none() {
+            let agent = LiveAgent::start(layout, ads.socket())
+                .map_err(|e| BenchError::setup("bypass", e.to_string()))?;
+            self.live = Some(agent);
+        }
+        let agent = self
+            .live
+            .as_ref()
+            .ok_or_else(|| BenchError::setup("bypass", "no in-process agent"))?;
+        agent.add_pod(b.info.clone());
+        agent
+            .wait_bypassed(&b.info.key, b.cookie, &b.destinations(), LIVE_LIMIT)
+            .map_err(|e| BenchError::setup("bypass", e.to_string()))
+    }
+
+    /// Whether every bypass client's destinations are BYPASS in the
+    /// kernel now, as its live path decided them (the same check setup
+    /// waits on, waiting at most `limit`).
+    pub fn bypass_live(&self, limit: Duration) -> Result<Vec<LiveStatus>> {
+        let agent = match &self.live {
+            Some(a) => a,
+            None => return Ok(Vec::new()),
+        };
+        self.sets
+            .iter()
+            .filter_map(|s| s.bypass.as_ref())
+            .map(|b| {
+                agent
+                    .wait_bypassed(&b.info.key, b.cookie, &b.destinations(), limit)
+                    .map_err(|e| BenchError::setup("bypass", e.to_string()))
+            })
+            .collect()
+    }
+
+    /// Where the bypass mode's decisions came from, for the report: None
+    /// when the mode was not built.
+    pub fn bypass_provenance(&self) -> Option<String> {
+        self.live.as_ref()?;
+        Some(match self.bypass_live(Duration::from_secs(5)) {
+            Ok(all) => {
+                let pods: Vec<String> = all
+                    .iter()
+                    .map(|s| {
+                        format!(
+                            "{} {} of {} service destinations BYPASS, {} in the kernel's service map",
+                            s.pod, s.bypass, s.services, s.kernel_entries
+                        )
+                    })
+                    .collect();
+                format!(
+                    "decided live over ADS by the agent's bypass chain (xDS client, live decisions, service map sync) from the testbed's control plane: {}",
+                    pods.join("; ")
+                )
+            }
+            Err(e) => format!("NOT live at the end of the run: {e}"),
+        })
     }
 
     /// The pods of `mode` that `w` uses: the http-mode set for the HTTP

@@ -31,10 +31,7 @@ pub(super) fn spawn(
     let admin = dir.join("admin.sock");
     let bootstrap = dir.join("bootstrap.pb");
     let params = BootstrapParams {
-        node_id: format!(
-            "sidecar~{}~{}.default~default.svc.cluster.local",
-            pod.ip4, pod.name
-        ),
+        node_id: super::node_id(pod),
         node_cluster: format!("{}.default", pod.name),
         admin_socket: &admin,
         mode: o.mode,

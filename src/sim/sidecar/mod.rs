@@ -110,6 +110,17 @@ impl SidecarProxy {
     }
 }
 
+/// The Envoy node id of `pod`'s sidecar, as Istio names it
+/// (`sidecar~<ip>~<pod>.default~default.svc.cluster.local`): what a
+/// control plane keys a per-node snapshot by
+/// ([`crate::sim::xds::AdsServer::update_node`]).
+pub fn node_id(pod: &Pod) -> String {
+    format!(
+        "sidecar~{}~{}.default~default.svc.cluster.local",
+        pod.ip4, pod.name
+    )
+}
+
 /// How to start a sidecar.
 #[derive(Debug, Clone, Copy)]
 pub struct SidecarOptions {
