@@ -237,7 +237,7 @@ impl LiveAgent {
                 return Ok(Err(format!("{dest} is not among the decisions")));
             };
             if d.decision != Verdict::Bypass {
-                let reasons: Vec<String> = d.reasons.iter().map(|r| r.text.clone()).collect();
+                let reasons: Vec<String> = d.reasons.iter().map(|r| r.text.to_string()).collect();
                 return Err(LiveError::Sidecar {
                     pod: ex.pod.clone(),
                     dest: *dest,
