@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use common::backend_id::{dial, id_server};
 use common::{envoy_available, listen, require_root_env};
 use meshlane::datapath::{
-    BypassEndpoint, BypassEndpointsMap, BypassServicesMap, PinLayout, PodsMap, ServiceKey,
+    BypassEndpoint, BypassEndpointsMap, BypassServicesMap, PinLayout, ServiceKey,
 };
 use meshlane::sim::xds::policy::{add_fault, add_rbac, mark_meshed, registry_only};
 use meshlane::sim::xds::{sidecar_snapshot, AdsServer, Protocol, Service, Snapshot};
@@ -327,18 +327,7 @@ impl Mesh {
     }
 
     fn cookie(&self, name: &str) -> Option<u64> {
-        PodsMap::open(self.layout())
-            .ok()?
-            .iter()
-            .find_map(|(c, p)| {
-                let n: Vec<u8> = p
-                    .name
-                    .iter()
-                    .take_while(|b| **b != 0)
-                    .map(|b| *b as u8)
-                    .collect();
-                (n == name.as_bytes()).then_some(c)
-            })
+        support::registered_cookie(self.layout(), name)
     }
 
     /// The endpoints the kernel holds for (pod, dest); None: no entry.

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use common::backend_id::{echo_until_eof, serve_each};
 use common::{envoy_available, require_root_env};
-use meshlane::datapath::{InboundPassKey, InboundPassMap, PinLayout, PodsMap};
+use meshlane::datapath::{InboundPassKey, InboundPassMap, PinLayout};
 use meshlane::sim::xds::inbound::{add_inbound_port, InboundShape};
 use meshlane::sim::xds::{sidecar_snapshot, AdsServer, Snapshot};
 use meshlane::sim::{unique_tag, Node, Pod, Sidecar, SidecarMode, SidecarOptions, SidecarProxy};
@@ -209,18 +209,7 @@ impl Mesh {
     }
 
     fn cookie(&self, name: &str) -> Option<u64> {
-        PodsMap::open(self.layout())
-            .ok()?
-            .iter()
-            .find_map(|(c, p)| {
-                let n: Vec<u8> = p
-                    .name
-                    .iter()
-                    .take_while(|b| **b != 0)
-                    .map(|b| *b as u8)
-                    .collect();
-                (n == name.as_bytes()).then_some(c)
-            })
+        support::registered_cookie(self.layout(), name)
     }
 
     fn kernel_entries(&self) -> BTreeSet<InboundPassKey> {

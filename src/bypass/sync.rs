@@ -327,6 +327,19 @@ pub struct PinnedMaps<'a> {
     metrics: &'a BypassMetrics,
 }
 
+/// Counts one kernel map write in `meshlane_bypass_map_writes_total` by
+/// result and turns its error into the core's text.
+fn count_write<T>(metrics: &BypassMetrics, r: Result<T, MapError>) -> Result<(), String> {
+    let result = if r.is_ok() { "ok" } else { "failed" };
+    metrics
+        .writes
+        .get_or_create(&ResultLabel {
+            result: result.into(),
+        })
+        .inc();
+    r.map(|_| ()).map_err(|e| e.to_string())
+}
+
 impl<'a> PinnedMaps<'a> {
     pub fn open(layout: &PinLayout, metrics: &'a BypassMetrics) -> Result<Self, MapError> {
         Ok(Self {
@@ -337,14 +350,7 @@ impl<'a> PinnedMaps<'a> {
     }
 
     fn count<T>(&self, r: Result<T, MapError>) -> Result<(), String> {
-        let result = if r.is_ok() { "ok" } else { "failed" };
-        self.metrics
-            .writes
-            .get_or_create(&ResultLabel {
-                result: result.into(),
-            })
-            .inc();
-        r.map(|_| ()).map_err(|e| e.to_string())
+        count_write(self.metrics, r)
     }
 }
 
@@ -371,14 +377,7 @@ struct PinnedInbound<'a> {
 
 impl PinnedInbound<'_> {
     fn count<T>(&self, r: Result<T, MapError>) -> Result<(), String> {
-        let result = if r.is_ok() { "ok" } else { "failed" };
-        self.metrics
-            .writes
-            .get_or_create(&ResultLabel {
-                result: result.into(),
-            })
-            .inc();
-        r.map(|_| ()).map_err(|e| e.to_string())
+        count_write(self.metrics, r)
     }
 }
 

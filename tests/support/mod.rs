@@ -643,3 +643,19 @@ impl AgentProcess {
         }
     }
 }
+
+/// The netns cookie the pod registry records for the pod named `name`.
+pub fn registered_cookie(layout: &meshlane::datapath::PinLayout, name: &str) -> Option<u64> {
+    meshlane::datapath::PodsMap::open(layout)
+        .ok()?
+        .iter()
+        .find_map(|(c, p)| {
+            let n: Vec<u8> = p
+                .name
+                .iter()
+                .take_while(|b| **b != 0)
+                .map(|b| *b as u8)
+                .collect();
+            (n == name.as_bytes()).then_some(c)
+        })
+}

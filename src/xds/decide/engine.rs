@@ -220,6 +220,23 @@ fn eds_name(res: &ProxyResources, cluster: &str) -> Option<Arc<str>> {
 
 /// One destination from its candidates (the most specific rank only) and
 /// the judgements of the clusters they reach.
+/// What reaching judged cluster `j` adds to a destination: its reasons
+/// (with the HTTP-only ones when reached over HTTP), hostnames and losses.
+fn absorb(
+    j: &ClusterJudged,
+    http: bool,
+    reasons: &mut BTreeSet<Reason>,
+    hostnames: &mut BTreeSet<Arc<str>>,
+    losses: &mut Losses,
+) {
+    reasons.extend(j.reasons.iter().cloned());
+    hostnames.extend(j.hosts.iter().cloned());
+    if http {
+        reasons.extend(j.http_reasons.iter().cloned());
+    }
+    losses.extend(j.losses);
+}
+
 fn merge(
     key: &DestKey,
     all: &[Candidate],
@@ -307,12 +324,7 @@ fn merge(
             let Some(j) = clusters.get(&**name) else {
                 continue;
             };
-            reasons.extend(j.reasons.iter().cloned());
-            hostnames.extend(j.hosts.iter().cloned());
-            if http {
-                reasons.extend(j.http_reasons.iter().cloned());
-            }
-            losses.extend(j.losses);
+            absorb(j, http, &mut reasons, &mut hostnames, &mut losses);
             let missing = j.reasons.iter().any(|r| r.code == R::ClusterMissing);
             if !j.original_dst && !missing {
                 // A fixed endpoint (a Sidecar ingress defaultEndpoint,
@@ -332,12 +344,7 @@ fn merge(
         let Some(j) = clusters.get(&**name) else {
             continue;
         };
-        reasons.extend(j.reasons.iter().cloned());
-        hostnames.extend(j.hosts.iter().cloned());
-        if http {
-            reasons.extend(j.http_reasons.iter().cloned());
-        }
-        losses.extend(j.losses);
+        absorb(j, http, &mut reasons, &mut hostnames, &mut losses);
         if j.original_dst {
             if matches!(key, DestKey::Service { .. } | DestKey::Hostname { .. })
                 || !policy.bypass_passthrough
