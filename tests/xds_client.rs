@@ -7,7 +7,7 @@
 //! sharing of identical resources, and the TLS transport (a test CA, the
 //! server requiring a bearer token). No root needed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,6 +30,7 @@ use meshlane::sim::xds::{
 use meshlane::sim::SidecarMode;
 use meshlane::xds::client::{
     Address, ClientSettings, MeshSettings, Transport, XdsClient, XdsMetrics, BYPASS_ANNOTATION,
+    FIRST_SYNCS_AT_ONCE,
 };
 use meshlane::xds::ProxyResources;
 use prost::Name;
@@ -482,6 +483,57 @@ async fn two_pods_get_their_own_config_and_share_identical_resources() {
     w.client.stop_all().await;
     assert_eq!(w.metrics.held.get_or_create(&cds).get(), 0);
     assert_eq!(w.metrics.streams.get(), 0);
+}
+
+/// Identities starting together take their first snapshot a few at a
+/// time: in the server's log, no node sends its first request while
+/// FIRST_SYNCS_AT_ONCE others have theirs open (first request in, the
+/// first response of the last of the four types not yet out).
+#[tokio::test]
+async fn identities_starting_together_take_their_first_snapshot_a_few_at_a_time() {
+    let w = world(snapshot("1", &dump_services()));
+    let pods: Vec<PodInfo> = (0..10u8)
+        .map(|i| pod(&format!("app-{i}"), [10, 244, 1, 10 + i]))
+        .collect();
+    w.client.reconcile(&pods);
+    until("all synced", || {
+        w.client.synced() && w.client.pods().len() == pods.len()
+    })
+    .await;
+    let events = w.server.events();
+    // Per node: (its first request, the response completing its snapshot).
+    let mut window: BTreeMap<&str, (usize, Option<usize>)> = BTreeMap::new();
+    let mut types_sent: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for (i, e) in events.iter().enumerate() {
+        match &e.kind {
+            EventKind::Request(_) => {
+                window.entry(&e.node).or_insert((i, None));
+            }
+            EventKind::Sent { .. } => {
+                let sent = types_sent.entry(&e.node).or_default();
+                sent.insert(&e.type_url);
+                if let Some(w) = window.get_mut(e.node.as_str()).filter(|_| sent.len() == 4) {
+                    w.1.get_or_insert(i);
+                }
+            }
+        }
+    }
+    assert_eq!(window.len(), pods.len(), "{window:?}");
+    let most = window
+        .values()
+        .map(|(start, _)| {
+            window
+                .values()
+                .filter(|(s, end)| s <= start && end.is_none_or(|e| e > *start))
+                .count()
+        })
+        .max()
+        .unwrap_or(0);
+    assert!(
+        (1..=FIRST_SYNCS_AT_ONCE).contains(&most),
+        "{most} first snapshots open at once (at most {FIRST_SYNCS_AT_ONCE}): {window:?}"
+    );
+    w.client.stop_all().await;
 }
 
 /// A CA and a server certificate for `localhost` signed by it (PEM).

@@ -34,6 +34,6 @@ pub mod wire;
 
 pub use identity::{MeshSettings, ProxyIdentity, BYPASS_ANNOTATION};
 pub use metrics::XdsMetrics;
-pub use node::{ClientSettings, PodView, XdsClient};
+pub use node::{ClientSettings, PodView, XdsClient, FIRST_SYNCS_AT_ONCE};
 pub use protocol::{AdsCore, XdsType};
 pub use transport::{Address, Transport};

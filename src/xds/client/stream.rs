@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::config::core::v3::Node;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Semaphore};
 
 use super::backoff::Backoff;
 use super::grpc;
@@ -115,6 +115,13 @@ pub struct StreamContext {
     pub metrics: XdsMetrics,
     pub initial_backoff: Duration,
     pub max_backoff: Duration,
+    /// Permits for a session's first snapshot: a stream holds one from
+    /// its first request until it is synced (or `first_sync_hold` has
+    /// passed), so identities starting together (agent start, istiod
+    /// restart) do not all hold their snapshot's responses at once.
+    pub first_syncs: Arc<Semaphore>,
+    /// Longest a stream keeps its permit waiting to sync.
+    pub first_sync_hold: Duration,
 }
 
 /// Resources this identity counts in the `held` gauges.
@@ -201,6 +208,11 @@ async fn session(
         c = ctx.transport.connect() => c?,
         _ = stop.changed() => return Ok(()),
     };
+    let mut permit = tokio::select! {
+        p = Arc::clone(&ctx.first_syncs).acquire_owned() => p.ok(),
+        _ = stop.changed() => return Ok(()),
+    };
+    let hold_until = tokio::time::Instant::now() + ctx.first_sync_hold;
     let (tx, rx) = mpsc::channel(16);
     for r in core.start_stream() {
         tx.send(grpc::frame(r.encoded_len(), |b| r.encode(b)))
@@ -217,6 +229,10 @@ async fn session(
     loop {
         let msg = tokio::select! {
             _ = stop.changed() => return Ok(()),
+            _ = tokio::time::sleep_until(hold_until), if permit.is_some() => {
+                permit = None; // not synced in time: let the next one start
+                continue;
+            }
             msg = inbound.next() => msg?.ok_or(StreamError::Closed)?,
         };
         backoff.reset();
@@ -255,6 +271,7 @@ async fn session(
         }
         if core.synced() {
             state.set_synced(&ctx.metrics);
+            permit = None;
         }
     }
 }
