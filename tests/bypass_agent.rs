@@ -200,13 +200,6 @@ fn cluster_cx(envoy: &Sidecar, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
 fn scrape(addr: SocketAddr) -> String {
     support::admin_get(addr, "/metrics")
         .map(|(_, body)| body)
@@ -280,7 +273,7 @@ impl Mesh {
             ),
         )
         .expect("pod file");
-        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let admin = SocketAddr::from(([127, 0, 0, 1], support::free_port()));
         let config = dir.path().join("agent.yaml");
         let mesh_config = |bypass: bool| {
             format!(

@@ -153,7 +153,7 @@ impl Mesh {
         let dir = tempfile::tempdir().expect("tempdir");
         let pods_file = dir.path().join("pods.yaml");
         std::fs::write(&pods_file, pods_yaml(&dst, &opt, &other, true)).expect("pod file");
-        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let admin = SocketAddr::from(([127, 0, 0, 1], support::free_port()));
         let options = SidecarOptions::istio(SidecarProxy::Envoy, SidecarMode::Tcp);
         let dst_envoy = Sidecar::launch_ads(&dst, &options, ads.socket()).expect("Envoy in dst");
         let opt_envoy = Sidecar::launch_ads(&opt, &options, ads.socket()).expect("Envoy in opt");
@@ -332,13 +332,6 @@ fn pods_yaml(dst: &Pod, opt: &Pod, other: &Pod, with_dst: bool) -> String {
     ));
     out.push_str(&entry("other", other, ""));
     out
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }
 
 #[test]

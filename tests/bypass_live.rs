@@ -130,13 +130,6 @@ fn metric(text: &str, series: &str) -> f64 {
         .unwrap_or_else(|| panic!("no series {series} in\n{text}"))
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
 #[test]
 fn explain_pod_shows_live_decisions_that_follow_eds() {
     let mut node = node_without_install();
@@ -163,7 +156,7 @@ fn explain_pod_shows_live_decisions_that_follow_eds() {
         ),
     )
     .expect("pod file");
-    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let admin = SocketAddr::from(([127, 0, 0, 1], support::free_port()));
     let config = dir.path().join("agent.yaml");
     // The agent's config with these lines under `bypass:`.
     let agent_yaml = |bypass: &str| {

@@ -21,7 +21,7 @@ mod helm;
 mod support;
 
 use std::ffi::OsString;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -96,12 +96,6 @@ impl CniDirs {
     }
 }
 
-/// A port nobody listens on right now.
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("binding a probe port");
-    l.local_addr().expect("local addr").port()
-}
-
 /// One node's view of a chart render: the agent config file as the pod
 /// sees it and the DaemonSet's containers.
 struct NodeRender {
@@ -117,7 +111,7 @@ struct NodeRender {
 /// loopback port, no API server or istiod to talk to) plus `extra` values.
 fn render_for(node: &Node, cni: &CniDirs, extra: &str) -> NodeRender {
     let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
+    let port = support::free_port();
     let values = format!(
         "agent:\n  pinRoot: {}\n  logIntervalSeconds: 1\n  podSource:\n    kind: none\n  xds:\n    enabled: false\nmetrics:\n  bindAddress: 127.0.0.1\n  port: {port}\n{extra}",
         node.layout.root().display()

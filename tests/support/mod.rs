@@ -659,3 +659,11 @@ pub fn registered_cookie(layout: &meshlane::datapath::PinLayout, name: &str) -> 
             (n == name.as_bytes()).then_some(c)
         })
 }
+
+/// A TCP port on loopback that nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}

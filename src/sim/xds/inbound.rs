@@ -10,20 +10,14 @@
 //! bytes as they come (no certificate in the sim): what matters to
 //! meshlane is that a TLS chain serves the port.
 
-use std::collections::HashMap;
-
 use envoy_types::pb::envoy::config::listener::v3::{
     filter, listener_filter, Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter,
 };
-use envoy_types::pb::envoy::config::rbac::v3::{
-    permission, principal, Permission, Policy, Principal, Rbac as RbacRules,
-};
 use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
-use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{tcp_proxy, TcpProxy};
 use envoy_types::pb::google::protobuf::UInt32Value;
 
-use super::policy::{held, PolicyError};
+use super::policy::{allow_any_rbac, held, PolicyError};
 use super::snapshot::Snapshot;
 use crate::sim::sidecar::envoy_bootstrap::{any, passthrough_cluster, INBOUND_LISTENER};
 
@@ -114,35 +108,6 @@ fn tcp_proxy_to(cluster: &str) -> Filter {
     Filter {
         name: "envoy.filters.network.tcp_proxy".into(),
         config_type: Some(filter::ConfigType::TypedConfig(any(&p))),
-    }
-}
-
-/// An AuthorizationPolicy with one empty rule (ALLOW any).
-fn allow_any_rbac() -> Filter {
-    let policy = Policy {
-        permissions: vec![Permission {
-            rule: Some(permission::Rule::Any(true)),
-        }],
-        principals: vec![Principal {
-            identifier: Some(principal::Identifier::Any(true)),
-        }],
-        ..Default::default()
-    };
-    let rbac = Rbac {
-        rules: Some(RbacRules {
-            action: 0, // ALLOW
-            policies: HashMap::from([(
-                String::from("ns[default]-policy[allow-all]-rule[0]"),
-                policy,
-            )]),
-            ..Default::default()
-        }),
-        stat_prefix: "tcp.".into(),
-        ..Default::default()
-    };
-    Filter {
-        name: "envoy.filters.network.rbac".into(),
-        config_type: Some(filter::ConfigType::TypedConfig(any(&rbac))),
     }
 }
 

@@ -157,6 +157,18 @@ pub fn add_rbac(snap: &mut Snapshot, s: &Service) -> Result<(), PolicyError> {
         return Err(PolicyError::NotTcp(s.host.clone()));
     }
     let mut listener: Listener = held(snap, "listener", &s.listener())?;
+    let filter = allow_any_rbac();
+    for chain in &mut listener.filter_chains {
+        chain.filters.insert(0, filter.clone());
+    }
+    snap.add(s.listener(), &listener);
+    Ok(())
+}
+
+/// Istio's network RBAC filter for an AuthorizationPolicy with one empty
+/// rule (ALLOW any): a filter the bypass engine must never pass, whatever
+/// it allows.
+pub(crate) fn allow_any_rbac() -> Filter {
     let policy = Policy {
         permissions: vec![Permission {
             rule: Some(permission::Rule::Any(true)),
@@ -175,15 +187,10 @@ pub fn add_rbac(snap: &mut Snapshot, s: &Service) -> Result<(), PolicyError> {
         stat_prefix: "tcp.".into(),
         ..Default::default()
     };
-    let filter = Filter {
+    Filter {
         name: "envoy.filters.network.rbac".into(),
         config_type: Some(filter::ConfigType::TypedConfig(any(&rbac))),
-    };
-    for chain in &mut listener.filter_chains {
-        chain.filters.insert(0, filter.clone());
     }
-    snap.add(s.listener(), &listener);
-    Ok(())
 }
 
 const FAULT_FILTER: &str = "envoy.filters.http.fault";
