@@ -35,10 +35,14 @@
  * sender's ml_sock_state entry: sk_msg cannot take a socket reference, and
  * loading needs CAP_PERFMON). At ml_splice_queue_limit the direction is
  * handed to TCP, whose flow control bounds it. It is spliced
- * again only when no byte of it is left on the TCP path (all acknowledged
- * by the peer and read by the reader) and the queue has drained to half,
- * so bytes are never reordered: the reader always drains the psock queue
- * before the TCP receive queue.
+ * again only when no byte of it is left on the TCP path (every byte the
+ * sender wrote to TCP has reached the peer, rcv_nxt == write_seq, and its
+ * reader has read them, copied_seq == rcv_nxt) and the queue has drained
+ * to half, so bytes are never reordered: the reader always drains the
+ * psock queue before the TCP receive queue. Arrival, not acknowledgement:
+ * on a busy stream snd_una trails write_seq by every byte in flight and
+ * by delayed ACKs, so a held direction waiting for its ACKs kept taking
+ * TCP for most of a bulk transfer (issue 14).
  *
  * Scope. Only a socket whose reader cannot tell is put in ml_socks: on
  * the kernels this runs on, a socket in a sockhash stops behaving like TCP
@@ -116,6 +120,7 @@ struct peer_state {
 	__u32 queued;     /* bytes on its psock ingress queue */
 	__u32 counted;    /* queued is known (the kernel counts it) */
 	__u32 unread_tcp; /* bytes its TCP receive path holds unread */
+	__u32 rcv_nxt;    /* the next byte it expects through TCP */
 };
 
 /* Reads the peer's state from its kernel address @addr; 0 when it is not
@@ -157,11 +162,16 @@ static __always_inline int read_peer(__u64 addr, int held,
 							     copied_seq)))
 		return 0;
 	st->unread_tcp = rcv_nxt - copied_seq;
+	st->rcv_nxt = rcv_nxt;
 	return 1;
 }
 
-/* No byte this socket sent through TCP is still unacknowledged. */
-static __always_inline int tcp_path_idle(struct sk_msg_md *msg)
+/* Every byte this socket wrote to TCP has reached its peer, whose rcv_nxt
+ * is @peer_rcv_nxt (in order: rcv_nxt only moves over contiguous bytes;
+ * both ends count in the same sequence space, which a REDIRECT leaves
+ * alone). Nothing of this direction is in flight or still queued to send. */
+static __always_inline int tcp_path_arrived(struct sk_msg_md *msg,
+					    __u32 peer_rcv_nxt)
 {
 	struct tcp_sock___ml *tp;
 	struct bpf_sock *sk = msg->sk;
@@ -169,7 +179,7 @@ static __always_inline int tcp_path_idle(struct sk_msg_md *msg)
 	if (!sk)
 		return 0;
 	tp = (struct tcp_sock___ml *)bpf_skc_to_tcp_sock(sk);
-	return tp && tp->snd_una == tp->write_seq;
+	return tp && tp->write_seq == peer_rcv_nxt;
 }
 
 /* What may_splice() decided for one message. */
@@ -212,9 +222,10 @@ static __always_inline enum splice_verdict may_splice(struct sk_msg_md *msg,
 		return TAKE_TCP;
 	}
 	/* Held: splice again only when no byte of this direction is left on
-	 * the TCP path (acknowledged by the peer and read by its reader) and,
+	 * the TCP path (arrived at the peer and read by its reader) and,
 	 * after backpressure, the peer's queue has drained to half. */
-	if (!read_peer(peer, 1, &st) || st.unread_tcp || !tcp_path_idle(msg))
+	if (!read_peer(peer, 1, &st) || st.unread_tcp ||
+	    !tcp_path_arrived(msg, st.rcv_nxt))
 		return TAKE_TCP;
 	if (hold == ML_HOLD_THROTTLED && st.queued > limit / 2)
 		return TAKE_TCP;
