@@ -25,6 +25,16 @@ fn signed(s: Option<Stat>) -> String {
     }
 }
 
+/// The share of sk_msg's bytes it redirected, as a percentage; "-" when
+/// no byte went through sk_msg (nothing spliceable in the cell).
+fn spliced_share(spliced: u64, fallback: u64) -> String {
+    let total = spliced as f64 + fallback as f64;
+    if total == 0.0 {
+        return "-".into();
+    }
+    format!("{:.1}%", spliced as f64 * 100.0 / total)
+}
+
 fn is_latency(w: Workload) -> bool {
     w.rtt_size().is_some() || w == Workload::Connect || w.fixed_rate()
 }
@@ -143,7 +153,7 @@ pub fn render(r: &Report) -> String {
     if !thr.is_empty() {
         let _ = writeln!(
             o,
-            "\n### Throughput\n\n`throttled / resumed`: how often the splice backpressure handed a direction to TCP and spliced it again (summed over rounds).\n\n| workload | placement | mode | requests/s | Gbit/s | throttled / resumed |\n|---|---|---|---|---|---|"
+            "\n### Throughput\n\n`throttled / resumed`: how often the splice backpressure handed a direction to TCP and spliced it again; `spliced`: the share of the bytes sent on spliceable sockets that sk_msg redirected (the rest took TCP: not paired yet, held after a throttle or at start); both summed over rounds.\n\n| workload | placement | mode | requests/s | Gbit/s | throttled / resumed | spliced |\n|---|---|---|---|---|---|---|"
         );
         for s in thr {
             if !row_ok(s) {
@@ -153,7 +163,7 @@ pub fn render(r: &Report) -> String {
             let c = |k: &str| s.counters.get(k).copied().unwrap_or(0);
             let _ = writeln!(
                 o,
-                "| {} | {} | {} | {} | {} | {} / {} |",
+                "| {} | {} | {} | {} | {} | {} / {} | {} |",
                 s.workload,
                 s.placement,
                 s.mode,
@@ -164,7 +174,8 @@ pub fn render(r: &Report) -> String {
                 },
                 st(s.gbit_per_s, 2),
                 c("splice_throttled"),
-                c("splice_resumed")
+                c("splice_resumed"),
+                spliced_share(c("bytes_spliced"), c("bytes_fallback"))
             );
         }
     }
@@ -300,4 +311,17 @@ fn failed_row(o: &mut String, s: &Summary, blanks: usize) {
         s.errors.first().map_or("", String::as_str),
         " |".repeat(blanks)
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::spliced_share;
+
+    #[test]
+    fn spliced_share_is_a_percentage_of_sk_msg_bytes() {
+        assert_eq!(spliced_share(0, 0), "-");
+        assert_eq!(spliced_share(3, 1), "75.0%");
+        assert_eq!(spliced_share(0, 10), "0.0%");
+        assert_eq!(spliced_share(u64::MAX, u64::MAX), "50.0%");
+    }
 }

@@ -100,13 +100,15 @@ pub struct RunData {
     pub bypass: Option<String>,
 }
 
-const COUNTERS: [&str; 6] = [
+const COUNTERS: [&str; 8] = [
     "messages_spliced",
     "connects_redirected",
     "inbound_steered",
     "sockets_paired_across_nat",
     "splice_throttled",
     "splice_resumed",
+    "bytes_spliced",
+    "bytes_fallback",
 ];
 
 /// Run count and run time (ns) of every program by name, summed over the
