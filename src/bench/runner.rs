@@ -100,7 +100,7 @@ pub struct RunData {
     pub bypass: Option<String>,
 }
 
-const COUNTERS: [&str; 8] = [
+const COUNTERS: [&str; 13] = [
     "messages_spliced",
     "connects_redirected",
     "inbound_steered",
@@ -109,6 +109,11 @@ const COUNTERS: [&str; 8] = [
     "splice_resumed",
     "bytes_spliced",
     "bytes_fallback",
+    "sockets_inserted",
+    "sockets_insert_failed",
+    "sockets_not_spliced",
+    "sockets_evicted",
+    "bookkeeping_insert_failed",
 ];
 
 /// Run count and run time (ns) of every program by name, summed over the
