@@ -52,7 +52,8 @@ pub struct AgentConfig {
     /// Capacity of the splice socket map (and the maps sized with it).
     pub sockhash_size: u32,
     /// Bytes queued at a spliced reader before its direction uses TCP until
-    /// it drains; None: the node's largest TCP receive buffer; 0: no limit.
+    /// it drains; None: a quarter of the node's largest TCP receive buffer;
+    /// 0: no limit.
     pub splice_queue_limit: Option<u32>,
     /// Attach the interception hooks (false: splice only).
     pub intercept: bool,

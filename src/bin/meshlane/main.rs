@@ -108,7 +108,8 @@ struct AgentArgs {
     sockhash_size: Option<u32>,
     /// Bytes queued at a spliced reader before that direction uses TCP
     /// (with its flow control) until the reader catches up; 0 = no limit
-    /// [default: the node's largest TCP receive buffer, net.ipv4.tcp_rmem].
+    /// [default: a quarter of the node's largest TCP receive buffer,
+    /// net.ipv4.tcp_rmem].
     #[arg(long, env = "MESHLANE_SPLICE_QUEUE_LIMIT")]
     splice_queue_limit: Option<u32>,
     /// Splice only: do not attach the interception hooks.
