@@ -74,17 +74,18 @@ struct {
 	__type(value, struct ml_sock_state);
 } ml_sock_state SEC(".maps");
 
-/* Active (client) sockets by their local endpoint, so the passive socket at
- * the far end of a NAT redirect finds its partner. Only sockets whose
- * connection may cross istio-init's REDIRECT register (their pod, or the
- * pod they connect to, has the rules: ML_POD_IPTABLES); everywhere else
- * the partner is found by its mirror tuple.
+/* Active (client) sockets by their handshake (address and both initial
+ * sequence numbers: struct ml_handshake), so the passive socket at the far
+ * end of a NAT redirect finds its partner whatever ports the NAT rewrote.
+ * Only sockets whose connection may cross istio-init's REDIRECT register
+ * (their pod, or the pod they connect to, has the rules: ML_POD_IPTABLES);
+ * everywhere else the partner is found by its mirror tuple.
  * Writer: sockops (active established; deleted when a passive end pairs
  * with it, or at close). Reader: sockops (passive established). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
-	__type(key, struct ml_endpoint);
+	__type(key, struct ml_handshake);
 	__type(value, struct ml_sock_key);
 } ml_active SEC(".maps");
 

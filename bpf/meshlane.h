@@ -15,7 +15,7 @@
 
 #include <linux/types.h>
 
-#define MESHLANE_LAYOUT_VERSION 6
+#define MESHLANE_LAYOUT_VERSION 7
 
 /* Capacity of the per-pod lists. Bigger lists are refused by user space
  * with an error naming the pod and the list, never truncated. */
@@ -120,6 +120,20 @@ struct ml_endpoint {
 	__u16 _pad[3];
 };
 
+/* A connection as both of its ends see it across istio-init's REDIRECT:
+ * the key of ml_active. The REDIRECT rewrites the destination, and the
+ * source port too when its reply tuple clashes with a connection still in
+ * conntrack (two ports of a pod both redirected to 15006, the same source
+ * port reused), but never the source address or the sequence numbers. The
+ * two initial sequence numbers make the key unique among live
+ * connections from one address. */
+struct ml_handshake {
+	__u64 netns;         /* the active end's netns */
+	struct ml_addr addr; /* the active end's address */
+	__u32 active_seq;    /* the active end's ISN + 1 */
+	__u32 passive_seq;   /* the passive end's ISN + 1 */
+};
+
 /* ml_sock_state.hold: why a direction takes TCP until nothing of it is left
  * on the TCP path (see splice.bpf.c). */
 enum ml_sock_hold {
@@ -130,8 +144,8 @@ enum ml_sock_hold {
 
 /* ml_sock_state.flags */
 enum ml_sock_flag {
-	/* The socket registered its local endpoint in ml_active (a NAT may
-	 * hide it from its passive end); cleared when that end consumed it. */
+	/* The socket registered its handshake in ml_active (a NAT may hide
+	 * it from its passive end); cleared when that end consumed it. */
 	ML_SOCK_IN_ACTIVE = 1 << 0,
 };
 
@@ -145,7 +159,12 @@ struct ml_sock_state {
 	__u64 peer_addr; /* the peer's kernel address once paired, else 0 */
 	__u8 hold;       /* enum ml_sock_hold */
 	__u8 flags;      /* enum ml_sock_flag */
-	__u8 _pad[6];
+	__u8 _pad[2];
+	/* With ML_SOCK_IN_ACTIVE: the sequence numbers of its ml_active key
+	 * (struct ml_handshake), so close can remove the entry. */
+	__u32 active_seq;
+	__u32 passive_seq;
+	__u32 _pad2;
 };
 
 /* ml_orig_dst.flags */

@@ -22,7 +22,10 @@
  * Under istio-init's iptables REDIRECT the proxy's accepted socket
  * (127.0.0.1:15001 <- podIP:eph) does not mirror the app's socket
  * (podIP:eph -> VIP:80). The passive side then finds the active socket by its
- * source endpoint in ml_active and both peers are written explicitly. Only
+ * handshake in ml_active (its source address and the two initial sequence
+ * numbers, which no NAT rewrites; the source port may be: conntrack remaps
+ * it when the redirected tuple clashes with an older connection) and both
+ * peers are written explicitly. Only
  * sockets whose connection may cross such a REDIRECT (their pod or the pod
  * they connect to has istio-init's rules) register in ml_active.
  *

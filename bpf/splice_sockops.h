@@ -14,8 +14,9 @@
  *
  * Per connection, as built:
  *   active established   sockhash insert, one ml_sock_state update, and an
- *                        ml_active update only where a NAT may hide the
- *                        pairing (ML_POD_IPTABLES on either pod);
+ *                        ml_active update (keyed by the handshake) only
+ *                        where a NAT may hide the pairing (ML_POD_IPTABLES
+ *                        on either pod);
  *   passive established  one ml_sock_state lookup (the mirror partner; the
  *                        ml_active lookup only when that misses and a NAT
  *                        may be in between), in-place
@@ -73,14 +74,23 @@ static __always_inline void ml_mirror_key(const struct ml_sock_key *k,
 	m->remote_port = k->local_port;
 }
 
-static __always_inline void ml_endpoint_of(__u64 netns,
-					   const struct ml_addr *a, __u16 port,
-					   struct ml_endpoint *e)
+/* The ml_active key of a connection whose active end is at @addr in
+ * @netns. Each end reads the two sequence numbers where its established
+ * callback runs: the active end after the SYN-ACK (snd_una is its ISN + 1,
+ * rcv_nxt the passive end's), the passive end after the handshake's last
+ * ACK and before any data in it is queued (rcv_nxt is the active end's
+ * ISN + 1, snd_una its own). With data in the SYN (TCP Fast Open) they
+ * differ, and the connection is simply not paired. */
+static __always_inline void ml_handshake_of(__u64 netns,
+					    const struct ml_addr *addr,
+					    __u32 active_seq, __u32 passive_seq,
+					    struct ml_handshake *h)
 {
-	__builtin_memset(e, 0, sizeof(*e));
-	e->netns = netns;
-	e->addr = *a;
-	e->port = port;
+	__builtin_memset(h, 0, sizeof(*h));
+	h->netns = netns;
+	h->addr = *addr;
+	h->active_seq = active_seq;
+	h->passive_seq = passive_seq;
 }
 
 /* The socket's kernel address, for its peer's backpressure reads (only
@@ -111,32 +121,35 @@ static __always_inline int ml_may_cross_nat(const struct ml_pod *pod,
 	return peer && (peer->flags & ML_POD_IPTABLES);
 }
 
-/* Removes @me's ml_active registration if it is still its own (another
- * active socket may since have registered the same local endpoint). */
-static __always_inline void ml_forget_active(const struct ml_sock_key *me)
+/* Removes the ml_active registration of @me (state @st) if it is still
+ * its own. */
+static __always_inline void ml_forget_active(const struct ml_sock_key *me,
+					     const struct ml_sock_state *st)
 {
-	struct ml_endpoint self;
+	struct ml_handshake h;
 	struct ml_sock_key *active;
 
-	ml_endpoint_of(me->netns, &me->local, me->local_port, &self);
-	active = bpf_map_lookup_elem(&ml_active, &self);
-	if (active && ml_addr_eq(&active->remote, &me->remote) &&
-	    active->remote_port == me->remote_port)
-		bpf_map_delete_elem(&ml_active, &self);
+	ml_handshake_of(me->netns, &me->local, st->active_seq,
+			st->passive_seq, &h);
+	active = bpf_map_lookup_elem(&ml_active, &h);
+	if (active && ml_sock_key_eq(active, me))
+		bpf_map_delete_elem(&ml_active, &h);
 }
 
-/* The passive end of a connection under a NAT redirect: the active socket
- * that opened it, found by its source endpoint. Returns 1 and fills
- * @partner when one is registered. */
-static __always_inline int ml_nat_partner(const struct ml_sock_key *me,
+/* The passive end @me (sequence numbers read from @skops) of a connection
+ * under a NAT redirect: the active socket that opened it, found by its
+ * handshake. Returns 1 and fills @partner when one is registered. */
+static __always_inline int ml_nat_partner(struct bpf_sock_ops *skops,
+					  const struct ml_sock_key *me,
 					  __u64 peer_netns,
 					  struct ml_sock_key *partner)
 {
-	struct ml_endpoint src;
+	struct ml_handshake h;
 	struct ml_sock_key *active;
 
-	ml_endpoint_of(peer_netns, &me->remote, me->remote_port, &src);
-	active = bpf_map_lookup_elem(&ml_active, &src);
+	ml_handshake_of(peer_netns, &me->remote, ML_RD(skops->rcv_nxt),
+			ML_RD(skops->snd_una), &h);
+	active = bpf_map_lookup_elem(&ml_active, &h);
 	if (!active)
 		return 0;
 	*partner = *active;
@@ -144,10 +157,8 @@ static __always_inline int ml_nat_partner(const struct ml_sock_key *me,
 	if (ml_addr_eq(&partner->remote, &me->local) &&
 	    partner->remote_port == me->local_port)
 		return 0;
-	/* An active socket has one passive end: consume the entry, so a later
-	 * connection whose NATed source happens to equal this endpoint (a
-	 * port clash remapped by conntrack) can never be paired with it. */
-	bpf_map_delete_elem(&ml_active, &src);
+	/* An active socket has one passive end: consume the entry. */
+	bpf_map_delete_elem(&ml_active, &h);
 	return 1;
 }
 
@@ -157,8 +168,9 @@ static __always_inline int ml_nat_partner(const struct ml_sock_key *me,
  * which is only looked for where one may be (the rule that made the active
  * end register, asked from @pod's side). */
 static __always_inline struct ml_sock_state *
-ml_find_partner(const struct ml_pod *pod, const struct ml_sock_key *me,
-		__u64 peer_netns, struct ml_sock_key *partner, int *nat)
+ml_find_partner(struct bpf_sock_ops *skops, const struct ml_pod *pod,
+		const struct ml_sock_key *me, __u64 peer_netns,
+		struct ml_sock_key *partner, int *nat)
 {
 	struct ml_sock_state *theirs;
 
@@ -170,7 +182,7 @@ ml_find_partner(const struct ml_pod *pod, const struct ml_sock_key *me,
 	if (theirs && ml_sock_key_eq(&theirs->peer, me))
 		return theirs;
 	if (!ml_may_cross_nat(pod, me->netns, peer_netns) ||
-	    !ml_nat_partner(me, peer_netns, partner))
+	    !ml_nat_partner(skops, me, peer_netns, partner))
 		return 0;
 	*nat = 1;
 	return bpf_map_lookup_elem(&ml_sock_state, partner);
@@ -231,16 +243,17 @@ static __always_inline int ml_splice_record(struct ml_sock_key *me,
 	return -1;
 }
 
-/* An active end whose passive end will not be spliced: out of ml_socks
- * again. Nothing can have been spliced to or from it yet (its passive end
- * was never in the map), and its peer has not been able to send. */
+/* An active end (state @st) whose passive end will not be spliced: out of
+ * ml_socks again. Nothing can have been spliced to or from it yet (its
+ * passive end was never in the map), and its peer has not been able to
+ * send. @st is a copy: the entry is deleted here. */
 static __always_inline void ml_splice_evict(struct ml_sock_key *active,
-					    __u8 flags)
+					    const struct ml_sock_state *st)
 {
 	if (!bpf_map_delete_elem(&ml_socks, active))
 		ml_count(ML_CNT_SOCK_EVICTED, 1);
-	if (flags & ML_SOCK_IN_ACTIVE)
-		ml_forget_active(active);
+	if (st->flags & ML_SOCK_IN_ACTIVE)
+		ml_forget_active(active, st);
 	bpf_map_delete_elem(&ml_sock_state, active);
 }
 
@@ -255,7 +268,7 @@ static __always_inline void ml_splice_active(struct bpf_sock_ops *skops,
 {
 	int proxy = ml_sock_owner_uid(skops) == pod->proxy_uid;
 	struct ml_sock_state st = {};
-	struct ml_endpoint self;
+	struct ml_handshake h;
 
 	if (!ml_spliceable(pod, me, proxy) || ml_to_app_only(pod, &me->local) ||
 	    (!peer_netns && (proxy || !(pod->flags & ML_POD_IPTABLES)))) {
@@ -269,14 +282,18 @@ static __always_inline void ml_splice_active(struct bpf_sock_ops *skops,
 	if (peer_netns)
 		ml_mirror_key(me, peer_netns, &st.peer);
 	st.addr = ml_sock_addr(skops);
-	if (ml_may_cross_nat(pod, me->netns, peer_netns))
+	if (ml_may_cross_nat(pod, me->netns, peer_netns)) {
 		st.flags = ML_SOCK_IN_ACTIVE;
+		st.active_seq = ML_RD(skops->snd_una);
+		st.passive_seq = ML_RD(skops->rcv_nxt);
+	}
 	if (ml_splice_record(me, &st))
 		return;
 	if (!(st.flags & ML_SOCK_IN_ACTIVE))
 		return;
-	ml_endpoint_of(me->netns, &me->local, me->local_port, &self);
-	if (bpf_map_update_elem(&ml_active, &self, me, BPF_ANY))
+	ml_handshake_of(me->netns, &me->local, st.active_seq, st.passive_seq,
+			&h);
+	if (bpf_map_update_elem(&ml_active, &h, me, BPF_ANY))
 		ml_count(ML_CNT_STATE_FULL, 1);
 }
 
@@ -327,24 +344,27 @@ static __always_inline void ml_splice_passive(struct bpf_sock_ops *skops,
 					      struct ml_sock_key *me,
 					      __u64 peer_netns)
 {
-	struct ml_sock_state *theirs, mine = {};
+	struct ml_sock_state *theirs, mine = {}, was;
 	struct ml_sock_key partner;
-	__u8 flags;
 	int nat;
 
 	if (ml_to_app_only(pod, &me->remote)) {
 		ml_count(ML_CNT_SOCK_NOT_SPLICED, 1);
 		return;
 	}
-	theirs = ml_find_partner(pod, me, peer_netns, &partner, &nat);
+	theirs = ml_find_partner(skops, pod, me, peer_netns, &partner, &nat);
 	if (!theirs) {
 		ml_count(ML_CNT_SOCK_NOT_SPLICED, 1);
 		return;
 	}
-	flags = nat ? 0 : theirs->flags;
+	/* What an eviction of the partner undoes (ml_nat_partner consumed
+	 * its ml_active entry already). */
+	was = *theirs;
+	if (nat)
+		was.flags &= ~ML_SOCK_IN_ACTIVE;
 	if (!ml_spliceable(pod, me, ml_sock_owner_uid(skops) == pod->proxy_uid)) {
 		ml_count(ML_CNT_SOCK_NOT_SPLICED, 1);
-		ml_splice_evict(&partner, flags);
+		ml_splice_evict(&partner, &was);
 		return;
 	}
 	mine.peer = partner;
@@ -352,11 +372,11 @@ static __always_inline void ml_splice_passive(struct bpf_sock_ops *skops,
 	mine.peer_addr = theirs->addr;
 	if (ml_splice_target(me, mine.addr, &partner, theirs, nat) ||
 	    ml_splice_insert(skops, me)) {
-		ml_splice_evict(&partner, flags);
+		ml_splice_evict(&partner, &was);
 		return;
 	}
 	if (ml_splice_record(me, &mine)) {
-		ml_splice_evict(&partner, flags);
+		ml_splice_evict(&partner, &was);
 		return;
 	}
 	if (nat)
@@ -412,7 +432,6 @@ static __always_inline void ml_splice_close(struct bpf_sock_ops *skops)
 	struct ml_sock_state *st, *peer;
 	struct ml_sock_key me;
 	__u64 cookie, addr;
-	__u8 flags;
 
 	/* The cursor goes first and whatever the state says: a socket whose
 	 * owner closed it can linger (FIN_WAIT2, LAST_ACK) while new sockets
@@ -424,7 +443,6 @@ static __always_inline void ml_splice_close(struct bpf_sock_ops *skops)
 	st = bpf_map_lookup_elem(&ml_sock_state, &me);
 	if (!st)
 		return;
-	flags = st->flags;
 	addr = st->addr;
 	if (ml_disconnected(skops) && !bpf_map_delete_elem(&ml_socks, &me))
 		ml_count(ML_CNT_DISCONNECT_PURGED, 1);
@@ -435,9 +453,9 @@ static __always_inline void ml_splice_close(struct bpf_sock_ops *skops)
 		if (peer && peer->peer_addr == addr)
 			peer->peer_addr = 0;
 	}
+	if (st->flags & ML_SOCK_IN_ACTIVE)
+		ml_forget_active(&me, st);
 	bpf_map_delete_elem(&ml_sock_state, &me);
-	if (flags & ML_SOCK_IN_ACTIVE)
-		ml_forget_active(&me);
 }
 
 /* Splicing's work for one sockops callback. */

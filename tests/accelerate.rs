@@ -199,3 +199,90 @@ fn sidecar_to_sidecar_under_istio_iptables_is_spliced() {
         assert_eq!(delta(&c1, &c0, "connects_redirected"), 0);
     }
 }
+
+/// A socket bound to `port` on `pod`'s address (SO_REUSEADDR, so the port
+/// may still hold an earlier connection in TIME_WAIT), connected to `to`.
+fn connect_from_port(pod: &meshlane::sim::Pod, port: u16, to: SocketAddr) -> TcpStream {
+    use nix::sys::socket::{
+        bind, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage,
+    };
+    let local = SocketAddr::new(std::net::IpAddr::V4(pod.ip4), port);
+    pod.run(move || {
+        let fd = socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .expect("socket");
+        setsockopt(&fd, sockopt::ReuseAddr, &true).expect("SO_REUSEADDR");
+        bind(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            &SockaddrStorage::from(local),
+        )
+        .unwrap_or_else(|e| panic!("bind {local}: {e}"));
+        nix::sys::socket::connect(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            &SockaddrStorage::from(to),
+        )
+        .unwrap_or_else(|e| panic!("connect {local} -> {to}: {e}"));
+        let s = TcpStream::from(fd);
+        set_io_slices(&s);
+        s
+    })
+    .expect("entering pod")
+}
+
+/// Two proxy connections from the same source port to two ports of a pod
+/// under istio-init's inbound REDIRECT: both are redirected to the same
+/// 15006, so the second one's reply tuple is the first one's (still in
+/// conntrack, TIME_WAIT) and conntrack gives it another source port. The
+/// passive end then sees a port its active end never had; the pair must
+/// still form (it is found by its handshake, which NAT leaves alone), and
+/// every byte must still be exact.
+#[test]
+fn pairing_survives_a_source_port_remapped_by_conntrack() {
+    require_root_env();
+    let mut node = Node::new(NodeOptions::default()).expect("node");
+    let root = node.layout.root().to_path_buf();
+    let a = node.pod("a").expect("pod a");
+    let b = node.pod("b").expect("pod b");
+    iptables::apply_golden(&b, GOLDEN).expect("applying the golden rules");
+    // This test process is both pods' proxy: its sockets are spliceable.
+    add_self_proxied_pod(&root, &a, Some("a"));
+    add_self_proxied_pod(&root, &b, Some("b"));
+    let (_, peers) = echo_server_with_peers(&b, "0.0.0.0:15006".parse().unwrap());
+    let port = free_port();
+
+    let mut remapped = false;
+    for (i, to_port) in [8081u16, 8082, 8083].into_iter().enumerate() {
+        let to: SocketAddr = format!("{}:{to_port}", b.ip4).parse().unwrap();
+        let c0 = counters(&root);
+        let peer = echo_checked(
+            connect_from_port(&a, port, to),
+            64 * 1024,
+            70 + i as u8,
+            &peers,
+        );
+        let c1 = counters(&root);
+        log_splicing(64 * 1024, &c0, &c1);
+        eprintln!("connection {i}: source port {port}, the passive end saw {peer}");
+        remapped |= peer.port() != port;
+        assert_eq!(
+            delta(&c1, &c0, "sockets_paired_across_nat"),
+            1,
+            "connection {i} (seen from {peer}) did not pair: {c0:?} -> {c1:?}"
+        );
+        assert!(
+            delta(&c1, &c0, "bytes_spliced") >= 2 * 64 * 1024,
+            "connection {i}: {c0:?} -> {c1:?}"
+        );
+    }
+    assert!(
+        remapped,
+        "conntrack never remapped the source port: the test proves nothing here"
+    );
+    // Every pairing consumed its ml_active entry; every close removed the rest.
+    assert_no_leak(&node);
+    drop(node);
+}
