@@ -111,8 +111,8 @@ struct ml_sock_key {
 	__u32 _pad;
 };
 
-/* One end of a connection inside a netns: used to find an active socket
- * by its source and a listener by its address. */
+/* An address and port inside a netns: the key of ml_listeners (a pod's
+ * inbound listener by its address family and port). */
 struct ml_endpoint {
 	__u64 netns;
 	struct ml_addr addr;
