@@ -243,16 +243,19 @@ static __always_inline int ml_splice_record(struct ml_sock_key *me,
 	return -1;
 }
 
-/* An active end (state @st) whose passive end will not be spliced: out of
- * ml_socks again. Nothing can have been spliced to or from it yet (its
- * passive end was never in the map), and its peer has not been able to
- * send. @st is a copy: the entry is deleted here. */
-static __always_inline void ml_splice_evict(struct ml_sock_key *active,
-					    const struct ml_sock_state *st)
+/* An active end whose passive end will not be spliced: out of ml_socks
+ * again. Nothing can have been spliced to or from it yet (its passive end
+ * was never in the map), and its peer has not been able to send. A rare
+ * path: it looks the state up again rather than have every pairing keep a
+ * copy (an ml_active entry a NAT pairing consumed is simply not found). */
+static __always_inline void ml_splice_evict(struct ml_sock_key *active)
 {
+	struct ml_sock_state *st;
+
 	if (!bpf_map_delete_elem(&ml_socks, active))
 		ml_count(ML_CNT_SOCK_EVICTED, 1);
-	if (st->flags & ML_SOCK_IN_ACTIVE)
+	st = bpf_map_lookup_elem(&ml_sock_state, active);
+	if (st && (st->flags & ML_SOCK_IN_ACTIVE))
 		ml_forget_active(active, st);
 	bpf_map_delete_elem(&ml_sock_state, active);
 }
@@ -344,7 +347,7 @@ static __always_inline void ml_splice_passive(struct bpf_sock_ops *skops,
 					      struct ml_sock_key *me,
 					      __u64 peer_netns)
 {
-	struct ml_sock_state *theirs, mine = {}, was;
+	struct ml_sock_state *theirs, mine = {};
 	struct ml_sock_key partner;
 	int nat;
 
@@ -357,14 +360,9 @@ static __always_inline void ml_splice_passive(struct bpf_sock_ops *skops,
 		ml_count(ML_CNT_SOCK_NOT_SPLICED, 1);
 		return;
 	}
-	/* What an eviction of the partner undoes (ml_nat_partner consumed
-	 * its ml_active entry already). */
-	was = *theirs;
-	if (nat)
-		was.flags &= ~ML_SOCK_IN_ACTIVE;
 	if (!ml_spliceable(pod, me, ml_sock_owner_uid(skops) == pod->proxy_uid)) {
 		ml_count(ML_CNT_SOCK_NOT_SPLICED, 1);
-		ml_splice_evict(&partner, &was);
+		ml_splice_evict(&partner);
 		return;
 	}
 	mine.peer = partner;
@@ -372,11 +370,11 @@ static __always_inline void ml_splice_passive(struct bpf_sock_ops *skops,
 	mine.peer_addr = theirs->addr;
 	if (ml_splice_target(me, mine.addr, &partner, theirs, nat) ||
 	    ml_splice_insert(skops, me)) {
-		ml_splice_evict(&partner, &was);
+		ml_splice_evict(&partner);
 		return;
 	}
 	if (ml_splice_record(me, &mine)) {
-		ml_splice_evict(&partner, &was);
+		ml_splice_evict(&partner);
 		return;
 	}
 	if (nat)
