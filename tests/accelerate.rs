@@ -233,10 +233,11 @@ fn connect_from_port(pod: &meshlane::sim::Pod, port: u16, to: SocketAddr) -> Tcp
     .expect("entering pod")
 }
 
-/// Two proxy connections from the same source port to two ports of a pod
-/// under istio-init's inbound REDIRECT: both are redirected to the same
-/// 15006, so the second one's reply tuple is the first one's (still in
-/// conntrack, TIME_WAIT) and conntrack gives it another source port. The
+/// Proxy connections, one after the other, from the same source port to
+/// three ports of a pod under istio-init's inbound REDIRECT: all are
+/// redirected to the same 15006, so a later one's reply tuple is an earlier
+/// one's (still in conntrack, TIME_WAIT) and conntrack gives it another
+/// source port. The
 /// passive end then sees a port its active end never had; the pair must
 /// still form (it is found by its handshake, which NAT leaves alone), and
 /// every byte must still be exact.
