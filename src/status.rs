@@ -120,11 +120,7 @@ impl std::fmt::Display for Status {
         )?;
         writeln!(f, "links:")?;
         for l in &self.links {
-            let avg = if l.run_count > 0 {
-                l.run_time_ns / l.run_count
-            } else {
-                0
-            };
+            let avg = l.run_time_ns.checked_div(l.run_count).unwrap_or(0);
             writeln!(
                 f,
                 "  {:<22} link {:<5} prog {:<5} runs {:<10} avg {} ns  ({})",

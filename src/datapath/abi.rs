@@ -127,13 +127,13 @@ pub fn ip_from_addr(a: &ml_addr) -> IpAddr {
 
 /// A CIDR in the kernel's 128-bit form (IPv4 prefixes get +96).
 pub fn cidr_from(ip: IpAddr, prefix: u8) -> ml_cidr {
-    let mut c = ml_cidr::default();
-    c.addr = addr_from_ip(ip);
-    c.prefix_len = match ip {
-        IpAddr::V4(_) => u32::from(prefix) + 96,
-        IpAddr::V6(_) => u32::from(prefix),
-    };
-    c
+    ml_cidr {
+        addr: addr_from_ip(ip),
+        prefix_len: match ip {
+            IpAddr::V4(_) => u32::from(prefix) + 96,
+            IpAddr::V6(_) => u32::from(prefix),
+        },
+    }
 }
 
 pub fn cidr_to_string(c: &ml_cidr) -> String {

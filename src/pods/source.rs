@@ -98,6 +98,9 @@ pub struct ContainerPort {
 /// labels (a proxy container present, no opt-out).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase", tag = "decision")]
+// One decision per pod event, never in a hot path or a large collection:
+// boxing the spec would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum MeshDecision {
     /// Meshed with these settings.
     Meshed { spec: PodSpec },

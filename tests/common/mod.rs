@@ -587,10 +587,7 @@ impl Setup {
     pub fn apps_with_unmeshed_pod(opts: NodeOptions) -> Self {
         require_root_env();
         let mut node = Node::new(opts).expect("creating the simulated node");
-        let mut pod = |name: &str| {
-            let pod = node.pod(name).expect("creating a pod");
-            pod
-        };
+        let mut pod = |name: &str| node.pod(name).expect("creating a pod");
         let (a, b, c) = (pod("a"), pod("b"), pod("c"));
         for (p, name) in [(&a, "a"), (&b, "b")] {
             let mut spec = PodSpec::istio(name);

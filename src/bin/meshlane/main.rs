@@ -238,7 +238,7 @@ fn run(cli: Cli, agent_config: Option<AgentConfig>) -> Result<()> {
             } else {
                 match &integrity {
                     Ok(r) => print!("{s}{r}"),
-                    Err(e) => print!("{s}byte integrity: kernel probes could not run: {e}\n"),
+                    Err(e) => println!("{s}byte integrity: kernel probes could not run: {e}"),
                 }
             }
         }
