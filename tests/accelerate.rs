@@ -200,27 +200,13 @@ fn sidecar_to_sidecar_under_istio_iptables_is_spliced() {
     }
 }
 
-/// A socket bound to `port` on `pod`'s address (SO_REUSEADDR, so the port
-/// may still hold an earlier connection in TIME_WAIT), connected to `to`.
+/// A socket bound to `port` on `pod`'s address (the port may still hold an
+/// earlier connection in TIME_WAIT), connected to `to`.
 fn connect_from_port(pod: &meshlane::sim::Pod, port: u16, to: SocketAddr) -> TcpStream {
-    use nix::sys::socket::{
-        bind, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage,
-    };
+    use nix::sys::socket::SockaddrStorage;
     let local = SocketAddr::new(std::net::IpAddr::V4(pod.ip4), port);
     pod.run(move || {
-        let fd = socket(
-            AddressFamily::Inet,
-            SockType::Stream,
-            SockFlag::SOCK_CLOEXEC,
-            None,
-        )
-        .expect("socket");
-        setsockopt(&fd, sockopt::ReuseAddr, &true).expect("SO_REUSEADDR");
-        bind(
-            std::os::fd::AsRawFd::as_raw_fd(&fd),
-            &SockaddrStorage::from(local),
-        )
-        .unwrap_or_else(|e| panic!("bind {local}: {e}"));
+        let fd = bound_socket(local);
         nix::sys::socket::connect(
             std::os::fd::AsRawFd::as_raw_fd(&fd),
             &SockaddrStorage::from(to),

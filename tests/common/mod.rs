@@ -286,12 +286,11 @@ pub fn read_all(s: &mut TcpStream, hint: usize, limit: Duration) -> Vec<u8> {
     }
 }
 
-/// A TCP listener on `addr` with a deep accept queue (std's is 128), so a
-/// burst of connects is not slowed by SYN retransmits.
-pub fn listen(addr: SocketAddr) -> TcpListener {
+/// A TCP socket bound to `addr` with SO_REUSEADDR (the port may still hold
+/// connections in TIME_WAIT), not yet listening or connected.
+pub fn bound_socket(addr: SocketAddr) -> std::os::fd::OwnedFd {
     use nix::sys::socket::{
-        bind, listen as nix_listen, setsockopt, socket, sockopt, AddressFamily, Backlog, SockFlag,
-        SockType, SockaddrStorage,
+        bind, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage,
     };
     let family = if addr.is_ipv4() {
         AddressFamily::Inet
@@ -304,7 +303,15 @@ pub fn listen(addr: SocketAddr) -> TcpListener {
         std::os::fd::AsRawFd::as_raw_fd(&fd),
         &SockaddrStorage::from(addr),
     )
-    .expect("bind");
+    .unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+    fd
+}
+
+/// A TCP listener on `addr` with a deep accept queue (std's is 128), so a
+/// burst of connects is not slowed by SYN retransmits.
+pub fn listen(addr: SocketAddr) -> TcpListener {
+    use nix::sys::socket::{listen as nix_listen, Backlog};
+    let fd = bound_socket(addr);
     nix_listen(&fd, Backlog::new(4096).expect("backlog")).expect("listen");
     TcpListener::from(fd)
 }
