@@ -89,6 +89,22 @@ struct {
 	__type(value, struct ml_sock_key);
 } ml_active SEC(".maps");
 
+/* What the last spliced connections to each destination carried (struct
+ * ml_dest_profile), so that a destination whose connections are all short
+ * stops paying a psock's set-up and teardown for nothing: see
+ * ml_dest_is_short() in splice_sockops.h. Losing an entry only means
+ * splicing that destination again, so a plain LRU of a fixed size; only
+ * destinations with short connections get one.
+ * Writer: sockops (close of a spliced connection's last end; the streak's
+ * probe count at active established). Reader: sockops (active
+ * established). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct ml_dest);
+	__type(value, struct ml_dest_profile);
+} ml_dest_profile SEC(".maps");
+
 /* Receive cursor of each socket in ml_socks that the stream verdict has
  * seen: the TCP sequence number up to which it has passed bytes to the
  * socket's reader (key: socket cookie). The verdict cuts any part of a

@@ -15,7 +15,7 @@
 
 #include <linux/types.h>
 
-#define MESHLANE_LAYOUT_VERSION 7
+#define MESHLANE_LAYOUT_VERSION 8
 
 /* Capacity of the per-pod lists. Bigger lists are refused by user space
  * with an error naming the pod and the list, never truncated. */
@@ -147,6 +147,9 @@ enum ml_sock_flag {
 	/* The socket registered its handshake in ml_active (a NAT may hide
 	 * it from its passive end); cleared when that end consumed it. */
 	ML_SOCK_IN_ACTIVE = 1 << 0,
+	/* The passive end: its peer key is the active end's, whose remote
+	 * endpoint names the connection's destination (ml_dest). */
+	ML_SOCK_PASSIVE = 1 << 1,
 };
 
 /* Splicing's state of one socket in ml_socks, keyed by its ml_sock_key:
@@ -164,7 +167,30 @@ struct ml_sock_state {
 	 * (struct ml_handshake), so close can remove the entry. */
 	__u32 active_seq;
 	__u32 passive_seq;
+	/* Messages of the connection known here, counted up to
+	 * ml_splice_min_messages only: this end's sends (sk_msg), plus its
+	 * peer's, carried over when the peer closed first. */
+	__u32 msgs;
+};
+
+/* Where a spliced connection went, as its active end connected: the key of
+ * ml_dest_profile. */
+struct ml_dest {
+	__u64 netns;         /* the active end's netns */
+	struct ml_addr addr; /* the active end's remote address */
+	__u16 port;          /* its remote port, host byte order */
+	__u16 _pad;
 	__u32 _pad2;
+};
+
+/* What the last spliced connections to one destination carried. */
+struct ml_dest_profile {
+	/* Consecutive connections with fewer than ml_splice_min_messages
+	 * messages, up to ML_SHORT_STREAK; one longer connection resets it. */
+	__u32 short_streak;
+	/* New connections seen while the streak is full (every
+	 * ML_SHORT_PROBE_EVERY-th of them is spliced to learn again). */
+	__u32 seen;
 };
 
 /* ml_orig_dst.flags */
@@ -242,6 +268,9 @@ enum ml_counter {
 				     * app's own listener: its pod's inbound
 				     * config for the port is pass-through
 				     * (ml_inbound_pass) */
+	ML_CNT_SPLICE_SHORT_SKIPPED, /* an active end kept out of ml_socks:
+				      * its destination's connections are
+				      * short (ml_dest_profile) */
 	ML_CNT__MAX,
 };
 

@@ -80,9 +80,14 @@
  * (before the target is usable), and sk_msg starts splicing it only once
  * nothing of it is left on the TCP path, like a resumption.
  *
+ * Short connections. A destination whose recent connections each carried
+ * only a few messages is not spliced (ml_dest_profile, see
+ * splice_sockops.h): the psock would cost more than splicing saves. sk_msg
+ * counts a connection's messages for it, up to ml_splice_min_messages.
+ *
  * Per message, sk_msg does one ml_sock_state lookup (the peer's key and
- * address and the direction's hold, all in the sender's entry); holds are
- * set and cleared in place.
+ * address and the direction's hold, all in the sender's entry); holds and
+ * the message count are written in place.
  */
 #include "splice_sockops.h"
 #include <bpf/bpf_core_read.h>
@@ -245,6 +250,11 @@ int ml_splice_msg(struct sk_msg_md *msg)
 
 	sock_key_from_msg(msg, &me);
 	st = bpf_map_lookup_elem(&ml_sock_state, &me);
+	/* The connection's length, for its destination's profile: counted
+	 * only as far as it decides anything (one socket's sends are
+	 * serialised by its lock). */
+	if (st && st->msgs < ml_splice_min_messages)
+		st->msgs++;
 	/* A peer not known yet (netns 0: across a REDIRECT, before pairing)
 	 * takes TCP. bpf_msg_redirect_hash() returns SK_DROP when the peer is
 	 * not in the map; we pass instead, so the message takes the TCP stack,

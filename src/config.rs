@@ -55,6 +55,12 @@ pub struct AgentConfig {
     /// it drains; None: a quarter of the node's largest TCP receive buffer;
     /// 0: no limit.
     pub splice_queue_limit: Option<u32>,
+    /// A connection with fewer messages than this (sends of both ends) is
+    /// short; a destination whose last 8 spliced connections were all short
+    /// is not spliced any more, but for every 16th new connection, which
+    /// keeps learning (a psock's set-up and teardown cost more than
+    /// splicing a few messages saves). 0: splice every connection.
+    pub splice_min_messages: u32,
     /// Attach the interception hooks (false: splice only).
     pub intercept: bool,
     /// Stream verdict on the socket map (see `meshlane probe`).
@@ -201,6 +207,7 @@ impl Default for AgentConfig {
             cgroup: None,
             sockhash_size: 65536,
             splice_queue_limit: None,
+            splice_min_messages: loader::DEFAULT_SPLICE_MIN_MESSAGES,
             intercept: true,
             verdict_remedy: VerdictRemedy::Auto,
             admin_addr: None,
@@ -299,6 +306,7 @@ impl AgentConfig {
             splice_queue_limit: self
                 .splice_queue_limit
                 .unwrap_or_else(loader::default_splice_queue_limit),
+            splice_min_messages: self.splice_min_messages,
             intercept: self.intercept,
             verdict_remedy: self.verdict_remedy,
         }

@@ -50,6 +50,7 @@ pub const COUNTERS: &[CounterInfo] = &[
     c(ml_counter::ML_CNT_OVERLAP_UNTRIMMED, "overlaps_untrimmed", "Overlaps the stream verdict could not cut"),
     c(ml_counter::ML_CNT_DISCONNECT_PURGED, "sockets_purged_at_disconnect", "Sockets that left the splice map at disconnect"),
     c(ml_counter::ML_CNT_INBOUND_PASSTHROUGH, "inbound_passthrough", "Inbound connections left to the app's own listener: the pod's inbound config for the port is pass-through"),
+    c(ml_counter::ML_CNT_SPLICE_SHORT_SKIPPED, "sockets_short_not_spliced", "Active sockets kept out of the splice map because their destination's recent connections were short (fewer messages than splice_min_messages)"),
 ];
 
 pub use crate::datapath::links::{node_links, prog_stats, LinkStatus};

@@ -409,3 +409,108 @@ fn full_sockhash_falls_back_without_loss() {
         "splicing did not resume once the map had room: {d:?}"
     );
 }
+
+// --------------------------------------------------- short connections ---
+
+/// Connects from `client` to `to`, echoes 64 B `exchanges` times, closes,
+/// and waits until both ends have left ml_sock_state (the last end's close
+/// is what teaches the destination's profile). Returns how many sockets
+/// entered ml_socks and how many active ends were kept out as short.
+fn short_connection(
+    node: &Node,
+    client: &sim::Pod,
+    to: std::net::SocketAddr,
+    exchanges: usize,
+) -> (u64, u64) {
+    let (inserted, skipped) = (
+        node.counter("sockets_inserted"),
+        node.counter("sockets_short_not_spliced"),
+    );
+    client
+        .run(move || {
+            let mut st = connect(to);
+            let deadline = Instant::now() + LIMIT;
+            for i in 0..exchanges {
+                let msg = payload(64, i as u8);
+                write_all_by(&mut st, &msg, deadline).expect("write");
+                assert!(
+                    read_exact_by(&mut st, msg.len(), deadline) == msg,
+                    "echo {i} differs"
+                );
+            }
+        })
+        .expect("entering the client pod");
+    let deadline = Instant::now() + END_LIMIT;
+    while connection_entries(node).1 > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "a closed connection kept its state"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    (
+        node.counter("sockets_inserted") - inserted,
+        node.counter("sockets_short_not_spliced") - skipped,
+    )
+}
+
+/// A destination whose connections each carry one small exchange stops
+/// being spliced after eight of them (a psock costs more than splicing two
+/// messages saves); every 16th new connection is spliced all the same, and
+/// one of those carrying more messages makes the destination spliced again.
+#[test]
+fn short_connections_stop_being_spliced_and_a_long_one_resumes() {
+    let s = Setup::new(NodeOptions::default());
+    let server = echo_server(&s.a, s.any_port());
+    let (client, to) = s.client(Route::PodToPod, server.port());
+    for i in 0..8 {
+        let got = short_connection(&s.node, client, to, 1);
+        assert_eq!(
+            got,
+            (2, 0),
+            "connection {i} while learning (inserted, skipped)"
+        );
+    }
+    assert_eq!(s.node.map_entries("ml_dest_profile"), 1);
+    for i in 0..15 {
+        let got = short_connection(&s.node, client, to, 1);
+        assert_eq!(
+            got,
+            (0, 1),
+            "short destination, connection {i} (inserted, skipped)"
+        );
+    }
+    // The 16th is the probe: spliced, and this one carries 20 messages.
+    let before = SpliceCounters::read(&s.node);
+    assert_eq!(
+        short_connection(&s.node, client, to, 10),
+        (2, 0),
+        "the probe"
+    );
+    let d = SpliceCounters::since(&s.node, &before);
+    assert!(d.messages_spliced > 0, "the probe was not spliced: {d:?}");
+    // One long connection cleared the streak: spliced again.
+    assert_eq!(
+        short_connection(&s.node, client, to, 1),
+        (2, 0),
+        "after the probe"
+    );
+    assert_no_leak(&s.node);
+}
+
+/// `splice_min_messages` 0 splices every connection and learns nothing.
+#[test]
+fn min_messages_zero_splices_every_connection() {
+    let s = Setup::new(NodeOptions {
+        splice_min_messages: 0,
+        ..NodeOptions::default()
+    });
+    let server = echo_server(&s.a, s.any_port());
+    let (client, to) = s.client(Route::PodToPod, server.port());
+    for i in 0..12 {
+        let got = short_connection(&s.node, client, to, 1);
+        assert_eq!(got, (2, 0), "connection {i} (inserted, skipped)");
+    }
+    assert_eq!(s.node.map_entries("ml_dest_profile"), 0);
+    assert_no_leak(&s.node);
+}

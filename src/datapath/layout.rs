@@ -21,7 +21,7 @@ use super::names::{LinkId, MapId};
 
 /// Kernel-visible layout version; must equal MESHLANE_LAYOUT_VERSION in
 /// bpf/meshlane.h (checked against the object's .rodata at load).
-pub const LAYOUT_VERSION: u32 = 7;
+pub const LAYOUT_VERSION: u32 = 8;
 
 /// Default pin root on a node.
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/meshlane";
@@ -243,9 +243,9 @@ impl PinLayout {
 mod tests {
     use super::*;
 
-    /// A pin root of the layout before this one (`ml_active` keyed by the
-    /// source endpoint, a shorter `ml_sock_state` value) is refused, never
-    /// reused: an agent of v7 never reads or writes a v6 pin root.
+    /// A pin root of the layout before this one (no `ml_dest_profile`, no
+    /// message count in `ml_sock_state`) is refused, never reused: an agent
+    /// of v8 never reads or writes a v7 pin root.
     #[test]
     fn pin_root_of_the_previous_layout_is_refused() {
         let dir = tempfile::tempdir().expect("temp dir");

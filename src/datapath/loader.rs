@@ -88,6 +88,11 @@ pub struct Config {
     /// Bytes queued at a spliced reader before that direction goes back to
     /// TCP until it drains (0 = no limit; see bpf/splice.bpf.c).
     pub splice_queue_limit: u32,
+    /// A connection with fewer messages than this (both directions) is
+    /// short; a destination whose recent spliced connections were all short
+    /// is no longer spliced, but for a probe now and then (0: splice every
+    /// connection; see bpf/splice_sockops.h).
+    pub splice_min_messages: u32,
     /// Attach the interception hooks (connect, getsockopt, getpeername, DNS).
     pub intercept: bool,
     pub verdict_remedy: VerdictRemedy,
@@ -100,6 +105,7 @@ impl Default for Config {
             cgroup: None,
             sockhash_size: 65536,
             splice_queue_limit: default_splice_queue_limit(),
+            splice_min_messages: DEFAULT_SPLICE_MIN_MESSAGES,
             intercept: true,
             verdict_remedy: VerdictRemedy::Auto,
         }
@@ -175,6 +181,11 @@ fn verdict_trims_overlaps() -> bool {
     .into_iter()
     .all(|kind| matches!(probe::overlap_extra_bytes(Some(verdict), kind), Ok(0)))
 }
+
+/// Default of `Config::splice_min_messages`: on the benchmark's machine a
+/// psock's set-up and teardown cost as much as splicing saves on about 16
+/// small messages (docs/benchmarks.md, "Short connections are not spliced").
+pub const DEFAULT_SPLICE_MIN_MESSAGES: u32 = 16;
 
 /// Default of `Config::splice_queue_limit`: a quarter of the largest receive
 /// buffer autotuning may grow to (the third field of net.ipv4.tcp_rmem; 6 MiB,
@@ -506,6 +517,7 @@ fn install_inner(
     if let Some(ro) = open.maps.rodata_data.as_deref_mut() {
         ro.ml_splice_queue_limit = cfg.splice_queue_limit;
         ro.ml_splice_enabled = u32::from(plan.splice);
+        ro.ml_splice_min_messages = cfg.splice_min_messages;
     }
     prepare_maps(open.open_object_mut(), layout, cfg.sockhash_size)?;
     let splice = open.load().map_err(|e| load_err("splice", e))?;
@@ -547,6 +559,7 @@ fn install_inner(
         .map_err(bpf("opening intercept.bpf.o"))?;
     if let Some(ro) = open.maps.rodata_data.as_deref_mut() {
         ro.ml_splice_enabled = u32::from(report.plan.splice);
+        ro.ml_splice_min_messages = cfg.splice_min_messages;
     }
     prepare_maps(open.open_object_mut(), layout, cfg.sockhash_size)?;
     let icpt = open.load().map_err(|e| load_err("intercept", e))?;

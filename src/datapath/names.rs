@@ -22,6 +22,8 @@ pub enum MapId {
     SockState,
     /// Active ends that may be behind a NAT, waiting for their passive end.
     Active,
+    /// Destinations whose recent spliced connections were short.
+    DestProfile,
     /// Per-socket cursor of the stream verdict.
     RcvCursor,
     /// The per-CPU counter array.
@@ -51,12 +53,13 @@ pub enum MapId {
 
 impl MapId {
     /// Every shared map.
-    pub const ALL: [MapId; 17] = [
+    pub const ALL: [MapId; 18] = [
         MapId::Pods,
         MapId::PodIps,
         MapId::Socks,
         MapId::SockState,
         MapId::Active,
+        MapId::DestProfile,
         MapId::RcvCursor,
         MapId::Counters,
         MapId::Listeners,
@@ -73,13 +76,14 @@ impl MapId {
 
     /// Maps whose entries can be counted by walking their keys (socket
     /// storage cannot be walked), in the order `status` lists them.
-    pub const WALKABLE: [MapId; 12] = [
+    pub const WALKABLE: [MapId; 13] = [
         MapId::RcvCursor,
         MapId::Pods,
         MapId::PodIps,
         MapId::Socks,
         MapId::SockState,
         MapId::Active,
+        MapId::DestProfile,
         MapId::Listeners,
         MapId::OrigPending,
         MapId::BypassServices,
@@ -96,6 +100,7 @@ impl MapId {
             MapId::Socks => "ml_socks",
             MapId::SockState => "ml_sock_state",
             MapId::Active => "ml_active",
+            MapId::DestProfile => "ml_dest_profile",
             MapId::RcvCursor => "ml_rcv_cursor",
             MapId::Counters => "ml_counters",
             MapId::Listeners => "ml_listeners",
@@ -116,7 +121,10 @@ impl MapId {
         MapId::ALL.into_iter().find(|m| m.pin_name() == name)
     }
 
-    /// Whether it is an LRU hash (see [`super::lru`] for what that costs).
+    /// Whether it is an LRU hash that must never evict a live socket's entry
+    /// (see [`super::lru`] for what that costs). `ml_dest_profile` is an LRU
+    /// too, but losing an entry there only means splicing a destination
+    /// again, so it keeps the object's size.
     pub const fn is_lru(self) -> bool {
         matches!(self, MapId::SockState | MapId::Active)
     }

@@ -14,6 +14,7 @@ use crate::pods::{PodRecord, PodSpec, Registry};
 pub struct NodeOptions {
     pub sockhash_size: u32,
     pub splice_queue_limit: u32,
+    pub splice_min_messages: u32,
     pub intercept: bool,
     pub verdict_remedy: VerdictRemedy,
     pub ipv6: bool,
@@ -26,6 +27,7 @@ impl Default for NodeOptions {
         Self {
             sockhash_size: 65536,
             splice_queue_limit: crate::loader::default_splice_queue_limit(),
+            splice_min_messages: crate::loader::DEFAULT_SPLICE_MIN_MESSAGES,
             intercept: true,
             verdict_remedy: VerdictRemedy::Auto,
             ipv6: false,
@@ -69,6 +71,7 @@ impl Node {
             cgroup: Some(self.cgroup.path().to_path_buf()),
             sockhash_size: self.opts.sockhash_size,
             splice_queue_limit: self.opts.splice_queue_limit,
+            splice_min_messages: self.opts.splice_min_messages,
             intercept: self.opts.intercept,
             verdict_remedy: self.opts.verdict_remedy,
         }

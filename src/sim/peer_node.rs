@@ -53,6 +53,7 @@ impl PeerNode {
             cgroup: Some(node.cgroup.path().to_path_buf()),
             sockhash_size: node.opts.sockhash_size,
             splice_queue_limit: node.opts.splice_queue_limit,
+            splice_min_messages: node.opts.splice_min_messages,
             intercept: node.opts.intercept,
             verdict_remedy: node.opts.verdict_remedy,
         })

@@ -112,6 +112,12 @@ struct AgentArgs {
     /// net.ipv4.tcp_rmem].
     #[arg(long, env = "MESHLANE_SPLICE_QUEUE_LIMIT")]
     splice_queue_limit: Option<u32>,
+    /// A connection with fewer messages than this is short; a destination
+    /// whose recent spliced connections were all short is no longer
+    /// spliced (but for a probe now and then); 0 = splice every connection
+    /// [default: 16].
+    #[arg(long, env = "MESHLANE_SPLICE_MIN_MESSAGES")]
+    splice_min_messages: Option<u32>,
     /// Splice only: do not attach the interception hooks.
     #[arg(long)]
     no_intercept: bool,
@@ -156,6 +162,9 @@ impl AgentArgs {
         }
         if let Some(v) = self.splice_queue_limit {
             c.splice_queue_limit = Some(v);
+        }
+        if let Some(v) = self.splice_min_messages {
+            c.splice_min_messages = v;
         }
         if self.no_intercept {
             c.intercept = false;
