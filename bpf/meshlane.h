@@ -167,9 +167,9 @@ struct ml_sock_state {
 	 * (struct ml_handshake), so close can remove the entry. */
 	__u32 active_seq;
 	__u32 passive_seq;
-	/* Messages of the connection known here, counted up to
-	 * ml_splice_min_messages only: this end's sends (sk_msg), plus its
-	 * peer's, carried over when the peer closed first. */
+	/* Messages this end sent (sk_msg), counted up to
+	 * ml_splice_min_messages only; the peer's count when that was higher
+	 * and the peer closed first. */
 	__u32 msgs;
 };
 
@@ -185,12 +185,17 @@ struct ml_dest {
 
 /* What the last spliced connections to one destination carried. */
 struct ml_dest_profile {
-	/* Consecutive connections with fewer than ml_splice_min_messages
-	 * messages, up to ML_SHORT_STREAK; one longer connection resets it. */
+	/* Consecutive short connections (neither end sent
+	 * ml_splice_min_messages messages), up to ML_SHORT_STREAK; one longer
+	 * connection resets it (as soon as one of its ends sends its
+	 * ml_splice_min_messages-th message). */
 	__u32 short_streak;
 	/* New connections seen while the streak is full (every
 	 * ML_SHORT_PROBE_EVERY-th of them is spliced to learn again). */
 	__u32 seen;
+	/* bpf_ktime_get_ns() when the last short connection closed: a streak
+	 * older than ML_SHORT_FRESH_NS no longer counts. */
+	__u64 last_short_ns;
 };
 
 /* ml_orig_dst.flags */

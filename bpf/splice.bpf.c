@@ -253,8 +253,9 @@ int ml_splice_msg(struct sk_msg_md *msg)
 	/* The connection's length, for its destination's profile: counted
 	 * only as far as it decides anything (one socket's sends are
 	 * serialised by its lock). */
-	if (st && st->msgs < ml_splice_min_messages)
-		st->msgs++;
+	if (st && st->msgs < ml_splice_min_messages &&
+	    ++st->msgs == ml_splice_min_messages)
+		ml_dest_long(&me, st);
 	/* A peer not known yet (netns 0: across a REDIRECT, before pairing)
 	 * takes TCP. bpf_msg_redirect_hash() returns SK_DROP when the peer is
 	 * not in the map; we pass instead, so the message takes the TCP stack,

@@ -25,7 +25,7 @@
  *   close                one ml_sock_state lookup; a socket without an
  *                        entry (never spliced) stops there; a spliced one
  *                        clears its peer's peer_addr (handing it its
- *                        message count) and deletes its entry and its
+ *                        message count if higher) and deletes its entry and its
  *                        receive cursor; the last end to close tells
  *                        ml_dest_profile whether the connection was short
  *                        (one lookup, an insert or in-place write only for
@@ -39,11 +39,14 @@
  * that exchanges one 64-byte message each way lost 5% of its rate to them,
  * and splicing its two messages won back under 1%. So a destination (the
  * active end's netns, remote address and port) whose last ML_SHORT_STREAK
- * spliced connections each carried fewer than ml_splice_min_messages
- * messages (both directions' sendmsg calls) is not spliced for new
- * connections, except every ML_SHORT_PROBE_EVERY-th, which keeps learning:
- * one longer connection clears the streak. Skipping is always safe: those
- * bytes take TCP, as they would unspliced.
+ * spliced connections were short (neither end sent ml_splice_min_messages
+ * messages: sendmsg calls), the last of them less than ML_SHORT_FRESH_NS
+ * ago, is not spliced for new connections, except every
+ * ML_SHORT_PROBE_EVERY-th, which keeps learning: one longer connection
+ * clears the streak as soon as one of its ends sends its
+ * ml_splice_min_messages-th message. Each end counts its own sends, so
+ * that moment is seen exactly, without a second lookup per message.
+ * Skipping is always safe: those bytes take TCP, as they would unspliced.
  */
 #ifndef MESHLANE_SPLICE_SOCKOPS_H
 #define MESHLANE_SPLICE_SOCKOPS_H
@@ -56,16 +59,21 @@
  * in every object that carries this code. */
 const volatile __u32 ml_splice_enabled = 1;
 
-/* Fewer messages than this make a connection short (see the top of this
- * file); 0: every connection is spliced and nothing is counted. Set by
- * the loader (Config::splice_min_messages). */
-const volatile __u32 ml_splice_min_messages = 16;
+/* A connection neither of whose ends sent this many messages is short (see
+ * the top of this file); 0: every connection is spliced and nothing is
+ * counted. Set by the loader (Config::splice_min_messages). */
+const volatile __u32 ml_splice_min_messages = 8;
 
 /* Short connections in a row that make a destination short. */
 #define ML_SHORT_STREAK 8
 /* Of the new connections to a short destination, every this-many-th is
  * spliced all the same, to learn when its connections get longer. */
 #define ML_SHORT_PROBE_EVERY 16
+/* A destination is short only while its short connections keep coming:
+ * one whose last short connection closed longer ago than this is spliced
+ * again, so a pool of long connections opened later is not kept out by a
+ * burst of short ones before it. */
+#define ML_SHORT_FRESH_NS 1000000000ULL
 
 /* The socket's owner as iptables' owner match sees it (sk_uid: the
  * creator's fsuid; an accepted socket inherits its listener's), or a uid
@@ -241,11 +249,43 @@ static __always_inline int ml_dest_is_short(const struct ml_sock_key *me)
 	p = bpf_map_lookup_elem(&ml_dest_profile, &d);
 	if (!p || p->short_streak < ML_SHORT_STREAK)
 		return 0;
+	if (bpf_ktime_get_ns() - p->last_short_ns > ML_SHORT_FRESH_NS) {
+		p->short_streak = 0;
+		return 0;
+	}
 	return ++p->seen % ML_SHORT_PROBE_EVERY != 0;
 }
 
+/* The destination of the connection of @me (state @st): a passive end
+ * names it through its peer, the active end. */
+static __always_inline void ml_dest_of_state(const struct ml_sock_key *me,
+					     const struct ml_sock_state *st,
+					     struct ml_dest *d)
+{
+	ml_dest_of(st->flags & ML_SOCK_PASSIVE ? &st->peer : me, d);
+}
+
+/* @me (state @st) has just sent its ml_splice_min_messages-th message:
+ * its connection is long, and its destination not short, now
+ * rather than at its close (a long connection may never close while the
+ * destination is judged). sk_msg calls this once per connection end. */
+static __always_inline void ml_dest_long(const struct ml_sock_key *me,
+					 const struct ml_sock_state *st)
+{
+	struct ml_dest_profile *p;
+	struct ml_dest d;
+
+	if (!st->peer.netns)
+		return;
+	ml_dest_of_state(me, st, &d);
+	p = bpf_map_lookup_elem(&ml_dest_profile, &d);
+	if (p)
+		p->short_streak = 0;
+}
+
 /* The last end of a spliced connection closes: whether the connection
- * (@msgs messages, counted up to ml_splice_min_messages) was short, for
+ * (st->msgs: the most either end sent, up to ml_splice_min_messages) was
+ * short, for
  * its destination's profile. @me and @st are the closing end's key and
  * state; a passive end names the destination through its peer. */
 static __always_inline void ml_dest_learn(const struct ml_sock_key *me,
@@ -256,17 +296,21 @@ static __always_inline void ml_dest_learn(const struct ml_sock_key *me,
 
 	if (!ml_splice_min_messages || !st->peer.netns)
 		return;
-	ml_dest_of(st->flags & ML_SOCK_PASSIVE ? &st->peer : me, &d);
+	ml_dest_of_state(me, st, &d);
 	p = bpf_map_lookup_elem(&ml_dest_profile, &d);
 	if (st->msgs >= ml_splice_min_messages) {
 		if (p)
 			p->short_streak = 0;
 		return;
 	}
-	if (!p)
+	if (!p) {
+		fresh.last_short_ns = bpf_ktime_get_ns();
 		bpf_map_update_elem(&ml_dest_profile, &d, &fresh, BPF_NOEXIST);
-	else if (p->short_streak < ML_SHORT_STREAK)
+		return;
+	}
+	if (p->short_streak < ML_SHORT_STREAK)
 		p->short_streak++;
+	p->last_short_ns = bpf_ktime_get_ns();
 }
 
 /* May this socket be spliced at all (see "Scope" in splice.bpf.c)?
@@ -531,13 +575,14 @@ static __always_inline void ml_splice_close(struct bpf_sock_ops *skops)
 	if (ml_disconnected(skops) && !bpf_map_delete_elem(&ml_socks, &me))
 		ml_count(ML_CNT_DISCONNECT_PURGED, 1);
 	/* The peer stops reading this socket's queue: its address is about
-	 * to be freed. It also takes over this end's message count; when it
-	 * is gone already, this end is the last and the count is complete. */
+	 * to be freed. It also keeps this end's message count if that is
+	 * higher; when it is gone already, this end is the last and its count
+	 * is the connection's. */
 	peer = st->peer.netns ? bpf_map_lookup_elem(&ml_sock_state, &st->peer) : 0;
 	if (peer && peer->peer_addr == addr) {
 		peer->peer_addr = 0;
-		if (ml_splice_min_messages)
-			__sync_fetch_and_add(&peer->msgs, st->msgs);
+		if (st->msgs > peer->msgs)
+			peer->msgs = st->msgs;
 	} else {
 		ml_dest_learn(&me, st);
 	}

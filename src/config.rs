@@ -55,11 +55,12 @@ pub struct AgentConfig {
     /// it drains; None: a quarter of the node's largest TCP receive buffer;
     /// 0: no limit.
     pub splice_queue_limit: Option<u32>,
-    /// A connection with fewer messages than this (sends of both ends) is
-    /// short; a destination whose last 8 spliced connections were all short
-    /// is not spliced any more, but for every 16th new connection, which
-    /// keeps learning (a psock's set-up and teardown cost more than
-    /// splicing a few messages saves). 0: splice every connection.
+    /// A connection neither of whose ends sent this many messages is short;
+    /// a destination whose last 8 spliced connections were all short, the
+    /// last within a second, is not spliced any more, but for every 16th
+    /// new connection, which keeps learning (a psock's set-up and teardown
+    /// cost more than splicing a few messages saves). 0: splice every
+    /// connection.
     pub splice_min_messages: u32,
     /// Attach the interception hooks (false: splice only).
     pub intercept: bool,

@@ -3,9 +3,11 @@
 //! message size (also with a splice-only install, whose sockops program is
 //! splice.bpf.o's rather than the one that carries both features) and for a
 //! 256 MiB stream, 1,000 concurrent connections, no map entries left
-//! behind, pairs in intercept pods found without the NAT registration, and
-//! a full sockhash falling back to the TCP stack without loss. Every test also proves, from the node's counters,
-//! that the bytes took the path they should. Connection endings live in
+//! behind, pairs in intercept pods found without the NAT registration, a
+//! full sockhash falling back to the TCP stack without loss, and short
+//! connections learned per destination and kept out of the sockhash (and
+//! let back in after a longer one). Every test also proves, from the
+//! node's counters, that the bytes took the path they should. Connection endings live in
 //! splice_endings.rs, the epoll regression check in splice_epoll.rs.
 mod common;
 
@@ -412,9 +414,20 @@ fn full_sockhash_falls_back_without_loss() {
 
 // --------------------------------------------------- short connections ---
 
+/// Sends 64 B and reads the echo back, `exchanges` times.
+fn echo_64b(st: &mut TcpStream, exchanges: usize) {
+    let deadline = Instant::now() + LIMIT;
+    for i in 0..exchanges {
+        let msg = payload(64, i as u8);
+        write_all_by(st, &msg, deadline).expect("write");
+        assert!(read_exact_by(st, 64, deadline) == msg, "echo {i} differs");
+    }
+}
+
 /// Connects from `client` to `to`, echoes 64 B `exchanges` times, closes,
 /// and waits until both ends have left ml_sock_state (the last end's close
-/// is what teaches the destination's profile). Returns how many sockets
+/// is what teaches the destination's profile; other connections' entries
+/// stay). Returns how many sockets
 /// entered ml_socks and how many active ends were kept out as short.
 fn short_connection(
     node: &Node,
@@ -426,22 +439,12 @@ fn short_connection(
         node.counter("sockets_inserted"),
         node.counter("sockets_short_not_spliced"),
     );
+    let states = connection_entries(node).1;
     client
-        .run(move || {
-            let mut st = connect(to);
-            let deadline = Instant::now() + LIMIT;
-            for i in 0..exchanges {
-                let msg = payload(64, i as u8);
-                write_all_by(&mut st, &msg, deadline).expect("write");
-                assert!(
-                    read_exact_by(&mut st, msg.len(), deadline) == msg,
-                    "echo {i} differs"
-                );
-            }
-        })
+        .run(move || echo_64b(&mut connect(to), exchanges))
         .expect("entering the client pod");
     let deadline = Instant::now() + END_LIMIT;
-    while connection_entries(node).1 > 0 {
+    while connection_entries(node).1 > states {
         assert!(
             Instant::now() < deadline,
             "a closed connection kept its state"
@@ -456,45 +459,73 @@ fn short_connection(
 
 /// A destination whose connections each carry one small exchange stops
 /// being spliced after eight of them (a psock costs more than splicing two
-/// messages saves); every 16th new connection is spliced all the same, and
-/// one of those carrying more messages makes the destination spliced again.
+/// messages saves); every 16th new connection is spliced all the same, one
+/// of those carrying more messages makes the destination spliced again, and
+/// so does a second without short connections.
 #[test]
 fn short_connections_stop_being_spliced_and_a_long_one_resumes() {
+    const SPLICED: (u64, u64) = (2, 0);
+    const SKIPPED: (u64, u64) = (0, 1);
     let s = Setup::new(NodeOptions::default());
     let server = echo_server(&s.a, s.any_port());
     let (client, to) = s.client(Route::PodToPod, server.port());
-    for i in 0..8 {
-        let got = short_connection(&s.node, client, to, 1);
-        assert_eq!(
-            got,
-            (2, 0),
-            "connection {i} while learning (inserted, skipped)"
-        );
-    }
+    let expect = |n: usize, exchanges: usize, want: (u64, u64), what: &str| {
+        for i in 0..n {
+            let got = short_connection(&s.node, client, to, exchanges);
+            if got != want {
+                let dump = std::process::Command::new("bpftool")
+                    .args(["map", "dump", "pinned"])
+                    .arg(s.node.layout.map(meshlane::datapath::MapId::DestProfile))
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+                panic!(
+                    "{what}, connection {i}: (inserted, skipped) {got:?}, want {want:?}\n{dump:?}"
+                );
+            }
+        }
+    };
+    expect(8, 1, SPLICED, "learning");
     assert_eq!(s.node.map_entries("ml_dest_profile"), 1);
-    for i in 0..15 {
-        let got = short_connection(&s.node, client, to, 1);
-        assert_eq!(
-            got,
-            (0, 1),
-            "short destination, connection {i} (inserted, skipped)"
-        );
-    }
-    // The 16th is the probe: spliced, and this one carries 20 messages.
+    expect(15, 1, SKIPPED, "short destination");
+    // The 16th is the probe: spliced, and this one carries 10 messages each
+    // way.
     let before = SpliceCounters::read(&s.node);
-    assert_eq!(
-        short_connection(&s.node, client, to, 10),
-        (2, 0),
-        "the probe"
-    );
+    expect(1, 10, SPLICED, "the probe");
     let d = SpliceCounters::since(&s.node, &before);
     assert!(d.messages_spliced > 0, "the probe was not spliced: {d:?}");
     // One long connection cleared the streak: spliced again.
+    expect(8, 1, SPLICED, "after the probe");
+    expect(1, 1, SKIPPED, "short again");
+    // The next probe is held open: the 8th message of either end alone
+    // clears the streak.
+    expect(14, 1, SKIPPED, "short again");
+    let inserted = s.node.counter("sockets_inserted");
+    let held = client
+        .run(move || {
+            let mut st = connect(to);
+            echo_64b(&mut st, 10);
+            st
+        })
+        .expect("entering the client pod");
     assert_eq!(
-        short_connection(&s.node, client, to, 1),
-        (2, 0),
-        "after the probe"
+        s.node.counter("sockets_inserted") - inserted,
+        2,
+        "the held probe"
     );
+    expect(1, 1, SPLICED, "while a long probe is open");
+    // Its close clears the streak again (the connection above began one).
+    drop(held);
+    let deadline = Instant::now() + END_LIMIT;
+    while connection_entries(&s.node).1 > 0 {
+        assert!(Instant::now() < deadline, "the held probe kept its state");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    expect(8, 1, SPLICED, "learning again");
+    expect(1, 1, SKIPPED, "short again");
+    // A streak counts only while short connections keep coming: a second
+    // after the last one, the destination is spliced again.
+    std::thread::sleep(Duration::from_millis(1100));
+    expect(1, 1, SPLICED, "a stale streak");
     assert_no_leak(&s.node);
 }
 

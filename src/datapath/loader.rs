@@ -88,9 +88,9 @@ pub struct Config {
     /// Bytes queued at a spliced reader before that direction goes back to
     /// TCP until it drains (0 = no limit; see bpf/splice.bpf.c).
     pub splice_queue_limit: u32,
-    /// A connection with fewer messages than this (both directions) is
-    /// short; a destination whose recent spliced connections were all short
-    /// is no longer spliced, but for a probe now and then (0: splice every
+    /// A connection neither of whose ends sent this many messages is short;
+    /// a destination whose recent spliced connections were all short is no
+    /// longer spliced, but for a probe now and then (0: splice every
     /// connection; see bpf/splice_sockops.h).
     pub splice_min_messages: u32,
     /// Attach the interception hooks (connect, getsockopt, getpeername, DNS).
@@ -182,10 +182,12 @@ fn verdict_trims_overlaps() -> bool {
     .all(|kind| matches!(probe::overlap_extra_bytes(Some(verdict), kind), Ok(0)))
 }
 
-/// Default of `Config::splice_min_messages`: on the benchmark's machine a
-/// psock's set-up and teardown cost as much as splicing saves on about 16
-/// small messages (docs/benchmarks.md, "Short connections are not spliced").
-pub const DEFAULT_SPLICE_MIN_MESSAGES: u32 = 16;
+/// Default of `Config::splice_min_messages`. On the benchmark's machine a
+/// connection's psock pair cost about 30 µs and splicing one small
+/// exchange won back a few µs at most (docs/benchmarks.md, "Short
+/// connections are not spliced"): the break-even is some ten exchanges,
+/// and 8 errs towards splicing.
+pub const DEFAULT_SPLICE_MIN_MESSAGES: u32 = 8;
 
 /// Default of `Config::splice_queue_limit`: a quarter of the largest receive
 /// buffer autotuning may grow to (the third field of net.ipv4.tcp_rmem; 6 MiB,

@@ -112,10 +112,10 @@ struct AgentArgs {
     /// net.ipv4.tcp_rmem].
     #[arg(long, env = "MESHLANE_SPLICE_QUEUE_LIMIT")]
     splice_queue_limit: Option<u32>,
-    /// A connection with fewer messages than this is short; a destination
-    /// whose recent spliced connections were all short is no longer
-    /// spliced (but for a probe now and then); 0 = splice every connection
-    /// [default: 16].
+    /// A connection neither of whose ends sent this many messages is short;
+    /// a destination whose recent spliced connections were all short is no
+    /// longer spliced (but for a probe now and then); 0 = splice every
+    /// connection [default: 8].
     #[arg(long, env = "MESHLANE_SPLICE_MIN_MESSAGES")]
     splice_min_messages: Option<u32>,
     /// Splice only: do not attach the interception hooks.
