@@ -179,17 +179,34 @@ fn stalled_reader(remedy: VerdictRemedy) {
                     "only {stalled} bytes went before blocking"
                 );
                 // 2. The reader catches up; with nothing left on the TCP
-                //    path the next writes are spliced again.
+                //    path the next writes are spliced again. A write is
+                //    spliced only if, when it is sent, the reader has read
+                //    every byte before it; a writer streaming at full speed
+                //    stays ahead of a reader that is slow to wake (as with
+                //    TCP alone). So the writer goes in step with the
+                //    reader, one 64 KiB write at a time, until one is
+                //    spliced, then streams.
                 go_tx.send(()).unwrap();
-                let deadline = Instant::now() + LIMIT;
-                while progress.load(Ordering::Acquire) < stalled || unacked(&s) > 0 {
-                    assert!(Instant::now() < deadline, "the reader never caught up");
-                    std::thread::sleep(Duration::from_millis(10));
+                let spliced = || meshlane::status::read_counters(&node_counter)["bytes_spliced"];
+                let caught_up = |s: &TcpStream, at: u64| {
+                    let deadline = Instant::now() + LIMIT;
+                    while progress.load(Ordering::Acquire) < at || unacked(s) > 0 {
+                        assert!(Instant::now() < deadline, "the reader never caught up");
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                };
+                caught_up(&s, stalled);
+                let spliced_before = spliced();
+                let mut at = stalled;
+                for _ in 0..16 {
+                    at = write_pattern(&mut s, at, 64 * 1024, 64 * 1024);
+                    caught_up(&s, at);
+                    if spliced() > spliced_before {
+                        break;
+                    }
                 }
-                let spliced_before =
-                    meshlane::status::read_counters(&node_counter)["bytes_spliced"];
-                let end = write_pattern(&mut s, stalled, 8 * MIB, 64 * 1024);
-                let spliced_after = meshlane::status::read_counters(&node_counter)["bytes_spliced"];
+                let end = write_pattern(&mut s, at, 8 * MIB, 64 * 1024);
+                let spliced_after = spliced();
                 s.shutdown(std::net::Shutdown::Write).unwrap();
                 (end, spliced_after - spliced_before)
             }
