@@ -100,7 +100,7 @@ pub struct RunData {
     pub bypass: Option<String>,
 }
 
-const COUNTERS: [&str; 13] = [
+const COUNTERS: [&str; 14] = [
     "messages_spliced",
     "connects_redirected",
     "inbound_steered",
@@ -112,6 +112,7 @@ const COUNTERS: [&str; 13] = [
     "sockets_inserted",
     "sockets_insert_failed",
     "sockets_not_spliced",
+    "sockets_short_not_spliced",
     "sockets_evicted",
     "bookkeeping_insert_failed",
 ];
