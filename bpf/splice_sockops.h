@@ -25,8 +25,8 @@
  *   close                one ml_sock_state lookup; a socket without an
  *                        entry (never spliced) stops there; a spliced one
  *                        clears its peer's peer_addr (handing it its
- *                        message count if higher) and deletes its entry and its
- *                        receive cursor; the last end to close tells
+ *                        message count if higher) and deletes its entry
+ *                        and its receive cursor; the last end to close tells
  *                        ml_dest_profile whether the connection was short
  *                        (one lookup, an insert or in-place write only for
  *                        short connections);
@@ -266,9 +266,9 @@ static __always_inline void ml_dest_of_state(const struct ml_sock_key *me,
 }
 
 /* @me (state @st) has just sent its ml_splice_min_messages-th message:
- * its connection is long, and its destination not short, now
- * rather than at its close (a long connection may never close while the
- * destination is judged). sk_msg calls this once per connection end. */
+ * its connection is long, and its destination not short, now rather than
+ * at its close (a long connection may never close while the destination
+ * is judged). sk_msg calls this once per connection end. */
 static __always_inline void ml_dest_long(const struct ml_sock_key *me,
 					 const struct ml_sock_state *st)
 {
@@ -285,9 +285,8 @@ static __always_inline void ml_dest_long(const struct ml_sock_key *me,
 
 /* The last end of a spliced connection closes: whether the connection
  * (st->msgs: the most either end sent, up to ml_splice_min_messages) was
- * short, for
- * its destination's profile. @me and @st are the closing end's key and
- * state; a passive end names the destination through its peer. */
+ * short, for its destination's profile. @me and @st are the closing end's
+ * key and state; a passive end names the destination through its peer. */
 static __always_inline void ml_dest_learn(const struct ml_sock_key *me,
 					  const struct ml_sock_state *st)
 {
