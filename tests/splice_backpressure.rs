@@ -99,20 +99,6 @@ fn unacked(s: &TcpStream) -> i32 {
     n
 }
 
-/// The node's `ml_sock_state` as bpftool prints it (holds, peer addresses),
-/// for a failure message.
-fn sock_states(node: &meshlane::sim::Node) -> String {
-    let path = node.layout.map(meshlane::datapath::MapId::SockState);
-    match std::process::Command::new("bpftool")
-        .args(["map", "dump", "pinned"])
-        .arg(&path)
-        .output()
-    {
-        Ok(out) => String::from_utf8_lossy(&out.stdout).into_owned(),
-        Err(e) => format!("bpftool: {e}"),
-    }
-}
-
 /// Writes `len` more bytes of the Pattern stream from `offset`.
 fn write_pattern(s: &mut TcpStream, offset: u64, len: usize, chunk: usize) -> u64 {
     let pattern = Pattern::new(7);
@@ -224,7 +210,7 @@ fn stalled_reader(remedy: VerdictRemedy) {
         node.counter("splice_resumed") >= 1,
         "never resumed: {:?}\nml_sock_state: {}",
         meshlane::status::read_counters(&node.layout),
-        sock_states(&node)
+        map_dump(&node, meshlane::datapath::MapId::SockState)
     );
     assert!(
         d.bytes_fallback > 0,

@@ -7,8 +7,9 @@
 //! full sockhash falling back to the TCP stack without loss, and short
 //! connections learned per destination and kept out of the sockhash (and
 //! let back in after a longer one). Every test also proves, from the
-//! node's counters, that the bytes took the path they should. Connection endings live in
-//! splice_endings.rs, the epoll regression check in splice_epoll.rs.
+//! node's counters, that the bytes took the path they should. Connection
+//! endings live in splice_endings.rs, the epoll regression check in
+//! splice_epoll.rs.
 mod common;
 
 use std::io::Write;
@@ -427,8 +428,8 @@ fn echo_64b(st: &mut TcpStream, exchanges: usize) {
 /// Connects from `client` to `to`, echoes 64 B `exchanges` times, closes,
 /// and waits until both ends have left ml_sock_state (the last end's close
 /// is what teaches the destination's profile; other connections' entries
-/// stay). Returns how many sockets
-/// entered ml_socks and how many active ends were kept out as short.
+/// stay). Returns how many sockets entered ml_socks and how many active
+/// ends were kept out as short.
 fn short_connection(
     node: &Node,
     client: &sim::Pod,
@@ -443,14 +444,7 @@ fn short_connection(
     client
         .run(move || echo_64b(&mut connect(to), exchanges))
         .expect("entering the client pod");
-    let deadline = Instant::now() + END_LIMIT;
-    while connection_entries(node).1 > states {
-        assert!(
-            Instant::now() < deadline,
-            "a closed connection kept its state"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_sock_states_at_most(node, states);
     (
         node.counter("sockets_inserted") - inserted,
         node.counter("sockets_short_not_spliced") - skipped,
@@ -472,16 +466,11 @@ fn short_connections_stop_being_spliced_and_a_long_one_resumes() {
     let expect = |n: usize, exchanges: usize, want: (u64, u64), what: &str| {
         for i in 0..n {
             let got = short_connection(&s.node, client, to, exchanges);
-            if got != want {
-                let dump = std::process::Command::new("bpftool")
-                    .args(["map", "dump", "pinned"])
-                    .arg(s.node.layout.map(meshlane::datapath::MapId::DestProfile))
-                    .output()
-                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
-                panic!(
-                    "{what}, connection {i}: (inserted, skipped) {got:?}, want {want:?}\n{dump:?}"
-                );
-            }
+            assert!(
+                got == want,
+                "{what}, connection {i}: (inserted, skipped) {got:?}, want {want:?}\n{}",
+                map_dump(&s.node, meshlane::datapath::MapId::DestProfile)
+            );
         }
     };
     expect(8, 1, SPLICED, "learning");
@@ -515,11 +504,7 @@ fn short_connections_stop_being_spliced_and_a_long_one_resumes() {
     expect(1, 1, SPLICED, "while a long probe is open");
     // Its close clears the streak again (the connection above began one).
     drop(held);
-    let deadline = Instant::now() + END_LIMIT;
-    while connection_entries(&s.node).1 > 0 {
-        assert!(Instant::now() < deadline, "the held probe kept its state");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_sock_states_at_most(&s.node, 0);
     expect(8, 1, SPLICED, "learning again");
     expect(1, 1, SKIPPED, "short again");
     // A streak counts only while short connections keep coming: a second

@@ -532,6 +532,28 @@ pub fn connection_entries(node: &Node) -> (usize, usize, usize, usize) {
     )
 }
 
+/// A node map as bpftool prints it, for a failure message.
+pub fn map_dump(node: &Node, map: MapId) -> String {
+    match std::process::Command::new("bpftool")
+        .args(["map", "dump", "pinned"])
+        .arg(node.layout.map(map))
+        .output()
+    {
+        Ok(out) => String::from_utf8_lossy(&out.stdout).into_owned(),
+        Err(e) => format!("bpftool: {e}"),
+    }
+}
+
+/// Waits (up to 10 s) until `ml_sock_state` holds at most `n` entries:
+/// the sockets that closed since have both left it.
+pub fn wait_sock_states_at_most(node: &Node, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while connection_entries(node).1 > n {
+        assert!(Instant::now() < deadline, "closed sockets kept their state");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// Waits (up to 10 s: closes finish in the background) until the node's
 /// per-connection maps are empty; panics with what is left otherwise.
 /// The node's maps are private to the test, so zero means zero.
