@@ -64,6 +64,12 @@ pub struct AgentConfig {
     pub splice_min_messages: u32,
     /// Attach the interception hooks (false: splice only).
     pub intercept: bool,
+    /// Keep the kernel's BPF run statistics on while the agent runs, for
+    /// the per-program run count and time in /metrics and `meshlane
+    /// status`. Off by default: they cost every BPF program run on the
+    /// node (not only meshlane's) two clock reads, about 1.5% of a
+    /// loopback connection's rate (docs/benchmarks.md).
+    pub bpf_run_stats: bool,
     /// Stream verdict on the socket map (see `meshlane probe`).
     pub verdict_remedy: VerdictRemedy,
     /// Address of the admin server (readiness, liveness, metrics); None: off.
@@ -210,6 +216,7 @@ impl Default for AgentConfig {
             splice_queue_limit: None,
             splice_min_messages: loader::DEFAULT_SPLICE_MIN_MESSAGES,
             intercept: true,
+            bpf_run_stats: false,
             verdict_remedy: VerdictRemedy::Auto,
             admin_addr: None,
             log_format: LogFormat::Text,

@@ -84,7 +84,7 @@ impl Collector for DataPathCollector {
         let runs = ConstCounter::new(0u64);
         let mut fam = encoder.encode_descriptor(
             "program_runs",
-            "Runs of each node-wide BPF program (kernel BPF stats, on while the agent runs)",
+            "Runs of each node-wide BPF program (kernel BPF stats: counted only while they are on, e.g. with the agent's bpfRunStats)",
             None,
             runs.metric_type(),
         )?;
@@ -96,7 +96,7 @@ impl Collector for DataPathCollector {
         }
         let mut fam = encoder.encode_descriptor(
             "program_run",
-            "Time spent in each node-wide BPF program",
+            "Time spent in each node-wide BPF program (kernel BPF stats: counted only while they are on)",
             Some(&Unit::Seconds),
             runs.metric_type(),
         )?;

@@ -119,7 +119,10 @@ impl std::fmt::Display for Status {
             self.pin_root.display(),
             self.layout_version
         )?;
-        writeln!(f, "links:")?;
+        writeln!(
+            f,
+            "links (runs and time: kernel BPF stats, counted only while they are on, e.g. agent --bpf-run-stats):"
+        )?;
         for l in &self.links {
             let avg = l.run_time_ns.checked_div(l.run_count).unwrap_or(0);
             writeln!(

@@ -102,6 +102,24 @@ fn check_config_accepts_the_example_and_names_each_wrong_field() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(text.contains("sockhashSize: 65536"), "{text}");
+    // The kernel's BPF run statistics stay off unless asked for (flag or
+    // environment).
+    assert!(text.contains("bpfRunStats: false"), "{text}");
+    for (flag, env) in [(true, None), (false, Some("true"))] {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_meshlane"));
+        cmd.args(["agent", "--check-config", example])
+            .env_remove("MESHLANE_PIN_ROOT")
+            .env_remove("MESHLANE_BPF_RUN_STATS");
+        if flag {
+            cmd.arg("--bpf-run-stats");
+        }
+        if let Some(v) = env {
+            cmd.env("MESHLANE_BPF_RUN_STATS", v);
+        }
+        let out = cmd.output().expect("running meshlane");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("bpfRunStats: true"), "flag {flag}, env {env:?}: {text}");
+    }
     let dir = tempfile::tempdir().expect("tempdir");
     for (yaml, field) in [
         ("sockhashSiz: 10", "sockhashSiz"),
@@ -115,6 +133,7 @@ fn check_config_accepts_the_example_and_names_each_wrong_field() {
         ("logIntervalSeconds: 0", "logIntervalSeconds"),
         ("drainSeconds: 0", "drainSeconds"),
         ("intercept: perhaps", "intercept"),
+        ("bpfRunStats: sometimes", "bpfRunStats"),
     ] {
         let f = dir.path().join("c.yaml");
         std::fs::write(&f, format!("{yaml}\n")).expect("writing config");

@@ -256,7 +256,17 @@ async fn serve(
     report: InstallReport,
     admin: Option<std::net::TcpListener>,
 ) -> Result<(), AgentError> {
-    let _stats = crate::datapath::links::enable_run_stats();
+    // The kernel's BPF run statistics cost every program run on the node
+    // two clock reads: only when the operator asked for them.
+    let _stats = if cfg.bpf_run_stats {
+        let held = crate::datapath::links::enable_run_stats();
+        if held.is_none() {
+            tracing::warn!("bpfRunStats: the kernel refused to turn BPF run statistics on");
+        }
+        held
+    } else {
+        None
+    };
     let layout = PinLayout::new(&report.pin_root);
     let readiness = Arc::new(Readiness::default());
     readiness.set_installed(cfg.intercept);

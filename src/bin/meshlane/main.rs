@@ -121,6 +121,11 @@ struct AgentArgs {
     /// Splice only: do not attach the interception hooks.
     #[arg(long)]
     no_intercept: bool,
+    /// Keep the kernel's BPF run statistics on (per-program run time in
+    /// /metrics and `meshlane status`); they cost every BPF program run on
+    /// the node two clock reads [default: off].
+    #[arg(long, env = "MESHLANE_BPF_RUN_STATS")]
+    bpf_run_stats: bool,
     /// Stream verdict on the sockhash (cuts overlapping retransmissions,
     /// counts TCP-path bytes in FIONREAD): auto attaches it where it passes
     /// every byte exactly once (see `meshlane probe`) [default: auto].
@@ -168,6 +173,9 @@ impl AgentArgs {
         }
         if self.no_intercept {
             c.intercept = false;
+        }
+        if self.bpf_run_stats {
+            c.bpf_run_stats = true;
         }
         if let Some(v) = self.verdict_remedy {
             c.verdict_remedy = v;
