@@ -227,7 +227,7 @@ fn quick_run_on_two_nodes_leaves_nothing_behind() {
             "--modes",
             "direct,iptables,accelerate,intercept,intercept-nosplice,bypass",
             "--workloads",
-            "rtt-64,http",
+            "rtt-64,http,connect",
             "--placements",
             "same-node,cross-node",
             "--out",
@@ -293,7 +293,55 @@ fn quick_run_on_two_nodes_leaves_nothing_behind() {
             .unwrap()
             >= 2
     );
+    modes_without_meshlane_run_none_of_its_programs(&r);
     assert_clean(&before, pid);
+}
+
+/// `direct` and `iptables` live beside meshlane's cgroup, so its programs
+/// never run for their connections, while they run for every connection
+/// of a registered pod; and the BPF columns come from the costing rounds
+/// only, which run only the connection and HTTP workloads.
+fn modes_without_meshlane_run_none_of_its_programs(r: &serde_json::Value) {
+    let summaries = r["summaries"].as_array().unwrap();
+    let runs_per_connection = |placement: &str, mode: &str| {
+        let s = summaries
+            .iter()
+            .find(|s| {
+                s["workload"] == "connect" && s["placement"] == placement && s["mode"] == mode
+            })
+            .unwrap_or_else(|| panic!("no connect {placement} {mode} summary"));
+        s["hook_runs_per_op"]["median"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no BPF runs for connect {placement} {mode}: {s}"))
+    };
+    for placement in ["same-node", "cross-node"] {
+        for mode in ["direct", "iptables"] {
+            let runs = runs_per_connection(placement, mode);
+            assert!(
+                runs < 0.5,
+                "{mode} {placement}: {runs} meshlane program runs per connection"
+            );
+        }
+        let runs = runs_per_connection(placement, "intercept");
+        assert!(
+            runs >= 10.0,
+            "intercept {placement}: only {runs} program runs per connection"
+        );
+    }
+    let steps = r["steps"].as_array().unwrap();
+    let costing: Vec<&serde_json::Value> = steps.iter().filter(|s| s["costing"] == true).collect();
+    assert!(!costing.is_empty(), "no costing round ran");
+    assert!(
+        costing.iter().all(|s| s["workload"] != "rtt-64"),
+        "a costing round ran rtt-64"
+    );
+    assert!(
+        steps
+            .iter()
+            .filter(|s| s["costing"] == false)
+            .all(|s| s["hooks"].is_null()),
+        "a measured step recorded BPF costs (statistics on while measuring)"
+    );
 }
 
 #[test]

@@ -29,6 +29,11 @@ pub struct BenchArgs {
     /// Measured rounds (one warm-up round more is run and discarded).
     #[arg(long)]
     pub rounds: Option<u32>,
+    /// Rounds after the measured ones, BPF statistics on, that give the
+    /// BPF run-time columns (connection and HTTP workloads; default 2, 0:
+    /// none). Measured rounds run with the statistics off.
+    #[arg(long)]
+    pub cost_rounds: Option<u32>,
     /// Base length of one step in milliseconds.
     #[arg(long)]
     pub step_ms: Option<u64>,
@@ -81,6 +86,9 @@ impl BenchArgs {
         }
         if let Some(r) = self.rounds {
             o.rounds = r;
+        }
+        if let Some(r) = self.cost_rounds {
+            o.cost_rounds = r;
         }
         if let Some(ms) = self.step_ms {
             o.step = Duration::from_millis(ms);
@@ -153,6 +161,7 @@ pub fn demo(json: bool) -> Result<()> {
         workloads: None,
         placements: None,
         rounds: None,
+        cost_rounds: None,
         step_ms: None,
         qps: None,
         connections: None,

@@ -61,9 +61,10 @@ pub fn render(r: &Report) -> String {
     );
     let _ = writeln!(
         o,
-        "- {} measured rounds after {} warm-up round(s), modes interleaved round-robin; step {:.2} s; http: {} req/s over {} connections, 1 KiB POST, 1 KiB response; seed {:#x}",
+        "- {} measured rounds after {} warm-up round(s), then {} costing round(s) for the BPF columns; modes interleaved round-robin; step {:.2} s; http: {} req/s over {} connections, 1 KiB POST, 1 KiB response; seed {:#x}",
         m.options.rounds,
         m.options.warmup_rounds,
+        m.options.cost_rounds,
         m.options.step.as_secs_f64(),
         m.options.qps,
         m.options.connections,
@@ -188,7 +189,7 @@ pub fn render(r: &Report) -> String {
     if !cpu.is_empty() {
         let _ = writeln!(
             o,
-            "\n### CPU per 1,000 requests (ms)\n\n`total` is every process of the simulated nodes (cgroup cpu.stat, kernel work in their context included); `sidecars` the sidecar proxy threads; `apps` = total - sidecars (load generator, server, their kernel time); `BPF` meshlane's programs (kernel BPF stats); `softirq` the pinned CPU's softirq time (whole machine, 10 ms ticks). No agent process runs during a bench: the data path is pinned programs.\n"
+            "\n### CPU per 1,000 requests (ms)\n\n`total` is every process of the simulated nodes (cgroup cpu.stat, kernel work in their context included); `sidecars` the sidecar proxy threads; `apps` = total - sidecars (load generator, server, their kernel time); `BPF` meshlane's programs (kernel BPF stats, from the costing rounds: the measured rounds run with the statistics off, as a node does); `softirq` the pinned CPU's softirq time (whole machine, 10 ms ticks). No agent process runs during a bench: the data path is pinned programs. The `direct` and `iptables` modes run in a cgroup beside the nodes', so none of meshlane's programs runs for their sockets.\n"
         );
         let _ = writeln!(
             o,
@@ -273,7 +274,7 @@ fn hook_table(o: &mut String, r: &Report) {
     }
     let _ = writeln!(
         o,
-        "\n### BPF programs per connection (kernel BPF stats)\n\nAll runs of meshlane's programs during the step divided by the application connections it made (one application connection is up to three TCP connections through the sidecars: app-sidecar, sidecar-sidecar, sidecar-app). Same-node and one-sidecar cells count node A's install only; cross-node cells count both nodes' installs, and there every socket also runs the other node's programs (a pod-lookup miss each), because the simulation attaches both installs to one cgroup. Median over rounds [min–max]; per program: median runs x ns per connection.\n"
+        "\n### BPF programs per connection (kernel BPF stats)\n\nFrom the costing rounds (`--cost-rounds`, after the measured rounds; the kernel's statistics cost every program run two clock reads, so they are off while rates are measured). All runs of meshlane's programs during the step divided by the application connections it made (one application connection is up to three TCP connections through the sidecars: app-sidecar, sidecar-sidecar, sidecar-app). Same-node and one-sidecar cells count node A's install only; cross-node cells count both nodes' installs, and there every socket also runs the other node's programs (a pod-lookup miss each), because the simulation attaches both installs to one cgroup. `direct` and `iptables` run beside that cgroup (no program runs for them). Median over rounds [min–max]; per program: median runs x ns per connection.\n"
     );
     let _ = writeln!(
         o,

@@ -56,7 +56,14 @@ pub fn run(o: &Options, quiet: bool) -> Result<Report> {
         .iter()
         .map(|&(w, p)| o.runnable_modes().iter().filter(|m| m.runs(w, p)).count() as u64)
         .sum();
-    let steps = u64::from(o.warmup_rounds + o.rounds) * per_round;
+    let per_cost_round: u64 = o
+        .cells()
+        .iter()
+        .filter(|(w, _)| w.cpu_accounted() || w.hook_costed())
+        .map(|&(w, p)| o.runnable_modes().iter().filter(|m| m.runs(w, p)).count() as u64)
+        .sum();
+    let steps = u64::from(o.warmup_rounds + o.rounds) * per_round
+        + u64::from(o.cost_rounds) * per_cost_round;
     let mut progress = progress::Progress::new(steps, quiet);
     let mut build: Vec<Mode> = o.runnable_modes();
     if o.placements.contains(&Placement::OneSidecar) && !build.contains(&Mode::Direct) {

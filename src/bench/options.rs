@@ -67,6 +67,15 @@ impl Mode {
         !matches!(self, Mode::Direct)
     }
 
+    /// The world without meshlane: no pod registered, and the mode's
+    /// processes live in a cgroup beside the node's, so none of meshlane's
+    /// programs runs for their sockets (on a node they would run, find no
+    /// registered pod and return: a cost of having meshlane installed that
+    /// the baseline must not pay).
+    pub fn without_meshlane(self) -> bool {
+        matches!(self, Mode::Direct | Mode::Iptables)
+    }
+
     /// The mode's server pods are plain backends (no sidecar, not
     /// registered): only its client is meshed.
     pub fn plain_servers(self) -> bool {
@@ -310,6 +319,12 @@ pub struct Options {
     /// Measured rounds (after the warm-up rounds).
     pub rounds: u32,
     pub warmup_rounds: u32,
+    /// Costing rounds, after the measured ones: the steps whose BPF run
+    /// time is reported (connection and HTTP workloads) run again with the
+    /// kernel's BPF statistics on, which cost every program run two clock
+    /// reads. The measured rounds run with them off, as a node does; only
+    /// the costing rounds give the BPF columns. 0: no BPF costs reported.
+    pub cost_rounds: u32,
     /// Base length of one measurement step.
     #[serde(serialize_with = "ser_secs")]
     pub step: Duration,
@@ -347,6 +362,7 @@ impl Options {
             placements: Placement::ALL.to_vec(),
             rounds: 5,
             warmup_rounds: 1,
+            cost_rounds: 2,
             step: Duration::from_millis(1000),
             qps: 1000,
             connections: 4,
@@ -378,6 +394,7 @@ impl Options {
             ],
             placements: vec![Placement::SameNode],
             step: Duration::from_millis(300),
+            cost_rounds: 1,
             quick: true,
             ..Self::full()
         }
@@ -399,6 +416,12 @@ impl Options {
         }
         if self.rounds > 1000 {
             return usage(format!("--rounds {} is more than 1000", self.rounds));
+        }
+        if self.cost_rounds > 100 {
+            return usage(format!(
+                "--cost-rounds {} is more than 100",
+                self.cost_rounds
+            ));
         }
         if self.step < Duration::from_millis(50) || self.step > Duration::from_secs(600) {
             return usage("--step-ms must be between 50 and 600000".into());

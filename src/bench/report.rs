@@ -213,7 +213,12 @@ pub fn meta(o: &Options) -> Meta {
 }
 
 fn summarize(o: &Options, data: &RunData) -> Vec<Summary> {
-    let measured: Vec<&StepRecord> = data.steps.iter().filter(|s| !s.warmup).collect();
+    let measured: Vec<&StepRecord> = data.steps.iter().filter(|s| s.is_measured()).collect();
+    let costed: Vec<&StepRecord> = data
+        .steps
+        .iter()
+        .filter(|s| s.costing && s.error.is_none())
+        .collect();
     let mut out = Vec::new();
     for (w, p) in o.cells() {
         for m in o.runnable_modes().into_iter().filter(|m| m.runs(w, p)) {
@@ -223,6 +228,12 @@ fn summarize(o: &Options, data: &RunData) -> Vec<Summary> {
                 .filter(|s| s.workload == w && s.placement == p && s.mode == m)
                 .collect();
             let ok: Vec<&StepRecord> = cell.iter().copied().filter(|s| s.error.is_none()).collect();
+            // The BPF columns: the costing rounds' steps of the cell.
+            let cost: Vec<&StepRecord> = costed
+                .iter()
+                .copied()
+                .filter(|s| s.workload == w && s.placement == p && s.mode == m)
+                .collect();
             let mut errors: Vec<String> = cell.iter().filter_map(|s| s.error.clone()).collect();
             errors.dedup();
             let direct_of = |round: u32| {
@@ -278,12 +289,12 @@ fn summarize(o: &Options, data: &RunData) -> Vec<Summary> {
                 cpu_total_ms_per_1k: cpu(|c| Some(c.total_ms)),
                 cpu_sidecars_ms_per_1k: cpu(|c| Some(c.sidecars_ms)),
                 cpu_apps_ms_per_1k: cpu(|c| Some(c.apps_ms)),
-                cpu_bpf_ms_per_1k: cpu(|c| Some(c.bpf_ms)),
+                cpu_bpf_ms_per_1k: stat_of(&cost, |s| s.cpu_per_1k.as_ref().map(|c| c.bpf_ms)),
                 cpu_softirq_ms_per_1k: cpu(|c| c.softirq_ms),
                 counters,
-                hook_ns_per_op: stat_of(&ok, |s| s.hooks.as_ref().map(|h| h.total_ns)),
-                hook_runs_per_op: stat_of(&ok, |s| s.hooks.as_ref().map(|h| h.total_runs)),
-                hook_programs: program_medians(&ok),
+                hook_ns_per_op: stat_of(&cost, |s| s.hooks.as_ref().map(|h| h.total_ns)),
+                hook_runs_per_op: stat_of(&cost, |s| s.hooks.as_ref().map(|h| h.total_runs)),
+                hook_programs: program_medians(&cost),
             });
         }
     }
@@ -761,7 +772,7 @@ impl Report {
         let measured: Vec<&StepRecord> = self
             .steps
             .iter()
-            .filter(|s| !s.warmup && s.error.is_none())
+            .filter(|s| s.is_measured() && s.error.is_none())
             .collect();
         let value = |s: &StepRecord| s.gbit_per_s.unwrap_or(s.ops_per_s);
         for w in [Workload::Connect, Workload::Bulk1, Workload::Bulk4] {
@@ -813,6 +824,7 @@ mod tests {
         StepRecord {
             round,
             warmup: round == 0,
+            costing: false,
             workload: w,
             placement: p,
             mode: m,

@@ -42,6 +42,9 @@ pub struct CpuPer1k {
 pub struct StepRecord {
     pub round: u32,
     pub warmup: bool,
+    /// A costing round's step (BPF statistics on): only its BPF columns
+    /// are reported.
+    pub costing: bool,
     pub workload: Workload,
     pub placement: Placement,
     pub mode: Mode,
@@ -57,6 +60,13 @@ pub struct StepRecord {
     /// Connection steps: what meshlane's programs cost per operation, from
     /// the kernel's BPF run-time statistics (both nodes).
     pub hooks: Option<HookCost>,
+}
+
+impl StepRecord {
+    /// A measured round's step: its rates, latencies and CPU are reported.
+    pub fn is_measured(&self) -> bool {
+        !self.warmup && !self.costing
+    }
 }
 
 /// Run count and run time of meshlane's programs per operation of a step
@@ -178,7 +188,7 @@ fn snapshot(
         counters: COUNTERS.iter().map(|c| tb.counter(c)).collect(),
         sessions,
         total: if with_cpu {
-            CpuSource::Cgroup(tb.node.cgroup.path().to_path_buf()).sample()
+            tb.cpu_total().sample()
         } else {
             CpuSample(0)
         },
@@ -217,6 +227,7 @@ fn run_step(tb: &Testbed, o: &Options, w: Workload, p: Placement, m: Mode) -> Re
     let (pod, addr) = tb.route(m, w, p)?;
     let dur = o.step * w.step_factor();
     let (cpu, qps, conns) = (o.cpu, o.qps, o.connections_of(w));
+    let _beside = tb.without_meshlane(m)?;
     let r = pod.run(move || match w {
         Workload::Rtt64 | Workload::Rtt1k | Workload::Rtt16k => {
             load::rtt(addr, w.rtt_size().unwrap_or(64), dur, cpu)
@@ -243,7 +254,7 @@ fn run_step(tb: &Testbed, o: &Options, w: Workload, p: Placement, m: Mode) -> Re
 /// 100 ms window across every process of the run. A step that failed can
 /// leave a sidecar draining buffers; the next step must not pay for it.
 fn settle(tb: &Testbed) {
-    let cg = CpuSource::Cgroup(tb.node.cgroup.path().to_path_buf());
+    let cg = tb.cpu_total();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
     while std::time::Instant::now() < deadline && !interrupt::requested() {
         let a = cg.sample();
@@ -258,7 +269,19 @@ fn ms(ns: u64, per: f64) -> f64 {
     ns as f64 / 1e6 / per
 }
 
-/// Runs every round of `o` on `tb`.
+/// What a step is run for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StepKind {
+    /// Discarded.
+    Warmup,
+    /// Rates, latencies and CPU: BPF statistics off, as on a node.
+    Measured,
+    /// BPF run time (connection and HTTP workloads): statistics on.
+    Costing,
+}
+
+/// Runs every round of `o` on `tb`: the warm-up and measured rounds, then
+/// the costing rounds.
 pub fn run(tb: &Testbed, o: &Options, progress: &mut Progress) -> Result<RunData> {
     let modes = o.runnable_modes();
     let cells = o.cells();
@@ -267,106 +290,139 @@ pub fn run(tb: &Testbed, o: &Options, progress: &mut Progress) -> Result<RunData
         hists: BTreeMap::new(),
         bypass: None,
     };
-    for round in 0..o.warmup_rounds + o.rounds {
-        let warmup = round < o.warmup_rounds;
+    let rounds = (0..o.warmup_rounds + o.rounds)
+        .map(|r| {
+            let kind = if r < o.warmup_rounds {
+                StepKind::Warmup
+            } else {
+                StepKind::Measured
+            };
+            (r, kind)
+        })
+        .chain((0..o.cost_rounds).map(|r| (o.warmup_rounds + o.rounds + r, StepKind::Costing)));
+    for (round, kind) in rounds {
         for &(w, p) in &cells {
+            if kind == StepKind::Costing && !(w.cpu_accounted() || w.hook_costed()) {
+                continue;
+            }
             for &m in modes.iter().filter(|m| m.runs(w, p)) {
                 interrupt::check()?;
                 progress.step(&format!(
                     "round {}{} {w} {p} {m}",
                     round + 1,
-                    if warmup { " (warm-up)" } else { "" }
+                    match kind {
+                        StepKind::Warmup => " (warm-up)",
+                        StepKind::Measured => "",
+                        StepKind::Costing => " (BPF costs)",
+                    }
                 ));
-                let with_cpu = w.cpu_accounted();
-                let hooks = w.hook_costed();
-                // BPF run-time stats cost two clock reads per program run:
-                // on only for the steps whose CPU or hook cost is reported.
-                let stats = (with_cpu || hooks).then(BpfStats::enable);
-                let before = snapshot(tb, (m, w, p), with_cpu, hooks);
-                let res = run_step(tb, o, w, p, m);
-                let after = snapshot(tb, (m, w, p), with_cpu, hooks);
-                drop(stats);
-                settle(tb);
-                if matches!(res, Err(BenchError::Interrupted)) || interrupt::requested() {
-                    return Err(BenchError::Interrupted);
-                }
-                let mut rec = StepRecord {
-                    round,
-                    warmup,
-                    workload: w,
-                    placement: p,
-                    mode: m,
-                    error: None,
-                    latency_us: None,
-                    ops: 0,
-                    ops_per_s: 0.0,
-                    gbit_per_s: None,
-                    missed_slots: 0,
-                    cpu_per_1k: None,
-                    hooks: None,
-                    counters: COUNTERS
-                        .iter()
-                        .zip(after.counters.iter().zip(&before.counters))
-                        .map(|(n, (a, b))| ((*n).to_string(), a.saturating_sub(*b)))
-                        .collect(),
-                };
-                rec.counters.insert(
-                    "sidecar_sessions".into(),
-                    after.sessions.saturating_sub(before.sessions),
-                );
-                match res {
-                    Err(e) => {
-                        progress.note(&format!("  {w} {p} {m}: {e}"));
-                        rec.error = Some(e.to_string());
-                    }
-                    Ok(meas) => {
-                        let secs = meas.elapsed.as_secs_f64().max(1e-9);
-                        rec.ops = meas.ops;
-                        rec.ops_per_s = meas.ops as f64 / secs;
-                        rec.missed_slots = meas.missed;
-                        if meas.bytes > 0 {
-                            rec.gbit_per_s = Some(meas.bytes as f64 * 8.0 / secs / 1e9);
-                        }
-                        if let Some(h) = &meas.hist {
-                            rec.latency_us = Some(Percentiles::of(h));
-                            if !warmup {
-                                let e = data.hists.entry((w, p, m)).or_insert_with(load::histogram);
-                                let _ = e.add(h);
-                            }
-                        }
-                        if hooks && meas.ops > 0 {
-                            rec.hooks = Some(HookCost::between(
-                                &before.programs,
-                                &after.programs,
-                                meas.ops,
-                            ));
-                        }
-                        if with_cpu && meas.ops > 0 {
-                            let per = meas.ops as f64 / 1000.0;
-                            let total = after.total.since(before.total);
-                            let sidecars: u64 = after
-                                .sidecars
-                                .iter()
-                                .zip(&before.sidecars)
-                                .map(|(a, b)| a.since(*b))
-                                .sum();
-                            rec.cpu_per_1k = Some(CpuPer1k {
-                                total_ms: ms(total, per),
-                                sidecars_ms: ms(sidecars, per),
-                                apps_ms: ms(total.saturating_sub(sidecars), per),
-                                bpf_ms: ms(after.bpf_ns.saturating_sub(before.bpf_ns), per),
-                                softirq_ms: after
-                                    .softirq
-                                    .zip(before.softirq)
-                                    .map(|(a, b)| ms(a.since(b), per)),
-                            });
-                        }
-                    }
-                }
+                let rec = run_recorded(tb, o, (m, w, p), (round, kind), &mut data, progress)?;
                 data.steps.push(rec);
             }
         }
     }
     progress.finish();
     Ok(data)
+}
+
+/// Runs one step of `cell` and records it.
+fn run_recorded(
+    tb: &Testbed,
+    o: &Options,
+    cell: (Mode, Workload, Placement),
+    (round, kind): (u32, StepKind),
+    data: &mut RunData,
+    progress: &mut Progress,
+) -> Result<StepRecord> {
+    let (m, w, p) = cell;
+    let with_cpu = w.cpu_accounted();
+    let costing = kind == StepKind::Costing;
+    let hooks = costing && w.hook_costed();
+    // BPF run-time stats cost two clock reads per program run: on only
+    // in the costing rounds.
+    let stats = costing.then(BpfStats::enable);
+    let before = snapshot(tb, (m, w, p), with_cpu, hooks);
+    let res = run_step(tb, o, w, p, m);
+    let after = snapshot(tb, (m, w, p), with_cpu, hooks);
+    drop(stats);
+    settle(tb);
+    if matches!(res, Err(BenchError::Interrupted)) || interrupt::requested() {
+        return Err(BenchError::Interrupted);
+    }
+    let warmup = kind == StepKind::Warmup;
+    let mut rec = StepRecord {
+        round,
+        warmup,
+        costing,
+        workload: w,
+        placement: p,
+        mode: m,
+        error: None,
+        latency_us: None,
+        ops: 0,
+        ops_per_s: 0.0,
+        gbit_per_s: None,
+        missed_slots: 0,
+        cpu_per_1k: None,
+        hooks: None,
+        counters: COUNTERS
+            .iter()
+            .zip(after.counters.iter().zip(&before.counters))
+            .map(|(n, (a, b))| ((*n).to_string(), a.saturating_sub(*b)))
+            .collect(),
+    };
+    rec.counters.insert(
+        "sidecar_sessions".into(),
+        after.sessions.saturating_sub(before.sessions),
+    );
+    match res {
+        Err(e) => {
+            progress.note(&format!("  {w} {p} {m}: {e}"));
+            rec.error = Some(e.to_string());
+        }
+        Ok(meas) => {
+            let secs = meas.elapsed.as_secs_f64().max(1e-9);
+            rec.ops = meas.ops;
+            rec.ops_per_s = meas.ops as f64 / secs;
+            rec.missed_slots = meas.missed;
+            if meas.bytes > 0 {
+                rec.gbit_per_s = Some(meas.bytes as f64 * 8.0 / secs / 1e9);
+            }
+            if let Some(h) = &meas.hist {
+                rec.latency_us = Some(Percentiles::of(h));
+                if !warmup {
+                    let e = data.hists.entry((w, p, m)).or_insert_with(load::histogram);
+                    let _ = e.add(h);
+                }
+            }
+            if hooks && meas.ops > 0 {
+                rec.hooks = Some(HookCost::between(
+                    &before.programs,
+                    &after.programs,
+                    meas.ops,
+                ));
+            }
+            if with_cpu && meas.ops > 0 {
+                let per = meas.ops as f64 / 1000.0;
+                let total = after.total.since(before.total);
+                let sidecars: u64 = after
+                    .sidecars
+                    .iter()
+                    .zip(&before.sidecars)
+                    .map(|(a, b)| a.since(*b))
+                    .sum();
+                rec.cpu_per_1k = Some(CpuPer1k {
+                    total_ms: ms(total, per),
+                    sidecars_ms: ms(sidecars, per),
+                    apps_ms: ms(total.saturating_sub(sidecars), per),
+                    bpf_ms: ms(after.bpf_ns.saturating_sub(before.bpf_ns), per),
+                    softirq_ms: after
+                        .softirq
+                        .zip(before.softirq)
+                        .map(|(a, b)| ms(a.since(b), per)),
+                });
+            }
+        }
+    }
+    Ok(rec)
 }

@@ -14,6 +14,12 @@
 //! The one-sidecar placement sends a mode's client to the `direct` mode's
 //! node-A server pod (no sidecar, not registered).
 //!
+//! The modes without meshlane (`direct`, `iptables`) run beside it: their
+//! pods' processes are started, and their steps run, with this process in
+//! a cgroup next to node A's ([`Testbed::without_meshlane`]), so meshlane's
+//! cgroup programs (node A's and node B's, both attached to node A's
+//! cgroup) never run for their sockets. CPU totals sum both cgroups.
+//!
 //! `bypass` pods: the client is registered (intercept) with its sidecar
 //! running; its servers are plain backends (no sidecar, not registered).
 //! The client dials a service VIP per placement. The testbed's control
@@ -44,9 +50,10 @@ use super::{interrupt, net};
 use crate::pods::source::PodInfo;
 use crate::pods::{PodMode, PodSpec};
 use crate::sim::xds::{sidecar_snapshot, AdsServer, Protocol, Service, Snapshot};
+use crate::sim::CpuSource;
 use crate::sim::{
     self, Node, NodeOptions, PeerNode, Pod, SideInstall, Sidecar, SidecarMode, SidecarOptions,
-    SidecarProxy,
+    SidecarProxy, TestCgroup, Visit,
 };
 
 /// The golden istio-init rule set every iptables-mode pod gets.
@@ -115,6 +122,8 @@ pub struct Testbed {
     /// The splice-less install of `intercept-nosplice` (node A only).
     pub side: Option<SideInstall>,
     pub peer: Option<PeerNode>,
+    /// Where the modes without meshlane live: a cgroup beside node A's.
+    without: TestCgroup,
     pub node: Node,
     pub cpu: Option<usize>,
     /// The proxy every sidecar runs.
@@ -198,6 +207,9 @@ impl Testbed {
         let node = Node::new(NodeOptions::default()).map_err(BenchError::setup_anyhow(
             "node A (cgroup, pin root, data path)",
         ))?;
+        let without = TestCgroup::create(&format!("{}-plain", node.tag)).map_err(
+            BenchError::setup_anyhow("the cgroup of the modes without meshlane"),
+        )?;
         let needs_ads = modes.contains(&Mode::Bypass)
             || (sidecar == SidecarProxy::Envoy && modes.iter().any(|m| m.has_sidecars()));
         let control_plane = if needs_ads {
@@ -211,6 +223,7 @@ impl Testbed {
             control_plane,
             side: None,
             peer: None,
+            without,
             node,
             cpu,
             sidecar,
@@ -222,6 +235,7 @@ impl Testbed {
         }
         for &m in modes {
             interrupt::check()?;
+            let _beside = tb.without_meshlane(m)?;
             let set = tb.mode_pods(m, false)?;
             tb.sets.push(set);
             if l7_http && m.has_sidecars() {
@@ -231,6 +245,30 @@ impl Testbed {
             }
         }
         Ok(tb)
+    }
+
+    /// For a mode without meshlane, this process in the cgroup beside node
+    /// A's until the guard drops (what it starts meanwhile stays there).
+    pub fn without_meshlane(&self, mode: Mode) -> Result<Option<Visit>> {
+        if !mode.without_meshlane() {
+            return Ok(None);
+        }
+        self.without
+            .visit(self.node.cgroup.path())
+            .map(Some)
+            .map_err(BenchError::setup_anyhow(format!(
+                "moving into the cgroup of mode {}",
+                mode.name()
+            )))
+    }
+
+    /// The CPU time of every process of the run: node A's cgroup and the
+    /// one beside it.
+    pub fn cpu_total(&self) -> CpuSource {
+        CpuSource::Cgroups(vec![
+            self.node.cgroup.path().to_path_buf(),
+            self.without.path().to_path_buf(),
+        ])
     }
 
     fn mode_pods(&mut self, mode: Mode, l7: bool) -> Result<ModePods> {

@@ -1,4 +1,7 @@
-//! A private cgroup v2 child that the test process lives in while it runs.
+//! A private cgroup v2 child that the test process lives in while it runs,
+//! or one beside it that the process visits (the benchmark's modes without
+//! meshlane: a sibling, so no program attached to the node's cgroup runs
+//! for their sockets).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -13,16 +16,27 @@ pub struct TestCgroup {
 impl TestCgroup {
     /// Creates `<cgroup2 mount>/<name>` and moves this process into it.
     pub fn enter(name: &str) -> Result<Self> {
+        let cg = Self::create(name)?;
+        move_into(&cg.path)?;
+        Ok(cg)
+    }
+
+    /// Creates `<cgroup2 mount>/<name>`; this process stays where it is.
+    pub fn create(name: &str) -> Result<Self> {
         let root = crate::cgroup::cgroup2_mount()?;
         let path = root.join(name);
         fs::create_dir(&path).with_context(|| format!("creating cgroup {}", path.display()))?;
-        let cg = Self {
+        Ok(Self {
             parent_procs: root.join("cgroup.procs"),
             path,
-        };
-        fs::write(cg.path.join("cgroup.procs"), std::process::id().to_string())
-            .with_context(|| format!("moving into cgroup {}", cg.path.display()))?;
-        Ok(cg)
+        })
+    }
+
+    /// Moves this process (every thread; what it spawns meanwhile is born
+    /// here) into this cgroup until the guard drops, then back to `back`.
+    pub fn visit(&self, back: &Path) -> Result<Visit> {
+        move_into(&self.path)?;
+        Ok(Visit { back: back.into() })
     }
 
     pub fn path(&self) -> &Path {
@@ -39,10 +53,29 @@ impl TestCgroup {
     }
 }
 
+fn move_into(dir: &Path) -> Result<()> {
+    fs::write(dir.join("cgroup.procs"), std::process::id().to_string())
+        .with_context(|| format!("moving into cgroup {}", dir.display()))
+}
+
+/// This process inside a cgroup it visits ([`TestCgroup::visit`]).
+pub struct Visit {
+    back: PathBuf,
+}
+
+impl Drop for Visit {
+    fn drop(&mut self) {
+        if let Err(e) = move_into(&self.back) {
+            eprintln!("sim: {e:#}");
+        }
+    }
+}
+
 impl Drop for TestCgroup {
     fn drop(&mut self) {
         let me = std::process::id();
-        for pid in self.pids() {
+        let pids = self.pids();
+        for &pid in &pids {
             if pid != me {
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(pid as i32),
@@ -50,7 +83,9 @@ impl Drop for TestCgroup {
                 );
             }
         }
-        let _ = fs::write(&self.parent_procs, me.to_string());
+        if pids.contains(&me) {
+            let _ = fs::write(&self.parent_procs, me.to_string());
+        }
         for _ in 0..100 {
             if fs::remove_dir(&self.path).is_ok() || !self.path.exists() {
                 return;

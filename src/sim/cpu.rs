@@ -5,13 +5,15 @@
 //! nanosecond run time of every thread), and one CPU's softirq time from
 //! `/proc/stat` (USER_HZ ticks, so coarse: 10 ms).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Something whose CPU time can be sampled.
 #[derive(Debug, Clone)]
 pub enum CpuSource {
     /// `usage_usec` of a cgroup v2 directory.
     Cgroup(PathBuf),
+    /// The sum of several cgroups' `usage_usec`.
+    Cgroups(Vec<PathBuf>),
     /// All threads of a process.
     Process(u32),
     /// Softirq time of one CPU (system-wide, every process).
@@ -40,18 +42,25 @@ fn user_hz() -> u64 {
     }
 }
 
+/// A cgroup's CPU time (`usage_usec` of its `cpu.stat`) in nanoseconds; 0
+/// when it cannot be read.
+fn cgroup_usage_ns(dir: &Path) -> u64 {
+    std::fs::read_to_string(dir.join("cpu.stat"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("usage_usec "))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        })
+        .map_or(0, |us| us * 1000)
+}
+
 impl CpuSource {
     /// Reads the source; a source that vanished reads as 0.
     pub fn sample(&self) -> CpuSample {
         CpuSample(match self {
-            CpuSource::Cgroup(dir) => std::fs::read_to_string(dir.join("cpu.stat"))
-                .ok()
-                .and_then(|s| {
-                    s.lines()
-                        .find_map(|l| l.strip_prefix("usage_usec "))
-                        .and_then(|v| v.trim().parse::<u64>().ok())
-                })
-                .map_or(0, |us| us * 1000),
+            CpuSource::Cgroup(dir) => cgroup_usage_ns(dir),
+            CpuSource::Cgroups(dirs) => dirs.iter().map(|d| cgroup_usage_ns(d)).sum(),
             CpuSource::Process(pid) => {
                 let dir = PathBuf::from(format!("/proc/{pid}/task"));
                 std::fs::read_dir(dir)

@@ -3,7 +3,8 @@
 //! is removed in `Drop`, panics included:
 //!
 //! - [`TestCgroup`]: a private cgroup v2 child; the calling process moves in
-//!   (so every pod process it spawns is in it) and back out on drop.
+//!   (so every pod process it spawns is in it) and back out on drop, or
+//!   visits one beside it ([`Visit`]).
 //! - [`Node`]: a private pin root with the data path installed on that
 //!   cgroup, plus pods.
 //! - [`Pod`]: a network namespace wired by the real CNI bridge + host-local
@@ -29,7 +30,7 @@ mod node;
 mod pod;
 mod pod_catalog;
 
-pub use cgroup::TestCgroup;
+pub use cgroup::{TestCgroup, Visit};
 pub use cni::{cni_bin_dir, Subnet};
 pub use node::{Node, NodeOptions};
 pub use pod::{Pod, PodProcess};
