@@ -35,7 +35,7 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -182,19 +182,13 @@ fn connect_loop(step: Duration) -> Result<(u64, Duration)> {
     Ok((n, start.elapsed()))
 }
 
-/// Moves this process into the cgroup at `path`.
-fn move_into(path: &Path) -> Result<()> {
-    std::fs::write(path.join("cgroup.procs"), std::process::id().to_string())
-        .with_context(|| format!("moving into cgroup {}", path.display()))
-}
-
 /// Run count and run time (ns) per program name.
 type ProgramStats = BTreeMap<String, (u64, u64)>;
 
 /// One step of a round: where its sockets live and whose programs run.
 struct Step<'a> {
     name: &'static str,
-    cgroup: PathBuf,
+    cgroup: &'a TestCgroup,
     stats: Box<dyn Fn() -> Result<ProgramStats> + 'a>,
 }
 
@@ -245,8 +239,10 @@ struct StepSamples {
     programs: BTreeMap<String, (Vec<f64>, Vec<f64>)>,
 }
 
-fn measure(step: &Step<'_>, dur: Duration, into: &mut StepSamples) -> Result<()> {
-    move_into(&step.cgroup)?;
+/// One step: this process visits the step's cgroup for it, then goes back
+/// `home`.
+fn measure(step: &Step<'_>, home: &Path, dur: Duration, into: &mut StepSamples) -> Result<()> {
+    let _in = step.cgroup.visit(home)?;
     let before = (step.stats)()?;
     let (n, t) = connect_loop(dur)?;
     let after = (step.stats)()?;
@@ -302,11 +298,11 @@ fn run(cli: &Cli) -> Result<Report> {
     } else {
         Some(enable_run_stats().context("the kernel refused BPF run statistics")?)
     };
-    // Each of these moves the process in as it is made; `measure` moves it
-    // between them. Dropped in reverse order, each moves it out again.
+    // The node moves this process into its cgroup (home); `measure` visits
+    // each step's cgroup from there.
     let node = Node::new(NodeOptions::default()).context("installing meshlane on a test cgroup")?;
-    let noop_cg = TestCgroup::enter(&unique_tag("ml-floor-noop"))?;
-    let none_cg = TestCgroup::enter(&unique_tag("ml-floor-none"))?;
+    let noop_cg = TestCgroup::create(&unique_tag("ml-floor-noop"))?;
+    let none_cg = TestCgroup::create(&unique_tag("ml-floor-none"))?;
     let noop_dir = File::open(noop_cg.path()).context("opening the cgroup")?;
     let empty = [
         EmptyProgram::load(
@@ -327,12 +323,12 @@ fn run(cli: &Cli) -> Result<Report> {
     let steps = [
         Step {
             name: "none",
-            cgroup: none_cg.path().into(),
+            cgroup: &none_cg,
             stats: Box::new(no_programs),
         },
         Step {
             name: "noop",
-            cgroup: noop_cg.path().into(),
+            cgroup: &noop_cg,
             stats: Box::new(|| {
                 empty
                     .iter()
@@ -342,7 +338,7 @@ fn run(cli: &Cli) -> Result<Report> {
         },
         Step {
             name: "meshlane",
-            cgroup: node.cgroup.path().into(),
+            cgroup: &node.cgroup,
             stats: Box::new(|| {
                 Ok(node_links(&node.layout)
                     .into_iter()
@@ -355,11 +351,16 @@ fn run(cli: &Cli) -> Result<Report> {
     let mut samples: Vec<StepSamples> = steps.iter().map(|_| StepSamples::default()).collect();
     // A warm-up round, discarded.
     for step in &steps {
-        measure(step, dur / 4, &mut StepSamples::default())?;
+        measure(
+            step,
+            node.cgroup.path(),
+            dur / 4,
+            &mut StepSamples::default(),
+        )?;
     }
     for _ in 0..cli.rounds {
         for (step, into) in steps.iter().zip(samples.iter_mut()) {
-            measure(step, dur, into)?;
+            measure(step, node.cgroup.path(), dur, into)?;
         }
     }
     let none_rates = samples[0].rate.clone();

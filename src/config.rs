@@ -67,8 +67,9 @@ pub struct AgentConfig {
     /// Keep the kernel's BPF run statistics on while the agent runs, for
     /// the per-program run count and time in /metrics and `meshlane
     /// status`. Off by default: they cost every BPF program run on the
-    /// node (not only meshlane's) two clock reads, about 1.5% of a
-    /// loopback connection's rate (docs/benchmarks.md).
+    /// node (not only meshlane's) two clock reads, about as much again as
+    /// meshlane's idle programs cost a loopback connection
+    /// (docs/benchmarks.md).
     pub bpf_run_stats: bool,
     /// Stream verdict on the socket map (see `meshlane probe`).
     pub verdict_remedy: VerdictRemedy,

@@ -118,7 +118,10 @@ fn check_config_accepts_the_example_and_names_each_wrong_field() {
         }
         let out = cmd.output().expect("running meshlane");
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(text.contains("bpfRunStats: true"), "flag {flag}, env {env:?}: {text}");
+        assert!(
+            text.contains("bpfRunStats: true"),
+            "flag {flag}, env {env:?}: {text}"
+        );
     }
     let dir = tempfile::tempdir().expect("tempdir");
     for (yaml, field) in [

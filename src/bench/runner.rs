@@ -390,7 +390,7 @@ fn run_recorded(
             }
             if let Some(h) = &meas.hist {
                 rec.latency_us = Some(Percentiles::of(h));
-                if !warmup {
+                if kind == StepKind::Measured {
                     let e = data.hists.entry((w, p, m)).or_insert_with(load::histogram);
                     let _ = e.add(h);
                 }

@@ -1,6 +1,6 @@
 //! CPU accounting for the benchmark harness: where the CPU time of a run
 //! goes. Sources, each read as nanoseconds so samples can be subtracted:
-//! a cgroup's `cpu.stat` (every process of a simulated node, kernel work in
+//! cgroups' `cpu.stat` (every process of the simulated nodes, kernel work in
 //! their context included), a process's tasks (`/proc/PID/task/*/schedstat`,
 //! nanosecond run time of every thread), and one CPU's softirq time from
 //! `/proc/stat` (USER_HZ ticks, so coarse: 10 ms).
@@ -10,9 +10,7 @@ use std::path::{Path, PathBuf};
 /// Something whose CPU time can be sampled.
 #[derive(Debug, Clone)]
 pub enum CpuSource {
-    /// `usage_usec` of a cgroup v2 directory.
-    Cgroup(PathBuf),
-    /// The sum of several cgroups' `usage_usec`.
+    /// The sum of `usage_usec` of cgroup v2 directories.
     Cgroups(Vec<PathBuf>),
     /// All threads of a process.
     Process(u32),
@@ -59,7 +57,6 @@ impl CpuSource {
     /// Reads the source; a source that vanished reads as 0.
     pub fn sample(&self) -> CpuSample {
         CpuSample(match self {
-            CpuSource::Cgroup(dir) => cgroup_usage_ns(dir),
             CpuSource::Cgroups(dirs) => dirs.iter().map(|d| cgroup_usage_ns(d)).sum(),
             CpuSource::Process(pid) => {
                 let dir = PathBuf::from(format!("/proc/{pid}/task"));
