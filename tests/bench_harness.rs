@@ -299,8 +299,9 @@ fn quick_run_on_two_nodes_leaves_nothing_behind() {
 
 /// `direct` and `iptables` live beside meshlane's cgroup, so its programs
 /// never run for their connections, while they run for every connection
-/// of a registered pod; and the BPF columns come from the costing rounds
-/// only, which run only the connection and HTTP workloads.
+/// of a registered pod, each node's for its own sockets; and the BPF
+/// columns come from the costing rounds only, which run only the
+/// connection and HTTP workloads.
 fn modes_without_meshlane_run_none_of_its_programs(r: &serde_json::Value) {
     let summaries = r["summaries"].as_array().unwrap();
     let runs_per_connection = |placement: &str, mode: &str| {
@@ -328,6 +329,17 @@ fn modes_without_meshlane_run_none_of_its_programs(r: &serde_json::Value) {
             "intercept {placement}: only {runs} program runs per connection"
         );
     }
+    // Node B's install is attached to node B's cgroup: a cross-node
+    // connection's sockets run their own node's programs, not both nodes'
+    // (which would double the runs).
+    let (same, cross) = (
+        runs_per_connection("same-node", "intercept"),
+        runs_per_connection("cross-node", "intercept"),
+    );
+    assert!(
+        cross < same * 1.5,
+        "cross-node {cross} runs per connection against same-node {same}: both installs ran"
+    );
     let steps = r["steps"].as_array().unwrap();
     let costing: Vec<&serde_json::Value> = steps.iter().filter(|s| s["costing"] == true).collect();
     assert!(!costing.is_empty(), "no costing round ran");

@@ -17,8 +17,11 @@
 //! The modes without meshlane (`direct`, `iptables`) run beside it: their
 //! pods' processes are started, and their steps run, with this process in
 //! a cgroup next to node A's ([`Testbed::without_meshlane`]), so meshlane's
-//! cgroup programs (node A's and node B's, both attached to node A's
-//! cgroup) never run for their sockets. CPU totals sum both cgroups.
+//! cgroup programs never run for their sockets. Node B's install is
+//! attached to a cgroup of its own, where the other modes' node-B sidecars
+//! and servers are started ([`Testbed::on_node_b`]): a socket runs its own
+//! node's programs only, as on two real nodes. CPU totals sum the three
+//! cgroups.
 //!
 //! `bypass` pods: the client is registered (intercept) with its sidecar
 //! running; its servers are plain backends (no sidecar, not registered).
@@ -122,6 +125,8 @@ pub struct Testbed {
     /// The splice-less install of `intercept-nosplice` (node A only).
     pub side: Option<SideInstall>,
     pub peer: Option<PeerNode>,
+    /// Node B's cgroup (its install is attached there), dropped after it.
+    node_b: Option<TestCgroup>,
     /// Where the modes without meshlane live: a cgroup beside node A's.
     without: TestCgroup,
     pub node: Node,
@@ -223,13 +228,18 @@ impl Testbed {
             control_plane,
             side: None,
             peer: None,
+            node_b: None,
             without,
             node,
             cpu,
             sidecar,
         };
         if cross_node {
-            tb.peer = Some(PeerNode::new(&tb.node).map_err(BenchError::setup_anyhow(
+            let cg = TestCgroup::create(&format!("{}-b", tb.node.tag))
+                .map_err(BenchError::setup_anyhow("node B's cgroup"))?;
+            let peer = PeerNode::on_cgroup(&tb.node, cg.path());
+            tb.node_b = Some(cg);
+            tb.peer = Some(peer.map_err(BenchError::setup_anyhow(
                 "node B (host netns, veth wire, data path)",
             ))?);
         }
@@ -262,13 +272,33 @@ impl Testbed {
             )))
     }
 
-    /// The CPU time of every process of the run: node A's cgroup and the
-    /// one beside it.
+    /// For a node-B pod of a mode with meshlane, this process in node B's
+    /// cgroup until the guard drops: the sidecar and the server started
+    /// meanwhile (and the sockets their listeners accept) run node B's
+    /// programs. None for node A's pods and for the modes without meshlane
+    /// (they stay beside).
+    fn on_node_b(&self, mode: Mode, on_b: bool) -> Result<Option<Visit>> {
+        let Some(cg) = self
+            .node_b
+            .as_ref()
+            .filter(|_| on_b && !mode.without_meshlane())
+        else {
+            return Ok(None);
+        };
+        cg.visit(self.node.cgroup.path())
+            .map(Some)
+            .map_err(BenchError::setup_anyhow("moving into node B's cgroup"))
+    }
+
+    /// The CPU time of every process of the run: node A's cgroup, node
+    /// B's and the one beside them.
     pub fn cpu_total(&self) -> CpuSource {
-        CpuSource::Cgroups(vec![
+        let mut dirs = vec![
             self.node.cgroup.path().to_path_buf(),
             self.without.path().to_path_buf(),
-        ])
+        ];
+        dirs.extend(self.node_b.as_ref().map(|c| c.path().to_path_buf()));
+        CpuSource::Cgroups(dirs)
     }
 
     fn mode_pods(&mut self, mode: Mode, l7: bool) -> Result<ModePods> {
@@ -377,9 +407,10 @@ impl Testbed {
             None => None,
         };
         let cpu = self.cpu;
-        for &(pod, _) in &pods {
+        for &(pod, on_b) in &pods {
             let plain = mode.plain_servers() && !std::ptr::eq(pod, &set.client);
             if mode.has_sidecars() && !plain {
+                let _b = self.on_node_b(mode, on_b)?;
                 let options = SidecarOptions::istio(self.sidecar, sidecar_mode);
                 let sc = match (self.sidecar, &self.control_plane) {
                     (SidecarProxy::Envoy, Some(ads)) => {
@@ -403,7 +434,11 @@ impl Testbed {
                 set.sidecars.push(sc);
             }
         }
-        for pod in [&set.server].into_iter().chain(set.remote.iter()) {
+        for (pod, on_b) in [(&set.server, false)]
+            .into_iter()
+            .chain(set.remote.iter().map(|p| (p, true)))
+        {
+            let _b = self.on_node_b(mode, on_b)?;
             set.servers.push(ServerSet::start(pod, cpu)?);
         }
         if let Some(b) = bypass {

@@ -3,13 +3,14 @@
 //! host (the root netns) by a veth pair that plays the wire: a packet from a
 //! pod of node A leaves bridge A, is routed over the veth pair and enters
 //! bridge B. Its data path is a second, independent install (own pin root,
-//! own maps and pod registry) attached to the same cgroup as the first node,
+//! own maps and pod registry), attached to the same cgroup as the first node
+//! ([`PeerNode::new`]) or to a cgroup of its own ([`PeerNode::on_cgroup`]),
 //! so node A's programs never know node B's pods (no splicing across the
 //! "wire"), while node B's pods get splicing and interception from node B's
 //! install, as on a real second node.
 
 use std::os::fd::AsFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
@@ -34,6 +35,13 @@ impl PeerNode {
     /// Makes node B next to `node` (A): host netns, wire, bridge subnet,
     /// and a second data path install on A's cgroup.
     pub fn new(node: &Node) -> Result<Self> {
+        Self::on_cgroup(node, node.cgroup.path())
+    }
+
+    /// The same, node B's data path installed on `cgroup` instead: only
+    /// the processes (and the sockets) made there run node B's programs,
+    /// as on a real second node. The benchmark puts node B's pods there.
+    pub fn on_cgroup(node: &Node, cgroup: &Path) -> Result<Self> {
         let tag = unique_tag("meshlane-p");
         let subnet = Subnet::claim()?;
         let k = subnet.index;
@@ -50,7 +58,7 @@ impl PeerNode {
         peer.wire().context("wiring the second node")?;
         loader::install(&Config {
             pin_root: peer.layout.root().to_path_buf(),
-            cgroup: Some(node.cgroup.path().to_path_buf()),
+            cgroup: Some(cgroup.to_path_buf()),
             sockhash_size: node.opts.sockhash_size,
             splice_queue_limit: node.opts.splice_queue_limit,
             splice_min_messages: node.opts.splice_min_messages,
