@@ -634,13 +634,11 @@ impl Testbed {
             + self.side.as_ref().map_or(0, |s| s.counter(name))
     }
 
-    /// Pin roots of the installs whose programs a real node would run for
-    /// a placement's sockets (for BPF program run time). Node B's install
-    /// is attached to node A's cgroup too (the simulation has one cgroup),
-    /// so it runs a pod-lookup miss on every socket of node A: a node of
-    /// its own would never run it, so same-node and one-sidecar cells
-    /// leave it out. Cross-node cells count both installs, each of which
-    /// also runs that miss on the other node's sockets.
+    /// Pin roots of the installs whose programs run for a placement's
+    /// sockets (for BPF program run time): node A's, and node B's for the
+    /// cross-node cells (its install is attached to node B's own cgroup, so
+    /// it runs for node B's sockets only; same-node and one-sidecar cells
+    /// would count nothing from it).
     pub fn layouts(&self, placement: Placement) -> Vec<crate::layout::PinLayout> {
         let mut v = vec![self.node.layout.clone()];
         if let Some(p) = self
