@@ -34,7 +34,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -42,7 +42,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use meshlane::bench::net::pin_thread;
-use meshlane::datapath::links::{enable_run_stats, node_links};
+use meshlane::bench::stats::Stat;
+use meshlane::datapath::links::{enable_run_stats, node_links, prog_fd_stats};
 use meshlane::sim::{unique_tag, Node, NodeOptions, TestCgroup};
 use serde::Serialize;
 
@@ -150,15 +151,8 @@ impl EmptyProgram {
 
     /// (run count, run time ns) so far.
     fn stats(&self) -> Result<(u64, u64)> {
-        let mut pi = libbpf_sys::bpf_prog_info::default();
-        let mut len = std::mem::size_of_val(&pi) as u32;
-        // SAFETY: info struct and its size.
-        let rc =
-            unsafe { libbpf_sys::bpf_prog_get_info_by_fd(self.fd.as_raw_fd(), &mut pi, &mut len) };
-        if rc != 0 {
-            bail!("reading the {} program's run statistics", self.name);
-        }
-        Ok((pi.run_cnt, pi.run_time_ns))
+        prog_fd_stats(self.fd.as_fd())
+            .with_context(|| format!("reading the {} program's run statistics", self.name))
     }
 }
 
@@ -221,13 +215,8 @@ struct Report {
     steps: Vec<StepReport>,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
+fn median(v: Vec<f64>) -> f64 {
+    Stat::of(&v).map_or(0.0, |s| s.median)
 }
 
 /// What one step measured in one round.

@@ -137,17 +137,16 @@ struct Snapshot {
     sessions: u64,
     total: CpuSample,
     sidecars: Vec<CpuSample>,
-    bpf_ns: u64,
     softirq: Option<CpuSample>,
+    /// Read in the costing rounds only (the statistics are off otherwise).
     programs: ProgramTimes,
 }
 
-fn bpf_run_ns(tb: &Testbed, p: Placement) -> u64 {
-    tb.layouts(p)
-        .iter()
-        .filter_map(|l| crate::status::collect(l).ok())
-        .flat_map(|s| s.links.into_iter().map(|l| l.run_time_ns))
-        .sum()
+impl Snapshot {
+    /// Run time of every program together.
+    fn bpf_ns(&self) -> u64 {
+        self.programs.values().map(|(_, ns)| ns).sum()
+    }
 }
 
 fn program_times(tb: &Testbed, p: Placement) -> ProgramTimes {
@@ -175,7 +174,7 @@ fn snapshot(
     tb: &Testbed,
     cell: (Mode, Workload, Placement),
     with_cpu: bool,
-    hooks: bool,
+    costing: bool,
 ) -> Snapshot {
     let (mode, w, p) = cell;
     let sessions = tb.set(mode, w).map_or(0, |s| {
@@ -200,12 +199,11 @@ fn snapshot(
         } else {
             Vec::new()
         },
-        bpf_ns: if with_cpu { bpf_run_ns(tb, p) } else { 0 },
         softirq: tb
             .cpu
             .filter(|_| with_cpu)
             .map(|c| CpuSource::Softirq(c).sample()),
-        programs: if hooks {
+        programs: if costing {
             program_times(tb, p)
         } else {
             ProgramTimes::new()
@@ -341,9 +339,9 @@ fn run_recorded(
     // BPF run-time stats cost two clock reads per program run: on only
     // in the costing rounds.
     let stats = costing.then(BpfStats::enable);
-    let before = snapshot(tb, (m, w, p), with_cpu, hooks);
+    let before = snapshot(tb, (m, w, p), with_cpu, costing);
     let res = run_step(tb, o, w, p, m);
-    let after = snapshot(tb, (m, w, p), with_cpu, hooks);
+    let after = snapshot(tb, (m, w, p), with_cpu, costing);
     drop(stats);
     settle(tb);
     if matches!(res, Err(BenchError::Interrupted)) || interrupt::requested() {
@@ -415,7 +413,7 @@ fn run_recorded(
                     total_ms: ms(total, per),
                     sidecars_ms: ms(sidecars, per),
                     apps_ms: ms(total.saturating_sub(sidecars), per),
-                    bpf_ms: ms(after.bpf_ns.saturating_sub(before.bpf_ns), per),
+                    bpf_ms: ms(after.bpf_ns().saturating_sub(before.bpf_ns()), per),
                     softirq_ms: after
                         .softirq
                         .zip(before.softirq)

@@ -102,6 +102,11 @@ pub fn prog_stats(prog_id: u32) -> Option<(String, u64, u64)> {
     Some((name, pi.run_cnt, pi.run_time_ns))
 }
 
+/// (run count, run time ns) of the program behind `fd`, from the kernel.
+pub fn prog_fd_stats(fd: BorrowedFd<'_>) -> Option<(u64, u64)> {
+    prog_info(fd).map(|pi| (pi.run_cnt, pi.run_time_ns))
+}
+
 fn prog_info(fd: BorrowedFd<'_>) -> Option<libbpf_sys::bpf_prog_info> {
     let mut pi = libbpf_sys::bpf_prog_info::default();
     let mut len = std::mem::size_of_val(&pi) as u32;
