@@ -402,13 +402,9 @@ fn print_table(r: &Report) {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = e.print();
-            return ExitCode::from(2);
-        }
-    };
+    // clap prints --help to stdout (exit 0) and a usage error to stderr
+    // (exit 2).
+    let cli = Cli::parse();
     match run(&cli) {
         Ok(r) if cli.json => match serde_json::to_string_pretty(&r) {
             Ok(s) => {

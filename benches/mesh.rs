@@ -23,13 +23,9 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    let mut cli = match Cli::try_parse() {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = e.print();
-            return ExitCode::from(2);
-        }
-    };
+    // clap prints --help to stdout (exit 0) and a usage error to stderr
+    // (exit 2).
+    let mut cli = Cli::parse();
     if cli.args.out.is_none() {
         cli.args.out = Some("target/meshlane-bench/mesh".into());
     }

@@ -30,13 +30,9 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = e.print();
-            return ExitCode::from(2);
-        }
-    };
+    // clap prints --help to stdout (exit 0) and a usage error to stderr
+    // (exit 2).
+    let cli = Cli::parse();
     let mut o = SpliceOptions {
         rounds: cli.rounds,
         step_ms: cli.step_ms,

@@ -666,13 +666,9 @@ fn print_tally(pair: &MeshedPair, t: &Tally) {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = e.print();
-            return ExitCode::from(2);
-        }
-    };
+    // clap prints --help to stdout (exit 0) and a usage error to stderr
+    // (exit 2).
+    let cli = Cli::parse();
     match soak(&cli) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
