@@ -218,10 +218,11 @@ pub fn render(r: &Report) -> String {
         "\n### Targets\n\n| issue | target | goal | measured | verdict |\n|---|---|---|---|---|"
     );
     for t in &r.targets {
-        let verdict = match t.met {
-            Some(true) => "met",
-            Some(false) => "MISSED",
-            None => "not measured",
+        let verdict = match (t.met, t.limit) {
+            (Some(true), _) => "met".to_string(),
+            (Some(false), Some(why)) => format!("MISSED: {why}"),
+            (Some(false), None) => "MISSED".to_string(),
+            (None, _) => "not measured".to_string(),
         };
         let _ = writeln!(
             o,
